@@ -1,0 +1,38 @@
+/**
+ * Every Redis key and channel name of the system, in one place.
+ *
+ * Layout (prefix defaults to "picus"; tests use their own prefix per run):
+ *
+ *   {p}:uplink                  stream   peer -> servers. register, result, heartbeat, logout.
+ *                                        Read by the consumer group "servers": each entry goes to
+ *                                        exactly one server instance, which XACKs it only after the
+ *                                        PostgreSQL commit; entries of a dead instance are reclaimed
+ *                                        with XAUTOCLAIM.
+ *   {p}:peer:{peerId}:inbox     stream   server -> one peer. accepted/rejected, jobs, shutdown.
+ *                                        Read by that peer alone (XREAD from its last id), so a peer
+ *                                        that was away briefly still finds its jobs; it trims what it
+ *                                        has handled.
+ *   {p}:events                  channel  pub/sub, may be lost: the live event feed for operators.
+ *
+ * Per-peer keys share the prefix `{p}:peer:{peerId}:` so that a Redis ACL user per peer can be
+ * limited to `~{p}:peer:{peerId}:*` plus XADD on the uplink.
+ */
+
+export const UPLINK_GROUP = "servers"
+
+export interface Keys {
+  readonly prefix: string
+  readonly uplink: string
+  readonly events: string
+  readonly peerInbox: (peerId: string) => string
+}
+
+/** Peer ids are free text on the wire; escape what would let one id reach into another's keys. */
+const escapePeerId = (peerId: string): string => encodeURIComponent(peerId).replaceAll("*", "%2A")
+
+export const makeKeys = (prefix = "picus"): Keys => ({
+  prefix,
+  uplink: `${prefix}:uplink`,
+  events: `${prefix}:events`,
+  peerInbox: (peerId) => `${prefix}:peer:${escapePeerId(peerId)}:inbox`,
+})
