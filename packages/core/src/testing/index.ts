@@ -1,1 +1,2 @@
 export * from "./redis.ts"
+export * from "./storeContract.ts"

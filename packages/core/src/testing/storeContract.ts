@@ -1,0 +1,250 @@
+import { createHash, randomUUID } from "node:crypto"
+import { assert, describe, layer } from "@effect/vitest"
+import { Effect, type Layer, Option } from "effect"
+import { type CatalogJob, type Login, Store } from "../store/Store.ts"
+
+/**
+ * The behaviour every Store layer must have. Run by core against the in-memory layer and by the
+ * server against PostgreSQL. Tests share one layer (one database), so each uses its own peer ids.
+ */
+export const storeContract = (name: string, storeLayer: Layer.Layer<Store, unknown>) =>
+  layer(storeLayer, { timeout: 60_000 })(`Store contract (${name})`, (it) => {
+    const unique = (label: string) => `${label}-${randomUUID().slice(0, 8)}`
+    const hashOf = (secret: string) => new Uint8Array(createHash("sha256").update(secret).digest())
+    const loginOf = (peerId: string, overrides: Partial<Login> = {}): Login => ({
+      peerId,
+      sessionId: randomUUID(),
+      serverId: "server-a",
+      serverIp: "10.0.0.1",
+      os: "linux",
+      distro: "debian",
+      hostname: "host",
+      agentVersion: "test",
+      ...overrides,
+    })
+    const job = (jobId: string, distro: string, command = "echo hi"): CatalogJob => ({
+      job_id: jobId,
+      name: `Job ${jobId}`,
+      os: "linux",
+      distro,
+      command,
+      timeout_ms: 5_000,
+    })
+    const newResult = (ticket: string, peerId: string, sessionId: string) => ({
+      ticket,
+      peerId,
+      sessionId,
+      serverId: "server-a",
+      status: "succeeded" as const,
+      exitCode: 0,
+      output: "file1 file2",
+      truncated: false,
+      startedAt: Date.now() - 5,
+      finishedAt: Date.now(),
+    })
+
+    describe("tokens", () => {
+      it.effect("stores a token by hash, finds it while active, and not after revocation", () =>
+        Effect.gen(function* () {
+          const store = yield* Store
+          const secret = unique("secret")
+          const prefix = unique("pfx")
+          const created = yield* store.createToken({ name: "ci", prefix, hash: hashOf(secret) })
+          assert.strictEqual(created.name, "ci")
+          assert.isNull(created.revokedAt)
+          const found = yield* store.findActiveToken(hashOf(secret))
+          assert.isTrue(Option.isSome(found))
+          assert.isTrue(Option.isNone(yield* store.findActiveToken(hashOf(`${secret}x`))))
+          const listed = (yield* store.listTokens).find((t) => t.tokenId === created.tokenId)
+          assert.strictEqual(listed?.prefix, prefix)
+          assert.notProperty(listed, "hash")
+          assert.strictEqual(yield* store.revokeToken(prefix), 1)
+          assert.isTrue(Option.isNone(yield* store.findActiveToken(hashOf(secret))))
+          assert.strictEqual(yield* store.revokeToken(unique("nothing")), 0)
+        }),
+      )
+
+      it.effect("revokes by numeric id too", () =>
+        Effect.gen(function* () {
+          const store = yield* Store
+          const secret = unique("secret")
+          const created = yield* store.createToken({ name: "x", prefix: unique("p"), hash: hashOf(secret) })
+          assert.strictEqual(yield* store.revokeToken(String(created.tokenId)), 1)
+          assert.isTrue(Option.isNone(yield* store.findActiveToken(hashOf(secret))))
+        }),
+      )
+    })
+
+    describe("catalog", () => {
+      it.effect("gives a peer only the enabled jobs of its os and distro", () =>
+        Effect.gen(function* () {
+          const store = yield* Store
+          const distro = unique("distro")
+          const other = unique("other")
+          yield* store.replaceCatalog([job("a", distro), job("b", other), job("c", distro)])
+          const mine = yield* store.jobsFor("linux", distro)
+          assert.deepStrictEqual(mine.map((j) => j.job_id).sort(), ["a", "c"])
+          assert.deepStrictEqual(yield* store.jobsFor("windows", distro), [])
+          yield* store.replaceCatalog([job("b", other, "uname -a")])
+          assert.deepStrictEqual(yield* store.jobsFor("linux", distro), [])
+          const b = yield* store.jobsFor("linux", other)
+          assert.deepStrictEqual(
+            b.map((j) => j.command),
+            ["uname -a"],
+          )
+        }),
+      )
+    })
+
+    describe("registration log", () => {
+      it.effect("pairs a login with its logout, once", () =>
+        Effect.gen(function* () {
+          const store = yield* Store
+          const peerId = unique("peer")
+          const login = loginOf(peerId)
+          yield* store.login(login)
+          const open = yield* store.sessions({ peerId, limit: 10 })
+          assert.strictEqual(open.length, 1)
+          assert.isNull(open[0]!.logoutAt)
+          assert.isNull(open[0]!.logoutReason)
+          assert.isTrue(yield* store.logout({ peerId, sessionId: login.sessionId, reason: "peer_logout", serverId: "server-a" }))
+          assert.isFalse(yield* store.logout({ peerId, sessionId: login.sessionId, reason: "timeout", serverId: "server-a" }))
+          const [closed] = yield* store.sessions({ peerId, limit: 10 })
+          assert.strictEqual(closed!.logoutReason, "peer_logout")
+          assert.isNotNull(closed!.logoutAt)
+          assert.isAtLeast(closed!.durationMs, 0)
+          assert.strictEqual(closed!.durationMs, closed!.logoutAt! - closed!.loginAt)
+        }),
+      )
+
+      it.effect("logs rejections and shutdowns with their reasons", () =>
+        Effect.gen(function* () {
+          const store = yield* Store
+          const peerId = unique("peer")
+          const reason = unique("Upgrade server")
+          yield* store.logRejected({ peerId, reason: "unknown token", serverId: "server-a", serverIp: "1.2.3.4" })
+          yield* store.logShutdown({ serverId: "server-a", reason })
+          const log = yield* store.registrationLog({ limit: 50 })
+          const rejected = log.find((r) => r.peerId === peerId)
+          assert.strictEqual(rejected?.event, "rejected")
+          assert.strictEqual(rejected?.reason, "unknown token")
+          assert.strictEqual(rejected?.serverIp, "1.2.3.4")
+          assert.isNull(rejected?.sessionId)
+          const shutdown = log.find((r) => r.event === "shutdown" && r.reason === reason)
+          assert.strictEqual(shutdown?.serverId, "server-a")
+          assert.isAbove(log.findIndex((r) => r.peerId === peerId), log.indexOf(shutdown!), "newest first")
+        }),
+      )
+
+      it.effect("keeps several sessions of one peer apart", () =>
+        Effect.gen(function* () {
+          const store = yield* Store
+          const peerId = unique("peer")
+          const first = loginOf(peerId)
+          const second = loginOf(peerId)
+          yield* store.login(first)
+          yield* store.logout({ peerId, sessionId: first.sessionId, reason: "server_shutdown", serverId: "server-a" })
+          yield* store.login(second)
+          const sessions = yield* store.sessions({ peerId, limit: 10 })
+          assert.strictEqual(sessions.length, 2)
+          const byId = new Map(sessions.map((s) => [s.sessionId, s]))
+          assert.strictEqual(byId.get(first.sessionId)?.logoutReason, "server_shutdown")
+          assert.isNull(byId.get(second.sessionId)?.logoutAt)
+        }),
+      )
+    })
+
+    describe("tickets and results", () => {
+      const setup = Effect.gen(function* () {
+        const store = yield* Store
+        const peerId = unique("peer")
+        const login = loginOf(peerId)
+        yield* store.login(login)
+        yield* store.replaceCatalog([job("list", "debian", "ls -al"), job("mem", "debian", "free -h")])
+        const jobs = yield* store.jobsFor("linux", "debian")
+        const tickets = yield* store.createTickets({
+          peerId,
+          sessionId: login.sessionId,
+          serverId: "server-a",
+          jobs,
+        })
+        return { store, peerId, login, tickets }
+      })
+
+      it.effect("creates one queued ticket per job, with distinct ids", () =>
+        Effect.gen(function* () {
+          const { store, tickets } = yield* setup
+          assert.strictEqual(tickets.length, 2)
+          assert.strictEqual(new Set(tickets.map((t) => t.ticket)).size, 2)
+          assert.isTrue(tickets.every((t) => t.state === "queued"))
+          yield* store.markDelivered(tickets.map((t) => t.ticket))
+          assert.deepStrictEqual(yield* store.ticketState(tickets[0]!.ticket), Option.some("delivered"))
+        }),
+      )
+
+      it.effect("records a result once; its ticket ends succeeded", () =>
+        Effect.gen(function* () {
+          const { store, peerId, login, tickets } = yield* setup
+          const ticket = tickets[0]!.ticket
+          assert.strictEqual(yield* store.recordResult(newResult(ticket, peerId, login.sessionId)), "recorded")
+          assert.deepStrictEqual(yield* store.ticketState(ticket), Option.some("succeeded"))
+          const again = { ...newResult(ticket, peerId, login.sessionId), output: "second" }
+          assert.strictEqual(yield* store.recordResult(again), "duplicate")
+          const rows = (yield* store.results({ peerId, limit: 10 })).filter((r) => r.ticket === ticket)
+          assert.strictEqual(rows.length, 1)
+          assert.strictEqual(rows[0]!.output, "file1 file2")
+          assert.strictEqual(rows[0]!.jobName, tickets[0]!.name)
+        }),
+      )
+
+      it.effect("a failed or timed-out result ends its ticket failed or timed_out", () =>
+        Effect.gen(function* () {
+          const { store, peerId, login, tickets } = yield* setup
+          const [a, b] = tickets
+          yield* store.recordResult({ ...newResult(a!.ticket, peerId, login.sessionId), status: "failed", exitCode: 2 })
+          yield* store.recordResult({ ...newResult(b!.ticket, peerId, login.sessionId), status: "timed_out", exitCode: null })
+          assert.deepStrictEqual(yield* store.ticketState(a!.ticket), Option.some("failed"))
+          assert.deepStrictEqual(yield* store.ticketState(b!.ticket), Option.some("timed_out"))
+        }),
+      )
+
+      it.effect("refuses results for unknown tickets and tickets of another peer or session", () =>
+        Effect.gen(function* () {
+          const { store, peerId, login, tickets } = yield* setup
+          const ticket = tickets[0]!.ticket
+          assert.strictEqual(yield* store.recordResult(newResult("no-such-ticket", peerId, login.sessionId)), "unknown_ticket")
+          assert.strictEqual(yield* store.recordResult(newResult(ticket, unique("thief"), login.sessionId)), "foreign_ticket")
+          assert.strictEqual(yield* store.recordResult(newResult(ticket, peerId, randomUUID())), "foreign_ticket")
+          assert.deepStrictEqual(yield* store.ticketState(ticket), Option.some("queued"))
+        }),
+      )
+
+      it.effect("concurrent copies of one result record it exactly once", () =>
+        Effect.gen(function* () {
+          const { store, peerId, login, tickets } = yield* setup
+          const ticket = tickets[0]!.ticket
+          const outcomes = yield* Effect.all(
+            Array.from({ length: 8 }, () => store.recordResult(newResult(ticket, peerId, login.sessionId))),
+            { concurrency: "unbounded" },
+          )
+          assert.strictEqual(outcomes.filter((o) => o === "recorded").length, 1)
+          assert.strictEqual(outcomes.filter((o) => o === "duplicate").length, 7)
+        }),
+      )
+
+      it.effect("closes a session's open tickets, and only those", () =>
+        Effect.gen(function* () {
+          const { store, peerId, login, tickets } = yield* setup
+          yield* store.recordResult(newResult(tickets[0]!.ticket, peerId, login.sessionId))
+          assert.strictEqual(yield* store.closeOpenTickets(login.sessionId, "cancelled"), 1)
+          assert.deepStrictEqual(yield* store.ticketState(tickets[0]!.ticket), Option.some("succeeded"))
+          assert.deepStrictEqual(yield* store.ticketState(tickets[1]!.ticket), Option.some("cancelled"))
+          assert.strictEqual(
+            yield* store.recordResult(newResult(tickets[1]!.ticket, peerId, login.sessionId)),
+            "ticket_closed",
+            "a ticket that ended takes no result",
+          )
+        }),
+      )
+    })
+  })
