@@ -1,0 +1,87 @@
+import { Context, Effect, Layer } from "effect"
+import { Store, type StoreError, type Ticket } from "../store/Store.ts"
+
+export interface SchedulerOptions {
+  /** How many tickets one peer may have in flight (sent, no result yet). */
+  readonly maxInFlight: number
+}
+
+export interface PlanRequest {
+  readonly peerId: string
+  readonly sessionId: string
+  readonly serverId: string
+  readonly os: string | null
+  readonly distro: string | null
+}
+
+/**
+ * One session's tickets: a window of at most maxInFlight sent and unanswered, the rest waiting.
+ * Owned by a single PeerSession actor, so plain mutable state is safe.
+ */
+export interface TicketQueue {
+  /** The tickets to send now, as many as the window allows; they count as in flight from here. */
+  readonly takeReady: () => ReadonlyArray<Ticket>
+  /** Puts tickets that could not be sent back at the head of the queue. */
+  readonly putBack: (tickets: ReadonlyArray<Ticket>) => void
+  /** A ticket is answered: frees its place. False when it was not in flight. */
+  readonly settle: (ticket: string) => boolean
+  readonly inFlight: () => number
+  readonly waiting: () => number
+}
+
+const makeTicketQueue = (tickets: ReadonlyArray<Ticket>, maxInFlight: number): TicketQueue => {
+  const waiting = [...tickets]
+  const inFlight = new Set<string>()
+  return {
+    takeReady: () => {
+      const ready = waiting.splice(0, Math.max(0, maxInFlight - inFlight.size))
+      for (const t of ready) inFlight.add(t.ticket)
+      return ready
+    },
+    putBack: (ts) => {
+      for (const t of ts) inFlight.delete(t.ticket)
+      waiting.unshift(...ts)
+    },
+    settle: (ticket) => inFlight.delete(ticket),
+    inFlight: () => inFlight.size,
+    waiting: () => waiting.length,
+  }
+}
+
+/**
+ * Picks the jobs for a peer (the catalog filtered by the peer's os and distro), creates their
+ * tickets in the Store, and paces them per peer.
+ */
+export class JobScheduler extends Context.Service<
+  JobScheduler,
+  {
+    readonly plan: (request: PlanRequest) => Effect.Effect<TicketQueue, StoreError>
+  }
+>()("@picus/core/JobScheduler") {
+  static readonly layer = (options: SchedulerOptions): Layer.Layer<JobScheduler, never, Store> =>
+    Layer.effect(
+      JobScheduler,
+      Effect.gen(function* () {
+        const store = yield* Store
+        return JobScheduler.of({
+          plan: Effect.fnUntraced(function* (request: PlanRequest) {
+            if (request.os === null || request.distro === null) {
+              yield* Effect.logWarning("peer did not report its os and distro: no jobs match it")
+              return makeTicketQueue([], options.maxInFlight)
+            }
+            const jobs = yield* store.jobsFor(request.os, request.distro)
+            const tickets =
+              jobs.length === 0
+                ? []
+                : yield* store.createTickets({
+                    peerId: request.peerId,
+                    sessionId: request.sessionId,
+                    serverId: request.serverId,
+                    jobs,
+                  })
+            return makeTicketQueue(tickets, options.maxInFlight)
+          }),
+        })
+      }),
+    )
+}

@@ -1,0 +1,243 @@
+import { Deferred, Effect, Exit, Queue, type Scope } from "effect"
+import * as Protocol from "../protocol/index.ts"
+import { hashSecret, sameHash } from "../secrets.ts"
+import { type RecordOutcome, type ResultStatus, Store, type StoreError } from "../store/Store.ts"
+import { Transport, type TransportError } from "../transport/Transport.ts"
+import { JobScheduler, type TicketQueue } from "./JobScheduler.ts"
+
+export interface SessionConfig {
+  readonly serverId: string
+  /** How often the peer should send a heartbeat (told to it in the accepted message). */
+  readonly heartbeatMs: number
+  /** No message from the peer for this long: it is logged out with reason `timeout`. */
+  readonly graceMs: number
+}
+
+export interface SessionStart {
+  readonly peerId: string
+  readonly sessionId: string
+  /** The session secret, sent once in the accepted message; only its hash is kept. */
+  readonly sessionToken: string
+  readonly serverIp: string | null
+  readonly os: string | null
+  readonly distro: string | null
+  readonly hostname: string | null
+  readonly agentVersion: string | null
+}
+
+/** What became of a result message. */
+export type ResultVerdict = RecordOutcome | "bad_token"
+
+/**
+ * The actor for one logged-in peer. Its mailbox serialises everything that touches the session:
+ * the peer's results and heartbeats, the operator's shutdown, the watchdog's ticks. It writes the
+ * login on start and exactly one logout at its end.
+ */
+export interface PeerSession {
+  readonly peerId: string
+  readonly sessionId: string
+  /** Constant-time check of a message's token against the session token. */
+  readonly authenticate: (token: string) => boolean
+  /** Records a result; completes once it is durable (or refused). */
+  readonly result: (message: Protocol.Result) => Effect.Effect<ResultVerdict, StoreError>
+  readonly heartbeat: Effect.Effect<void>
+  /** Sends the peer `shutdown` with the reason; the session stays open to take in-flight results. */
+  readonly notifyShutdown: (reason: string) => Effect.Effect<void, TransportError>
+  /** Ends the session: logout row with the reason, open tickets cancelled. Idempotent. */
+  readonly end: (reason: string) => Effect.Effect<void, StoreError>
+  readonly inFlight: Effect.Effect<number>
+  /** Completes when the session has ended. */
+  readonly ended: Effect.Effect<void>
+}
+
+type Command =
+  | { readonly _tag: "Result"; readonly message: Protocol.Result; readonly reply: Deferred.Deferred<ResultVerdict, StoreError> }
+  | { readonly _tag: "Heartbeat" }
+  | { readonly _tag: "Shutdown"; readonly reason: string; readonly reply: Deferred.Deferred<void, TransportError> }
+  | { readonly _tag: "End"; readonly reason: string; readonly reply: Deferred.Deferred<void, StoreError> }
+  | { readonly _tag: "Tick" }
+  | { readonly _tag: "InFlight"; readonly reply: Deferred.Deferred<number> }
+
+/** A seed peer reports only the output: judge by the exit code when there is one. */
+const statusOf = (message: Protocol.Result): ResultStatus =>
+  message.status ?? (message.exit_code === undefined || message.exit_code === 0 ? "succeeded" : "failed")
+
+/**
+ * Starts a session: writes the login, tells the peer it is accepted (with its session token),
+ * plans its tickets and sends the first window of jobs. The actor's fibers live in the given scope.
+ */
+export const startPeerSession = Effect.fnUntraced(function* (
+  start: SessionStart,
+  config: SessionConfig,
+): Effect.fn.Return<PeerSession, StoreError | TransportError, Store | Transport | JobScheduler | Scope.Scope> {
+  const store = yield* Store
+  const transport = yield* Transport
+  const scheduler = yield* JobScheduler
+  const { peerId, sessionId } = start
+  const tokenHash = hashSecret(start.sessionToken)
+  const annotate = Effect.annotateLogs({ peer_id: peerId, session_id: sessionId })
+
+  yield* store.login({
+    peerId,
+    sessionId,
+    serverId: config.serverId,
+    serverIp: start.serverIp,
+    os: start.os,
+    distro: start.distro,
+    hostname: start.hostname,
+    agentVersion: start.agentVersion,
+  })
+  yield* transport.sendToPeer(
+    peerId,
+    Protocol.encodeMessage({
+      msg: "register",
+      peer_id: peerId,
+      token: start.sessionToken,
+      status: "accepted",
+      session_id: sessionId,
+      server_id: config.serverId,
+      heartbeat_ms: config.heartbeatMs,
+    }),
+  )
+  const tickets: TicketQueue = yield* scheduler.plan({
+    peerId,
+    sessionId,
+    serverId: config.serverId,
+    os: start.os,
+    distro: start.distro,
+  })
+
+  const mailbox = yield* Queue.unbounded<Command>()
+  const ended = yield* Deferred.make<void>()
+  let lastSeen = Date.now()
+  let closed = false
+  let shuttingDown = false
+
+  /** Sends what the window allows; what fails to send waits for the next tick. */
+  const dispatch = Effect.gen(function* () {
+    if (shuttingDown) return
+    const ready = tickets.takeReady()
+    if (ready.length === 0) return
+    const sent: Array<string> = []
+    for (const [i, t] of ready.entries()) {
+      const payload = Protocol.encodeMessage({
+        msg: "job",
+        ticket: t.ticket,
+        peer_id: peerId,
+        token: start.sessionToken,
+        job: { name: t.name, os: t.os, distro: t.distro, command: t.command, timeout_ms: t.timeoutMs },
+      })
+      const exit = yield* Effect.exit(transport.sendToPeer(peerId, payload))
+      if (Exit.isFailure(exit)) {
+        tickets.putBack(ready.slice(i))
+        yield* Effect.logWarning("could not send jobs; will retry", exit.cause)
+        break
+      }
+      sent.push(t.ticket)
+    }
+    if (sent.length > 0) {
+      yield* store.markDelivered(sent)
+      yield* Effect.logDebug(`sent ${sent.length} job(s)`)
+    }
+  }).pipe(Effect.catch((e) => Effect.logWarning("could not mark jobs delivered", e)))
+
+  const finish = Effect.fnUntraced(function* (reason: string) {
+    if (closed) return
+    yield* store.logout({ peerId, sessionId, reason, serverId: config.serverId })
+    const cancelled = yield* store.closeOpenTickets(sessionId, "cancelled")
+    closed = true
+    yield* Effect.logInfo(`logged out (${reason})${cancelled > 0 ? `; ${cancelled} open ticket(s) cancelled` : ""}`)
+    yield* Deferred.succeed(ended, undefined)
+  })
+
+  const handle = (command: Command): Effect.Effect<void> => {
+    switch (command._tag) {
+      case "Result":
+        return Effect.gen(function* () {
+          lastSeen = Date.now()
+          const m = command.message
+          const verdict = yield* store.recordResult({
+            ticket: m.ticket,
+            peerId,
+            sessionId,
+            serverId: config.serverId,
+            status: statusOf(m),
+            exitCode: m.exit_code ?? null,
+            output: m.result,
+            truncated: m.truncated ?? false,
+            startedAt: m.started_at ?? null,
+            finishedAt: m.finished_at ?? null,
+          })
+          if (verdict === "recorded" || verdict === "duplicate") tickets.settle(m.ticket)
+          if (verdict !== "recorded") yield* Effect.logWarning(`result for ticket ${m.ticket} not recorded: ${verdict}`)
+          yield* dispatch
+          return verdict
+        }).pipe(Effect.exit, Effect.flatMap((exit) => Deferred.done(command.reply, exit)), Effect.asVoid)
+      case "Heartbeat":
+        return Effect.sync(() => {
+          lastSeen = Date.now()
+        })
+      case "Shutdown":
+        return Effect.gen(function* () {
+          shuttingDown = true
+          yield* transport.sendToPeer(
+            peerId,
+            Protocol.encodeMessage({
+              msg: "shutdown",
+              token: start.sessionToken,
+              reason: command.reason,
+              server_id: config.serverId,
+            }),
+          )
+        }).pipe(Effect.exit, Effect.flatMap((exit) => Deferred.done(command.reply, exit)), Effect.asVoid)
+      case "End":
+        return finish(command.reason).pipe(
+          Effect.exit,
+          Effect.flatMap((exit) => Deferred.done(command.reply, exit)),
+          Effect.asVoid,
+        )
+      case "Tick":
+        return Date.now() - lastSeen > config.graceMs
+          ? finish("timeout").pipe(Effect.catch((e) => Effect.logWarning("could not log out a silent peer", e)))
+          : dispatch
+      case "InFlight":
+        return Deferred.succeed(command.reply, tickets.inFlight()).pipe(Effect.asVoid)
+    }
+  }
+
+  // The actor: one command at a time until the session has ended.
+  yield* Effect.gen(function* () {
+    while (!closed) yield* handle(yield* Queue.take(mailbox))
+  }).pipe(annotate, Effect.forkScoped)
+  yield* Queue.offer(mailbox, { _tag: "Tick" }).pipe(
+    Effect.delay(Math.min(config.heartbeatMs, config.graceMs)),
+    Effect.forever,
+    Effect.raceFirst(Deferred.await(ended)),
+    Effect.forkScoped,
+  )
+
+  yield* dispatch.pipe(annotate)
+  yield* Effect.logInfo(`logged in (${start.os ?? "?"}/${start.distro ?? "?"}, ${tickets.waiting() + tickets.inFlight()} ticket(s))`).pipe(annotate)
+
+  /** Asks the actor; if it has ended, answers without it. */
+  const ask = <A, E>(make: (reply: Deferred.Deferred<A, E>) => Command, whenEnded: Effect.Effect<A, E>) =>
+    Effect.gen(function* () {
+      if (closed) return yield* whenEnded
+      const reply = yield* Deferred.make<A, E>()
+      yield* Queue.offer(mailbox, make(reply))
+      return yield* Deferred.await(reply).pipe(Effect.raceFirst(Deferred.await(ended).pipe(Effect.andThen(whenEnded))))
+    })
+
+  return {
+    peerId,
+    sessionId,
+    authenticate: (token) => sameHash(hashSecret(token), tokenHash),
+    result: (message) =>
+      ask<ResultVerdict, StoreError>((reply) => ({ _tag: "Result", message, reply }), Effect.succeed("ticket_closed")),
+    heartbeat: Queue.offer(mailbox, { _tag: "Heartbeat" }).pipe(Effect.asVoid),
+    notifyShutdown: (reason) => ask<void, TransportError>((reply) => ({ _tag: "Shutdown", reason, reply }), Effect.void),
+    end: (reason) => ask<void, StoreError>((reply) => ({ _tag: "End", reason, reply }), Effect.void),
+    inFlight: ask<number, never>((reply) => ({ _tag: "InFlight", reply }), Effect.succeed(0)),
+    ended: Deferred.await(ended),
+  }
+})

@@ -1,0 +1,217 @@
+import { type Envelope, Protocol, Transport, type TransportError } from "@picus/core"
+import { Console, Deferred, Effect, Fiber, Random, Result, Semaphore } from "effect"
+import { type ExecuteOptions, execute } from "./executor.ts"
+import type { OsInfo } from "./osInfo.ts"
+import type { StateFile } from "./state.ts"
+
+export interface AgentConfig {
+  readonly token: string
+  readonly serverIp: string
+  readonly os: OsInfo
+  readonly state: StateFile
+  readonly agentVersion: string
+  /** Jobs run at once. */
+  readonly concurrency: number
+  readonly outputCapBytes: number
+  /** Used when a job has no timeout of its own. */
+  readonly defaultTimeoutMs: number
+  /** After a shutdown: exit (true) or wait and register again (false). */
+  readonly exitOnShutdown: boolean
+  /** Without an answer to a registration for this long, send it again. */
+  readonly registerTimeoutMs: number
+  /** Backoff before registering again after a shutdown: base, doubled per try, jittered, capped. */
+  readonly reconnectBaseMs: number
+  readonly reconnectMaxMs: number
+}
+
+/** How the agent stopped. */
+export type AgentExit =
+  | { readonly _tag: "Rejected"; readonly reason: string }
+  | { readonly _tag: "Shutdown"; readonly reason: string }
+
+interface Session {
+  readonly token: string
+  readonly sessionId: string | undefined
+  readonly heartbeatMs: number
+}
+
+/**
+ * The peer's side of the protocol: register, run the jobs that arrive in its inbox, send each
+ * result, heartbeat, and react to `shutdown`. One registration cycle at a time; after a shutdown
+ * it registers again (with backoff) unless told to exit.
+ */
+export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
+  const transport = yield* Transport
+  const peerId = config.state.peerId
+  const send = (message: Protocol.PeerMessage) => transport.sendUplink(Protocol.encodeMessage(message))
+  let current: Session | undefined
+
+  const register = send({
+    msg: "register",
+    peer_id: peerId,
+    token: config.token,
+    server_ip: config.serverIp,
+    os: config.os.os,
+    distro: config.os.distro,
+    hostname: config.os.hostname,
+    agent_version: config.agentVersion,
+  })
+
+  const sendResult = (message: Protocol.Result) => send(message).pipe(Effect.asVoid)
+
+  const runJob = Effect.fnUntraced(function* (session: Session, job: Protocol.Job) {
+    const base = { msg: "result", ticket: job.ticket, peer_id: peerId, token: session.token } as const
+    if (job.job.os !== config.os.os || job.job.distro !== config.os.distro) {
+      yield* Console.log(`refused job ${job.ticket} "${job.job.name}": it is for ${job.job.os}/${job.job.distro}`)
+      return yield* sendResult({
+        ...base,
+        result: `refused: job is for ${job.job.os}/${job.job.distro}, this peer is ${config.os.os}/${config.os.distro}`,
+        status: "refused",
+        exit_code: null,
+      })
+    }
+    const options: ExecuteOptions = {
+      timeoutMs: job.job.timeout_ms ?? config.defaultTimeoutMs,
+      outputCapBytes: config.outputCapBytes,
+    }
+    const run = yield* execute(job.job.command, options)
+    const status = run.timedOut ? "timed_out" : run.exitCode === 0 ? "succeeded" : "failed"
+    // Remember before sending: a crash between the two loses a result, never runs a job twice.
+    config.state.markRun(job.ticket)
+    yield* sendResult({
+      ...base,
+      result: run.output,
+      exit_code: run.exitCode,
+      status,
+      started_at: run.startedAt,
+      finished_at: run.finishedAt,
+      truncated: run.truncated,
+    })
+    yield* Console.log(`job ${job.ticket} "${job.job.name}": ${status}${run.exitCode === null ? "" : ` (exit ${run.exitCode})`}`)
+  })
+
+  /** One registration cycle: register, then serve until shutdown or rejection. */
+  const cycle: Effect.Effect<AgentExit, TransportError> = Effect.scoped(
+    Effect.gen(function* () {
+      const reader = yield* transport.inboxReader(peerId)
+      let cursor = yield* transport.inboxTail(peerId)
+      yield* register
+      let lastRegister = Date.now()
+      const slots = yield* Semaphore.make(config.concurrency)
+      const running = new Set<Fiber.Fiber<void, TransportError>>()
+      const stop = yield* Deferred.make<AgentExit>()
+      let heartbeat: Fiber.Fiber<void, TransportError> | undefined
+      let session: Session | undefined
+      let acceptingJobs = false
+
+      const handle = (envelope: Envelope) =>
+        Effect.gen(function* () {
+          const decoded = Protocol.decodeServerMessage(envelope.payload)
+          if (Result.isFailure(decoded)) {
+            return yield* Effect.logWarning(`ignored a malformed message: ${decoded.failure.message}`)
+          }
+          const message = decoded.success
+          switch (Protocol.serverMessageKind(message)) {
+            case "register_accepted": {
+              const m = message as Protocol.RegisterAccepted
+              session = { token: m.token, sessionId: m.session_id, heartbeatMs: m.heartbeat_ms ?? 5_000 }
+              current = session
+              acceptingJobs = true
+              if (heartbeat) yield* Fiber.interrupt(heartbeat)
+              const s = session
+              heartbeat = yield* send({ msg: "heartbeat", peer_id: peerId, token: s.token, running: running.size }).pipe(
+                Effect.delay(s.heartbeatMs),
+                Effect.forever,
+                Effect.forkScoped,
+              )
+              yield* Console.log(`registered as ${peerId} (session ${m.session_id ?? "?"}, server ${m.server_id ?? "?"})`)
+              return
+            }
+            case "register_rejected": {
+              const reason = (message as Protocol.RegisterRejected).reason ?? "no reason given"
+              if (session && reason === "session_expired") {
+                yield* Console.log("the server no longer knows this session: registering again")
+                session = undefined
+                current = undefined
+                acceptingJobs = false
+                yield* register
+                lastRegister = Date.now()
+                return
+              }
+              if (session) return // a stale answer to an earlier registration
+              yield* Console.log(`registration rejected: ${reason}`)
+              return yield* Deferred.succeed(stop, { _tag: "Rejected" as const, reason })
+            }
+            case "job": {
+              const job = message as Protocol.Job
+              if (!session || job.token !== session.token) {
+                return yield* Effect.logWarning(`ignored job ${job.ticket}: not for the current session`)
+              }
+              if (!acceptingJobs) return yield* Effect.logInfo(`skipped job ${job.ticket}: shutting down`)
+              if (config.state.hasRun(job.ticket)) {
+                return yield* Effect.logWarning(`skipped job ${job.ticket}: already run`)
+              }
+              const s = session
+              const fiber = yield* slots.withPermits(1)(runJob(s, job)).pipe(Effect.forkScoped)
+              running.add(fiber)
+              yield* Fiber.await(fiber).pipe(
+                Effect.andThen(Effect.sync(() => running.delete(fiber))),
+                Effect.forkScoped,
+              )
+              return
+            }
+            case "shutdown": {
+              const m = message as Protocol.Shutdown
+              if (!session || m.token !== session.token) return
+              acceptingJobs = false
+              yield* Console.log(`server shutdown${m.server_id ? ` (${m.server_id})` : ""}: ${m.reason}`)
+              // Jobs already running finish and report; the server waits a little for them.
+              yield* Fiber.joinAll([...running]).pipe(Effect.ignore)
+              if (heartbeat) yield* Fiber.interrupt(heartbeat)
+              session = undefined
+              current = undefined
+              return yield* Deferred.succeed(stop, { _tag: "Shutdown" as const, reason: m.reason })
+            }
+          }
+        })
+
+      const loop = Effect.gen(function* () {
+        while (true) {
+          const entries = yield* reader.read(cursor, { count: 64, blockMs: 1_000 })
+          for (const entry of entries) {
+            yield* handle(entry)
+            cursor = entry.id
+          }
+          if (entries.length > 0) yield* transport.trimInbox(peerId, cursor).pipe(Effect.ignore)
+          if (!session && Date.now() - lastRegister > config.registerTimeoutMs) {
+            yield* Effect.logInfo("no answer to the registration yet: sending it again")
+            yield* register
+            lastRegister = Date.now()
+          }
+        }
+      })
+      return yield* loop.pipe(Effect.raceFirst(Deferred.await(stop)))
+    }),
+  )
+
+  return {
+    /** Registers and serves; after a shutdown registers again unless configured to exit. */
+    run: Effect.gen(function* () {
+      let attempt = 0
+      while (true) {
+        const exit = yield* cycle
+        if (exit._tag === "Rejected" || config.exitOnShutdown) return exit
+        attempt++
+        const ceiling = Math.min(config.reconnectMaxMs, config.reconnectBaseMs * 2 ** Math.min(attempt, 10))
+        const wait = Math.round(ceiling / 2 + (yield* Random.nextBetween(0, ceiling / 2)))
+        yield* Console.log(`registering again in ${(wait / 1000).toFixed(1)}s`)
+        yield* Effect.sleep(wait)
+      }
+    }),
+    /** Logs out of the current session, if any (Ctrl+C on the peer). */
+    logout: (reason: string) =>
+      current
+        ? send({ msg: "logout", peer_id: peerId, token: current.token, reason }).pipe(Effect.asVoid)
+        : Effect.void,
+  }
+})

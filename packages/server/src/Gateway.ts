@@ -1,0 +1,226 @@
+import { randomUUID } from "node:crypto"
+import {
+  type Delivery,
+  hashSecret,
+  JobScheduler,
+  newSecret,
+  type PeerSession,
+  Protocol,
+  type SessionConfig,
+  Store,
+  type StoreError,
+  startPeerSession,
+  Transport,
+  type TransportError,
+} from "@picus/core"
+import { Effect, Exit, Option, Result, Scope } from "effect"
+import { type EnrollmentTokens, verifyEnrollmentToken } from "./tokens.ts"
+
+export interface GatewayConfig extends SessionConfig {
+  /** This instance's consumer name in the uplink group. */
+  readonly consumer: string
+  readonly enrollment: EnrollmentTokens
+  /** Uplink entries per read. */
+  readonly batchSize: number
+  /** A registration older than this when it is read is dropped: its peer has given up on it. */
+  readonly staleRegisterMs: number
+  /** Unacknowledged uplink entries idle this long are taken over (their instance died). */
+  readonly reclaimIdleMs: number
+  /** At shutdown, how long to wait for results of jobs already running. */
+  readonly drainMs: number
+}
+
+/** The reply to a rejected registration carries no token: the server never echoes a secret back. */
+export const REJECTED_TOKEN = "none"
+export const SESSION_EXPIRED = "session_expired"
+
+/**
+ * The server's front door: reads the uplink (shared with the other instances through the
+ * consumer group), decodes each message, authenticates registrations, and hands everything else
+ * to the peer's session actor. An entry is acknowledged only once what it asked for is durable;
+ * an entry that fails with a store or transport error stays pending and is retried.
+ */
+export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
+  const store = yield* Store
+  const transport = yield* Transport
+  const services = yield* Effect.context<Store | Transport | JobScheduler>()
+  const scope = yield* Scope.Scope
+  const sessions = new Map<string, PeerSession>()
+  let accepting = true
+
+  const reject = Effect.fnUntraced(function* (message: Protocol.Register, reason: string) {
+    yield* store.logRejected({ peerId: message.peer_id, reason, serverId: config.serverId, serverIp: message.server_ip })
+    yield* transport.sendToPeer(
+      message.peer_id,
+      Protocol.encodeMessage({
+        msg: "register",
+        peer_id: message.peer_id,
+        token: REJECTED_TOKEN,
+        status: "rejected",
+        reason,
+      }),
+    )
+    yield* Effect.logWarning(`registration rejected: ${reason}`).pipe(Effect.annotateLogs({ peer_id: message.peer_id }))
+  })
+
+  const register = Effect.fnUntraced(function* (message: Protocol.Register, entry: Delivery) {
+    const age = Date.now() - Number(entry.id.split("-")[0])
+    if (age > config.staleRegisterMs) {
+      yield* Effect.logWarning(`dropped a registration ${Math.round(age / 1000)}s old`).pipe(
+        Effect.annotateLogs({ peer_id: message.peer_id }),
+      )
+      return
+    }
+    if (!accepting) return yield* reject(message, "server is shutting down")
+    const verdict = yield* verifyEnrollmentToken(config.enrollment, message.token).pipe(
+      Effect.provideService(Store, store),
+    )
+    if (Option.isSome(verdict)) return yield* reject(message, verdict.value)
+
+    const previous = sessions.get(message.peer_id)
+    if (previous) yield* previous.end("replaced")
+    const session = yield* startPeerSession(
+      {
+        peerId: message.peer_id,
+        sessionId: randomUUID(),
+        sessionToken: newSecret("session"),
+        serverIp: message.server_ip,
+        os: message.os ?? null,
+        distro: message.distro ?? null,
+        hostname: message.hostname ?? null,
+        agentVersion: message.agent_version ?? null,
+      },
+      config,
+    ).pipe(Scope.provide(scope), Effect.provideContext(services))
+    sessions.set(message.peer_id, session)
+    // Forget the session when it ends, unless a newer one has taken its place.
+    yield* session.ended.pipe(
+      Effect.andThen(
+        Effect.sync(() => {
+          if (sessions.get(message.peer_id) === session) sessions.delete(message.peer_id)
+        }),
+      ),
+      Effect.forkIn(scope),
+    )
+  })
+
+  /** The session a message speaks for, if its token is that session's. */
+  const sessionOf = (message: { readonly peer_id: string; readonly token: string }) => {
+    const session = sessions.get(message.peer_id)
+    return session?.authenticate(message.token) ? session : undefined
+  }
+
+  const handle = (message: Protocol.PeerMessage, entry: Delivery): Effect.Effect<void, StoreError | TransportError> => {
+    if (message.msg === "register") return register(message, entry)
+    const session = sessionOf(message)
+    const log = Effect.annotateLogs({ peer_id: message.peer_id })
+    if (!session) {
+      return Effect.gen(function* () {
+        yield* Effect.logWarning(`${message.msg} refused: no session for this peer and token`).pipe(log)
+        // A peer that thinks it is logged in (its session timed out, or another server took over)
+        // learns it must register again.
+        if (message.msg === "heartbeat" && sessions.has(message.peer_id) === false) {
+          yield* transport.sendToPeer(
+            message.peer_id,
+            Protocol.encodeMessage({
+              msg: "register",
+              peer_id: message.peer_id,
+              token: REJECTED_TOKEN,
+              status: "rejected",
+              reason: SESSION_EXPIRED,
+            }),
+          )
+        }
+      })
+    }
+    switch (message.msg) {
+      case "result":
+        return session.result(message).pipe(Effect.asVoid)
+      case "heartbeat":
+        return session.heartbeat
+      case "logout":
+        return session.end(message.reason ?? "peer_logout")
+    }
+  }
+
+  /** Handles a batch: each peer's messages in order, different peers side by side. Returns what to ack. */
+  const handleBatch = Effect.fnUntraced(function* (batch: ReadonlyArray<Delivery>) {
+    const done: Array<string> = []
+    const byPeer = new Map<string, Array<[Protocol.PeerMessage, Delivery]>>()
+    for (const entry of batch) {
+      const decoded = Protocol.decodePeerMessage(entry.payload)
+      if (Result.isFailure(decoded)) {
+        yield* Effect.logWarning(`dropped a malformed message (${decoded.failure.reason}): ${decoded.failure.message}`)
+        done.push(entry.id)
+        continue
+      }
+      const list = byPeer.get(decoded.success.peer_id) ?? []
+      list.push([decoded.success, entry])
+      byPeer.set(decoded.success.peer_id, list)
+    }
+    yield* Effect.forEach(
+      byPeer.values(),
+      (list) =>
+        Effect.gen(function* () {
+          for (const [message, entry] of list) {
+            const exit = yield* Effect.exit(handle(message, entry))
+            if (Exit.isSuccess(exit)) done.push(entry.id)
+            else yield* Effect.logError(`could not handle ${message.msg}; it stays pending`, exit.cause)
+          }
+        }),
+      { concurrency: 32, discard: true },
+    )
+    return done
+  })
+
+  const reader = yield* transport.uplinkReader(config.consumer)
+  let lastReclaim = 0
+
+  const pump = Effect.gen(function* () {
+    let batch = yield* reader.read({ count: config.batchSize, blockMs: 1_000 })
+    if (Date.now() - lastReclaim > config.reclaimIdleMs / 2) {
+      lastReclaim = Date.now()
+      const reclaimed = yield* reader.reclaim(config.reclaimIdleMs, config.batchSize)
+      if (reclaimed.length > 0) {
+        yield* Effect.logInfo(`took over ${reclaimed.length} pending message(s)`)
+        batch = [...reclaimed, ...batch]
+      }
+    }
+    if (batch.length === 0) return
+    const done = yield* handleBatch(batch)
+    yield* transport.ackUplink(done)
+  }).pipe(
+    Effect.catch((error) =>
+      Effect.logError(`uplink: ${error.message}; retrying`).pipe(Effect.andThen(Effect.sleep("1 second"))),
+    ),
+  )
+
+  return {
+    /** Serves until interrupted. */
+    run: Effect.forever(pump),
+    sessionCount: Effect.sync(() => sessions.size),
+    /**
+     * Graceful shutdown: refuse new registrations, log the shutdown with its reason, send every
+     * peer `shutdown`, give running jobs `drainMs` to report, then log each peer out.
+     */
+    shutdown: Effect.fnUntraced(function* (reason: string) {
+      accepting = false
+      yield* store.logShutdown({ serverId: config.serverId, reason })
+      const all = [...sessions.values()]
+      yield* Effect.logInfo(`shutting down (${reason}): notifying ${all.length} peer(s)`)
+      yield* Effect.forEach(all, (s) => s.notifyShutdown(reason).pipe(Effect.ignore), { concurrency: 32, discard: true })
+      const deadline = Date.now() + config.drainMs
+      while (Date.now() < deadline) {
+        const inFlight = yield* Effect.forEach(all, (s) => s.inFlight)
+        if (inFlight.every((n) => n === 0)) break
+        yield* Effect.sleep("50 millis")
+      }
+      yield* Effect.forEach(all, (s) => s.end("server_shutdown"), { concurrency: 32, discard: true })
+    }),
+  }
+})
+
+export type Gateway = Effect.Success<ReturnType<typeof makeGateway>>
+
+/** The hash of a secret, for the enrollment tokens given in the environment. */
+export const hashToken = hashSecret

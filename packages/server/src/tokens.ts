@@ -1,0 +1,38 @@
+import { hashSecret, newSecret, sameHash, secretPrefix, Store, type StoreError } from "@picus/core"
+import { Effect, Option } from "effect"
+
+/** Enrollment tokens accepted besides those in the database (PICUS_TOKENS), kept as hashes only. */
+export interface EnrollmentTokens {
+  readonly fromEnvironment: ReadonlyArray<Uint8Array>
+}
+
+export const enrollmentTokensFrom = (commaSeparated: string | undefined): EnrollmentTokens => ({
+  fromEnvironment: (commaSeparated ?? "")
+    .split(",")
+    .map((t) => t.trim())
+    .filter((t) => t.length > 0)
+    .map(hashSecret),
+})
+
+/** None when the token may enroll; Some(reason) when it may not. The reason never quotes the token. */
+export const verifyEnrollmentToken = Effect.fnUntraced(function* (
+  tokens: EnrollmentTokens,
+  token: string,
+): Effect.fn.Return<Option.Option<string>, StoreError, Store> {
+  const hash = hashSecret(token)
+  // Compare against every environment token, so timing does not tell which one matched.
+  let matched = false
+  for (const known of tokens.fromEnvironment) matched = sameHash(hash, known) || matched
+  if (matched) return Option.none()
+  const store = yield* Store
+  const found = yield* store.findActiveToken(hash)
+  return Option.isSome(found) ? Option.none() : Option.some("unknown or revoked token")
+})
+
+/** Creates an enrollment token; the secret is returned once and only its hash is stored. */
+export const createEnrollmentToken = Effect.fnUntraced(function* (name: string) {
+  const store = yield* Store
+  const secret = newSecret("picus")
+  const info = yield* store.createToken({ name, prefix: secretPrefix(secret), hash: hashSecret(secret) })
+  return { secret, info }
+})
