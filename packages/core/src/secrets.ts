@@ -8,9 +8,11 @@ import { createHash, randomBytes, timingSafeEqual } from "node:crypto"
 /** A new secret, e.g. `picus_3q2+…`; the prefix says what it is when it turns up somewhere. */
 export const newSecret = (kind: string): string => `${kind}_${randomBytes(32).toString("base64url")}`
 
-export const hashSecret = (secret: string): Uint8Array => new Uint8Array(createHash("sha256").update(secret).digest())
+export const hashSecret = (secret: string): Uint8Array =>
+  new Uint8Array(createHash("sha256").update(secret).digest())
 
-export const sameHash = (a: Uint8Array, b: Uint8Array): boolean => a.length === b.length && timingSafeEqual(a, b)
+export const sameHash = (a: Uint8Array, b: Uint8Array): boolean =>
+  a.length === b.length && timingSafeEqual(a, b)
 
 /** The part of a secret that is safe to show in listings: its kind and first characters. */
 export const secretPrefix = (secret: string): string => secret.slice(0, secret.indexOf("_") + 9)

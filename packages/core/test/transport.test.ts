@@ -25,8 +25,10 @@ const layers: Array<[string, () => Layer.Layer<Transport, unknown>]> = [
   ],
 ]
 
-const run = <A, E>(layer: () => Layer.Layer<Transport, unknown>, body: Effect.Effect<A, E, Transport | Scope.Scope>) =>
-  body.pipe(Effect.scoped, Effect.provide(layer()))
+const run = <A, E>(
+  layer: () => Layer.Layer<Transport, unknown>,
+  body: Effect.Effect<A, E, Transport | Scope.Scope>,
+) => body.pipe(Effect.scoped, Effect.provide(layer()))
 
 describe.each(layers)("Transport contract (%s)", (_name, layer) => {
   it.live("uplink delivers entries in order to a consumer, once", () =>
@@ -217,6 +219,9 @@ describe("Redis transport", () => {
       const t = yield* Transport
       const error = yield* Effect.flip(t.sendUplink("x").pipe(Effect.timeout("10 seconds")))
       assert.strictEqual(error._tag, "TransportError")
-    }).pipe(Effect.scoped, Effect.provide(layerRedis({ url: "redis://127.0.0.1:1", prefix: testKeyPrefix() }))),
+    }).pipe(
+      Effect.scoped,
+      Effect.provide(layerRedis({ url: "redis://127.0.0.1:1", prefix: testKeyPrefix() })),
+    ),
   )
 })

@@ -62,7 +62,9 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
   const runJob = Effect.fnUntraced(function* (session: Session, job: Protocol.Job) {
     const base = { msg: "result", ticket: job.ticket, peer_id: peerId, token: session.token } as const
     if (job.job.os !== config.os.os || job.job.distro !== config.os.distro) {
-      yield* Console.log(`refused job ${job.ticket} "${job.job.name}": it is for ${job.job.os}/${job.job.distro}`)
+      yield* Console.log(
+        `refused job ${job.ticket} "${job.job.name}": it is for ${job.job.os}/${job.job.distro}`,
+      )
       return yield* sendResult({
         ...base,
         result: `refused: job is for ${job.job.os}/${job.job.distro}, this peer is ${config.os.os}/${config.os.distro}`,
@@ -87,7 +89,9 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
       finished_at: run.finishedAt,
       truncated: run.truncated,
     })
-    yield* Console.log(`job ${job.ticket} "${job.job.name}": ${status}${run.exitCode === null ? "" : ` (exit ${run.exitCode})`}`)
+    yield* Console.log(
+      `job ${job.ticket} "${job.job.name}": ${status}${run.exitCode === null ? "" : ` (exit ${run.exitCode})`}`,
+    )
   })
 
   /** One registration cycle: register, then serve until shutdown or rejection. */
@@ -119,12 +123,15 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
               acceptingJobs = true
               if (heartbeat) yield* Fiber.interrupt(heartbeat)
               const s = session
-              heartbeat = yield* send({ msg: "heartbeat", peer_id: peerId, token: s.token, running: running.size }).pipe(
-                Effect.delay(s.heartbeatMs),
-                Effect.forever,
-                Effect.forkScoped,
+              heartbeat = yield* send({
+                msg: "heartbeat",
+                peer_id: peerId,
+                token: s.token,
+                running: running.size,
+              }).pipe(Effect.delay(s.heartbeatMs), Effect.forever, Effect.forkScoped)
+              yield* Console.log(
+                `registered as ${peerId} (session ${m.session_id ?? "?"}, server ${m.server_id ?? "?"})`,
               )
-              yield* Console.log(`registered as ${peerId} (session ${m.session_id ?? "?"}, server ${m.server_id ?? "?"})`)
               return
             }
             case "register_rejected": {

@@ -61,9 +61,7 @@ export const execute = (command: string, options: ExecuteOptions): Effect.Effect
       // A cut may split a multi-byte character; drop the replacement character it leaves.
       if (truncated) output = output.replace(/\uFFFD$/, "")
       if (extra) output += extra
-      resume(
-        Effect.succeed({ exitCode, output, truncated, timedOut, startedAt, finishedAt: Date.now() }),
-      )
+      resume(Effect.succeed({ exitCode, output, truncated, timedOut, startedAt, finishedAt: Date.now() }))
     }
     child.on("error", (error) => done(null, `failed to start: ${error.message}`))
     child.on("close", (code) => done(timedOut ? null : code))

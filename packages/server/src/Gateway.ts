@@ -2,7 +2,7 @@ import { randomUUID } from "node:crypto"
 import {
   type Delivery,
   hashSecret,
-  JobScheduler,
+  type JobScheduler,
   newSecret,
   type PeerSession,
   Protocol,
@@ -49,7 +49,12 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
   let accepting = true
 
   const reject = Effect.fnUntraced(function* (message: Protocol.Register, reason: string) {
-    yield* store.logRejected({ peerId: message.peer_id, reason, serverId: config.serverId, serverIp: message.server_ip })
+    yield* store.logRejected({
+      peerId: message.peer_id,
+      reason,
+      serverId: config.serverId,
+      serverIp: message.server_ip,
+    })
     yield* transport.sendToPeer(
       message.peer_id,
       Protocol.encodeMessage({
@@ -60,7 +65,9 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
         reason,
       }),
     )
-    yield* Effect.logWarning(`registration rejected: ${reason}`).pipe(Effect.annotateLogs({ peer_id: message.peer_id }))
+    yield* Effect.logWarning(`registration rejected: ${reason}`).pipe(
+      Effect.annotateLogs({ peer_id: message.peer_id }),
+    )
   })
 
   const register = Effect.fnUntraced(function* (message: Protocol.Register, entry: Delivery) {
@@ -110,7 +117,10 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
     return session?.authenticate(message.token) ? session : undefined
   }
 
-  const handle = (message: Protocol.PeerMessage, entry: Delivery): Effect.Effect<void, StoreError | TransportError> => {
+  const handle = (
+    message: Protocol.PeerMessage,
+    entry: Delivery,
+  ): Effect.Effect<void, StoreError | TransportError> => {
     if (message.msg === "register") return register(message, entry)
     const session = sessionOf(message)
     const log = Effect.annotateLogs({ peer_id: message.peer_id })
@@ -150,7 +160,9 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
     for (const entry of batch) {
       const decoded = Protocol.decodePeerMessage(entry.payload)
       if (Result.isFailure(decoded)) {
-        yield* Effect.logWarning(`dropped a malformed message (${decoded.failure.reason}): ${decoded.failure.message}`)
+        yield* Effect.logWarning(
+          `dropped a malformed message (${decoded.failure.reason}): ${decoded.failure.message}`,
+        )
         done.push(entry.id)
         continue
       }
@@ -208,7 +220,10 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
       yield* store.logShutdown({ serverId: config.serverId, reason })
       const all = [...sessions.values()]
       yield* Effect.logInfo(`shutting down (${reason}): notifying ${all.length} peer(s)`)
-      yield* Effect.forEach(all, (s) => s.notifyShutdown(reason).pipe(Effect.ignore), { concurrency: 32, discard: true })
+      yield* Effect.forEach(all, (s) => s.notifyShutdown(reason).pipe(Effect.ignore), {
+        concurrency: 32,
+        discard: true,
+      })
       const deadline = Date.now() + config.drainMs
       while (Date.now() < deadline) {
         const inFlight = yield* Effect.forEach(all, (s) => s.inFlight)

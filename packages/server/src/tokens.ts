@@ -1,4 +1,4 @@
-import { hashSecret, newSecret, sameHash, secretPrefix, Store, type StoreError } from "@picus/core"
+import { hashSecret, newSecret, Store, type StoreError, sameHash, secretPrefix } from "@picus/core"
 import { Effect, Option } from "effect"
 
 /** Enrollment tokens accepted besides those in the database (PICUS_TOKENS), kept as hashes only. */

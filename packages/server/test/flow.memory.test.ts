@@ -56,9 +56,30 @@ describe("server and peers in one process (in-memory layers)", () => {
     Effect.gen(function* () {
       const store = yield* Store
       yield* store.replaceCatalog([
-        { job_id: "echo", name: "Echo", os: "linux", distro: "debian", command: "echo hello-$((6*7))", timeout_ms: 5_000 },
-        { job_id: "fail", name: "Fail", os: "linux", distro: "debian", command: "echo oops >&2; exit 3", timeout_ms: 5_000 },
-        { job_id: "centos", name: "Centos only", os: "linux", distro: "centos", command: "echo never", timeout_ms: 5_000 },
+        {
+          job_id: "echo",
+          name: "Echo",
+          os: "linux",
+          distro: "debian",
+          command: "echo hello-$((6*7))",
+          timeout_ms: 5_000,
+        },
+        {
+          job_id: "fail",
+          name: "Fail",
+          os: "linux",
+          distro: "debian",
+          command: "echo oops >&2; exit 3",
+          timeout_ms: 5_000,
+        },
+        {
+          job_id: "centos",
+          name: "Centos only",
+          os: "linux",
+          distro: "centos",
+          command: "echo never",
+          timeout_ms: 5_000,
+        },
       ])
       const gateway = yield* makeGateway(gatewayConfig)
       const server = yield* Effect.forkScoped(gateway.run)
@@ -111,12 +132,24 @@ describe("server and peers in one process (in-memory layers)", () => {
       const store = yield* Store
       const gateway = yield* makeGateway(gatewayConfig)
       yield* Effect.forkScoped(gateway.run)
-      for (const junk of ["", "not json", "[]", '{"msg":"hello"}', '{"msg":"result"}', "x".repeat(2_000_000)]) {
+      for (const junk of [
+        "",
+        "not json",
+        "[]",
+        '{"msg":"hello"}',
+        '{"msg":"result"}',
+        "x".repeat(2_000_000),
+      ]) {
         yield* transport.sendUplink(junk)
       }
       const tail = yield* transport.inboxTail("late")
       yield* transport.sendUplink(
-        Protocol.encodeMessage({ msg: "register", peer_id: "late", token: "good-token", server_ip: "127.0.0.1" }),
+        Protocol.encodeMessage({
+          msg: "register",
+          peer_id: "late",
+          token: "good-token",
+          server_ip: "127.0.0.1",
+        }),
       )
       const reader = yield* transport.inboxReader("late")
       const [reply] = yield* reader.read(tail, { count: 1, blockMs: 5_000 })

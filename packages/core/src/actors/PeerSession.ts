@@ -51,9 +51,17 @@ export interface PeerSession {
 }
 
 type Command =
-  | { readonly _tag: "Result"; readonly message: Protocol.Result; readonly reply: Deferred.Deferred<ResultVerdict, StoreError> }
+  | {
+      readonly _tag: "Result"
+      readonly message: Protocol.Result
+      readonly reply: Deferred.Deferred<ResultVerdict, StoreError>
+    }
   | { readonly _tag: "Heartbeat" }
-  | { readonly _tag: "Shutdown"; readonly reason: string; readonly reply: Deferred.Deferred<void, TransportError> }
+  | {
+      readonly _tag: "Shutdown"
+      readonly reason: string
+      readonly reply: Deferred.Deferred<void, TransportError>
+    }
   | { readonly _tag: "End"; readonly reason: string; readonly reply: Deferred.Deferred<void, StoreError> }
   | { readonly _tag: "Tick" }
   | { readonly _tag: "InFlight"; readonly reply: Deferred.Deferred<number> }
@@ -69,7 +77,11 @@ const statusOf = (message: Protocol.Result): ResultStatus =>
 export const startPeerSession = Effect.fnUntraced(function* (
   start: SessionStart,
   config: SessionConfig,
-): Effect.fn.Return<PeerSession, StoreError | TransportError, Store | Transport | JobScheduler | Scope.Scope> {
+): Effect.fn.Return<
+  PeerSession,
+  StoreError | TransportError,
+  Store | Transport | JobScheduler | Scope.Scope
+> {
   const store = yield* Store
   const transport = yield* Transport
   const scheduler = yield* JobScheduler
@@ -146,7 +158,9 @@ export const startPeerSession = Effect.fnUntraced(function* (
     yield* store.logout({ peerId, sessionId, reason, serverId: config.serverId })
     const cancelled = yield* store.closeOpenTickets(sessionId, "cancelled")
     closed = true
-    yield* Effect.logInfo(`logged out (${reason})${cancelled > 0 ? `; ${cancelled} open ticket(s) cancelled` : ""}`)
+    yield* Effect.logInfo(
+      `logged out (${reason})${cancelled > 0 ? `; ${cancelled} open ticket(s) cancelled` : ""}`,
+    )
     yield* Deferred.succeed(ended, undefined)
   })
 
@@ -169,10 +183,15 @@ export const startPeerSession = Effect.fnUntraced(function* (
             finishedAt: m.finished_at ?? null,
           })
           if (verdict === "recorded" || verdict === "duplicate") tickets.settle(m.ticket)
-          if (verdict !== "recorded") yield* Effect.logWarning(`result for ticket ${m.ticket} not recorded: ${verdict}`)
+          if (verdict !== "recorded")
+            yield* Effect.logWarning(`result for ticket ${m.ticket} not recorded: ${verdict}`)
           yield* dispatch
           return verdict
-        }).pipe(Effect.exit, Effect.flatMap((exit) => Deferred.done(command.reply, exit)), Effect.asVoid)
+        }).pipe(
+          Effect.exit,
+          Effect.flatMap((exit) => Deferred.done(command.reply, exit)),
+          Effect.asVoid,
+        )
       case "Heartbeat":
         return Effect.sync(() => {
           lastSeen = Date.now()
@@ -189,7 +208,11 @@ export const startPeerSession = Effect.fnUntraced(function* (
               server_id: config.serverId,
             }),
           )
-        }).pipe(Effect.exit, Effect.flatMap((exit) => Deferred.done(command.reply, exit)), Effect.asVoid)
+        }).pipe(
+          Effect.exit,
+          Effect.flatMap((exit) => Deferred.done(command.reply, exit)),
+          Effect.asVoid,
+        )
       case "End":
         return finish(command.reason).pipe(
           Effect.exit,
@@ -198,7 +221,9 @@ export const startPeerSession = Effect.fnUntraced(function* (
         )
       case "Tick":
         return Date.now() - lastSeen > config.graceMs
-          ? finish("timeout").pipe(Effect.catch((e) => Effect.logWarning("could not log out a silent peer", e)))
+          ? finish("timeout").pipe(
+              Effect.catch((e) => Effect.logWarning("could not log out a silent peer", e)),
+            )
           : dispatch
       case "InFlight":
         return Deferred.succeed(command.reply, tickets.inFlight()).pipe(Effect.asVoid)
@@ -217,7 +242,9 @@ export const startPeerSession = Effect.fnUntraced(function* (
   )
 
   yield* dispatch.pipe(annotate)
-  yield* Effect.logInfo(`logged in (${start.os ?? "?"}/${start.distro ?? "?"}, ${tickets.waiting() + tickets.inFlight()} ticket(s))`).pipe(annotate)
+  yield* Effect.logInfo(
+    `logged in (${start.os ?? "?"}/${start.distro ?? "?"}, ${tickets.waiting() + tickets.inFlight()} ticket(s))`,
+  ).pipe(annotate)
 
   /** Asks the actor; if it has ended, answers without it. */
   const ask = <A, E>(make: (reply: Deferred.Deferred<A, E>) => Command, whenEnded: Effect.Effect<A, E>) =>
@@ -225,7 +252,9 @@ export const startPeerSession = Effect.fnUntraced(function* (
       if (closed) return yield* whenEnded
       const reply = yield* Deferred.make<A, E>()
       yield* Queue.offer(mailbox, make(reply))
-      return yield* Deferred.await(reply).pipe(Effect.raceFirst(Deferred.await(ended).pipe(Effect.andThen(whenEnded))))
+      return yield* Deferred.await(reply).pipe(
+        Effect.raceFirst(Deferred.await(ended).pipe(Effect.andThen(whenEnded))),
+      )
     })
 
   return {
@@ -233,9 +262,13 @@ export const startPeerSession = Effect.fnUntraced(function* (
     sessionId,
     authenticate: (token) => sameHash(hashSecret(token), tokenHash),
     result: (message) =>
-      ask<ResultVerdict, StoreError>((reply) => ({ _tag: "Result", message, reply }), Effect.succeed("ticket_closed")),
+      ask<ResultVerdict, StoreError>(
+        (reply) => ({ _tag: "Result", message, reply }),
+        Effect.succeed("ticket_closed"),
+      ),
     heartbeat: Queue.offer(mailbox, { _tag: "Heartbeat" }).pipe(Effect.asVoid),
-    notifyShutdown: (reason) => ask<void, TransportError>((reply) => ({ _tag: "Shutdown", reason, reply }), Effect.void),
+    notifyShutdown: (reason) =>
+      ask<void, TransportError>((reply) => ({ _tag: "Shutdown", reason, reply }), Effect.void),
     end: (reason) => ask<void, StoreError>((reply) => ({ _tag: "End", reason, reply }), Effect.void),
     inFlight: ask<number, never>((reply) => ({ _tag: "InFlight", reply }), Effect.succeed(0)),
     ended: Deferred.await(ended),

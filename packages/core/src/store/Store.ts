@@ -166,7 +166,10 @@ export class Store extends Context.Service<
       readonly reason: string
       readonly serverId: string
     }) => Effect.Effect<boolean, StoreError>
-    readonly logShutdown: (entry: { readonly serverId: string; readonly reason: string }) => Effect.Effect<void, StoreError>
+    readonly logShutdown: (entry: {
+      readonly serverId: string
+      readonly reason: string
+    }) => Effect.Effect<void, StoreError>
     readonly touchPeer: (peerId: string) => Effect.Effect<void, StoreError>
 
     // Tickets and results.
@@ -189,7 +192,9 @@ export class Store extends Context.Service<
       readonly peerId?: string
       readonly limit: number
     }) => Effect.Effect<ReadonlyArray<SessionRow>, StoreError>
-    readonly registrationLog: (filter: { readonly limit: number }) => Effect.Effect<ReadonlyArray<LogRow>, StoreError>
+    readonly registrationLog: (filter: {
+      readonly limit: number
+    }) => Effect.Effect<ReadonlyArray<LogRow>, StoreError>
     readonly results: (filter: {
       readonly peerId?: string
       readonly limit: number

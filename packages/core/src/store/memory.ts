@@ -110,7 +110,9 @@ export const makeMemoryStore = Effect.sync(() => {
         return true
       }),
     logShutdown: ({ serverId, reason }) =>
-      Effect.sync(() => append({ event: "shutdown", peerId: null, sessionId: null, reason, serverId, serverIp: null })),
+      Effect.sync(() =>
+        append({ event: "shutdown", peerId: null, sessionId: null, reason, serverId, serverIp: null }),
+      ),
     touchPeer: (peerId) =>
       Effect.sync(() => {
         peers.set(peerId, { lastSeenAt: Date.now() })

@@ -107,8 +107,22 @@ export const storeContract = (name: string, storeLayer: Layer.Layer<Store, unkno
           assert.strictEqual(open.length, 1)
           assert.isNull(open[0]!.logoutAt)
           assert.isNull(open[0]!.logoutReason)
-          assert.isTrue(yield* store.logout({ peerId, sessionId: login.sessionId, reason: "peer_logout", serverId: "server-a" }))
-          assert.isFalse(yield* store.logout({ peerId, sessionId: login.sessionId, reason: "timeout", serverId: "server-a" }))
+          assert.isTrue(
+            yield* store.logout({
+              peerId,
+              sessionId: login.sessionId,
+              reason: "peer_logout",
+              serverId: "server-a",
+            }),
+          )
+          assert.isFalse(
+            yield* store.logout({
+              peerId,
+              sessionId: login.sessionId,
+              reason: "timeout",
+              serverId: "server-a",
+            }),
+          )
           const [closed] = yield* store.sessions({ peerId, limit: 10 })
           assert.strictEqual(closed!.logoutReason, "peer_logout")
           assert.isNotNull(closed!.logoutAt)
@@ -122,7 +136,12 @@ export const storeContract = (name: string, storeLayer: Layer.Layer<Store, unkno
           const store = yield* Store
           const peerId = unique("peer")
           const reason = unique("Upgrade server")
-          yield* store.logRejected({ peerId, reason: "unknown token", serverId: "server-a", serverIp: "1.2.3.4" })
+          yield* store.logRejected({
+            peerId,
+            reason: "unknown token",
+            serverId: "server-a",
+            serverIp: "1.2.3.4",
+          })
           yield* store.logShutdown({ serverId: "server-a", reason })
           const log = yield* store.registrationLog({ limit: 50 })
           const rejected = log.find((r) => r.peerId === peerId)
@@ -132,7 +151,11 @@ export const storeContract = (name: string, storeLayer: Layer.Layer<Store, unkno
           assert.isNull(rejected?.sessionId)
           const shutdown = log.find((r) => r.event === "shutdown" && r.reason === reason)
           assert.strictEqual(shutdown?.serverId, "server-a")
-          assert.isAbove(log.findIndex((r) => r.peerId === peerId), log.indexOf(shutdown!), "newest first")
+          assert.isAbove(
+            log.findIndex((r) => r.peerId === peerId),
+            log.indexOf(shutdown!),
+            "newest first",
+          )
         }),
       )
 
@@ -143,7 +166,12 @@ export const storeContract = (name: string, storeLayer: Layer.Layer<Store, unkno
           const first = loginOf(peerId)
           const second = loginOf(peerId)
           yield* store.login(first)
-          yield* store.logout({ peerId, sessionId: first.sessionId, reason: "server_shutdown", serverId: "server-a" })
+          yield* store.logout({
+            peerId,
+            sessionId: first.sessionId,
+            reason: "server_shutdown",
+            serverId: "server-a",
+          })
           yield* store.login(second)
           const sessions = yield* store.sessions({ peerId, limit: 10 })
           assert.strictEqual(sessions.length, 2)
@@ -186,7 +214,10 @@ export const storeContract = (name: string, storeLayer: Layer.Layer<Store, unkno
         Effect.gen(function* () {
           const { store, peerId, login, tickets } = yield* setup
           const ticket = tickets[0]!.ticket
-          assert.strictEqual(yield* store.recordResult(newResult(ticket, peerId, login.sessionId)), "recorded")
+          assert.strictEqual(
+            yield* store.recordResult(newResult(ticket, peerId, login.sessionId)),
+            "recorded",
+          )
           assert.deepStrictEqual(yield* store.ticketState(ticket), Option.some("succeeded"))
           const again = { ...newResult(ticket, peerId, login.sessionId), output: "second" }
           assert.strictEqual(yield* store.recordResult(again), "duplicate")
@@ -201,8 +232,16 @@ export const storeContract = (name: string, storeLayer: Layer.Layer<Store, unkno
         Effect.gen(function* () {
           const { store, peerId, login, tickets } = yield* setup
           const [a, b] = tickets
-          yield* store.recordResult({ ...newResult(a!.ticket, peerId, login.sessionId), status: "failed", exitCode: 2 })
-          yield* store.recordResult({ ...newResult(b!.ticket, peerId, login.sessionId), status: "timed_out", exitCode: null })
+          yield* store.recordResult({
+            ...newResult(a!.ticket, peerId, login.sessionId),
+            status: "failed",
+            exitCode: 2,
+          })
+          yield* store.recordResult({
+            ...newResult(b!.ticket, peerId, login.sessionId),
+            status: "timed_out",
+            exitCode: null,
+          })
           assert.deepStrictEqual(yield* store.ticketState(a!.ticket), Option.some("failed"))
           assert.deepStrictEqual(yield* store.ticketState(b!.ticket), Option.some("timed_out"))
         }),
@@ -212,9 +251,18 @@ export const storeContract = (name: string, storeLayer: Layer.Layer<Store, unkno
         Effect.gen(function* () {
           const { store, peerId, login, tickets } = yield* setup
           const ticket = tickets[0]!.ticket
-          assert.strictEqual(yield* store.recordResult(newResult("no-such-ticket", peerId, login.sessionId)), "unknown_ticket")
-          assert.strictEqual(yield* store.recordResult(newResult(ticket, unique("thief"), login.sessionId)), "foreign_ticket")
-          assert.strictEqual(yield* store.recordResult(newResult(ticket, peerId, randomUUID())), "foreign_ticket")
+          assert.strictEqual(
+            yield* store.recordResult(newResult("no-such-ticket", peerId, login.sessionId)),
+            "unknown_ticket",
+          )
+          assert.strictEqual(
+            yield* store.recordResult(newResult(ticket, unique("thief"), login.sessionId)),
+            "foreign_ticket",
+          )
+          assert.strictEqual(
+            yield* store.recordResult(newResult(ticket, peerId, randomUUID())),
+            "foreign_ticket",
+          )
           assert.deepStrictEqual(yield* store.ticketState(ticket), Option.some("queued"))
         }),
       )

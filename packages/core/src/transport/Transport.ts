@@ -61,12 +61,18 @@ export class Transport extends Context.Service<
 
 export interface UplinkReader {
   readonly read: (options: ReadOptions) => Effect.Effect<ReadonlyArray<Delivery>, TransportError>
-  readonly reclaim: (minIdleMs: number, count: number) => Effect.Effect<ReadonlyArray<Delivery>, TransportError>
+  readonly reclaim: (
+    minIdleMs: number,
+    count: number,
+  ) => Effect.Effect<ReadonlyArray<Delivery>, TransportError>
 }
 
 export interface InboxReader {
   /** Entries after `afterId`, waiting up to blockMs for the first one. */
-  readonly read: (afterId: string, options: ReadOptions) => Effect.Effect<ReadonlyArray<Envelope>, TransportError>
+  readonly read: (
+    afterId: string,
+    options: ReadOptions,
+  ) => Effect.Effect<ReadonlyArray<Envelope>, TransportError>
 }
 
 /** Orders stream ids ("ms-seq"), as Redis does. */

@@ -65,7 +65,12 @@ export const makeRedisTransport = Effect.fnUntraced(function* (options: RedisTra
 
   const ensureGroup = call("xgroup create", () =>
     client.xgroup("CREATE", keys.uplink, UPLINK_GROUP, "0", "MKSTREAM"),
-  ).pipe(Effect.catchIf((e) => e.message.includes("BUSYGROUP"), () => Effect.void))
+  ).pipe(
+    Effect.catchIf(
+      (e) => e.message.includes("BUSYGROUP"),
+      () => Effect.void,
+    ),
+  )
 
   return Transport.of({
     sendUplink: (payload) =>

@@ -1,0 +1,231 @@
+/**
+ * The wire messages exchanged between the server and its peers, as Effect Schemas. This is the only
+ * place in the project that defines them; `docs/protocol.md` describes the same contract in prose.
+ *
+ * Field names are snake_case exactly as on the wire. Unknown extra fields are ignored when decoding
+ * (a newer peer may send more) and are never emitted when encoding. Decoded values keep their `msg`
+ * field, so code switches on `msg` (and, for the server's register replies, on `status`); there is no
+ * `_tag`.
+ */
+import { Schema, SchemaGetter } from "effect"
+import {
+  MAX_COMMAND_BYTES,
+  MAX_ID_LENGTH,
+  MAX_LABEL_LENGTH,
+  MAX_REASON_LENGTH,
+  MAX_RESULT_BYTES,
+  MAX_TOKEN_LENGTH,
+  utf8ByteLength,
+} from "./limits.ts"
+
+// ---------------------------------------------------------------------------------------------------
+// Field schemas
+// ---------------------------------------------------------------------------------------------------
+
+const isMaxUtf8Bytes = (max: number) =>
+  Schema.makeFilter<string>((text) => utf8ByteLength(text) <= max, {
+    message: `expected at most ${max} UTF-8 bytes`,
+    // Guides Schema-derived arbitraries; a string never has more UTF-16 units than UTF-8 bytes.
+    arbitraryConstraint: { maxLength: max },
+  })
+
+const isNonEmpty = Schema.isNonEmpty({ expected: "a non-empty string" })
+
+/** `peer_id`, `ticket`, `session_id`, `server_id`: non-empty, at most `MAX_ID_LENGTH` code points. */
+export const Id = Schema.String.check(isNonEmpty, Schema.isMaxCodePoints(MAX_ID_LENGTH))
+
+/** `token`: non-empty, at most `MAX_TOKEN_LENGTH` code points. */
+export const Token = Schema.String.check(isNonEmpty, Schema.isMaxCodePoints(MAX_TOKEN_LENGTH))
+
+/** `server_ip`, `os`, `distro`, `hostname`, `agent_version`, job `name`: at most `MAX_LABEL_LENGTH` code points. */
+export const Label = Schema.String.check(Schema.isMaxCodePoints(MAX_LABEL_LENGTH))
+
+/** `reason`: at most `MAX_REASON_LENGTH` code points. */
+export const ReasonText = Schema.String.check(Schema.isMaxCodePoints(MAX_REASON_LENGTH))
+
+/** A job's `command`: non-empty, at most `MAX_COMMAND_BYTES` UTF-8 bytes. */
+export const Command = Schema.String.check(isNonEmpty, isMaxUtf8Bytes(MAX_COMMAND_BYTES))
+
+/** A result's `result` text: at most `MAX_RESULT_BYTES` UTF-8 bytes. */
+export const ResultText = Schema.String.check(isMaxUtf8Bytes(MAX_RESULT_BYTES))
+
+/** Milliseconds since the Unix epoch. */
+export const EpochMillis = Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))
+
+const PositiveInt = Schema.Int.check(Schema.isGreaterThan(0))
+const NonNegativeInt = Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))
+
+// ---------------------------------------------------------------------------------------------------
+// Peer -> server
+// ---------------------------------------------------------------------------------------------------
+
+/** A peer announces itself; `token` is its enrollment token. */
+export const Register = Schema.Struct({
+  msg: Schema.Literal("register"),
+  peer_id: Id,
+  token: Token,
+  server_ip: Label,
+  os: Schema.optionalKey(Label),
+  distro: Schema.optionalKey(Label),
+  hostname: Schema.optionalKey(Label),
+  agent_version: Schema.optionalKey(Label),
+})
+export type Register = typeof Register.Type
+
+/** How a job ended, as seen by the peer. */
+export const ResultStatus = Schema.Literals(["succeeded", "failed", "timed_out", "refused"])
+export type ResultStatus = typeof ResultStatus.Type
+
+/** A peer reports the output of the job identified by `ticket`. */
+export const Result = Schema.Struct({
+  msg: Schema.Literal("result"),
+  ticket: Id,
+  peer_id: Id,
+  token: Token,
+  result: ResultText,
+  exit_code: Schema.optionalKey(Schema.NullOr(Schema.Int).annotate({ expected: "an integer or null" })),
+  status: Schema.optionalKey(ResultStatus),
+  started_at: Schema.optionalKey(EpochMillis),
+  finished_at: Schema.optionalKey(EpochMillis),
+  truncated: Schema.optionalKey(Schema.Boolean),
+})
+export type Result = typeof Result.Type
+
+/** Alias of {@link Result} whose name does not clash with Effect's `Result` module. */
+export const JobResult = Result
+export type JobResult = Result
+
+/** A peer says it is alive; `running` is the number of jobs in progress. */
+export const Heartbeat = Schema.Struct({
+  msg: Schema.Literal("heartbeat"),
+  peer_id: Id,
+  token: Token,
+  running: Schema.optionalKey(NonNegativeInt),
+})
+export type Heartbeat = typeof Heartbeat.Type
+
+/** A peer leaves; its session ends. */
+export const Logout = Schema.Struct({
+  msg: Schema.Literal("logout"),
+  peer_id: Id,
+  token: Token,
+  reason: Schema.optionalKey(ReasonText),
+})
+export type Logout = typeof Logout.Type
+
+/** Every message a peer sends to the server. */
+export const PeerMessage = Schema.Union([Register, Result, Heartbeat, Logout])
+export type PeerMessage = typeof PeerMessage.Type
+
+// ---------------------------------------------------------------------------------------------------
+// Server -> peer
+// ---------------------------------------------------------------------------------------------------
+
+/** The server accepts a registration; `token` is the new session token. */
+export const RegisterAccepted = Schema.Struct({
+  msg: Schema.Literal("register"),
+  peer_id: Id,
+  token: Token,
+  status: Schema.Literal("accepted"),
+  session_id: Schema.optionalKey(Id),
+  server_id: Schema.optionalKey(Id),
+  heartbeat_ms: Schema.optionalKey(PositiveInt),
+})
+export type RegisterAccepted = typeof RegisterAccepted.Type
+
+/** The server refuses a registration. */
+export const RegisterRejected = Schema.Struct({
+  msg: Schema.Literal("register"),
+  peer_id: Id,
+  token: Token,
+  status: Schema.Literal("rejected"),
+  reason: Schema.optionalKey(ReasonText),
+})
+export type RegisterRejected = typeof RegisterRejected.Type
+
+/** What to run: the `job` object of a {@link Job} message. */
+export const JobSpec = Schema.Struct({
+  name: Label,
+  os: Label,
+  distro: Label,
+  command: Command,
+  timeout_ms: Schema.optionalKey(PositiveInt),
+})
+export type JobSpec = typeof JobSpec.Type
+
+/**
+ * The `msg` of a job. The seed protocol sends jobs as `"register"` messages carrying a `job` field, the
+ * canonical kind is `"job"`. Accepting both literals on the wire and transforming to the single literal
+ * `"job"` keeps the alias a decoding concern of this one field: decoded jobs always have `msg: "job"`,
+ * so code switches on one value, and encoding (whose getter is the same constant) always emits `"job"`.
+ */
+const JobMsg = Schema.Literals(["job", "register"]).pipe(
+  Schema.decodeTo(Schema.Literal("job"), {
+    decode: SchemaGetter.transform(() => "job" as const),
+    encode: SchemaGetter.transform(() => "job" as const),
+  }),
+)
+
+/** The server hands the job identified by `ticket` to a peer. */
+export const Job = Schema.Struct({
+  msg: JobMsg,
+  ticket: Id,
+  peer_id: Id,
+  token: Token,
+  job: JobSpec,
+})
+export type Job = typeof Job.Type
+
+/** The server tells every peer that it is going away. */
+export const Shutdown = Schema.Struct({
+  msg: Schema.Literal("shutdown"),
+  token: Token,
+  reason: ReasonText,
+  server_id: Schema.optionalKey(Id),
+})
+export type Shutdown = typeof Shutdown.Type
+
+/**
+ * Every message the server sends to a peer. `Job` comes first so that a `"register"` message carrying
+ * a `job` field is a job, as in the codec.
+ */
+export const ServerMessage = Schema.Union([Job, RegisterAccepted, RegisterRejected, Shutdown])
+export type ServerMessage = typeof ServerMessage.Type
+
+/** Any wire message, in either direction. */
+export type Message = PeerMessage | ServerMessage
+
+// ---------------------------------------------------------------------------------------------------
+// Message kinds
+// ---------------------------------------------------------------------------------------------------
+
+/** The `msg` values a peer may send. */
+export const PEER_MSG_KINDS = ["register", "result", "heartbeat", "logout"] as const
+/** The `msg` values the server may send (`"register"` covers accepted, rejected and the seed's job alias). */
+export const SERVER_MSG_KINDS = ["register", "job", "shutdown"] as const
+
+export const isRegister = (message: PeerMessage): message is Register => message.msg === "register"
+export const isResult = (message: PeerMessage): message is Result => message.msg === "result"
+export const isHeartbeat = (message: PeerMessage): message is Heartbeat => message.msg === "heartbeat"
+export const isLogout = (message: PeerMessage): message is Logout => message.msg === "logout"
+
+export const isRegisterAccepted = (message: ServerMessage): message is RegisterAccepted =>
+  message.msg === "register" && message.status === "accepted"
+export const isRegisterRejected = (message: ServerMessage): message is RegisterRejected =>
+  message.msg === "register" && message.status === "rejected"
+export const isJob = (message: ServerMessage): message is Job => message.msg === "job"
+export const isShutdown = (message: ServerMessage): message is Shutdown => message.msg === "shutdown"
+
+/** The kind of a server message, telling apart the two `"register"` replies (e.g. for logs and metrics). */
+export type ServerMessageKind = "register_accepted" | "register_rejected" | "job" | "shutdown"
+
+export const serverMessageKind = (message: ServerMessage): ServerMessageKind => {
+  switch (message.msg) {
+    case "register":
+      return message.status === "accepted" ? "register_accepted" : "register_rejected"
+    case "job":
+      return "job"
+    case "shutdown":
+      return "shutdown"
+  }
+}
