@@ -1,0 +1,424 @@
+import {
+  CatalogJob,
+  type RecordOutcome,
+  ResultStatus,
+  Store,
+  StoreError,
+  TERMINAL_TICKET_STATES,
+  TicketState,
+  ticketStateOf,
+} from "@picus/core"
+import { Effect, Layer, Option, Schema } from "effect"
+import { type DatabasePool, type DatabaseTransactionConnection, sql } from "slonik"
+import { type MigrationError, migrate } from "./migrate.ts"
+import { describeError, makePool, type PoolError, type PoolOptions } from "./pool.ts"
+
+// Row schemas. Columns are aliased in SQL to the Store's field names, so the validated row is the
+// value the Store returns.
+const std = Schema.toStandardSchemaV1
+const NullableString = Schema.NullOr(Schema.String)
+const NullableInt = Schema.NullOr(Schema.Int)
+
+const NoRow = std(Schema.Struct({}))
+const TokenRow = std(
+  Schema.Struct({
+    tokenId: Schema.Int,
+    name: Schema.String,
+    prefix: Schema.String,
+    createdAt: Schema.Int,
+    revokedAt: NullableInt,
+  }),
+)
+const TicketIdRow = std(Schema.Struct({ ticket: Schema.String }))
+const TokenIdRow = std(Schema.Struct({ tokenId: Schema.Int }))
+const LogIdRow = std(Schema.Struct({ id: Schema.Int }))
+const CatalogJobRow = std(CatalogJob)
+const TicketRow = std(
+  Schema.Struct({
+    ticket: Schema.String,
+    peerId: Schema.String,
+    sessionId: Schema.String,
+    jobId: NullableString,
+    name: Schema.String,
+    os: Schema.String,
+    distro: Schema.String,
+    command: Schema.String,
+    timeoutMs: Schema.Int,
+    state: TicketState,
+  }),
+)
+const LockedTicketRow = std(
+  Schema.Struct({ peerId: Schema.String, sessionId: Schema.String, state: TicketState }),
+)
+const StateRow = std(Schema.Struct({ state: TicketState }))
+const ExistsRow = std(Schema.Struct({ exists: Schema.Boolean }))
+const SessionRow = std(
+  Schema.Struct({
+    peerId: Schema.String,
+    sessionId: Schema.String,
+    loginAt: Schema.Int,
+    logoutAt: NullableInt,
+    durationMs: Schema.Int,
+    logoutReason: NullableString,
+    serverId: Schema.String,
+  }),
+)
+const LogRow = std(
+  Schema.Struct({
+    id: Schema.Int,
+    at: Schema.Int,
+    event: Schema.Literals(["login", "rejected", "logout", "shutdown"]),
+    peerId: NullableString,
+    sessionId: NullableString,
+    reason: NullableString,
+    serverId: Schema.String,
+    serverIp: NullableString,
+  }),
+)
+const ResultRow = std(
+  Schema.Struct({
+    ticket: Schema.String,
+    peerId: Schema.String,
+    jobName: Schema.String,
+    status: ResultStatus,
+    exitCode: NullableInt,
+    output: Schema.String,
+    truncated: Schema.Boolean,
+    receivedAt: Schema.Int,
+  }),
+)
+
+/** Serialises catalog replacements (a transaction-scoped advisory lock). */
+const CATALOG_LOCK_KEY = 7_313_526_417_002
+const BIGINT_MAX = 9_223_372_036_854_775_807n
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
+
+const tokenColumns = sql.fragment`
+  token_id as "tokenId", name, prefix, created_at as "createdAt", revoked_at as "revokedAt"
+`
+
+/** A row limit PostgreSQL accepts: NaN and negatives read nothing, Infinity reads everything. */
+const limitOf = (limit: number): number | null =>
+  Number.isNaN(limit) ? 0 : limit === Number.POSITIVE_INFINITY ? null : Math.max(0, Math.trunc(limit))
+
+/** Epoch milliseconds (or null) as a `timestamptz` expression. */
+const timestampOf = (ms: number | null) => sql.fragment`to_timestamp(${ms}::double precision / 1000)`
+
+const isTerminal = (state: TicketState): boolean => TERMINAL_TICKET_STATES.includes(state)
+
+/** Runs a query, mapping any failure to a StoreError naming the operation. */
+const attempt = <A>(operation: string, run: () => Promise<A>): Effect.Effect<A, StoreError> =>
+  Effect.tryPromise({
+    try: run,
+    catch: (error) => new StoreError({ operation, message: describeError(error) }),
+  }).pipe(Effect.withSpan(`PgStore.${operation}`))
+
+const recordIn = async (
+  tx: DatabaseTransactionConnection,
+  result: Parameters<Store["Service"]["recordResult"]>[0],
+): Promise<RecordOutcome> => {
+  // Lock the ticket first: concurrent copies of one result queue up here, so exactly one of them
+  // sees the ticket open.
+  const ticket = await tx.maybeOne(sql.type(LockedTicketRow)`
+    select peer_id as "peerId", session_id::text as "sessionId", state
+    from tickets where ticket = ${result.ticket}
+    for update
+  `)
+  if (ticket === null) return "unknown_ticket"
+  if (ticket.peerId !== result.peerId || ticket.sessionId !== result.sessionId.toLowerCase()) {
+    return "foreign_ticket"
+  }
+  if (isTerminal(ticket.state)) {
+    const { exists } = await tx.one(sql.type(ExistsRow)`
+      select exists (select 1 from job_results where ticket = ${result.ticket}) as "exists"
+    `)
+    return exists ? "duplicate" : "ticket_closed"
+  }
+  const inserted = await tx.maybeOne(sql.type(TicketIdRow)`
+    insert into job_results (
+      ticket, peer_id, session_id, status, exit_code, output, truncated, started_at, finished_at, server_id
+    ) values (
+      ${result.ticket}, ${result.peerId}, ${ticket.sessionId}::uuid, ${result.status}, ${result.exitCode},
+      ${result.output.replaceAll("\u0000", "\uFFFD")}, ${result.truncated},
+      ${timestampOf(result.startedAt)}, ${timestampOf(result.finishedAt)}, ${result.serverId}
+    )
+    on conflict (ticket) do nothing
+    returning ticket
+  `)
+  if (inserted === null) return "duplicate"
+  await tx.query(sql.type(NoRow)`
+    update tickets set state = ${ticketStateOf(result.status)}, finished_at = now()
+    where ticket = ${result.ticket}
+  `)
+  return "recorded"
+}
+
+/** The Store over a slonik pool. */
+export const makePgStore = (pool: DatabasePool): Store["Service"] =>
+  Store.of({
+    createToken: (token) =>
+      attempt("createToken", () =>
+        pool.one(sql.type(TokenRow)`
+          insert into tokens (name, prefix, token_hash)
+          values (${token.name}, ${token.prefix}, ${sql.binary(Buffer.from(token.hash))})
+          returning ${tokenColumns}
+        `),
+      ),
+
+    listTokens: attempt("listTokens", () =>
+      pool.any(sql.type(TokenRow)`select ${tokenColumns} from tokens order by token_id`),
+    ),
+
+    revokeToken: (idOrPrefix) =>
+      attempt("revokeToken", async () => {
+        const byId = /^\d+$/.test(idOrPrefix)
+        if (byId && BigInt(idOrPrefix) > BIGINT_MAX) return 0
+        const match = byId
+          ? sql.fragment`token_id = ${idOrPrefix}::bigint`
+          : sql.fragment`prefix = ${idOrPrefix}`
+        const revoked = await pool.any(sql.type(TokenIdRow)`
+          update tokens set revoked_at = now()
+          where ${match} and revoked_at is null
+          returning token_id as "tokenId"
+        `)
+        return revoked.length
+      }),
+
+    findActiveToken: (hash) =>
+      attempt("findActiveToken", async () =>
+        Option.fromNullOr(
+          await pool.maybeOne(sql.type(TokenRow)`
+            select ${tokenColumns} from tokens
+            where token_hash = ${sql.binary(Buffer.from(hash))} and revoked_at is null
+          `),
+        ),
+      ),
+
+    replaceCatalog: (jobs) =>
+      attempt("replaceCatalog", () => {
+        // One row per job id (the last one given wins), in a stable order.
+        const unique = [...new Map(jobs.map((job) => [job.job_id, job])).values()].sort((a, b) =>
+          a.job_id < b.job_id ? -1 : a.job_id > b.job_id ? 1 : 0,
+        )
+        return pool.transaction(async (tx) => {
+          await tx.query(sql.type(NoRow)`select pg_advisory_xact_lock(${CATALOG_LOCK_KEY})`)
+          if (unique.length > 0) {
+            await tx.query(sql.type(NoRow)`
+              insert into jobs (job_id, name, os, distro, command, timeout_ms)
+              select * from ${sql.unnest(
+                unique.map((job) => [job.job_id, job.name, job.os, job.distro, job.command, job.timeout_ms]),
+                ["text", "text", "text", "text", "text", "int4"],
+              )}
+              on conflict (job_id) do update set
+                name = excluded.name, os = excluded.os, distro = excluded.distro, command = excluded.command,
+                timeout_ms = excluded.timeout_ms, enabled = true, updated_at = now()
+              where (jobs.name, jobs.os, jobs.distro, jobs.command, jobs.timeout_ms, jobs.enabled)
+                is distinct from
+                (excluded.name, excluded.os, excluded.distro, excluded.command, excluded.timeout_ms, true)
+            `)
+          }
+          await tx.query(sql.type(NoRow)`
+            update jobs set enabled = false, updated_at = now()
+            where enabled and not (job_id = any(${sql.array(
+              unique.map((job) => job.job_id),
+              "text",
+            )}))
+          `)
+        })
+      }),
+
+    jobsFor: (os, distro) =>
+      attempt("jobsFor", () =>
+        pool.any(sql.type(CatalogJobRow)`
+          select job_id, name, os, distro, command, timeout_ms from jobs
+          where enabled and os = ${os} and distro = ${distro}
+          order by job_id
+        `),
+      ),
+
+    login: (login) =>
+      attempt("login", () =>
+        pool.transaction(async (tx) => {
+          await tx.query(sql.type(NoRow)`
+            insert into peers (peer_id, os, distro, hostname, agent_version)
+            values (${login.peerId}, ${login.os}, ${login.distro}, ${login.hostname}, ${login.agentVersion})
+            on conflict (peer_id) do update set
+              os = excluded.os, distro = excluded.distro, hostname = excluded.hostname,
+              agent_version = excluded.agent_version, last_seen_at = now()
+          `)
+          await tx.query(sql.type(NoRow)`
+            insert into registration_log (event, peer_id, session_id, server_id, server_ip)
+            values ('login', ${login.peerId}, ${login.sessionId}::uuid, ${login.serverId}, ${login.serverIp})
+          `)
+        }),
+      ),
+
+    logRejected: (entry) =>
+      attempt("logRejected", async () => {
+        await pool.query(sql.type(NoRow)`
+          insert into registration_log (event, peer_id, reason, server_id, server_ip)
+          values ('rejected', ${entry.peerId}, ${entry.reason}, ${entry.serverId}, ${entry.serverIp})
+        `)
+      }),
+
+    logout: (entry) =>
+      attempt("logout", async () => {
+        const row = await pool.maybeOne(sql.type(LogIdRow)`
+          insert into registration_log (event, peer_id, session_id, reason, server_id)
+          values ('logout', ${entry.peerId}, ${entry.sessionId}::uuid, ${entry.reason}, ${entry.serverId})
+          on conflict (session_id) where event = 'logout' do nothing
+          returning id
+        `)
+        return row !== null
+      }),
+
+    logShutdown: (entry) =>
+      attempt("logShutdown", async () => {
+        await pool.query(sql.type(NoRow)`
+          insert into registration_log (event, reason, server_id)
+          values ('shutdown', ${entry.reason}, ${entry.serverId})
+        `)
+      }),
+
+    touchPeer: (peerId) =>
+      attempt("touchPeer", async () => {
+        await pool.query(sql.type(NoRow)`update peers set last_seen_at = now() where peer_id = ${peerId}`)
+      }),
+
+    createTickets: (entry) =>
+      attempt("createTickets", async () => {
+        if (entry.jobs.length === 0) return []
+        return pool.transaction((tx) =>
+          tx.any(sql.type(TicketRow)`
+            with inserted as (
+              insert into tickets (peer_id, session_id, job_id, job_name, os, distro, command, timeout_ms, server_id)
+              select ${entry.peerId}, ${entry.sessionId}::uuid, j.job_id, j.name, j.os, j.distro, j.command,
+                j.timeout_ms, ${entry.serverId}
+              from ${sql.unnest(
+                entry.jobs.map((job, i) => [
+                  i,
+                  job.job_id,
+                  job.name,
+                  job.os,
+                  job.distro,
+                  job.command,
+                  job.timeout_ms,
+                ]),
+                ["int4", "text", "text", "text", "text", "text", "int4"],
+              )} as j(ord, job_id, name, os, distro, command, timeout_ms)
+              order by j.ord
+              returning ticket, peer_id, session_id, job_id, job_name, os, distro, command, timeout_ms, state
+            )
+            select ticket, peer_id as "peerId", session_id::text as "sessionId", job_id as "jobId",
+              job_name as "name", os, distro, command, timeout_ms as "timeoutMs", state
+            from inserted
+            order by length(ticket), ticket
+          `),
+        )
+      }),
+
+    markDelivered: (tickets) =>
+      attempt("markDelivered", async () => {
+        if (tickets.length === 0) return
+        await pool.query(sql.type(NoRow)`
+          update tickets set state = 'delivered', delivered_at = now(), attempts = attempts + 1
+          where ticket = any(${sql.array([...tickets], "text")}) and state in ('queued', 'delivered')
+        `)
+      }),
+
+    recordResult: (result) => attempt("recordResult", () => pool.transaction((tx) => recordIn(tx, result))),
+
+    closeOpenTickets: (sessionId, state) =>
+      isTerminal(state)
+        ? attempt("closeOpenTickets", async () => {
+            if (!UUID.test(sessionId)) return 0
+            const closed = await pool.any(sql.type(TicketIdRow)`
+              update tickets set state = ${state}, finished_at = now()
+              where session_id = ${sessionId}::uuid and state in ('queued', 'delivered')
+              returning ticket
+            `)
+            return closed.length
+          })
+        : Effect.fail(
+            new StoreError({
+              operation: "closeOpenTickets",
+              message: `${state} is not a terminal ticket state`,
+            }),
+          ),
+
+    ticketState: (ticket) =>
+      attempt("ticketState", async () => {
+        const row = await pool.maybeOne(
+          sql.type(StateRow)`select state from tickets where ticket = ${ticket}`,
+        )
+        return row === null ? Option.none() : Option.some(row.state)
+      }),
+
+    sessions: (filter) =>
+      attempt("sessions", () =>
+        // Durations come from the millisecond-truncated ends, so durationMs === logoutAt - loginAt.
+        pool.any(sql.type(SessionRow)`
+          select peer_id as "peerId", session_id::text as "sessionId", login_at as "loginAt",
+            logout_at as "logoutAt",
+            (extract(epoch from date_trunc('milliseconds', coalesce(logout_at, now()))
+              - date_trunc('milliseconds', login_at)) * 1000)::bigint as "durationMs",
+            logout_reason as "logoutReason", server_id as "serverId"
+          from peer_sessions
+          where ${filter.peerId === undefined ? sql.fragment`true` : sql.fragment`peer_id = ${filter.peerId}`}
+          order by login_at desc, session_id desc
+          limit ${limitOf(filter.limit)}
+        `),
+      ),
+
+    registrationLog: (filter) =>
+      attempt("registrationLog", () =>
+        pool.any(sql.type(LogRow)`
+          select id, at, event, peer_id as "peerId", session_id::text as "sessionId", reason,
+            server_id as "serverId", server_ip as "serverIp"
+          from registration_log
+          order by id desc
+          limit ${limitOf(filter.limit)}
+        `),
+      ),
+
+    results: (filter) =>
+      attempt("results", () =>
+        pool.any(sql.type(ResultRow)`
+          select r.ticket, r.peer_id as "peerId", t.job_name as "jobName", r.status, r.exit_code as "exitCode",
+            r.output, r.truncated, r.received_at as "receivedAt"
+          from job_results r
+          join tickets t on t.ticket = r.ticket
+          where ${filter.peerId === undefined ? sql.fragment`true` : sql.fragment`r.peer_id = ${filter.peerId}`}
+          order by r.received_at desc, length(r.ticket) desc, r.ticket desc
+          limit ${limitOf(filter.limit)}
+        `),
+      ),
+  })
+
+/** The Store over an existing pool (whose lifetime the caller manages). */
+export const layerPg = (pool: DatabasePool): Layer.Layer<Store> => Layer.succeed(Store, makePgStore(pool))
+
+export interface PgStoreOptions extends PoolOptions {
+  /** Apply pending migrations before serving (default true). */
+  readonly migrate?: boolean
+  /** Where the migrations are (default: the repository's `sql/`). */
+  readonly migrationsDir?: string
+}
+
+/** Opens a pool to `databaseUrl` (closed with the layer), migrates it, and provides the Store. */
+export const layer = (
+  databaseUrl: string,
+  options: PgStoreOptions = {},
+): Layer.Layer<Store, PoolError | MigrationError> =>
+  Layer.effect(
+    Store,
+    Effect.gen(function* () {
+      const pool = yield* makePool(databaseUrl, options)
+      if (options.migrate !== false) {
+        yield* migrate(pool, options.migrationsDir === undefined ? {} : { dir: options.migrationsDir })
+      }
+      return makePgStore(pool)
+    }),
+  )
+
+export const PgStore = { make: makePgStore, layerPg, layer } as const

@@ -1,0 +1,181 @@
+import { Effect, Schema, type Scope } from "effect"
+import {
+  createDateTypeParser,
+  createIntervalTypeParser,
+  createNumericTypeParser,
+  createPool,
+  createTimestampTypeParser,
+  type DatabasePool,
+  type DriverTypeParser,
+  type Interceptor,
+  type QueryContext,
+  type QueryResultRow,
+} from "slonik"
+
+/** The database could not be reached, or refused the pool's configuration. */
+export class PoolError extends Schema.TaggedError<PoolError>()("PoolError", {
+  message: Schema.String,
+}) {}
+
+/** A row that does not fit the schema its query was typed with (`sql.type(schema)`). */
+export class RowValidationError extends Error {
+  override readonly name = "RowValidationError"
+  /** The query's SQL text (never its values, which may hold secrets). */
+  readonly sql: string
+  readonly issues: ReadonlyArray<{ readonly path: string; readonly message: string }>
+
+  constructor(sql: string, issues: ReadonlyArray<{ readonly path: string; readonly message: string }>) {
+    const described = issues.map((issue) =>
+      issue.path === "" ? issue.message : `${issue.path}: ${issue.message}`,
+    )
+    super(`A row of query "${abbreviateSql(sql)}" does not fit its schema: ${described.join("; ")}`)
+    this.sql = sql
+    this.issues = issues
+  }
+}
+
+export interface PoolOptions {
+  /** Most connections the pool opens (default 10). */
+  readonly maxPoolSize?: number
+  /** How long to wait for a connection to be established, in ms (default 5 000). */
+  readonly connectionTimeoutMs?: number
+  /** The server aborts any statement running longer than this, in ms (default 30 000). */
+  readonly statementTimeoutMs?: number
+  /** The server ends a session idle inside a transaction for longer than this, in ms (default 60 000). */
+  readonly idleInTransactionSessionTimeoutMs?: number
+  /** Extra interceptors, run after row validation. */
+  readonly interceptors?: ReadonlyArray<Interceptor>
+}
+
+/** Collapses whitespace and cuts a query's SQL to a length fit for an error message. */
+export const abbreviateSql = (sql: string, max = 160): string => {
+  const flat = sql.replace(/\s+/g, " ").trim()
+  return flat.length > max ? `${flat.slice(0, max - 1)}…` : flat
+}
+
+type StandardIssue = {
+  readonly message: string
+  readonly path?: ReadonlyArray<PropertyKey | { readonly key: PropertyKey }> | undefined
+}
+
+const pathOf = (issue: StandardIssue): string =>
+  (issue.path ?? []).map((segment) => String(typeof segment === "object" ? segment.key : segment)).join(".")
+
+/**
+ * Validates every row against the schema of its query (`sql.type(schema)`) and replaces it by the
+ * schema's output. Slonik 49 hands the schema to interceptors but does not validate by itself.
+ */
+export const rowValidationInterceptor: Interceptor = {
+  name: "picus/row-validation",
+  transformRowAsync: async (context: QueryContext, _query, row) => {
+    const parser = context.resultParser
+    if (parser === undefined) return row
+    const result = await parser["~standard"].validate(row)
+    if (result.issues !== undefined) {
+      throw new RowValidationError(
+        context.originalQuery.sql,
+        result.issues.map((issue) => ({ path: pathOf(issue), message: issue.message })),
+      )
+    }
+    return result.value as QueryResultRow
+  },
+}
+
+const TIMESTAMPTZ =
+  /^(\d{4,})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:(Z)|([+-])(\d{2})(?::?(\d{2}))?(?::?(\d{2}))?)( BC)?$/
+
+/**
+ * Parses PostgreSQL's ISO `timestamptz` text into epoch milliseconds, truncating microseconds
+ * (as `date_trunc('milliseconds', …)` does). ±infinity become ±Infinity.
+ */
+export const parseTimestamptz = (value: string): number => {
+  if (value === "infinity") return Number.POSITIVE_INFINITY
+  if (value === "-infinity") return Number.NEGATIVE_INFINITY
+  const m = TIMESTAMPTZ.exec(value)
+  if (m === null) throw new Error(`Unexpected timestamptz text "${value}" (is DateStyle ISO?)`)
+  const [, y, mo, d, h, mi, s, frac, zulu, sign, oh, om, os, bc] = m
+  const year = bc === undefined ? Number(y) : 1 - Number(y)
+  const date = new Date(0)
+  date.setUTCFullYear(year, Number(mo) - 1, Number(d))
+  date.setUTCHours(Number(h), Number(mi), Number(s), Number(`${frac ?? ""}000`.slice(0, 3)))
+  const offsetSeconds =
+    zulu !== undefined || sign === undefined
+      ? 0
+      : (sign === "-" ? -1 : 1) * (Number(oh) * 3600 + Number(om ?? 0) * 60 + Number(os ?? 0))
+  return date.getTime() - offsetSeconds * 1000
+}
+
+/** Parses `int8` text into a number, refusing values a number cannot hold exactly. */
+export const parseInt8 = (value: string): number => {
+  const n = Number(value)
+  if (!Number.isSafeInteger(n)) throw new Error(`int8 value ${value} does not fit in a JavaScript number`)
+  return n
+}
+
+/** Slonik's type parsers, except that `int8` becomes a number and `timestamptz` epoch milliseconds. */
+export const typeParsers: ReadonlyArray<DriverTypeParser> = [
+  { name: "int8", parse: parseInt8 },
+  { name: "timestamptz", parse: parseTimestamptz },
+  createDateTypeParser(),
+  createIntervalTypeParser(),
+  createNumericTypeParser(),
+  createTimestampTypeParser(),
+]
+
+/** Removes the password (and the URL that carries it) from a message. */
+export const redact = (message: string, databaseUrl: string): string => {
+  let out = message.split(databaseUrl).join("<database url>")
+  try {
+    const password = decodeURIComponent(new URL(databaseUrl).password)
+    if (password.length > 0) out = out.split(password).join("***")
+  } catch {
+    // Not a URL we can read a password from; nothing more to hide.
+  }
+  return out
+}
+
+/** The message of an error and of its causes, without secrets. */
+export const describeError = (error: unknown, databaseUrl?: string): string => {
+  const parts: Array<string> = []
+  let current: unknown = error
+  for (let depth = 0; depth < 4 && current !== undefined && current !== null; depth++) {
+    const message = current instanceof Error ? current.message : String(current)
+    if (message !== "" && !parts.some((part) => part.includes(message))) parts.push(message)
+    current = current instanceof Error ? current.cause : undefined
+  }
+  const text = parts.length > 0 ? parts.join(": ") : "unknown error"
+  return databaseUrl === undefined ? text : redact(text, databaseUrl)
+}
+
+/**
+ * A slonik pool, ended when the scope closes. Every `sql.type(schema)` row is validated; `int8`
+ * comes back as a number and `timestamptz` as epoch milliseconds. Fails (rather than hangs) when
+ * the database cannot be reached.
+ */
+export const makePool = (
+  databaseUrl: string,
+  options: PoolOptions = {},
+): Effect.Effect<DatabasePool, PoolError, Scope.Scope> =>
+  Effect.acquireRelease(
+    Effect.tryPromise({
+      try: async () => {
+        const pool = await createPool(databaseUrl, {
+          maxPoolSize: options.maxPoolSize ?? 10,
+          connectionTimeout: options.connectionTimeoutMs ?? 5_000,
+          statementTimeout: options.statementTimeoutMs ?? 30_000,
+          idleInTransactionSessionTimeout: options.idleInTransactionSessionTimeoutMs ?? 60_000,
+          interceptors: [rowValidationInterceptor, ...(options.interceptors ?? [])],
+          typeParsers,
+        })
+        // Query errors reach their callers through the rejected promise; without a listener the
+        // pool's "error" event would throw them a second time.
+        pool.on("error", () => {})
+        return pool
+      },
+      catch: (error) =>
+        new PoolError({
+          message: `Cannot open a pool to the database: ${describeError(error, databaseUrl)}`,
+        }),
+    }),
+    (pool) => Effect.tryPromise(() => pool.end()).pipe(Effect.ignore),
+  )

@@ -1,0 +1,252 @@
+#!/usr/bin/env node
+import { JobScheduler, Store, TransportRedis } from "@picus/core"
+import { cac } from "cac"
+import { Cause, Console, Deferred, Effect, Exit, Fiber, Layer } from "effect"
+import { loadCatalog } from "./catalog.ts"
+import { ConfigError, resolveServerConfig, type ServerConfig, type ServerFlags } from "./config.ts"
+import { ensureDatabase } from "./db/ensureDatabase.ts"
+import { PgStore } from "./db/PgStore.ts"
+import { makeGateway } from "./Gateway.ts"
+import { printRows } from "./report.ts"
+import { createEnrollmentToken, enrollmentTokensFrom } from "./tokens.ts"
+
+const storeLayer = (config: ServerConfig) =>
+  Layer.unwrap(ensureDatabase(config.databaseUrl).pipe(Effect.as(PgStore.layer(config.databaseUrl))))
+
+/** Completes on the first SIGINT/SIGTERM; a second one exits at once. */
+const firstSignal = Effect.gen(function* () {
+  const signal = yield* Deferred.make<NodeJS.Signals>()
+  const onSignal = (name: NodeJS.Signals) => {
+    Deferred.doneUnsafe(signal, Exit.succeed(name))
+    process.removeListener("SIGINT", onSignal)
+    process.removeListener("SIGTERM", onSignal)
+    const force = () => {
+      console.error("second signal: exiting now")
+      process.exit(130)
+    }
+    process.once("SIGINT", force)
+    process.once("SIGTERM", force)
+  }
+  process.on("SIGINT", onSignal)
+  process.on("SIGTERM", onSignal)
+  return Deferred.await(signal)
+})
+
+const serve = (config: ServerConfig) =>
+  Effect.gen(function* () {
+    const signalled = yield* firstSignal
+    const store = yield* Store
+    const catalog = yield* loadCatalog(config.catalogPath)
+    yield* store.replaceCatalog(catalog)
+    const gateway = yield* makeGateway({
+      serverId: config.serverId,
+      consumer: config.serverId,
+      heartbeatMs: config.heartbeatMs,
+      graceMs: config.graceMs,
+      drainMs: config.drainMs,
+      enrollment: enrollmentTokensFrom(config.environmentTokens),
+      batchSize: 128,
+      staleRegisterMs: 60_000,
+      reclaimIdleMs: 30_000,
+    })
+    const running = yield* Effect.forkScoped(gateway.run)
+    yield* Effect.logInfo(
+      `server ${config.serverId} serving (${catalog.length} catalog jobs); Ctrl+C to stop`,
+    )
+    const signal = yield* signalled
+    yield* Effect.logInfo(`${signal}: shutting down`)
+    yield* gateway.shutdown(config.shutdownReason)
+    yield* Fiber.interrupt(running)
+    yield* Effect.logInfo("stopped")
+  }).pipe(
+    Effect.scoped,
+    Effect.provide(
+      JobScheduler.layer({ maxInFlight: config.maxInFlight }).pipe(
+        Layer.provideMerge(storeLayer(config)),
+        Layer.provideMerge(TransportRedis.layerRedis({ url: config.redisUrl, prefix: config.redisPrefix })),
+      ),
+    ),
+  )
+
+const withStore = <A, E>(config: ServerConfig, body: Effect.Effect<A, E, Store>) =>
+  body.pipe(Effect.provide(storeLayer(config)))
+
+/** Runs a command's effect and exits with its outcome; failures are printed, not thrown. */
+const runCommand = (effect: Effect.Effect<unknown, unknown>) => {
+  Effect.runPromiseExit(effect).then((exit) => {
+    if (Exit.isSuccess(exit)) process.exit(0)
+    const failure = Cause.squash(exit.cause)
+    console.error(`error: ${failure instanceof Error ? failure.message : String(failure)}`)
+    process.exit(1)
+  })
+}
+
+const cli = cac("picus-server")
+const sharedOptions = (command: ReturnType<typeof cli.command>) =>
+  command
+    .option("--database-url <url>", "PostgreSQL URL (env DATABASE_URL)")
+    .option("--redis-url <url>", "Redis URL, a /db index is honoured (env REDIS_URL)")
+    .option("--redis-prefix <prefix>", "Prefix of every Redis key (env PICUS_REDIS_PREFIX, default picus)")
+
+sharedOptions(cli.command("[start]", "Run the server (applies migrations first)"))
+  .option("--server-id <id>", "This instance's name (env PICUS_SERVER_ID, default host-pid)")
+  .option("--catalog <file>", "Job catalog JSON replacing the built-in one (env PICUS_CATALOG)")
+  .option("--shutdown-reason <text>", "Reason sent to peers on Ctrl+C (env PICUS_SHUTDOWN_REASON)")
+  .option("--heartbeat-ms <ms>", "Heartbeat interval asked of peers (env PICUS_HEARTBEAT_MS, default 5000)")
+  .option(
+    "--grace-ms <ms>",
+    "Silence before a peer is logged out as timeout (env PICUS_GRACE_MS, default 3 heartbeats)",
+  )
+  .option(
+    "--drain-ms <ms>",
+    "At shutdown, wait this long for running jobs' results (env PICUS_DRAIN_MS, default 3000)",
+  )
+  .option(
+    "--max-in-flight <n>",
+    "Jobs sent to one peer before it answers (env PICUS_MAX_IN_FLIGHT, default 8)",
+  )
+  .example("PICUS_TOKENS=secret1,secret2 picus-server   # accept these enrollment tokens too")
+  .action((_: unknown, flags: ServerFlags) => runCommand(serve(resolveServerConfig(flags))))
+
+sharedOptions(cli.command("migrate", "Apply pending database migrations and exit")).action(
+  (flags: ServerFlags) =>
+    runCommand(withStore(resolveServerConfig(flags), Console.log("migrations applied"))),
+)
+
+sharedOptions(
+  cli.command("token <action> [target]", "Enrollment tokens: create [--name], list, revoke <id|prefix>"),
+)
+  .option("--name <name>", "A label for a new token", { default: "peer" })
+  .option("--json", "Machine-readable output")
+  .action(
+    (action: string, target: string | undefined, flags: ServerFlags & { name: string; json?: boolean }) => {
+      const config = resolveServerConfig(flags)
+      switch (action) {
+        case "create":
+          return runCommand(
+            withStore(
+              config,
+              Effect.gen(function* () {
+                const { secret, info } = yield* createEnrollmentToken(String(flags.name))
+                if (flags.json)
+                  return yield* Console.log(
+                    JSON.stringify({ token: secret, id: info.tokenId, name: info.name }),
+                  )
+                yield* Console.log(secret)
+                yield* Console.error(
+                  `token ${info.tokenId} (${info.name}) created; it is shown only this once`,
+                )
+              }),
+            ),
+          )
+        case "list":
+          return runCommand(
+            withStore(
+              config,
+              Effect.gen(function* () {
+                const store = yield* Store
+                const tokens = yield* store.listTokens
+                printRows(
+                  tokens.map((t) => ({
+                    id: t.tokenId,
+                    name: t.name,
+                    prefix: t.prefix,
+                    created: new Date(t.createdAt).toISOString(),
+                    revoked: t.revokedAt === null ? "" : new Date(t.revokedAt).toISOString(),
+                  })),
+                  flags.json === true,
+                )
+              }),
+            ),
+          )
+        case "revoke":
+          if (!target)
+            return runCommand(Effect.fail(new ConfigError("token revoke needs a token id or prefix")))
+          return runCommand(
+            withStore(
+              config,
+              Effect.gen(function* () {
+                const store = yield* Store
+                const count = yield* store.revokeToken(target)
+                if (count === 0)
+                  return yield* Effect.fail(new ConfigError(`no active token matches "${target}"`))
+                yield* Console.log(`revoked ${count} token(s)`)
+              }),
+            ),
+          )
+        default:
+          return runCommand(
+            Effect.fail(new ConfigError(`unknown token action "${action}" (create, list, revoke)`)),
+          )
+      }
+    },
+  )
+
+sharedOptions(cli.command("sessions", "Peer sessions: login, logout, duration, reason"))
+  .option("--peer <id>", "Only this peer")
+  .option("--limit <n>", "Most rows", { default: 50 })
+  .option("--json", "Machine-readable output")
+  .action((flags: ServerFlags & { peer?: string; limit: number; json?: boolean }) =>
+    runCommand(
+      withStore(
+        resolveServerConfig(flags),
+        Effect.gen(function* () {
+          const store = yield* Store
+          const rows = yield* store.sessions({
+            limit: Number(flags.limit),
+            ...(flags.peer ? { peerId: flags.peer } : {}),
+          })
+          printRows(
+            rows.map((s) => ({
+              peer_id: s.peerId,
+              login_at: new Date(s.loginAt).toISOString(),
+              logout_at: s.logoutAt === null ? null : new Date(s.logoutAt).toISOString(),
+              duration_s: Math.round(s.durationMs / 100) / 10,
+              logout_reason: s.logoutReason,
+              server_id: s.serverId,
+            })),
+            flags.json === true,
+          )
+        }),
+      ),
+    ),
+  )
+
+sharedOptions(cli.command("results", "Job results, newest first"))
+  .option("--peer <id>", "Only this peer")
+  .option("--limit <n>", "Most rows", { default: 50 })
+  .option("--json", "Machine-readable output")
+  .action((flags: ServerFlags & { peer?: string; limit: number; json?: boolean }) =>
+    runCommand(
+      withStore(
+        resolveServerConfig(flags),
+        Effect.gen(function* () {
+          const store = yield* Store
+          const rows = yield* store.results({
+            limit: Number(flags.limit),
+            ...(flags.peer ? { peerId: flags.peer } : {}),
+          })
+          printRows(
+            rows.map((r) => ({
+              ticket: r.ticket,
+              peer_id: r.peerId,
+              job: r.jobName,
+              status: r.status,
+              exit_code: r.exitCode,
+              output: flags.json ? r.output : (r.output.split("\n")[0] ?? "").slice(0, 60),
+              received_at: new Date(r.receivedAt).toISOString(),
+            })),
+            flags.json === true,
+          )
+        }),
+      ),
+    ),
+  )
+
+cli.help()
+try {
+  cli.parse()
+} catch (error) {
+  console.error(`error: ${error instanceof Error ? error.message : String(error)}`)
+  process.exit(2)
+}
