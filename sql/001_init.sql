@@ -58,6 +58,7 @@ create table tickets (
   finished_at   timestamptz
 );
 create index tickets_open on tickets (peer_id) where state in ('queued', 'delivered');
+create index tickets_open_session on tickets (session_id) where state in ('queued', 'delivered');
 
 -- Exactly one result per ticket: the primary key makes a repeated result a no-op.
 create table job_results (

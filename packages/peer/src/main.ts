@@ -1,9 +1,9 @@
 #!/usr/bin/env node
 import { homedir } from "node:os"
 import { join } from "node:path"
-import { TransportRedis } from "@picus/core"
+import { firstSignal, TransportRedis } from "@picus/core"
 import { cac } from "cac"
-import { Cause, Deferred, Effect, Exit } from "effect"
+import { Cause, Effect, Exit } from "effect"
 import { type AgentExit, makeAgent } from "./Agent.ts"
 import { detectOs } from "./osInfo.ts"
 import { openStateFile } from "./state.ts"
@@ -33,21 +33,6 @@ const positiveInt = (name: string, value: number | string | undefined, fallback:
   return Number.isInteger(n) && n > 0 ? n : fail(`${name} must be a positive whole number, got "${value}"`)
 }
 
-/** Resolves on the first SIGINT/SIGTERM; a second one exits at once. */
-const firstSignal = Effect.gen(function* () {
-  const signal = yield* Deferred.make<NodeJS.Signals>()
-  const onSignal = (name: NodeJS.Signals) => {
-    Deferred.doneUnsafe(signal, Exit.succeed(name))
-    process.removeListener("SIGINT", onSignal)
-    process.removeListener("SIGTERM", onSignal)
-    process.once("SIGINT", () => process.exit(130))
-    process.once("SIGTERM", () => process.exit(130))
-  }
-  process.on("SIGINT", onSignal)
-  process.on("SIGTERM", onSignal)
-  return Deferred.await(signal)
-})
-
 const run = (flags: PeerFlags) => {
   const env = process.env
   const token =
@@ -59,7 +44,7 @@ const run = (flags: PeerFlags) => {
     join(env.XDG_STATE_HOME ?? join(homedir(), ".local", "state"), "picus")
   const state = openStateFile(stateDir, flags.peerId ?? env.PICUS_PEER_ID)
   const program = Effect.gen(function* () {
-    const signalled = yield* firstSignal
+    const signalled = yield* firstSignal()
     const agent = yield* makeAgent({
       token,
       serverIp: flags.serverIp ?? env.PICUS_SERVER_IP ?? new URL(redisUrl).hostname,

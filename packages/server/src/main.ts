@@ -1,7 +1,7 @@
 #!/usr/bin/env node
-import { JobScheduler, Store, TransportRedis } from "@picus/core"
+import { firstSignal, JobScheduler, Store, TransportRedis } from "@picus/core"
 import { cac } from "cac"
-import { Cause, Console, Deferred, Effect, Exit, Fiber, Layer } from "effect"
+import { Cause, Console, Effect, Exit, Fiber, Layer } from "effect"
 import { loadCatalog } from "./catalog.ts"
 import { ConfigError, resolveServerConfig, type ServerConfig, type ServerFlags } from "./config.ts"
 import { ensureDatabase } from "./db/ensureDatabase.ts"
@@ -13,28 +13,9 @@ import { createEnrollmentToken, enrollmentTokensFrom } from "./tokens.ts"
 const storeLayer = (config: ServerConfig) =>
   Layer.unwrap(ensureDatabase(config.databaseUrl).pipe(Effect.as(PgStore.layer(config.databaseUrl))))
 
-/** Completes on the first SIGINT/SIGTERM; a second one exits at once. */
-const firstSignal = Effect.gen(function* () {
-  const signal = yield* Deferred.make<NodeJS.Signals>()
-  const onSignal = (name: NodeJS.Signals) => {
-    Deferred.doneUnsafe(signal, Exit.succeed(name))
-    process.removeListener("SIGINT", onSignal)
-    process.removeListener("SIGTERM", onSignal)
-    const force = () => {
-      console.error("second signal: exiting now")
-      process.exit(130)
-    }
-    process.once("SIGINT", force)
-    process.once("SIGTERM", force)
-  }
-  process.on("SIGINT", onSignal)
-  process.on("SIGTERM", onSignal)
-  return Deferred.await(signal)
-})
-
 const serve = (config: ServerConfig) =>
   Effect.gen(function* () {
-    const signalled = yield* firstSignal
+    const signalled = yield* firstSignal()
     const store = yield* Store
     const catalog = yield* loadCatalog(config.catalogPath)
     yield* store.replaceCatalog(catalog)

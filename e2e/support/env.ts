@@ -1,0 +1,51 @@
+import { mkdtempSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { deleteKeysWithPrefix, testKeyPrefix, testRedisUrl } from "@picus/core/testing"
+import { createPool, type DatabasePool, type QuerySqlToken } from "slonik"
+import { type FreshDatabase, freshDatabase } from "../../packages/server/test/support/database.ts"
+
+/** One test's world: its own database, Redis key prefix and temporary folder. */
+export interface World {
+  readonly db: FreshDatabase
+  readonly pool: DatabasePool
+  readonly prefix: string
+  readonly dir: string
+  /** Environment shared by the server and peers of this test. */
+  readonly env: Record<string, string>
+  readonly query: <T>(query: QuerySqlToken) => Promise<ReadonlyArray<T>>
+  readonly close: () => Promise<void>
+}
+
+export const makeWorld = async (extraEnv: Record<string, string> = {}): Promise<World> => {
+  const db = await freshDatabase()
+  const pool = await createPool(db.url, { maxPoolSize: 2 })
+  const prefix = testKeyPrefix()
+  const dir = mkdtempSync(join(tmpdir(), "picus-e2e-"))
+  const env = {
+    DATABASE_URL: db.url,
+    REDIS_URL: testRedisUrl(),
+    PICUS_REDIS_PREFIX: prefix,
+    ...extraEnv,
+  }
+  return {
+    db,
+    pool,
+    prefix,
+    dir,
+    env,
+    query: async <T>(query: QuerySqlToken) => (await pool.any(query)) as ReadonlyArray<T>,
+    close: async () => {
+      await pool.end()
+      await db.drop()
+      await deleteKeysWithPrefix(testRedisUrl(), prefix)
+    },
+  }
+}
+
+/** Writes a catalog file for the test and returns its path. */
+export const writeCatalog = (dir: string, jobs: ReadonlyArray<Record<string, unknown>>): string => {
+  const path = join(dir, "catalog.json")
+  writeFileSync(path, JSON.stringify({ jobs }))
+  return path
+}

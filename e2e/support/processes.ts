@@ -1,0 +1,135 @@
+import { type ChildProcess, spawn } from "node:child_process"
+import { fileURLToPath } from "node:url"
+
+export const repoRoot: string = fileURLToPath(new URL("../..", import.meta.url))
+
+export interface Running {
+  readonly name: string
+  readonly child: ChildProcess
+  /** Every line printed so far, stdout and stderr. */
+  readonly lines: Array<string>
+  readonly waitForLine: (pattern: RegExp, timeoutMs?: number) => Promise<string>
+  /** Resolves with the exit code (or the signal's name). */
+  readonly exited: Promise<number | string>
+  /** Signals the whole process group, as a terminal's Ctrl+C does. */
+  readonly signalGroup: (signal: NodeJS.Signals) => void
+  readonly output: () => string
+}
+
+const started: Array<Running> = []
+
+/**
+ * Starts `pnpm <args>` at the repository root in a process group of its own, the way a user
+ * starts the server or a peer.
+ */
+export const startPnpm = (
+  name: string,
+  args: ReadonlyArray<string>,
+  env: Record<string, string>,
+): Running => {
+  const child = spawn("pnpm", [...args], {
+    cwd: repoRoot,
+    detached: true,
+    env: { ...process.env, ...env, FORCE_COLOR: "0" },
+    stdio: ["ignore", "pipe", "pipe"],
+  })
+  const lines: Array<string> = []
+  const watchers = new Set<() => void>()
+  for (const stream of [child.stdout, child.stderr]) {
+    let partial = ""
+    stream?.on("data", (chunk: Buffer) => {
+      const parts = (partial + chunk.toString("utf8")).split("\n")
+      partial = parts.pop() ?? ""
+      lines.push(...parts)
+      for (const w of watchers) w()
+    })
+  }
+  const exited = new Promise<number | string>((resolve) => {
+    child.on("exit", (code, signal) => {
+      for (const w of watchers) w()
+      resolve(code ?? signal ?? "unknown")
+    })
+  })
+  const running: Running = {
+    name,
+    child,
+    lines,
+    exited,
+    output: () => lines.join("\n"),
+    signalGroup: (signal) => {
+      try {
+        if (child.pid !== undefined) process.kill(-child.pid, signal)
+      } catch {
+        // Already gone.
+      }
+    },
+    waitForLine: (pattern, timeoutMs = 30_000) =>
+      new Promise<string>((resolve, reject) => {
+        const check = () => {
+          const found = lines.find((l) => pattern.test(l))
+          if (found !== undefined) {
+            cleanup()
+            resolve(found)
+          } else if (child.exitCode !== null || child.signalCode !== null) {
+            cleanup()
+            reject(new Error(`${name} exited before printing ${pattern}:\n${lines.join("\n")}`))
+          }
+        }
+        const timer = setTimeout(() => {
+          cleanup()
+          reject(new Error(`${name} did not print ${pattern} within ${timeoutMs} ms:\n${lines.join("\n")}`))
+        }, timeoutMs)
+        const cleanup = () => {
+          clearTimeout(timer)
+          watchers.delete(check)
+        }
+        watchers.add(check)
+        check()
+      }),
+  }
+  started.push(running)
+  return running
+}
+
+/** Kills whatever a test left running (SIGKILL to each process group). */
+export const killAll = async (): Promise<void> => {
+  for (const r of started.splice(0)) {
+    if (r.child.exitCode === null && r.child.signalCode === null) {
+      r.signalGroup("SIGKILL")
+      await r.exited
+    }
+  }
+}
+
+/** Runs `pnpm <args>` to completion and returns its exit code and output. */
+export const runPnpm = async (
+  args: ReadonlyArray<string>,
+  env: Record<string, string>,
+): Promise<{ code: number | string; stdout: string; output: string }> => {
+  const r = startPnpm(args.join(" "), args, env)
+  const code = await r.exited
+  const stdout = r.lines.filter((l) => !l.startsWith("$ ") && !l.startsWith(">")).join("\n")
+  return { code, stdout, output: r.output() }
+}
+
+export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
+
+/** Polls until `check` returns a value, or fails after timeoutMs. */
+export const eventually = async <A>(
+  what: string,
+  check: () => Promise<A | undefined>,
+  timeoutMs = 30_000,
+): Promise<A> => {
+  const deadline = Date.now() + timeoutMs
+  let last: unknown
+  while (Date.now() < deadline) {
+    try {
+      const value = await check()
+      if (value !== undefined) return value
+    } catch (error) {
+      last = error
+    }
+    await sleep(100)
+  }
+  throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ""}`)
+}

@@ -1,0 +1,265 @@
+import { createHash, randomUUID } from "node:crypto"
+import { assert, describe, it, layer } from "@effect/vitest"
+import { type CatalogJob, Store, StoreError } from "@picus/core"
+import { storeContract } from "@picus/core/testing"
+import { Context, Effect, Layer, Schema } from "effect"
+import { type DatabasePool, sql } from "slonik"
+import { migrate } from "../src/db/migrate.ts"
+import { makePgStore, layer as pgStoreLayer } from "../src/db/PgStore.ts"
+import { makePool, parseTimestamptz, RowValidationError } from "../src/db/pool.ts"
+import { freshDatabase } from "./support/database.ts"
+
+/** A fresh database, dropped when the layer is released. */
+const database = Effect.acquireRelease(
+  Effect.promise(() => freshDatabase()),
+  (db) => Effect.promise(() => db.drop()),
+)
+
+storeContract("postgres", Layer.unwrap(Effect.map(database, (db) => pgStoreLayer(db.url))))
+
+/** The pool of a fresh, migrated database, for tests that look under the Store. */
+class Db extends Context.Service<Db, { readonly pool: DatabasePool; readonly url: string }>()("test/Db") {}
+
+const dbLayer = Layer.effect(
+  Db,
+  Effect.gen(function* () {
+    const db = yield* database
+    const pool = yield* makePool(db.url)
+    yield* migrate(pool)
+    return { pool, url: db.url }
+  }),
+)
+const storeOverDb = Layer.effect(
+  Store,
+  Effect.gen(function* () {
+    const { pool } = yield* Db
+    return makePgStore(pool)
+  }),
+)
+
+const std = Schema.toStandardSchemaV1
+const promise = <A>(run: () => Promise<A>) => Effect.promise(run)
+const job = (jobId: string, distro: string): CatalogJob => ({
+  job_id: jobId,
+  name: `Job ${jobId}`,
+  os: "linux",
+  distro,
+  command: "true",
+  timeout_ms: 1_000,
+})
+
+describe("parseTimestamptz", () => {
+  it("reads PostgreSQL's ISO text, truncating to milliseconds", () => {
+    assert.strictEqual(parseTimestamptz("2024-05-01 10:00:00.123956+00"), Date.UTC(2024, 4, 1, 10, 0, 0, 123))
+    assert.strictEqual(parseTimestamptz("2024-05-01 10:00:00+05:30"), Date.UTC(2024, 4, 1, 4, 30))
+    assert.strictEqual(parseTimestamptz("2024-05-01 10:00:00.5-03"), Date.UTC(2024, 4, 1, 13, 0, 0, 500))
+    assert.strictEqual(parseTimestamptz("1900-01-01 00:00:00+00:09:21"), Date.UTC(1899, 11, 31, 23, 50, 39))
+    const early = new Date(0)
+    early.setUTCFullYear(99, 0, 1)
+    assert.strictEqual(parseTimestamptz("0099-01-01 00:00:00+00"), early.getTime())
+    assert.strictEqual(parseTimestamptz("infinity"), Number.POSITIVE_INFINITY)
+    assert.throws(() => parseTimestamptz("05/01/2024 10:00:00 UTC"), /DateStyle/)
+  })
+})
+
+layer(Layer.provideMerge(storeOverDb, dbLayer), { timeout: 60_000 })("PgStore on PostgreSQL", (it) => {
+  it.effect("returns timestamptz as epoch ms and int8 as a number, whatever the session time zone", () =>
+    Effect.gen(function* () {
+      const { pool } = yield* Db
+      const Row = std(Schema.Struct({ t: Schema.Number, big: Schema.Number }))
+      const row = yield* promise(() =>
+        pool.transaction(async (tx) => {
+          await tx.query(sql.unsafe`set local time zone 'Asia/Kolkata'`)
+          return tx.one(
+            sql.type(
+              Row,
+            )`select '2024-05-01 10:00:00.123456+02'::timestamptz as t, 9007199254740991::int8 as big`,
+          )
+        }),
+      )
+      assert.strictEqual(row.t, Date.UTC(2024, 4, 1, 8, 0, 0, 123))
+      assert.strictEqual(row.big, Number.MAX_SAFE_INTEGER)
+    }),
+  )
+
+  it.effect("rejects a row that does not fit its query's schema, naming the query", () =>
+    Effect.gen(function* () {
+      const { pool } = yield* Db
+      const Row = std(Schema.Struct({ answer: Schema.String }))
+      const error = yield* Effect.flip(
+        Effect.tryPromise({ try: () => pool.one(sql.type(Row)`select 42 as answer`), catch: (e) => e }),
+      )
+      assert.instanceOf(error, RowValidationError)
+      assert.include((error as Error).message, "select 42 as answer")
+      assert.include((error as Error).message, "answer")
+    }),
+  )
+
+  it.effect("validated rows are the schema's output: columns the schema does not name are dropped", () =>
+    Effect.gen(function* () {
+      const { pool } = yield* Db
+      const Row = std(Schema.Struct({ a: Schema.Int }))
+      const row = yield* promise(() => pool.one(sql.type(Row)`select 1 as a, 2 as b`))
+      assert.deepStrictEqual(row, { a: 1 })
+    }),
+  )
+
+  it.effect("maps database failures to StoreError with the operation, without the token hash", () =>
+    Effect.gen(function* () {
+      const store = yield* Store
+      const hash = new Uint8Array(createHash("sha256").update(randomUUID()).digest())
+      yield* store.createToken({ name: "a", prefix: "pa", hash })
+      const error = yield* Effect.flip(store.createToken({ name: "b", prefix: "pb", hash }))
+      assert.instanceOf(error, StoreError)
+      assert.strictEqual(error.operation, "createToken")
+      assert.include(error.message, "unique")
+      assert.notInclude(error.message, Buffer.from(hash).toString("hex"))
+      const bad = yield* Effect.flip(
+        store.login({
+          peerId: "p",
+          sessionId: "not-a-uuid",
+          serverId: "s",
+          serverIp: null,
+          os: null,
+          distro: null,
+          hostname: null,
+          agentVersion: null,
+        }),
+      )
+      assert.strictEqual(bad.operation, "login")
+    }),
+  )
+
+  it.effect("concurrent logouts of one session: exactly one closes it", () =>
+    Effect.gen(function* () {
+      const store = yield* Store
+      const peerId = `peer-${randomUUID()}`
+      const sessionId = randomUUID()
+      yield* store.login({
+        peerId,
+        sessionId,
+        serverId: "s",
+        serverIp: null,
+        os: "linux",
+        distro: "debian",
+        hostname: null,
+        agentVersion: null,
+      })
+      const outcomes = yield* Effect.all(
+        Array.from({ length: 8 }, (_, i) =>
+          store.logout({ peerId, sessionId, reason: `r${i}`, serverId: "s" }),
+        ),
+        { concurrency: "unbounded" },
+      )
+      assert.strictEqual(outcomes.filter((closed) => closed).length, 1)
+    }),
+  )
+
+  it.effect("two servers (two pools) recording one result: exactly one records it", () =>
+    Effect.gen(function* () {
+      const { url } = yield* Db
+      const a = makePgStore(yield* makePool(url, { maxPoolSize: 4 }))
+      const b = makePgStore(yield* makePool(url, { maxPoolSize: 4 }))
+      const peerId = `peer-${randomUUID()}`
+      const sessionId = randomUUID()
+      const distro = `d-${randomUUID()}`
+      yield* a.login({
+        peerId,
+        sessionId,
+        serverId: "a",
+        serverIp: null,
+        os: "linux",
+        distro,
+        hostname: null,
+        agentVersion: null,
+      })
+      yield* a.replaceCatalog([job("one", distro)])
+      const [ticket] = yield* a.createTickets({
+        peerId,
+        sessionId,
+        serverId: "a",
+        jobs: yield* a.jobsFor("linux", distro),
+      })
+      const result = {
+        ticket: ticket!.ticket,
+        peerId,
+        sessionId: sessionId.toUpperCase(),
+        serverId: "a",
+        status: "failed" as const,
+        exitCode: 1,
+        output: "out\u0000put",
+        truncated: true,
+        startedAt: Date.now() - 10,
+        finishedAt: Date.now(),
+      }
+      const outcomes = yield* Effect.all(
+        Array.from({ length: 6 }, (_, i) => (i % 2 === 0 ? a : b).recordResult(result)),
+        { concurrency: "unbounded" },
+      )
+      assert.deepStrictEqual([...outcomes].sort(), [
+        "duplicate",
+        "duplicate",
+        "duplicate",
+        "duplicate",
+        "duplicate",
+        "recorded",
+      ])
+      const [row] = (yield* b.results({ peerId, limit: 10 })).filter((r) => r.ticket === ticket!.ticket)
+      assert.strictEqual(row?.status, "failed")
+      assert.strictEqual(row?.exitCode, 1)
+      assert.isTrue(row?.truncated)
+      assert.strictEqual(row?.output, "out\uFFFDput", "NUL, which PostgreSQL text cannot hold, is replaced")
+    }),
+  )
+
+  it.effect("replaceCatalog keeps disabled jobs (tickets still point at them) and re-enables them", () =>
+    Effect.gen(function* () {
+      const store = yield* Store
+      const { pool } = yield* Db
+      const distro = `d-${randomUUID()}`
+      yield* store.replaceCatalog([job("keep", distro), job("drop", distro), job("keep", distro)])
+      yield* store.replaceCatalog([job("keep", distro)])
+      const EnabledRow = std(Schema.Struct({ job_id: Schema.String, enabled: Schema.Boolean }))
+      const rows = yield* promise(() =>
+        pool.any(
+          sql.type(
+            EnabledRow,
+          )`select job_id, enabled from jobs where job_id in ('keep', 'drop') order by job_id`,
+        ),
+      )
+      assert.deepStrictEqual(rows, [
+        { job_id: "drop", enabled: false },
+        { job_id: "keep", enabled: true },
+      ])
+      yield* store.replaceCatalog([job("keep", distro), job("drop", distro)])
+      assert.deepStrictEqual(
+        (yield* store.jobsFor("linux", distro)).map((j) => j.job_id),
+        ["drop", "keep"],
+      )
+    }),
+  )
+
+  it.effect("revokeToken: digits match the id only, anything else the prefix; only active tokens", () =>
+    Effect.gen(function* () {
+      const store = yield* Store
+      const hash = () => new Uint8Array(createHash("sha256").update(randomUUID()).digest())
+      const prefix = `px-${randomUUID()}`
+      yield* store.createToken({ name: "1", prefix, hash: hash() })
+      yield* store.createToken({ name: "2", prefix, hash: hash() })
+      assert.strictEqual(yield* store.revokeToken(prefix), 2)
+      assert.strictEqual(yield* store.revokeToken(prefix), 0)
+      assert.strictEqual(yield* store.revokeToken("99999999999999999999999"), 0)
+      const listed = (yield* store.listTokens).filter((t) => t.prefix === prefix)
+      assert.isTrue(listed.every((t) => typeof t.revokedAt === "number" && t.revokedAt >= t.createdAt))
+    }),
+  )
+
+  it.effect("closeOpenTickets refuses a non-terminal state, and an unknown session closes nothing", () =>
+    Effect.gen(function* () {
+      const store = yield* Store
+      const error = yield* Effect.flip(store.closeOpenTickets(randomUUID(), "queued"))
+      assert.strictEqual(error.operation, "closeOpenTickets")
+      assert.strictEqual(yield* store.closeOpenTickets("not-a-session", "cancelled"), 0)
+    }),
+  )
+})
