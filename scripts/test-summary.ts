@@ -10,7 +10,11 @@ try {
     numTodoTests: number
   }
   const skipped = report.numPendingTests + report.numTodoTests
-  console.log(`${report.numPassedTests} passed, ${report.numFailedTests} failed${skipped > 0 ? `, ${skipped} skipped` : ""}`)
+  console.log(
+    `${report.numPassedTests} passed, ${report.numFailedTests} failed${skipped > 0 ? `, ${skipped} skipped` : ""}`,
+  )
 } catch (error) {
-  console.log(`0 passed, 1 failed (no test report: ${error instanceof Error ? error.message : String(error)})`)
+  console.log(
+    `0 passed, 1 failed (no test report: ${error instanceof Error ? error.message : String(error)})`,
+  )
 }
