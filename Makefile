@@ -1,11 +1,20 @@
-# The quick start. Both targets bring Node 24 and pnpm when the machine lacks them.
-.PHONY: dev test bench
+# The quick start: `make dev` runs the whole system, `make test` runs the tests. Every target
+# brings Node 24 and pnpm when the machine lacks them (scripts/toolchain.sh).
+.PHONY: dev test sessions results bench
 
+# A server and two peers in one process, on embedded PostgreSQL and an in-memory transport;
+# with DATABASE_URL and REDIS_URL set, on those real services instead.
 dev:
 	@scripts/toolchain.sh pnpm run dev
 
 test:
 	@scripts/toolchain.sh pnpm test
 
-bench:
-	@scripts/toolchain.sh pnpm bench
+# What happened: peer sessions with their durations, and job results (of make dev's embedded
+# database, or of DATABASE_URL when it is set).
+EMBEDDED := $(if $(DATABASE_URL),,--embedded)
+sessions:
+	@scripts/toolchain.sh pnpm --silent --filter server start sessions $(EMBEDDED)
+
+results:
+	@scripts/toolchain.sh pnpm --silent --filter server start results $(EMBEDDED)

@@ -22,6 +22,8 @@ export interface AgentConfig {
   /** Backoff before registering again after a shutdown: base, doubled per try, jittered, capped. */
   readonly reconnectBaseMs: number
   readonly reconnectMaxMs: number
+  /** Where the agent tells its person what happens (default: stdout). */
+  readonly say?: (line: string) => Effect.Effect<void>
 }
 
 /** How the agent stopped. */
@@ -43,6 +45,7 @@ interface Session {
 export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
   const transport = yield* Transport
   const peerId = config.state.peerId
+  const say = config.say ?? ((line: string) => Console.log(line))
   const send = (message: Protocol.PeerMessage) => transport.sendUplink(Protocol.encodeMessage(message))
   let current: Session | undefined
 
@@ -62,9 +65,7 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
   const runJob = Effect.fnUntraced(function* (session: Session, job: Protocol.Job) {
     const base = { msg: "result", ticket: job.ticket, peer_id: peerId, token: session.token } as const
     if (job.job.os !== config.os.os || job.job.distro !== config.os.distro) {
-      yield* Console.log(
-        `refused job ${job.ticket} "${job.job.name}": it is for ${job.job.os}/${job.job.distro}`,
-      )
+      yield* say(`refused job ${job.ticket} "${job.job.name}": it is for ${job.job.os}/${job.job.distro}`)
       return yield* sendResult({
         ...base,
         result: `refused: job is for ${job.job.os}/${job.job.distro}, this peer is ${config.os.os}/${config.os.distro}`,
@@ -89,7 +90,7 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
       finished_at: run.finishedAt,
       truncated: run.truncated,
     })
-    yield* Console.log(
+    yield* say(
       `job ${job.ticket} "${job.job.name}": ${status}${run.exitCode === null ? "" : ` (exit ${run.exitCode})`}`,
     )
   })
@@ -129,7 +130,7 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
                 token: s.token,
                 running: running.size,
               }).pipe(Effect.delay(s.heartbeatMs), Effect.forever, Effect.forkScoped)
-              yield* Console.log(
+              yield* say(
                 `registered as ${peerId} (session ${m.session_id ?? "?"}, server ${m.server_id ?? "?"})`,
               )
               return
@@ -137,7 +138,7 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
             case "register_rejected": {
               const reason = (message as Protocol.RegisterRejected).reason ?? "no reason given"
               if (session && reason === "session_expired") {
-                yield* Console.log("the server no longer knows this session: registering again")
+                yield* say("the server no longer knows this session: registering again")
                 session = undefined
                 current = undefined
                 acceptingJobs = false
@@ -146,7 +147,7 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
                 return
               }
               if (session) return // a stale answer to an earlier registration
-              yield* Console.log(`registration rejected: ${reason}`)
+              yield* say(`registration rejected: ${reason}`)
               return yield* Deferred.succeed(stop, { _tag: "Rejected" as const, reason })
             }
             case "job": {
@@ -171,7 +172,7 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
               const m = message as Protocol.Shutdown
               if (!session || m.token !== session.token) return
               acceptingJobs = false
-              yield* Console.log(`server shutdown${m.server_id ? ` (${m.server_id})` : ""}: ${m.reason}`)
+              yield* say(`server shutdown${m.server_id ? ` (${m.server_id})` : ""}: ${m.reason}`)
               // Jobs already running finish and report; the server waits a little for them.
               yield* Fiber.joinAll([...running]).pipe(Effect.ignore)
               if (heartbeat) yield* Fiber.interrupt(heartbeat)
@@ -211,7 +212,7 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
         attempt++
         const ceiling = Math.min(config.reconnectMaxMs, config.reconnectBaseMs * 2 ** Math.min(attempt, 10))
         const wait = Math.round(ceiling / 2 + (yield* Random.nextBetween(0, ceiling / 2)))
-        yield* Console.log(`registering again in ${(wait / 1000).toFixed(1)}s`)
+        yield* say(`registering again in ${(wait / 1000).toFixed(1)}s`)
         yield* Effect.sleep(wait)
       }
     }),

@@ -65,6 +65,15 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
         reason,
       }),
     )
+    yield* transport.publish(
+      Protocol.encodeFeedEvent({
+        event: "rejected",
+        at: Date.now(),
+        server_id: config.serverId,
+        peer_id: message.peer_id,
+        reason,
+      }),
+    )
     yield* Effect.logWarning(`registration rejected: ${reason}`).pipe(
       Effect.annotateLogs({ peer_id: message.peer_id }),
     )
@@ -218,6 +227,9 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
     shutdown: Effect.fnUntraced(function* (reason: string) {
       accepting = false
       yield* store.logShutdown({ serverId: config.serverId, reason })
+      yield* transport.publish(
+        Protocol.encodeFeedEvent({ event: "shutdown", at: Date.now(), server_id: config.serverId, reason }),
+      )
       const all = [...sessions.values()]
       yield* Effect.logInfo(`shutting down (${reason}): notifying ${all.length} peer(s)`)
       yield* Effect.forEach(all, (s) => s.notifyShutdown(reason).pipe(Effect.ignore), {

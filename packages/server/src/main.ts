@@ -4,6 +4,7 @@ import { cac } from "cac"
 import { Cause, Console, Effect, Exit, Fiber, Layer } from "effect"
 import { loadCatalog } from "./catalog.ts"
 import { ConfigError, resolveServerConfig, type ServerConfig, type ServerFlags } from "./config.ts"
+import { connectEmbedded, defaultDataDir, EMBEDDED_POOL_SIZE } from "./db/embedded.ts"
 import { ensureDatabase } from "./db/ensureDatabase.ts"
 import { PgStore } from "./db/PgStore.ts"
 import { makeGateway } from "./Gateway.ts"
@@ -13,9 +14,8 @@ import { createEnrollmentToken, enrollmentTokensFrom } from "./tokens.ts"
 const storeLayer = (config: ServerConfig) =>
   Layer.unwrap(ensureDatabase(config.databaseUrl).pipe(Effect.as(PgStore.layer(config.databaseUrl))))
 
-const serve = (config: ServerConfig) =>
+const serve = (config: ServerConfig, signalled: Effect.Effect<NodeJS.Signals>) =>
   Effect.gen(function* () {
-    const signalled = yield* firstSignal()
     const store = yield* Store
     const catalog = yield* loadCatalog(config.catalogPath)
     yield* store.replaceCatalog(catalog)
@@ -49,8 +49,19 @@ const serve = (config: ServerConfig) =>
     ),
   )
 
-const withStore = <A, E>(config: ServerConfig, body: Effect.Effect<A, E, Store>) =>
-  body.pipe(Effect.provide(storeLayer(config)))
+/** The Store a reporting command reads: the configured database, or `make dev`'s embedded one. */
+const withStore = <A, E>(config: ServerConfig, body: Effect.Effect<A, E, Store>, embedded = false) =>
+  body.pipe(
+    Effect.provide(
+      embedded
+        ? Layer.unwrap(
+            connectEmbedded(process.env.PICUS_DATA_DIR ?? defaultDataDir).pipe(
+              Effect.map((url) => PgStore.layer(url, { maxPoolSize: EMBEDDED_POOL_SIZE })),
+            ),
+          )
+        : storeLayer(config),
+    ),
+  )
 
 /** Runs a command's effect and exits with its outcome; failures are printed, not thrown. */
 const runCommand = (effect: Effect.Effect<unknown, unknown>) => {
@@ -87,7 +98,15 @@ sharedOptions(cli.command("[start]", "Run the server (applies migrations first)"
     "Jobs sent to one peer before it answers (env PICUS_MAX_IN_FLIGHT, default 8)",
   )
   .example("PICUS_TOKENS=secret1,secret2 picus-server   # accept these enrollment tokens too")
-  .action((_: unknown, flags: ServerFlags) => runCommand(serve(resolveServerConfig(flags))))
+  .action((_: unknown, flags: ServerFlags) =>
+    runCommand(
+      // Listen for Ctrl+C before anything starts, so a signal during start-up still stops cleanly.
+      firstSignal().pipe(
+        Effect.flatMap((signalled) => serve(resolveServerConfig(flags), signalled)),
+        Effect.scoped,
+      ),
+    ),
+  )
 
 sharedOptions(cli.command("migrate", "Apply pending database migrations and exit")).action(
   (flags: ServerFlags) =>
@@ -164,10 +183,11 @@ sharedOptions(
   )
 
 sharedOptions(cli.command("sessions", "Peer sessions: login, logout, duration, reason"))
+  .option("--embedded", "Read make dev's embedded database (folder PICUS_DATA_DIR, default .data)")
   .option("--peer <id>", "Only this peer")
   .option("--limit <n>", "Most rows", { default: 50 })
   .option("--json", "Machine-readable output")
-  .action((flags: ServerFlags & { peer?: string; limit: number; json?: boolean }) =>
+  .action((flags: ServerFlags & { peer?: string; limit: number; json?: boolean; embedded?: boolean }) =>
     runCommand(
       withStore(
         resolveServerConfig(flags),
@@ -189,15 +209,17 @@ sharedOptions(cli.command("sessions", "Peer sessions: login, logout, duration, r
             flags.json === true,
           )
         }),
+        flags.embedded === true,
       ),
     ),
   )
 
 sharedOptions(cli.command("results", "Job results, newest first"))
+  .option("--embedded", "Read make dev's embedded database (folder PICUS_DATA_DIR, default .data)")
   .option("--peer <id>", "Only this peer")
   .option("--limit <n>", "Most rows", { default: 50 })
   .option("--json", "Machine-readable output")
-  .action((flags: ServerFlags & { peer?: string; limit: number; json?: boolean }) =>
+  .action((flags: ServerFlags & { peer?: string; limit: number; json?: boolean; embedded?: boolean }) =>
     runCommand(
       withStore(
         resolveServerConfig(flags),
@@ -220,6 +242,7 @@ sharedOptions(cli.command("results", "Job results, newest first"))
             flags.json === true,
           )
         }),
+        flags.embedded === true,
       ),
     ),
   )

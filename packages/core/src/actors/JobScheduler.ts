@@ -23,26 +23,30 @@ export interface TicketQueue {
   readonly takeReady: () => ReadonlyArray<Ticket>
   /** Puts tickets that could not be sent back at the head of the queue. */
   readonly putBack: (tickets: ReadonlyArray<Ticket>) => void
-  /** A ticket is answered: frees its place. False when it was not in flight. */
-  readonly settle: (ticket: string) => boolean
+  /** A ticket is answered: frees its place. Undefined when it was not in flight. */
+  readonly settle: (ticket: string) => Ticket | undefined
   readonly inFlight: () => number
   readonly waiting: () => number
 }
 
 const makeTicketQueue = (tickets: ReadonlyArray<Ticket>, maxInFlight: number): TicketQueue => {
   const waiting = [...tickets]
-  const inFlight = new Set<string>()
+  const inFlight = new Map<string, Ticket>()
   return {
     takeReady: () => {
       const ready = waiting.splice(0, Math.max(0, maxInFlight - inFlight.size))
-      for (const t of ready) inFlight.add(t.ticket)
+      for (const t of ready) inFlight.set(t.ticket, t)
       return ready
     },
     putBack: (ts) => {
       for (const t of ts) inFlight.delete(t.ticket)
       waiting.unshift(...ts)
     },
-    settle: (ticket) => inFlight.delete(ticket),
+    settle: (ticket) => {
+      const t = inFlight.get(ticket)
+      inFlight.delete(ticket)
+      return t
+    },
     inFlight: () => inFlight.size,
     waiting: () => waiting.length,
   }

@@ -88,6 +88,8 @@ export const startPeerSession = Effect.fnUntraced(function* (
   const { peerId, sessionId } = start
   const tokenHash = hashSecret(start.sessionToken)
   const annotate = Effect.annotateLogs({ peer_id: peerId, session_id: sessionId })
+  const at = { server_id: config.serverId, peer_id: peerId }
+  const publish = (event: Protocol.FeedEvent) => transport.publish(Protocol.encodeFeedEvent(event))
 
   yield* store.login({
     peerId,
@@ -146,6 +148,7 @@ export const startPeerSession = Effect.fnUntraced(function* (
         break
       }
       sent.push(t.ticket)
+      yield* publish({ event: "job_sent", at: Date.now(), ...at, ticket: t.ticket, name: t.name })
     }
     if (sent.length > 0) {
       yield* store.markDelivered(sent)
@@ -158,6 +161,7 @@ export const startPeerSession = Effect.fnUntraced(function* (
     yield* store.logout({ peerId, sessionId, reason, serverId: config.serverId })
     const cancelled = yield* store.closeOpenTickets(sessionId, "cancelled")
     closed = true
+    yield* publish({ event: "logged_out", at: Date.now(), ...at, reason })
     yield* Effect.logInfo(
       `logged out (${reason})${cancelled > 0 ? `; ${cancelled} open ticket(s) cancelled` : ""}`,
     )
@@ -182,9 +186,22 @@ export const startPeerSession = Effect.fnUntraced(function* (
             startedAt: m.started_at ?? null,
             finishedAt: m.finished_at ?? null,
           })
-          if (verdict === "recorded" || verdict === "duplicate") tickets.settle(m.ticket)
-          if (verdict !== "recorded")
+          const ticket =
+            verdict === "recorded" || verdict === "duplicate" ? tickets.settle(m.ticket) : undefined
+          if (verdict === "recorded") {
+            yield* publish({
+              event: "result",
+              at: Date.now(),
+              ...at,
+              ticket: m.ticket,
+              name: ticket?.name ?? "?",
+              status: statusOf(m),
+              exit_code: m.exit_code ?? null,
+              first_line: Protocol.firstLine(m.result),
+            })
+          } else {
             yield* Effect.logWarning(`result for ticket ${m.ticket} not recorded: ${verdict}`)
+          }
           yield* dispatch
           return verdict
         }).pipe(
@@ -241,6 +258,15 @@ export const startPeerSession = Effect.fnUntraced(function* (
     Effect.forkScoped,
   )
 
+  yield* publish({
+    event: "registered",
+    at: Date.now(),
+    ...at,
+    session_id: sessionId,
+    os: start.os,
+    distro: start.distro,
+    tickets: tickets.waiting(),
+  })
   yield* dispatch.pipe(annotate)
   yield* Effect.logInfo(
     `logged in (${start.os ?? "?"}/${start.distro ?? "?"}, ${tickets.waiting() + tickets.inFlight()} ticket(s))`,

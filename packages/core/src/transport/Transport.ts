@@ -52,8 +52,8 @@ export class Transport extends Context.Service<
     readonly inboxReader: (peerId: string) => Effect.Effect<InboxReader, TransportError, Scope.Scope>
     /** Drop inbox entries up to and including `id`: the peer has handled them. */
     readonly trimInbox: (peerId: string, id: string) => Effect.Effect<void, TransportError>
-    /** Lossy broadcast on a channel of the operator feed. */
-    readonly publish: (payload: string) => Effect.Effect<void, TransportError>
+    /** Lossy broadcast on the operator feed; returns at once and never fails (lost is lost). */
+    readonly publish: (payload: string) => Effect.Effect<void>
     /** Subscribe to the operator feed; messages published while not subscribed are gone. */
     readonly subscribe: Stream.Stream<string, TransportError>
   }

@@ -155,7 +155,11 @@ export const makeRedisTransport = Effect.fnUntraced(function* (options: RedisTra
         Effect.asVoid,
       ),
 
-    publish: (payload) => call("publish", () => client.publish(keys.events, payload)).pipe(Effect.asVoid),
+    // Fire and forget: the feed is lossy by design, and waiting for Redis would slow the hot path.
+    publish: (payload) =>
+      Effect.sync(() => {
+        client.publish(keys.events, payload).catch(() => {})
+      }),
 
     subscribe: Stream.callback<string, TransportError>((queue) =>
       Effect.gen(function* () {
