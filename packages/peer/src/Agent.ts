@@ -48,6 +48,8 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
   const say = config.say ?? ((line: string) => Console.log(line))
   const send = (message: Protocol.PeerMessage) => transport.sendUplink(Protocol.encodeMessage(message))
   let current: Session | undefined
+  /** Tickets started by this process (the state file also knows those of earlier runs). */
+  const startedHere = new Set<string>()
 
   const register = send({
     msg: "register",
@@ -77,10 +79,11 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
       timeoutMs: job.job.timeout_ms ?? config.defaultTimeoutMs,
       outputCapBytes: config.outputCapBytes,
     }
+    // Remembered on disk before it runs: a crash mid-job loses that result (the server times the
+    // ticket out), but a ticket never runs twice, even across a restart.
+    config.state.markRun(job.ticket)
     const run = yield* execute(job.job.command, options)
     const status = run.timedOut ? "timed_out" : run.exitCode === 0 ? "succeeded" : "failed"
-    // Remember before sending: a crash between the two loses a result, never runs a job twice.
-    config.state.markRun(job.ticket)
     yield* sendResult({
       ...base,
       result: run.output,
@@ -156,10 +159,25 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
                 return yield* Effect.logWarning(`ignored job ${job.ticket}: not for the current session`)
               }
               if (!acceptingJobs) return yield* Effect.logInfo(`skipped job ${job.ticket}: shutting down`)
-              if (config.state.hasRun(job.ticket)) {
-                return yield* Effect.logWarning(`skipped job ${job.ticket}: already run`)
-              }
               const s = session
+              if (startedHere.has(job.ticket)) {
+                return yield* Effect.logWarning(`skipped job ${job.ticket}: delivered again while it runs`)
+              }
+              if (config.state.hasRun(job.ticket)) {
+                // Started by an earlier run of this peer that stopped before it reported: say so
+                // rather than run a command twice.
+                yield* Effect.logWarning(`not running job ${job.ticket} again: started before a restart`)
+                return yield* sendResult({
+                  msg: "result",
+                  ticket: job.ticket,
+                  peer_id: peerId,
+                  token: s.token,
+                  result: "not run again: this peer started it before it restarted, and lost the outcome",
+                  status: "failed",
+                  exit_code: null,
+                })
+              }
+              startedHere.add(job.ticket)
               const fiber = yield* slots.withPermits(1)(runJob(s, job)).pipe(Effect.forkScoped)
               running.add(fiber)
               yield* Fiber.await(fiber).pipe(

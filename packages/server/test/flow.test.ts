@@ -1,0 +1,247 @@
+import { mkdtempSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { assert, describe, it } from "@effect/vitest"
+import { type Envelope, Protocol, Store, Transport } from "@picus/core"
+import { Effect, Fiber, Result } from "effect"
+import { makeAgent, openStateFile } from "peer"
+import { makeGateway } from "../src/Gateway.ts"
+import { enrollmentTokensFrom } from "../src/tokens.ts"
+import { compositions } from "./support/layers.ts"
+
+// The server's logic and the peer's, in one process, on each composition the server runs on.
+
+const gatewayConfig = {
+  serverId: "test-server",
+  consumer: "test-server",
+  heartbeatMs: 200,
+  graceMs: 1_000,
+  enrollment: enrollmentTokensFrom("good-token"),
+  batchSize: 64,
+  staleRegisterMs: 30_000,
+  reclaimIdleMs: 30_000,
+  drainMs: 1_000,
+}
+
+const agentConfig = (peerId: string, token: string) => ({
+  token,
+  serverIp: "127.0.0.1",
+  os: { os: "linux", distro: "debian", hostname: "test" },
+  state: openStateFile(mkdtempSync(join(tmpdir(), "picus-peer-")), peerId),
+  agentVersion: "test",
+  concurrency: 2,
+  outputCapBytes: 4096,
+  defaultTimeoutMs: 5_000,
+  exitOnShutdown: true,
+  registerTimeoutMs: 5_000,
+  reconnectBaseMs: 100,
+  reconnectMaxMs: 1_000,
+  say: () => Effect.void,
+})
+
+const catalog = [
+  {
+    job_id: "echo",
+    name: "Echo",
+    os: "linux",
+    distro: "debian",
+    command: "echo hello-$((6*7))",
+    timeout_ms: 5_000,
+  },
+  {
+    job_id: "fail",
+    name: "Fail",
+    os: "linux",
+    distro: "debian",
+    command: "echo oops >&2; exit 3",
+    timeout_ms: 5_000,
+  },
+  {
+    job_id: "centos",
+    name: "Centos only",
+    os: "linux",
+    distro: "centos",
+    command: "echo never",
+    timeout_ms: 5_000,
+  },
+]
+
+const waitFor = <A, E, R>(check: Effect.Effect<A | undefined, E, R>, what: string, ms = 10_000) =>
+  Effect.gen(function* () {
+    const deadline = Date.now() + ms
+    while (Date.now() < deadline) {
+      const value = yield* check
+      if (value !== undefined) return value
+      yield* Effect.sleep("20 millis")
+    }
+    return yield* Effect.die(new Error(`timed out waiting for ${what}`))
+  })
+
+/** A hand-driven peer speaking the wire protocol, to send what a real agent never would. */
+const rawPeer = Effect.fnUntraced(function* (peerId: string, token: string) {
+  const transport = yield* Transport
+  const reader = yield* transport.inboxReader(peerId)
+  let cursor = yield* transport.inboxTail(peerId)
+  const next = Effect.gen(function* () {
+    const [entry] = yield* waitFor(
+      reader
+        .read(cursor, { count: 1, blockMs: 200 })
+        .pipe(Effect.map((es) => (es.length > 0 ? es : undefined))),
+      `a message for ${peerId}`,
+    )
+    cursor = (entry as Envelope).id
+    const decoded = Protocol.decodeServerMessage((entry as Envelope).payload)
+    assert.isTrue(Result.isSuccess(decoded))
+    return (decoded as Result.Success<Protocol.ServerMessage, never>).success
+  })
+  yield* transport.sendUplink(
+    Protocol.encodeMessage({
+      msg: "register",
+      peer_id: peerId,
+      token,
+      server_ip: "10.1.2.3",
+      os: "linux",
+      distro: "debian",
+    }),
+  )
+  const accepted = yield* next
+  assert.strictEqual(Protocol.serverMessageKind(accepted), "register_accepted")
+  const session = accepted.token
+  const jobs = [(yield* next) as Protocol.Job, (yield* next) as Protocol.Job]
+  const sendResult = (ticket: string, result: string, tokenToUse = session) =>
+    transport.sendUplink(
+      Protocol.encodeMessage({
+        msg: "result",
+        ticket,
+        peer_id: peerId,
+        token: tokenToUse,
+        result,
+        exit_code: 0,
+      }),
+    )
+  return { session, jobs, sendResult }
+})
+
+describe.each(compositions)("server and peers in one process (%s)", (_name, layer) => {
+  it.live(
+    "registers, runs matching jobs for real, records results, and shuts down with a reason",
+    () =>
+      Effect.gen(function* () {
+        const store = yield* Store
+        yield* store.replaceCatalog(catalog)
+        const gateway = yield* makeGateway(gatewayConfig)
+        const server = yield* Effect.forkScoped(gateway.run)
+
+        const a = yield* makeAgent(agentConfig("peer-a", "good-token"))
+        const b = yield* makeAgent(agentConfig("peer-b", "good-token"))
+        const bad = yield* makeAgent(agentConfig("peer-bad", "wrong-token"))
+        const fa = yield* Effect.forkScoped(a.run)
+        const fb = yield* Effect.forkScoped(b.run)
+        assert.deepStrictEqual(yield* bad.run, { _tag: "Rejected", reason: "unknown or revoked token" })
+
+        const results = yield* waitFor(
+          store.results({ limit: 100 }).pipe(Effect.map((rows) => (rows.length >= 4 ? rows : undefined))),
+          "4 results",
+        )
+        for (const peer of ["peer-a", "peer-b"]) {
+          const mine = results.filter((r) => r.peerId === peer)
+          assert.deepStrictEqual(mine.map((r) => r.jobName).sort(), ["Echo", "Fail"])
+          const echo = mine.find((r) => r.jobName === "Echo")!
+          assert.strictEqual(echo.output, "hello-42\n")
+          assert.strictEqual(echo.status, "succeeded")
+          const fail = mine.find((r) => r.jobName === "Fail")!
+          assert.strictEqual(fail.status, "failed")
+          assert.strictEqual(fail.exitCode, 3)
+          assert.strictEqual(fail.output, "oops\n")
+        }
+
+        yield* gateway.shutdown("Upgrade server")
+        assert.deepStrictEqual(yield* Fiber.joinAll([fa, fb]), [
+          { _tag: "Shutdown", reason: "Upgrade server" },
+          { _tag: "Shutdown", reason: "Upgrade server" },
+        ])
+        yield* Fiber.interrupt(server)
+
+        const log = yield* store.registrationLog({ limit: 100 })
+        assert.strictEqual(log.find((r) => r.event === "shutdown")?.reason, "Upgrade server")
+        assert.strictEqual(log.find((r) => r.event === "rejected")?.peerId, "peer-bad")
+        const sessions = yield* store.sessions({ limit: 10 })
+        assert.strictEqual(sessions.length, 2)
+        assert.isTrue(sessions.every((s) => s.logoutReason === "server_shutdown"))
+      }).pipe(Effect.scoped, Effect.provide(layer())),
+    30_000,
+  )
+
+  it.live(
+    "refuses a result with a wrong token, for a foreign ticket, or sent twice; records the genuine one once",
+    () =>
+      Effect.gen(function* () {
+        const store = yield* Store
+        yield* store.replaceCatalog(catalog)
+        const gateway = yield* makeGateway(gatewayConfig)
+        yield* Effect.forkScoped(gateway.run)
+        const alice = yield* rawPeer("alice", "good-token")
+        const bob = yield* rawPeer("bob", "good-token")
+        const [aliceJob, aliceOther] = alice.jobs
+        const [bobJob] = bob.jobs
+
+        // A wrong token, then bob's result for alice's ticket under his own valid session.
+        yield* alice.sendResult(aliceJob!.ticket, "forged", "not-the-session-token")
+        yield* bob.sendResult(aliceJob!.ticket, "stolen")
+        // The genuine result, twice, then the second ticket.
+        yield* alice.sendResult(aliceJob!.ticket, "first")
+        yield* alice.sendResult(aliceJob!.ticket, "second")
+        yield* alice.sendResult(aliceOther!.ticket, "other")
+        yield* bob.sendResult(bobJob!.ticket, "bob's own")
+
+        const rows = yield* waitFor(
+          store.results({ limit: 100 }).pipe(Effect.map((r) => (r.length >= 3 ? r : undefined))),
+          "three results",
+        )
+        yield* Effect.sleep("300 millis") // anything wrongly accepted would have landed by now
+        const all = yield* store.results({ limit: 100 })
+        assert.strictEqual(all.length, 3)
+        const byTicket = new Map(rows.map((r) => [r.ticket, r]))
+        assert.strictEqual(byTicket.get(aliceJob!.ticket)?.output, "first")
+        assert.strictEqual(byTicket.get(aliceJob!.ticket)?.peerId, "alice")
+        assert.strictEqual(byTicket.get(aliceOther!.ticket)?.output, "other")
+        assert.strictEqual(byTicket.get(bobJob!.ticket)?.output, "bob's own")
+      }).pipe(Effect.scoped, Effect.provide(layer())),
+    30_000,
+  )
+
+  it.live(
+    "drops malformed uplink messages and keeps serving",
+    () =>
+      Effect.gen(function* () {
+        const transport = yield* Transport
+        const store = yield* Store
+        const gateway = yield* makeGateway(gatewayConfig)
+        yield* Effect.forkScoped(gateway.run)
+        for (const junk of [
+          "",
+          "not json",
+          "[]",
+          '{"msg":"hello"}',
+          '{"msg":"result"}',
+          "x".repeat(2_000_000),
+        ]) {
+          yield* transport.sendUplink(junk)
+        }
+        const tail = yield* transport.inboxTail("late")
+        yield* transport.sendUplink(
+          Protocol.encodeMessage({
+            msg: "register",
+            peer_id: "late",
+            token: "good-token",
+            server_ip: "127.0.0.1",
+          }),
+        )
+        const reader = yield* transport.inboxReader("late")
+        const [reply] = yield* reader.read(tail, { count: 1, blockMs: 5_000 })
+        assert.include(reply?.payload ?? "", '"status":"accepted"')
+        assert.strictEqual((yield* store.sessions({ peerId: "late", limit: 1 })).length, 1)
+      }).pipe(Effect.scoped, Effect.provide(layer())),
+    30_000,
+  )
+})
