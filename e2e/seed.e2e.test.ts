@@ -139,6 +139,67 @@ describe("the seed, end to end", () => {
     expect(server.output()).not.toContain(token)
   })
 
+  it("a peer registers again with a new server after a shutdown, by default", async () => {
+    const { token } = await createToken("e2e")
+    const first = startServer({ PICUS_SHUTDOWN_REASON: "first one goes" })
+    await first.waitForLine(/serving/)
+    const peer = startPeer("peer-again", token)
+    await peer.waitForLine(/registered as peer-again/)
+    first.signalGroup("SIGINT")
+    expect(await first.exited, first.output()).toBe(0)
+    await peer.waitForLine(/server shutdown.*: first one goes/).catch((e: Error) => {
+      throw new Error(`${e.message}\n--- server:\n${first.output()}`)
+    })
+    await peer.waitForLine(/registering again in/)
+    const second = startServer()
+    await second.waitForLine(/serving/)
+    const sessions = await eventually(
+      () => `a second session\n--- peer:\n${peer.output()}\n--- server:\n${second.output()}`,
+      async () => {
+        const rows = await world.query<{ logout_reason: string | null }>(
+          sql.unsafe`select logout_reason from peer_sessions where peer_id = 'peer-again' order by login_at`,
+        )
+        return rows.length === 2 ? rows : undefined
+      },
+      30_000,
+    )
+    expect(sessions.map((s) => s.logout_reason)).toEqual(["server_shutdown", null])
+  })
+
+  it("a second Ctrl+C stops the server at once, even while it waits for running jobs", async () => {
+    const { token } = await createToken("e2e")
+    const slow = writeCatalog(
+      world.dir,
+      [
+        {
+          id: "slow",
+          name: "Slow",
+          os: here.os,
+          distro: here.distro,
+          command: "sleep 30",
+          timeout_ms: 60_000,
+        },
+      ],
+      "slow",
+    )
+    const server = startServer({ PICUS_CATALOG: slow, PICUS_DRAIN_MS: "60000" })
+    await server.waitForLine(/serving/)
+    const peer = startPeer("peer-slow", token)
+    await peer.waitForLine(/registered as peer-slow/)
+    await eventually("the slow job to be sent", async () => {
+      const rows = await world.query(sql.unsafe`select 1 from tickets where state = 'delivered'`)
+      return rows.length > 0 ? true : undefined
+    })
+    server.signalGroup("SIGINT")
+    await server.waitForLine(/notifying 1 peer/)
+    await new Promise((r) => setTimeout(r, 1_000))
+    const before = Date.now()
+    server.signalGroup("SIGINT")
+    await server.exited
+    expect(Date.now() - before).toBeLessThan(3_000)
+    expect(server.output()).toMatch(/SIGINT again: exiting now/)
+  })
+
   it("rejects a revoked token from then on", async () => {
     const { token, id } = await createToken("soon revoked")
     const server = startServer()

@@ -44,8 +44,12 @@ export const makeWorld = async (extraEnv: Record<string, string> = {}): Promise<
 }
 
 /** Writes a catalog file for the test and returns its path. */
-export const writeCatalog = (dir: string, jobs: ReadonlyArray<Record<string, unknown>>): string => {
-  const path = join(dir, "catalog.json")
+export const writeCatalog = (
+  dir: string,
+  jobs: ReadonlyArray<Record<string, unknown>>,
+  name = "catalog",
+): string => {
+  const path = join(dir, `${name}.json`)
   writeFileSync(path, JSON.stringify({ jobs }))
   return path
 }

@@ -131,5 +131,7 @@ export const eventually = async <A>(
     }
     await sleep(100)
   }
-  throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ""}`)
+  throw new Error(
+    `timed out waiting for ${typeof what === "string" ? what : what()}${last ? `: ${String(last)}` : ""}`,
+  )
 }

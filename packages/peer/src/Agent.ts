@@ -140,7 +140,7 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
             }
             case "register_rejected": {
               const reason = (message as Protocol.RegisterRejected).reason ?? "no reason given"
-              if (session && reason === "session_expired") {
+              if (session && reason === Protocol.RejectReason.sessionExpired) {
                 yield* say("the server no longer knows this session: registering again")
                 session = undefined
                 current = undefined
@@ -151,7 +151,13 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
               }
               if (session) return // a stale answer to an earlier registration
               yield* say(`registration rejected: ${reason}`)
-              return yield* Deferred.succeed(stop, { _tag: "Rejected" as const, reason })
+              // "Not now" (the server is stopping) is a shutdown for this peer: back off and retry.
+              return yield* Deferred.succeed(
+                stop,
+                Protocol.isRetryableRejection(reason)
+                  ? { _tag: "Shutdown" as const, reason }
+                  : { _tag: "Rejected" as const, reason },
+              )
             }
             case "job": {
               const job = message as Protocol.Job
@@ -178,7 +184,9 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
                 })
               }
               startedHere.add(job.ticket)
-              const fiber = yield* slots.withPermits(1)(runJob(s, job)).pipe(Effect.forkScoped)
+              // A job still waiting for a slot when `shutdown` arrives is not started.
+              const whenSlotFree = Effect.suspend(() => (acceptingJobs ? runJob(s, job) : Effect.void))
+              const fiber = yield* slots.withPermits(1)(whenSlotFree).pipe(Effect.forkScoped)
               running.add(fiber)
               yield* Fiber.await(fiber).pipe(
                 Effect.andThen(Effect.sync(() => running.delete(fiber))),

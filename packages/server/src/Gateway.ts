@@ -13,7 +13,7 @@ import {
   Transport,
   type TransportError,
 } from "@picus/core"
-import { Effect, Exit, Option, Result, Scope } from "effect"
+import { Effect, Exit, Option, Result, Scope, Semaphore } from "effect"
 import { type EnrollmentTokens, verifyEnrollmentToken } from "./tokens.ts"
 
 export interface GatewayConfig extends SessionConfig {
@@ -30,10 +30,6 @@ export interface GatewayConfig extends SessionConfig {
   readonly drainMs: number
 }
 
-/** The reply to a rejected registration carries no token: the server never echoes a secret back. */
-export const REJECTED_TOKEN = "none"
-export const SESSION_EXPIRED = "session_expired"
-
 /**
  * The server's front door: reads the uplink (shared with the other instances through the
  * consumer group), decodes each message, authenticates registrations, and hands everything else
@@ -47,6 +43,8 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
   const scope = yield* Scope.Scope
   const sessions = new Map<string, PeerSession>()
   let accepting = true
+  // Held while a batch is handled: shutdown takes it to see every session a batch may be opening.
+  const batchLock = yield* Semaphore.make(1)
 
   const reject = Effect.fnUntraced(function* (message: Protocol.Register, reason: string) {
     yield* store.logRejected({
@@ -60,7 +58,7 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
       Protocol.encodeMessage({
         msg: "register",
         peer_id: message.peer_id,
-        token: REJECTED_TOKEN,
+        token: Protocol.REJECTED_TOKEN,
         status: "rejected",
         reason,
       }),
@@ -87,7 +85,7 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
       )
       return
     }
-    if (!accepting) return yield* reject(message, "server is shutting down")
+    if (!accepting) return yield* reject(message, Protocol.RejectReason.shuttingDown)
     const verdict = yield* verifyEnrollmentToken(config.enrollment, message.token).pipe(
       Effect.provideService(Store, store),
     )
@@ -144,9 +142,9 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
             Protocol.encodeMessage({
               msg: "register",
               peer_id: message.peer_id,
-              token: REJECTED_TOKEN,
+              token: Protocol.REJECTED_TOKEN,
               status: "rejected",
-              reason: SESSION_EXPIRED,
+              reason: Protocol.RejectReason.sessionExpired,
             }),
           )
         }
@@ -208,7 +206,7 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
       }
     }
     if (batch.length === 0) return
-    const done = yield* handleBatch(batch)
+    const done = yield* batchLock.withPermits(1)(handleBatch(batch))
     yield* transport.ackUplink(done)
   }).pipe(
     Effect.catch((error) =>
@@ -225,7 +223,12 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
      * peer `shutdown`, give running jobs `drainMs` to report, then log each peer out.
      */
     shutdown: Effect.fnUntraced(function* (reason: string) {
-      accepting = false
+      // Wait out the batch in hand, so a session it is opening is among those told and logged out.
+      yield* batchLock.withPermits(1)(
+        Effect.sync(() => {
+          accepting = false
+        }),
+      )
       yield* store.logShutdown({ serverId: config.serverId, reason })
       yield* transport.publish(
         Protocol.encodeFeedEvent({ event: "shutdown", at: Date.now(), server_id: config.serverId, reason }),

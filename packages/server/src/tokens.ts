@@ -1,4 +1,4 @@
-import { hashSecret, newSecret, Store, type StoreError, sameHash, secretPrefix } from "@picus/core"
+import { hashSecret, newSecret, Protocol, Store, type StoreError, sameHash, secretPrefix } from "@picus/core"
 import { Effect, Option } from "effect"
 
 /** Enrollment tokens accepted besides those in the database (PICUS_TOKENS), kept as hashes only. */
@@ -26,7 +26,7 @@ export const verifyEnrollmentToken = Effect.fnUntraced(function* (
   if (matched) return Option.none()
   const store = yield* Store
   const found = yield* store.findActiveToken(hash)
-  return Option.isSome(found) ? Option.none() : Option.some("unknown or revoked token")
+  return Option.isSome(found) ? Option.none() : Option.some(Protocol.RejectReason.unknownToken)
 })
 
 /** Creates an enrollment token; the secret is returned once and only its hash is stored. */

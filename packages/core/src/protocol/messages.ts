@@ -229,3 +229,26 @@ export const serverMessageKind = (message: ServerMessage): ServerMessageKind => 
       return "shutdown"
   }
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Rejection reasons the peer acts on
+// ---------------------------------------------------------------------------------------------------
+
+/**
+ * Reasons of a rejected `register` that mean "not now" rather than "never": the peer registers
+ * again (after a backoff) instead of giving up. Any other reason is final.
+ */
+export const RejectReason = {
+  /** The server instance is stopping; another instance, or the next one, will take the peer. */
+  shuttingDown: "server_shutting_down",
+  /** The peer spoke for a session the server no longer has (timed out, or its server is gone). */
+  sessionExpired: "session_expired",
+  /** The token is not an active enrollment token. Final. */
+  unknownToken: "unknown or revoked token",
+} as const
+
+/** The reply to a rejected registration carries no token: the server never echoes a secret back. */
+export const REJECTED_TOKEN = "none"
+
+export const isRetryableRejection = (reason: string | undefined): boolean =>
+  reason === RejectReason.shuttingDown || reason === RejectReason.sessionExpired
