@@ -199,9 +199,16 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
               if (!session || m.token !== session.token) return
               acceptingJobs = false
               yield* say(`server shutdown${m.server_id ? ` (${m.server_id})` : ""}: ${m.reason}`)
-              // Jobs already running finish and report; the server waits a little for them.
+              // Jobs already running finish and report; the server waits a little for them. Then
+              // the peer says it is done, so the server need not wait any longer.
               yield* Fiber.joinAll([...running]).pipe(Effect.ignore)
               if (heartbeat) yield* Fiber.interrupt(heartbeat)
+              yield* send({
+                msg: "logout",
+                peer_id: peerId,
+                token: session.token,
+                reason: Protocol.LogoutReason.serverShutdown,
+              }).pipe(Effect.ignore)
               session = undefined
               current = undefined
               return yield* Deferred.succeed(stop, { _tag: "Shutdown" as const, reason: m.reason })

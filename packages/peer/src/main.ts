@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 import { homedir } from "node:os"
 import { join } from "node:path"
-import { firstSignal, TransportRedis } from "@picus/core"
+import { firstSignal, Protocol, TransportRedis } from "@picus/core"
 import { cac } from "cac"
 import { Cause, Effect, Exit } from "effect"
 import { type AgentExit, makeAgent } from "./Agent.ts"
@@ -64,7 +64,7 @@ const run = (flags: PeerFlags) => {
       Effect.raceFirst(signalled.pipe(Effect.as("signal" as const))),
     )
     if (outcome === "signal") {
-      yield* agent.logout("peer_shutdown")
+      yield* agent.logout(Protocol.LogoutReason.peerShutdown)
       console.log("logged out; bye")
       return 0
     }

@@ -92,7 +92,7 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
     if (Option.isSome(verdict)) return yield* reject(message, verdict.value)
 
     const previous = sessions.get(message.peer_id)
-    if (previous) yield* previous.end("replaced")
+    if (previous) yield* previous.end(Protocol.LogoutReason.replaced)
     const session = yield* startPeerSession(
       {
         peerId: message.peer_id,
@@ -156,7 +156,7 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
       case "heartbeat":
         return session.heartbeat
       case "logout":
-        return session.end(message.reason ?? "peer_logout")
+        return session.end(message.reason ?? Protocol.LogoutReason.peerShutdown)
     }
   }
 
@@ -245,7 +245,10 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
         if (inFlight.every((n) => n === 0)) break
         yield* Effect.sleep("50 millis")
       }
-      yield* Effect.forEach(all, (s) => s.end("server_shutdown"), { concurrency: 32, discard: true })
+      yield* Effect.forEach(all, (s) => s.end(Protocol.LogoutReason.serverShutdown), {
+        concurrency: 32,
+        discard: true,
+      })
     }),
   }
 })

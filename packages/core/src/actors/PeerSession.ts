@@ -237,8 +237,9 @@ export const startPeerSession = Effect.fnUntraced(function* (
           Effect.asVoid,
         )
       case "Tick":
-        return Date.now() - lastSeen > config.graceMs
-          ? finish("timeout").pipe(
+        // Once told to shut down, a peer stops heartbeating; the shutdown ends the session.
+        return !shuttingDown && Date.now() - lastSeen > config.graceMs
+          ? finish(Protocol.LogoutReason.timeout).pipe(
               Effect.catch((e) => Effect.logWarning("could not log out a silent peer", e)),
             )
           : dispatch

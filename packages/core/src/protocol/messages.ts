@@ -252,3 +252,15 @@ export const REJECTED_TOKEN = "none"
 
 export const isRetryableRejection = (reason: string | undefined): boolean =>
   reason === RejectReason.shuttingDown || reason === RejectReason.sessionExpired
+
+/** Logout reasons with a fixed meaning (`registration_log.reason`, `peer_sessions.logout_reason`). */
+export const LogoutReason = {
+  /** The peer was stopped (Ctrl+C on the peer). */
+  peerShutdown: "peer_shutdown",
+  /** The server instance serving the peer stopped; also what a peer says once it has finished. */
+  serverShutdown: "server_shutdown",
+  /** Nothing heard from the peer for the heartbeat grace period. */
+  timeout: "timeout",
+  /** The same peer id registered again: the older session ends. */
+  replaced: "replaced",
+} as const
