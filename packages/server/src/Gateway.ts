@@ -14,7 +14,8 @@ import {
   type TransportError,
 } from "@picus/core"
 import { Effect, Exit, Option, Result, Scope, Semaphore } from "effect"
-import { type EnrollmentTokens, verifyEnrollmentToken } from "./tokens.ts"
+import type { ServerConfig } from "./config.ts"
+import { type EnrollmentTokens, enrollmentTokensFrom, verifyEnrollmentToken } from "./tokens.ts"
 
 export interface GatewayConfig extends SessionConfig {
   /** This instance's consumer name in the uplink group. */
@@ -46,6 +47,18 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
   // Held while a batch is handled: shutdown takes it to see every session a batch may be opening.
   const batchLock = yield* Semaphore.make(1)
 
+  const sendRejection = (peerId: string, reason: string) =>
+    transport.sendToPeer(
+      peerId,
+      Protocol.encodeMessage({
+        msg: "register",
+        peer_id: peerId,
+        token: Protocol.REJECTED_TOKEN,
+        status: "rejected",
+        reason,
+      }),
+    )
+
   const reject = Effect.fnUntraced(function* (message: Protocol.Register, reason: string) {
     yield* store.logRejected({
       peerId: message.peer_id,
@@ -53,16 +66,7 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
       serverId: config.serverId,
       serverIp: message.server_ip,
     })
-    yield* transport.sendToPeer(
-      message.peer_id,
-      Protocol.encodeMessage({
-        msg: "register",
-        peer_id: message.peer_id,
-        token: Protocol.REJECTED_TOKEN,
-        status: "rejected",
-        reason,
-      }),
-    )
+    yield* sendRejection(message.peer_id, reason)
     yield* transport.publish(
       Protocol.encodeFeedEvent({
         event: "rejected",
@@ -137,16 +141,7 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
         // A peer that thinks it is logged in (its session timed out, or another server took over)
         // learns it must register again.
         if (message.msg === "heartbeat" && sessions.has(message.peer_id) === false) {
-          yield* transport.sendToPeer(
-            message.peer_id,
-            Protocol.encodeMessage({
-              msg: "register",
-              peer_id: message.peer_id,
-              token: Protocol.REJECTED_TOKEN,
-              status: "rejected",
-              reason: Protocol.RejectReason.sessionExpired,
-            }),
-          )
+          yield* sendRejection(message.peer_id, Protocol.RejectReason.sessionExpired)
         }
       })
     }
@@ -254,6 +249,22 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
 })
 
 export type Gateway = Effect.Success<ReturnType<typeof makeGateway>>
+
+/** The gateway a server process runs with its configuration; `extraTokens` are accepted too. */
+export const gatewayConfigFrom = (
+  config: ServerConfig,
+  extraTokens: ReadonlyArray<string> = [],
+): GatewayConfig => ({
+  serverId: config.serverId,
+  consumer: config.serverId,
+  heartbeatMs: config.heartbeatMs,
+  graceMs: config.graceMs,
+  drainMs: config.drainMs,
+  enrollment: enrollmentTokensFrom([config.environmentTokens ?? "", ...extraTokens].join(",")),
+  batchSize: 128,
+  staleRegisterMs: 60_000,
+  reclaimIdleMs: 30_000,
+})
 
 /** The hash of a secret, for the enrollment tokens given in the environment. */
 export const hashToken = hashSecret

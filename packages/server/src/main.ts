@@ -7,9 +7,9 @@ import { ConfigError, resolveServerConfig, type ServerConfig, type ServerFlags }
 import { connectEmbedded, defaultDataDir, EMBEDDED_POOL_SIZE } from "./db/embedded.ts"
 import { ensureDatabase } from "./db/ensureDatabase.ts"
 import { PgStore } from "./db/PgStore.ts"
-import { makeGateway } from "./Gateway.ts"
+import { gatewayConfigFrom, makeGateway } from "./Gateway.ts"
 import { printRows } from "./report.ts"
-import { createEnrollmentToken, enrollmentTokensFrom } from "./tokens.ts"
+import { createEnrollmentToken } from "./tokens.ts"
 
 const storeLayer = (config: ServerConfig) =>
   Layer.unwrap(ensureDatabase(config.databaseUrl).pipe(Effect.as(PgStore.layer(config.databaseUrl))))
@@ -19,17 +19,7 @@ const serve = (config: ServerConfig, signalled: Effect.Effect<NodeJS.Signals>) =
     const store = yield* Store
     const catalog = yield* loadCatalog(config.catalogPath)
     yield* store.replaceCatalog(catalog)
-    const gateway = yield* makeGateway({
-      serverId: config.serverId,
-      consumer: config.serverId,
-      heartbeatMs: config.heartbeatMs,
-      graceMs: config.graceMs,
-      drainMs: config.drainMs,
-      enrollment: enrollmentTokensFrom(config.environmentTokens),
-      batchSize: 128,
-      staleRegisterMs: 60_000,
-      reclaimIdleMs: 30_000,
-    })
+    const gateway = yield* makeGateway(gatewayConfigFrom(config))
     const running = yield* Effect.forkScoped(gateway.run)
     yield* Effect.logInfo(
       `server ${config.serverId} serving (${catalog.length} catalog jobs); Ctrl+C to stop`,
@@ -182,70 +172,68 @@ sharedOptions(
     },
   )
 
-sharedOptions(cli.command("sessions", "Peer sessions: login, logout, duration, reason"))
-  .option("--embedded", "Read make dev's embedded database (folder PICUS_DATA_DIR, default .data)")
-  .option("--peer <id>", "Only this peer")
-  .option("--limit <n>", "Most rows", { default: 50 })
-  .option("--json", "Machine-readable output")
-  .action((flags: ServerFlags & { peer?: string; limit: number; json?: boolean; embedded?: boolean }) =>
-    runCommand(
-      withStore(
-        resolveServerConfig(flags),
-        Effect.gen(function* () {
-          const store = yield* Store
-          const rows = yield* store.sessions({
-            limit: Number(flags.limit),
-            ...(flags.peer ? { peerId: flags.peer } : {}),
-          })
-          printRows(
-            rows.map((s) => ({
-              peer_id: s.peerId,
-              login_at: new Date(s.loginAt).toISOString(),
-              logout_at: s.logoutAt === null ? null : new Date(s.logoutAt).toISOString(),
-              duration_s: Math.round(s.durationMs / 100) / 10,
-              logout_reason: s.logoutReason,
-              server_id: s.serverId,
-            })),
-            flags.json === true,
-          )
-        }),
-        flags.embedded === true,
-      ),
-    ),
-  )
+type ReportFlags = ServerFlags & { peer?: string; limit: number; json?: boolean; embedded?: boolean }
 
-sharedOptions(cli.command("results", "Job results, newest first"))
-  .option("--embedded", "Read make dev's embedded database (folder PICUS_DATA_DIR, default .data)")
-  .option("--peer <id>", "Only this peer")
-  .option("--limit <n>", "Most rows", { default: 50 })
-  .option("--json", "Machine-readable output")
-  .action((flags: ServerFlags & { peer?: string; limit: number; json?: boolean; embedded?: boolean }) =>
-    runCommand(
-      withStore(
-        resolveServerConfig(flags),
-        Effect.gen(function* () {
-          const store = yield* Store
-          const rows = yield* store.results({
-            limit: Number(flags.limit),
-            ...(flags.peer ? { peerId: flags.peer } : {}),
-          })
-          printRows(
-            rows.map((r) => ({
-              ticket: r.ticket,
-              peer_id: r.peerId,
-              job: r.jobName,
-              status: r.status,
-              exit_code: r.exitCode,
-              output: flags.json ? r.output : (r.output.split("\n")[0] ?? "").slice(0, 60),
-              received_at: new Date(r.receivedAt).toISOString(),
-            })),
-            flags.json === true,
-          )
-        }),
-        flags.embedded === true,
+/** A read-only report over the Store: rows for people, or JSON with --json. */
+const reportCommand = (
+  name: string,
+  description: string,
+  rowsOf: (
+    store: Store["Service"],
+    filter: { readonly limit: number; readonly peerId?: string },
+    json: boolean,
+  ) => Effect.Effect<ReadonlyArray<Record<string, unknown>>, unknown>,
+) =>
+  sharedOptions(cli.command(name, description))
+    .option("--embedded", "Read make dev's embedded database (folder PICUS_DATA_DIR, default .data)")
+    .option("--peer <id>", "Only this peer")
+    .option("--limit <n>", "Most rows", { default: 50 })
+    .option("--json", "Machine-readable output")
+    .action((flags: ReportFlags) =>
+      runCommand(
+        withStore(
+          resolveServerConfig(flags),
+          Effect.gen(function* () {
+            const filter = { limit: Number(flags.limit), ...(flags.peer ? { peerId: flags.peer } : {}) }
+            printRows(yield* rowsOf(yield* Store, filter, flags.json === true), flags.json === true)
+          }),
+          flags.embedded === true,
+        ),
       ),
+    )
+
+const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString())
+
+reportCommand("sessions", "Peer sessions: login, logout, duration, reason", (store, filter) =>
+  store.sessions(filter).pipe(
+    Effect.map((rows) =>
+      rows.map((s) => ({
+        peer_id: s.peerId,
+        login_at: iso(s.loginAt),
+        logout_at: iso(s.logoutAt),
+        duration_s: Math.round(s.durationMs / 100) / 10,
+        logout_reason: s.logoutReason,
+        server_id: s.serverId,
+      })),
     ),
-  )
+  ),
+)
+
+reportCommand("results", "Job results, newest first", (store, filter, json) =>
+  store.results(filter).pipe(
+    Effect.map((rows) =>
+      rows.map((r) => ({
+        ticket: r.ticket,
+        peer_id: r.peerId,
+        job: r.jobName,
+        status: r.status,
+        exit_code: r.exitCode,
+        output: json ? r.output : (r.output.split("\n")[0] ?? "").slice(0, 60),
+        received_at: iso(r.receivedAt),
+      })),
+    ),
+  ),
+)
 
 cli.help()
 try {

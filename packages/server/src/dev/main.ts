@@ -16,8 +16,7 @@ import { DEFAULT_SHUTDOWN_REASON, resolveServerConfig } from "../config.ts"
 import { defaultDataDir, EMBEDDED_POOL_SIZE, serveEmbedded } from "../db/embedded.ts"
 import { ensureDatabase } from "../db/ensureDatabase.ts"
 import { PgStore } from "../db/PgStore.ts"
-import { makeGateway } from "../Gateway.ts"
-import { enrollmentTokensFrom } from "../tokens.ts"
+import { gatewayConfigFrom, makeGateway } from "../Gateway.ts"
 import { makeLiveView, renderFeedPayload, stdoutWantsColor } from "./liveView.ts"
 import { summarize } from "./summary.ts"
 
@@ -71,17 +70,7 @@ const run = (signalled: Effect.Effect<NodeJS.Signals>) =>
 
     yield* store.replaceCatalog(yield* loadCatalog(config.catalogPath))
     const devToken = newSecret("picus")
-    const gateway = yield* makeGateway({
-      serverId: config.serverId,
-      consumer: config.serverId,
-      heartbeatMs: config.heartbeatMs,
-      graceMs: config.graceMs,
-      drainMs: config.drainMs,
-      enrollment: enrollmentTokensFrom([devToken, env.PICUS_TOKENS ?? ""].join(",")),
-      batchSize: 128,
-      staleRegisterMs: 60_000,
-      reclaimIdleMs: 30_000,
-    })
+    const gateway = yield* makeGateway(gatewayConfigFrom(config, [devToken]))
     const server = yield* Effect.forkScoped(gateway.run)
 
     const agent = (name: string, token: string) =>
