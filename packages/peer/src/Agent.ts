@@ -1,5 +1,5 @@
 import { type Envelope, Protocol, Transport, type TransportError } from "@picus/core"
-import { Console, Deferred, Effect, Fiber, Random, Result, Semaphore } from "effect"
+import { Console, Deferred, Effect, Fiber, Random, Result, Schedule, Semaphore } from "effect"
 import { type ExecuteOptions, execute } from "./executor.ts"
 import type { OsInfo } from "./osInfo.ts"
 import type { StateFile } from "./state.ts"
@@ -26,6 +26,9 @@ export interface AgentConfig {
   readonly say?: (line: string) => Effect.Effect<void>
 }
 
+/** Retries of Redis commands while Redis is away: quickly at first, then every 5 seconds. */
+const redisBackoff = Schedule.min([Schedule.exponential("100 millis"), Schedule.spaced("5 seconds")])
+
 /** How the agent stopped. */
 export type AgentExit =
   | { readonly _tag: "Rejected"; readonly reason: string }
@@ -47,11 +50,21 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
   const peerId = config.state.peerId
   const say = config.say ?? ((line: string) => Console.log(line))
   const send = (message: Protocol.PeerMessage) => transport.sendUplink(Protocol.encodeMessage(message))
+  /**
+   * What must arrive (a registration, a result) is sent again until Redis takes it: a Redis
+   * restart delays it, and never kills the peer.
+   */
+  const sendUntilAccepted = (message: Protocol.PeerMessage) =>
+    send(message).pipe(
+      Effect.tapError((e) => Effect.logWarning(`could not send ${message.msg} (${e.message}); retrying`)),
+      Effect.retry(redisBackoff),
+      Effect.asVoid,
+    )
   let current: Session | undefined
   /** Tickets started by this process (the state file also knows those of earlier runs). */
   const startedHere = new Set<string>()
 
-  const register = send({
+  const register = sendUntilAccepted({
     msg: "register",
     peer_id: peerId,
     token: config.token,
@@ -62,7 +75,7 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
     agent_version: config.agentVersion,
   })
 
-  const sendResult = (message: Protocol.Result) => send(message).pipe(Effect.asVoid)
+  const sendResult = sendUntilAccepted
 
   const runJob = Effect.fnUntraced(function* (session: Session, job: Protocol.Job) {
     const base = { msg: "result", ticket: job.ticket, peer_id: peerId, token: session.token } as const
@@ -102,7 +115,7 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
   const cycle: Effect.Effect<AgentExit, TransportError> = Effect.scoped(
     Effect.gen(function* () {
       const reader = yield* transport.inboxReader(peerId)
-      let cursor = yield* transport.inboxTail(peerId)
+      let cursor = yield* transport.inboxTail(peerId).pipe(Effect.retry(redisBackoff))
       yield* register
       let lastRegister = Date.now()
       const slots = yield* Semaphore.make(config.concurrency)
@@ -127,12 +140,13 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
               acceptingJobs = true
               if (heartbeat) yield* Fiber.interrupt(heartbeat)
               const s = session
+              // A heartbeat lost to a Redis outage is just a missed beat.
               heartbeat = yield* send({
                 msg: "heartbeat",
                 peer_id: peerId,
                 token: s.token,
                 running: running.size,
-              }).pipe(Effect.delay(s.heartbeatMs), Effect.forever, Effect.forkScoped)
+              }).pipe(Effect.ignore, Effect.delay(s.heartbeatMs), Effect.forever, Effect.forkScoped)
               yield* say(
                 `registered as ${peerId} (session ${m.session_id ?? "?"}, server ${m.server_id ?? "?"})`,
               )
@@ -218,7 +232,16 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
 
       const loop = Effect.gen(function* () {
         while (true) {
-          const entries = yield* reader.read(cursor, { count: 64, blockMs: 1_000 })
+          const entries = yield* reader
+            .read(cursor, { count: 64, blockMs: 1_000 })
+            .pipe(
+              Effect.catch((e) =>
+                Effect.logWarning(`cannot read the inbox (${e.message}); retrying`).pipe(
+                  Effect.andThen(Effect.sleep("1 second")),
+                  Effect.as([]),
+                ),
+              ),
+            )
           for (const entry of entries) {
             yield* handle(entry)
             cursor = entry.id

@@ -91,7 +91,12 @@ export const makeRedisTransport = Effect.fnUntraced(function* (options: RedisTra
                 ...["GROUP", UPLINK_GROUP, consumer, "COUNT", count, ...block, "STREAMS", keys.uplink, ">"],
               )) as StreamReply
               return entriesOf(reply).map((e): Delivery => ({ ...e, redelivered: false }))
-            }),
+            }).pipe(
+              // A Redis that restarted without persistence has lost the group: make it again.
+              Effect.tapError((e) =>
+                e.message.includes("NOGROUP") ? ensureGroup.pipe(Effect.ignore) : Effect.void,
+              ),
+            ),
           reclaim: (minIdleMs, count) =>
             call("xautoclaim", async () => {
               const reply = (await client.xautoclaim(

@@ -1,0 +1,79 @@
+import { join } from "node:path"
+import { sql } from "slonik"
+import { afterEach, describe, expect, it } from "vitest"
+import { detectOs } from "../packages/peer/src/osInfo.ts"
+import { makeWorld, type World, writeCatalog } from "./support/env.ts"
+import { eventually, killAll, sleep, startPnpm } from "./support/processes.ts"
+import { type PrivateRedis, startPrivateRedis } from "./support/redis.ts"
+
+// Faults the seed's system must ride out: Redis going away under a server and a peer.
+
+const here = detectOs()
+let world: World
+let redis: PrivateRedis
+afterEach(async () => {
+  await killAll()
+  await redis.stop()
+  await world.close()
+})
+
+const start = async (persistent: boolean) => {
+  redis = await startPrivateRedis({ persistent })
+  world = await makeWorld({
+    REDIS_URL: redis.url,
+    PICUS_HEARTBEAT_MS: "500",
+    PICUS_GRACE_MS: "20000",
+    PICUS_TOKENS: "tok",
+  })
+  const catalog = writeCatalog(world.dir, [
+    { id: "slow", name: "Slow", os: here.os, distro: here.distro, command: "sleep 3; echo after-outage" },
+  ])
+  const server = startPnpm("server", ["--filter", "server", "start"], {
+    ...world.env,
+    PICUS_CATALOG: catalog,
+  })
+  await server.waitForLine(/serving/)
+  const peerEnv = { ...world.env, PICUS_TOKEN: "tok" }
+  const peer = startPnpm(
+    "peer",
+    ["--filter", "peer", "start", "--peer-id", "p1", "--state-dir", join(world.dir, "p1")],
+    peerEnv,
+  )
+  await peer.waitForLine(/registered as p1/)
+  return { server, peer, peerEnv }
+}
+
+describe("Redis restarts", () => {
+  it("with persistence: a result finished during the outage is delivered and recorded once it is back", async () => {
+    const { server, peer } = await start(true)
+    await sleep(500) // the slow job is running
+    await redis.stop()
+    await sleep(4_000) // it finishes while Redis is down
+    await redis.start()
+    const rows = await eventually("the result", async () => {
+      const rows = await world.query<{ output: string }>(sql.unsafe`select output from job_results`)
+      return rows.length > 0 ? rows : undefined
+    })
+    expect(rows.map((r) => r.output)).toEqual(["after-outage\n"])
+    expect(peer.child.exitCode, peer.output()).toBeNull()
+    server.signalGroup("SIGINT")
+    expect(await server.exited, server.output()).toBe(0)
+  })
+
+  it("without persistence: server and peers keep running, and new peers register once it is back", async () => {
+    const { server, peer, peerEnv } = await start(false)
+    await redis.stop()
+    await sleep(2_000)
+    await redis.start()
+    const late = startPnpm(
+      "late",
+      ["--filter", "peer", "start", "--peer-id", "late", "--state-dir", join(world.dir, "late")],
+      peerEnv,
+    )
+    await late.waitForLine(/registered as late/, 30_000)
+    expect(peer.child.exitCode, peer.output()).toBeNull()
+    expect(server.child.exitCode, server.output()).toBeNull()
+    server.signalGroup("SIGINT")
+    expect(await server.exited, server.output()).toBe(0)
+  })
+})

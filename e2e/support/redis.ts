@@ -1,0 +1,69 @@
+import { type ChildProcess, spawn } from "node:child_process"
+import { mkdtempSync } from "node:fs"
+import { createServer } from "node:net"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { Redis } from "ioredis"
+
+/**
+ * A Redis of a test's own, on a free port with a temporary folder, for tests that stop and
+ * restart it. The shared Redis on 6379 is never touched.
+ */
+export interface PrivateRedis {
+  readonly url: string
+  readonly stop: () => Promise<void>
+  readonly start: () => Promise<void>
+}
+
+const freePort = () =>
+  new Promise<number>((resolve, reject) => {
+    const server = createServer()
+    server.listen(0, "127.0.0.1", () => {
+      const address = server.address()
+      server.close(() =>
+        typeof address === "object" && address ? resolve(address.port) : reject(new Error("no port")),
+      )
+    })
+  })
+
+const answers = async (url: string) => {
+  const client = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null })
+  client.on("error", () => {})
+  try {
+    await client.connect()
+    return (await client.ping()) === "PONG"
+  } catch {
+    return false
+  } finally {
+    client.disconnect()
+  }
+}
+
+export const startPrivateRedis = async (options: { readonly persistent: boolean }): Promise<PrivateRedis> => {
+  const port = await freePort()
+  const dir = mkdtempSync(join(tmpdir(), "picus-redis-"))
+  const url = `redis://127.0.0.1:${port}`
+  let child: ChildProcess | undefined
+  const persistence = options.persistent
+    ? ["--appendonly", "yes", "--appendfsync", "always"]
+    : ["--appendonly", "no", "--save", ""]
+  const start = async () => {
+    child = spawn(
+      "redis-server",
+      ["--port", String(port), "--bind", "127.0.0.1", "--dir", dir, ...persistence],
+      {
+        stdio: "ignore",
+      },
+    )
+    for (let i = 0; i < 100 && !(await answers(url)); i++) await new Promise((r) => setTimeout(r, 50))
+  }
+  const stop = async () => {
+    const running = child
+    if (!running || running.exitCode !== null) return
+    const exited = new Promise((resolve) => running.on("exit", resolve))
+    running.kill("SIGKILL")
+    await exited
+  }
+  await start()
+  return { url, start, stop }
+}
