@@ -12,6 +12,11 @@
  *                                        Read by that peer alone (XREAD from its last id), so a peer
  *                                        that was away briefly still finds its jobs; it trims what it
  *                                        has handled.
+ *   {p}:server:{serverId}:inbox stream   server -> one server instance: peer messages forwarded by
+ *                                        the instance that read them to the instance that owns the
+ *                                        peer's session. Read by that instance (group "servers").
+ *   {p}:peer:{peerId}:owner     string   which instance owns the peer's session: a hint mirrored from
+ *                                        the owner's memory, set with a TTL and renewed while it lives.
  *   {p}:events                  channel  pub/sub, may be lost: the live event feed for operators.
  *
  * Per-peer keys share the prefix `{p}:peer:{peerId}:` so that a Redis ACL user per peer can be
@@ -25,14 +30,18 @@ export interface Keys {
   readonly uplink: string
   readonly events: string
   readonly peerInbox: (peerId: string) => string
+  readonly peerOwner: (peerId: string) => string
+  readonly serverInbox: (serverId: string) => string
 }
 
-/** Peer ids are free text on the wire; escape what would let one id reach into another's keys. */
-const escapePeerId = (peerId: string): string => encodeURIComponent(peerId).replaceAll("*", "%2A")
+/** Ids are free text on the wire; escape what would let one id reach into another's keys. */
+const escapeId = (id: string): string => encodeURIComponent(id).replaceAll("*", "%2A")
 
 export const makeKeys = (prefix = "picus"): Keys => ({
   prefix,
   uplink: `${prefix}:uplink`,
   events: `${prefix}:events`,
-  peerInbox: (peerId) => `${prefix}:peer:${escapePeerId(peerId)}:inbox`,
+  peerInbox: (peerId) => `${prefix}:peer:${escapeId(peerId)}:inbox`,
+  peerOwner: (peerId) => `${prefix}:peer:${escapeId(peerId)}:owner`,
+  serverInbox: (serverId) => `${prefix}:server:${escapeId(serverId)}:inbox`,
 })

@@ -79,7 +79,7 @@ describe.each(layers)("Transport contract (%s)", (_name, layer) => {
         yield* t.sendUplink("lost")
         const taken = yield* dead.read({ count: 10, blockMs: 0 })
         assert.strictEqual(taken.length, 2)
-        yield* t.ackUplink([taken[0]!.id])
+        yield* dead.ack([taken[0]!])
         const tooSoon = yield* alive.reclaim(60_000, 10)
         assert.strictEqual(tooSoon.length, 0)
         yield* Effect.sleep(30)
@@ -88,9 +88,80 @@ describe.each(layers)("Transport contract (%s)", (_name, layer) => {
           reclaimed.map((d) => [d.payload, d.redelivered]),
           [["lost", true]],
         )
-        yield* t.ackUplink([reclaimed[0]!.id])
+        yield* alive.ack([reclaimed[0]!])
         yield* Effect.sleep(30)
         assert.strictEqual((yield* alive.reclaim(10, 10)).length, 0)
+      }),
+    ),
+  )
+
+  it.live("a forwarded message reaches only the instance it was sent to, and is acked there", () =>
+    run(
+      layer,
+      Effect.gen(function* () {
+        const t = yield* Transport
+        const a = yield* t.uplinkReader("a")
+        const b = yield* t.uplinkReader("b")
+        yield* t.forward("b", "for b")
+        yield* t.sendUplink("shared")
+        const fromA = yield* a.read({ count: 10, blockMs: 0 })
+        const fromB = yield* b.read({ count: 10, blockMs: 0 })
+        assert.deepStrictEqual(
+          fromA.map((d) => [d.payload, d.forwarded]),
+          [["shared", false]],
+        )
+        assert.deepStrictEqual(
+          fromB.map((d) => [d.payload, d.forwarded]),
+          [["for b", true]],
+        )
+        yield* b.ack(fromB)
+        yield* a.ack(fromA)
+        yield* Effect.sleep(30)
+        assert.strictEqual((yield* b.reclaim(10, 10)).length, 0)
+      }),
+    ),
+  )
+
+  it.live("an instance takes back its own forwarded messages it did not ack", () =>
+    run(
+      layer,
+      Effect.gen(function* () {
+        const t = yield* Transport
+        const b = yield* t.uplinkReader("b")
+        yield* t.forward("b", "again")
+        assert.strictEqual((yield* b.read({ count: 10, blockMs: 0 })).length, 1)
+        yield* Effect.sleep(30)
+        const back = yield* b.reclaim(10, 10)
+        assert.deepStrictEqual(
+          back.map((d) => [d.payload, d.forwarded, d.redelivered]),
+          [["again", true, true]],
+        )
+      }),
+    ),
+  )
+
+  it.live("owner marks expire, and only their owner removes them", () =>
+    run(
+      layer,
+      Effect.gen(function* () {
+        const t = yield* Transport
+        yield* t.claimPeers("s1", ["p1", "p2"], 300, "take")
+        assert.strictEqual(yield* t.ownerOf("p1"), "s1")
+        yield* t.releasePeer("p1", "s2")
+        assert.strictEqual(yield* t.ownerOf("p1"), "s1", "another instance cannot remove the mark")
+        yield* t.releasePeer("p1", "s1")
+        assert.isUndefined(yield* t.ownerOf("p1"))
+        assert.strictEqual(yield* t.ownerOf("p2"), "s1")
+        yield* Effect.sleep(400)
+        assert.isUndefined(yield* t.ownerOf("p2"), "expired")
+        assert.isUndefined(yield* t.ownerOf("never-claimed"))
+        // A renewal extends free and own marks, never another instance's.
+        yield* t.claimPeers("s1", ["p3"], 5_000, "take")
+        yield* t.claimPeers("s2", ["p3", "p4"], 5_000, "renew")
+        assert.strictEqual(yield* t.ownerOf("p3"), "s1")
+        assert.strictEqual(yield* t.ownerOf("p4"), "s2")
+        yield* t.claimPeers("s2", ["p3"], 5_000, "take")
+        assert.strictEqual(yield* t.ownerOf("p3"), "s2")
       }),
     ),
   )

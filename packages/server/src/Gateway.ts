@@ -18,8 +18,12 @@ import type { ServerConfig } from "./config.ts"
 import { type EnrollmentTokens, enrollmentTokensFrom, verifyEnrollmentToken } from "./tokens.ts"
 
 export interface GatewayConfig extends SessionConfig {
-  /** This instance's consumer name in the uplink group. */
-  readonly consumer: string
+  /**
+   * How long this instance's marks on its peers (and its "alive" row) hold without renewal. An
+   * instance silent for this long is taken for dead: its sessions are closed by the others and its
+   * peers register again with them. Renewed every third of it.
+   */
+  readonly leaseMs: number
   readonly enrollment: EnrollmentTokens
   /** Uplink entries per read. */
   readonly batchSize: number
@@ -111,11 +115,14 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
       config,
     ).pipe(Scope.provide(scope), Effect.provideContext(services))
     sessions.set(message.peer_id, session)
+    yield* transport.claimPeers(config.serverId, [message.peer_id], config.leaseMs, "take")
     // Forget the session when it ends, unless a newer one has taken its place.
     yield* session.ended.pipe(
       Effect.andThen(
-        Effect.sync(() => {
-          if (sessions.get(message.peer_id) === session) sessions.delete(message.peer_id)
+        Effect.suspend(() => {
+          if (sessions.get(message.peer_id) !== session) return Effect.void
+          sessions.delete(message.peer_id)
+          return transport.releasePeer(message.peer_id, config.serverId).pipe(Effect.ignore)
         }),
       ),
       Effect.forkIn(scope),
@@ -137,9 +144,13 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
     const log = Effect.annotateLogs({ peer_id: message.peer_id })
     if (!session) {
       return Effect.gen(function* () {
+        // Another instance owns the peer's session: hand the message over, once (never onwards).
+        const owner = entry.forwarded ? undefined : yield* transport.ownerOf(message.peer_id)
+        if (owner !== undefined && owner !== config.serverId)
+          return yield* transport.forward(owner, entry.payload)
         yield* Effect.logWarning(`${message.msg} refused: no session for this peer and token`).pipe(log)
-        // A peer that thinks it is logged in (its session timed out, or another server took over)
-        // learns it must register again.
+        // A peer that thinks it is logged in (its session timed out, or its server is gone) learns
+        // it must register again.
         if (message.msg === "heartbeat" && sessions.has(message.peer_id) === false) {
           yield* sendRejection(message.peer_id, Protocol.RejectReason.sessionExpired)
         }
@@ -157,7 +168,7 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
 
   /** Handles a batch: each peer's messages in order, different peers side by side. Returns what to ack. */
   const handleBatch = Effect.fnUntraced(function* (batch: ReadonlyArray<Delivery>) {
-    const done: Array<string> = []
+    const done: Array<Delivery> = []
     const byPeer = new Map<string, Array<[Protocol.PeerMessage, Delivery]>>()
     for (const entry of batch) {
       const decoded = Protocol.decodePeerMessage(entry.payload)
@@ -165,7 +176,7 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
         yield* Effect.logWarning(
           `dropped a malformed message (${decoded.failure.reason}): ${decoded.failure.message}`,
         )
-        done.push(entry.id)
+        done.push(entry)
         continue
       }
       const list = byPeer.get(decoded.success.peer_id) ?? []
@@ -178,7 +189,7 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
         Effect.gen(function* () {
           for (const [message, entry] of list) {
             const exit = yield* Effect.exit(handle(message, entry))
-            if (Exit.isSuccess(exit)) done.push(entry.id)
+            if (Exit.isSuccess(exit)) done.push(entry)
             else yield* Effect.logError(`could not handle ${message.msg}; it stays pending`, exit.cause)
           }
         }),
@@ -187,7 +198,9 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
     return done
   })
 
-  const reader = yield* transport.uplinkReader(config.consumer)
+  // Alive before the first login, so the others can tell if this instance dies with sessions open.
+  yield* store.instanceAlive(config.serverId)
+  const reader = yield* transport.uplinkReader(config.serverId)
   let lastReclaim = 0
 
   const pump = Effect.gen(function* () {
@@ -202,16 +215,61 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
     }
     if (batch.length === 0) return
     const done = yield* batchLock.withPermits(1)(handleBatch(batch))
-    yield* transport.ackUplink(done)
+    yield* reader.ack(done)
   }).pipe(
     Effect.catch((error) =>
       Effect.logError(`uplink: ${error.message}; retrying`).pipe(Effect.andThen(Effect.sleep("1 second"))),
     ),
   )
 
+  /**
+   * Every third of the lease: say this instance is alive, renew the marks on its peers, drop
+   * sessions another instance closed while this one was away (paused past its lease), and close
+   * the sessions of instances that stopped saying they are alive.
+   */
+  const keepAlive = Effect.gen(function* () {
+    yield* store.instanceAlive(config.serverId)
+    const mine = [...sessions.values()]
+    const closedElsewhere = new Set(yield* store.closedSessions(mine.map((s) => s.sessionId)))
+    for (const s of mine) {
+      if (closedElsewhere.has(s.sessionId)) yield* s.end(Protocol.LogoutReason.serverLost)
+    }
+    yield* transport.claimPeers(
+      config.serverId,
+      mine.filter((s) => !closedElsewhere.has(s.sessionId)).map((s) => s.peerId),
+      config.leaseMs,
+      "renew",
+    )
+    const lost = yield* store.closeSessionsOfLostInstances({
+      deadAfterMs: config.leaseMs,
+      reason: Protocol.LogoutReason.serverLost,
+      byServerId: config.serverId,
+    })
+    for (const { peerId } of lost) {
+      yield* Effect.logWarning("logged out: its server instance is gone").pipe(
+        Effect.annotateLogs({ peer_id: peerId }),
+      )
+      yield* transport.publish(
+        Protocol.encodeFeedEvent({
+          event: "logged_out",
+          at: Date.now(),
+          server_id: config.serverId,
+          peer_id: peerId,
+          reason: Protocol.LogoutReason.serverLost,
+        }),
+      )
+    }
+  }).pipe(Effect.catch((error) => Effect.logError(`keep-alive: ${error.message}`)))
+
   return {
     /** Serves until interrupted. */
-    run: Effect.forever(pump),
+    run: Effect.all(
+      [
+        Effect.forever(pump),
+        keepAlive.pipe(Effect.andThen(Effect.sleep(config.leaseMs / 3)), Effect.forever),
+      ],
+      { concurrency: 2, discard: true },
+    ),
     sessionCount: Effect.sync(() => sessions.size),
     /**
      * Graceful shutdown: refuse new registrations, log the shutdown with its reason, send every
@@ -244,6 +302,7 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
         concurrency: 32,
         discard: true,
       })
+      yield* store.instanceStopped(config.serverId)
     }),
   }
 })
@@ -256,7 +315,7 @@ export const gatewayConfigFrom = (
   extraTokens: ReadonlyArray<string> = [],
 ): GatewayConfig => ({
   serverId: config.serverId,
-  consumer: config.serverId,
+  leaseMs: config.leaseMs,
   heartbeatMs: config.heartbeatMs,
   graceMs: config.graceMs,
   drainMs: config.drainMs,

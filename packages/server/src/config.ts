@@ -19,6 +19,7 @@ export interface ServerConfig {
   readonly graceMs: number
   readonly drainMs: number
   readonly maxInFlight: number
+  readonly leaseMs: number
 }
 
 /** Command-line options as cac gives them (camelCase); each wins over its environment variable. */
@@ -33,6 +34,7 @@ export interface ServerFlags {
   readonly graceMs?: number | string
   readonly drainMs?: number | string
   readonly maxInFlight?: number | string
+  readonly leaseMs?: number | string
 }
 
 export class ConfigError extends Error {
@@ -64,5 +66,6 @@ export const resolveServerConfig = (
     graceMs: positiveInt("--grace-ms", flags.graceMs ?? env.PICUS_GRACE_MS, heartbeatMs * 3),
     drainMs: positiveInt("--drain-ms", flags.drainMs ?? env.PICUS_DRAIN_MS, 3_000),
     maxInFlight: positiveInt("--max-in-flight", flags.maxInFlight ?? env.PICUS_MAX_IN_FLIGHT, 8),
+    leaseMs: positiveInt("--lease-ms", flags.leaseMs ?? env.PICUS_LEASE_MS, 15_000),
   }
 }

@@ -87,6 +87,10 @@ sharedOptions(cli.command("[start]", "Run the server (applies migrations first)"
     "--max-in-flight <n>",
     "Jobs sent to one peer before it answers (env PICUS_MAX_IN_FLIGHT, default 8)",
   )
+  .option(
+    "--lease-ms <ms>",
+    "An instance silent this long is taken for dead; others close its sessions (env PICUS_LEASE_MS, default 15000)",
+  )
   .example("PICUS_TOKENS=secret1,secret2 picus-server   # accept these enrollment tokens too")
   .action((_: unknown, flags: ServerFlags) =>
     runCommand(

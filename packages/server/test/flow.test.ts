@@ -3,7 +3,7 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { assert, describe, it } from "@effect/vitest"
 import { type Envelope, Protocol, Store, Transport } from "@picus/core"
-import { Effect, Fiber, Result } from "effect"
+import { Effect, Exit, Fiber, Result, Scope } from "effect"
 import { makeAgent, openStateFile } from "peer"
 import { makeGateway } from "../src/Gateway.ts"
 import { enrollmentTokensFrom } from "../src/tokens.ts"
@@ -13,7 +13,7 @@ import { compositions } from "./support/layers.ts"
 
 const gatewayConfig = {
   serverId: "test-server",
-  consumer: "test-server",
+  leaseMs: 3_000,
   heartbeatMs: 200,
   graceMs: 1_000,
   enrollment: enrollmentTokensFrom("good-token"),
@@ -241,6 +241,88 @@ describe.each(compositions)("server and peers in one process (%s)", (_name, laye
         const [reply] = yield* reader.read(tail, { count: 1, blockMs: 5_000 })
         assert.include(reply?.payload ?? "", '"status":"accepted"')
         assert.strictEqual((yield* store.sessions({ peerId: "late", limit: 1 })).length, 1)
+      }).pipe(Effect.scoped, Effect.provide(layer())),
+    30_000,
+  )
+})
+
+// The embedded composition is one process by design: several instances do not apply to it.
+const shared = compositions.filter(([name]) => name !== "embedded")
+describe.each(shared)("several server instances (%s)", (_name, layer) => {
+  const instance = (serverId: string) => ({ ...gatewayConfig, serverId, leaseMs: 1_500 })
+  /** Starts an instance in a scope of its own: closing the scope is the instance dying. */
+  const startInstance = (serverId: string) =>
+    Effect.gen(function* () {
+      const scope = yield* Scope.make()
+      const gateway = yield* makeGateway(instance(serverId)).pipe(Scope.provide(scope))
+      yield* Effect.forkIn(gateway.run, scope)
+      return { gateway, die: Scope.close(scope, Exit.void) }
+    })
+
+  it.live(
+    "share the work: every peer keeps one session, and every result is recorded once",
+    () =>
+      Effect.gen(function* () {
+        const store = yield* Store
+        yield* store.replaceCatalog(catalog)
+        yield* startInstance("a")
+        yield* startInstance("b")
+        const peers = ["p1", "p2", "p3", "p4"]
+        for (const p of peers)
+          yield* makeAgent(agentConfig(p, "good-token")).pipe(Effect.flatMap((a) => Effect.forkScoped(a.run)))
+        yield* waitFor(
+          store.results({ limit: 100 }).pipe(Effect.map((r) => (r.length >= 8 ? r : undefined))),
+          "8 results",
+        )
+        yield* Effect.sleep("2 seconds") // heartbeats cross both instances meanwhile
+        const results = yield* store.results({ limit: 100 })
+        assert.strictEqual(results.length, 8)
+        assert.strictEqual(new Set(results.map((r) => r.ticket)).size, 8)
+        const sessions = yield* store.sessions({ limit: 100 })
+        assert.deepStrictEqual(
+          sessions.map((s) => s.peerId).sort(),
+          peers,
+          "one session per peer, no flapping",
+        )
+        assert.isTrue(sessions.every((s) => s.logoutAt === null))
+      }).pipe(Effect.scoped, Effect.provide(layer())),
+    30_000,
+  )
+
+  it.live(
+    "when one dies, the other closes its sessions as server_lost and its peers register again there",
+    () =>
+      Effect.gen(function* () {
+        const store = yield* Store
+        yield* store.replaceCatalog(catalog)
+        const a = yield* startInstance("a")
+        for (const p of ["p1", "p2"])
+          yield* makeAgent(agentConfig(p, "good-token")).pipe(Effect.flatMap((x) => Effect.forkScoped(x.run)))
+        yield* waitFor(
+          store.sessions({ limit: 10 }).pipe(Effect.map((s) => (s.length === 2 ? s : undefined))),
+          "two sessions on a",
+        )
+        yield* startInstance("b")
+        yield* a.die
+        const sessions = yield* waitFor(
+          store
+            .sessions({ limit: 10 })
+            .pipe(
+              Effect.map((s) =>
+                s.filter((x) => x.serverId === "b" && x.logoutAt === null).length === 2 &&
+                s.filter((x) => x.serverId === "a" && x.logoutAt !== null).length === 2
+                  ? s
+                  : undefined,
+              ),
+            ),
+          "a's sessions closed and both peers back on b",
+          15_000,
+        )
+        const onA = sessions.filter((s) => s.serverId === "a")
+        assert.deepStrictEqual(
+          onA.map((s) => s.logoutReason),
+          ["server_lost", "server_lost"],
+        )
       }).pipe(Effect.scoped, Effect.provide(layer())),
     30_000,
   )

@@ -28,6 +28,9 @@ const sqlDirCopy = Effect.acquireRelease(
 
 const query = <A>(run: () => Promise<A>) => Effect.promise(run)
 
+/** The repository's migrations, in order. Tests that add migrations to a copy number them after these. */
+const REPO_MIGRATIONS = ["001_init.sql", "002_server_instances.sql"]
+
 const TableRow = std(Schema.Struct({ table_name: Schema.String, table_type: Schema.String }))
 const tables = (pool: DatabasePool) =>
   query(() =>
@@ -64,12 +67,12 @@ const schemaSnapshot = (pool: DatabasePool) =>
   )
 
 describe("migrate", () => {
-  it.live("creates every table of 001 and the peer_sessions view, and records 001", () =>
+  it.live("creates every table of 001 and 002 and the peer_sessions view, and records both", () =>
     Effect.gen(function* () {
       const db = yield* database
       const pool = yield* makePool(db.url)
       const result = yield* migrate(pool)
-      assert.deepStrictEqual(result.applied, ["001_init.sql"])
+      assert.deepStrictEqual(result.applied, REPO_MIGRATIONS)
       const found = yield* tables(pool)
       const byName = new Map(found.map((t) => [t.table_name, t.table_type]))
       for (const table of [
@@ -79,6 +82,7 @@ describe("migrate", () => {
         "tickets",
         "job_results",
         "registration_log",
+        "server_instances",
         "schema_migrations",
       ]) {
         assert.strictEqual(byName.get(table), "BASE TABLE", table)
@@ -87,9 +91,12 @@ describe("migrate", () => {
       const rows = yield* applied(pool)
       assert.deepStrictEqual(
         rows.map((r) => [r.version, r.name]),
-        [[1, "001_init.sql"]],
+        [
+          [1, "001_init.sql"],
+          [2, "002_server_instances.sql"],
+        ],
       )
-      assert.match(rows[0]!.checksum, /^[0-9a-f]{64}$/)
+      for (const row of rows) assert.match(row.checksum, /^[0-9a-f]{64}$/)
     }),
   )
 
@@ -114,7 +121,7 @@ describe("migrate", () => {
       const dir = yield* sqlDirCopy
       // A slow second migration keeps the first migrator inside its transaction while the other waits.
       yield* query(() =>
-        writeFile(join(dir, "002_slow.sql"), "select pg_sleep(0.3);\ncreate table slow (x int);\n"),
+        writeFile(join(dir, "003_slow.sql"), "select pg_sleep(0.3);\ncreate table slow (x int);\n"),
       )
       const a = yield* makePool(db.url)
       const b = yield* makePool(db.url)
@@ -122,11 +129,11 @@ describe("migrate", () => {
         concurrency: "unbounded",
       })
       const all = [...ra.applied, ...rb.applied].sort()
-      assert.deepStrictEqual(all, ["001_init.sql", "002_slow.sql"])
+      assert.deepStrictEqual(all, [...REPO_MIGRATIONS, "003_slow.sql"])
       assert.isTrue(ra.applied.length === 0 || rb.applied.length === 0, "one migrator applied everything")
       assert.deepStrictEqual(
         (yield* applied(a)).map((r) => r.version),
-        [1, 2],
+        [1, 2, 3],
       )
     }),
   )
@@ -136,15 +143,15 @@ describe("migrate", () => {
       const db = yield* database
       const dir = yield* sqlDirCopy
       yield* query(() =>
-        writeFile(join(dir, "002_broken.sql"), "create table fine (x int);\nselect * from nope;\n"),
+        writeFile(join(dir, "003_broken.sql"), "create table fine (x int);\nselect * from nope;\n"),
       )
       const pool = yield* makePool(db.url)
       const error = yield* Effect.flip(migrate(pool, { dir }))
       assert.instanceOf(error, MigrationError)
-      assert.include(error.message, "002_broken.sql")
+      assert.include(error.message, "003_broken.sql")
       assert.include(error.message, "nope")
       const found = yield* tables(pool)
-      assert.deepStrictEqual(found, [], "nothing of 001 or 002 remains, not even schema_migrations")
+      assert.deepStrictEqual(found, [], "nothing of 001, 002 or 003 remains, not even schema_migrations")
     }),
   )
 
@@ -157,7 +164,7 @@ describe("migrate", () => {
       yield* query(() =>
         writeFile(join(dir, "001_init.sql"), "create table changed (x int);\n", { flag: "a" }),
       )
-      yield* query(() => writeFile(join(dir, "002_next.sql"), "create table next (x int);\n"))
+      yield* query(() => writeFile(join(dir, "003_next.sql"), "create table next (x int);\n"))
       const error = yield* Effect.flip(migrate(pool, { dir }))
       assert.instanceOf(error, MigrationError)
       assert.include(error.message, "001_init.sql")
@@ -185,12 +192,12 @@ describe("migrate", () => {
     Effect.gen(function* () {
       const db = yield* database
       const dir = yield* sqlDirCopy
-      yield* query(() => writeFile(join(dir, "003_later.sql"), "create table later (x int);\n"))
+      yield* query(() => writeFile(join(dir, "004_later.sql"), "create table later (x int);\n"))
       const pool = yield* makePool(db.url)
       yield* migrate(pool, { dir })
-      yield* query(() => writeFile(join(dir, "002_between.sql"), "create table between_ (x int);\n"))
+      yield* query(() => writeFile(join(dir, "003_between.sql"), "create table between_ (x int);\n"))
       const error = yield* Effect.flip(migrate(pool, { dir }))
-      assert.include(error.message, "002_between.sql")
+      assert.include(error.message, "003_between.sql")
     }),
   )
 

@@ -263,4 +263,6 @@ export const LogoutReason = {
   timeout: "timeout",
   /** The same peer id registered again: the older session ends. */
   replaced: "replaced",
+  /** The server instance holding the session died; another instance closed the session. */
+  serverLost: "server_lost",
 } as const

@@ -172,6 +172,27 @@ export class Store extends Context.Service<
     }) => Effect.Effect<void, StoreError>
     readonly touchPeer: (peerId: string) => Effect.Effect<void, StoreError>
 
+    // Server instances: each one says it is alive; the sessions of one that stopped saying so
+    // are closed by the others.
+    /** Records that this instance is alive now (database clock); creates its row on first call. */
+    readonly instanceAlive: (serverId: string) => Effect.Effect<void, StoreError>
+    /** Records that this instance stopped cleanly (its sessions are already logged out). */
+    readonly instanceStopped: (serverId: string) => Effect.Effect<void, StoreError>
+    /**
+     * Logs out, with `reason`, every open session whose instance has not been alive for `deadAfterMs`
+     * (and did not stop cleanly), and cancels their open tickets. The logout rows name `byServerId`.
+     * Returns the sessions it closed.
+     */
+    readonly closeSessionsOfLostInstances: (entry: {
+      readonly deadAfterMs: number
+      readonly reason: string
+      readonly byServerId: string
+    }) => Effect.Effect<ReadonlyArray<{ readonly peerId: string; readonly sessionId: string }>, StoreError>
+    /** Of the given sessions, those that have a logout row (closed by someone else). */
+    readonly closedSessions: (
+      sessionIds: ReadonlyArray<string>,
+    ) => Effect.Effect<ReadonlyArray<string>, StoreError>
+
     // Tickets and results.
     /** Creates one ticket per job, in state queued, in one transaction. */
     readonly createTickets: (entry: {

@@ -23,6 +23,7 @@ export const makeMemoryStore = Effect.sync(() => {
   const log: Array<LogRow> = []
   const tickets = new Map<string, { -readonly [K in keyof Ticket]: Ticket[K] }>()
   const results = new Map<string, ResultRow>()
+  const instances = new Map<string, { startedAt: number; aliveAt: number; stoppedAt: number | null }>()
   let nextTokenId = 1
   let nextLogId = 1
   let nextTicket = 100_000
@@ -30,6 +31,8 @@ export const makeMemoryStore = Effect.sync(() => {
   const append = (row: Omit<LogRow, "id" | "at">) => log.push({ ...row, id: nextLogId++, at: Date.now() })
   const isTerminal = (state: TicketState) => TERMINAL_TICKET_STATES.includes(state)
   const newestFirst = <A>(rows: ReadonlyArray<A>, limit: number) => rows.slice().reverse().slice(0, limit)
+  const isClosed = (sessionId: string | null) =>
+    log.some((r) => r.event === "logout" && r.sessionId === sessionId)
 
   const sessionRows = () => {
     const logouts = new Map(log.filter((r) => r.event === "logout").map((r) => [r.sessionId, r]))
@@ -105,7 +108,7 @@ export const makeMemoryStore = Effect.sync(() => {
       Effect.sync(() => append({ event: "rejected", peerId, sessionId: null, reason, serverId, serverIp })),
     logout: ({ peerId, sessionId, reason, serverId }) =>
       Effect.sync(() => {
-        if (log.some((r) => r.event === "logout" && r.sessionId === sessionId)) return false
+        if (isClosed(sessionId)) return false
         append({ event: "logout", peerId, sessionId, reason, serverId, serverIp: null })
         return true
       }),
@@ -117,6 +120,41 @@ export const makeMemoryStore = Effect.sync(() => {
       Effect.sync(() => {
         peers.set(peerId, { lastSeenAt: Date.now() })
       }),
+
+    instanceAlive: (serverId) =>
+      Effect.sync(() => {
+        const now = Date.now()
+        const instance = instances.get(serverId)
+        // An instance that had stopped cleanly and says it is alive again has restarted.
+        const startedAt = instance === undefined || instance.stoppedAt !== null ? now : instance.startedAt
+        instances.set(serverId, { startedAt, aliveAt: now, stoppedAt: null })
+      }),
+    instanceStopped: (serverId) =>
+      Effect.sync(() => {
+        const now = Date.now()
+        const instance = instances.get(serverId)
+        instances.set(serverId, { startedAt: now, aliveAt: now, ...instance, stoppedAt: now })
+      }),
+    closeSessionsOfLostInstances: ({ deadAfterMs, reason, byServerId }) =>
+      Effect.sync(() => {
+        const now = Date.now()
+        const lost = new Set(
+          [...instances]
+            .filter(([, i]) => i.stoppedAt === null && i.aliveAt < now - deadAfterMs)
+            .map(([serverId]) => serverId),
+        )
+        const open = log.filter((r) => r.event === "login" && lost.has(r.serverId) && !isClosed(r.sessionId))
+        return open.map((login) => {
+          const peerId = login.peerId!
+          const sessionId = login.sessionId!
+          append({ event: "logout", peerId, sessionId, reason, serverId: byServerId, serverIp: null })
+          for (const t of tickets.values()) {
+            if (t.sessionId === sessionId && !isTerminal(t.state)) t.state = "cancelled"
+          }
+          return { peerId, sessionId }
+        })
+      }),
+    closedSessions: (sessionIds) => Effect.sync(() => sessionIds.filter((id) => isClosed(id))),
 
     createTickets: ({ peerId, sessionId, jobs }) =>
       Effect.sync(() =>

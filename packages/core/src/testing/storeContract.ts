@@ -1,6 +1,7 @@
 import { createHash, randomUUID } from "node:crypto"
 import { assert, describe, layer } from "@effect/vitest"
 import { Effect, type Layer, Option } from "effect"
+import { TestClock } from "effect/testing"
 import { type CatalogJob, type Login, Store } from "../store/Store.ts"
 
 /**
@@ -178,6 +179,210 @@ export const storeContract = (name: string, storeLayer: Layer.Layer<Store, unkno
           const byId = new Map(sessions.map((s) => [s.sessionId, s]))
           assert.strictEqual(byId.get(first.sessionId)?.logoutReason, "server_shutdown")
           assert.isNull(byId.get(second.sessionId)?.logoutAt)
+        }),
+      )
+    })
+
+    describe("server instances", () => {
+      // An instance is lost once it has not said it is alive for DEAD_AFTER_MS; waitUntilLost waits
+      // longer than that, on the real clock (which both stores use). Every close call sees the lost
+      // instances of every test (one shared database), so each test uses its own server ids and
+      // looks only at its own sessions.
+      const DEAD_AFTER_MS = 50
+      const waitUntilLost = TestClock.withLive(Effect.sleep("120 millis"))
+      const openSession = (serverId: string) =>
+        Effect.gen(function* () {
+          const store = yield* Store
+          const login = loginOf(unique("peer"), { serverId })
+          yield* store.login(login)
+          return login
+        })
+      const closeLost = (reason = unique("server_lost")) =>
+        Effect.gen(function* () {
+          const store = yield* Store
+          const byServerId = unique("closer")
+          const closed = yield* store.closeSessionsOfLostInstances({
+            deadAfterMs: DEAD_AFTER_MS,
+            reason,
+            byServerId,
+          })
+          return { closed, reason, byServerId }
+        })
+      type SessionRef = { readonly peerId: string; readonly sessionId: string }
+      const bySession = (refs: ReadonlyArray<SessionRef>) =>
+        refs
+          .map((r) => ({ peerId: r.peerId, sessionId: r.sessionId }))
+          .sort((a, b) => (a.sessionId < b.sessionId ? -1 : a.sessionId > b.sessionId ? 1 : 0))
+      /** The closed sessions that are among `logins`, in session order. */
+      const mine = (closed: ReadonlyArray<SessionRef>, logins: ReadonlyArray<Login>) =>
+        bySession(closed.filter((c) => logins.some((l) => l.sessionId === c.sessionId)))
+
+      it.effect(
+        "logs out a lost instance's open sessions with the reason and cancels their open tickets",
+        () =>
+          Effect.gen(function* () {
+            const store = yield* Store
+            const serverId = unique("lost")
+            yield* store.instanceAlive(serverId)
+            const open = yield* openSession(serverId)
+            const other = yield* openSession(serverId)
+            const done = yield* openSession(serverId)
+            yield* store.logout({
+              peerId: done.peerId,
+              sessionId: done.sessionId,
+              reason: "peer_logout",
+              serverId,
+            })
+            const distro = unique("distro")
+            yield* store.replaceCatalog([
+              job(unique("queued"), distro),
+              job(unique("delivered"), distro),
+              job(unique("finished"), distro),
+            ])
+            const jobs = yield* store.jobsFor("linux", distro)
+            const [queued, delivered, finished] = yield* store.createTickets({
+              peerId: open.peerId,
+              sessionId: open.sessionId,
+              serverId,
+              jobs,
+            })
+            yield* store.markDelivered([delivered!.ticket, finished!.ticket])
+            yield* store.recordResult(newResult(finished!.ticket, open.peerId, open.sessionId))
+            const [doneTicket] = yield* store.createTickets({
+              peerId: done.peerId,
+              sessionId: done.sessionId,
+              serverId,
+              jobs: jobs.slice(0, 1),
+            })
+
+            yield* waitUntilLost
+            const { closed, reason, byServerId } = yield* closeLost()
+            assert.deepStrictEqual(mine(closed, [open, other, done]), bySession([open, other]))
+
+            const [session] = yield* store.sessions({ peerId: open.peerId, limit: 10 })
+            assert.strictEqual(session?.logoutReason, reason)
+            assert.isNotNull(session?.logoutAt)
+            assert.strictEqual(session?.serverId, serverId, "the session still names the instance it was on")
+            const logouts = (yield* store.registrationLog({ limit: 1_000 })).filter(
+              (r) => r.event === "logout" && r.sessionId === open.sessionId,
+            )
+            assert.strictEqual(logouts.length, 1)
+            assert.strictEqual(logouts[0]!.serverId, byServerId)
+            assert.strictEqual(logouts[0]!.peerId, open.peerId)
+
+            assert.deepStrictEqual(yield* store.ticketState(queued!.ticket), Option.some("cancelled"))
+            assert.deepStrictEqual(yield* store.ticketState(delivered!.ticket), Option.some("cancelled"))
+            assert.deepStrictEqual(yield* store.ticketState(finished!.ticket), Option.some("succeeded"))
+            assert.deepStrictEqual(
+              yield* store.ticketState(doneTicket!.ticket),
+              Option.some("queued"),
+              "a session logged out before is not touched",
+            )
+            const [doneSession] = yield* store.sessions({ peerId: done.peerId, limit: 10 })
+            assert.strictEqual(doneSession?.logoutReason, "peer_logout")
+
+            const again = yield* closeLost()
+            assert.deepStrictEqual(mine(again.closed, [open, other, done]), [], "closed once only")
+          }),
+      )
+
+      it.effect("leaves alone instances that are alive, stopped cleanly, or never said they were alive", () =>
+        Effect.gen(function* () {
+          const store = yield* Store
+          const lost = unique("lost")
+          const alive = unique("alive")
+          const stopped = unique("stopped")
+          const unknown = unique("unknown")
+          for (const serverId of [lost, alive, stopped]) yield* store.instanceAlive(serverId)
+          const logins = [
+            yield* openSession(lost),
+            yield* openSession(alive),
+            yield* openSession(stopped),
+            yield* openSession(unknown),
+          ]
+          yield* store.instanceStopped(stopped)
+          yield* waitUntilLost
+          yield* store.instanceAlive(alive)
+          const { closed } = yield* closeLost()
+          assert.deepStrictEqual(mine(closed, logins), bySession(logins.slice(0, 1)))
+          const stillOpen = logins.slice(1)
+          for (const login of stillOpen) {
+            const [session] = yield* store.sessions({ peerId: login.peerId, limit: 10 })
+            assert.isNull(session?.logoutAt, login.serverId)
+          }
+          assert.deepStrictEqual(yield* store.closedSessions(stillOpen.map((l) => l.sessionId)), [])
+        }),
+      )
+
+      it.effect("an instance that says it is alive again is no longer lost, even after stopping", () =>
+        Effect.gen(function* () {
+          const store = yield* Store
+          const back = unique("back")
+          const restarted = unique("restarted")
+          yield* store.instanceAlive(back)
+          yield* store.instanceAlive(restarted)
+          yield* store.instanceStopped(restarted)
+          yield* store.instanceAlive(restarted)
+          const backLogin = yield* openSession(back)
+          const restartedLogin = yield* openSession(restarted)
+          yield* waitUntilLost
+          yield* store.instanceAlive(back)
+          const first = yield* closeLost()
+          assert.deepStrictEqual(
+            mine(first.closed, [backLogin, restartedLogin]),
+            bySession([restartedLogin]),
+            "saying it is alive again cleared the clean stop",
+          )
+          assert.deepStrictEqual(yield* store.closedSessions([backLogin.sessionId]), [])
+        }),
+      )
+
+      it.effect("closedSessions returns exactly the given sessions that have a logout", () =>
+        Effect.gen(function* () {
+          const store = yield* Store
+          const serverId = unique("server")
+          const a = yield* openSession(serverId)
+          const b = yield* openSession(serverId)
+          const c = yield* openSession(serverId)
+          yield* store.logout({ peerId: a.peerId, sessionId: a.sessionId, reason: "peer_logout", serverId })
+          yield* store.logout({ peerId: c.peerId, sessionId: c.sessionId, reason: "timeout", serverId })
+          assert.deepStrictEqual(yield* store.closedSessions([]), [])
+          const asked = [a.sessionId, b.sessionId, randomUUID(), "not-a-uuid", "", c.sessionId]
+          assert.deepStrictEqual(
+            [...(yield* store.closedSessions(asked))].sort(),
+            [a.sessionId, c.sessionId].sort(),
+          )
+        }),
+      )
+
+      it.effect("two closers at once log each session out once", () =>
+        Effect.gen(function* () {
+          const store = yield* Store
+          const serverId = unique("lost")
+          yield* store.instanceAlive(serverId)
+          const logins = [
+            yield* openSession(serverId),
+            yield* openSession(serverId),
+            yield* openSession(serverId),
+          ]
+          yield* waitUntilLost
+          const results = yield* Effect.all(
+            Array.from({ length: 4 }, () => closeLost()),
+            { concurrency: "unbounded" },
+          )
+          const all = mine(
+            results.flatMap((r) => r.closed),
+            logins,
+          )
+          assert.deepStrictEqual(all, bySession(logins), "every session closed, by exactly one closer")
+          const logouts = (yield* store.registrationLog({ limit: 1_000 })).filter(
+            (r) => r.event === "logout" && logins.some((l) => l.sessionId === r.sessionId),
+          )
+          assert.strictEqual(logouts.length, logins.length)
+          for (const logout of logouts) {
+            const closer = results.find((r) => r.closed.some((c) => c.sessionId === logout.sessionId))
+            assert.strictEqual(logout.serverId, closer?.byServerId, "the closer that wrote it returned it")
+          }
         }),
       )
     })

@@ -12,10 +12,12 @@ export interface Envelope {
   readonly payload: string
 }
 
-/** A stream entry delivered to a server through the consumer group; ack it once it is durable. */
+/** An entry delivered to a server instance; ack it once what it asked for is durable. */
 export interface Delivery extends Envelope {
-  /** True when it was taken over from another consumer that did not ack it (possibly a retry). */
+  /** True when it was taken over from a consumer that did not ack it (possibly a retry). */
   readonly redelivered: boolean
+  /** True when another instance forwarded it here (it came from this instance's own stream). */
+  readonly forwarded: boolean
 }
 
 export interface ReadOptions {
@@ -28,8 +30,9 @@ export interface ReadOptions {
  * The message transport between peers and servers. Payloads are opaque strings here: the
  * transport moves bytes, `core/protocol` gives them meaning.
  *
- * Durable paths (must not lose a message): the uplink (peer -> servers, consumer group) and
- * each peer's inbox (server -> peer). Lossy path: `publish`/`subscribe` (operator feed).
+ * Durable paths (must not lose a message): the uplink (peer -> servers, consumer group), each
+ * server instance's own stream (forwarded peer messages) and each peer's inbox (server -> peer).
+ * Lossy: the operator feed (`publish`/`subscribe`). Hints: which instance owns a peer's session.
  */
 export class Transport extends Context.Service<
   Transport,
@@ -37,13 +40,27 @@ export class Transport extends Context.Service<
     /** Peer -> servers: append to the uplink. Returns the entry id. */
     readonly sendUplink: (payload: string) => Effect.Effect<string, TransportError>
     /**
-     * Server side: a reader bound to one consumer name of the servers' group. `read` returns new
-     * entries for this consumer (waiting up to blockMs); `reclaim` takes over entries that other
-     * consumers left unacknowledged for at least minIdleMs (a dead instance's work).
+     * Server side: the reader of one server instance. It reads the shared uplink (as a consumer of
+     * the servers' group) and the instance's own stream of forwarded messages.
      */
-    readonly uplinkReader: (consumer: string) => Effect.Effect<UplinkReader, TransportError, Scope.Scope>
-    /** Acknowledge uplink entries: they are durable and will not be delivered again. */
-    readonly ackUplink: (ids: ReadonlyArray<string>) => Effect.Effect<void, TransportError>
+    readonly uplinkReader: (serverId: string) => Effect.Effect<UplinkReader, TransportError, Scope.Scope>
+    /** Hands a peer's message to the instance that owns the peer's session. */
+    readonly forward: (serverId: string, payload: string) => Effect.Effect<void, TransportError>
+    /**
+     * Marks these peers as owned by `serverId` for `ttlMs`. `take` overwrites another instance's
+     * mark (a new session was just opened here); `renew` only extends marks that are free or
+     * already this instance's, so a stale instance never steals back a peer that moved.
+     */
+    readonly claimPeers: (
+      serverId: string,
+      peerIds: ReadonlyArray<string>,
+      ttlMs: number,
+      mode: "take" | "renew",
+    ) => Effect.Effect<void, TransportError>
+    /** Removes the owner mark of a peer, if it is still `serverId`'s. */
+    readonly releasePeer: (peerId: string, serverId: string) => Effect.Effect<void, TransportError>
+    /** The instance that owns the peer's session, if one marked it and the mark has not expired. */
+    readonly ownerOf: (peerId: string) => Effect.Effect<string | undefined, TransportError>
     /** Server -> peer: append to the peer's inbox. Returns the entry id. */
     readonly sendToPeer: (peerId: string, payload: string) => Effect.Effect<string, TransportError>
     /** The id of the newest entry in a peer's inbox ("0-0" when empty): read after it to skip old news. */
@@ -60,11 +77,15 @@ export class Transport extends Context.Service<
 >()("@picus/core/Transport") {}
 
 export interface UplinkReader {
+  /** New entries of the shared uplink and of this instance's own stream (waiting up to blockMs). */
   readonly read: (options: ReadOptions) => Effect.Effect<ReadonlyArray<Delivery>, TransportError>
+  /** Takes over entries left unacknowledged for at least minIdleMs (a dead instance's work). */
   readonly reclaim: (
     minIdleMs: number,
     count: number,
   ) => Effect.Effect<ReadonlyArray<Delivery>, TransportError>
+  /** Acknowledges entries: they are durable and will not be delivered again. */
+  readonly ack: (deliveries: ReadonlyArray<Delivery>) => Effect.Effect<void, TransportError>
 }
 
 export interface InboxReader {

@@ -9,6 +9,7 @@ import { compareStreamIds, type Delivery, type Envelope, Transport } from "./Tra
 
 interface Pending {
   readonly entry: Envelope
+  readonly forwarded: boolean
   consumer: string
   deliveredAt: number
 }
@@ -52,8 +53,11 @@ export const makeMemoryTransport = Effect.gen(function* () {
 
   const uplink: Array<Envelope> = []
   let uplinkCursor = 0
+  /** Each server instance's own stream of forwarded messages (read by that instance only). */
+  const direct = new Map<string, Array<Envelope>>()
   const pending = new Map<string, Pending>()
   const uplinkSignal = makeSignal()
+  const owners = new Map<string, { readonly serverId: string; readonly until: number }>()
 
   const inboxes = new Map<string, Array<Envelope>>()
   const inboxSignal = makeSignal()
@@ -68,13 +72,17 @@ export const makeMemoryTransport = Effect.gen(function* () {
 
   const feed = yield* PubSub.unbounded<string>()
 
-  const takeNew = (consumer: string, count: number): Array<Delivery> => {
+  const deliver = (entry: Envelope, consumer: string, forwarded: boolean): Delivery => {
+    pending.set(entry.id, { entry, forwarded, consumer, deliveredAt: Date.now() })
+    return { ...entry, redelivered: false, forwarded }
+  }
+
+  const takeNew = (serverId: string, count: number): Array<Delivery> => {
     const out: Array<Delivery> = []
-    while (uplinkCursor < uplink.length && out.length < count) {
-      const entry = uplink[uplinkCursor++]!
-      pending.set(entry.id, { entry, consumer, deliveredAt: Date.now() })
-      out.push({ ...entry, redelivered: false })
-    }
+    while (uplinkCursor < uplink.length && out.length < count)
+      out.push(deliver(uplink[uplinkCursor++]!, serverId, false))
+    const mine = direct.get(serverId) ?? []
+    while (mine.length > 0 && out.length < count) out.push(deliver(mine.shift()!, serverId, true))
     return out
   }
 
@@ -91,32 +99,57 @@ export const makeMemoryTransport = Effect.gen(function* () {
         uplinkSignal.notify()
         return id
       }),
-    uplinkReader: (consumer) =>
+    uplinkReader: (serverId) =>
       Effect.succeed({
         read: ({ count, blockMs }) =>
           Effect.gen(function* () {
-            const now = takeNew(consumer, count)
+            const now = takeNew(serverId, count)
             if (now.length > 0 || blockMs <= 0) return now
             yield* uplinkSignal.wait(blockMs)
-            return takeNew(consumer, count)
+            return takeNew(serverId, count)
           }),
+        // Shared entries of any consumer, and this instance's own forwarded ones.
         reclaim: (minIdleMs, count) =>
           Effect.sync(() => {
             const cutoff = Date.now() - minIdleMs
             const out: Array<Delivery> = []
             for (const p of pending.values()) {
               if (out.length >= count) break
-              if (p.deliveredAt > cutoff) continue
-              p.consumer = consumer
+              if (p.deliveredAt > cutoff || (p.forwarded && p.consumer !== serverId)) continue
+              p.consumer = serverId
               p.deliveredAt = Date.now()
-              out.push({ ...p.entry, redelivered: true })
+              out.push({ ...p.entry, redelivered: true, forwarded: p.forwarded })
             }
             return out
           }),
+        ack: (deliveries) =>
+          Effect.sync(() => {
+            for (const d of deliveries) pending.delete(d.id)
+          }),
       }),
-    ackUplink: (ids) =>
+    forward: (serverId, payload) =>
       Effect.sync(() => {
-        for (const id of ids) pending.delete(id)
+        const entries = direct.get(serverId) ?? []
+        entries.push({ id: nextId(), payload })
+        direct.set(serverId, entries)
+        uplinkSignal.notify()
+      }),
+    claimPeers: (serverId, peerIds, ttlMs, mode) =>
+      Effect.sync(() => {
+        for (const peerId of peerIds) {
+          const current = owners.get(peerId)
+          const free = !current || current.until <= Date.now() || current.serverId === serverId
+          if (mode === "take" || free) owners.set(peerId, { serverId, until: Date.now() + ttlMs })
+        }
+      }),
+    releasePeer: (peerId, serverId) =>
+      Effect.sync(() => {
+        if (owners.get(peerId)?.serverId === serverId) owners.delete(peerId)
+      }),
+    ownerOf: (peerId) =>
+      Effect.sync(() => {
+        const owner = owners.get(peerId)
+        return owner && owner.until > Date.now() ? owner.serverId : undefined
       }),
     sendToPeer: (peerId, payload) =>
       Effect.sync(() => {

@@ -63,14 +63,61 @@ export const makeRedisTransport = Effect.fnUntraced(function* (options: RedisTra
   const keys: Keys = makeKeys(options.prefix)
   const client = yield* connect(options.url)
 
-  const ensureGroup = call("xgroup create", () =>
-    client.xgroup("CREATE", keys.uplink, UPLINK_GROUP, "0", "MKSTREAM"),
-  ).pipe(
-    Effect.catchIf(
-      (e) => e.message.includes("BUSYGROUP"),
-      () => Effect.void,
-    ),
-  )
+  const ensureGroup = (stream: string) =>
+    call("xgroup create", () => client.xgroup("CREATE", stream, UPLINK_GROUP, "0", "MKSTREAM")).pipe(
+      Effect.catchIf(
+        (e) => e.message.includes("BUSYGROUP"),
+        () => Effect.void,
+      ),
+    )
+
+  /** Extends owner marks that are free or already the caller's; leaves other instances' marks. */
+  const renewScript = `-- KEYS = {p}:peer:{peerId}:owner ...; ARGV[1] = serverId, ARGV[2] = ttl in ms
+for _, key in ipairs(KEYS) do
+  local owner = redis.call("GET", key)
+  if not owner or owner == ARGV[1] then redis.call("SET", key, ARGV[1], "PX", ARGV[2]) end
+end
+return 0`
+
+  /** Deletes an owner mark only if it is still the caller's (a newer owner's mark stays). */
+  const releaseScript = `-- KEYS[1] = {p}:peer:{peerId}:owner; ARGV[1] = serverId
+if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end
+return 0`
+
+  const claimFrom = (
+    stream: string,
+    serverId: string,
+    minIdleMs: number,
+    count: number,
+    forwarded: boolean,
+  ) =>
+    call("xautoclaim", async () => {
+      const reply = (await client.xautoclaim(
+        stream,
+        UPLINK_GROUP,
+        serverId,
+        minIdleMs,
+        "0-0",
+        "COUNT",
+        count,
+      )) as [string, Array<[string, Array<string> | null]>, Array<string>?]
+      return reply[1]
+        .map(toEnvelope)
+        .filter((e): e is Envelope => e !== undefined)
+        .map((e): Delivery => ({ ...e, redelivered: true, forwarded }))
+    })
+
+  // Acked entries are deleted too: these streams only ever hold unacknowledged work.
+  const ackOn = (stream: string, ids: ReadonlyArray<string>) =>
+    ids.length === 0
+      ? Effect.void
+      : call("xack", () =>
+          client
+            .multi()
+            .xack(stream, UPLINK_GROUP, ...ids)
+            .xdel(stream, ...ids)
+            .exec(),
+        ).pipe(Effect.asVoid)
 
   return Transport.of({
     sendUplink: (payload) =>
@@ -78,55 +125,93 @@ export const makeRedisTransport = Effect.fnUntraced(function* (options: RedisTra
         Effect.map((id) => id ?? ""),
       ),
 
-    uplinkReader: (consumer) =>
+    uplinkReader: (serverId) =>
       Effect.gen(function* () {
-        yield* ensureGroup
+        const own = keys.serverInbox(serverId)
+        const ensureGroups = Effect.all([ensureGroup(keys.uplink), ensureGroup(own)], { discard: true })
+        yield* ensureGroups
         const reader = yield* connect(options.url)
         return {
+          // One XREADGROUP over both streams: the shared uplink and this instance's own.
           read: ({ count, blockMs }) =>
             call("xreadgroup", async () => {
               const block = blockMs > 0 ? ["BLOCK", blockMs] : []
               const reply = (await reader.call(
                 "XREADGROUP",
-                ...["GROUP", UPLINK_GROUP, consumer, "COUNT", count, ...block, "STREAMS", keys.uplink, ">"],
+                ...[
+                  "GROUP",
+                  UPLINK_GROUP,
+                  serverId,
+                  "COUNT",
+                  count,
+                  ...block,
+                  "STREAMS",
+                  keys.uplink,
+                  own,
+                  ">",
+                  ">",
+                ],
               )) as StreamReply
-              return entriesOf(reply).map((e): Delivery => ({ ...e, redelivered: false }))
+              return (reply ?? []).flatMap(([stream, entries]) =>
+                entriesOf([[stream, entries]]).map(
+                  (e): Delivery => ({ ...e, redelivered: false, forwarded: stream === own }),
+                ),
+              )
             }).pipe(
-              // A Redis that restarted without persistence has lost the group: make it again.
+              // A Redis that restarted without persistence has lost the groups: make them again.
               Effect.tapError((e) =>
-                e.message.includes("NOGROUP") ? ensureGroup.pipe(Effect.ignore) : Effect.void,
+                e.message.includes("NOGROUP") ? ensureGroups.pipe(Effect.ignore) : Effect.void,
               ),
             ),
           reclaim: (minIdleMs, count) =>
-            call("xautoclaim", async () => {
-              const reply = (await client.xautoclaim(
-                keys.uplink,
-                UPLINK_GROUP,
-                consumer,
-                minIdleMs,
-                "0-0",
-                "COUNT",
-                count,
-              )) as [string, Array<[string, Array<string> | null]>, Array<string>?]
-              return reply[1]
-                .map(toEnvelope)
-                .filter((e): e is Envelope => e !== undefined)
-                .map((e): Delivery => ({ ...e, redelivered: true }))
-            }),
+            Effect.all([
+              claimFrom(keys.uplink, serverId, minIdleMs, count, false),
+              claimFrom(own, serverId, minIdleMs, count, true),
+            ]).pipe(Effect.map(([shared, mine]) => [...shared, ...mine])),
+          ack: (deliveries) =>
+            Effect.all(
+              [
+                ackOn(
+                  keys.uplink,
+                  deliveries.filter((d) => !d.forwarded).map((d) => d.id),
+                ),
+                ackOn(
+                  own,
+                  deliveries.filter((d) => d.forwarded).map((d) => d.id),
+                ),
+              ],
+              { discard: true },
+            ),
         }
       }),
 
-    // Acked entries are deleted too: the uplink only ever holds unacknowledged work.
-    ackUplink: (ids) =>
-      ids.length === 0
+    forward: (serverId, payload) =>
+      call("xadd server inbox", () =>
+        client.xadd(keys.serverInbox(serverId), "*", PAYLOAD_FIELD, payload),
+      ).pipe(Effect.asVoid),
+
+    claimPeers: (serverId, peerIds, ttlMs, mode) =>
+      peerIds.length === 0
         ? Effect.void
-        : call("xack", () =>
-            client
-              .multi()
-              .xack(keys.uplink, UPLINK_GROUP, ...ids)
-              .xdel(keys.uplink, ...ids)
-              .exec(),
-          ).pipe(Effect.asVoid),
+        : mode === "renew"
+          ? call("renew owners", () =>
+              client.eval(renewScript, peerIds.length, ...peerIds.map(keys.peerOwner), serverId, ttlMs),
+            ).pipe(Effect.asVoid)
+          : call("take owners", () => {
+              const batch = client.pipeline()
+              for (const peerId of peerIds) batch.set(keys.peerOwner(peerId), serverId, "PX", ttlMs)
+              return batch.exec()
+            }).pipe(Effect.asVoid),
+
+    releasePeer: (peerId, serverId) =>
+      call("release owner", () => client.eval(releaseScript, 1, keys.peerOwner(peerId), serverId)).pipe(
+        Effect.asVoid,
+      ),
+
+    ownerOf: (peerId) =>
+      call("get owner", () => client.get(keys.peerOwner(peerId))).pipe(
+        Effect.map((owner) => owner ?? undefined),
+      ),
 
     sendToPeer: (peerId, payload) =>
       call("xadd inbox", () => client.xadd(keys.peerInbox(peerId), "*", PAYLOAD_FIELD, payload)).pipe(

@@ -50,6 +50,9 @@ const TicketRow = std(
 const LockedTicketRow = std(
   Schema.Struct({ peerId: Schema.String, sessionId: Schema.String, state: TicketState }),
 )
+const SessionRefRow = std(Schema.Struct({ peerId: Schema.String, sessionId: Schema.String }))
+const SessionIdRow = std(Schema.Struct({ sessionId: Schema.String }))
+const ServerIdRow = std(Schema.Struct({ serverId: Schema.String }))
 const StateRow = std(Schema.Struct({ state: TicketState }))
 const ExistsRow = std(Schema.Struct({ exists: Schema.Boolean }))
 const SessionRow = std(
@@ -283,6 +286,87 @@ export const makePgStore = (pool: DatabasePool): Store["Service"] =>
     touchPeer: (peerId) =>
       attempt("touchPeer", async () => {
         await pool.query(sql.type(NoRow)`update peers set last_seen_at = now() where peer_id = ${peerId}`)
+      }),
+
+    instanceAlive: (serverId) =>
+      attempt("instanceAlive", async () => {
+        // An instance that had stopped cleanly and says it is alive again has restarted.
+        await pool.query(sql.type(NoRow)`
+          insert into server_instances (server_id) values (${serverId})
+          on conflict (server_id) do update set
+            alive_at = now(),
+            stopped_at = null,
+            started_at = case when server_instances.stopped_at is null
+              then server_instances.started_at else now() end
+        `)
+      }),
+
+    instanceStopped: (serverId) =>
+      attempt("instanceStopped", async () => {
+        await pool.query(sql.type(NoRow)`
+          insert into server_instances (server_id, stopped_at) values (${serverId}, now())
+          on conflict (server_id) do update set stopped_at = now()
+        `)
+      }),
+
+    closeSessionsOfLostInstances: (entry) =>
+      attempt("closeSessionsOfLostInstances", async () => {
+        // NaN would compare above every number in PostgreSQL (and so call every instance lost).
+        if (Number.isNaN(entry.deadAfterMs)) return []
+        return pool.transaction(async (tx) => {
+          // Lock the lost instances' rows: a concurrent closer skips them (this one handles them),
+          // and an instance saying it is alive again either lands first (and is no longer lost) or
+          // waits for this transaction. The age is compared in epoch milliseconds (float8), which
+          // cannot overflow the way now() - interval can.
+          const lost = await tx.anyFirst(sql.type(ServerIdRow)`
+            select server_id as "serverId" from server_instances
+            where stopped_at is null
+              and extract(epoch from alive_at) * 1000 < extract(epoch from now()) * 1000
+                - ${entry.deadAfterMs}::float8
+            order by server_id
+            for update skip locked
+          `)
+          if (lost.length === 0) return []
+          // Sessions are logged out in session order, so concurrent inserts cannot deadlock on the
+          // one-logout index; a session someone else logged out meanwhile is skipped, and only the
+          // logouts written here are returned.
+          const closed = await tx.any(sql.type(SessionRefRow)`
+            insert into registration_log (event, peer_id, session_id, reason, server_id)
+            select 'logout', login.peer_id, login.session_id, ${entry.reason}, ${entry.byServerId}
+            from registration_log login
+            where login.event = 'login'
+              and login.server_id = any(${sql.array(lost, "text")})
+              and not exists (
+                select 1 from registration_log logout
+                where logout.session_id = login.session_id and logout.event = 'logout'
+              )
+            order by login.session_id
+            on conflict (session_id) where event = 'logout' do nothing
+            returning peer_id as "peerId", session_id::text as "sessionId"
+          `)
+          if (closed.length === 0) return []
+          await tx.query(sql.type(NoRow)`
+            update tickets set state = 'cancelled', finished_at = now()
+            where session_id = any(${sql.array(
+              closed.map((s) => s.sessionId),
+              "uuid",
+            )}) and state in ('queued', 'delivered')
+          `)
+          return closed
+        })
+      }),
+
+    closedSessions: (sessionIds) =>
+      attempt("closedSessions", async () => {
+        const valid = [...new Set(sessionIds.filter((id) => UUID.test(id)).map((id) => id.toLowerCase()))]
+        if (valid.length === 0) return []
+        const closed = new Set(
+          await pool.anyFirst(sql.type(SessionIdRow)`
+            select session_id::text as "sessionId" from registration_log
+            where event = 'logout' and session_id = any(${sql.array(valid, "uuid")})
+          `),
+        )
+        return sessionIds.filter((id) => closed.has(id.toLowerCase()))
       }),
 
     createTickets: (entry) =>
