@@ -101,6 +101,9 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
 
     const previous = sessions.get(message.peer_id)
     if (previous) yield* previous.end(Protocol.LogoutReason.replaced)
+    // Mark the peer as ours before it hears it is accepted: its first heartbeat may be read by
+    // another instance, which must forward it here rather than call the session expired.
+    yield* transport.claimPeers(config.serverId, [message.peer_id], config.leaseMs, "take")
     const session = yield* startPeerSession(
       {
         peerId: message.peer_id,
@@ -115,7 +118,6 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
       config,
     ).pipe(Scope.provide(scope), Effect.provideContext(services))
     sessions.set(message.peer_id, session)
-    yield* transport.claimPeers(config.serverId, [message.peer_id], config.leaseMs, "take")
     // Forget the session when it ends, unless a newer one has taken its place.
     yield* session.ended.pipe(
       Effect.andThen(
@@ -316,6 +318,7 @@ export const gatewayConfigFrom = (
 ): GatewayConfig => ({
   serverId: config.serverId,
   leaseMs: config.leaseMs,
+  deadlineSlackMs: 30_000,
   heartbeatMs: config.heartbeatMs,
   graceMs: config.graceMs,
   drainMs: config.drainMs,

@@ -3,7 +3,7 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { assert, describe, it } from "@effect/vitest"
 import { type Envelope, Protocol, Store, Transport } from "@picus/core"
-import { Effect, Exit, Fiber, Result, Scope } from "effect"
+import { Effect, Exit, Fiber, Option, Result, Scope } from "effect"
 import { makeAgent, openStateFile } from "peer"
 import { makeGateway } from "../src/Gateway.ts"
 import { enrollmentTokensFrom } from "../src/tokens.ts"
@@ -14,6 +14,7 @@ import { compositions } from "./support/layers.ts"
 const gatewayConfig = {
   serverId: "test-server",
   leaseMs: 3_000,
+  deadlineSlackMs: 30_000,
   heartbeatMs: 200,
   graceMs: 1_000,
   enrollment: enrollmentTokensFrom("good-token"),
@@ -206,6 +207,29 @@ describe.each(compositions)("server and peers in one process (%s)", (_name, laye
         assert.strictEqual(byTicket.get(aliceJob!.ticket)?.peerId, "alice")
         assert.strictEqual(byTicket.get(aliceOther!.ticket)?.output, "other")
         assert.strictEqual(byTicket.get(bobJob!.ticket)?.output, "bob's own")
+      }).pipe(Effect.scoped, Effect.provide(layer())),
+    30_000,
+  )
+
+  it.live(
+    "ends tickets that never get an answer timed_out, and refuses their late results",
+    () =>
+      Effect.gen(function* () {
+        const store = yield* Store
+        yield* store.replaceCatalog(catalog.map((job) => ({ ...job, timeout_ms: 100 })))
+        const gateway = yield* makeGateway({ ...gatewayConfig, deadlineSlackMs: 200, graceMs: 10_000 })
+        yield* Effect.forkScoped(gateway.run)
+        const silent = yield* rawPeer("silent", "good-token") // takes its two jobs, never answers
+        const states = yield* waitFor(
+          Effect.forEach(silent.jobs, (j) => store.ticketState(j.ticket)).pipe(
+            Effect.map((s) => (s.every((x) => Option.getOrUndefined(x) === "timed_out") ? s : undefined)),
+          ),
+          "both tickets timed out",
+        )
+        assert.strictEqual(states.length, 2)
+        yield* silent.sendResult(silent.jobs[0]!.ticket, "too late")
+        yield* Effect.sleep("500 millis")
+        assert.strictEqual((yield* store.results({ limit: 10 })).length, 0)
       }).pipe(Effect.scoped, Effect.provide(layer())),
     30_000,
   )

@@ -27,15 +27,25 @@ export interface TicketQueue {
   readonly settle: (ticket: string) => Ticket | undefined
   readonly inFlight: () => number
   readonly waiting: () => number
+  /**
+   * In-flight tickets past their deadline: sent at least `2 × timeout + slackMs` ago. The peer
+   * enforces each job's timeout itself and always answers; this is the backstop for an answer that
+   * was lost. (Twice the timeout, because a job may wait for a free slot on the peer first.)
+   */
+  readonly overdue: (now: number, slackMs: number) => ReadonlyArray<Ticket>
 }
 
 const makeTicketQueue = (tickets: ReadonlyArray<Ticket>, maxInFlight: number): TicketQueue => {
   const waiting = [...tickets]
   const inFlight = new Map<string, Ticket>()
+  const sentAt = new Map<string, number>()
   return {
     takeReady: () => {
       const ready = waiting.splice(0, Math.max(0, maxInFlight - inFlight.size))
-      for (const t of ready) inFlight.set(t.ticket, t)
+      for (const t of ready) {
+        inFlight.set(t.ticket, t)
+        sentAt.set(t.ticket, Date.now())
+      }
       return ready
     },
     putBack: (ts) => {
@@ -45,8 +55,11 @@ const makeTicketQueue = (tickets: ReadonlyArray<Ticket>, maxInFlight: number): T
     settle: (ticket) => {
       const t = inFlight.get(ticket)
       inFlight.delete(ticket)
+      sentAt.delete(ticket)
       return t
     },
+    overdue: (now, slackMs) =>
+      [...inFlight.values()].filter((t) => (sentAt.get(t.ticket) ?? now) + 2 * t.timeoutMs + slackMs < now),
     inFlight: () => inFlight.size,
     waiting: () => waiting.length,
   }

@@ -11,6 +11,8 @@ export interface SessionConfig {
   readonly heartbeatMs: number
   /** No message from the peer for this long: it is logged out with reason `timeout`. */
   readonly graceMs: number
+  /** Added to a ticket's deadline (see TicketQueue.overdue) before it is marked timed_out. */
+  readonly deadlineSlackMs: number
 }
 
 export interface SessionStart {
@@ -156,6 +158,18 @@ export const startPeerSession = Effect.fnUntraced(function* (
     }
   }).pipe(Effect.catch((e) => Effect.logWarning("could not mark jobs delivered", e)))
 
+  /** Tickets whose answer never came end timed_out, freeing their places for the next ones. */
+  const expireOverdue = Effect.gen(function* () {
+    const late = tickets.overdue(Date.now(), config.deadlineSlackMs)
+    if (late.length === 0) return
+    const closed = yield* store.closeTickets(
+      late.map((t) => t.ticket),
+      "timed_out",
+    )
+    for (const t of late) tickets.settle(t.ticket)
+    yield* Effect.logWarning(`no result in time for ticket(s) ${closed.join(", ")}: timed out`)
+  }).pipe(Effect.catch((e) => Effect.logWarning("could not time out overdue tickets", e)))
+
   const finish = Effect.fnUntraced(function* (reason: string) {
     if (closed) return
     yield* store.logout({ peerId, sessionId, reason, serverId: config.serverId })
@@ -242,7 +256,7 @@ export const startPeerSession = Effect.fnUntraced(function* (
           ? finish(Protocol.LogoutReason.timeout).pipe(
               Effect.catch((e) => Effect.logWarning("could not log out a silent peer", e)),
             )
-          : dispatch
+          : expireOverdue.pipe(Effect.andThen(dispatch))
       case "InFlight":
         return Deferred.succeed(command.reply, tickets.inFlight()).pipe(Effect.asVoid)
     }

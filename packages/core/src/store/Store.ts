@@ -206,6 +206,11 @@ export class Store extends Context.Service<
     readonly recordResult: (result: NewResult) => Effect.Effect<RecordOutcome, StoreError>
     /** Moves a session's open tickets to a terminal state (e.g. cancelled at logout). */
     readonly closeOpenTickets: (sessionId: string, state: TicketState) => Effect.Effect<number, StoreError>
+    /** Moves the given tickets that are still open to a terminal state; returns those it moved. */
+    readonly closeTickets: (
+      tickets: ReadonlyArray<string>,
+      state: TicketState,
+    ) => Effect.Effect<ReadonlyArray<string>, StoreError>
     readonly ticketState: (ticket: string) => Effect.Effect<Option.Option<TicketState>, StoreError>
 
     // Reading what happened.

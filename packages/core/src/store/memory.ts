@@ -213,6 +213,15 @@ export const makeMemoryStore = Effect.sync(() => {
         }
         return count
       }),
+    closeTickets: (ids, state) =>
+      Effect.sync(() =>
+        ids.filter((id) => {
+          const t = tickets.get(id)
+          if (!t || isTerminal(t.state)) return false
+          t.state = state
+          return true
+        }),
+      ),
     ticketState: (ticket) => Effect.sync(() => Option.fromNullishOr(tickets.get(ticket)?.state)),
 
     sessions: ({ peerId, limit }) =>

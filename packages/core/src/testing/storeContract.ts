@@ -485,6 +485,22 @@ export const storeContract = (name: string, storeLayer: Layer.Layer<Store, unkno
         }),
       )
 
+      it.effect("closes given tickets that are still open, and says which", () =>
+        Effect.gen(function* () {
+          const { store, peerId, login, tickets } = yield* setup
+          const [done, open] = tickets
+          yield* store.recordResult(newResult(done!.ticket, peerId, login.sessionId))
+          const closed = yield* store.closeTickets(
+            [done!.ticket, open!.ticket, "no-such-ticket"],
+            "timed_out",
+          )
+          assert.deepStrictEqual(closed, [open!.ticket])
+          assert.deepStrictEqual(yield* store.ticketState(done!.ticket), Option.some("succeeded"))
+          assert.deepStrictEqual(yield* store.ticketState(open!.ticket), Option.some("timed_out"))
+          assert.deepStrictEqual(yield* store.closeTickets([], "timed_out"), [])
+        }),
+      )
+
       it.effect("closes a session's open tickets, and only those", () =>
         Effect.gen(function* () {
           const { store, peerId, login, tickets } = yield* setup

@@ -430,6 +430,21 @@ export const makePgStore = (pool: DatabasePool): Store["Service"] =>
             }),
           ),
 
+    closeTickets: (ids, state) =>
+      isTerminal(state)
+        ? attempt("closeTickets", async () => {
+            if (ids.length === 0) return []
+            const closed = await pool.any(sql.type(TicketIdRow)`
+              update tickets set state = ${state}, finished_at = now()
+              where ticket = any(${sql.array([...ids], "text")}) and state in ('queued', 'delivered')
+              returning ticket
+            `)
+            return closed.map((row) => row.ticket)
+          })
+        : Effect.fail(
+            new StoreError({ operation: "closeTickets", message: `${state} is not a terminal ticket state` }),
+          ),
+
     ticketState: (ticket) =>
       attempt("ticketState", async () => {
         const row = await pool.maybeOne(
