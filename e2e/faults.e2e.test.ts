@@ -1,8 +1,9 @@
 import { join } from "node:path"
-import { sql } from "slonik"
+import { createPool, type QuerySqlToken, sql } from "slonik"
 import { afterEach, describe, expect, it } from "vitest"
 import { detectOs } from "../packages/peer/src/osInfo.ts"
 import { makeWorld, type World, writeCatalog } from "./support/env.ts"
+import { type PrivatePostgres, startPrivatePostgres } from "./support/postgres.ts"
 import { eventually, killAll, sleep, startPnpm } from "./support/processes.ts"
 import { type PrivateRedis, startPrivateRedis } from "./support/redis.ts"
 
@@ -73,6 +74,72 @@ describe("Redis restarts", () => {
     await late.waitForLine(/registered as late/, 30_000)
     expect(peer.child.exitCode, peer.output()).toBeNull()
     expect(server.child.exitCode, server.output()).toBeNull()
+    server.signalGroup("SIGINT")
+    expect(await server.exited, server.output()).toBe(0)
+  })
+})
+
+describe("PostgreSQL unavailable", () => {
+  let pg: PrivatePostgres | undefined
+  afterEach(() => {
+    try {
+      pg?.stop()
+    } catch {
+      // Already stopped.
+    }
+  })
+
+  it("for 8 seconds mid-run: the server keeps running and records what came in meanwhile, and nobody is declared lost", async () => {
+    pg = await startPrivatePostgres()
+    redis = await startPrivateRedis({ persistent: false })
+    world = await makeWorld({
+      REDIS_URL: redis.url,
+      PICUS_HEARTBEAT_MS: "500",
+      PICUS_GRACE_MS: "20000",
+      PICUS_LEASE_MS: "3000",
+      PICUS_TOKENS: "tok",
+    })
+    const catalog = writeCatalog(world.dir, [
+      { id: "slow", name: "Slow", os: here.os, distro: here.distro, command: "sleep 2; echo during-outage" },
+    ])
+    const env = { ...world.env, DATABASE_URL: pg.url }
+    const server = startPnpm("server", ["--filter", "server", "start"], { ...env, PICUS_CATALOG: catalog })
+    await server.waitForLine(/serving/)
+    const peer = startPnpm(
+      "peer",
+      ["--filter", "peer", "start", "--peer-id", "p1", "--state-dir", join(world.dir, "p1")],
+      {
+        ...env,
+        PICUS_TOKEN: "tok",
+      },
+    )
+    await peer.waitForLine(/registered as p1/)
+    pg.stop()
+    const stoppedAt = Date.now()
+    await peer.waitForLine(/job .* "Slow": succeeded/) // its result arrives while PostgreSQL is away
+    await sleep(8_000 - (Date.now() - stoppedAt))
+    pg.start()
+    const recoveredAt = Date.now()
+    const query = async <T>(query: QuerySqlToken) => {
+      const pool = await createPool(pg!.url, { maxPoolSize: 1 })
+      try {
+        return (await pool.any(query)) as ReadonlyArray<T>
+      } finally {
+        await pool.end()
+      }
+    }
+    const rows = await eventually("the result written after the outage", async () => {
+      const rows = await query<{ output: string }>(sql.unsafe`select output from job_results`)
+      return rows.length > 0 ? rows : undefined
+    })
+    console.log(`PostgreSQL outage: result committed ${Date.now() - recoveredAt} ms after it came back`)
+    expect(rows.map((r) => r.output)).toEqual(["during-outage\n"])
+    expect(server.child.exitCode, server.output()).toBeNull()
+    await sleep(4_000) // past a lease: the instance must not have declared itself or its peer lost
+    const sessions = await query<{ logout_reason: string | null }>(
+      sql.unsafe`select logout_reason from peer_sessions`,
+    )
+    expect(sessions.map((s) => s.logout_reason)).toEqual([null])
     server.signalGroup("SIGINT")
     expect(await server.exited, server.output()).toBe(0)
   })

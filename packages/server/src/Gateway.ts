@@ -171,6 +171,7 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
   /** Handles a batch: each peer's messages in order, different peers side by side. Returns what to ack. */
   const handleBatch = Effect.fnUntraced(function* (batch: ReadonlyArray<Delivery>) {
     const done: Array<Delivery> = []
+    const failed: Array<Delivery> = []
     const byPeer = new Map<string, Array<[Protocol.PeerMessage, Delivery]>>()
     for (const entry of batch) {
       const decoded = Protocol.decodePeerMessage(entry.payload)
@@ -192,12 +193,18 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
           for (const [message, entry] of list) {
             const exit = yield* Effect.exit(handle(message, entry))
             if (Exit.isSuccess(exit)) done.push(entry)
-            else yield* Effect.logError(`could not handle ${message.msg}; it stays pending`, exit.cause)
+            else {
+              failed.push(entry)
+              yield* Effect.logError(
+                `could not handle ${message.msg}; it stays pending and is retried`,
+                exit.cause,
+              )
+            }
           }
         }),
       { concurrency: 32, discard: true },
     )
-    return done
+    return { done, failed }
   })
 
   // Alive before the first login, so the others can tell if this instance dies with sessions open.
@@ -205,8 +212,18 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
   const reader = yield* transport.uplinkReader(config.serverId)
   let lastReclaim = 0
 
+  // Entries that failed (PostgreSQL away, say) are retried here every second, first in the next
+  // batch; they also stay pending in Redis, so another instance takes them if this one dies.
+  let retry: ReadonlyArray<Delivery> = []
+  let retryAt = 0
+
   const pump = Effect.gen(function* () {
-    let batch = yield* reader.read({ count: config.batchSize, blockMs: 1_000 })
+    const due = retry.length > 0 && Date.now() >= retryAt
+    let batch = yield* reader.read({ count: config.batchSize, blockMs: retry.length > 0 ? 200 : 1_000 })
+    if (due) {
+      batch = [...retry, ...batch]
+      retry = []
+    }
     if (Date.now() - lastReclaim > config.reclaimIdleMs / 2) {
       lastReclaim = Date.now()
       const reclaimed = yield* reader.reclaim(config.reclaimIdleMs, config.batchSize)
@@ -216,8 +233,12 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
       }
     }
     if (batch.length === 0) return
-    const done = yield* batchLock.withPermits(1)(handleBatch(batch))
+    const { done, failed } = yield* batchLock.withPermits(1)(handleBatch(batch))
     yield* reader.ack(done)
+    if (failed.length > 0) {
+      retry = [...retry, ...failed]
+      retryAt = Date.now() + 1_000
+    }
   }).pipe(
     Effect.catch((error) =>
       Effect.logError(`uplink: ${error.message}; retrying`).pipe(Effect.andThen(Effect.sleep("1 second"))),
@@ -229,8 +250,22 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
    * sessions another instance closed while this one was away (paused past its lease), and close
    * the sessions of instances that stopped saying they are alive.
    */
+  // After this instance could not reach PostgreSQL, the others could not either: give them a lease
+  // to say they are alive before judging any of them lost (no storm of false failovers).
+  let reapNotBefore = 0
+  let cutOff = false
   const keepAlive = Effect.gen(function* () {
-    yield* store.instanceAlive(config.serverId)
+    yield* store.instanceAlive(config.serverId).pipe(
+      Effect.tapError(() =>
+        Effect.sync(() => {
+          cutOff = true
+        }),
+      ),
+    )
+    if (cutOff) {
+      cutOff = false
+      reapNotBefore = Date.now() + config.leaseMs
+    }
     const mine = [...sessions.values()]
     const closedElsewhere = new Set(yield* store.closedSessions(mine.map((s) => s.sessionId)))
     for (const s of mine) {
@@ -242,11 +277,14 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
       config.leaseMs,
       "renew",
     )
-    const lost = yield* store.closeSessionsOfLostInstances({
-      deadAfterMs: config.leaseMs,
-      reason: Protocol.LogoutReason.serverLost,
-      byServerId: config.serverId,
-    })
+    const lost =
+      Date.now() < reapNotBefore
+        ? []
+        : yield* store.closeSessionsOfLostInstances({
+            deadAfterMs: config.leaseMs,
+            reason: Protocol.LogoutReason.serverLost,
+            byServerId: config.serverId,
+          })
     for (const { peerId } of lost) {
       yield* Effect.logWarning("logged out: its server instance is gone").pipe(
         Effect.annotateLogs({ peer_id: peerId }),
