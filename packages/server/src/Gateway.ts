@@ -1,7 +1,6 @@
 import { randomUUID } from "node:crypto"
 import {
   type Delivery,
-  hashSecret,
   type JobScheduler,
   newSecret,
   type PeerSession,
@@ -100,7 +99,11 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
     if (Option.isSome(verdict)) return yield* reject(message, verdict.value)
 
     const previous = sessions.get(message.peer_id)
-    if (previous) yield* previous.end(Protocol.LogoutReason.replaced)
+    if (previous) {
+      // Out of the map first, so its end does not release the mark the new session is about to take.
+      sessions.delete(message.peer_id)
+      yield* previous.end(Protocol.LogoutReason.replaced)
+    }
     // Mark the peer as ours before it hears it is accepted: its first heartbeat may be read by
     // another instance, which must forward it here rather than call the session expired.
     yield* transport.claimPeers(config.serverId, [message.peer_id], config.leaseMs, "take")
@@ -226,7 +229,11 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
     }
     if (Date.now() - lastReclaim > config.reclaimIdleMs / 2) {
       lastReclaim = Date.now()
-      const reclaimed = yield* reader.reclaim(config.reclaimIdleMs, config.batchSize)
+      // What this instance is already retrying may come back here too: keep one copy of each.
+      const retrying = new Set([...retry, ...batch].map((d) => d.id))
+      const reclaimed = (yield* reader.reclaim(config.reclaimIdleMs, config.batchSize)).filter(
+        (d) => !retrying.has(d.id),
+      )
       if (reclaimed.length > 0) {
         yield* Effect.logInfo(`took over ${reclaimed.length} pending message(s)`)
         batch = [...reclaimed, ...batch]
@@ -365,6 +372,3 @@ export const gatewayConfigFrom = (
   staleRegisterMs: 60_000,
   reclaimIdleMs: 30_000,
 })
-
-/** The hash of a secret, for the enrollment tokens given in the environment. */
-export const hashToken = hashSecret

@@ -103,25 +103,34 @@ export const startPeerSession = Effect.fnUntraced(function* (
     hostname: start.hostname,
     agentVersion: start.agentVersion,
   })
-  yield* transport.sendToPeer(
-    peerId,
-    Protocol.encodeMessage({
-      msg: "register",
-      peer_id: peerId,
-      token: start.sessionToken,
-      status: "accepted",
-      session_id: sessionId,
-      server_id: config.serverId,
-      heartbeat_ms: config.heartbeatMs,
-    }),
+  // Once the login is written, a start that fails half-way still closes the session it opened.
+  const tickets: TicketQueue = yield* Effect.gen(function* () {
+    yield* transport.sendToPeer(
+      peerId,
+      Protocol.encodeMessage({
+        msg: "register",
+        peer_id: peerId,
+        token: start.sessionToken,
+        status: "accepted",
+        session_id: sessionId,
+        server_id: config.serverId,
+        heartbeat_ms: config.heartbeatMs,
+      }),
+    )
+    return yield* scheduler.plan({
+      peerId,
+      sessionId,
+      serverId: config.serverId,
+      os: start.os,
+      distro: start.distro,
+    })
+  }).pipe(
+    Effect.tapError(() =>
+      store
+        .logout({ peerId, sessionId, reason: Protocol.LogoutReason.startFailed, serverId: config.serverId })
+        .pipe(Effect.andThen(store.closeOpenTickets(sessionId, "cancelled")), Effect.ignore),
+    ),
   )
-  const tickets: TicketQueue = yield* scheduler.plan({
-    peerId,
-    sessionId,
-    serverId: config.serverId,
-    os: start.os,
-    distro: start.distro,
-  })
 
   const mailbox = yield* Queue.unbounded<Command>()
   const ended = yield* Deferred.make<void>()

@@ -265,4 +265,6 @@ export const LogoutReason = {
   replaced: "replaced",
   /** The server instance holding the session died; another instance closed the session. */
   serverLost: "server_lost",
+  /** The server could not finish opening the session (it will answer the registration again). */
+  startFailed: "start_failed",
 } as const
