@@ -126,4 +126,44 @@ describe("two server instances", () => {
       onA.map(() => "server_shutdown"),
     )
   })
+
+  it("a paused instance (SIGSTOP past its lease) finds its sessions closed when it wakes, and its late writes change nothing", async () => {
+    const { a, b } = await startFleet()
+    await eventually("every result", async () => {
+      const rows = await world.query(sql.unsafe`select 1 from job_results`)
+      return rows.length === 4 ? true : undefined
+    })
+    a.signalGroup("SIGSTOP")
+    await eventually(
+      "server-a's peers back on server-b",
+      async () => {
+        const rows = await sessions()
+        return rows.filter((s) => s.server_id === "server-b" && s.open).length === 4 ? rows : undefined
+      },
+      30_000,
+    )
+    a.signalGroup("SIGCONT")
+    await sleep(3_000) // server-a wakes, renews, and looks at its sessions
+    const rows = await sessions()
+    expect(rows.filter((s) => s.server_id === "server-a").map((s) => s.logout_reason)).toEqual([
+      "server_lost",
+      "server_lost",
+      "server_lost",
+      "server_lost",
+    ])
+    expect(rows.filter((s) => s.open).every((s) => s.server_id === "server-b")).toBe(true)
+    const results = await world.query<{ n: number; distinct_tickets: number }>(
+      sql.unsafe`select count(*)::int as n, count(distinct ticket)::int as distinct_tickets from job_results`,
+    )
+    expect(results[0]?.n).toBe(results[0]?.distinct_tickets)
+    expect(a.output()).not.toMatch(/Error|defect/i)
+    a.signalGroup("SIGINT")
+    b.signalGroup("SIGINT")
+    expect(await a.exited, a.output()).toBe(0)
+    expect(await b.exited, b.output()).toBe(0)
+    const after = await sessions()
+    expect(
+      after.filter((s) => s.server_id === "server-a").every((s) => s.logout_reason === "server_lost"),
+    ).toBe(true)
+  })
 })
