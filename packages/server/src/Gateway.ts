@@ -47,6 +47,13 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
   const scope = yield* Scope.Scope
   const sessions = new Map<string, PeerSession>()
   let accepting = true
+  // While Redis is away (reads fail, or hang through reconnects) no peer can be heard: sessions do
+  // not time out meanwhile, and once it is back every session gets a full grace period again, so an
+  // outage does not end in a storm of timeouts for peers that were never silent.
+  const READ_BLOCK_MS = 1_000
+  const DEAF_AFTER_MS = READ_BLOCK_MS + 2_000
+  let lastRead = Date.now()
+  const sessionConfig = { ...config, canHearPeers: () => Date.now() - lastRead < DEAF_AFTER_MS }
   // Held while a batch is handled: shutdown takes it to see every session a batch may be opening.
   const batchLock = yield* Semaphore.make(1)
 
@@ -118,7 +125,7 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
         hostname: message.hostname ?? null,
         agentVersion: message.agent_version ?? null,
       },
-      config,
+      sessionConfig,
     ).pipe(Scope.provide(scope), Effect.provideContext(services))
     sessions.set(message.peer_id, session)
     // Forget the session when it ends, unless a newer one has taken its place.
@@ -222,7 +229,15 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
 
   const pump = Effect.gen(function* () {
     const due = retry.length > 0 && Date.now() >= retryAt
-    let batch = yield* reader.read({ count: config.batchSize, blockMs: retry.length > 0 ? 200 : 1_000 })
+    let batch = yield* reader.read({
+      count: config.batchSize,
+      blockMs: retry.length > 0 ? 200 : READ_BLOCK_MS,
+    })
+    if (Date.now() - lastRead >= DEAF_AFTER_MS) {
+      yield* Effect.logInfo(`Redis is back: ${sessions.size} session(s) get a fresh grace period`)
+      yield* Effect.forEach(sessions.values(), (s) => s.heartbeat, { discard: true })
+    }
+    lastRead = Date.now()
     if (due) {
       batch = [...retry, ...batch]
       retry = []

@@ -13,6 +13,11 @@ export interface SessionConfig {
   readonly graceMs: number
   /** Added to a ticket's deadline (see TicketQueue.overdue) before it is marked timed_out. */
   readonly deadlineSlackMs: number
+  /**
+   * False while the server itself cannot hear anyone (its transport is down): silence then says
+   * nothing about the peer, so no session times out. Absent: always true.
+   */
+  readonly canHearPeers?: () => boolean
 }
 
 export interface SessionStart {
@@ -261,7 +266,7 @@ export const startPeerSession = Effect.fnUntraced(function* (
         )
       case "Tick":
         // Once told to shut down, a peer stops heartbeating; the shutdown ends the session.
-        return !shuttingDown && Date.now() - lastSeen > config.graceMs
+        return !shuttingDown && (config.canHearPeers?.() ?? true) && Date.now() - lastSeen > config.graceMs
           ? finish(Protocol.LogoutReason.timeout).pipe(
               Effect.catch((e) => Effect.logWarning("could not log out a silent peer", e)),
             )

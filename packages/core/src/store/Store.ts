@@ -181,6 +181,7 @@ export class Store extends Context.Service<
     /**
      * Logs out, with `reason`, every open session whose instance has not been alive for `deadAfterMs`
      * (and did not stop cleanly), and cancels their open tickets. The logout rows name `byServerId`.
+     * Never the caller's own sessions: an instance running this is not lost, only slow.
      * Returns the sessions it closed.
      */
     readonly closeSessionsOfLostInstances: (entry: {

@@ -140,7 +140,7 @@ export const makeMemoryStore = Effect.sync(() => {
         const now = Date.now()
         const lost = new Set(
           [...instances]
-            .filter(([, i]) => i.stoppedAt === null && i.aliveAt < now - deadAfterMs)
+            .filter(([id, i]) => id !== byServerId && i.stoppedAt === null && i.aliveAt < now - deadAfterMs)
             .map(([serverId]) => serverId),
         )
         const open = log.filter((r) => r.event === "login" && lost.has(r.serverId) && !isClosed(r.sessionId))

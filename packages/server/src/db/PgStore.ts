@@ -320,7 +320,7 @@ export const makePgStore = (pool: DatabasePool): Store["Service"] =>
           // cannot overflow the way now() - interval can.
           const lost = await tx.anyFirst(sql.type(ServerIdRow)`
             select server_id as "serverId" from server_instances
-            where stopped_at is null
+            where stopped_at is null and server_id <> ${entry.byServerId}
               and extract(epoch from alive_at) * 1000 < extract(epoch from now()) * 1000
                 - ${entry.deadAfterMs}::float8
             order by server_id
