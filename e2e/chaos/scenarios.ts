@@ -93,6 +93,14 @@ const untilPeersMoved = async (run: Run, victims: ReadonlyArray<string>, to: str
   return Date.now() - since
 }
 
+/** Redis killed, away for 3 s, started again; recovery is until the next result is committed. */
+const restartRedis = async (run: Run) => {
+  await run.redis!.stop()
+  await sleep(3_000)
+  await run.redis!.start()
+  return untilNextResult(run.pool, Date.now())
+}
+
 interface ScenarioSpec {
   readonly servers: number
   readonly privateRedis?: { readonly persistent: boolean }
@@ -113,22 +121,12 @@ export const scenarios: Record<string, ScenarioSpec> = {
   "Redis restarted, AOF on": {
     servers: 1,
     privateRedis: { persistent: true },
-    fault: async (run) => {
-      await run.redis!.stop()
-      await sleep(3_000)
-      await run.redis!.start()
-      return untilNextResult(run.pool, Date.now())
-    },
+    fault: (run) => restartRedis(run),
   },
   "Redis restarted, no persistence": {
     servers: 1,
     privateRedis: { persistent: false },
-    fault: async (run) => {
-      await run.redis!.stop()
-      await sleep(3_000)
-      await run.redis!.start()
-      return untilNextResult(run.pool, Date.now())
-    },
+    fault: (run) => restartRedis(run),
   },
   "PostgreSQL away for 10 s": {
     servers: 1,

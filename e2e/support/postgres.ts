@@ -1,8 +1,8 @@
 import { execFileSync, spawnSync } from "node:child_process"
 import { chmodSync, mkdtempSync, readdirSync } from "node:fs"
-import { createServer } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import { freePort } from "./ports.ts"
 
 /**
  * A PostgreSQL cluster of a test's own (initdb in a temporary folder, a free port), for tests
@@ -20,15 +20,6 @@ const binDir = () => {
   return join("/usr/lib/postgresql", versions[0]!, "bin")
 }
 
-const freePort = () =>
-  new Promise<number>((resolve, reject) => {
-    const server = createServer()
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address()
-      server.close(() =>
-        typeof address === "object" && address ? resolve(address.port) : reject(new Error("no port")),
-      )
-    })
   })
 
 export const startPrivatePostgres = async (): Promise<PrivatePostgres> => {
