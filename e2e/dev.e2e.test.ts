@@ -16,7 +16,7 @@ const embeddedEnv = (dataDir: string) => {
 
 /** `make dev` with DATABASE_URL and REDIS_URL removed, so it must use the embedded layers. */
 const startMakeDev = (dataDir: string) => {
-  const env = { ...process.env, ...embeddedEnv(dataDir), FORCE_COLOR: "0" }
+  const env: NodeJS.ProcessEnv = { ...process.env, ...embeddedEnv(dataDir), FORCE_COLOR: "0" }
   delete env.DATABASE_URL
   delete env.REDIS_URL
   const child = spawn("make", ["dev"], {

@@ -20,8 +20,6 @@ const binDir = () => {
   return join("/usr/lib/postgresql", versions[0]!, "bin")
 }
 
-  })
-
 export const startPrivatePostgres = async (): Promise<PrivatePostgres> => {
   const bin = binDir()
   const port = await freePort()

@@ -126,9 +126,9 @@ export const runPnpm = async (
 
 export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
-/** Polls until `check` returns a value, or fails after timeoutMs. */
+/** Polls until `check` returns a value, or fails after timeoutMs; `what` may be computed late. */
 export const eventually = async <A>(
-  what: string,
+  what: string | (() => string),
   check: () => Promise<A | undefined>,
   timeoutMs = 30_000,
 ): Promise<A> => {

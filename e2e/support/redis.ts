@@ -15,8 +15,6 @@ export interface PrivateRedis {
   readonly start: () => Promise<void>
 }
 
-  })
-
 const answers = async (url: string) => {
   const client = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null })
   client.on("error", () => {})
