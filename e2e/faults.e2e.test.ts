@@ -10,22 +10,26 @@ import { type PrivateRedis, startPrivateRedis } from "./support/redis.ts"
 // Faults the seed's system must ride out: Redis going away under a server and a peer.
 
 const here = detectOs()
-let world: World
-let redis: PrivateRedis
+/** What the test started, stopped after it whatever happened. */
+const cleanup: { redis?: PrivateRedis | undefined; world?: World | undefined } = {}
 afterEach(async () => {
   await killAll()
-  await redis.stop()
-  await world.close()
+  await cleanup.redis?.stop()
+  await cleanup.world?.close()
+  cleanup.redis = undefined
+  cleanup.world = undefined
 })
 
 const start = async (persistent: boolean) => {
-  redis = await startPrivateRedis({ persistent })
-  world = await makeWorld({
+  const redis = await startPrivateRedis({ persistent })
+  cleanup.redis = redis
+  const world = await makeWorld({
     REDIS_URL: redis.url,
     PICUS_HEARTBEAT_MS: "500",
     PICUS_GRACE_MS: "20000",
     PICUS_TOKENS: "tok",
   })
+  cleanup.world = world
   const catalog = writeCatalog(world.dir, [
     { id: "slow", name: "Slow", os: here.os, distro: here.distro, command: "sleep 3; echo after-outage" },
   ])
@@ -41,12 +45,12 @@ const start = async (persistent: boolean) => {
     peerEnv,
   )
   await peer.waitForLine(/registered as p1/)
-  return { server, peer, peerEnv }
+  return { server, peer, peerEnv, redis, world }
 }
 
 describe("Redis restarts", () => {
   it("with persistence: a result finished during the outage is delivered and recorded once it is back", async () => {
-    const { server, peer } = await start(true)
+    const { server, peer, redis, world } = await start(true)
     await sleep(500) // the slow job is running
     await redis.stop()
     await sleep(4_000) // it finishes while Redis is down
@@ -62,7 +66,7 @@ describe("Redis restarts", () => {
   })
 
   it("without persistence: server and peers keep running, and new peers register once it is back", async () => {
-    const { server, peer, peerEnv } = await start(false)
+    const { server, peer, peerEnv, redis, world } = await start(false)
     await redis.stop()
     await sleep(2_000)
     await redis.start()
@@ -91,14 +95,16 @@ describe("PostgreSQL unavailable", () => {
 
   it("for 8 seconds mid-run: the server keeps running and records what came in meanwhile, and nobody is declared lost", async () => {
     pg = await startPrivatePostgres()
-    redis = await startPrivateRedis({ persistent: false })
-    world = await makeWorld({
+    const redis = await startPrivateRedis({ persistent: false })
+    cleanup.redis = redis
+    const world = await makeWorld({
       REDIS_URL: redis.url,
       PICUS_HEARTBEAT_MS: "500",
       PICUS_GRACE_MS: "20000",
       PICUS_LEASE_MS: "3000",
       PICUS_TOKENS: "tok",
     })
+    cleanup.world = world
     const catalog = writeCatalog(world.dir, [
       { id: "slow", name: "Slow", os: here.os, distro: here.distro, command: "sleep 2; echo during-outage" },
     ])

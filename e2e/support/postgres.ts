@@ -1,5 +1,5 @@
 import { execFileSync, spawnSync } from "node:child_process"
-import { chmodSync, mkdtempSync, readdirSync } from "node:fs"
+import { chmodSync, existsSync, mkdtempSync, readdirSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { freePort } from "./ports.ts"
@@ -14,6 +14,10 @@ export interface PrivatePostgres {
   readonly stop: () => void
   readonly start: () => void
 }
+
+/** runuser lives in sbin, which a minimal PATH may lack. */
+const runuser = () =>
+  ["/usr/sbin/runuser", "/sbin/runuser", "/usr/bin/runuser"].find((p) => existsSync(p)) ?? "runuser"
 
 const binDir = () => {
   const versions = readdirSync("/usr/lib/postgresql").sort((a, b) => Number(b) - Number(a))
@@ -30,9 +34,11 @@ export const startPrivatePostgres = async (): Promise<PrivatePostgres> => {
     const full = join(bin, command)
     const isRoot = process.getuid?.() === 0
     const result = isRoot
-      ? spawnSync("runuser", ["-u", "postgres", "--", full, ...args], { encoding: "utf8" })
+      ? spawnSync(runuser(), ["-u", "postgres", "--", full, ...args], { encoding: "utf8" })
       : spawnSync(full, [...args], { encoding: "utf8" })
-    if (result.status !== 0) throw new Error(`${command} failed: ${result.stderr || result.stdout}`)
+    if (result.status !== 0) {
+      throw new Error(`${command} failed: ${result.error?.message ?? (result.stderr || result.stdout)}`)
+    }
   }
   asOwner("initdb", ["-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8"])
   const options = `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off`
