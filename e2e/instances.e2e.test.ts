@@ -134,11 +134,14 @@ describe("two server instances", () => {
       return rows.length === 4 ? true : undefined
     })
     a.signalGroup("SIGSTOP")
+    // Paused past its lease: server-b has closed its sessions and taken its peers.
     await eventually(
-      "server-a's peers back on server-b",
+      "server-a's sessions closed and its peers back on server-b",
       async () => {
         const rows = await sessions()
-        return rows.filter((s) => s.server_id === "server-b" && s.open).length === 4 ? rows : undefined
+        const lost = rows.filter((s) => s.server_id === "server-a" && s.logout_reason === "server_lost")
+        const back = rows.filter((s) => s.server_id === "server-b" && s.open)
+        return lost.length === 4 && back.length === 4 ? rows : undefined
       },
       30_000,
     )
