@@ -61,8 +61,8 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
       Effect.asVoid,
     )
   let current: Session | undefined
-  /** Tickets started by this process (the state file also knows those of earlier runs). */
-  const startedHere = new Set<string>()
+  /** Tickets this process has taken and not finished (running, or waiting for a slot). */
+  const inProgress = new Set<string>()
 
   const register = sendUntilAccepted({
     msg: "register",
@@ -180,30 +180,36 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
               }
               if (!acceptingJobs) return yield* Effect.logInfo(`skipped job ${job.ticket}: shutting down`)
               const s = session
-              if (startedHere.has(job.ticket)) {
+              if (inProgress.has(job.ticket)) {
                 return yield* Effect.logWarning(`skipped job ${job.ticket}: delivered again while it runs`)
               }
               if (config.state.hasRun(job.ticket)) {
-                // Started by an earlier run of this peer that stopped before it reported: say so
-                // rather than run a command twice.
-                yield* Effect.logWarning(`not running job ${job.ticket} again: started before a restart`)
+                // Run before (by this process, or by an earlier one that stopped before it
+                // reported), and the server never got the outcome: say so rather than run a
+                // command twice.
+                yield* Effect.logWarning(`not running job ${job.ticket} again: it was started before`)
                 return yield* sendResult({
                   msg: "result",
                   ticket: job.ticket,
                   peer_id: peerId,
                   token: s.token,
-                  result: "not run again: this peer started it before it restarted, and lost the outcome",
+                  result: "not run again: this peer started it before, and its outcome was lost",
                   status: "failed",
                   exit_code: null,
                 })
               }
-              startedHere.add(job.ticket)
+              inProgress.add(job.ticket)
               // A job still waiting for a slot when `shutdown` arrives is not started.
               const whenSlotFree = Effect.suspend(() => (acceptingJobs ? runJob(s, job) : Effect.void))
               const fiber = yield* slots.withPermits(1)(whenSlotFree).pipe(Effect.forkScoped)
               running.add(fiber)
               yield* Fiber.await(fiber).pipe(
-                Effect.andThen(Effect.sync(() => running.delete(fiber))),
+                Effect.andThen(
+                  Effect.sync(() => {
+                    running.delete(fiber)
+                    inProgress.delete(job.ticket)
+                  }),
+                ),
                 Effect.forkScoped,
               )
               return

@@ -1,4 +1,4 @@
-import { existsSync, mkdtempSync } from "node:fs"
+import { existsSync, mkdtempSync, readFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { assert, describe, it } from "@effect/vitest"
@@ -95,6 +95,13 @@ describe("peer agent", () => {
       assert.strictEqual(byTicket.get("2")?.status, "refused")
       assert.isFalse(existsSync(marker), "a job for another distro never runs")
       assert.strictEqual(byTicket.get("3")?.status, "succeeded")
+      // Sent again after it finished (its answer lost, say): answered, not run a second time.
+      yield* toPeer(job("1", `echo $$ >> ${join(dir, "count")}; echo once`))
+      const [again] = yield* collectResults(fromPeer, 1)
+      assert.strictEqual(again?.ticket, "1")
+      assert.strictEqual(again?.status, "failed")
+      assert.include(again?.result ?? "", "not run again")
+      assert.strictEqual(readFileSync(join(dir, "count"), "utf8").trim().split("\n").length, 1, "ran once")
     }).pipe(Effect.scoped, Effect.provide(TransportMemory.layerMemory)),
   )
 

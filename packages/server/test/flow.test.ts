@@ -120,7 +120,7 @@ const rawPeer = Effect.fnUntraced(function* (peerId: string, token: string) {
         exit_code: 0,
       }),
     )
-  return { session, jobs, sendResult }
+  return { session, jobs, sendResult, next }
 })
 
 describe.each(compositions)("server and peers in one process (%s)", (_name, layer) => {
@@ -212,7 +212,7 @@ describe.each(compositions)("server and peers in one process (%s)", (_name, laye
   )
 
   it.live(
-    "ends tickets that never get an answer timed_out, and refuses their late results",
+    "sends a ticket with no answer once more, then ends it timed_out and refuses its late result",
     () =>
       Effect.gen(function* () {
         const store = yield* Store
@@ -220,6 +220,12 @@ describe.each(compositions)("server and peers in one process (%s)", (_name, laye
         const gateway = yield* makeGateway({ ...gatewayConfig, deadlineSlackMs: 200, graceMs: 10_000 })
         yield* Effect.forkScoped(gateway.run)
         const silent = yield* rawPeer("silent", "good-token") // takes its two jobs, never answers
+        const again = [(yield* silent.next) as Protocol.Job, (yield* silent.next) as Protocol.Job]
+        assert.deepStrictEqual(
+          again.map((j) => j.ticket).sort(),
+          silent.jobs.map((j) => j.ticket).sort(),
+          "the same tickets, sent again",
+        )
         const states = yield* waitFor(
           Effect.forEach(silent.jobs, (j) => store.ticketState(j.ticket)).pipe(
             Effect.map((s) => (s.every((x) => Option.getOrUndefined(x) === "timed_out") ? s : undefined)),
@@ -230,6 +236,28 @@ describe.each(compositions)("server and peers in one process (%s)", (_name, laye
         yield* silent.sendResult(silent.jobs[0]!.ticket, "too late")
         yield* Effect.sleep("500 millis")
         assert.strictEqual((yield* store.results({ limit: 10 })).length, 0)
+      }).pipe(Effect.scoped, Effect.provide(layer())),
+    30_000,
+  )
+
+  it.live(
+    "a job whose message was lost runs when it is sent again",
+    () =>
+      Effect.gen(function* () {
+        const store = yield* Store
+        yield* store.replaceCatalog(catalog.map((job) => ({ ...job, timeout_ms: 100 })))
+        const gateway = yield* makeGateway({ ...gatewayConfig, deadlineSlackMs: 200, graceMs: 10_000 })
+        yield* Effect.forkScoped(gateway.run)
+        const peer = yield* rawPeer("forgetful", "good-token") // as if both job messages were lost
+        const again = [(yield* peer.next) as Protocol.Job, (yield* peer.next) as Protocol.Job]
+        for (const job of again) yield* peer.sendResult(job.ticket, `ran ${job.ticket}`)
+        const rows = yield* waitFor(
+          store.results({ limit: 10 }).pipe(Effect.map((r) => (r.length === 2 ? r : undefined))),
+          "both results",
+        )
+        assert.deepStrictEqual(rows.map((r) => r.status).sort(), ["succeeded", "succeeded"])
+        for (const job of again)
+          assert.deepStrictEqual(yield* store.ticketState(job.ticket), Option.some("succeeded"))
       }).pipe(Effect.scoped, Effect.provide(layer())),
     30_000,
   )

@@ -33,18 +33,24 @@ export interface TicketQueue {
    * was lost. (Twice the timeout, because a job may wait for a free slot on the peer first.)
    */
   readonly overdue: (now: number, slackMs: number) => ReadonlyArray<Ticket>
+  /** How many times an in-flight ticket has been sent (1 after the first send). */
+  readonly deliveries: (ticket: string) => number
+  /** Records that an in-flight ticket was sent again now (its deadline starts over). */
+  readonly resent: (ticket: string) => void
 }
 
 const makeTicketQueue = (tickets: ReadonlyArray<Ticket>, maxInFlight: number): TicketQueue => {
   const waiting = [...tickets]
   const inFlight = new Map<string, Ticket>()
   const sentAt = new Map<string, number>()
+  const sends = new Map<string, number>()
   return {
     takeReady: () => {
       const ready = waiting.splice(0, Math.max(0, maxInFlight - inFlight.size))
       for (const t of ready) {
         inFlight.set(t.ticket, t)
         sentAt.set(t.ticket, Date.now())
+        sends.set(t.ticket, 1)
       }
       return ready
     },
@@ -56,7 +62,14 @@ const makeTicketQueue = (tickets: ReadonlyArray<Ticket>, maxInFlight: number): T
       const t = inFlight.get(ticket)
       inFlight.delete(ticket)
       sentAt.delete(ticket)
+      sends.delete(ticket)
       return t
+    },
+    deliveries: (ticket) => sends.get(ticket) ?? 0,
+    resent: (ticket) => {
+      if (!inFlight.has(ticket)) return
+      sentAt.set(ticket, Date.now())
+      sends.set(ticket, (sends.get(ticket) ?? 0) + 1)
     },
     overdue: (now, slackMs) =>
       [...inFlight.values()].filter((t) => (sentAt.get(t.ticket) ?? now) + 2 * t.timeoutMs + slackMs < now),

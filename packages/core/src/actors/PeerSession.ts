@@ -1,7 +1,7 @@
 import { Deferred, Effect, Exit, Queue, type Scope } from "effect"
 import * as Protocol from "../protocol/index.ts"
 import { hashSecret, sameHash } from "../secrets.ts"
-import { type RecordOutcome, type ResultStatus, Store, type StoreError } from "../store/Store.ts"
+import { type RecordOutcome, type ResultStatus, Store, type StoreError, type Ticket } from "../store/Store.ts"
 import { Transport, type TransportError } from "../transport/Transport.ts"
 import { JobScheduler, type TicketQueue } from "./JobScheduler.ts"
 
@@ -13,6 +13,12 @@ export interface SessionConfig {
   readonly graceMs: number
   /** Added to a ticket's deadline (see TicketQueue.overdue) before it is marked timed_out. */
   readonly deadlineSlackMs: number
+  /**
+   * How many times a ticket is sent before it is given up as timed_out (default 2: one more try).
+   * A job message Redis lost gets run on the second send; if it was the answer that was lost, the
+   * peer, which never runs a ticket twice, answers "not run again" and the ticket ends failed.
+   */
+  readonly maxDeliveries?: number
   /**
    * False while the server itself cannot hear anyone (its transport is down): silence then says
    * nothing about the peer, so no session times out. Absent: always true.
@@ -144,20 +150,22 @@ export const startPeerSession = Effect.fnUntraced(function* (
   let shuttingDown = false
 
   /** Sends what the window allows; what fails to send waits for the next tick. */
+  const jobMessage = (t: Ticket) =>
+    Protocol.encodeMessage({
+      msg: "job",
+      ticket: t.ticket,
+      peer_id: peerId,
+      token: start.sessionToken,
+      job: { name: t.name, os: t.os, distro: t.distro, command: t.command, timeout_ms: t.timeoutMs },
+    })
+
   const dispatch = Effect.gen(function* () {
     if (shuttingDown) return
     const ready = tickets.takeReady()
     if (ready.length === 0) return
     const sent: Array<string> = []
     for (const [i, t] of ready.entries()) {
-      const payload = Protocol.encodeMessage({
-        msg: "job",
-        ticket: t.ticket,
-        peer_id: peerId,
-        token: start.sessionToken,
-        job: { name: t.name, os: t.os, distro: t.distro, command: t.command, timeout_ms: t.timeoutMs },
-      })
-      const exit = yield* Effect.exit(transport.sendToPeer(peerId, payload))
+      const exit = yield* Effect.exit(transport.sendToPeer(peerId, jobMessage(t)))
       if (Exit.isFailure(exit)) {
         tickets.putBack(ready.slice(i))
         yield* Effect.logWarning("could not send jobs; will retry", exit.cause)
@@ -172,15 +180,32 @@ export const startPeerSession = Effect.fnUntraced(function* (
     }
   }).pipe(Effect.catch((e) => Effect.logWarning("could not mark jobs delivered", e)))
 
-  /** Tickets whose answer never came end timed_out, freeing their places for the next ones. */
+  /**
+   * Tickets whose answer never came are sent once more; after the last try they end timed_out,
+   * freeing their places for the next ones.
+   */
   const expireOverdue = Effect.gen(function* () {
     const late = tickets.overdue(Date.now(), config.deadlineSlackMs)
     if (late.length === 0) return
+    const maxDeliveries = config.maxDeliveries ?? 2
+    const again = late.filter((t) => tickets.deliveries(t.ticket) < maxDeliveries)
+    const givenUp = late.filter((t) => tickets.deliveries(t.ticket) >= maxDeliveries)
+    for (const t of again) {
+      yield* transport.sendToPeer(peerId, jobMessage(t))
+      tickets.resent(t.ticket)
+    }
+    if (again.length > 0) {
+      yield* store.markDelivered(again.map((t) => t.ticket))
+      yield* Effect.logWarning(
+        `no result in time for ticket(s) ${again.map((t) => t.ticket).join(", ")}: sent again`,
+      )
+    }
+    if (givenUp.length === 0) return
     const closed = yield* store.closeTickets(
-      late.map((t) => t.ticket),
+      givenUp.map((t) => t.ticket),
       "timed_out",
     )
-    for (const t of late) tickets.settle(t.ticket)
+    for (const t of givenUp) tickets.settle(t.ticket)
     yield* Effect.logWarning(`no result in time for ticket(s) ${closed.join(", ")}: timed out`)
   }).pipe(Effect.catch((e) => Effect.logWarning("could not time out overdue tickets", e)))
 
