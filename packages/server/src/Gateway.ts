@@ -332,7 +332,6 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
       ],
       { concurrency: 2, discard: true },
     ),
-    sessionCount: Effect.sync(() => sessions.size),
     /**
      * Graceful shutdown: refuse new registrations, log the shutdown with its reason, send every
      * peer `shutdown`, give running jobs `drainMs` to report, then log each peer out.
@@ -368,8 +367,6 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
     }),
   }
 })
-
-export type Gateway = Effect.Success<ReturnType<typeof makeGateway>>
 
 /** The gateway a server process runs with its configuration; `extraTokens` are accepted too. */
 export const gatewayConfigFrom = (

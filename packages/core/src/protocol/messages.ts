@@ -91,10 +91,6 @@ export const Result = Schema.Struct({
 })
 export type Result = typeof Result.Type
 
-/** Alias of {@link Result} whose name does not clash with Effect's `Result` module. */
-export const JobResult = Result
-export type JobResult = Result
-
 /** A peer says it is alive; `running` is the number of jobs in progress. */
 export const Heartbeat = Schema.Struct({
   msg: Schema.Literal("heartbeat"),

@@ -170,7 +170,6 @@ export class Store extends Context.Service<
       readonly serverId: string
       readonly reason: string
     }) => Effect.Effect<void, StoreError>
-    readonly touchPeer: (peerId: string) => Effect.Effect<void, StoreError>
 
     // Server instances: each one says it is alive; the sessions of one that stopped saying so
     // are closed by the others.

@@ -116,11 +116,6 @@ export const makeMemoryStore = Effect.sync(() => {
       Effect.sync(() =>
         append({ event: "shutdown", peerId: null, sessionId: null, reason, serverId, serverIp: null }),
       ),
-    touchPeer: (peerId) =>
-      Effect.sync(() => {
-        peers.set(peerId, { lastSeenAt: Date.now() })
-      }),
-
     instanceAlive: (serverId) =>
       Effect.sync(() => {
         const now = Date.now()

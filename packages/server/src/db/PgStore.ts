@@ -283,11 +283,6 @@ export const makePgStore = (pool: DatabasePool): Store["Service"] =>
         `)
       }),
 
-    touchPeer: (peerId) =>
-      attempt("touchPeer", async () => {
-        await pool.query(sql.type(NoRow)`update peers set last_seen_at = now() where peer_id = ${peerId}`)
-      }),
-
     instanceAlive: (serverId) =>
       attempt("instanceAlive", async () => {
         // An instance that had stopped cleanly and says it is alive again has restarted.
