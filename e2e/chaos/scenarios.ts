@@ -101,6 +101,13 @@ const restartRedis = async (run: Run) => {
   return untilNextResult(run.pool, Date.now())
 }
 
+/** Signals server-1; recovery is until its peers all have sessions on server-2. */
+const signalFirstServer = async (run: Run, signal: NodeJS.Signals) => {
+  const victims = await openSessionsOn(run.pool, "server-1")
+  run.servers[0]!.signalGroup(signal)
+  return untilPeersMoved(run, victims, "server-2", Date.now())
+}
+
 interface ScenarioSpec {
   readonly servers: number
   readonly privateRedis?: { readonly persistent: boolean }
@@ -112,11 +119,7 @@ interface ScenarioSpec {
 export const scenarios: Record<string, ScenarioSpec> = {
   "kill -9 one of two servers": {
     servers: 2,
-    fault: async (run) => {
-      const victims = await openSessionsOn(run.pool, "server-1")
-      run.servers[0]!.signalGroup("SIGKILL")
-      return untilPeersMoved(run, victims, "server-2", Date.now())
-    },
+    fault: (run) => signalFirstServer(run, "SIGKILL"),
   },
   "Redis restarted, AOF on": {
     servers: 1,
@@ -153,20 +156,14 @@ export const scenarios: Record<string, ScenarioSpec> = {
   "SIGSTOP a server past its lease, then SIGCONT": {
     servers: 2,
     fault: async (run) => {
-      const victims = await openSessionsOn(run.pool, "server-1")
-      run.servers[0]!.signalGroup("SIGSTOP")
-      const recovery = await untilPeersMoved(run, victims, "server-2", Date.now())
+      const recovery = await signalFirstServer(run, "SIGSTOP")
       run.servers[0]!.signalGroup("SIGCONT")
       return recovery
     },
   },
   "Ctrl+C on one of two servers": {
     servers: 2,
-    fault: async (run) => {
-      const victims = await openSessionsOn(run.pool, "server-1")
-      run.servers[0]!.signalGroup("SIGINT")
-      return untilPeersMoved(run, victims, "server-2", Date.now())
-    },
+    fault: (run) => signalFirstServer(run, "SIGINT"),
   },
 }
 

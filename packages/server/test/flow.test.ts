@@ -123,6 +123,19 @@ const rawPeer = Effect.fnUntraced(function* (peerId: string, token: string) {
   return { session, jobs, sendResult, next }
 })
 
+/** A server whose tickets are due 2 x 100 ms + 200 ms after they are sent. Returns the Store. */
+const serveWithShortDeadlines = Effect.gen(function* () {
+  const store = yield* Store
+  yield* store.replaceCatalog(catalog.map((job) => ({ ...job, timeout_ms: 100 })))
+  const gateway = yield* makeGateway({ ...gatewayConfig, deadlineSlackMs: 200, graceMs: 10_000 })
+  yield* Effect.forkScoped(gateway.run)
+  return store
+})
+
+/** The two jobs a raw peer is sent again once their deadline has passed. */
+const sentAgain = <E, R>(peer: { readonly next: Effect.Effect<Protocol.ServerMessage, E, R> }) =>
+  Effect.all([peer.next, peer.next]).pipe(Effect.map((jobs) => jobs as ReadonlyArray<Protocol.Job>))
+
 describe.each(compositions)("server and peers in one process (%s)", (_name, layer) => {
   it.live(
     "registers, runs matching jobs for real, records results, and shuts down with a reason",
@@ -215,12 +228,9 @@ describe.each(compositions)("server and peers in one process (%s)", (_name, laye
     "sends a ticket with no answer once more, then ends it timed_out and refuses its late result",
     () =>
       Effect.gen(function* () {
-        const store = yield* Store
-        yield* store.replaceCatalog(catalog.map((job) => ({ ...job, timeout_ms: 100 })))
-        const gateway = yield* makeGateway({ ...gatewayConfig, deadlineSlackMs: 200, graceMs: 10_000 })
-        yield* Effect.forkScoped(gateway.run)
+        const store = yield* serveWithShortDeadlines
         const silent = yield* rawPeer("silent", "good-token") // takes its two jobs, never answers
-        const again = [(yield* silent.next) as Protocol.Job, (yield* silent.next) as Protocol.Job]
+        const again = yield* sentAgain(silent)
         assert.deepStrictEqual(
           again.map((j) => j.ticket).sort(),
           silent.jobs.map((j) => j.ticket).sort(),
@@ -244,12 +254,9 @@ describe.each(compositions)("server and peers in one process (%s)", (_name, laye
     "a job whose message was lost runs when it is sent again",
     () =>
       Effect.gen(function* () {
-        const store = yield* Store
-        yield* store.replaceCatalog(catalog.map((job) => ({ ...job, timeout_ms: 100 })))
-        const gateway = yield* makeGateway({ ...gatewayConfig, deadlineSlackMs: 200, graceMs: 10_000 })
-        yield* Effect.forkScoped(gateway.run)
+        const store = yield* serveWithShortDeadlines
         const peer = yield* rawPeer("forgetful", "good-token") // as if both job messages were lost
-        const again = [(yield* peer.next) as Protocol.Job, (yield* peer.next) as Protocol.Job]
+        const again = yield* sentAgain(peer)
         for (const job of again) yield* peer.sendResult(job.ticket, `ran ${job.ticket}`)
         const rows = yield* waitFor(
           store.results({ limit: 10 }).pipe(Effect.map((r) => (r.length === 2 ? r : undefined))),
