@@ -1,4 +1,4 @@
-import { createHash, randomBytes, timingSafeEqual } from "node:crypto"
+import { createHash, createHmac, randomBytes, timingSafeEqual } from "node:crypto"
 
 /**
  * Tokens are 256-bit random secrets. They are stored and compared as SHA-256 hashes: a slow
@@ -7,6 +7,16 @@ import { createHash, randomBytes, timingSafeEqual } from "node:crypto"
 
 /** A new secret, e.g. `picus_3q2+…`; the prefix says what it is when it turns up somewhere. */
 export const newSecret = (kind: string): string => `${kind}_${randomBytes(32).toString("base64url")}`
+
+/**
+ * A session's token: an HMAC of its id under the cluster's session key. Nothing about it is stored;
+ * any instance holding the key can check a peer's token and sign the jobs it sends.
+ */
+export const sessionTokenOf = (key: Uint8Array, sessionId: string): string =>
+  `session_${createHmac("sha256", key).update(sessionId).digest("base64url")}`
+
+/** A new random key (for the session key, say). */
+export const newKey = (): Uint8Array => new Uint8Array(randomBytes(32))
 
 export const hashSecret = (secret: string): Uint8Array =>
   new Uint8Array(createHash("sha256").update(secret).digest())

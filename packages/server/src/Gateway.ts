@@ -2,27 +2,35 @@ import { randomUUID } from "node:crypto"
 import {
   type Delivery,
   type JobScheduler,
-  newSecret,
+  LeaseLost,
+  newKey,
   type PeerSession,
   Protocol,
+  resumePeerSession,
   type SessionConfig,
   Store,
   type StoreError,
+  sessionTokenOf,
   startPeerSession,
+  type TakenSession,
   Transport,
   type TransportError,
 } from "@picus/core"
-import { Effect, Exit, Option, Result, Scope, Semaphore } from "effect"
+import { Cause, Effect, Exit, Option, Result, Scope, Semaphore } from "effect"
 import type { ServerConfig } from "./config.ts"
 import { type EnrollmentTokens, enrollmentTokensFrom, verifyEnrollmentToken } from "./tokens.ts"
 
-export interface GatewayConfig extends SessionConfig {
+export interface GatewayConfig extends Omit<SessionConfig, "sessionKey"> {
   /**
-   * How long this instance's marks on its peers (and its "alive" row) hold without renewal. An
-   * instance silent for this long is taken for dead: its sessions are closed by the others and its
-   * peers register again with them. Renewed every third of it.
+   * How long this instance's session leases (and its marks on its peers in Redis) hold without
+   * renewal; renewed every third of it. The sessions of an instance silent for this long are taken
+   * over by the others, with their tickets; their peers keep their sessions.
    */
   readonly leaseMs: number
+  /** The cluster's session key; absent: the one kept in PostgreSQL (created by the first instance). */
+  readonly sessionKey?: Uint8Array | undefined
+  /** A ticket not delivered by this long after its creation ends undeliverable. */
+  readonly deliveryDeadlineMs: number
   readonly enrollment: EnrollmentTokens
   /** Uplink entries per read. */
   readonly batchSize: number
@@ -45,6 +53,8 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
   const transport = yield* Transport
   const services = yield* Effect.context<Store | Transport | JobScheduler>()
   const scope = yield* Scope.Scope
+  /** Sessions taken over per keep-alive round, at most. */
+  const TAKE_OVER_BATCH = 500
   const sessions = new Map<string, PeerSession>()
   let accepting = true
   // While Redis is away (reads fail, or hang through reconnects) no peer can be heard: sessions do
@@ -53,7 +63,12 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
   const READ_BLOCK_MS = 1_000
   const DEAF_AFTER_MS = READ_BLOCK_MS + 2_000
   let lastRead = Date.now()
-  const sessionConfig = { ...config, canHearPeers: () => Date.now() - lastRead < DEAF_AFTER_MS }
+  const sessionKey = config.sessionKey ?? (yield* store.sessionKey(newKey()))
+  const sessionConfig: SessionConfig = {
+    ...config,
+    sessionKey,
+    canHearPeers: () => Date.now() - lastRead < DEAF_AFTER_MS,
+  }
   // Held while a batch is handled: shutdown takes it to see every session a batch may be opening.
   const batchLock = yield* Semaphore.make(1)
 
@@ -105,11 +120,12 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
     )
     if (Option.isSome(verdict)) return yield* reject(message, verdict.value)
 
+    // A session of this peer held here stops now; the login closes it (and any held elsewhere) as
+    // replaced, and takes over its open tickets.
     const previous = sessions.get(message.peer_id)
     if (previous) {
-      // Out of the map first, so its end does not release the mark the new session is about to take.
       sessions.delete(message.peer_id)
-      yield* previous.end(Protocol.LogoutReason.replaced)
+      yield* previous.release
     }
     // Mark the peer as ours before it hears it is accepted: its first heartbeat may be read by
     // another instance, which must forward it here rather than call the session expired.
@@ -118,7 +134,6 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
       {
         peerId: message.peer_id,
         sessionId: randomUUID(),
-        sessionToken: newSecret("session"),
         serverIp: message.server_ip,
         os: message.os ?? null,
         distro: message.distro ?? null,
@@ -127,47 +142,85 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
       },
       sessionConfig,
     ).pipe(Scope.provide(scope), Effect.provideContext(services))
-    sessions.set(message.peer_id, session)
-    // Forget the session when it ends, unless a newer one has taken its place.
-    yield* session.ended.pipe(
-      Effect.andThen(
-        Effect.suspend(() => {
-          if (sessions.get(message.peer_id) !== session) return Effect.void
-          sessions.delete(message.peer_id)
-          return transport.releasePeer(message.peer_id, config.serverId).pipe(Effect.ignore)
-        }),
-      ),
-      Effect.forkIn(scope),
-    )
+    yield* keep(session)
   })
 
-  /** The session a message speaks for, if its token is that session's. */
-  const sessionOf = (message: { readonly peer_id: string; readonly token: string }) => {
-    const session = sessions.get(message.peer_id)
-    return session?.authenticate(message.token) ? session : undefined
-  }
+  /** Serves a session from now on; forgets it when it ends, unless a newer one took its place. */
+  const keep = (session: PeerSession) =>
+    Effect.gen(function* () {
+      sessions.set(session.peerId, session)
+      yield* session.ended.pipe(
+        Effect.andThen(
+          Effect.suspend(() => {
+            if (sessions.get(session.peerId) !== session) return Effect.void
+            sessions.delete(session.peerId)
+            return transport.releasePeer(session.peerId, config.serverId).pipe(Effect.ignore)
+          }),
+        ),
+        Effect.forkIn(scope),
+      )
+    })
 
-  const handle = (
-    message: Protocol.PeerMessage,
-    entry: Delivery,
-  ): Effect.Effect<void, StoreError | TransportError> => {
-    if (message.msg === "register") return register(message, entry)
-    const session = sessionOf(message)
-    const log = Effect.annotateLogs({ peer_id: message.peer_id })
-    if (!session) {
-      return Effect.gen(function* () {
-        // Another instance owns the peer's session: hand the message over, once (never onwards).
-        const owner = entry.forwarded ? undefined : yield* transport.ownerOf(message.peer_id)
-        if (owner !== undefined && owner !== config.serverId)
-          return yield* transport.forward(owner, entry.payload)
-        yield* Effect.logWarning(`${message.msg} refused: no session for this peer and token`).pipe(log)
-        // A peer that thinks it is logged in (its session timed out, or its server is gone) learns
-        // it must register again.
-        if (message.msg === "heartbeat" && sessions.has(message.peer_id) === false) {
-          yield* sendRejection(message.peer_id, Protocol.RejectReason.sessionExpired)
-        }
-      })
+  /** Carries on sessions taken over from a lost instance. */
+  const adopt = Effect.fnUntraced(function* (taken: ReadonlyArray<TakenSession>) {
+    if (taken.length === 0) return
+    yield* transport.claimPeers(
+      config.serverId,
+      taken.map((t) => t.peerId),
+      config.leaseMs,
+      "take",
+    )
+    for (const t of taken) {
+      const previous = sessions.get(t.peerId)
+      if (previous && previous.sessionId !== t.sessionId) yield* previous.release
+      const session = yield* resumePeerSession(t, sessionConfig).pipe(
+        Scope.provide(scope),
+        Effect.provideContext(services),
+      )
+      yield* keep(session)
     }
+  })
+
+  // After this instance could not reach PostgreSQL, the others could not either: give them a lease
+  // to renew theirs before taking any session over (no storm of false failovers).
+  let takeOverNotBefore = 0
+
+  /**
+   * A message for a session not held here, that no live Redis mark routes elsewhere. PostgreSQL
+   * says who holds it: a live holder gets it forwarded; a session whose lease ran out is taken over
+   * here, then handles it. Only a message carrying the session's own token can trigger that.
+   */
+  const unheld = Effect.fnUntraced(function* (
+    message: Exclude<Protocol.PeerMessage, Protocol.Register>,
+    entry: Delivery,
+  ) {
+    const open = yield* store.sessionOf(message.peer_id)
+    if (Option.isNone(open) || sessionTokenOf(sessionKey, open.value.sessionId) !== message.token) {
+      return false
+    }
+    const { sessionId, ownerId, expired } = open.value
+    if (ownerId !== config.serverId && (!expired || Date.now() < takeOverNotBefore)) {
+      yield* transport.forward(ownerId, entry.payload)
+      return true
+    }
+    const taken = yield* store.takeOverSessions({
+      serverId: config.serverId,
+      leaseMs: config.leaseMs,
+      limit: 1,
+      sessionId,
+    })
+    if (taken.length === 0) return yield* Effect.fail(new LeaseLost({ sessionId, epoch: open.value.epoch }))
+    yield* adopt(taken)
+    const session = sessions.get(message.peer_id)
+    if (!session) return false
+    yield* handleHeld(session, message)
+    return true
+  })
+
+  const handleHeld = (
+    session: PeerSession,
+    message: Exclude<Protocol.PeerMessage, Protocol.Register>,
+  ): Effect.Effect<void, StoreError | LeaseLost> => {
     switch (message.msg) {
       case "result":
         return session.result(message).pipe(Effect.asVoid)
@@ -178,12 +231,48 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
     }
   }
 
+  /** The session a message speaks for, if its token is that session's. */
+  const sessionOf = (message: { readonly peer_id: string; readonly token: string }) => {
+    const session = sessions.get(message.peer_id)
+    return session?.authenticate(message.token) ? session : undefined
+  }
+
+  const handle = (
+    message: Protocol.PeerMessage,
+    entry: Delivery,
+  ): Effect.Effect<void, StoreError | TransportError | LeaseLost> => {
+    if (message.msg === "register") return register(message, entry)
+    const session = sessionOf(message)
+    if (session) return handleHeld(session, message)
+    const log = Effect.annotateLogs({ peer_id: message.peer_id })
+    return Effect.gen(function* () {
+      // Another instance owns the peer's session: hand the message over, once (never onwards).
+      const owner = entry.forwarded ? undefined : yield* transport.ownerOf(message.peer_id)
+      if (owner !== undefined && owner !== config.serverId)
+        return yield* transport.forward(owner, entry.payload)
+      if (yield* unheld(message, entry)) return
+      yield* Effect.logWarning(`${message.msg} refused: no session for this peer and token`).pipe(log)
+      // A peer that thinks it is logged in (its session timed out, or was replaced) learns it must
+      // register again.
+      if (message.msg === "heartbeat" && sessions.has(message.peer_id) === false) {
+        yield* sendRejection(message.peer_id, Protocol.RejectReason.sessionExpired)
+      }
+    })
+  }
+
   /** Handles a batch: each peer's messages in order, different peers side by side. Returns what to ack. */
   const handleBatch = Effect.fnUntraced(function* (batch: ReadonlyArray<Delivery>) {
     const done: Array<Delivery> = []
     const failed: Array<Delivery> = []
     const byPeer = new Map<string, Array<[Protocol.PeerMessage, Delivery]>>()
     for (const entry of batch) {
+      const notice = entry.forwarded ? Protocol.decodeServerNotice(entry.payload) : undefined
+      if (notice !== undefined) {
+        const session = [...sessions.values()].find((s) => s.sessionId === notice.session_id)
+        if (session) yield* session.refill()
+        done.push(entry)
+        continue
+      }
       const decoded = Protocol.decodePeerMessage(entry.payload)
       if (Result.isFailure(decoded)) {
         yield* Effect.logWarning(
@@ -205,10 +294,16 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
             if (Exit.isSuccess(exit)) done.push(entry)
             else {
               failed.push(entry)
-              yield* Effect.logError(
-                `could not handle ${message.msg}; it stays pending and is retried`,
-                exit.cause,
+              const leaseLost = Cause.findErrorOption(exit.cause).pipe(
+                Option.exists((e) => e instanceof LeaseLost),
               )
+              // A session that moved while its message was in hand: the retry finds its new holder.
+              yield* leaseLost
+                ? Effect.logInfo(`${message.msg}: its session moved; retrying`)
+                : Effect.logError(
+                    `could not handle ${message.msg}; it stays pending and is retried`,
+                    exit.cause,
+                  )
             }
           }
         }),
@@ -268,13 +363,11 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
   )
 
   /**
-   * Every third of the lease: say this instance is alive, renew the marks on its peers, drop
-   * sessions another instance closed while this one was away (paused past its lease), and close
-   * the sessions of instances that stopped saying they are alive.
+   * Every third of the lease: say this instance is alive, renew the leases of its sessions (and
+   * let go of those closed or taken elsewhere, e.g. while this instance was paused), take over
+   * sessions whose lease ran out, pick up tickets submitted for its sessions, and run the
+   * reconciler's sweep of ticket deadlines.
    */
-  // After this instance could not reach PostgreSQL, the others could not either: give them a lease
-  // to say they are alive before judging any of them lost (no storm of false failovers).
-  let reapNotBefore = 0
   let cutOff = false
   const keepAlive = Effect.gen(function* () {
     yield* store.instanceAlive(config.serverId).pipe(
@@ -286,39 +379,48 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
     )
     if (cutOff) {
       cutOff = false
-      reapNotBefore = Date.now() + config.leaseMs
+      takeOverNotBefore = Date.now() + config.leaseMs
     }
     const mine = [...sessions.values()]
-    const closedElsewhere = new Set(yield* store.closedSessions(mine.map((s) => s.sessionId)))
-    for (const s of mine) {
-      if (closedElsewhere.has(s.sessionId)) yield* s.end(Protocol.LogoutReason.serverLost)
-    }
+    const held = new Set(
+      yield* store.renewLeases({
+        serverId: config.serverId,
+        leaseMs: config.leaseMs,
+        sessions: mine.map((s) => ({ sessionId: s.sessionId, epoch: s.epoch })),
+      }),
+    )
+    for (const s of mine) if (!held.has(s.sessionId)) yield* s.release
+    const kept = mine.filter((s) => held.has(s.sessionId))
     yield* transport.claimPeers(
       config.serverId,
-      mine.filter((s) => !closedElsewhere.has(s.sessionId)).map((s) => s.peerId),
+      kept.map((s) => s.peerId),
       config.leaseMs,
       "renew",
     )
-    const lost =
-      Date.now() < reapNotBefore
-        ? []
-        : yield* store.closeSessionsOfLostInstances({
-            deadAfterMs: config.leaseMs,
-            reason: Protocol.LogoutReason.serverLost,
-            byServerId: config.serverId,
-          })
-    for (const { peerId } of lost) {
-      yield* Effect.logWarning("logged out: its server instance is gone").pipe(
-        Effect.annotateLogs({ peer_id: peerId }),
-      )
-      yield* transport.publish(
-        Protocol.encodeFeedEvent({
-          event: "logged_out",
-          at: Date.now(),
-          server_id: config.serverId,
-          peer_id: peerId,
-          reason: Protocol.LogoutReason.serverLost,
-        }),
+    if (Date.now() >= takeOverNotBefore) {
+      const taken = yield* store.takeOverSessions({
+        serverId: config.serverId,
+        leaseMs: config.leaseMs,
+        limit: TAKE_OVER_BATCH,
+      })
+      if (taken.length > 0) {
+        const from = [...new Set(taken.map((t) => t.fromServerId))].join(", ")
+        yield* Effect.logWarning(`taking over ${taken.length} session(s) of ${from}`)
+        yield* adopt(taken)
+      }
+    }
+    const queued = yield* store.queuedCounts(kept.map((s) => s.sessionId))
+    for (const s of kept) {
+      const count = queued.get(s.sessionId)
+      if (count !== undefined) yield* s.refill(count)
+    }
+    const expired = yield* store.expireTickets({
+      deliveryDeadlineMs: config.deliveryDeadlineMs,
+      executionSlackMs: config.deadlineSlackMs,
+    })
+    if (expired.undeliverable + expired.timedOut > 0) {
+      yield* Effect.logWarning(
+        `deadlines passed: ${expired.undeliverable} ticket(s) undeliverable, ${expired.timedOut} timed out`,
       )
     }
   }).pipe(Effect.catch((error) => Effect.logError(`keep-alive: ${error.message}`)))
@@ -348,6 +450,7 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
         Protocol.encodeFeedEvent({ event: "shutdown", at: Date.now(), server_id: config.serverId, reason }),
       )
       const all = [...sessions.values()]
+      // Shutting down keeps the leases: while the sessions drain, nobody may take them over.
       yield* Effect.logInfo(`shutting down (${reason}): notifying ${all.length} peer(s)`)
       yield* Effect.forEach(all, (s) => s.notifyShutdown(reason).pipe(Effect.ignore), {
         concurrency: 32,
@@ -375,6 +478,8 @@ export const gatewayConfigFrom = (
 ): GatewayConfig => ({
   serverId: config.serverId,
   leaseMs: config.leaseMs,
+  sessionKey: config.sessionKey,
+  deliveryDeadlineMs: config.deliveryDeadlineMs,
   deadlineSlackMs: 30_000,
   heartbeatMs: config.heartbeatMs,
   graceMs: config.graceMs,

@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto"
 import { hostname } from "node:os"
 import { defaultCatalogPath } from "./catalog.ts"
 
@@ -20,6 +21,10 @@ export interface ServerConfig {
   readonly drainMs: number
   readonly maxInFlight: number
   readonly leaseMs: number
+  /** A ticket not delivered by this long after its creation ends undeliverable. */
+  readonly deliveryDeadlineMs: number
+  /** PICUS_SESSION_KEY: the key session tokens derive from; else one kept in PostgreSQL. */
+  readonly sessionKey: Uint8Array | undefined
 }
 
 /** Command-line options as cac gives them (camelCase); each wins over its environment variable. */
@@ -35,6 +40,7 @@ export interface ServerFlags {
   readonly drainMs?: number | string
   readonly maxInFlight?: number | string
   readonly leaseMs?: number | string
+  readonly deliveryDeadlineMs?: number | string
 }
 
 export class ConfigError extends Error {
@@ -47,6 +53,13 @@ const positiveInt = (name: string, value: number | string | undefined, fallback:
   if (!Number.isInteger(n) || n <= 0)
     throw new ConfigError(`${name} must be a positive whole number, got "${value}"`)
   return n
+}
+
+/** At least 32 characters of secret; its SHA-256 is the key. */
+const sessionKeyFrom = (value: string | undefined): Uint8Array | undefined => {
+  if (value === undefined || value === "") return undefined
+  if (value.length < 32) throw new ConfigError("PICUS_SESSION_KEY must be at least 32 characters")
+  return new Uint8Array(createHash("sha256").update(value).digest())
 }
 
 export const resolveServerConfig = (
@@ -67,5 +80,11 @@ export const resolveServerConfig = (
     drainMs: positiveInt("--drain-ms", flags.drainMs ?? env.PICUS_DRAIN_MS, 3_000),
     maxInFlight: positiveInt("--max-in-flight", flags.maxInFlight ?? env.PICUS_MAX_IN_FLIGHT, 8),
     leaseMs: positiveInt("--lease-ms", flags.leaseMs ?? env.PICUS_LEASE_MS, 15_000),
+    deliveryDeadlineMs: positiveInt(
+      "--delivery-deadline-ms",
+      flags.deliveryDeadlineMs ?? env.PICUS_DELIVERY_DEADLINE_MS,
+      3_600_000,
+    ),
+    sessionKey: sessionKeyFrom(env.PICUS_SESSION_KEY),
   }
 }

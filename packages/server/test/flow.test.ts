@@ -6,6 +6,7 @@ import { type Envelope, Protocol, Store, Transport } from "@picus/core"
 import { Effect, Exit, Fiber, Option, Result, Scope } from "effect"
 import { makeAgent, openStateFile } from "peer"
 import { makeGateway } from "../src/Gateway.ts"
+import { submitJobs } from "../src/submit.ts"
 import { enrollmentTokensFrom } from "../src/tokens.ts"
 import { compositions } from "./support/layers.ts"
 
@@ -14,6 +15,7 @@ import { compositions } from "./support/layers.ts"
 const gatewayConfig = {
   serverId: "test-server",
   leaseMs: 3_000,
+  deliveryDeadlineMs: 60_000,
   deadlineSlackMs: 30_000,
   heartbeatMs: 200,
   graceMs: 1_000,
@@ -349,39 +351,54 @@ describe.each(shared)("several server instances (%s)", (_name, layer) => {
   )
 
   it.live(
-    "when one dies, the other closes its sessions as server_lost and its peers register again there",
+    "when one dies, the other takes its sessions over with their tickets; the peers keep their sessions",
     () =>
       Effect.gen(function* () {
         const store = yield* Store
         yield* store.replaceCatalog(catalog)
         const a = yield* startInstance("a")
-        for (const p of ["p1", "p2"])
+        const peers = ["p1", "p2"]
+        for (const p of peers)
           yield* makeAgent(agentConfig(p, "good-token")).pipe(Effect.flatMap((x) => Effect.forkScoped(x.run)))
         yield* waitFor(
-          store.sessions({ limit: 10 }).pipe(Effect.map((s) => (s.length === 2 ? s : undefined))),
-          "two sessions on a",
+          store.results({ limit: 10 }).pipe(Effect.map((r) => (r.length === 4 ? r : undefined))),
+          "the catalog's 4 results, through a",
         )
         yield* startInstance("b")
         yield* a.die
-        const sessions = yield* waitFor(
+        // Submitted while a is dead but still holds the leases: the notice goes to a and is lost,
+        // so these arrive only through b's takeover, which reads them from PostgreSQL.
+        for (const peerId of peers) {
+          const { ownerId } = yield* submitJobs({
+            peerId,
+            submittedBy: "test",
+            jobs: [{ name: "after", command: `echo after-${peerId}`, timeoutMs: 5_000 }],
+          })
+          assert.strictEqual(ownerId, "a")
+        }
+        const results = yield* waitFor(
           store
-            .sessions({ limit: 10 })
-            .pipe(
-              Effect.map((s) =>
-                s.filter((x) => x.serverId === "b" && x.logoutAt === null).length === 2 &&
-                s.filter((x) => x.serverId === "a" && x.logoutAt !== null).length === 2
-                  ? s
-                  : undefined,
-              ),
-            ),
-          "a's sessions closed and both peers back on b",
+            .results({ limit: 10 })
+            .pipe(Effect.map((r) => (r.filter((x) => x.jobName === "after").length === 2 ? r : undefined))),
+          "the submitted jobs' results, through b",
           15_000,
         )
-        const onA = sessions.filter((s) => s.serverId === "a")
+        assert.strictEqual(new Set(results.map((r) => r.ticket)).size, 6)
         assert.deepStrictEqual(
-          onA.map((s) => s.logoutReason),
-          ["server_lost", "server_lost"],
+          results
+            .filter((r) => r.jobName === "after")
+            .map((r) => r.output.trim())
+            .sort(),
+          ["after-p1", "after-p2"],
         )
+        const sessions = yield* store.sessions({ limit: 10 })
+        assert.strictEqual(sessions.length, 2, "no new login: the sessions carried on")
+        assert.isTrue(sessions.every((s) => s.logoutAt === null && s.serverId === "a"))
+        for (const peerId of peers) {
+          const owner = Option.getOrThrow(yield* store.sessionOf(peerId))
+          assert.strictEqual(owner.ownerId, "b")
+          assert.strictEqual(owner.epoch, 2)
+        }
       }).pipe(Effect.scoped, Effect.provide(layer())),
     30_000,
   )

@@ -29,7 +29,7 @@ const sqlDirCopy = Effect.acquireRelease(
 const query = <A>(run: () => Promise<A>) => Effect.promise(run)
 
 /** The repository's migrations, in order. Tests that add migrations to a copy number them after these. */
-const REPO_MIGRATIONS = ["001_init.sql", "002_server_instances.sql"]
+const REPO_MIGRATIONS = ["001_init.sql", "002_server_instances.sql", "003_session_leases.sql"]
 
 const TableRow = std(Schema.Struct({ table_name: Schema.String, table_type: Schema.String }))
 const tables = (pool: DatabasePool) =>
@@ -67,37 +67,42 @@ const schemaSnapshot = (pool: DatabasePool) =>
   )
 
 describe("migrate", () => {
-  it.live("creates every table of 001 and 002 and the peer_sessions view, and records both", () =>
-    Effect.gen(function* () {
-      const db = yield* database
-      const pool = yield* makePool(db.url)
-      const result = yield* migrate(pool)
-      assert.deepStrictEqual(result.applied, REPO_MIGRATIONS)
-      const found = yield* tables(pool)
-      const byName = new Map(found.map((t) => [t.table_name, t.table_type]))
-      for (const table of [
-        "peers",
-        "tokens",
-        "jobs",
-        "tickets",
-        "job_results",
-        "registration_log",
-        "server_instances",
-        "schema_migrations",
-      ]) {
-        assert.strictEqual(byName.get(table), "BASE TABLE", table)
-      }
-      assert.strictEqual(byName.get("peer_sessions"), "VIEW")
-      const rows = yield* applied(pool)
-      assert.deepStrictEqual(
-        rows.map((r) => [r.version, r.name]),
-        [
-          [1, "001_init.sql"],
-          [2, "002_server_instances.sql"],
-        ],
-      )
-      for (const row of rows) assert.match(row.checksum, /^[0-9a-f]{64}$/)
-    }),
+  it.live(
+    "creates every table of the repository's migrations and the peer_sessions view, and records each",
+    () =>
+      Effect.gen(function* () {
+        const db = yield* database
+        const pool = yield* makePool(db.url)
+        const result = yield* migrate(pool)
+        assert.deepStrictEqual(result.applied, REPO_MIGRATIONS)
+        const found = yield* tables(pool)
+        const byName = new Map(found.map((t) => [t.table_name, t.table_type]))
+        for (const table of [
+          "peers",
+          "tokens",
+          "jobs",
+          "tickets",
+          "job_results",
+          "registration_log",
+          "server_instances",
+          "sessions",
+          "cluster_keys",
+          "schema_migrations",
+        ]) {
+          assert.strictEqual(byName.get(table), "BASE TABLE", table)
+        }
+        assert.strictEqual(byName.get("peer_sessions"), "VIEW")
+        const rows = yield* applied(pool)
+        assert.deepStrictEqual(
+          rows.map((r) => [r.version, r.name]),
+          [
+            [1, "001_init.sql"],
+            [2, "002_server_instances.sql"],
+            [3, "003_session_leases.sql"],
+          ],
+        )
+        for (const row of rows) assert.match(row.checksum, /^[0-9a-f]{64}$/)
+      }),
   )
 
   it.live("is idempotent: a second run applies nothing and changes nothing", () =>
@@ -121,7 +126,7 @@ describe("migrate", () => {
       const dir = yield* sqlDirCopy
       // A slow second migration keeps the first migrator inside its transaction while the other waits.
       yield* query(() =>
-        writeFile(join(dir, "003_slow.sql"), "select pg_sleep(0.3);\ncreate table slow (x int);\n"),
+        writeFile(join(dir, "009_slow.sql"), "select pg_sleep(0.3);\ncreate table slow (x int);\n"),
       )
       const a = yield* makePool(db.url)
       const b = yield* makePool(db.url)
@@ -129,11 +134,11 @@ describe("migrate", () => {
         concurrency: "unbounded",
       })
       const all = [...ra.applied, ...rb.applied].sort()
-      assert.deepStrictEqual(all, [...REPO_MIGRATIONS, "003_slow.sql"])
+      assert.deepStrictEqual(all, [...REPO_MIGRATIONS, "009_slow.sql"])
       assert.isTrue(ra.applied.length === 0 || rb.applied.length === 0, "one migrator applied everything")
       assert.deepStrictEqual(
         (yield* applied(a)).map((r) => r.version),
-        [1, 2, 3],
+        [...REPO_MIGRATIONS.map((_, i) => i + 1), 9],
       )
     }),
   )
@@ -143,15 +148,15 @@ describe("migrate", () => {
       const db = yield* database
       const dir = yield* sqlDirCopy
       yield* query(() =>
-        writeFile(join(dir, "003_broken.sql"), "create table fine (x int);\nselect * from nope;\n"),
+        writeFile(join(dir, "009_broken.sql"), "create table fine (x int);\nselect * from nope;\n"),
       )
       const pool = yield* makePool(db.url)
       const error = yield* Effect.flip(migrate(pool, { dir }))
       assert.instanceOf(error, MigrationError)
-      assert.include(error.message, "003_broken.sql")
+      assert.include(error.message, "009_broken.sql")
       assert.include(error.message, "nope")
       const found = yield* tables(pool)
-      assert.deepStrictEqual(found, [], "nothing of 001, 002 or 003 remains, not even schema_migrations")
+      assert.deepStrictEqual(found, [], "nothing of any migration remains, not even schema_migrations")
     }),
   )
 
@@ -164,7 +169,7 @@ describe("migrate", () => {
       yield* query(() =>
         writeFile(join(dir, "001_init.sql"), "create table changed (x int);\n", { flag: "a" }),
       )
-      yield* query(() => writeFile(join(dir, "003_next.sql"), "create table next (x int);\n"))
+      yield* query(() => writeFile(join(dir, "009_next.sql"), "create table next (x int);\n"))
       const error = yield* Effect.flip(migrate(pool, { dir }))
       assert.instanceOf(error, MigrationError)
       assert.include(error.message, "001_init.sql")
@@ -192,12 +197,12 @@ describe("migrate", () => {
     Effect.gen(function* () {
       const db = yield* database
       const dir = yield* sqlDirCopy
-      yield* query(() => writeFile(join(dir, "004_later.sql"), "create table later (x int);\n"))
+      yield* query(() => writeFile(join(dir, "010_later.sql"), "create table later (x int);\n"))
       const pool = yield* makePool(db.url)
       yield* migrate(pool, { dir })
-      yield* query(() => writeFile(join(dir, "003_between.sql"), "create table between_ (x int);\n"))
+      yield* query(() => writeFile(join(dir, "009_between.sql"), "create table between_ (x int);\n"))
       const error = yield* Effect.flip(migrate(pool, { dir }))
-      assert.include(error.message, "003_between.sql")
+      assert.include(error.message, "009_between.sql")
     }),
   )
 

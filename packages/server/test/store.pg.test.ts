@@ -124,6 +124,7 @@ layer(Layer.provideMerge(storeOverDb, dbLayer), { timeout: 60_000 })("PgStore on
           distro: null,
           hostname: null,
           agentVersion: null,
+          leaseMs: 1_000,
         }),
       )
       assert.strictEqual(bad.operation, "login")
@@ -144,10 +145,11 @@ layer(Layer.provideMerge(storeOverDb, dbLayer), { timeout: 60_000 })("PgStore on
         distro: "debian",
         hostname: null,
         agentVersion: null,
+        leaseMs: 60_000,
       })
       const outcomes = yield* Effect.all(
         Array.from({ length: 8 }, (_, i) =>
-          store.logout({ peerId, sessionId, reason: `r${i}`, serverId: "s" }),
+          store.logout({ peerId, sessionId, epoch: 1, reason: `r${i}`, serverId: "s" }),
         ),
         { concurrency: "unbounded" },
       )
@@ -172,6 +174,7 @@ layer(Layer.provideMerge(storeOverDb, dbLayer), { timeout: 60_000 })("PgStore on
         distro,
         hostname: null,
         agentVersion: null,
+        leaseMs: 60_000,
       })
       yield* a.replaceCatalog([job("one", distro)])
       const [ticket] = yield* a.createTickets({
@@ -184,6 +187,7 @@ layer(Layer.provideMerge(storeOverDb, dbLayer), { timeout: 60_000 })("PgStore on
         ticket: ticket!.ticket,
         peerId,
         sessionId: sessionId.toUpperCase(),
+        epoch: 1,
         serverId: "a",
         status: "failed" as const,
         exitCode: 1,
@@ -254,12 +258,11 @@ layer(Layer.provideMerge(storeOverDb, dbLayer), { timeout: 60_000 })("PgStore on
     }),
   )
 
-  it.effect("closeOpenTickets refuses a non-terminal state, and an unknown session closes nothing", () =>
+  it.effect("closeTickets refuses a non-terminal state", () =>
     Effect.gen(function* () {
       const store = yield* Store
-      const error = yield* Effect.flip(store.closeOpenTickets(randomUUID(), "queued"))
-      assert.strictEqual(error.operation, "closeOpenTickets")
-      assert.strictEqual(yield* store.closeOpenTickets("not-a-session", "cancelled"), 0)
+      const error = yield* Effect.flip(store.closeTickets(["1"], "queued"))
+      assert.strictEqual(error.operation, "closeTickets")
     }),
   )
 })

@@ -12,6 +12,8 @@ export interface PlanRequest {
   readonly serverId: string
   readonly os: string | null
   readonly distro: string | null
+  /** Open tickets the session took over from the peer's earlier sessions (see Store.login). */
+  readonly adopted: ReadonlyArray<Ticket>
 }
 
 /**
@@ -23,34 +25,52 @@ export interface TicketQueue {
   readonly takeReady: () => ReadonlyArray<Ticket>
   /** Puts tickets that could not be sent back at the head of the queue. */
   readonly putBack: (tickets: ReadonlyArray<Ticket>) => void
-  /** A ticket is answered: frees its place. Undefined when it was not in flight. */
+  /** Adds newly submitted tickets at the back; those it already has are skipped. Returns how many. */
+  readonly add: (tickets: ReadonlyArray<Ticket>) => number
+  /** A ticket is answered (or closed): frees its place. Undefined when it was not in flight. */
   readonly settle: (ticket: string) => Ticket | undefined
   readonly inFlight: () => number
   readonly waiting: () => number
+  /** The in-flight tickets, to send again after the transport lost what it carried. */
+  readonly inFlightTickets: () => ReadonlyArray<Ticket>
   /**
    * In-flight tickets past their deadline: sent at least `2 × timeout + slackMs` ago. The peer
    * enforces each job's timeout itself and always answers; this is the backstop for an answer that
    * was lost. (Twice the timeout, because a job may wait for a free slot on the peer first.)
    */
   readonly overdue: (now: number, slackMs: number) => ReadonlyArray<Ticket>
-  /** How many times an in-flight ticket has been sent (1 after the first send). */
+  /** How many times an in-flight ticket has been sent, in all sessions (1 after the first send). */
   readonly deliveries: (ticket: string) => number
   /** Records that an in-flight ticket was sent again now (its deadline starts over). */
   readonly resent: (ticket: string) => void
 }
 
-const makeTicketQueue = (tickets: ReadonlyArray<Ticket>, maxInFlight: number): TicketQueue => {
-  const waiting = [...tickets]
+/**
+ * A queue over open tickets. Delivered ones (`inFlight`) keep the time and count of their earlier
+ * deliveries: a session taken over carries on with the deadlines its tickets already had.
+ */
+export const makeTicketQueue = (
+  queued: ReadonlyArray<Ticket>,
+  maxInFlight: number,
+  inFlightAlready: ReadonlyArray<Ticket> = [],
+): TicketQueue => {
+  const waiting = [...queued]
   const inFlight = new Map<string, Ticket>()
   const sentAt = new Map<string, number>()
   const sends = new Map<string, number>()
+  for (const t of inFlightAlready) {
+    inFlight.set(t.ticket, t)
+    sentAt.set(t.ticket, t.deliveredAt ?? Date.now())
+    sends.set(t.ticket, Math.max(1, t.attempts))
+  }
+  const known = (ticket: string) => inFlight.has(ticket) || waiting.some((t) => t.ticket === ticket)
   return {
     takeReady: () => {
       const ready = waiting.splice(0, Math.max(0, maxInFlight - inFlight.size))
       for (const t of ready) {
         inFlight.set(t.ticket, t)
         sentAt.set(t.ticket, Date.now())
-        sends.set(t.ticket, 1)
+        sends.set(t.ticket, (sends.get(t.ticket) ?? t.attempts) + 1)
       }
       return ready
     },
@@ -58,11 +78,18 @@ const makeTicketQueue = (tickets: ReadonlyArray<Ticket>, maxInFlight: number): T
       for (const t of ts) inFlight.delete(t.ticket)
       waiting.unshift(...ts)
     },
+    add: (ts) => {
+      const fresh = ts.filter((t) => !known(t.ticket))
+      waiting.push(...fresh)
+      return fresh.length
+    },
     settle: (ticket) => {
       const t = inFlight.get(ticket)
       inFlight.delete(ticket)
       sentAt.delete(ticket)
       sends.delete(ticket)
+      const queuedAt = waiting.findIndex((w) => w.ticket === ticket)
+      if (queuedAt >= 0) waiting.splice(queuedAt, 1)
       return t
     },
     deliveries: (ticket) => sends.get(ticket) ?? 0,
@@ -73,6 +100,7 @@ const makeTicketQueue = (tickets: ReadonlyArray<Ticket>, maxInFlight: number): T
     },
     overdue: (now, slackMs) =>
       [...inFlight.values()].filter((t) => (sentAt.get(t.ticket) ?? now) + 2 * t.timeoutMs + slackMs < now),
+    inFlightTickets: () => [...inFlight.values()],
     inFlight: () => inFlight.size,
     waiting: () => waiting.length,
   }
@@ -85,7 +113,13 @@ const makeTicketQueue = (tickets: ReadonlyArray<Ticket>, maxInFlight: number): T
 export class JobScheduler extends Context.Service<
   JobScheduler,
   {
+    /**
+     * A new session's queue: the tickets it adopted first, then one new ticket per catalog job
+     * of the peer's os and distro that is not already among them.
+     */
     readonly plan: (request: PlanRequest) => Effect.Effect<TicketQueue, StoreError>
+    /** A taken-over session's queue, from its open tickets: delivered ones stay in flight. */
+    readonly resume: (tickets: ReadonlyArray<Ticket>) => TicketQueue
   }
 >()("@picus/core/JobScheduler") {
   static readonly layer = (options: SchedulerOptions): Layer.Layer<JobScheduler, never, Store> =>
@@ -96,10 +130,13 @@ export class JobScheduler extends Context.Service<
         return JobScheduler.of({
           plan: Effect.fnUntraced(function* (request: PlanRequest) {
             if (request.os === null || request.distro === null) {
-              yield* Effect.logWarning("peer did not report its os and distro: no jobs match it")
-              return makeTicketQueue([], options.maxInFlight)
+              if (request.adopted.length === 0) {
+                yield* Effect.logWarning("peer did not report its os and distro: no catalog jobs match it")
+              }
+              return makeTicketQueue(request.adopted, options.maxInFlight)
             }
-            const jobs = yield* store.jobsFor(request.os, request.distro)
+            const open = new Set(request.adopted.map((t) => t.jobId))
+            const jobs = (yield* store.jobsFor(request.os, request.distro)).filter((j) => !open.has(j.job_id))
             const tickets =
               jobs.length === 0
                 ? []
@@ -109,8 +146,14 @@ export class JobScheduler extends Context.Service<
                     serverId: request.serverId,
                     jobs,
                   })
-            return makeTicketQueue(tickets, options.maxInFlight)
+            return makeTicketQueue([...request.adopted, ...tickets], options.maxInFlight)
           }),
+          resume: (tickets) =>
+            makeTicketQueue(
+              tickets.filter((t) => t.state === "queued"),
+              options.maxInFlight,
+              tickets.filter((t) => t.state === "delivered"),
+            ),
         })
       }),
     )

@@ -1,7 +1,15 @@
 import { Deferred, Effect, Exit, Queue, type Scope } from "effect"
 import * as Protocol from "../protocol/index.ts"
-import { hashSecret, sameHash } from "../secrets.ts"
-import { type RecordOutcome, type ResultStatus, Store, type StoreError, type Ticket } from "../store/Store.ts"
+import { hashSecret, sameHash, sessionTokenOf } from "../secrets.ts"
+import {
+  LeaseLost,
+  type RecordOutcome,
+  type ResultStatus,
+  Store,
+  type StoreError,
+  type TakenSession,
+  type Ticket,
+} from "../store/Store.ts"
 import { Transport, type TransportError } from "../transport/Transport.ts"
 import { JobScheduler, type TicketQueue } from "./JobScheduler.ts"
 
@@ -13,10 +21,14 @@ export interface SessionConfig {
   readonly graceMs: number
   /** Added to a ticket's deadline (see TicketQueue.overdue) before it is marked timed_out. */
   readonly deadlineSlackMs: number
+  /** How long a session's lease holds without renewal (the owner renews it; see Gateway). */
+  readonly leaseMs: number
+  /** The cluster's session key: session tokens are derived from it (see sessionTokenOf). */
+  readonly sessionKey: Uint8Array
   /**
    * How many times a ticket is sent before it is given up as timed_out (default 2: one more try).
    * A job message Redis lost gets run on the second send; if it was the answer that was lost, the
-   * peer, which never runs a ticket twice, answers "not run again" and the ticket ends failed.
+   * peer, which never runs a ticket twice, answers with the result it kept (or "not run again").
    */
   readonly maxDeliveries?: number
   /**
@@ -29,8 +41,6 @@ export interface SessionConfig {
 export interface SessionStart {
   readonly peerId: string
   readonly sessionId: string
-  /** The session secret, sent once in the accepted message; only its hash is kept. */
-  readonly sessionToken: string
   readonly serverIp: string | null
   readonly os: string | null
   readonly distro: string | null
@@ -42,24 +52,35 @@ export interface SessionStart {
 export type ResultVerdict = RecordOutcome | "bad_token"
 
 /**
- * The actor for one logged-in peer. Its mailbox serialises everything that touches the session:
- * the peer's results and heartbeats, the operator's shutdown, the watchdog's ticks. It writes the
- * login on start and exactly one logout at its end.
+ * The actor for one logged-in peer, on the instance that holds the session's lease. Its mailbox
+ * serialises everything that touches the session: the peer's results and heartbeats, the
+ * operator's shutdown, new tickets, the watchdog's ticks. Every write names the lease's epoch; when
+ * one is refused (the session moved on without this instance), the actor stops without writing.
  */
 export interface PeerSession {
   readonly peerId: string
   readonly sessionId: string
+  readonly epoch: number
   /** Constant-time check of a message's token against the session token. */
   readonly authenticate: (token: string) => boolean
-  /** Records a result; completes once it is durable (or refused). */
-  readonly result: (message: Protocol.Result) => Effect.Effect<ResultVerdict, StoreError>
+  /**
+   * Records a result; completes once it is durable (or refused). Fails with LeaseLost when this
+   * instance no longer holds the session: the message belongs to whoever does now.
+   */
+  readonly result: (message: Protocol.Result) => Effect.Effect<ResultVerdict, StoreError | LeaseLost>
   readonly heartbeat: Effect.Effect<void>
   /** Sends the peer `shutdown` with the reason; the session stays open to take in-flight results. */
   readonly notifyShutdown: (reason: string) => Effect.Effect<void, TransportError>
-  /** Ends the session: logout row with the reason, open tickets cancelled. Idempotent. */
+  /** Ends the session: logout row with the reason; its open tickets wait for the peer's next one. */
   readonly end: (reason: string) => Effect.Effect<void, StoreError>
+  /** Stops acting for the session without writing anything: it was closed or taken elsewhere. */
+  readonly release: Effect.Effect<void>
+  /** Picks up tickets submitted for the session, unless `queued` (the Store's count) says none are new. */
+  readonly refill: (queued?: number) => Effect.Effect<void>
+  /** Sends the in-flight tickets again: the transport may have lost them (Redis came back empty). */
+  readonly resendInFlight: Effect.Effect<void>
   readonly inFlight: Effect.Effect<number>
-  /** Completes when the session has ended. */
+  /** Completes when the session has ended (or was released). */
   readonly ended: Effect.Effect<void>
 }
 
@@ -67,7 +88,7 @@ type Command =
   | {
       readonly _tag: "Result"
       readonly message: Protocol.Result
-      readonly reply: Deferred.Deferred<ResultVerdict, StoreError>
+      readonly reply: Deferred.Deferred<ResultVerdict, StoreError | LeaseLost>
     }
   | { readonly _tag: "Heartbeat" }
   | {
@@ -76,6 +97,9 @@ type Command =
       readonly reply: Deferred.Deferred<void, TransportError>
     }
   | { readonly _tag: "End"; readonly reason: string; readonly reply: Deferred.Deferred<void, StoreError> }
+  | { readonly _tag: "Release" }
+  | { readonly _tag: "Refill"; readonly queued: number | undefined }
+  | { readonly _tag: "Resend" }
   | { readonly _tag: "Tick" }
   | { readonly _tag: "InFlight"; readonly reply: Deferred.Deferred<number> }
 
@@ -84,8 +108,9 @@ const statusOf = (message: Protocol.Result): ResultStatus =>
   message.status ?? (message.exit_code === undefined || message.exit_code === 0 ? "succeeded" : "failed")
 
 /**
- * Starts a session: writes the login, tells the peer it is accepted (with its session token),
- * plans its tickets and sends the first window of jobs. The actor's fibers live in the given scope.
+ * Starts a new session: writes the login (which hands it the peer's open tickets), tells the peer
+ * it is accepted (with its session token), plans the catalog jobs and sends the first window. The
+ * actor's fibers live in the given scope.
  */
 export const startPeerSession = Effect.fnUntraced(function* (
   start: SessionStart,
@@ -99,12 +124,9 @@ export const startPeerSession = Effect.fnUntraced(function* (
   const transport = yield* Transport
   const scheduler = yield* JobScheduler
   const { peerId, sessionId } = start
-  const tokenHash = hashSecret(start.sessionToken)
-  const annotate = Effect.annotateLogs({ peer_id: peerId, session_id: sessionId })
-  const at = { server_id: config.serverId, peer_id: peerId }
-  const publish = (event: Protocol.FeedEvent) => transport.publish(Protocol.encodeFeedEvent(event))
+  const token = sessionTokenOf(config.sessionKey, sessionId)
 
-  yield* store.login({
+  const { epoch, adopted } = yield* store.login({
     peerId,
     sessionId,
     serverId: config.serverId,
@@ -113,6 +135,7 @@ export const startPeerSession = Effect.fnUntraced(function* (
     distro: start.distro,
     hostname: start.hostname,
     agentVersion: start.agentVersion,
+    leaseMs: config.leaseMs,
   })
   // Once the login is written, a start that fails half-way still closes the session it opened.
   const tickets: TicketQueue = yield* Effect.gen(function* () {
@@ -121,7 +144,7 @@ export const startPeerSession = Effect.fnUntraced(function* (
       Protocol.encodeMessage({
         msg: "register",
         peer_id: peerId,
-        token: start.sessionToken,
+        token,
         status: "accepted",
         session_id: sessionId,
         server_id: config.serverId,
@@ -134,14 +157,99 @@ export const startPeerSession = Effect.fnUntraced(function* (
       serverId: config.serverId,
       os: start.os,
       distro: start.distro,
+      adopted,
     })
   }).pipe(
     Effect.tapError(() =>
       store
-        .logout({ peerId, sessionId, reason: Protocol.LogoutReason.startFailed, serverId: config.serverId })
-        .pipe(Effect.andThen(store.closeOpenTickets(sessionId, "cancelled")), Effect.ignore),
+        .logout({
+          peerId,
+          sessionId,
+          epoch,
+          reason: Protocol.LogoutReason.startFailed,
+          serverId: config.serverId,
+        })
+        .pipe(Effect.ignore),
     ),
   )
+  const session = yield* runSession({ peerId, sessionId, epoch, token, tickets }, config)
+  yield* Effect.logInfo(
+    `logged in (${start.os ?? "?"}/${start.distro ?? "?"}, ${tickets.waiting() + tickets.inFlight()} ticket(s)` +
+      `${adopted.length > 0 ? `, ${adopted.length} carried over from earlier sessions` : ""})`,
+  ).pipe(Effect.annotateLogs({ peer_id: peerId, session_id: sessionId }))
+  yield* transport.publish(
+    Protocol.encodeFeedEvent({
+      event: "registered",
+      at: Date.now(),
+      server_id: config.serverId,
+      peer_id: peerId,
+      session_id: sessionId,
+      os: start.os,
+      distro: start.distro,
+      tickets: tickets.waiting() + tickets.inFlight(),
+    }),
+  )
+  return session
+})
+
+/**
+ * Carries on a session taken over from a lost instance: same session, token and tickets; tickets
+ * already delivered keep their deadlines. The peer notices nothing but a pause.
+ */
+export const resumePeerSession = Effect.fnUntraced(function* (
+  taken: TakenSession,
+  config: SessionConfig,
+): Effect.fn.Return<PeerSession, never, Store | Transport | JobScheduler | Scope.Scope> {
+  const scheduler = yield* JobScheduler
+  const transport = yield* Transport
+  const tickets = scheduler.resume(taken.tickets)
+  const session = yield* runSession(
+    {
+      peerId: taken.peerId,
+      sessionId: taken.sessionId,
+      epoch: taken.epoch,
+      token: sessionTokenOf(config.sessionKey, taken.sessionId),
+      tickets,
+    },
+    config,
+  )
+  yield* Effect.logInfo(
+    `took the session over from ${taken.fromServerId} (${tickets.inFlight()} ticket(s) in flight, ${tickets.waiting()} waiting)`,
+  ).pipe(Effect.annotateLogs({ peer_id: taken.peerId, session_id: taken.sessionId }))
+  yield* transport.publish(
+    Protocol.encodeFeedEvent({
+      event: "taken_over",
+      at: Date.now(),
+      server_id: config.serverId,
+      peer_id: taken.peerId,
+      session_id: taken.sessionId,
+      from_server_id: taken.fromServerId,
+    }),
+  )
+  return session
+})
+
+interface Running {
+  readonly peerId: string
+  readonly sessionId: string
+  readonly epoch: number
+  readonly token: string
+  readonly tickets: TicketQueue
+}
+
+/** The actor itself, for a session this instance holds at `epoch`. */
+const runSession = Effect.fnUntraced(function* (
+  running: Running,
+  config: SessionConfig,
+): Effect.fn.Return<PeerSession, never, Store | Transport | Scope.Scope> {
+  const store = yield* Store
+  const transport = yield* Transport
+  const { peerId, sessionId, epoch, token, tickets } = running
+  const lease = { sessionId, epoch }
+  const tokenHash = hashSecret(token)
+  const annotate = Effect.annotateLogs({ peer_id: peerId, session_id: sessionId })
+  const at = { server_id: config.serverId, peer_id: peerId }
+  const publish = (event: Protocol.FeedEvent) => transport.publish(Protocol.encodeFeedEvent(event))
 
   const mailbox = yield* Queue.unbounded<Command>()
   const ended = yield* Deferred.make<void>()
@@ -149,36 +257,81 @@ export const startPeerSession = Effect.fnUntraced(function* (
   let closed = false
   let shuttingDown = false
 
-  /** Sends what the window allows; what fails to send waits for the next tick. */
+  /** The session moved on without this instance: stop, and write nothing more. */
+  const lose = (why: string) =>
+    Effect.gen(function* () {
+      if (closed) return
+      closed = true
+      yield* Effect.logWarning(`no longer this instance's session: ${why}`)
+      yield* Deferred.succeed(ended, undefined)
+    })
+  const orLose = <A, E>(effect: Effect.Effect<A, E | LeaseLost>) =>
+    effect.pipe(
+      Effect.catchIf(
+        (e): e is LeaseLost => e instanceof LeaseLost,
+        () => lose("closed or taken over elsewhere"),
+      ),
+    )
+
   const jobMessage = (t: Ticket) =>
     Protocol.encodeMessage({
       msg: "job",
       ticket: t.ticket,
       peer_id: peerId,
-      token: start.sessionToken,
+      token,
       job: { name: t.name, os: t.os, distro: t.distro, command: t.command, timeout_ms: t.timeoutMs },
     })
 
+  /**
+   * Sends what the window allows. A ticket is marked delivered (fenced by the epoch) before it is
+   * sent; one that closed meanwhile (its deadline passed) is dropped, and one that fails to send
+   * goes back to wait for the next tick.
+   */
   const dispatch = Effect.gen(function* () {
-    if (shuttingDown) return
+    if (shuttingDown || closed) return
     const ready = tickets.takeReady()
     if (ready.length === 0) return
-    const sent: Array<string> = []
-    for (const [i, t] of ready.entries()) {
+    const open = new Set(
+      yield* store.markDelivered(
+        lease,
+        ready.map((t) => t.ticket),
+      ),
+    )
+    for (const t of ready) if (!open.has(t.ticket)) tickets.settle(t.ticket)
+    const toSend = ready.filter((t) => open.has(t.ticket))
+    for (const [i, t] of toSend.entries()) {
       const exit = yield* Effect.exit(transport.sendToPeer(peerId, jobMessage(t)))
       if (Exit.isFailure(exit)) {
-        tickets.putBack(ready.slice(i))
+        tickets.putBack(toSend.slice(i))
         yield* Effect.logWarning("could not send jobs; will retry", exit.cause)
         break
       }
-      sent.push(t.ticket)
       yield* publish({ event: "job_sent", at: Date.now(), ...at, ticket: t.ticket, name: t.name })
     }
-    if (sent.length > 0) {
-      yield* store.markDelivered(sent)
-      yield* Effect.logDebug(`sent ${sent.length} job(s)`)
-    }
-  }).pipe(Effect.catch((e) => Effect.logWarning("could not mark jobs delivered", e)))
+  }).pipe(
+    orLose,
+    Effect.catch((e) => Effect.logWarning("could not mark jobs delivered", e)),
+  )
+
+  /** Sends in-flight tickets again; the peer never runs one twice, so this only recovers losses. */
+  const resend = (again: ReadonlyArray<Ticket>) =>
+    Effect.gen(function* () {
+      if (again.length === 0) return
+      const open = new Set(
+        yield* store.markDelivered(
+          lease,
+          again.map((t) => t.ticket),
+        ),
+      )
+      for (const t of again) {
+        if (!open.has(t.ticket)) {
+          tickets.settle(t.ticket)
+          continue
+        }
+        yield* transport.sendToPeer(peerId, jobMessage(t))
+        tickets.resent(t.ticket)
+      }
+    })
 
   /**
    * Tickets whose answer never came are sent once more; after the last try they end timed_out,
@@ -190,33 +343,33 @@ export const startPeerSession = Effect.fnUntraced(function* (
     const maxDeliveries = config.maxDeliveries ?? 2
     const again = late.filter((t) => tickets.deliveries(t.ticket) < maxDeliveries)
     const givenUp = late.filter((t) => tickets.deliveries(t.ticket) >= maxDeliveries)
-    for (const t of again) {
-      yield* transport.sendToPeer(peerId, jobMessage(t))
-      tickets.resent(t.ticket)
-    }
+    yield* resend(again)
     if (again.length > 0) {
-      yield* store.markDelivered(again.map((t) => t.ticket))
       yield* Effect.logWarning(
         `no result in time for ticket(s) ${again.map((t) => t.ticket).join(", ")}: sent again`,
       )
     }
     if (givenUp.length === 0) return
-    const closed = yield* store.closeTickets(
+    const timedOut = yield* store.closeTickets(
       givenUp.map((t) => t.ticket),
       "timed_out",
     )
     for (const t of givenUp) tickets.settle(t.ticket)
-    yield* Effect.logWarning(`no result in time for ticket(s) ${closed.join(", ")}: timed out`)
-  }).pipe(Effect.catch((e) => Effect.logWarning("could not time out overdue tickets", e)))
+    yield* Effect.logWarning(`no result in time for ticket(s) ${timedOut.join(", ")}: timed out`)
+  }).pipe(
+    orLose,
+    Effect.catch((e) => Effect.logWarning("could not time out overdue tickets", e)),
+  )
 
   const finish = Effect.fnUntraced(function* (reason: string) {
     if (closed) return
-    yield* store.logout({ peerId, sessionId, reason, serverId: config.serverId })
-    const cancelled = yield* store.closeOpenTickets(sessionId, "cancelled")
+    const wrote = yield* store.logout({ peerId, sessionId, epoch, reason, serverId: config.serverId })
+    if (!wrote) return yield* lose("it was closed or taken over elsewhere before its logout")
     closed = true
     yield* publish({ event: "logged_out", at: Date.now(), ...at, reason })
+    const open = tickets.inFlight() + tickets.waiting()
     yield* Effect.logInfo(
-      `logged out (${reason})${cancelled > 0 ? `; ${cancelled} open ticket(s) cancelled` : ""}`,
+      `logged out (${reason})${open > 0 ? `; ${open} open ticket(s) wait for its next session` : ""}`,
     )
     yield* Deferred.succeed(ended, undefined)
   })
@@ -231,6 +384,7 @@ export const startPeerSession = Effect.fnUntraced(function* (
             ticket: m.ticket,
             peerId,
             sessionId,
+            epoch,
             serverId: config.serverId,
             status: statusOf(m),
             exitCode: m.exit_code ?? null,
@@ -239,8 +393,7 @@ export const startPeerSession = Effect.fnUntraced(function* (
             startedAt: m.started_at ?? null,
             finishedAt: m.finished_at ?? null,
           })
-          const ticket =
-            verdict === "recorded" || verdict === "duplicate" ? tickets.settle(m.ticket) : undefined
+          const ticket = verdict === "unknown_ticket" ? undefined : tickets.settle(m.ticket)
           if (verdict === "recorded") {
             yield* publish({
               event: "result",
@@ -258,6 +411,7 @@ export const startPeerSession = Effect.fnUntraced(function* (
           yield* dispatch
           return verdict
         }).pipe(
+          Effect.tapError((e) => (e instanceof LeaseLost ? lose("a result was refused") : Effect.void)),
           Effect.exit,
           Effect.flatMap((exit) => Deferred.done(command.reply, exit)),
           Effect.asVoid,
@@ -273,7 +427,7 @@ export const startPeerSession = Effect.fnUntraced(function* (
             peerId,
             Protocol.encodeMessage({
               msg: "shutdown",
-              token: start.sessionToken,
+              token,
               reason: command.reason,
               server_id: config.serverId,
             }),
@@ -288,6 +442,20 @@ export const startPeerSession = Effect.fnUntraced(function* (
           Effect.exit,
           Effect.flatMap((exit) => Deferred.done(command.reply, exit)),
           Effect.asVoid,
+        )
+      case "Release":
+        return lose("released")
+      case "Refill":
+        return Effect.gen(function* () {
+          if (command.queued !== undefined && command.queued <= tickets.waiting()) return
+          const added = tickets.add(yield* store.queuedTickets(sessionId))
+          if (added > 0) yield* Effect.logDebug(`${added} new ticket(s)`)
+          yield* dispatch
+        }).pipe(Effect.catch((e) => Effect.logWarning("could not pick up new tickets", e)))
+      case "Resend":
+        return resend(tickets.inFlightTickets()).pipe(
+          orLose,
+          Effect.catch((e) => Effect.logWarning("could not send in-flight tickets again", e)),
         )
       case "Tick":
         // Once told to shut down, a peer stops heartbeating; the shutdown ends the session.
@@ -311,20 +479,7 @@ export const startPeerSession = Effect.fnUntraced(function* (
     Effect.raceFirst(Deferred.await(ended)),
     Effect.forkScoped,
   )
-
-  yield* publish({
-    event: "registered",
-    at: Date.now(),
-    ...at,
-    session_id: sessionId,
-    os: start.os,
-    distro: start.distro,
-    tickets: tickets.waiting(),
-  })
   yield* dispatch.pipe(annotate)
-  yield* Effect.logInfo(
-    `logged in (${start.os ?? "?"}/${start.distro ?? "?"}, ${tickets.waiting() + tickets.inFlight()} ticket(s))`,
-  ).pipe(annotate)
 
   /** Asks the actor; if it has ended, answers without it. */
   const ask = <A, E>(make: (reply: Deferred.Deferred<A, E>) => Command, whenEnded: Effect.Effect<A, E>) =>
@@ -336,20 +491,29 @@ export const startPeerSession = Effect.fnUntraced(function* (
         Effect.raceFirst(Deferred.await(ended).pipe(Effect.andThen(whenEnded))),
       )
     })
+  const tell = (command: Command) => Queue.offer(mailbox, command).pipe(Effect.asVoid)
 
   return {
     peerId,
     sessionId,
-    authenticate: (token) => sameHash(hashSecret(token), tokenHash),
+    epoch,
+    authenticate: (candidate) => sameHash(hashSecret(candidate), tokenHash),
+    // Once the actor is gone the result is someone else's to record (or no one's): say so, and the
+    // gateway finds where it belongs.
     result: (message) =>
-      ask<ResultVerdict, StoreError>(
+      ask<ResultVerdict, StoreError | LeaseLost>(
         (reply) => ({ _tag: "Result", message, reply }),
-        Effect.succeed("ticket_closed"),
+        Effect.fail(new LeaseLost(lease)),
       ),
-    heartbeat: Queue.offer(mailbox, { _tag: "Heartbeat" }).pipe(Effect.asVoid),
+    heartbeat: tell({ _tag: "Heartbeat" }),
     notifyShutdown: (reason) =>
       ask<void, TransportError>((reply) => ({ _tag: "Shutdown", reason, reply }), Effect.void),
     end: (reason) => ask<void, StoreError>((reply) => ({ _tag: "End", reason, reply }), Effect.void),
+    release: Effect.suspend(() => (closed ? Effect.void : tell({ _tag: "Release" }))).pipe(
+      Effect.andThen(Deferred.await(ended)),
+    ),
+    refill: (queued) => tell({ _tag: "Refill", queued }),
+    resendInFlight: tell({ _tag: "Resend" }),
     inFlight: ask<number, never>((reply) => ({ _tag: "InFlight", reply }), Effect.succeed(0)),
     ended: Deferred.await(ended),
   }

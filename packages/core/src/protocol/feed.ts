@@ -19,6 +19,13 @@ export const FeedEvent = Schema.Union([
     tickets: Schema.Int,
   }),
   Schema.Struct({ event: Schema.Literal("rejected"), ...Common, peer_id: Id, reason: ReasonText }),
+  Schema.Struct({
+    event: Schema.Literal("taken_over"),
+    ...Common,
+    peer_id: Id,
+    session_id: Id,
+    from_server_id: Id,
+  }),
   Schema.Struct({ event: Schema.Literal("job_sent"), ...Common, peer_id: Id, ticket: Id, name: Label }),
   Schema.Struct({
     event: Schema.Literal("result"),

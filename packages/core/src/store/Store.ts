@@ -6,6 +6,16 @@ export class StoreError extends Schema.TaggedError<StoreError>()("StoreError", {
   message: Schema.String,
 }) {}
 
+/**
+ * A write for a session was refused: the epoch it named is no longer the session's (another
+ * instance took the session over, or a newer login of the peer closed it). The writer has lost the
+ * session and must stop acting for it.
+ */
+export class LeaseLost extends Schema.TaggedError<LeaseLost>()("LeaseLost", {
+  sessionId: Schema.String,
+  epoch: Schema.Int,
+}) {}
+
 export const TicketState = Schema.Literals([
   "queued",
   "delivered",
@@ -66,7 +76,8 @@ export interface Login {
 export interface Ticket {
   readonly ticket: string
   readonly peerId: string
-  readonly sessionId: string
+  /** The session it was last given to; null for a ticket submitted while its peer was offline. */
+  readonly sessionId: string | null
   readonly jobId: string | null
   readonly name: string
   readonly os: string
@@ -74,12 +85,48 @@ export interface Ticket {
   readonly command: string
   readonly timeoutMs: number
   readonly state: TicketState
+  /** How many times it was handed to the transport. */
+  readonly attempts: number
+  /** When it was last handed to the transport. */
+  readonly deliveredAt: number | null
+}
+
+/** A job submitted by an operator (not from the catalog); os and distro default to the peer's. */
+export interface SubmittedJob {
+  readonly name: string
+  readonly command: string
+  readonly timeoutMs: number
+}
+
+/** The session and the epoch an owner holds it at: the fencing token of its writes. */
+export interface SessionLease {
+  readonly sessionId: string
+  readonly epoch: number
+}
+
+/** A session this instance took over from a lost one, with what it needs to carry on. */
+export interface TakenSession extends SessionLease {
+  readonly peerId: string
+  readonly os: string | null
+  readonly distro: string | null
+  readonly fromServerId: string
+  /** Its open tickets (queued and delivered), oldest first. */
+  readonly tickets: ReadonlyArray<Ticket>
+}
+
+/** Who holds a peer's open session. */
+export interface SessionOwner extends SessionLease {
+  readonly ownerId: string
+  /** The lease ran out: the session may be taken over. */
+  readonly expired: boolean
 }
 
 export interface NewResult {
   readonly ticket: string
   readonly peerId: string
   readonly sessionId: string
+  /** The epoch the writer holds the session at. */
+  readonly epoch: number
   readonly serverId: string
   readonly status: ResultStatus
   readonly exitCode: number | null
@@ -150,19 +197,36 @@ export class Store extends Context.Service<
     readonly replaceCatalog: (jobs: ReadonlyArray<CatalogJob>) => Effect.Effect<void, StoreError>
     readonly jobsFor: (os: string, distro: string) => Effect.Effect<ReadonlyArray<CatalogJob>, StoreError>
 
-    // Registration log.
-    /** Records the peer and writes the login row that opens `sessionId`. */
-    readonly login: (login: Login) => Effect.Effect<void, StoreError>
+    /**
+     * The cluster's session key (session tokens are derived from it): the stored one, or `proposed`
+     * stored as the key when there is none yet. Every instance gets the same answer.
+     */
+    readonly sessionKey: (proposed: Uint8Array) => Effect.Effect<Uint8Array, StoreError>
+
+    // Registration log and session leases.
+    /**
+     * In one transaction: records the peer, closes its other open sessions (logout `replaced`,
+     * fencing their owners), opens `sessionId` with a lease held by `serverId` at epoch 1, writes the
+     * login row, and hands the new session every open ticket of the peer (oldest first): what its
+     * earlier sessions left unanswered goes on here.
+     */
+    readonly login: (
+      login: Login & { readonly leaseMs: number },
+    ) => Effect.Effect<{ readonly epoch: number; readonly adopted: ReadonlyArray<Ticket> }, StoreError>
     readonly logRejected: (entry: {
       readonly peerId: string
       readonly reason: string
       readonly serverId: string
       readonly serverIp: string | null
     }) => Effect.Effect<void, StoreError>
-    /** Writes the logout row that closes a session; false if it was already closed. */
+    /**
+     * Closes a session held at `epoch` and writes its logout row; its open tickets stay open for the
+     * peer's next session. False if it was already closed or has moved to another epoch.
+     */
     readonly logout: (entry: {
       readonly peerId: string
       readonly sessionId: string
+      readonly epoch: number
       readonly reason: string
       readonly serverId: string
     }) => Effect.Effect<boolean, StoreError>
@@ -171,27 +235,38 @@ export class Store extends Context.Service<
       readonly reason: string
     }) => Effect.Effect<void, StoreError>
 
-    // Server instances: each one says it is alive; the sessions of one that stopped saying so
-    // are closed by the others.
+    // Server instances: each says it is alive; their session leases are renewed separately.
     /** Records that this instance is alive now (database clock); creates its row on first call. */
     readonly instanceAlive: (serverId: string) => Effect.Effect<void, StoreError>
     /** Records that this instance stopped cleanly (its sessions are already logged out). */
     readonly instanceStopped: (serverId: string) => Effect.Effect<void, StoreError>
-    /**
-     * Logs out, with `reason`, every open session whose instance has not been alive for `deadAfterMs`
-     * (and did not stop cleanly), and cancels their open tickets. The logout rows name `byServerId`.
-     * Never the caller's own sessions: an instance running this is not lost, only slow.
-     * Returns the sessions it closed.
-     */
-    readonly closeSessionsOfLostInstances: (entry: {
+    /** Instances other than `byServerId` not alive for `deadAfterMs` that did not stop cleanly. */
+    readonly lostInstances: (entry: {
       readonly deadAfterMs: number
-      readonly reason: string
       readonly byServerId: string
-    }) => Effect.Effect<ReadonlyArray<{ readonly peerId: string; readonly sessionId: string }>, StoreError>
-    /** Of the given sessions, those that have a logout row (closed by someone else). */
-    readonly closedSessions: (
-      sessionIds: ReadonlyArray<string>,
-    ) => Effect.Effect<ReadonlyArray<string>, StoreError>
+    }) => Effect.Effect<ReadonlyArray<string>, StoreError>
+    /**
+     * Extends the leases `serverId` holds on these sessions (at these epochs) by `leaseMs`; returns
+     * the session ids it still holds. A session missing from the answer was closed or taken over.
+     */
+    readonly renewLeases: (entry: {
+      readonly serverId: string
+      readonly leaseMs: number
+      readonly sessions: ReadonlyArray<SessionLease>
+    }) => Effect.Effect<ReadonlyArray<string>, StoreError>
+    /**
+     * Takes over open sessions whose lease has run out (at most `limit`, or just `sessionId`): the
+     * lease goes to `serverId` and the epoch up by one, which fences the old owner. Concurrent takers
+     * never take the same session.
+     */
+    readonly takeOverSessions: (entry: {
+      readonly serverId: string
+      readonly leaseMs: number
+      readonly limit: number
+      readonly sessionId?: string
+    }) => Effect.Effect<ReadonlyArray<TakenSession>, StoreError>
+    /** The open session of a peer and who holds it. */
+    readonly sessionOf: (peerId: string) => Effect.Effect<Option.Option<SessionOwner>, StoreError>
 
     // Tickets and results.
     /** Creates one ticket per job, in state queued, in one transaction. */
@@ -201,11 +276,46 @@ export class Store extends Context.Service<
       readonly serverId: string
       readonly jobs: ReadonlyArray<CatalogJob>
     }) => Effect.Effect<ReadonlyArray<Ticket>, StoreError>
-    readonly markDelivered: (tickets: ReadonlyArray<string>) => Effect.Effect<void, StoreError>
-    /** Writes a result once and moves its ticket to its terminal state, in one transaction. */
-    readonly recordResult: (result: NewResult) => Effect.Effect<RecordOutcome, StoreError>
-    /** Moves a session's open tickets to a terminal state (e.g. cancelled at logout). */
-    readonly closeOpenTickets: (sessionId: string, state: TicketState) => Effect.Effect<number, StoreError>
+    /**
+     * Operator jobs for one peer: creates their tickets for the peer's open session, or for its next
+     * one when it is offline. Says who holds the session, to be told that work is waiting.
+     */
+    readonly submitTickets: (entry: {
+      readonly peerId: string
+      readonly serverId: string
+      readonly jobs: ReadonlyArray<SubmittedJob>
+    }) => Effect.Effect<
+      { readonly tickets: ReadonlyArray<Ticket>; readonly owner: SessionOwner | undefined },
+      StoreError
+    >
+    /** The session's queued tickets, oldest first. */
+    readonly queuedTickets: (sessionId: string) => Effect.Effect<ReadonlyArray<Ticket>, StoreError>
+    /** How many tickets each of these sessions has queued (sessions with none are left out). */
+    readonly queuedCounts: (
+      sessionIds: ReadonlyArray<string>,
+    ) => Effect.Effect<ReadonlyMap<string, number>, StoreError>
+    /**
+     * Records that these tickets of the session are handed to the transport now (attempts + 1);
+     * returns those still open. Fails with LeaseLost when the session is no longer held at `epoch`.
+     */
+    readonly markDelivered: (
+      lease: SessionLease,
+      tickets: ReadonlyArray<string>,
+    ) => Effect.Effect<ReadonlyArray<string>, StoreError | LeaseLost>
+    /**
+     * Writes a result once and moves its ticket to its terminal state, in one transaction. Fails
+     * with LeaseLost when the session is no longer held at the result's epoch.
+     */
+    readonly recordResult: (result: NewResult) => Effect.Effect<RecordOutcome, StoreError | LeaseLost>
+    /**
+     * The reconciler's sweep, safe to run from every instance: queued tickets older than
+     * `deliveryDeadlineMs` end undeliverable; delivered tickets with no session carrying them on
+     * (closed, or never given one) and no answer by `2 × timeout + executionSlackMs` end timed_out.
+     */
+    readonly expireTickets: (entry: {
+      readonly deliveryDeadlineMs: number
+      readonly executionSlackMs: number
+    }) => Effect.Effect<{ readonly undeliverable: number; readonly timedOut: number }, StoreError>
     /** Moves the given tickets that are still open to a terminal state; returns those it moved. */
     readonly closeTickets: (
       tickets: ReadonlyArray<string>,

@@ -1,9 +1,13 @@
 import { Effect, Layer, Option } from "effect"
+import { LogoutReason } from "../protocol/messages.ts"
 import {
   type CatalogJob,
+  LeaseLost,
   type LogRow,
   type ResultRow,
+  type SessionOwner,
   Store,
+  StoreError,
   TERMINAL_TICKET_STATES,
   type Ticket,
   type TicketState,
@@ -19,11 +23,25 @@ export const makeMemoryStore = Effect.sync(() => {
   const hex = (bytes: Uint8Array) => Buffer.from(bytes).toString("hex")
   const tokens: Array<TokenInfo & { readonly hash: string }> = []
   const catalog = new Map<string, CatalogJob & { enabled: boolean }>()
-  const peers = new Map<string, { lastSeenAt: number }>()
+  const peers = new Map<string, { lastSeenAt: number; os: string | null; distro: string | null }>()
   const log: Array<LogRow> = []
-  const tickets = new Map<string, { -readonly [K in keyof Ticket]: Ticket[K] }>()
+  const tickets = new Map<string, { -readonly [K in keyof Ticket]: Ticket[K] } & { createdAt: number }>()
+  const sessions = new Map<
+    string,
+    {
+      readonly peerId: string
+      readonly os: string | null
+      readonly distro: string | null
+      readonly openedAt: number
+      ownerId: string
+      epoch: number
+      leaseUntil: number
+      closed: boolean
+    }
+  >()
   const results = new Map<string, ResultRow>()
   const instances = new Map<string, { startedAt: number; aliveAt: number; stoppedAt: number | null }>()
+  let sessionKey: Uint8Array | undefined
   let nextTokenId = 1
   let nextLogId = 1
   let nextTicket = 100_000
@@ -33,6 +51,20 @@ export const makeMemoryStore = Effect.sync(() => {
   const newestFirst = <A>(rows: ReadonlyArray<A>, limit: number) => rows.slice().reverse().slice(0, limit)
   const isClosed = (sessionId: string | null) =>
     log.some((r) => r.event === "logout" && r.sessionId === sessionId)
+  const copy = ({ createdAt: _createdAt, ...t }: Ticket & { createdAt: number }): Ticket => ({ ...t })
+  const oldestFirst = (a: { ticket: string }, b: { ticket: string }) => Number(a.ticket) - Number(b.ticket)
+  const openTicketsWhere = (match: (t: Ticket) => boolean) =>
+    [...tickets.values()].filter((t) => !isTerminal(t.state) && match(t)).sort(oldestFirst)
+  const openSessionOf = (peerId: string): SessionOwner | undefined => {
+    const open = [...sessions].filter(([, s]) => s.peerId === peerId && !s.closed)
+    const [sessionId, s] = open.sort(([, a], [, b]) => b.openedAt - a.openedAt)[0] ?? []
+    if (sessionId === undefined || s === undefined) return undefined
+    return { sessionId, ownerId: s.ownerId, epoch: s.epoch, expired: s.leaseUntil < Date.now() }
+  }
+  const holds = (sessionId: string, epoch: number) => {
+    const s = sessions.get(sessionId)
+    return s !== undefined && s.epoch === epoch && !s.closed
+  }
 
   const sessionRows = () => {
     const logouts = new Map(log.filter((r) => r.event === "logout").map((r) => [r.sessionId, r]))
@@ -92,9 +124,39 @@ export const makeMemoryStore = Effect.sync(() => {
           .map(({ enabled: _enabled, ...job }) => job),
       ),
 
+    sessionKey: (proposed) =>
+      Effect.sync(() => {
+        sessionKey ??= proposed
+        return sessionKey
+      }),
     login: (l) =>
       Effect.sync(() => {
-        peers.set(l.peerId, { lastSeenAt: Date.now() })
+        peers.set(l.peerId, { lastSeenAt: Date.now(), os: l.os, distro: l.distro })
+        for (const [sessionId, s] of sessions) {
+          if (s.peerId !== l.peerId || s.closed) continue
+          s.closed = true
+          s.epoch++
+          if (!isClosed(sessionId)) {
+            append({
+              event: "logout",
+              peerId: l.peerId,
+              sessionId,
+              reason: LogoutReason.replaced,
+              serverId: l.serverId,
+              serverIp: null,
+            })
+          }
+        }
+        sessions.set(l.sessionId, {
+          peerId: l.peerId,
+          os: l.os,
+          distro: l.distro,
+          openedAt: Date.now(),
+          ownerId: l.serverId,
+          epoch: 1,
+          leaseUntil: Date.now() + l.leaseMs,
+          closed: false,
+        })
         append({
           event: "login",
           peerId: l.peerId,
@@ -103,12 +165,16 @@ export const makeMemoryStore = Effect.sync(() => {
           serverId: l.serverId,
           serverIp: l.serverIp,
         })
+        const adopted = openTicketsWhere((t) => t.peerId === l.peerId)
+        for (const t of adopted) t.sessionId = l.sessionId
+        return { epoch: 1, adopted: adopted.map(copy) }
       }),
     logRejected: ({ peerId, reason, serverId, serverIp }) =>
       Effect.sync(() => append({ event: "rejected", peerId, sessionId: null, reason, serverId, serverIp })),
-    logout: ({ peerId, sessionId, reason, serverId }) =>
+    logout: ({ peerId, sessionId, epoch, reason, serverId }) =>
       Effect.sync(() => {
-        if (isClosed(sessionId)) return false
+        if (!holds(sessionId, epoch) || isClosed(sessionId)) return false
+        sessions.get(sessionId)!.closed = true
         append({ event: "logout", peerId, sessionId, reason, serverId, serverIp: null })
         return true
       }),
@@ -130,26 +196,56 @@ export const makeMemoryStore = Effect.sync(() => {
         const instance = instances.get(serverId)
         instances.set(serverId, { startedAt: now, aliveAt: now, ...instance, stoppedAt: now })
       }),
-    closeSessionsOfLostInstances: ({ deadAfterMs, reason, byServerId }) =>
+    lostInstances: ({ deadAfterMs, byServerId }) =>
       Effect.sync(() => {
         const now = Date.now()
-        const lost = new Set(
-          [...instances]
-            .filter(([id, i]) => id !== byServerId && i.stoppedAt === null && i.aliveAt < now - deadAfterMs)
-            .map(([serverId]) => serverId),
-        )
-        const open = log.filter((r) => r.event === "login" && lost.has(r.serverId) && !isClosed(r.sessionId))
-        return open.map((login) => {
-          const peerId = login.peerId!
-          const sessionId = login.sessionId!
-          append({ event: "logout", peerId, sessionId, reason, serverId: byServerId, serverIp: null })
-          for (const t of tickets.values()) {
-            if (t.sessionId === sessionId && !isTerminal(t.state)) t.state = "cancelled"
+        return [...instances]
+          .filter(([id, i]) => id !== byServerId && i.stoppedAt === null && i.aliveAt < now - deadAfterMs)
+          .map(([serverId]) => serverId)
+          .sort()
+      }),
+    renewLeases: ({ serverId, leaseMs, sessions: held }) =>
+      Effect.sync(() =>
+        held
+          .filter(
+            ({ sessionId, epoch }) =>
+              holds(sessionId, epoch) && sessions.get(sessionId)!.ownerId === serverId,
+          )
+          .map(({ sessionId }) => {
+            sessions.get(sessionId)!.leaseUntil = Date.now() + leaseMs
+            return sessionId
+          }),
+      ),
+    takeOverSessions: ({ serverId, leaseMs, limit, sessionId: only }) =>
+      Effect.sync(() => {
+        const now = Date.now()
+        const candidates = [...sessions]
+          .filter(([id, s]) =>
+            s.closed
+              ? false
+              : only === undefined
+                ? s.leaseUntil < now && s.ownerId !== serverId
+                : id === only && (s.leaseUntil < now || s.ownerId === serverId),
+          )
+          .sort(([, a], [, b]) => a.leaseUntil - b.leaseUntil)
+          .slice(0, Math.max(0, limit))
+        return candidates.map(([sessionId, s]) => {
+          const fromServerId = s.ownerId
+          s.ownerId = serverId
+          s.epoch++
+          s.leaseUntil = now + leaseMs
+          return {
+            sessionId,
+            epoch: s.epoch,
+            peerId: s.peerId,
+            os: s.os,
+            distro: s.distro,
+            fromServerId,
+            tickets: openTicketsWhere((t) => t.sessionId === sessionId).map(copy),
           }
-          return { peerId, sessionId }
         })
       }),
-    closedSessions: (sessionIds) => Effect.sync(() => sessionIds.filter((id) => isClosed(id))),
+    sessionOf: (peerId) => Effect.sync(() => Option.fromNullishOr(openSessionOf(peerId))),
 
     createTickets: ({ peerId, sessionId, jobs }) =>
       Effect.sync(() =>
@@ -165,25 +261,87 @@ export const makeMemoryStore = Effect.sync(() => {
             command: job.command,
             timeoutMs: job.timeout_ms,
             state: "queued" as TicketState,
+            attempts: 0,
+            deliveredAt: null,
+            createdAt: Date.now(),
           }
           tickets.set(ticket.ticket, ticket)
-          return { ...ticket }
+          return copy(ticket)
         }),
       ),
-    markDelivered: (ids) =>
-      Effect.sync(() => {
-        for (const id of ids) {
-          const t = tickets.get(id)
-          if (t?.state === "queued") t.state = "delivered"
+    submitTickets: ({ peerId, jobs }) =>
+      Effect.suspend(() => {
+        const peer = peers.get(peerId)
+        if (peer === undefined) {
+          return Effect.fail(
+            new StoreError({ operation: "submitTickets", message: `no peer ${peerId} has ever registered` }),
+          )
         }
+        const owner = openSessionOf(peerId)
+        const created = jobs.map((job) => {
+          const ticket = {
+            ticket: String(nextTicket++),
+            peerId,
+            sessionId: owner?.sessionId ?? null,
+            jobId: null,
+            name: job.name,
+            os: peer.os ?? "",
+            distro: peer.distro ?? "",
+            command: job.command,
+            timeoutMs: job.timeoutMs,
+            state: "queued" as TicketState,
+            attempts: 0,
+            deliveredAt: null,
+            createdAt: Date.now(),
+          }
+          tickets.set(ticket.ticket, ticket)
+          return copy(ticket)
+        })
+        return Effect.succeed({ tickets: created, owner })
+      }),
+    queuedTickets: (sessionId) =>
+      Effect.sync(() =>
+        [...tickets.values()]
+          .filter((t) => t.sessionId === sessionId && t.state === "queued")
+          .sort(oldestFirst)
+          .map(copy),
+      ),
+    queuedCounts: (sessionIds) =>
+      Effect.sync(() => {
+        const wanted = new Set(sessionIds)
+        const counts = new Map<string, number>()
+        for (const t of tickets.values()) {
+          if (t.state === "queued" && t.sessionId !== null && wanted.has(t.sessionId)) {
+            counts.set(t.sessionId, (counts.get(t.sessionId) ?? 0) + 1)
+          }
+        }
+        return counts
+      }),
+    markDelivered: (lease, ids) =>
+      Effect.suspend(() => {
+        if (!holds(lease.sessionId, lease.epoch)) return Effect.fail(new LeaseLost(lease))
+        return Effect.succeed(
+          ids.filter((id) => {
+            const t = tickets.get(id)
+            if (t === undefined || isTerminal(t.state) || t.sessionId !== lease.sessionId) return false
+            t.state = "delivered"
+            t.attempts++
+            t.deliveredAt = Date.now()
+            return true
+          }),
+        )
       }),
     recordResult: (r) =>
-      Effect.sync(() => {
+      Effect.suspend(() => {
+        if (!holds(r.sessionId, r.epoch)) {
+          return Effect.fail(new LeaseLost({ sessionId: r.sessionId, epoch: r.epoch }))
+        }
         const t = tickets.get(r.ticket)
-        if (!t) return "unknown_ticket"
-        if (t.peerId !== r.peerId || t.sessionId !== r.sessionId) return "foreign_ticket"
-        if (results.has(r.ticket)) return "duplicate"
-        if (isTerminal(t.state)) return "ticket_closed"
+        if (!t) return Effect.succeed("unknown_ticket" as const)
+        if (t.peerId !== r.peerId || t.sessionId !== r.sessionId)
+          return Effect.succeed("foreign_ticket" as const)
+        if (results.has(r.ticket)) return Effect.succeed("duplicate" as const)
+        if (isTerminal(t.state)) return Effect.succeed("ticket_closed" as const)
         t.state = ticketStateOf(r.status)
         results.set(r.ticket, {
           ticket: r.ticket,
@@ -195,18 +353,27 @@ export const makeMemoryStore = Effect.sync(() => {
           truncated: r.truncated,
           receivedAt: Date.now(),
         })
-        return "recorded"
+        return Effect.succeed("recorded" as const)
       }),
-    closeOpenTickets: (sessionId, state) =>
+    expireTickets: ({ deliveryDeadlineMs, executionSlackMs }) =>
       Effect.sync(() => {
-        let count = 0
+        const now = Date.now()
+        let undeliverable = 0
+        let timedOut = 0
         for (const t of tickets.values()) {
-          if (t.sessionId === sessionId && !isTerminal(t.state)) {
-            t.state = state
-            count++
+          if (t.state === "queued" && t.createdAt < now - deliveryDeadlineMs) {
+            t.state = "undeliverable"
+            undeliverable++
+          } else if (
+            t.state === "delivered" &&
+            (t.deliveredAt ?? now) + 2 * t.timeoutMs + executionSlackMs < now &&
+            (t.sessionId === null || sessions.get(t.sessionId)?.closed !== false)
+          ) {
+            t.state = "timed_out"
+            timedOut++
           }
         }
-        return count
+        return { undeliverable, timedOut }
       }),
     closeTickets: (ids, state) =>
       Effect.sync(() =>

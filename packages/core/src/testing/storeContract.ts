@@ -2,7 +2,7 @@ import { createHash, randomUUID } from "node:crypto"
 import { assert, describe, layer } from "@effect/vitest"
 import { Effect, type Layer, Option } from "effect"
 import { TestClock } from "effect/testing"
-import { type CatalogJob, type Login, Store } from "../store/Store.ts"
+import { type CatalogJob, LeaseLost, type Login, Store } from "../store/Store.ts"
 
 /**
  * The behaviour every Store layer must have. Run by core against the in-memory layer and by the
@@ -12,7 +12,12 @@ export const storeContract = (name: string, storeLayer: Layer.Layer<Store, unkno
   layer(storeLayer, { timeout: 60_000 })(`Store contract (${name})`, (it) => {
     const unique = (label: string) => `${label}-${randomUUID().slice(0, 8)}`
     const hashOf = (secret: string) => new Uint8Array(createHash("sha256").update(secret).digest())
-    const loginOf = (peerId: string, overrides: Partial<Login> = {}): Login => ({
+    const LEASE_MS = 60_000
+    const loginOf = (
+      peerId: string,
+      overrides: Partial<Login & { leaseMs: number }> = {},
+    ): Login & { leaseMs: number } => ({
+      leaseMs: LEASE_MS,
       peerId,
       sessionId: randomUUID(),
       serverId: "server-a",
@@ -31,10 +36,11 @@ export const storeContract = (name: string, storeLayer: Layer.Layer<Store, unkno
       command,
       timeout_ms: 5_000,
     })
-    const newResult = (ticket: string, peerId: string, sessionId: string) => ({
+    const newResult = (ticket: string, peerId: string, sessionId: string, epoch = 1) => ({
       ticket,
       peerId,
       sessionId,
+      epoch,
       serverId: "server-a",
       status: "succeeded" as const,
       exitCode: 0,
@@ -108,10 +114,21 @@ export const storeContract = (name: string, storeLayer: Layer.Layer<Store, unkno
           assert.strictEqual(open.length, 1)
           assert.isNull(open[0]!.logoutAt)
           assert.isNull(open[0]!.logoutReason)
+          assert.isFalse(
+            yield* store.logout({
+              peerId,
+              sessionId: login.sessionId,
+              epoch: 2,
+              reason: "fenced",
+              serverId: "server-b",
+            }),
+            "a logout naming another epoch is refused",
+          )
           assert.isTrue(
             yield* store.logout({
               peerId,
               sessionId: login.sessionId,
+              epoch: 1,
               reason: "peer_logout",
               serverId: "server-a",
             }),
@@ -120,6 +137,7 @@ export const storeContract = (name: string, storeLayer: Layer.Layer<Store, unkno
             yield* store.logout({
               peerId,
               sessionId: login.sessionId,
+              epoch: 1,
               reason: "timeout",
               serverId: "server-a",
             }),
@@ -170,6 +188,7 @@ export const storeContract = (name: string, storeLayer: Layer.Layer<Store, unkno
           yield* store.logout({
             peerId,
             sessionId: first.sessionId,
+            epoch: 1,
             reason: "server_shutdown",
             serverId: "server-a",
           })
@@ -184,205 +203,309 @@ export const storeContract = (name: string, storeLayer: Layer.Layer<Store, unkno
     })
 
     describe("server instances", () => {
-      // An instance is lost once it has not said it is alive for DEAD_AFTER_MS; waitUntilLost waits
-      // longer than that, on the real clock (which both stores use). Every close call sees the lost
-      // instances of every test (one shared database), so each test uses its own server ids and
-      // looks only at its own sessions.
+      // Lost means not alive for DEAD_AFTER_MS, on the real clock (which both stores use). Every test
+      // sees every instance of the shared database, so each looks only at its own server ids.
       const DEAD_AFTER_MS = 50
-      const waitUntilLost = TestClock.withLive(Effect.sleep("120 millis"))
-      const openSession = (serverId: string) =>
+      const waitOut = TestClock.withLive(Effect.sleep("120 millis"))
+
+      it.effect("calls lost only instances silent too long that did not stop cleanly", () =>
         Effect.gen(function* () {
           const store = yield* Store
-          const login = loginOf(unique("peer"), { serverId })
-          yield* store.login(login)
-          return login
-        })
-      const closeLost = (reason = unique("server_lost")) =>
-        Effect.gen(function* () {
-          const store = yield* Store
-          const byServerId = unique("closer")
-          const closed = yield* store.closeSessionsOfLostInstances({
+          const [lost, alive, stopped, back] = ["lost", "alive", "stopped", "back"].map(unique)
+          for (const id of [lost!, alive!, stopped!, back!]) yield* store.instanceAlive(id)
+          yield* store.instanceStopped(stopped!)
+          yield* store.instanceStopped(back!)
+          yield* waitOut
+          yield* store.instanceAlive(alive!)
+          const found = yield* store.lostInstances({
             deadAfterMs: DEAD_AFTER_MS,
-            reason,
-            byServerId,
+            byServerId: unique("asker"),
           })
-          return { closed, reason, byServerId }
-        })
-      type SessionRef = { readonly peerId: string; readonly sessionId: string }
-      const bySession = (refs: ReadonlyArray<SessionRef>) =>
-        refs
-          .map((r) => ({ peerId: r.peerId, sessionId: r.sessionId }))
-          .sort((a, b) => (a.sessionId < b.sessionId ? -1 : a.sessionId > b.sessionId ? 1 : 0))
-      /** The closed sessions that are among `logins`, in session order. */
-      const mine = (closed: ReadonlyArray<SessionRef>, logins: ReadonlyArray<Login>) =>
-        bySession(closed.filter((c) => logins.some((l) => l.sessionId === c.sessionId)))
-
-      it.effect(
-        "logs out a lost instance's open sessions with the reason and cancels their open tickets",
-        () =>
-          Effect.gen(function* () {
-            const store = yield* Store
-            const serverId = unique("lost")
-            yield* store.instanceAlive(serverId)
-            const open = yield* openSession(serverId)
-            const other = yield* openSession(serverId)
-            const done = yield* openSession(serverId)
-            yield* store.logout({
-              peerId: done.peerId,
-              sessionId: done.sessionId,
-              reason: "peer_logout",
-              serverId,
-            })
-            const distro = unique("distro")
-            yield* store.replaceCatalog([
-              job(unique("queued"), distro),
-              job(unique("delivered"), distro),
-              job(unique("finished"), distro),
-            ])
-            const jobs = yield* store.jobsFor("linux", distro)
-            const [queued, delivered, finished] = yield* store.createTickets({
-              peerId: open.peerId,
-              sessionId: open.sessionId,
-              serverId,
-              jobs,
-            })
-            yield* store.markDelivered([delivered!.ticket, finished!.ticket])
-            yield* store.recordResult(newResult(finished!.ticket, open.peerId, open.sessionId))
-            const [doneTicket] = yield* store.createTickets({
-              peerId: done.peerId,
-              sessionId: done.sessionId,
-              serverId,
-              jobs: jobs.slice(0, 1),
-            })
-
-            yield* waitUntilLost
-            const { closed, reason, byServerId } = yield* closeLost()
-            assert.deepStrictEqual(mine(closed, [open, other, done]), bySession([open, other]))
-
-            const [session] = yield* store.sessions({ peerId: open.peerId, limit: 10 })
-            assert.strictEqual(session?.logoutReason, reason)
-            assert.isNotNull(session?.logoutAt)
-            assert.strictEqual(session?.serverId, serverId, "the session still names the instance it was on")
-            const logouts = (yield* store.registrationLog({ limit: 1_000 })).filter(
-              (r) => r.event === "logout" && r.sessionId === open.sessionId,
-            )
-            assert.strictEqual(logouts.length, 1)
-            assert.strictEqual(logouts[0]!.serverId, byServerId)
-            assert.strictEqual(logouts[0]!.peerId, open.peerId)
-
-            assert.deepStrictEqual(yield* store.ticketState(queued!.ticket), Option.some("cancelled"))
-            assert.deepStrictEqual(yield* store.ticketState(delivered!.ticket), Option.some("cancelled"))
-            assert.deepStrictEqual(yield* store.ticketState(finished!.ticket), Option.some("succeeded"))
-            assert.deepStrictEqual(
-              yield* store.ticketState(doneTicket!.ticket),
-              Option.some("queued"),
-              "a session logged out before is not touched",
-            )
-            const [doneSession] = yield* store.sessions({ peerId: done.peerId, limit: 10 })
-            assert.strictEqual(doneSession?.logoutReason, "peer_logout")
-
-            const again = yield* closeLost()
-            assert.deepStrictEqual(mine(again.closed, [open, other, done]), [], "closed once only")
-          }),
+          assert.deepStrictEqual(
+            found.filter((id) => [lost, alive, stopped, back].includes(id)),
+            [lost],
+          )
+          assert.notInclude(
+            yield* store.lostInstances({ deadAfterMs: DEAD_AFTER_MS, byServerId: lost! }),
+            lost,
+          )
+          yield* store.instanceAlive(back!)
+          yield* waitOut
+          assert.include(
+            yield* store.lostInstances({ deadAfterMs: DEAD_AFTER_MS, byServerId: unique("asker") }),
+            back,
+            "saying it is alive again cleared the clean stop",
+          )
+        }),
       )
 
-      it.effect("leaves alone instances that are alive, stopped cleanly, or never said they were alive", () =>
+      it.effect("the first proposed session key is everyone's", () =>
+        Effect.gen(function* () {
+          const store = yield* Store
+          const first = yield* store.sessionKey(new Uint8Array(32).fill(1))
+          const second = yield* store.sessionKey(new Uint8Array(32).fill(2))
+          assert.deepStrictEqual([...second], [...first])
+        }),
+      )
+    })
+
+    describe("session leases", () => {
+      const SHORT_LEASE_MS = 50
+      const waitOut = TestClock.withLive(Effect.sleep("120 millis"))
+      const distro = unique("lease-distro")
+      const withTickets = (login: Login, count: number) =>
+        Effect.gen(function* () {
+          const store = yield* Store
+          yield* store.replaceCatalog(Array.from({ length: count }, (_, i) => job(`${distro}-${i}`, distro)))
+          return yield* store.createTickets({
+            peerId: login.peerId,
+            sessionId: login.sessionId,
+            serverId: login.serverId,
+            jobs: yield* store.jobsFor("linux", distro),
+          })
+        })
+
+      it.effect("a new login replaces the open session, fences its holder and takes its open tickets", () =>
+        Effect.gen(function* () {
+          const store = yield* Store
+          const peerId = unique("peer")
+          const first = loginOf(peerId, { serverId: "server-a" })
+          assert.deepStrictEqual(yield* store.login(first), { epoch: 1, adopted: [] })
+          const [done, delivered, queued] = yield* withTickets(first, 3)
+          const lease = { sessionId: first.sessionId, epoch: 1 }
+          yield* store.markDelivered(lease, [done!.ticket, delivered!.ticket])
+          yield* store.recordResult(newResult(done!.ticket, peerId, first.sessionId))
+
+          const second = loginOf(peerId, { serverId: "server-b" })
+          const { epoch, adopted } = yield* store.login(second)
+          assert.strictEqual(epoch, 1)
+          assert.deepStrictEqual(
+            adopted.map((t) => [t.ticket, t.state, t.sessionId, t.attempts]),
+            [
+              [delivered!.ticket, "delivered", second.sessionId, 1],
+              [queued!.ticket, "queued", second.sessionId, 0],
+            ],
+          )
+          const sessions = new Map(
+            (yield* store.sessions({ peerId, limit: 10 })).map((s) => [s.sessionId, s]),
+          )
+          assert.strictEqual(sessions.get(first.sessionId)?.logoutReason, "replaced")
+          assert.isNull(sessions.get(second.sessionId)?.logoutAt ?? null)
+
+          const refused = yield* Effect.flip(store.markDelivered(lease, [queued!.ticket]))
+          assert.instanceOf(refused, LeaseLost)
+          const late = yield* Effect.flip(
+            store.recordResult(newResult(delivered!.ticket, peerId, first.sessionId)),
+          )
+          assert.instanceOf(late, LeaseLost)
+          assert.isFalse(yield* store.logout({ ...lease, peerId, reason: "timeout", serverId: "server-a" }))
+          assert.deepStrictEqual(
+            yield* store.renewLeases({ serverId: "server-a", leaseMs: LEASE_MS, sessions: [lease] }),
+            [],
+          )
+          assert.strictEqual(
+            yield* store.recordResult(newResult(delivered!.ticket, peerId, second.sessionId)),
+            "recorded",
+            "the new session records the answer to a ticket it carried over",
+          )
+        }),
+      )
+
+      it.effect("renews only the leases its holder has at their epoch", () =>
+        Effect.gen(function* () {
+          const store = yield* Store
+          const a = loginOf(unique("peer"), { serverId: "server-a" })
+          const b = loginOf(unique("peer"), { serverId: "server-b" })
+          const closed = loginOf(unique("peer"), { serverId: "server-a" })
+          for (const l of [a, b, closed]) yield* store.login(l)
+          yield* store.logout({ ...closed, epoch: 1, reason: "timeout" })
+          const held = yield* store.renewLeases({
+            serverId: "server-a",
+            leaseMs: LEASE_MS,
+            sessions: [
+              { sessionId: a.sessionId, epoch: 1 },
+              { sessionId: b.sessionId, epoch: 1 },
+              { sessionId: closed.sessionId, epoch: 1 },
+              { sessionId: a.sessionId, epoch: 7 },
+              { sessionId: "not-a-uuid", epoch: 1 },
+            ],
+          })
+          assert.deepStrictEqual(held, [a.sessionId])
+        }),
+      )
+
+      it.effect("takes over expired sessions with their tickets, once, and fences the old holder", () =>
         Effect.gen(function* () {
           const store = yield* Store
           const lost = unique("lost")
-          const alive = unique("alive")
-          const stopped = unique("stopped")
-          const unknown = unique("unknown")
-          for (const serverId of [lost, alive, stopped]) yield* store.instanceAlive(serverId)
-          const logins = [
-            yield* openSession(lost),
-            yield* openSession(alive),
-            yield* openSession(stopped),
-            yield* openSession(unknown),
-          ]
-          yield* store.instanceStopped(stopped)
-          yield* waitUntilLost
-          yield* store.instanceAlive(alive)
-          const { closed } = yield* closeLost()
-          assert.deepStrictEqual(mine(closed, logins), bySession(logins.slice(0, 1)))
-          const stillOpen = logins.slice(1)
-          for (const login of stillOpen) {
-            const [session] = yield* store.sessions({ peerId: login.peerId, limit: 10 })
-            assert.isNull(session?.logoutAt, login.serverId)
-          }
-          assert.deepStrictEqual(yield* store.closedSessions(stillOpen.map((l) => l.sessionId)), [])
-        }),
-      )
+          const live = unique("live")
+          const expiring = loginOf(unique("peer"), { serverId: lost, leaseMs: SHORT_LEASE_MS })
+          const healthy = loginOf(unique("peer"), { serverId: live })
+          yield* store.login(expiring)
+          yield* store.login(healthy)
+          const [inFlight, waiting] = yield* withTickets(expiring, 2)
+          yield* store.markDelivered({ sessionId: expiring.sessionId, epoch: 1 }, [inFlight!.ticket])
+          yield* waitOut
 
-      it.effect("an instance that says it is alive again is no longer lost, even after stopping", () =>
-        Effect.gen(function* () {
-          const store = yield* Store
-          const back = unique("back")
-          const restarted = unique("restarted")
-          yield* store.instanceAlive(back)
-          yield* store.instanceAlive(restarted)
-          yield* store.instanceStopped(restarted)
-          yield* store.instanceAlive(restarted)
-          const backLogin = yield* openSession(back)
-          const restartedLogin = yield* openSession(restarted)
-          yield* waitUntilLost
-          yield* store.instanceAlive(back)
-          const first = yield* closeLost()
-          assert.deepStrictEqual(
-            mine(first.closed, [backLogin, restartedLogin]),
-            bySession([restartedLogin]),
-            "saying it is alive again cleared the clean stop",
-          )
-          assert.deepStrictEqual(yield* store.closedSessions([backLogin.sessionId]), [])
-        }),
-      )
-
-      it.effect("closedSessions returns exactly the given sessions that have a logout", () =>
-        Effect.gen(function* () {
-          const store = yield* Store
-          const serverId = unique("server")
-          const a = yield* openSession(serverId)
-          const b = yield* openSession(serverId)
-          const c = yield* openSession(serverId)
-          yield* store.logout({ peerId: a.peerId, sessionId: a.sessionId, reason: "peer_logout", serverId })
-          yield* store.logout({ peerId: c.peerId, sessionId: c.sessionId, reason: "timeout", serverId })
-          assert.deepStrictEqual(yield* store.closedSessions([]), [])
-          const asked = [a.sessionId, b.sessionId, randomUUID(), "not-a-uuid", "", c.sessionId]
-          assert.deepStrictEqual(
-            [...(yield* store.closedSessions(asked))].sort(),
-            [a.sessionId, c.sessionId].sort(),
-          )
-        }),
-      )
-
-      it.effect("two closers at once log each session out once", () =>
-        Effect.gen(function* () {
-          const store = yield* Store
-          const serverId = unique("lost")
-          yield* store.instanceAlive(serverId)
-          const logins = [
-            yield* openSession(serverId),
-            yield* openSession(serverId),
-            yield* openSession(serverId),
-          ]
-          yield* waitUntilLost
-          const results = yield* Effect.all(
-            Array.from({ length: 4 }, () => closeLost()),
+          const takers = [unique("taker"), unique("taker"), unique("taker")]
+          const rounds = yield* Effect.all(
+            takers.map((serverId) => store.takeOverSessions({ serverId, leaseMs: LEASE_MS, limit: 1_000 })),
             { concurrency: "unbounded" },
           )
-          const all = mine(
-            results.flatMap((r) => r.closed),
-            logins,
+          const mine = rounds.flat().filter((t) => t.sessionId === expiring.sessionId)
+          assert.strictEqual(mine.length, 1, "exactly one taker")
+          assert.isFalse(
+            rounds.flat().some((t) => t.sessionId === healthy.sessionId),
+            "a live lease stays",
           )
-          assert.deepStrictEqual(all, bySession(logins), "every session closed, by exactly one closer")
-          const logouts = (yield* store.registrationLog({ limit: 1_000 })).filter(
-            (r) => r.event === "logout" && logins.some((l) => l.sessionId === r.sessionId),
+          const taken = mine[0]!
+          const taker = takers[rounds.findIndex((r) => r.some((t) => t.sessionId === expiring.sessionId))]!
+          assert.strictEqual(taken.epoch, 2)
+          assert.strictEqual(taken.fromServerId, lost)
+          assert.strictEqual(taken.peerId, expiring.peerId)
+          assert.deepStrictEqual(
+            taken.tickets.map((t) => [t.ticket, t.state]),
+            [
+              [inFlight!.ticket, "delivered"],
+              [waiting!.ticket, "queued"],
+            ],
           )
-          assert.strictEqual(logouts.length, logins.length)
-          for (const logout of logouts) {
-            const closer = results.find((r) => r.closed.some((c) => c.sessionId === logout.sessionId))
-            assert.strictEqual(logout.serverId, closer?.byServerId, "the closer that wrote it returned it")
-          }
+          assert.isNotNull(taken.tickets[0]!.deliveredAt)
+
+          const stale = yield* Effect.flip(
+            store.recordResult(newResult(inFlight!.ticket, expiring.peerId, expiring.sessionId, 1)),
+          )
+          assert.instanceOf(stale, LeaseLost, "the old holder's late write is refused")
+          assert.strictEqual(
+            yield* store.recordResult(newResult(inFlight!.ticket, expiring.peerId, expiring.sessionId, 2)),
+            "recorded",
+          )
+          const owner = Option.getOrThrow(yield* store.sessionOf(expiring.peerId))
+          assert.deepStrictEqual(owner, {
+            sessionId: expiring.sessionId,
+            ownerId: taker,
+            epoch: 2,
+            expired: false,
+          })
+          assert.deepStrictEqual(
+            yield* store
+              .takeOverSessions({ serverId: unique("late"), leaseMs: LEASE_MS, limit: 1_000 })
+              .pipe(Effect.map((ts) => ts.filter((t) => t.sessionId === expiring.sessionId))),
+            [],
+            "taken once only",
+          )
+        }),
+      )
+
+      it.effect("an instance asking for one session of its own name takes it back at once", () =>
+        Effect.gen(function* () {
+          const store = yield* Store
+          const serverId = unique("restarted")
+          const login = loginOf(unique("peer"), { serverId })
+          yield* store.login(login)
+          const other = yield* store.takeOverSessions({
+            serverId: unique("other"),
+            leaseMs: LEASE_MS,
+            limit: 1,
+            sessionId: login.sessionId,
+          })
+          assert.deepStrictEqual(other, [], "someone else waits for the lease to run out")
+          const [back] = yield* store.takeOverSessions({
+            serverId,
+            leaseMs: LEASE_MS,
+            limit: 1,
+            sessionId: login.sessionId,
+          })
+          assert.strictEqual(back?.epoch, 2)
+          assert.isTrue(Option.isNone(yield* store.sessionOf(unique("nobody"))))
+        }),
+      )
+    })
+
+    describe("submitted tickets and deadlines", () => {
+      it.effect("submits to the open session, or to the next one of an offline peer", () =>
+        Effect.gen(function* () {
+          const store = yield* Store
+          const peerId = unique("peer")
+          const first = loginOf(peerId)
+          yield* store.login(first)
+          const jobs = [
+            { name: "one", command: "echo 1", timeoutMs: 1_000 },
+            { name: "two", command: "echo 2", timeoutMs: 1_000 },
+          ]
+          const online = yield* store.submitTickets({ peerId, serverId: "api", jobs })
+          assert.strictEqual(online.owner?.sessionId, first.sessionId)
+          assert.strictEqual(online.owner?.ownerId, "server-a")
+          assert.deepStrictEqual(
+            online.tickets.map((t) => [t.name, t.os, t.distro, t.sessionId, t.state, t.jobId]),
+            [
+              ["one", "linux", "debian", first.sessionId, "queued", null],
+              ["two", "linux", "debian", first.sessionId, "queued", null],
+            ],
+          )
+          assert.deepStrictEqual(
+            (yield* store.queuedTickets(first.sessionId)).map((t) => t.name),
+            ["one", "two"],
+          )
+          assert.deepStrictEqual(
+            [...(yield* store.queuedCounts([first.sessionId, randomUUID(), "nope"]))],
+            [[first.sessionId, 2]],
+          )
+
+          yield* store.logout({ ...first, epoch: 1, reason: "peer_logout" })
+          const offline = yield* store.submitTickets({ peerId, serverId: "api", jobs: jobs.slice(0, 1) })
+          assert.isUndefined(offline.owner)
+          assert.isNull(offline.tickets[0]!.sessionId)
+          const second = loginOf(peerId)
+          const { adopted } = yield* store.login(second)
+          assert.deepStrictEqual(
+            adopted.map((t) => t.ticket),
+            [...online.tickets, ...offline.tickets].map((t) => t.ticket),
+            "the next session gets them all, oldest first",
+          )
+          const unknown = yield* Effect.flip(
+            store.submitTickets({ peerId: unique("ghost"), serverId: "api", jobs }),
+          )
+          assert.strictEqual(unknown._tag, "StoreError")
+        }),
+      )
+
+      it.effect("the sweep ends undelivered and unanswered tickets past their deadlines", () =>
+        Effect.gen(function* () {
+          const store = yield* Store
+          const peerId = unique("peer")
+          const gone = loginOf(peerId)
+          yield* store.login(gone)
+          const quick = { name: "quick", command: "true", timeoutMs: 1 }
+          const [lost, waiting] = (yield* store.submitTickets({
+            peerId,
+            serverId: "api",
+            jobs: [quick, quick],
+          })).tickets
+          yield* store.markDelivered({ sessionId: gone.sessionId, epoch: 1 }, [lost!.ticket])
+          const live = loginOf(unique("peer"))
+          yield* store.login(live)
+          const [running] = (yield* store.submitTickets({
+            peerId: live.peerId,
+            serverId: "api",
+            jobs: [quick],
+          })).tickets
+          yield* store.markDelivered({ sessionId: live.sessionId, epoch: 1 }, [running!.ticket])
+          yield* store.logout({ ...gone, epoch: 1, reason: "timeout" })
+          yield* TestClock.withLive(Effect.sleep("60 millis"))
+
+          const first = yield* store.expireTickets({ deliveryDeadlineMs: 60_000, executionSlackMs: 10 })
+          assert.isAtLeast(first.timedOut, 1)
+          assert.deepStrictEqual(yield* store.ticketState(lost!.ticket), Option.some("timed_out"))
+          assert.deepStrictEqual(yield* store.ticketState(waiting!.ticket), Option.some("queued"))
+          assert.deepStrictEqual(
+            yield* store.ticketState(running!.ticket),
+            Option.some("delivered"),
+            "an open session's ticket is its owner's to re-send",
+          )
+          const second = yield* store.expireTickets({ deliveryDeadlineMs: 10, executionSlackMs: 10 })
+          assert.isAtLeast(second.undeliverable, 1)
+          assert.deepStrictEqual(yield* store.ticketState(waiting!.ticket), Option.some("undeliverable"))
         }),
       )
     })
@@ -409,8 +532,11 @@ export const storeContract = (name: string, storeLayer: Layer.Layer<Store, unkno
           const { store, tickets } = yield* setup
           assert.strictEqual(tickets.length, 2)
           assert.strictEqual(new Set(tickets.map((t) => t.ticket)).size, 2)
-          assert.isTrue(tickets.every((t) => t.state === "queued"))
-          yield* store.markDelivered(tickets.map((t) => t.ticket))
+          assert.isTrue(tickets.every((t) => t.state === "queued" && t.attempts === 0))
+          yield* store.markDelivered(
+            { sessionId: tickets[0]!.sessionId!, epoch: 1 },
+            tickets.map((t) => t.ticket),
+          )
           assert.deepStrictEqual(yield* store.ticketState(tickets[0]!.ticket), Option.some("delivered"))
         }),
       )
@@ -464,9 +590,16 @@ export const storeContract = (name: string, storeLayer: Layer.Layer<Store, unkno
             yield* store.recordResult(newResult(ticket, unique("thief"), login.sessionId)),
             "foreign_ticket",
           )
+          const other = loginOf(unique("other"))
+          yield* store.login(other)
           assert.strictEqual(
-            yield* store.recordResult(newResult(ticket, peerId, randomUUID())),
+            yield* store.recordResult(newResult(ticket, other.peerId, other.sessionId)),
             "foreign_ticket",
+          )
+          assert.instanceOf(
+            yield* Effect.flip(store.recordResult(newResult(ticket, peerId, randomUUID()))),
+            LeaseLost,
+            "no session, no write",
           )
           assert.deepStrictEqual(yield* store.ticketState(ticket), Option.some("queued"))
         }),
@@ -501,17 +634,13 @@ export const storeContract = (name: string, storeLayer: Layer.Layer<Store, unkno
         }),
       )
 
-      it.effect("closes a session's open tickets, and only those", () =>
+      it.effect("a ticket that ended without a result takes none", () =>
         Effect.gen(function* () {
           const { store, peerId, login, tickets } = yield* setup
-          yield* store.recordResult(newResult(tickets[0]!.ticket, peerId, login.sessionId))
-          assert.strictEqual(yield* store.closeOpenTickets(login.sessionId, "cancelled"), 1)
-          assert.deepStrictEqual(yield* store.ticketState(tickets[0]!.ticket), Option.some("succeeded"))
-          assert.deepStrictEqual(yield* store.ticketState(tickets[1]!.ticket), Option.some("cancelled"))
+          yield* store.closeTickets([tickets[1]!.ticket], "undeliverable")
           assert.strictEqual(
             yield* store.recordResult(newResult(tickets[1]!.ticket, peerId, login.sessionId)),
             "ticket_closed",
-            "a ticket that ended takes no result",
           )
         }),
       )

@@ -1,5 +1,7 @@
 import {
   CatalogJob,
+  LeaseLost,
+  Protocol,
   type RecordOutcome,
   ResultStatus,
   Store,
@@ -37,7 +39,7 @@ const TicketRow = std(
   Schema.Struct({
     ticket: Schema.String,
     peerId: Schema.String,
-    sessionId: Schema.String,
+    sessionId: NullableString,
     jobId: NullableString,
     name: Schema.String,
     os: Schema.String,
@@ -45,13 +47,36 @@ const TicketRow = std(
     command: Schema.String,
     timeoutMs: Schema.Int,
     state: TicketState,
+    attempts: Schema.Int,
+    deliveredAt: NullableInt,
   }),
 )
 const LockedTicketRow = std(
-  Schema.Struct({ peerId: Schema.String, sessionId: Schema.String, state: TicketState }),
+  Schema.Struct({ peerId: Schema.String, sessionId: NullableString, state: TicketState }),
 )
-const SessionRefRow = std(Schema.Struct({ peerId: Schema.String, sessionId: Schema.String }))
 const SessionIdRow = std(Schema.Struct({ sessionId: Schema.String }))
+const EpochRow = std(Schema.Struct({ epoch: Schema.Int, closed: Schema.Boolean }))
+const TakenRow = std(
+  Schema.Struct({
+    sessionId: Schema.String,
+    peerId: Schema.String,
+    epoch: Schema.Int,
+    os: NullableString,
+    distro: NullableString,
+    fromServerId: Schema.String,
+  }),
+)
+const OwnerRow = std(
+  Schema.Struct({
+    sessionId: Schema.String,
+    ownerId: Schema.String,
+    epoch: Schema.Int,
+    expired: Schema.Boolean,
+  }),
+)
+const KeyRow = std(Schema.Struct({ key: Schema.Uint8Array }))
+const CountRow = std(Schema.Struct({ sessionId: Schema.String, count: Schema.Int }))
+const PeerLabelsRow = std(Schema.Struct({ os: NullableString, distro: NullableString }))
 const ServerIdRow = std(Schema.Struct({ serverId: Schema.String }))
 const StateRow = std(Schema.Struct({ state: TicketState }))
 const ExistsRow = std(Schema.Struct({ exists: Schema.Boolean }))
@@ -96,6 +121,16 @@ const CATALOG_LOCK_KEY = 7_313_526_417_002
 const BIGINT_MAX = 9_223_372_036_854_775_807n
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
 
+const ticketColumns = sql.fragment`
+  ticket, peer_id as "peerId", session_id::text as "sessionId", job_id as "jobId", job_name as "name", os,
+  distro, command, timeout_ms as "timeoutMs", state, attempts, delivered_at as "deliveredAt"
+`
+/** Oldest first; ticket ids are numbers in text, so the shorter one is older. */
+const ticketOrder = sql.fragment`created_at, length(ticket), ticket`
+
+/** `now()` plus a lease, as a timestamptz. */
+const leaseEnd = (leaseMs: number) => sql.fragment`now() + ${leaseMs}::float8 * interval '1 millisecond'`
+
 const tokenColumns = sql.fragment`
   token_id as "tokenId", name, prefix, created_at as "createdAt", revoked_at as "revokedAt"
 `
@@ -116,10 +151,41 @@ const attempt = <A>(operation: string, run: () => Promise<A>): Effect.Effect<A, 
     catch: (error) => new StoreError({ operation, message: describeError(error) }),
   }).pipe(Effect.withSpan(`PgStore.${operation}`))
 
+/** As `attempt`, for writes fenced by a session's epoch. */
+const fenced = <A>(operation: string, run: () => Promise<A>): Effect.Effect<A, StoreError | LeaseLost> =>
+  Effect.tryPromise({
+    try: run,
+    catch: (error) =>
+      error instanceof Fenced
+        ? new LeaseLost(error.lease)
+        : new StoreError({ operation, message: describeError(error) }),
+  }).pipe(Effect.withSpan(`PgStore.${operation}`))
+
+/** Thrown inside a transaction to roll it back and fail the call with LeaseLost. */
+class Fenced extends Error {
+  readonly lease: { readonly sessionId: string; readonly epoch: number }
+  constructor(lease: { readonly sessionId: string; readonly epoch: number }) {
+    super("lease lost")
+    this.lease = lease
+  }
+}
+
+/** Locks the session's row against a takeover for the rest of the transaction; throws if not held. */
+const holdLease = async (tx: DatabaseTransactionConnection, sessionId: string, epoch: number) => {
+  const row = UUID.test(sessionId)
+    ? await tx.maybeOne(sql.type(EpochRow)`
+        select epoch, closed_at is not null as "closed" from sessions
+        where session_id = ${sessionId}::uuid for share
+      `)
+    : null
+  if (row === null || row.epoch !== epoch || row.closed) throw new Fenced({ sessionId, epoch })
+}
+
 const recordIn = async (
   tx: DatabaseTransactionConnection,
   result: Parameters<Store["Service"]["recordResult"]>[0],
 ): Promise<RecordOutcome> => {
+  await holdLease(tx, result.sessionId, result.epoch)
   // Lock the ticket first: concurrent copies of one result queue up here, so exactly one of them
   // sees the ticket open.
   const ticket = await tx.maybeOne(sql.type(LockedTicketRow)`
@@ -141,7 +207,7 @@ const recordIn = async (
     insert into job_results (
       ticket, peer_id, session_id, status, exit_code, output, truncated, started_at, finished_at, server_id
     ) values (
-      ${result.ticket}, ${result.peerId}, ${ticket.sessionId}::uuid, ${result.status}, ${result.exitCode},
+      ${result.ticket}, ${result.peerId}, ${result.sessionId}::uuid, ${result.status}, ${result.exitCode},
       ${result.output.replaceAll("\u0000", "\uFFFD")}, ${result.truncated},
       ${timestampOf(result.startedAt)}, ${timestampOf(result.finishedAt)}, ${result.serverId}
     )
@@ -239,6 +305,16 @@ export const makePgStore = (pool: DatabasePool): Store["Service"] =>
         `),
       ),
 
+    sessionKey: (proposed) =>
+      attempt("sessionKey", async () => {
+        await pool.query(sql.type(NoRow)`
+          insert into cluster_keys (name, key) values ('session', ${sql.binary(Buffer.from(proposed))})
+          on conflict (name) do nothing
+        `)
+        const { key } = await pool.one(sql.type(KeyRow)`select key from cluster_keys where name = 'session'`)
+        return new Uint8Array(key)
+      }),
+
     login: (login) =>
       attempt("login", () =>
         pool.transaction(async (tx) => {
@@ -249,10 +325,35 @@ export const makePgStore = (pool: DatabasePool): Store["Service"] =>
               os = excluded.os, distro = excluded.distro, hostname = excluded.hostname,
               agent_version = excluded.agent_version, last_seen_at = now()
           `)
+          // The peer's older sessions end here; moving their epoch on fences whoever holds them.
+          await tx.query(sql.type(NoRow)`
+            with replaced as (
+              update sessions set closed_at = now(), epoch = epoch + 1
+              where peer_id = ${login.peerId} and closed_at is null
+              returning session_id
+            )
+            insert into registration_log (event, peer_id, session_id, reason, server_id)
+            select 'logout', ${login.peerId}, session_id, ${Protocol.LogoutReason.replaced}, ${login.serverId}
+            from replaced order by session_id
+            on conflict (session_id) where event = 'logout' do nothing
+          `)
+          await tx.query(sql.type(NoRow)`
+            insert into sessions (session_id, peer_id, os, distro, owner_id, lease_until)
+            values (${login.sessionId}::uuid, ${login.peerId}, ${login.os}, ${login.distro}, ${login.serverId}, ${leaseEnd(login.leaseMs)})
+          `)
           await tx.query(sql.type(NoRow)`
             insert into registration_log (event, peer_id, session_id, server_id, server_ip)
             values ('login', ${login.peerId}, ${login.sessionId}::uuid, ${login.serverId}, ${login.serverIp})
           `)
+          const adopted = await tx.any(sql.type(TicketRow)`
+            with adopted as (
+              update tickets set session_id = ${login.sessionId}::uuid
+              where peer_id = ${login.peerId} and state in ('queued', 'delivered')
+              returning *
+            )
+            select ${ticketColumns} from adopted order by ${ticketOrder}
+          `)
+          return { epoch: 1, adopted }
         }),
       ),
 
@@ -266,9 +367,15 @@ export const makePgStore = (pool: DatabasePool): Store["Service"] =>
 
     logout: (entry) =>
       attempt("logout", async () => {
+        if (!UUID.test(entry.sessionId)) return false
         const row = await pool.maybeOne(sql.type(LogIdRow)`
+          with closed as (
+            update sessions set closed_at = now()
+            where session_id = ${entry.sessionId}::uuid and epoch = ${entry.epoch} and closed_at is null
+            returning session_id
+          )
           insert into registration_log (event, peer_id, session_id, reason, server_id)
-          values ('logout', ${entry.peerId}, ${entry.sessionId}::uuid, ${entry.reason}, ${entry.serverId})
+          select 'logout', ${entry.peerId}, session_id, ${entry.reason}, ${entry.serverId} from closed
           on conflict (session_id) where event = 'logout' do nothing
           returning id
         `)
@@ -304,65 +411,91 @@ export const makePgStore = (pool: DatabasePool): Store["Service"] =>
         `)
       }),
 
-    closeSessionsOfLostInstances: (entry) =>
-      attempt("closeSessionsOfLostInstances", async () => {
+    lostInstances: (entry) =>
+      attempt("lostInstances", async () => {
         // NaN would compare above every number in PostgreSQL (and so call every instance lost).
         if (Number.isNaN(entry.deadAfterMs)) return []
+        return pool.anyFirst(sql.type(ServerIdRow)`
+          select server_id as "serverId" from server_instances
+          where stopped_at is null and server_id <> ${entry.byServerId}
+            and extract(epoch from alive_at) * 1000 < extract(epoch from now()) * 1000 - ${entry.deadAfterMs}::float8
+          order by server_id
+        `)
+      }),
+
+    renewLeases: (entry) =>
+      attempt("renewLeases", async () => {
+        const held = entry.sessions.filter((l) => UUID.test(l.sessionId))
+        if (held.length === 0) return []
+        const renewed = new Set(
+          await pool.anyFirst(sql.type(SessionIdRow)`
+            update sessions s set lease_until = ${leaseEnd(entry.leaseMs)}
+            from ${sql.unnest(
+              held.map((l) => [l.sessionId, l.epoch]),
+              ["uuid", "int4"],
+            )} as l(session_id, epoch)
+            where s.session_id = l.session_id and s.epoch = l.epoch
+              and s.owner_id = ${entry.serverId} and s.closed_at is null
+            returning s.session_id::text as "sessionId"
+          `),
+        )
+        return [...new Set(entry.sessions.map((l) => l.sessionId))].filter((id) =>
+          renewed.has(id.toLowerCase()),
+        )
+      }),
+
+    takeOverSessions: (entry) =>
+      attempt("takeOverSessions", async () => {
+        if (entry.sessionId !== undefined && !UUID.test(entry.sessionId)) return []
+        const limit = limitOf(entry.limit)
+        if (limit === 0) return []
+        // Asked for one session by a message of its peer: the caller does not hold it in memory, so a
+        // lease in the caller's own name is from an earlier run of it and may be taken back at once.
+        const which =
+          entry.sessionId === undefined
+            ? sql.fragment`lease_until < now() and owner_id <> ${entry.serverId}`
+            : sql.fragment`session_id = ${entry.sessionId}::uuid
+                and (lease_until < now() or owner_id = ${entry.serverId})`
         return pool.transaction(async (tx) => {
-          // Lock the lost instances' rows: a concurrent closer skips them (this one handles them),
-          // and an instance saying it is alive again either lands first (and is no longer lost) or
-          // waits for this transaction. The age is compared in epoch milliseconds (float8), which
-          // cannot overflow the way now() - interval can.
-          const lost = await tx.anyFirst(sql.type(ServerIdRow)`
-            select server_id as "serverId" from server_instances
-            where stopped_at is null and server_id <> ${entry.byServerId}
-              and extract(epoch from alive_at) * 1000 < extract(epoch from now()) * 1000
-                - ${entry.deadAfterMs}::float8
-            order by server_id
-            for update skip locked
+          const taken = await tx.any(sql.type(TakenRow)`
+            with candidates as (
+              select session_id, owner_id from sessions
+              where closed_at is null and ${which}
+              order by lease_until
+              limit ${limit}
+              for update skip locked
+            )
+            update sessions s set owner_id = ${entry.serverId}, epoch = s.epoch + 1,
+              lease_until = ${leaseEnd(entry.leaseMs)}
+            from candidates c
+            where s.session_id = c.session_id
+            returning s.session_id::text as "sessionId", s.peer_id as "peerId", s.epoch,
+              s.os, s.distro, c.owner_id as "fromServerId"
           `)
-          if (lost.length === 0) return []
-          // Sessions are logged out in session order, so concurrent inserts cannot deadlock on the
-          // one-logout index; a session someone else logged out meanwhile is skipped, and only the
-          // logouts written here are returned.
-          const closed = await tx.any(sql.type(SessionRefRow)`
-            insert into registration_log (event, peer_id, session_id, reason, server_id)
-            select 'logout', login.peer_id, login.session_id, ${entry.reason}, ${entry.byServerId}
-            from registration_log login
-            where login.event = 'login'
-              and login.server_id = any(${sql.array(lost, "text")})
-              and not exists (
-                select 1 from registration_log logout
-                where logout.session_id = login.session_id and logout.event = 'logout'
-              )
-            order by login.session_id
-            on conflict (session_id) where event = 'logout' do nothing
-            returning peer_id as "peerId", session_id::text as "sessionId"
-          `)
-          if (closed.length === 0) return []
-          await tx.query(sql.type(NoRow)`
-            update tickets set state = 'cancelled', finished_at = now()
+          if (taken.length === 0) return []
+          const tickets = await tx.any(sql.type(TicketRow)`
+            select ${ticketColumns} from tickets
             where session_id = any(${sql.array(
-              closed.map((s) => s.sessionId),
+              taken.map((t) => t.sessionId),
               "uuid",
             )}) and state in ('queued', 'delivered')
+            order by ${ticketOrder}
           `)
-          return closed
+          return taken.map((t) => ({ ...t, tickets: tickets.filter((k) => k.sessionId === t.sessionId) }))
         })
       }),
 
-    closedSessions: (sessionIds) =>
-      attempt("closedSessions", async () => {
-        const valid = [...new Set(sessionIds.filter((id) => UUID.test(id)).map((id) => id.toLowerCase()))]
-        if (valid.length === 0) return []
-        const closed = new Set(
-          await pool.anyFirst(sql.type(SessionIdRow)`
-            select session_id::text as "sessionId" from registration_log
-            where event = 'logout' and session_id = any(${sql.array(valid, "uuid")})
+    sessionOf: (peerId) =>
+      attempt("sessionOf", async () =>
+        Option.fromNullOr(
+          await pool.maybeOne(sql.type(OwnerRow)`
+            select session_id::text as "sessionId", owner_id as "ownerId", epoch,
+              lease_until < now() as "expired"
+            from sessions where peer_id = ${peerId} and closed_at is null
+            order by opened_at desc limit 1
           `),
-        )
-        return sessionIds.filter((id) => closed.has(id.toLowerCase()))
-      }),
+        ),
+      ),
 
     createTickets: (entry) =>
       attempt("createTickets", async () => {
@@ -386,44 +519,111 @@ export const makePgStore = (pool: DatabasePool): Store["Service"] =>
                 ["int4", "text", "text", "text", "text", "text", "int4"],
               )} as j(ord, job_id, name, os, distro, command, timeout_ms)
               order by j.ord
-              returning ticket, peer_id, session_id, job_id, job_name, os, distro, command, timeout_ms, state
+              returning *
             )
-            select ticket, peer_id as "peerId", session_id::text as "sessionId", job_id as "jobId",
-              job_name as "name", os, distro, command, timeout_ms as "timeoutMs", state
-            from inserted
-            order by length(ticket), ticket
+            select ${ticketColumns} from inserted order by ${ticketOrder}
           `),
         )
       }),
 
-    markDelivered: (tickets) =>
-      attempt("markDelivered", async () => {
-        if (tickets.length === 0) return
-        await pool.query(sql.type(NoRow)`
-          update tickets set state = 'delivered', delivered_at = now(), attempts = attempts + 1
-          where ticket = any(${sql.array([...tickets], "text")}) and state in ('queued', 'delivered')
+    submitTickets: (entry) =>
+      attempt("submitTickets", () =>
+        pool.transaction(async (tx) => {
+          const peer = await tx.maybeOne(
+            sql.type(PeerLabelsRow)`select os, distro from peers where peer_id = ${entry.peerId}`,
+          )
+          if (peer === null) throw new Error(`no peer ${entry.peerId} has ever registered`)
+          // Lock the open session (if any): a login replacing it waits, then adopts these tickets.
+          const owner = await tx.maybeOne(sql.type(OwnerRow)`
+            select session_id::text as "sessionId", owner_id as "ownerId", epoch,
+              lease_until < now() as "expired"
+            from sessions where peer_id = ${entry.peerId} and closed_at is null
+            order by opened_at desc limit 1
+            for share
+          `)
+          if (entry.jobs.length === 0) return { tickets: [], owner: owner ?? undefined }
+          const tickets = await tx.any(sql.type(TicketRow)`
+            with inserted as (
+              insert into tickets (peer_id, session_id, job_name, os, distro, command, timeout_ms, server_id)
+              select ${entry.peerId}, ${owner?.sessionId ?? null}::uuid, j.name, ${peer.os ?? ""},
+                ${peer.distro ?? ""}, j.command, j.timeout_ms, ${entry.serverId}
+              from ${sql.unnest(
+                entry.jobs.map((job, i) => [i, job.name, job.command, job.timeoutMs]),
+                ["int4", "text", "text", "int4"],
+              )} as j(ord, name, command, timeout_ms)
+              order by j.ord
+              returning *
+            )
+            select ${ticketColumns} from inserted order by ${ticketOrder}
+          `)
+          return { tickets, owner: owner ?? undefined }
+        }),
+      ),
+
+    queuedTickets: (sessionId) =>
+      attempt("queuedTickets", async () =>
+        UUID.test(sessionId)
+          ? pool.any(sql.type(TicketRow)`
+              select ${ticketColumns} from tickets
+              where session_id = ${sessionId}::uuid and state = 'queued'
+              order by ${ticketOrder}
+            `)
+          : [],
+      ),
+
+    queuedCounts: (sessionIds) =>
+      attempt("queuedCounts", async () => {
+        const valid = [...new Set(sessionIds.filter((id) => UUID.test(id)).map((id) => id.toLowerCase()))]
+        if (valid.length === 0) return new Map()
+        const rows = await pool.any(sql.type(CountRow)`
+          select session_id::text as "sessionId", count(*)::int as count from tickets
+          where session_id = any(${sql.array(valid, "uuid")}) and state = 'queued'
+          group by session_id
         `)
+        return new Map(rows.map((r) => [r.sessionId, r.count]))
       }),
 
-    recordResult: (result) => attempt("recordResult", () => pool.transaction((tx) => recordIn(tx, result))),
+    markDelivered: (lease, tickets) =>
+      fenced("markDelivered", () =>
+        pool.transaction(async (tx) => {
+          await holdLease(tx, lease.sessionId, lease.epoch)
+          if (tickets.length === 0) return []
+          return tx.anyFirst(sql.type(TicketIdRow)`
+            update tickets set state = 'delivered', delivered_at = now(), attempts = attempts + 1
+            where ticket = any(${sql.array([...tickets], "text")}) and state in ('queued', 'delivered')
+              and session_id = ${lease.sessionId}::uuid
+            returning ticket
+          `)
+        }),
+      ),
 
-    closeOpenTickets: (sessionId, state) =>
-      isTerminal(state)
-        ? attempt("closeOpenTickets", async () => {
-            if (!UUID.test(sessionId)) return 0
-            const closed = await pool.any(sql.type(TicketIdRow)`
-              update tickets set state = ${state}, finished_at = now()
-              where session_id = ${sessionId}::uuid and state in ('queued', 'delivered')
-              returning ticket
-            `)
-            return closed.length
-          })
-        : Effect.fail(
-            new StoreError({
-              operation: "closeOpenTickets",
-              message: `${state} is not a terminal ticket state`,
-            }),
-          ),
+    recordResult: (result) => fenced("recordResult", () => pool.transaction((tx) => recordIn(tx, result))),
+
+    expireTickets: (entry) =>
+      attempt("expireTickets", async () => {
+        if (Number.isNaN(entry.deliveryDeadlineMs) || Number.isNaN(entry.executionSlackMs)) {
+          return { undeliverable: 0, timedOut: 0 }
+        }
+        const undeliverable = await pool.anyFirst(sql.type(TicketIdRow)`
+          update tickets set state = 'undeliverable', finished_at = now()
+          where state = 'queued'
+            and extract(epoch from created_at) * 1000
+              < extract(epoch from now()) * 1000 - ${entry.deliveryDeadlineMs}::float8
+          returning ticket
+        `)
+        // A delivered ticket of an open session is its owner's to re-send or give up.
+        const timedOut = await pool.anyFirst(sql.type(TicketIdRow)`
+          update tickets t set state = 'timed_out', finished_at = now()
+          where t.state = 'delivered'
+            and extract(epoch from t.delivered_at) * 1000 + 2.0 * t.timeout_ms + ${entry.executionSlackMs}::float8
+              < extract(epoch from now()) * 1000
+            and not exists (
+              select 1 from sessions s where s.session_id = t.session_id and s.closed_at is null
+            )
+          returning ticket
+        `)
+        return { undeliverable: undeliverable.length, timedOut: timedOut.length }
+      }),
 
     closeTickets: (ids, state) =>
       isTerminal(state)

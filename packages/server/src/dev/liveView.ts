@@ -29,6 +29,8 @@ export const makeLiveView = ({ color }: LiveViewOptions) => {
         )
       case "rejected":
         return line(event.at, event.peer_id, "red", "rejected", event.reason)
+      case "taken_over":
+        return line(event.at, event.peer_id, "yellow", "moved", `from ${event.from_server_id} (session kept)`)
       case "job_sent":
         return line(event.at, event.peer_id, "blue", "job", `#${event.ticket} ${event.name}`)
       case "result": {
