@@ -5,7 +5,7 @@ import { afterAll } from "vitest"
 import { deleteKeysWithPrefix, testKeyPrefix, testRedisUrl } from "../src/testing/index.ts"
 import { layerMemory } from "../src/transport/memory.ts"
 import { layerRedis } from "../src/transport/redis.ts"
-import { Transport } from "../src/transport/Transport.ts"
+import { type InboxBatch, type InboxFan, Transport } from "../src/transport/Transport.ts"
 
 const url = testRedisUrl()
 const prefixes: Array<string> = []
@@ -24,6 +24,21 @@ const layers: Array<[string, () => Layer.Layer<Transport, unknown>]> = [
     },
   ],
 ]
+
+/** Takes from a fan until `total` entries came, and gives them per peer, in arrival order. */
+const takeEntries = (fan: InboxFan, total: number) =>
+  Effect.gen(function* () {
+    const got = new Map<string, Array<string>>()
+    let n = 0
+    while (n < total) {
+      const batches: ReadonlyArray<InboxBatch> = yield* fan.take
+      for (const { peerId, entries } of batches) {
+        got.set(peerId, [...(got.get(peerId) ?? []), ...entries.map((e) => e.payload)])
+        n += entries.length
+      }
+    }
+    return got
+  }).pipe(Effect.timeout("10 seconds"))
 
 const run = <A, E>(
   layer: () => Layer.Layer<Transport, unknown>,
@@ -140,6 +155,35 @@ describe.each(layers)("Transport contract (%s)", (_name, layer) => {
     ),
   )
 
+  it.live("what a lost instance left in its own stream, read or not, is drained by another", () =>
+    run(
+      layer,
+      Effect.gen(function* () {
+        const t = yield* Transport
+        const lost = yield* t.uplinkReader("lost")
+        const heir = yield* t.uplinkReader("heir")
+        assert.deepStrictEqual(yield* heir.drainStreamOf("never-existed", 10), [])
+        yield* t.forward("lost", "read, never acked")
+        yield* t.forward("lost", "acked")
+        const [unacked, acked] = yield* lost.read({ count: 2, blockMs: 0 })
+        yield* lost.ack([acked!])
+        assert.strictEqual(unacked?.payload, "read, never acked")
+        yield* t.forward("lost", "never read")
+        const drained = yield* heir.drainStreamOf("lost", 10)
+        assert.deepStrictEqual(
+          drained.map((d) => [d.payload, d.forwarded, d.fromServerId]),
+          [
+            ["read, never acked", true, "lost"],
+            ["never read", true, "lost"],
+          ],
+        )
+        yield* heir.ack(drained)
+        assert.deepStrictEqual(yield* heir.drainStreamOf("lost", 10), [], "acked: gone")
+        assert.deepStrictEqual(yield* heir.read({ count: 10, blockMs: 0 }), [], "nothing leaked into its own")
+      }),
+    ),
+  )
+
   it.live("owner marks expire, and only their owner removes them", () =>
     run(
       layer,
@@ -246,6 +290,122 @@ describe.each(layers)("Transport contract (%s)", (_name, layer) => {
           (yield* Fiber.join(fiber)).map((e) => e.payload),
           ["job"],
         )
+      }),
+    ),
+  )
+
+  it.live("a batch of uplink messages arrives whole and in order", () =>
+    run(
+      layer,
+      Effect.gen(function* () {
+        const t = yield* Transport
+        const reader = yield* t.uplinkReader("a")
+        const ids = yield* t.sendUplinkBatch(["b1", "b2", "b3"])
+        assert.strictEqual(ids.length, 3)
+        assert.deepStrictEqual(yield* t.sendUplinkBatch([]), [])
+        const got = yield* reader.read({ count: 10, blockMs: 0 })
+        assert.deepStrictEqual(
+          got.map((d) => [d.id, d.payload]),
+          [
+            [ids[0], "b1"],
+            [ids[1], "b2"],
+            [ids[2], "b3"],
+          ],
+        )
+      }),
+    ),
+  )
+
+  it.live("an inbox fan gives each peer's new entries in order, skips old ones, and stops at remove", () =>
+    run(
+      layer,
+      Effect.gen(function* () {
+        const t = yield* Transport
+        yield* t.sendToPeer("p1", "old")
+        const fan = yield* t.inboxFan({ blockMs: 100 })
+        yield* fan.add(["p1", "p2"])
+        yield* fan.add(["p1"]) // already in: keeps its place
+        for (const m of ["a", "b", "c"]) {
+          yield* t.sendToPeer("p1", `p1-${m}`)
+          yield* t.sendToPeer("p2", `p2-${m}`)
+        }
+        yield* t.sendToPeer("p3", "not in the fan")
+        const got = yield* takeEntries(fan, 6)
+        assert.deepStrictEqual(Object.fromEntries(got), {
+          p1: ["p1-a", "p1-b", "p1-c"],
+          p2: ["p2-a", "p2-b", "p2-c"],
+        })
+        yield* fan.remove(["p1"])
+        yield* t.sendToPeer("p1", "after remove")
+        yield* t.sendToPeer("p2", "p2-d")
+        const more = yield* takeEntries(fan, 1)
+        assert.deepStrictEqual(Object.fromEntries(more), { p2: ["p2-d"] })
+        yield* Effect.sleep(250)
+        const late = yield* fan.take.pipe(Effect.timeoutOption("50 millis"))
+        assert.isTrue(late._tag === "None", "nothing for a removed peer")
+      }),
+    ),
+  )
+
+  it.live("an inbox fan reads a peer added while it waits, without waiting out its block", () =>
+    run(
+      layer,
+      Effect.gen(function* () {
+        const t = yield* Transport
+        const fan = yield* t.inboxFan({ blockMs: 5_000 })
+        yield* fan.add(["first"])
+        yield* Effect.sleep(100) // the read over "first" alone is out now
+        const started = Date.now()
+        yield* fan.add(["second"])
+        yield* t.sendToPeer("second", "hello")
+        const got = yield* takeEntries(fan, 1)
+        assert.deepStrictEqual(Object.fromEntries(got), { second: ["hello"] })
+        assert.isBelow(Date.now() - started, 2_000)
+      }),
+    ),
+  )
+
+  it.live("an inbox fan spreads many peers over several reads and misses none", () =>
+    run(
+      layer,
+      Effect.gen(function* () {
+        const t = yield* Transport
+        const fan = yield* t.inboxFan({ keysPerRead: 10, blockMs: 100, count: 2 })
+        const peers = Array.from({ length: 35 }, (_, i) => `peer:${i}`)
+        yield* fan.add(peers)
+        for (let round = 0; round < 5; round++)
+          for (const peer of peers) yield* t.sendToPeer(peer, `${peer}#${round}`)
+        const got = yield* takeEntries(fan, peers.length * 5)
+        for (const peer of peers)
+          assert.deepStrictEqual(
+            got.get(peer),
+            Array.from({ length: 5 }, (_, round) => `${peer}#${round}`),
+          )
+      }),
+    ),
+  )
+
+  it.live("trimInboxes trims many inboxes, each up to its own id", () =>
+    run(
+      layer,
+      Effect.gen(function* () {
+        const t = yield* Transport
+        const a1 = yield* t.sendToPeer("a", "a1")
+        yield* t.sendToPeer("a", "a2")
+        yield* t.sendToPeer("b", "b1")
+        const b2 = yield* t.sendToPeer("b", "b2")
+        yield* t.trimInboxes([
+          ["a", a1],
+          ["b", b2],
+        ])
+        yield* t.trimInboxes([])
+        const a = yield* t.inboxReader("a")
+        const b = yield* t.inboxReader("b")
+        assert.deepStrictEqual(
+          (yield* a.read("0-0", { count: 10, blockMs: 0 })).map((e) => e.payload),
+          ["a2"],
+        )
+        assert.strictEqual((yield* b.read("0-0", { count: 10, blockMs: 0 })).length, 0)
       }),
     ),
   )

@@ -63,11 +63,16 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
   const READ_BLOCK_MS = 1_000
   const DEAF_AFTER_MS = READ_BLOCK_MS + 2_000
   let lastRead = Date.now()
+  // How far behind the uplink this instance reads (the age of the last entry of a full batch).
+  // While it is behind, a silent session may only be one whose heartbeats are still queued: no
+  // session times out until the backlog is read (a registration storm must not turn into a
+  // storm of timeouts and re-registrations).
+  let behindMs = 0
   const sessionKey = config.sessionKey ?? (yield* store.sessionKey(newKey()))
   const sessionConfig: SessionConfig = {
     ...config,
     sessionKey,
-    canHearPeers: () => Date.now() - lastRead < DEAF_AFTER_MS,
+    canHearPeers: () => Date.now() - lastRead < DEAF_AFTER_MS && behindMs < config.heartbeatMs,
   }
   // Held while a batch is handled: shutdown takes it to see every session a batch may be opening.
   const batchLock = yield* Semaphore.make(1)
@@ -333,6 +338,22 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
       yield* Effect.forEach(sessions.values(), (s) => s.heartbeat, { discard: true })
     }
     lastRead = Date.now()
+    const last = batch.at(-1)
+    behindMs =
+      batch.length >= config.batchSize && last ? Math.max(0, lastRead - Number(last.id.split("-")[0])) : 0
+    if (drainDue.length > 0) {
+      const lost = drainDue
+      drainDue = []
+      const retrying = new Set([...retry, ...batch].map((d) => d.id))
+      for (const serverId of lost) {
+        const left = (yield* reader.drainStreamOf(serverId, config.batchSize)).filter(
+          (d) => !retrying.has(d.id),
+        )
+        if (left.length === 0) continue
+        yield* Effect.logInfo(`took over ${left.length} message(s) forwarded to ${serverId}, which is lost`)
+        batch = [...left, ...batch]
+      }
+    }
     if (due) {
       batch = [...retry, ...batch]
       retry = []
@@ -369,6 +390,8 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
    * reconciler's sweep of ticket deadlines.
    */
   let cutOff = false
+  /** Lost instances whose own stream the pump should drain next. */
+  let drainDue: ReadonlyArray<string> = []
   const keepAlive = Effect.gen(function* () {
     yield* store.instanceAlive(config.serverId).pipe(
       Effect.tapError(() =>
@@ -409,6 +432,9 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
         yield* adopt(taken)
       }
     }
+    // Messages forwarded to a lost instance (in the moments its marks still pointed at it) are
+    // drained by the live ones; each goes where PostgreSQL says its session is now.
+    drainDue = yield* store.lostInstances({ deadAfterMs: config.leaseMs, byServerId: config.serverId })
     const queued = yield* store.queuedCounts(kept.map((s) => s.sessionId))
     for (const s of kept) {
       const count = queued.get(s.sessionId)

@@ -18,6 +18,8 @@ export interface Delivery extends Envelope {
   readonly redelivered: boolean
   /** True when another instance forwarded it here (it came from this instance's own stream). */
   readonly forwarded: boolean
+  /** Set when it came from another (lost) instance's own stream: see UplinkReader.drainStreamOf. */
+  readonly fromServerId?: string
 }
 
 export interface ReadOptions {
@@ -69,6 +71,23 @@ export class Transport extends Context.Service<
     readonly inboxReader: (peerId: string) => Effect.Effect<InboxReader, TransportError, Scope.Scope>
     /** Drop inbox entries up to and including `id`: the peer has handled them. */
     readonly trimInbox: (peerId: string, id: string) => Effect.Effect<void, TransportError>
+    /**
+     * Peer side, many peers at once (simulated fleets): appends these messages to the uplink in one
+     * round trip, all or none, in order. Returns the entry ids.
+     */
+    readonly sendUplinkBatch: (
+      payloads: ReadonlyArray<string>,
+    ) => Effect.Effect<ReadonlyArray<string>, TransportError>
+    /**
+     * Many peers' inboxes read together over a few connections (a blocking read per peer would
+     * need a connection per peer). Peers can be added and removed while it runs; it stops with
+     * the scope.
+     */
+    readonly inboxFan: (options?: InboxFanOptions) => Effect.Effect<InboxFan, TransportError, Scope.Scope>
+    /** `trimInbox` for many peers in one round trip: each inbox up to and including its id. */
+    readonly trimInboxes: (
+      upTo: ReadonlyArray<readonly [peerId: string, id: string]>,
+    ) => Effect.Effect<void, TransportError>
     /** Lossy broadcast on the operator feed; returns at once and never fails (lost is lost). */
     readonly publish: (payload: string) => Effect.Effect<void>
     /** Subscribe to the operator feed; messages published while not subscribed are gone. */
@@ -84,6 +103,14 @@ export interface UplinkReader {
     minIdleMs: number,
     count: number,
   ) => Effect.Effect<ReadonlyArray<Delivery>, TransportError>
+  /**
+   * Takes what is left in a lost instance's own stream: messages forwarded to it that it never
+   * handled (pending or never read). They are this reader's from then on; ack them as usual.
+   */
+  readonly drainStreamOf: (
+    lostServerId: string,
+    count: number,
+  ) => Effect.Effect<ReadonlyArray<Delivery>, TransportError>
   /** Acknowledges entries: they are durable and will not be delivered again. */
   readonly ack: (deliveries: ReadonlyArray<Delivery>) => Effect.Effect<void, TransportError>
 }
@@ -94,6 +121,39 @@ export interface InboxReader {
     afterId: string,
     options: ReadOptions,
   ) => Effect.Effect<ReadonlyArray<Envelope>, TransportError>
+}
+
+export interface InboxFanOptions {
+  /** Inboxes read by one XREAD, on one connection: more peers open more connections. Default 1000. */
+  readonly keysPerRead?: number
+  /**
+   * How long one read waits for news. A peer added while a read waits is read from the next one,
+   * so this bounds how late its first entries can be if waking the read fails. Default 250.
+   */
+  readonly blockMs?: number
+  /** Entries taken per inbox per read. Default 64. */
+  readonly count?: number
+}
+
+/** New entries of one peer's inbox, in inbox order. */
+export interface InboxBatch {
+  readonly peerId: string
+  readonly entries: ReadonlyArray<Envelope>
+}
+
+export interface InboxFan {
+  /**
+   * Starts reading these peers' inboxes after their newest entry (old news is skipped, like
+   * `inboxTail` then `inboxReader`). A peer already in the fan keeps its place.
+   */
+  readonly add: (peerIds: ReadonlyArray<string>) => Effect.Effect<void, TransportError>
+  /** Stops reading these peers' inboxes. */
+  readonly remove: (peerIds: ReadonlyArray<string>) => Effect.Effect<void>
+  /**
+   * Waits for news and returns all there is, each peer's entries in order and each entry once. A
+   * failed read fails one `take` (once the entries read before it are taken); the fan keeps trying.
+   */
+  readonly take: Effect.Effect<ReadonlyArray<InboxBatch>, TransportError>
 }
 
 /** Orders stream ids ("ms-seq"), as Redis does. */

@@ -1,5 +1,12 @@
-import { Effect, Layer, PubSub, Stream } from "effect"
-import { compareStreamIds, type Delivery, type Envelope, Transport } from "./Transport.ts"
+import { Effect, Layer, PubSub, Queue, Stream } from "effect"
+import {
+  compareStreamIds,
+  type Delivery,
+  type Envelope,
+  type InboxBatch,
+  Transport,
+  type TransportError,
+} from "./Transport.ts"
 
 /**
  * In-process transport with the same delivery rules as the Redis one: a consumer group over the
@@ -61,6 +68,8 @@ export const makeMemoryTransport = Effect.gen(function* () {
 
   const inboxes = new Map<string, Array<Envelope>>()
   const inboxSignal = makeSignal()
+  /** Inbox fans, told which peer's inbox just grew. */
+  const fanListeners = new Set<(peerId: string) => void>()
   const inbox = (peerId: string) => {
     let entries = inboxes.get(peerId)
     if (!entries) {
@@ -122,6 +131,22 @@ export const makeMemoryTransport = Effect.gen(function* () {
             }
             return out
           }),
+        drainStreamOf: (lostServerId, count) =>
+          Effect.sync(() => {
+            const out: Array<Delivery> = []
+            for (const p of pending.values()) {
+              if (out.length >= count) break
+              if (!p.forwarded || p.consumer !== lostServerId) continue
+              p.consumer = serverId
+              p.deliveredAt = Date.now()
+              out.push({ ...p.entry, redelivered: true, forwarded: true, fromServerId: lostServerId })
+            }
+            const left = direct.get(lostServerId) ?? []
+            while (left.length > 0 && out.length < count) {
+              out.push({ ...deliver(left.shift()!, serverId, true), fromServerId: lostServerId })
+            }
+            return out
+          }),
         ack: (deliveries) =>
           Effect.sync(() => {
             for (const d of deliveries) pending.delete(d.id)
@@ -156,6 +181,7 @@ export const makeMemoryTransport = Effect.gen(function* () {
         const id = nextId()
         inbox(peerId).push({ id, payload })
         inboxSignal.notify()
+        for (const listener of fanListeners) listener(peerId)
         return id
       }),
     inboxTail: (peerId) => Effect.sync(() => inbox(peerId).at(-1)?.id ?? "0-0"),
@@ -175,6 +201,53 @@ export const makeMemoryTransport = Effect.gen(function* () {
           peerId,
           inbox(peerId).filter((e) => compareStreamIds(e.id, id) > 0),
         )
+      }),
+    sendUplinkBatch: (payloads) =>
+      Effect.sync(() => {
+        const ids = payloads.map((payload) => {
+          const id = nextId()
+          uplink.push({ id, payload })
+          return id
+        })
+        uplinkSignal.notify()
+        return ids
+      }),
+    // Delivered as the server appends, so each peer's entries reach the queue in inbox order.
+    inboxFan: () =>
+      Effect.gen(function* () {
+        const queue = yield* Queue.unbounded<InboxBatch, TransportError>()
+        const cursors = new Map<string, string>()
+        const pull = (peerId: string) => {
+          const after = cursors.get(peerId)
+          if (after === undefined) return
+          const entries = readAfter(peerId, after, Number.POSITIVE_INFINITY)
+          const last = entries.at(-1)
+          if (!last) return
+          cursors.set(peerId, last.id)
+          Queue.offerUnsafe(queue, { peerId, entries })
+        }
+        fanListeners.add(pull)
+        yield* Effect.addFinalizer(() => Effect.sync(() => fanListeners.delete(pull)))
+        return {
+          add: (peerIds) =>
+            Effect.sync(() => {
+              for (const peerId of peerIds)
+                if (!cursors.has(peerId)) cursors.set(peerId, inbox(peerId).at(-1)?.id ?? "0-0")
+            }),
+          remove: (peerIds) =>
+            Effect.sync(() => {
+              for (const peerId of peerIds) cursors.delete(peerId)
+            }),
+          take: Queue.takeAll(queue),
+        }
+      }),
+    trimInboxes: (upTo) =>
+      Effect.sync(() => {
+        for (const [peerId, id] of upTo)
+          inboxes.set(
+            peerId,
+            inbox(peerId).filter((e) => compareStreamIds(e.id, id) > 0),
+          )
       }),
     publish: (payload) => PubSub.publish(feed, payload).pipe(Effect.asVoid),
     subscribe: Stream.fromPubSub(feed),

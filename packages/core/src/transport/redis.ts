@@ -1,7 +1,15 @@
-import { Effect, Layer, Queue, Stream } from "effect"
+import { Effect, Layer, Queue, Scope, Stream } from "effect"
 import { Redis } from "ioredis"
 import { type Keys, makeKeys, UPLINK_GROUP } from "../keys.ts"
-import { type Delivery, type Envelope, Transport, TransportError } from "./Transport.ts"
+import {
+  type Delivery,
+  type Envelope,
+  type InboxBatch,
+  type InboxFan,
+  type InboxFanOptions,
+  Transport,
+  TransportError,
+} from "./Transport.ts"
 
 /**
  * Transport over Redis (ioredis). Streams carry what must not be lost; pub/sub what may be.
@@ -119,6 +127,145 @@ return 0`
             .exec(),
         ).pipe(Effect.asVoid)
 
+  /**
+   * One XREAD over up to `keysPerRead` inboxes per connection ("shard"); Redis answers with the
+   * entries of every inbox that has some. A read does not see inboxes added while it blocks, so
+   * `add` wakes it with CLIENT UNBLOCK (if that races the read, the short block bounds the delay).
+   */
+  const makeInboxFan = Effect.fnUntraced(function* (fanOptions: InboxFanOptions = {}) {
+    const keysPerRead = fanOptions.keysPerRead ?? 1000
+    const blockMs = fanOptions.blockMs ?? 250
+    const count = fanOptions.count ?? 64
+    const scope = yield* Effect.scope
+    const queue = yield* Queue.unbounded<InboxBatch | TransportError>()
+    interface Watched {
+      readonly peerId: string
+      cursor: string
+    }
+    interface Shard {
+      readonly inboxes: Map<string, Watched>
+      /** The reader connection's CLIENT ID while a read is out (for CLIENT UNBLOCK), else undefined. */
+      blockedAs: number | undefined
+    }
+    const shards: Array<Shard> = []
+    const shardOf = new Map<string, Shard>()
+    let failed: TransportError | undefined
+
+    const readLoop = (shard: Shard, reader: Redis) =>
+      Effect.gen(function* () {
+        let clientId: number | undefined
+        // A reconnected connection has a new id.
+        reader.on("ready", () => {
+          clientId = undefined
+        })
+        while (true) {
+          if (shard.inboxes.size === 0) {
+            yield* Effect.sleep(blockMs)
+            continue
+          }
+          if (clientId === undefined)
+            clientId = (yield* call("client id", () => reader.client("ID"))) as number
+          const id = clientId
+          const reply = yield* call("xread inboxes", () => {
+            const streams = [...shard.inboxes.keys()]
+            const after = streams.map((key) => shard.inboxes.get(key)!.cursor)
+            shard.blockedAs = id
+            return reader.call(
+              "XREAD",
+              "COUNT",
+              count,
+              "BLOCK",
+              blockMs,
+              "STREAMS",
+              ...streams,
+              ...after,
+            ) as Promise<StreamReply>
+          }).pipe(
+            Effect.ensuring(
+              Effect.sync(() => {
+                shard.blockedAs = undefined
+              }),
+            ),
+          )
+          for (const [key, raw] of reply ?? []) {
+            const watched = shard.inboxes.get(key)
+            if (!watched) continue // removed while the read was out
+            const entries = entriesOf([[key, raw]])
+            const last = entries.at(-1)
+            if (!last) continue
+            watched.cursor = last.id
+            Queue.offerUnsafe(queue, { peerId: watched.peerId, entries })
+          }
+        }
+      }).pipe(
+        // Hand the failure to the consumer, wait, and read again from the same cursors.
+        Effect.catch((e) => Queue.offer(queue, e).pipe(Effect.andThen(Effect.sleep("1 second")))),
+        Effect.forever,
+      )
+
+    const openShard = Effect.gen(function* () {
+      const reader = yield* connect(options.url)
+      const shard: Shard = { inboxes: new Map(), blockedAs: undefined }
+      shards.push(shard)
+      yield* Effect.forkIn(readLoop(shard, reader), scope)
+      return shard
+    }).pipe(Scope.provide(scope))
+
+    const fan: InboxFan = {
+      add: (peerIds) =>
+        Effect.gen(function* () {
+          const fresh = [...new Set(peerIds)].filter((peerId) => !shardOf.has(peerId))
+          if (fresh.length === 0) return
+          // Each inbox is read after its newest entry, like inboxTail: one round trip for all.
+          const tails = yield* call("xrevrange inboxes", () => {
+            const batch = client.pipeline()
+            for (const peerId of fresh) batch.xrevrange(keys.peerInbox(peerId), "+", "-", "COUNT", 1)
+            return batch.exec()
+          })
+          const woken = new Set<Shard>()
+          for (const [i, peerId] of fresh.entries()) {
+            if (shardOf.has(peerId)) continue // added meanwhile by a concurrent add
+            const [error, tail] = tails?.[i] ?? [new Error("no reply")]
+            if (error) return yield* fail("xrevrange inboxes")(error)
+            const cursor = (tail as Array<[string, Array<string>]>)[0]?.[0] ?? "0-0"
+            let shard = shards.find((s) => s.inboxes.size < keysPerRead)
+            if (!shard) shard = yield* openShard
+            shard.inboxes.set(keys.peerInbox(peerId), { peerId, cursor })
+            shardOf.set(peerId, shard)
+            woken.add(shard)
+          }
+          for (const shard of woken) {
+            if (shard.blockedAs === undefined) continue
+            // Best effort: a read that is not woken ends by itself within blockMs.
+            client.client("UNBLOCK", shard.blockedAs).catch(() => {})
+          }
+        }),
+      remove: (peerIds) =>
+        Effect.sync(() => {
+          for (const peerId of peerIds) {
+            shardOf.get(peerId)?.inboxes.delete(keys.peerInbox(peerId))
+            shardOf.delete(peerId)
+          }
+        }),
+      take: Effect.gen(function* () {
+        if (failed) {
+          const error = failed
+          failed = undefined
+          return yield* error
+        }
+        const items = yield* Queue.takeAll(queue)
+        const batches = items.filter((item): item is InboxBatch => !(item instanceof TransportError))
+        const error = items.find((item) => item instanceof TransportError)
+        if (batches.length > 0) {
+          failed = error
+          return batches
+        }
+        return yield* error!
+      }),
+    }
+    return fan
+  })
+
   return Transport.of({
     sendUplink: (payload) =>
       call("xadd uplink", () => client.xadd(keys.uplink, "*", PAYLOAD_FIELD, payload)).pipe(
@@ -168,20 +315,35 @@ return 0`
               claimFrom(keys.uplink, serverId, minIdleMs, count, false),
               claimFrom(own, serverId, minIdleMs, count, true),
             ]).pipe(Effect.map(([shared, mine]) => [...shared, ...mine])),
-          ack: (deliveries) =>
-            Effect.all(
-              [
-                ackOn(
-                  keys.uplink,
-                  deliveries.filter((d) => !d.forwarded).map((d) => d.id),
-                ),
-                ackOn(
-                  own,
-                  deliveries.filter((d) => d.forwarded).map((d) => d.id),
-                ),
-              ],
-              { discard: true },
-            ),
+          drainStreamOf: (lostServerId, count) =>
+            Effect.gen(function* () {
+              const stream = keys.serverInbox(lostServerId)
+              if ((yield* call("exists", () => client.exists(stream))) === 0) return []
+              yield* ensureGroup(stream)
+              // Entries handled are deleted on ack, so whatever is pending is unhandled: claim it
+              // at once (its consumer is gone), then read what was never delivered.
+              const claimed = yield* claimFrom(stream, serverId, 0, count, true)
+              const fresh = yield* call("xreadgroup lost stream", async () => {
+                const reply = (await client.call(
+                  "XREADGROUP",
+                  ...["GROUP", UPLINK_GROUP, serverId, "COUNT", count, "STREAMS", stream, ">"],
+                )) as StreamReply
+                return entriesOf(reply).map((e): Delivery => ({ ...e, redelivered: true, forwarded: true }))
+              })
+              return [...claimed, ...fresh].map((d) => ({ ...d, fromServerId: lostServerId }))
+            }),
+          ack: (deliveries) => {
+            const byStream = new Map<string, Array<string>>()
+            for (const d of deliveries) {
+              const stream = !d.forwarded
+                ? keys.uplink
+                : d.fromServerId === undefined
+                  ? own
+                  : keys.serverInbox(d.fromServerId)
+              byStream.set(stream, [...(byStream.get(stream) ?? []), d.id])
+            }
+            return Effect.forEach(byStream, ([stream, ids]) => ackOn(stream, ids), { discard: true })
+          },
         }
       }),
 
@@ -244,6 +406,31 @@ return 0`
       call("xtrim inbox", () => client.xtrim(keys.peerInbox(peerId), "MINID", nextStreamId(id))).pipe(
         Effect.asVoid,
       ),
+
+    // MULTI: a connection lost half way appends none of them, so a retry sends no duplicates.
+    sendUplinkBatch: (payloads) =>
+      payloads.length === 0
+        ? Effect.succeed([])
+        : call("xadd uplink batch", async () => {
+            const batch = client.multi()
+            for (const payload of payloads) batch.xadd(keys.uplink, "*", PAYLOAD_FIELD, payload)
+            const replies = (await batch.exec()) ?? []
+            return replies.map(([error, id]) => {
+              if (error) throw error
+              return String(id)
+            })
+          }),
+
+    inboxFan: (fanOptions) => makeInboxFan(fanOptions),
+
+    trimInboxes: (upTo) =>
+      upTo.length === 0
+        ? Effect.void
+        : call("xtrim inboxes", () => {
+            const batch = client.pipeline()
+            for (const [peerId, id] of upTo) batch.xtrim(keys.peerInbox(peerId), "MINID", nextStreamId(id))
+            return batch.exec()
+          }).pipe(Effect.asVoid),
 
     // Fire and forget: the feed is lossy by design, and waiting for Redis would slow the hot path.
     publish: (payload) =>

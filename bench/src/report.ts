@@ -1,0 +1,345 @@
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs"
+import { cpus, hostname } from "node:os"
+import { join } from "node:path"
+import { spread } from "./stats.ts"
+import type { RunResult } from "./system.ts"
+
+/** One measured run as main.ts records it. */
+export interface RunRecord extends RunResult {
+  /** 1-based repeat number. */
+  readonly repeat: number
+  /** "saturation", or "rate <R>/s" for a fixed-rate run. */
+  readonly phase: string
+  /**
+   * Mean busy cores during the run (the whole machine, and this process), and the machine's 1-minute
+   * load average when the run started: a busy machine shows up here.
+   */
+  readonly cpu?: {
+    readonly machineCores: number
+    readonly benchProcessCores: number
+    readonly loadAvg1: number
+  }
+}
+
+export interface RunFailure {
+  readonly system: string
+  readonly phase: string
+  readonly repeat: number
+  readonly error: string
+}
+
+export interface Machine {
+  readonly date: string
+  readonly hostname: string
+  readonly cpuModel: string
+  readonly cores: number
+  readonly node: string
+  readonly platform: string
+}
+
+export const describeMachine = (): Machine => {
+  let cpuModel = cpus()[0]?.model ?? "unknown"
+  try {
+    const m = /^model name\s*:\s*(.+)$/m.exec(readFileSync("/proc/cpuinfo", "utf8"))
+    if (m?.[1] !== undefined) cpuModel = m[1].trim()
+  } catch {
+    // not Linux: keep os.cpus()'s
+  }
+  return {
+    date: new Date().toISOString(),
+    hostname: hostname(),
+    cpuModel,
+    cores: cpus().length,
+    node: process.version,
+    platform: `${process.platform} ${process.arch}`,
+  }
+}
+
+/** Median and spread over the repeats of one system in one phase. */
+export interface GroupSummary {
+  readonly system: string
+  readonly phase: string
+  readonly targetRate?: number
+  readonly runs: number
+  readonly tickets: number
+  readonly errors: number
+  readonly throughput: ReturnType<typeof spread>
+  readonly p50: ReturnType<typeof spread>
+  readonly p95: ReturnType<typeof spread>
+  readonly p99: ReturnType<typeof spread>
+  readonly max: ReturnType<typeof spread>
+  readonly machineCores?: number
+  readonly loadAvg1?: number
+}
+
+export const summarize = (runs: ReadonlyArray<RunRecord>): GroupSummary[] => {
+  const groups = new Map<string, RunRecord[]>()
+  for (const r of runs) {
+    const key = `${r.system}\u0000${r.phase}`
+    const g = groups.get(key)
+    if (g === undefined) groups.set(key, [r])
+    else g.push(r)
+  }
+  return [...groups.values()].map((g) => {
+    const first = g[0]!
+    const cores = g.flatMap((r) => (r.cpu === undefined ? [] : [r.cpu.machineCores]))
+    const loads = g.flatMap((r) => (r.cpu === undefined ? [] : [r.cpu.loadAvg1]))
+    return {
+      system: first.system,
+      phase: first.phase,
+      ...(first.targetRate === undefined ? {} : { targetRate: first.targetRate }),
+      runs: g.length,
+      tickets: g.reduce((a, r) => a + r.tickets, 0),
+      errors: g.reduce((a, r) => a + r.errors, 0),
+      throughput: spread(g.map((r) => r.throughput)),
+      p50: spread(g.map((r) => r.latencyMs.p50)),
+      p95: spread(g.map((r) => r.latencyMs.p95)),
+      p99: spread(g.map((r) => r.latencyMs.p99)),
+      max: spread(g.map((r) => r.latencyMs.max)),
+      ...(cores.length === 0 ? {} : { machineCores: spread(cores).median }),
+      ...(loads.length === 0 ? {} : { loadAvg1: spread(loads).median }),
+    }
+  })
+}
+
+const fmtRate = (x: number): string => (Number.isFinite(x) ? Math.round(x).toLocaleString("en-US") : "-")
+const fmtMs = (x: number): string =>
+  !Number.isFinite(x)
+    ? "-"
+    : x >= 100
+      ? Math.round(x).toLocaleString("en-US")
+      : x >= 10
+        ? x.toFixed(1)
+        : x.toFixed(2)
+const fmtRatio = (x: number): string => (Number.isFinite(x) ? `${x.toFixed(2)}x` : "-")
+const withRange = (s: ReturnType<typeof spread>, f: (x: number) => string): string =>
+  s.n > 1 ? `${f(s.median)} (${f(s.min)}–${f(s.max)})` : f(s.median)
+
+const phaseOrder = (phase: string): number =>
+  phase === "saturation" ? -1 : Number(/\d+/.exec(phase)?.[0] ?? 0)
+
+export interface ReportInput {
+  readonly machine: Machine
+  readonly options: Record<string, unknown>
+  readonly systems: ReadonlyArray<string>
+  readonly runs: ReadonlyArray<RunRecord>
+  readonly failures: ReadonlyArray<RunFailure>
+  readonly wallMs: number
+}
+
+const summaryMarkdown = (input: ReportInput, groups: ReadonlyArray<GroupSummary>): string => {
+  const { machine } = input
+  const lines: string[] = []
+  lines.push("# Benchmark", "")
+  lines.push(
+    `${machine.date} on ${machine.hostname}: ${machine.cpuModel}, ${machine.cores} cores, Node ${machine.node} ` +
+      `(${machine.platform}). Whole run: ${(input.wallMs / 60_000).toFixed(1)} min.`,
+    "",
+  )
+  lines.push(`Options: \`${JSON.stringify(input.options)}\``, "")
+  lines.push(
+    "Throughput = tickets / (first ticket created → last result committed). Latency = commit − creation " +
+      "per ticket (wall clock). Cells: median over repeats (min–max). Machine cores = mean busy cores of " +
+      "the whole machine during the run; load = 1-minute load average at its start (a busy machine " +
+      "shows up in both).",
+    "",
+  )
+  const bySystem = (a: GroupSummary, b: GroupSummary): number =>
+    input.systems.indexOf(a.system) - input.systems.indexOf(b.system)
+
+  const sat = groups.filter((g) => g.phase === "saturation").sort(bySystem)
+  if (sat.length > 0) {
+    lines.push("## Saturation", "")
+    lines.push("| system | runs | tickets/s | p50 ms | p99 ms | errors | machine cores | load |")
+    lines.push("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for (const g of sat) {
+      lines.push(
+        `| ${g.system} | ${g.runs} | ${withRange(g.throughput, fmtRate)} | ${withRange(g.p50, fmtMs)} | ` +
+          `${withRange(g.p99, fmtMs)} | ${g.errors} | ${g.machineCores?.toFixed(2) ?? "-"} | ` +
+          `${g.loadAvg1?.toFixed(1) ?? "-"} |`,
+      )
+    }
+    lines.push("")
+  }
+
+  const rate = groups.filter((g) => g.phase !== "saturation")
+  if (rate.length > 0) {
+    lines.push("## Fixed rate", "")
+    lines.push(
+      "| system | target /s | achieved /s | p50 ms | p95 ms | p99 ms | max ms | errors | machine cores | load |",
+    )
+    lines.push("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    const sorted = [...rate].sort((a, b) => phaseOrder(a.phase) - phaseOrder(b.phase) || bySystem(a, b))
+    for (const g of sorted) {
+      lines.push(
+        `| ${g.system} | ${fmtRate(g.targetRate ?? Number.NaN)} | ${withRange(g.throughput, fmtRate)} | ` +
+          `${withRange(g.p50, fmtMs)} | ${withRange(g.p95, fmtMs)} | ${withRange(g.p99, fmtMs)} | ` +
+          `${withRange(g.max, fmtMs)} | ${g.errors} | ${g.machineCores?.toFixed(2) ?? "-"} | ` +
+          `${g.loadAvg1?.toFixed(1) ?? "-"} |`,
+      )
+    }
+    lines.push("")
+  }
+
+  const ours = input.systems.filter((s) => s.startsWith("picus-"))
+  const refs = ["bullmq-batched", "streams-ceiling"].filter((s) => input.systems.includes(s))
+  if (ours.length > 0 && refs.length > 0) {
+    const find = (system: string, phase: string) =>
+      groups.find((g) => g.system === system && g.phase === phase)
+    const fixedPhases = [...new Set(rate.map((g) => g.phase))].filter((p) =>
+      refs.every((r) => find(r, p) !== undefined),
+    )
+    lines.push("## Ratios (ours / reference, of medians)", "")
+    lines.push(
+      "Throughput: higher is better for us. Latency: lower is better for us. Only phases run at the same " +
+        "rate by both sides are compared.",
+      "",
+    )
+    lines.push(`| system | metric | ${refs.map((r) => `ours / ${r}`).join(" | ")} |`)
+    lines.push(`|---|---|${refs.map(() => "---:").join("|")}|`)
+    for (const o of ours) {
+      const row = (metric: string, phase: string, pick: (g: GroupSummary) => number): void => {
+        const mine = find(o, phase)
+        if (mine === undefined) return
+        const cells = refs.map((r) => {
+          const ref = find(r, phase)
+          return ref === undefined ? "-" : fmtRatio(pick(mine) / pick(ref))
+        })
+        lines.push(`| ${o} | ${metric} | ${cells.join(" | ")} |`)
+      }
+      row("saturation tickets/s", "saturation", (g) => g.throughput.median)
+      for (const p of fixedPhases) {
+        row(`p50 at ${p.replace("rate ", "")}`, p, (g) => g.p50.median)
+        row(`p99 at ${p.replace("rate ", "")}`, p, (g) => g.p99.median)
+      }
+    }
+    lines.push("")
+  }
+
+  if (input.failures.length > 0) {
+    lines.push("## Failed runs", "")
+    for (const f of input.failures) lines.push(`- ${f.system}, ${f.phase}, repeat ${f.repeat}: ${f.error}`)
+    lines.push("")
+  }
+  lines.push("Plot: [latency.svg](latency.svg). Every run: [report.json](report.json).", "")
+  return lines.join("\n")
+}
+
+const palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+const esc = (s: string): string => s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;")
+
+const niceCeil = (x: number): number => {
+  if (!(x > 0)) return 1
+  const e = 10 ** Math.floor(Math.log10(x))
+  for (const m of [1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10]) if (m * e >= x) return m * e
+  return 10 * e
+}
+
+/** p50 and p99 latency (log scale) against throughput, one colour per system, medians over repeats. */
+export const latencySvg = (input: ReportInput, groups: ReadonlyArray<GroupSummary>): string => {
+  const W = 900
+  const H = 560
+  const m = { left: 80, right: 200, top: 50, bottom: 60 }
+  const pw = W - m.left - m.right
+  const ph = H - m.top - m.bottom
+  const pts = groups.filter((g) => Number.isFinite(g.throughput.median))
+  const lat = pts.flatMap((g) => [g.p50.median, g.p99.median]).filter((x) => x > 0 && Number.isFinite(x))
+  const xMax = niceCeil(Math.max(1, ...pts.map((g) => g.throughput.median)) * 1.05)
+  const yLo = 10 ** Math.floor(Math.log10(Math.min(...lat, 1)))
+  const yHi = 10 ** Math.ceil(Math.log10(Math.max(...lat, 10)))
+  const x = (v: number): number => m.left + (v / xMax) * pw
+  const y = (v: number): number =>
+    m.top + ph - ((Math.log10(Math.max(v, yLo)) - Math.log10(yLo)) / (Math.log10(yHi) - Math.log10(yLo))) * ph
+  const out: string[] = []
+  out.push(
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" ` +
+      `font-family="sans-serif" font-size="12">`,
+    `<rect width="${W}" height="${H}" fill="white"/>`,
+    `<text x="${m.left}" y="22" font-size="15" font-weight="bold">Latency vs throughput</text>`,
+    `<text x="${m.left}" y="40" fill="#555">${esc(
+      `${input.machine.date.slice(0, 16).replace("T", " ")} · ${input.machine.hostname} · ${input.machine.cpuModel} · ` +
+        `${input.machine.cores} cores · Node ${input.machine.node} · medians over repeats`,
+    )}</text>`,
+  )
+  // Grid and axes.
+  for (let i = 0; i <= 5; i++) {
+    const v = (xMax * i) / 5
+    out.push(
+      `<line x1="${x(v)}" y1="${m.top}" x2="${x(v)}" y2="${m.top + ph}" stroke="#eee"/>`,
+      `<text x="${x(v)}" y="${m.top + ph + 18}" text-anchor="middle">${fmtRate(v)}</text>`,
+    )
+  }
+  for (let d = yLo; d <= yHi * 1.0001; d *= 10) {
+    for (const k of [1, 2, 5]) {
+      const v = d * k
+      if (v > yHi * 1.0001) break
+      out.push(
+        `<line x1="${m.left}" y1="${y(v)}" x2="${m.left + pw}" y2="${y(v)}" stroke="${k === 1 ? "#ddd" : "#f3f3f3"}"/>`,
+        `<text x="${m.left - 6}" y="${y(v) + 4}" text-anchor="end" fill="${k === 1 ? "#000" : "#888"}">${v >= 1 ? v : v.toPrecision(1)}</text>`,
+      )
+    }
+  }
+  out.push(
+    `<line x1="${m.left}" y1="${m.top + ph}" x2="${m.left + pw}" y2="${m.top + ph}" stroke="black"/>`,
+    `<line x1="${m.left}" y1="${m.top}" x2="${m.left}" y2="${m.top + ph}" stroke="black"/>`,
+    `<text x="${m.left + pw / 2}" y="${H - 18}" text-anchor="middle">throughput (tickets/s)</text>`,
+    `<text transform="translate(20 ${m.top + ph / 2}) rotate(-90)" text-anchor="middle">latency (ms, log scale)</text>`,
+  )
+  // Series.
+  input.systems.forEach((system, i) => {
+    const color = palette[i % palette.length]!
+    const g = pts.filter((p) => p.system === system).sort((a, b) => a.throughput.median - b.throughput.median)
+    if (g.length === 0) return
+    const line = (pick: (p: GroupSummary) => number, dash: string): string =>
+      `<polyline fill="none" stroke="${color}" stroke-width="2"${dash} points="${g
+        .map((p) => `${x(p.throughput.median).toFixed(1)},${y(pick(p)).toFixed(1)}`)
+        .join(" ")}"/>`
+    out.push(
+      line((p) => p.p50.median, ""),
+      line((p) => p.p99.median, ' stroke-dasharray="6 4"'),
+    )
+    for (const p of g) {
+      const px = x(p.throughput.median)
+      out.push(
+        `<circle cx="${px.toFixed(1)}" cy="${y(p.p50.median).toFixed(1)}" r="4" fill="${color}"><title>${esc(
+          `${system} ${p.phase}: p50 ${fmtMs(p.p50.median)} ms at ${fmtRate(p.throughput.median)}/s`,
+        )}</title></circle>`,
+        `<rect x="${(px - 4).toFixed(1)}" y="${(y(p.p99.median) - 4).toFixed(1)}" width="8" height="8" fill="white" ` +
+          `stroke="${color}" stroke-width="2"><title>${esc(
+            `${system} ${p.phase}: p99 ${fmtMs(p.p99.median)} ms at ${fmtRate(p.throughput.median)}/s`,
+          )}</title></rect>`,
+      )
+    }
+    const ly = m.top + 10 + i * 20
+    const lx = m.left + pw + 20
+    out.push(
+      `<line x1="${lx}" y1="${ly}" x2="${lx + 24}" y2="${ly}" stroke="${color}" stroke-width="3"/>`,
+      `<text x="${lx + 30}" y="${ly + 4}">${esc(system)}</text>`,
+    )
+  })
+  const ky = m.top + 20 + input.systems.length * 20
+  const kx = m.left + pw + 20
+  out.push(
+    `<line x1="${kx}" y1="${ky}" x2="${kx + 24}" y2="${ky}" stroke="#333" stroke-width="2"/>`,
+    `<circle cx="${kx + 12}" cy="${ky}" r="4" fill="#333"/>`,
+    `<text x="${kx + 30}" y="${ky + 4}">p50</text>`,
+    `<line x1="${kx}" y1="${ky + 20}" x2="${kx + 24}" y2="${ky + 20}" stroke="#333" stroke-width="2" stroke-dasharray="6 4"/>`,
+    `<rect x="${kx + 8}" y="${ky + 16}" width="8" height="8" fill="white" stroke="#333" stroke-width="2"/>`,
+    `<text x="${kx + 30}" y="${ky + 24}">p99</text>`,
+    `<text x="${kx}" y="${ky + 50}" fill="#555">points: fixed rates</text>`,
+    `<text x="${kx}" y="${ky + 65}" fill="#555">and saturation (rightmost)</text>`,
+    "</svg>",
+  )
+  return out.join("\n")
+}
+
+/** Writes report.json, summary.md and latency.svg into `dir`; returns the summary text. */
+export const writeReport = (dir: string, input: ReportInput): string => {
+  mkdirSync(dir, { recursive: true })
+  const groups = summarize(input.runs)
+  const summary = summaryMarkdown(input, groups)
+  writeFileSync(join(dir, "report.json"), `${JSON.stringify({ ...input, summary: groups }, null, 2)}\n`)
+  writeFileSync(join(dir, "summary.md"), summary)
+  writeFileSync(join(dir, "latency.svg"), `${latencySvg(input, groups)}\n`)
+  return summary
+}

@@ -1,0 +1,53 @@
+/**
+ * What every benchmarked system implements. main.ts creates one instance per run, calls setup, exactly
+ * one of saturation / atRate, then teardown (always, even after a failure).
+ */
+export interface BenchSystem {
+  /** "bullmq", "bullmq-batched", "streams-ceiling", "picus-1", ... */
+  readonly name: string
+  /** Fresh state for one run: a new PostgreSQL database, a new Redis key prefix / queue name, connections. */
+  readonly setup: () => Promise<void>
+  /** Submit `tickets` as fast as possible over `workers` workers and wait until every result is committed. */
+  readonly saturation: (tickets: number, workers: number) => Promise<RunResult>
+  /** Submit `ratePerSecond` tickets/s for `durationMs`, then wait until every result is committed. */
+  readonly atRate: (ratePerSecond: number, durationMs: number, workers: number) => Promise<RunResult>
+  /** Drop the database, delete the keys, close every connection. Safe to call after a failed setup. */
+  readonly teardown: () => Promise<void>
+}
+
+export interface LatencySummary {
+  readonly p50: number
+  readonly p95: number
+  readonly p99: number
+  readonly max: number
+}
+
+export interface RunResult {
+  readonly system: string
+  readonly mode: "saturation" | "rate"
+  /** Tickets/s asked for (rate runs only). */
+  readonly targetRate?: number
+  /** Tickets submitted, each with exactly one committed result row (checked by a count in PostgreSQL). */
+  readonly tickets: number
+  /** From the first ticket's creation to the last result's commit, in ms. */
+  readonly durationMs: number
+  /** tickets / durationMs, in tickets/s. */
+  readonly throughput: number
+  /** committed - created per ticket, wall clock, in ms. */
+  readonly latencyMs: LatencySummary
+  /** Jobs or writes that failed along the way (a run with missing results throws instead). */
+  readonly errors: number
+}
+
+/** Where the shared services are. Each system makes its own database and key prefix from these. */
+export interface BenchEnv {
+  /** An administrative database URL; systems create and drop their own database next to it. */
+  readonly pgAdminUrl: string
+  readonly redisUrl: string
+}
+
+/** One entry of main.ts's list of systems. */
+export interface SystemEntry {
+  readonly name: string
+  readonly create: (env: BenchEnv) => BenchSystem
+}

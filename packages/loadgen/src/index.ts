@@ -1,0 +1,3 @@
+export * from "./rate.ts"
+export * from "./SimulatedFleet.ts"
+export * from "./Stats.ts"
