@@ -62,10 +62,11 @@ const count = async (pool: DatabasePool, text: "results" | "openTickets" | "term
   return ((await pool.one(query)) as { n: number }).n
 }
 
-const openSessionsOn = async (pool: DatabasePool, serverId: string) =>
+/** Peers whose open session `serverId` holds now (it logged them in, or took them over). */
+const heldBy = async (pool: DatabasePool, serverId: string) =>
   (
     (await pool.any(
-      sql.unsafe`select peer_id from peer_sessions where logout_at is null and server_id = ${serverId}`,
+      sql.unsafe`select peer_id from sessions where closed_at is null and owner_id = ${serverId}`,
     )) as ReadonlyArray<{ peer_id: string }>
   ).map((r) => r.peer_id)
 
@@ -80,12 +81,15 @@ const untilNextResult = async (pool: DatabasePool, since: number) => {
   return Date.now() - since
 }
 
-/** Waits until the peers of `from` all have open sessions on `to`; returns the time since `since`. */
+/**
+ * Waits until `to` holds an open session of every one of `victims` (the same session taken over,
+ * or a new one after they registered again); returns the time since `since`.
+ */
 const untilPeersMoved = async (run: Run, victims: ReadonlyArray<string>, to: string, since: number) => {
   await eventually(
     `${victims.length} peers back on ${to}`,
     async () => {
-      const on = new Set(await openSessionsOn(run.pool, to))
+      const on = new Set(await heldBy(run.pool, to))
       return victims.every((p) => on.has(p)) ? true : undefined
     },
     60_000,
@@ -101,9 +105,9 @@ const restartRedis = async (run: Run) => {
   return untilNextResult(run.pool, Date.now())
 }
 
-/** Signals server-1; recovery is until its peers all have sessions on server-2. */
+/** Signals server-1; recovery is until server-2 holds a session of each of its peers. */
 const signalFirstServer = async (run: Run, signal: NodeJS.Signals) => {
-  const victims = await openSessionsOn(run.pool, "server-1")
+  const victims = await heldBy(run.pool, "server-1")
   run.servers[0]!.signalGroup(signal)
   return untilPeersMoved(run, victims, "server-2", Date.now())
 }
@@ -112,6 +116,11 @@ interface ScenarioSpec {
   readonly servers: number
   readonly privateRedis?: { readonly persistent: boolean }
   readonly privatePostgres?: boolean
+  /**
+   * The peers keep their sessions through the fault (no new login, so no new plan): every ticket
+   * is one of the first plan.
+   */
+  readonly keepsSessions: boolean
   /** Injects the fault once the run is under way; returns the recovery time. */
   readonly fault: (run: Run) => Promise<number>
 }
@@ -119,20 +128,24 @@ interface ScenarioSpec {
 export const scenarios: Record<string, ScenarioSpec> = {
   "kill -9 one of two servers": {
     servers: 2,
+    keepsSessions: true,
     fault: (run) => signalFirstServer(run, "SIGKILL"),
   },
   "Redis restarted, AOF on": {
     servers: 1,
+    keepsSessions: true,
     privateRedis: { persistent: true },
     fault: (run) => restartRedis(run),
   },
   "Redis restarted, no persistence": {
     servers: 1,
+    keepsSessions: true,
     privateRedis: { persistent: false },
     fault: (run) => restartRedis(run),
   },
   "PostgreSQL away for 10 s": {
     servers: 1,
+    keepsSessions: true,
     privatePostgres: true,
     fault: async (run) => {
       run.postgres!.stop()
@@ -143,6 +156,7 @@ export const scenarios: Record<string, ScenarioSpec> = {
   },
   "kill -9 a peer mid-job, start it again": {
     servers: 1,
+    keepsSessions: false,
     fault: async (run) => {
       const [id, victim] = [...run.peers.entries()][0]!
       victim.signalGroup("SIGKILL")
@@ -155,6 +169,7 @@ export const scenarios: Record<string, ScenarioSpec> = {
   },
   "SIGSTOP a server past its lease, then SIGCONT": {
     servers: 2,
+    keepsSessions: true,
     fault: async (run) => {
       const recovery = await signalFirstServer(run, "SIGSTOP")
       run.servers[0]!.signalGroup("SIGCONT")
@@ -163,6 +178,7 @@ export const scenarios: Record<string, ScenarioSpec> = {
   },
   "Ctrl+C on one of two servers": {
     servers: 2,
+    keepsSessions: false,
     fault: (run) => signalFirstServer(run, "SIGINT"),
   },
 }
@@ -290,7 +306,12 @@ export const formatLedgers = (ledgers: ReadonlyArray<Ledger>): string => {
     l.scenario,
     String(l.tickets),
     String(l.byState.succeeded ?? 0),
-    String((l.byState.cancelled ?? 0) + (l.byState.timed_out ?? 0) + (l.byState.failed ?? 0)),
+    String(
+      (l.byState.cancelled ?? 0) +
+        (l.byState.timed_out ?? 0) +
+        (l.byState.failed ?? 0) +
+        (l.byState.undeliverable ?? 0),
+    ),
     String(l.lost),
     String(l.duplicated),
     String(l.openSessions),

@@ -2,7 +2,7 @@ import { type Envelope, Protocol, Transport, type TransportError } from "@picus/
 import { Console, Deferred, Effect, Fiber, Random, Result, Schedule, Semaphore } from "effect"
 import { type ExecuteOptions, execute } from "./executor.ts"
 import type { OsInfo } from "./osInfo.ts"
-import type { StateFile } from "./state.ts"
+import type { KeptResult, StateFile } from "./state.ts"
 
 export interface AgentConfig {
   readonly token: string
@@ -63,6 +63,8 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
   let current: Session | undefined
   /** Tickets this process has taken and not finished (running, or waiting for a slot). */
   const inProgress = new Set<string>()
+  /** Tickets whose kept result is being sent. */
+  const delivering = new Set<string>()
 
   const register = sendUntilAccepted({
     msg: "register",
@@ -76,6 +78,26 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
   })
 
   const sendResult = sendUntilAccepted
+
+  /**
+   * Sends a kept result until Redis takes it, then marks it delivered. Each try quotes the session
+   * that is current then (`fallbackToken` between sessions): a result that waited out a Redis outage
+   * goes with the session the peer has when Redis is back.
+   */
+  const deliver = (kept: KeptResult, fallbackToken: string) =>
+    Effect.suspend(() => {
+      delivering.add(kept.ticket)
+      return Effect.suspend(() =>
+        send({ ...kept, msg: "result", peer_id: peerId, token: current?.token ?? fallbackToken }),
+      ).pipe(
+        Effect.tapError((e) =>
+          Effect.logWarning(`could not send result ${kept.ticket} (${e.message}); retrying`),
+        ),
+        Effect.retry(redisBackoff),
+        Effect.andThen(Effect.sync(() => config.state.markDelivered(kept.ticket))),
+        Effect.ensuring(Effect.sync(() => delivering.delete(kept.ticket))),
+      )
+    })
 
   const runJob = Effect.fnUntraced(function* (session: Session, job: Protocol.Job) {
     const base = { msg: "result", ticket: job.ticket, peer_id: peerId, token: session.token } as const
@@ -97,15 +119,19 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
     config.state.markRun(job.ticket)
     const run = yield* execute(job.job.command, options)
     const status = run.timedOut ? "timed_out" : run.exitCode === 0 ? "succeeded" : "failed"
-    yield* sendResult({
-      ...base,
+    // Kept on disk before it is sent: if it cannot be sent before the peer stops, it is sent by
+    // the next run of the peer, and the same ticket delivered again is answered from it.
+    const kept: KeptResult = {
+      ticket: job.ticket,
       result: run.output,
       exit_code: run.exitCode,
       status,
       started_at: run.startedAt,
       finished_at: run.finishedAt,
       truncated: run.truncated,
-    })
+    }
+    config.state.keep(kept)
+    yield* deliver(kept, session.token)
     yield* say(
       `job ${job.ticket} "${job.job.name}": ${status}${run.exitCode === null ? "" : ` (exit ${run.exitCode})`}`,
     )

@@ -68,6 +68,7 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
   // session times out until the backlog is read (a registration storm must not turn into a
   // storm of timeouts and re-registrations).
   let behindMs = 0
+  let redisEmptied = false
   const sessionKey = config.sessionKey ?? (yield* store.sessionKey(newKey()))
   const sessionConfig: SessionConfig = {
     ...config,
@@ -333,9 +334,16 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
       count: config.batchSize,
       blockMs: retry.length > 0 ? 200 : READ_BLOCK_MS,
     })
-    if (Date.now() - lastRead >= DEAF_AFTER_MS) {
+    if (Date.now() - lastRead >= DEAF_AFTER_MS || redisEmptied) {
       yield* Effect.logInfo(`Redis is back: ${sessions.size} session(s) get a fresh grace period`)
       yield* Effect.forEach(sessions.values(), (s) => s.heartbeat, { discard: true })
+    }
+    if (redisEmptied) {
+      // The jobs in the peers' inboxes and the results on their way are gone with it: send every
+      // ticket in flight again. A peer never runs one twice; it answers from what it kept.
+      redisEmptied = false
+      yield* Effect.logWarning("Redis came back without its data: sending the jobs in flight again")
+      yield* Effect.forEach(sessions.values(), (s) => s.resendInFlight, { discard: true })
     }
     lastRead = Date.now()
     const last = batch.at(-1)
@@ -379,7 +387,12 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
     }
   }).pipe(
     Effect.catch((error) =>
-      Effect.logError(`uplink: ${error.message}; retrying`).pipe(Effect.andThen(Effect.sleep("1 second"))),
+      Effect.gen(function* () {
+        // The consumer groups are gone: Redis restarted without persistence.
+        if (error.message.includes("NOGROUP")) redisEmptied = true
+        yield* Effect.logError(`uplink: ${error.message}; retrying`)
+        yield* Effect.sleep("1 second")
+      }),
     ),
   )
 
