@@ -7,10 +7,11 @@ import { describeMachine, type RunFailure, type RunRecord, writeReport } from ".
 import { median } from "./stats.ts"
 import type { BenchEnv, RunResult, SystemEntry } from "./system.ts"
 import { bullmq, bullmqBatched } from "./systems/bullmq.ts"
+import { picus1, picus2 } from "./systems/picus.ts"
 import { streamsCeiling } from "./systems/streamsCeiling.ts"
 
 /** Every system `pnpm bench` knows, in the order they take turns. Add new ones here. */
-const systems: ReadonlyArray<SystemEntry> = [bullmq, bullmqBatched, streamsCeiling]
+const systems: ReadonlyArray<SystemEntry> = [picus1, picus2, bullmq, bullmqBatched, streamsCeiling]
 
 const usage = `Usage: pnpm bench [options]
   --repeats N      repeats of every measurement (default 3; 1 with --quick)

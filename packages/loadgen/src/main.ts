@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 import { randomBytes } from "node:crypto"
-import { firstSignal, Protocol, TransportRedis } from "@picus/core"
+import { firstSignal, Protocol, Transport, TransportRedis } from "@picus/core"
 import { cac } from "cac"
-import { Cause, Effect, Exit, type Scope } from "effect"
+import { Cause, Context, Effect, Exit, Layer, type Scope } from "effect"
+import { PgStore, submitJobs } from "server"
 import { type Submit, submitAtRate } from "./rate.ts"
 import { type FleetReport, makeSimulatedFleet, type OsLabels } from "./SimulatedFleet.ts"
 
@@ -51,8 +52,22 @@ export interface SubmitterOptions {
  * nudges the server that owns it. It belongs to the server package; until it is wired in here
  * there is none, and a nonzero --rate is refused.
  */
-const makeSubmitter = (_options: SubmitterOptions): Effect.Effect<Submit | undefined, unknown, Scope.Scope> =>
-  Effect.succeed(undefined)
+/**
+ * Submits one small job per call, the way an operator's tool would: tickets written to PostgreSQL,
+ * then the instance holding the peer's session told. The store is this process's own pool.
+ */
+const makeSubmitter = (options: SubmitterOptions): Effect.Effect<Submit, unknown, Scope.Scope | Transport> =>
+  Effect.gen(function* () {
+    const stores = yield* Layer.build(PgStore.layer(options.databaseUrl, { migrate: false }))
+    const transport = yield* Transport
+    const context = Context.add(stores, Transport, transport)
+    return (peerId: string) =>
+      submitJobs({
+        peerId,
+        submittedBy: "loadgen",
+        jobs: [{ name: "load", command: "echo load", timeoutMs: 10_000 }],
+      }).pipe(Effect.asVoid, Effect.provideContext(context))
+  })
 
 /** One progress line per second, on stderr (stdout is kept for the --json report). */
 const progressLine = (report: FleetReport): string => {

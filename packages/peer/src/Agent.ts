@@ -150,6 +150,14 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
       let heartbeat: Fiber.Fiber<void, TransportError> | undefined
       let session: Session | undefined
       let acceptingJobs = false
+      /** Kept results being sent outside a job's own fiber (the outbox, answers to re-deliveries). */
+      const sending = new Set<Fiber.Fiber<void, TransportError>>()
+      const sendKept = (kept: KeptResult, token: string) =>
+        Effect.gen(function* () {
+          const fiber = yield* deliver(kept, token).pipe(Effect.forkScoped)
+          sending.add(fiber)
+          fiber.addObserver(() => sending.delete(fiber))
+        })
 
       const handle = (envelope: Envelope) =>
         Effect.gen(function* () {
@@ -176,10 +184,21 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
               yield* say(
                 `registered as ${peerId} (session ${m.session_id ?? "?"}, server ${m.server_id ?? "?"})`,
               )
+              // The outbox: results kept but not delivered (Redis was away, or the peer stopped).
+              const outbox = config.state.pending().filter((kept) => !delivering.has(kept.ticket))
+              if (outbox.length > 0) yield* Effect.logInfo(`sending ${outbox.length} kept result(s)`)
+              for (const kept of outbox) yield* sendKept(kept, s.token)
               return
             }
             case "register_rejected": {
               const reason = (message as Protocol.RegisterRejected).reason ?? "no reason given"
+              if (!session && reason === Protocol.RejectReason.sessionExpired) {
+                // Never the answer to a registration: a late answer to a heartbeat of a session
+                // that has ended. The answer to the registration is still to come.
+                return yield* Effect.logInfo(
+                  "ignored a late session_expired: waiting for the registration's answer",
+                )
+              }
               if (session && reason === Protocol.RejectReason.sessionExpired) {
                 yield* say("the server no longer knows this session: registering again")
                 session = undefined
@@ -209,10 +228,23 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
               if (inProgress.has(job.ticket)) {
                 return yield* Effect.logWarning(`skipped job ${job.ticket}: delivered again while it runs`)
               }
+              if (delivering.has(job.ticket)) {
+                return yield* Effect.logInfo(
+                  `skipped job ${job.ticket}: delivered again, its result is being sent`,
+                )
+              }
+              const kept = config.state.kept(job.ticket)
+              if (kept) {
+                // Run before and its answer did not reach the server (or came too late): the same
+                // answer again, for this session.
+                yield* Effect.logInfo(
+                  `answering job ${job.ticket} from its kept result, without running it again`,
+                )
+                return yield* sendKept(kept, s.token)
+              }
               if (config.state.hasRun(job.ticket)) {
-                // Run before (by this process, or by an earlier one that stopped before it
-                // reported), and the server never got the outcome: say so rather than run a
-                // command twice.
+                // Started before, by a process that stopped before it kept the outcome: say so
+                // rather than run a command twice.
                 yield* Effect.logWarning(`not running job ${job.ticket} again: it was started before`)
                 return yield* sendResult({
                   msg: "result",
@@ -248,6 +280,7 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
               // Jobs already running finish and report; the server waits a little for them. Then
               // the peer says it is done, so the server need not wait any longer.
               yield* Fiber.joinAll([...running]).pipe(Effect.ignore)
+              yield* Fiber.joinAll([...sending]).pipe(Effect.ignore)
               if (heartbeat) yield* Fiber.interrupt(heartbeat)
               yield* send({
                 msg: "logout",

@@ -99,7 +99,10 @@ cli
     "--server-ip <ip>",
     "The server address reported at registration (env PICUS_SERVER_IP; default the Redis host)",
   )
-  .option("--state-dir <dir>", "Where the peer keeps its id and run tickets (env PICUS_STATE_DIR)")
+  .option(
+    "--state-dir <dir>",
+    "Where the peer keeps its id, run tickets and kept results (env PICUS_STATE_DIR)",
+  )
   .option("--exit-on-shutdown", "Exit 0 when the server shuts down, instead of registering again")
   .option("--concurrency <n>", "Jobs run at once (env PICUS_CONCURRENCY, default 4)")
   .option("--output-cap <bytes>", "Output kept per job (env PICUS_OUTPUT_CAP, default 65536)")

@@ -20,6 +20,10 @@ export const KeptResult = Schema.Struct({
 })
 export type KeptResult = typeof KeptResult.Type
 
+/** A kept result, and whether Redis took it. */
+const StoredResult = Schema.Struct({ ...KeptResult.fields, delivered: Schema.Boolean })
+type StoredResult = typeof StoredResult.Type
+
 /**
  * What a peer keeps on disk between runs (`peer.json`): its id (stable across restarts), the
  * tickets it has started (so a ticket never runs twice, even across a restart) and the results of
@@ -27,9 +31,6 @@ export type KeptResult = typeof KeptResult.Type
  * yet delivered is the outbox: it is sent as soon as the peer has a session. A delivered one stays
  * to answer the same ticket delivered again. Files written before `results` existed still load.
  */
-const StoredResult = Schema.Struct({ ...KeptResult.fields, delivered: Schema.Boolean })
-type StoredResult = typeof StoredResult.Type
-
 const PeerState = Schema.Struct({
   peer_id: Schema.String,
   completed: Schema.Array(Schema.String),

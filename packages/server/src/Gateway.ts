@@ -6,6 +6,7 @@ import {
   newKey,
   type PeerSession,
   Protocol,
+  type RecordOutcome,
   resumePeerSession,
   type SessionConfig,
   Store,
@@ -271,6 +272,9 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
     const done: Array<Delivery> = []
     const failed: Array<Delivery> = []
     const byPeer = new Map<string, Array<[Protocol.PeerMessage, Delivery]>>()
+    // Results for sessions held here are recorded together, in one transaction, ahead of the rest:
+    // those of a peer that come before any registration or logout of it in this batch.
+    const together: Array<{ session: PeerSession; message: Protocol.Result; entry: Delivery }> = []
     for (const entry of batch) {
       const notice = entry.forwarded ? Protocol.decodeServerNotice(entry.payload) : undefined
       if (notice !== undefined) {
@@ -287,9 +291,38 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
         done.push(entry)
         continue
       }
-      const list = byPeer.get(decoded.success.peer_id) ?? []
-      list.push([decoded.success, entry])
-      byPeer.set(decoded.success.peer_id, list)
+      const message = decoded.success
+      const list = byPeer.get(message.peer_id) ?? []
+      const session = message.msg === "result" ? sessionOf(message) : undefined
+      if (session && message.msg === "result" && list.every(([m]) => m.msg === "heartbeat")) {
+        together.push({ session, message, entry })
+        continue
+      }
+      list.push([message, entry])
+      byPeer.set(message.peer_id, list)
+    }
+    if (together.length > 0) {
+      const recorded = yield* Effect.exit(
+        store.recordResults(together.map((t) => t.session.toRecord(t.message))),
+      )
+      if (Exit.isFailure(recorded)) {
+        failed.push(...together.map((t) => t.entry))
+        yield* Effect.logError("could not record results; they stay pending and are retried", recorded.cause)
+      } else {
+        const bySession = new Map<PeerSession, Array<{ message: Protocol.Result; verdict: RecordOutcome }>>()
+        for (const [i, { session, message, entry }] of together.entries()) {
+          const verdict = recorded.value[i]!
+          if (verdict === "lease_lost") {
+            // Moved on without this instance: let the session go; the retry finds its holder.
+            failed.push(entry)
+            yield* Effect.forkIn(session.release, scope)
+            continue
+          }
+          done.push(entry)
+          bySession.set(session, [...(bySession.get(session) ?? []), { message, verdict }])
+        }
+        for (const [session, outcomes] of bySession) yield* session.settled(outcomes)
+      }
     }
     yield* Effect.forEach(
       byPeer.values(),

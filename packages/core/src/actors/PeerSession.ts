@@ -3,6 +3,7 @@ import * as Protocol from "../protocol/index.ts"
 import { hashSecret, sameHash, sessionTokenOf } from "../secrets.ts"
 import {
   LeaseLost,
+  type NewResult,
   type RecordOutcome,
   type ResultStatus,
   Store,
@@ -68,6 +69,12 @@ export interface PeerSession {
    * instance no longer holds the session: the message belongs to whoever does now.
    */
   readonly result: (message: Protocol.Result) => Effect.Effect<ResultVerdict, StoreError | LeaseLost>
+  /** The row a result message becomes, at this session's epoch (for Store.recordResults). */
+  readonly toRecord: (message: Protocol.Result) => NewResult
+  /** Results the gateway recorded for this session in a batch: settles them and sends what is next. */
+  readonly settled: (
+    outcomes: ReadonlyArray<{ readonly message: Protocol.Result; readonly verdict: RecordOutcome }>,
+  ) => Effect.Effect<void>
   readonly heartbeat: Effect.Effect<void>
   /** Sends the peer `shutdown` with the reason; the session stays open to take in-flight results. */
   readonly notifyShutdown: (reason: string) => Effect.Effect<void, TransportError>
@@ -91,6 +98,10 @@ type Command =
       readonly reply: Deferred.Deferred<ResultVerdict, StoreError | LeaseLost>
     }
   | { readonly _tag: "Heartbeat" }
+  | {
+      readonly _tag: "Settled"
+      readonly outcomes: ReadonlyArray<{ readonly message: Protocol.Result; readonly verdict: RecordOutcome }>
+    }
   | {
       readonly _tag: "Shutdown"
       readonly reason: string
@@ -374,40 +385,47 @@ const runSession = Effect.fnUntraced(function* (
     yield* Deferred.succeed(ended, undefined)
   })
 
+  const toRecord = (m: Protocol.Result): NewResult => ({
+    ticket: m.ticket,
+    peerId,
+    sessionId,
+    epoch,
+    serverId: config.serverId,
+    status: statusOf(m),
+    exitCode: m.exit_code ?? null,
+    output: m.result,
+    truncated: m.truncated ?? false,
+    startedAt: m.started_at ?? null,
+    finishedAt: m.finished_at ?? null,
+  })
+
+  /** A result is in PostgreSQL (or refused there): its ticket leaves the window. */
+  const settle = (m: Protocol.Result, verdict: RecordOutcome) =>
+    Effect.gen(function* () {
+      lastSeen = Date.now()
+      const ticket = verdict === "unknown_ticket" ? undefined : tickets.settle(m.ticket)
+      if (verdict === "recorded") {
+        yield* publish({
+          event: "result",
+          at: Date.now(),
+          ...at,
+          ticket: m.ticket,
+          name: ticket?.name ?? "?",
+          status: statusOf(m),
+          exit_code: m.exit_code ?? null,
+          first_line: Protocol.firstLine(m.result),
+        })
+      } else {
+        yield* Effect.logWarning(`result for ticket ${m.ticket} not recorded: ${verdict}`)
+      }
+    })
+
   const handle = (command: Command): Effect.Effect<void> => {
     switch (command._tag) {
       case "Result":
         return Effect.gen(function* () {
-          lastSeen = Date.now()
-          const m = command.message
-          const verdict = yield* store.recordResult({
-            ticket: m.ticket,
-            peerId,
-            sessionId,
-            epoch,
-            serverId: config.serverId,
-            status: statusOf(m),
-            exitCode: m.exit_code ?? null,
-            output: m.result,
-            truncated: m.truncated ?? false,
-            startedAt: m.started_at ?? null,
-            finishedAt: m.finished_at ?? null,
-          })
-          const ticket = verdict === "unknown_ticket" ? undefined : tickets.settle(m.ticket)
-          if (verdict === "recorded") {
-            yield* publish({
-              event: "result",
-              at: Date.now(),
-              ...at,
-              ticket: m.ticket,
-              name: ticket?.name ?? "?",
-              status: statusOf(m),
-              exit_code: m.exit_code ?? null,
-              first_line: Protocol.firstLine(m.result),
-            })
-          } else {
-            yield* Effect.logWarning(`result for ticket ${m.ticket} not recorded: ${verdict}`)
-          }
+          const verdict = yield* store.recordResult(toRecord(command.message))
+          yield* settle(command.message, verdict)
           yield* dispatch
           return verdict
         }).pipe(
@@ -420,6 +438,10 @@ const runSession = Effect.fnUntraced(function* (
         return Effect.sync(() => {
           lastSeen = Date.now()
         })
+      case "Settled":
+        return Effect.forEach(command.outcomes, ({ message, verdict }) => settle(message, verdict), {
+          discard: true,
+        }).pipe(Effect.andThen(dispatch))
       case "Shutdown":
         return Effect.gen(function* () {
           shuttingDown = true
@@ -505,6 +527,8 @@ const runSession = Effect.fnUntraced(function* (
         (reply) => ({ _tag: "Result", message, reply }),
         Effect.fail(new LeaseLost(lease)),
       ),
+    toRecord,
+    settled: (outcomes) => tell({ _tag: "Settled", outcomes }),
     heartbeat: tell({ _tag: "Heartbeat" }),
     notifyShutdown: (reason) =>
       ask<void, TransportError>((reply) => ({ _tag: "Shutdown", reason, reply }), Effect.void),

@@ -308,6 +308,13 @@ export class Store extends Context.Service<
      */
     readonly recordResult: (result: NewResult) => Effect.Effect<RecordOutcome, StoreError | LeaseLost>
     /**
+     * Many results (of many sessions) at once, in one transaction: the outcome of each, in order;
+     * `lease_lost` for those whose session is no longer held at their epoch (nothing written).
+     */
+    readonly recordResults: (
+      results: ReadonlyArray<NewResult>,
+    ) => Effect.Effect<ReadonlyArray<RecordOutcome | "lease_lost">, StoreError>
+    /**
      * The reconciler's sweep, safe to run from every instance: queued tickets older than
      * `deliveryDeadlineMs` end undeliverable; delivered tickets with no session carrying them on
      * (closed, or never given one) and no answer by `2 × timeout + executionSlackMs` end timed_out.

@@ -4,6 +4,8 @@ import {
   type CatalogJob,
   LeaseLost,
   type LogRow,
+  type NewResult,
+  type RecordOutcome,
   type ResultRow,
   type SessionOwner,
   Store,
@@ -83,6 +85,31 @@ export const makeMemoryStore = Effect.sync(() => {
         }
       })
   }
+
+  const record = (r: NewResult): Effect.Effect<RecordOutcome, LeaseLost> =>
+    Effect.suspend(() => {
+      if (!holds(r.sessionId, r.epoch)) {
+        return Effect.fail(new LeaseLost({ sessionId: r.sessionId, epoch: r.epoch }))
+      }
+      const t = tickets.get(r.ticket)
+      if (!t) return Effect.succeed("unknown_ticket" as const)
+      if (t.peerId !== r.peerId || t.sessionId !== r.sessionId)
+        return Effect.succeed("foreign_ticket" as const)
+      if (results.has(r.ticket)) return Effect.succeed("duplicate" as const)
+      if (isTerminal(t.state)) return Effect.succeed("ticket_closed" as const)
+      t.state = ticketStateOf(r.status)
+      results.set(r.ticket, {
+        ticket: r.ticket,
+        peerId: r.peerId,
+        jobName: t.name,
+        status: r.status,
+        exitCode: r.exitCode,
+        output: r.output,
+        truncated: r.truncated,
+        receivedAt: Date.now(),
+      })
+      return Effect.succeed("recorded" as const)
+    })
 
   return Store.of({
     createToken: ({ name, prefix, hash }) =>
@@ -331,30 +358,11 @@ export const makeMemoryStore = Effect.sync(() => {
           }),
         )
       }),
-    recordResult: (r) =>
-      Effect.suspend(() => {
-        if (!holds(r.sessionId, r.epoch)) {
-          return Effect.fail(new LeaseLost({ sessionId: r.sessionId, epoch: r.epoch }))
-        }
-        const t = tickets.get(r.ticket)
-        if (!t) return Effect.succeed("unknown_ticket" as const)
-        if (t.peerId !== r.peerId || t.sessionId !== r.sessionId)
-          return Effect.succeed("foreign_ticket" as const)
-        if (results.has(r.ticket)) return Effect.succeed("duplicate" as const)
-        if (isTerminal(t.state)) return Effect.succeed("ticket_closed" as const)
-        t.state = ticketStateOf(r.status)
-        results.set(r.ticket, {
-          ticket: r.ticket,
-          peerId: r.peerId,
-          jobName: t.name,
-          status: r.status,
-          exitCode: r.exitCode,
-          output: r.output,
-          truncated: r.truncated,
-          receivedAt: Date.now(),
-        })
-        return Effect.succeed("recorded" as const)
-      }),
+    recordResult: (r) => record(r),
+    recordResults: (rs) =>
+      Effect.forEach(rs, (r) =>
+        record(r).pipe(Effect.catchTag("LeaseLost", () => Effect.succeed("lease_lost" as const))),
+      ),
     expireTickets: ({ deliveryDeadlineMs, executionSlackMs }) =>
       Effect.sync(() => {
         const now = Date.now()

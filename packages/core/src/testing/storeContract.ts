@@ -634,6 +634,41 @@ export const storeContract = (name: string, storeLayer: Layer.Layer<Store, unkno
         }),
       )
 
+      it.effect("records a batch of results in one go, with the outcome of each", () =>
+        Effect.gen(function* () {
+          const { store, peerId, login, tickets } = yield* setup
+          const [first, second] = tickets
+          const other = yield* setup
+          yield* store.closeTickets([second!.ticket], "undeliverable")
+          const outcomes = yield* store.recordResults([
+            newResult(first!.ticket, peerId, login.sessionId),
+            { ...newResult(first!.ticket, peerId, login.sessionId), output: "again" },
+            newResult(second!.ticket, peerId, login.sessionId),
+            newResult("no-such-ticket", peerId, login.sessionId),
+            newResult(other.tickets[0]!.ticket, peerId, login.sessionId),
+            newResult(other.tickets[0]!.ticket, other.peerId, other.login.sessionId, 2),
+            newResult(other.tickets[1]!.ticket, other.peerId, other.login.sessionId),
+          ])
+          assert.deepStrictEqual(outcomes, [
+            "recorded",
+            "duplicate",
+            "ticket_closed",
+            "unknown_ticket",
+            "foreign_ticket",
+            "lease_lost",
+            "recorded",
+          ])
+          assert.deepStrictEqual(yield* store.ticketState(first!.ticket), Option.some("succeeded"))
+          assert.deepStrictEqual(yield* store.ticketState(other.tickets[0]!.ticket), Option.some("queued"))
+          const rows = (yield* store.results({ peerId, limit: 10 })).filter((r) => r.ticket === first!.ticket)
+          assert.deepStrictEqual(
+            rows.map((r) => r.output),
+            ["file1 file2"],
+          )
+          assert.deepStrictEqual(yield* store.recordResults([]), [])
+        }),
+      )
+
       it.effect("a ticket that ended without a result takes none", () =>
         Effect.gen(function* () {
           const { store, peerId, login, tickets } = yield* setup

@@ -1,6 +1,7 @@
 import {
   CatalogJob,
   LeaseLost,
+  type NewResult,
   Protocol,
   type RecordOutcome,
   ResultStatus,
@@ -72,6 +73,17 @@ const OwnerRow = std(
     ownerId: Schema.String,
     epoch: Schema.Int,
     expired: Schema.Boolean,
+  }),
+)
+const MarkedRow = std(Schema.Struct({ held: Schema.Boolean, tickets: Schema.Array(Schema.String) }))
+const HeldRow = std(Schema.Struct({ sessionId: Schema.String, epoch: Schema.Int }))
+const BatchTicketRow = std(
+  Schema.Struct({
+    ticket: Schema.String,
+    peerId: Schema.String,
+    sessionId: NullableString,
+    state: TicketState,
+    hasResult: Schema.Boolean,
   }),
 )
 const KeyRow = std(Schema.Struct({ key: Schema.Uint8Array }))
@@ -584,20 +596,125 @@ export const makePgStore = (pool: DatabasePool): Store["Service"] =>
       }),
 
     markDelivered: (lease, tickets) =>
-      fenced("markDelivered", () =>
-        pool.transaction(async (tx) => {
-          await holdLease(tx, lease.sessionId, lease.epoch)
-          if (tickets.length === 0) return []
-          return tx.anyFirst(sql.type(TicketIdRow)`
+      fenced("markDelivered", async () => {
+        if (!UUID.test(lease.sessionId)) throw new Fenced(lease)
+        // One statement (so one round trip): the lease row is locked for share until it commits.
+        const row = await pool.one(sql.type(MarkedRow)`
+          with held as (
+            select session_id from sessions
+            where session_id = ${lease.sessionId}::uuid and epoch = ${lease.epoch} and closed_at is null
+            for share
+          ), marked as (
             update tickets set state = 'delivered', delivered_at = now(), attempts = attempts + 1
             where ticket = any(${sql.array([...tickets], "text")}) and state in ('queued', 'delivered')
-              and session_id = ${lease.sessionId}::uuid
+              and session_id = ${lease.sessionId}::uuid and exists (select 1 from held)
             returning ticket
-          `)
-        }),
-      ),
+          )
+          select exists (select 1 from held) as held,
+            coalesce((select array_agg(ticket) from marked), '{}') as tickets
+        `)
+        if (!row.held) throw new Fenced(lease)
+        return row.tickets
+      }),
 
     recordResult: (result) => fenced("recordResult", () => pool.transaction((tx) => recordIn(tx, result))),
+
+    recordResults: (results) =>
+      attempt("recordResults", async () => {
+        if (results.length === 0) return []
+        return pool.transaction(async (tx) => {
+          // The same checks as recordIn, set-wise: the sessions' leases held (locked against a
+          // takeover until commit), the tickets locked, then one insert and one update for all.
+          const sessionIds = [
+            ...new Set(results.filter((r) => UUID.test(r.sessionId)).map((r) => r.sessionId.toLowerCase())),
+          ].sort()
+          const held = new Map(
+            sessionIds.length === 0
+              ? []
+              : (
+                  await tx.any(sql.type(HeldRow)`
+                    select session_id::text as "sessionId", epoch from sessions
+                    where session_id = any(${sql.array(sessionIds, "uuid")}) and closed_at is null
+                    order by session_id
+                    for share
+                  `)
+                ).map((h) => [h.sessionId, h.epoch]),
+          )
+          const outcomes: Array<RecordOutcome | "lease_lost" | undefined> = results.map((r) =>
+            held.get(r.sessionId.toLowerCase()) === r.epoch ? undefined : "lease_lost",
+          )
+          const ticketIds = [
+            ...new Set(results.filter((_, i) => outcomes[i] === undefined).map((r) => r.ticket)),
+          ].sort()
+          const tickets = new Map(
+            ticketIds.length === 0
+              ? []
+              : (
+                  await tx.any(sql.type(BatchTicketRow)`
+                    select t.ticket, t.peer_id as "peerId", t.session_id::text as "sessionId", t.state,
+                      exists (select 1 from job_results r where r.ticket = t.ticket) as "hasResult"
+                    from tickets t
+                    where t.ticket = any(${sql.array(ticketIds, "text")})
+                    order by t.ticket
+                    for update of t
+                  `)
+                ).map((t) => [t.ticket, t]),
+          )
+          const recorded = new Set<string>()
+          const rows: Array<NewResult> = []
+          results.forEach((r, i) => {
+            if (outcomes[i] !== undefined) return
+            const t = tickets.get(r.ticket)
+            outcomes[i] =
+              t === undefined
+                ? "unknown_ticket"
+                : t.peerId !== r.peerId || t.sessionId !== r.sessionId.toLowerCase()
+                  ? "foreign_ticket"
+                  : t.hasResult || recorded.has(r.ticket)
+                    ? "duplicate"
+                    : isTerminal(t.state)
+                      ? "ticket_closed"
+                      : "recorded"
+            if (outcomes[i] === "recorded") {
+              recorded.add(r.ticket)
+              rows.push(r)
+            }
+          })
+          if (rows.length > 0) {
+            await tx.query(sql.type(NoRow)`
+              insert into job_results (
+                ticket, peer_id, session_id, status, exit_code, output, truncated, started_at, finished_at, server_id
+              )
+              select ticket, peer_id, session_id, status, exit_code, output, truncated,
+                to_timestamp(started_ms / 1000), to_timestamp(finished_ms / 1000), server_id
+              from ${sql.unnest(
+                rows.map((r) => [
+                  r.ticket,
+                  r.peerId,
+                  r.sessionId.toLowerCase(),
+                  r.status,
+                  r.exitCode,
+                  r.output.replaceAll("\u0000", "\uFFFD"),
+                  r.truncated,
+                  r.startedAt,
+                  r.finishedAt,
+                  r.serverId,
+                ]),
+                ["text", "text", "uuid", "text", "int4", "text", "bool", "float8", "float8", "text"],
+              )} as v(ticket, peer_id, session_id, status, exit_code, output, truncated, started_ms, finished_ms, server_id)
+            `)
+            await tx.query(sql.type(NoRow)`
+              update tickets t set state = v.state, finished_at = now()
+              from ${sql.unnest(
+                rows.map((r) => [r.ticket, ticketStateOf(r.status)]),
+                ["text", "text"],
+              )} as v(ticket, state)
+              where t.ticket = v.ticket
+            `)
+          }
+          return outcomes.map((o) => o ?? "unknown_ticket")
+        })
+      }),
 
     expireTickets: (entry) =>
       attempt("expireTickets", async () => {

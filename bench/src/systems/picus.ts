@@ -1,0 +1,216 @@
+import { type ChildProcess, spawn } from "node:child_process"
+import { randomBytes } from "node:crypto"
+import { join } from "node:path"
+import { type Store, type Transport, TransportRedis } from "@picus/core"
+import { type Context, Effect, Exit, Layer, Scope } from "effect"
+import { makeSimulatedFleet, type SimulatedFleet } from "loadgen"
+import pg from "pg"
+import { PgStore, submitJobs } from "server"
+import { sleep } from "../clock.ts"
+import { submitAtRate } from "../pace.ts"
+import { type Sampler, startProcessSampler } from "../procstat.ts"
+import { percentiles } from "../stats.ts"
+import type { BenchEnv, BenchSystem, RunResult, SystemEntry } from "../system.ts"
+
+/**
+ * This system, as an operator runs it: `instances` real server processes (`picus-server start`)
+ * on one Redis and one PostgreSQL, and `workers` simulated peers (the load generator's fleet, real
+ * protocol peers over Redis that answer jobs in-process). Tickets are submitted the way an
+ * operator's tool does (`submitJobs`: written to PostgreSQL, then the holding instance told).
+ * Times are PostgreSQL's: a ticket's created_at and its result's received_at, both written before
+ * anything is acknowledged.
+ */
+
+const repoRoot = join(import.meta.dirname, "..", "..", "..")
+const serverScript = join(repoRoot, "packages", "server", "src", "main.ts")
+const TOKEN = `bench-${randomBytes(8).toString("hex")}`
+
+const startServer = (id: string, env: Record<string, string>): Promise<ChildProcess> =>
+  new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [serverScript, "start"], {
+      env: { ...process.env, ...env, PICUS_SERVER_ID: id },
+      stdio: ["ignore", "pipe", "pipe"],
+    })
+    let output = ""
+    const onData = (chunk: Buffer) => {
+      output = (output + chunk.toString()).slice(-20_000)
+      if (/serving/.test(output)) resolve(child)
+    }
+    child.stdout.on("data", onData)
+    child.stderr.on("data", onData)
+    child.once("exit", (code) =>
+      reject(new Error(`server ${id} exited (${code}) before serving:\n${output}`)),
+    )
+  })
+
+const stopServer = (child: ChildProcess): Promise<void> =>
+  new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolve()
+    const timer = setTimeout(() => child.kill("SIGKILL"), 15_000)
+    child.once("exit", () => {
+      clearTimeout(timer)
+      resolve()
+    })
+    child.kill("SIGINT")
+  })
+
+const makeSystem = (env: BenchEnv, instances: number): BenchSystem => {
+  const name = `picus-${instances}`
+  const dbName = `bench_picus_${randomBytes(4).toString("hex")}`
+  const dbUrl = (() => {
+    const url = new URL(env.pgAdminUrl)
+    url.pathname = `/${dbName}`
+    return url.toString()
+  })()
+  const prefix = `bench-picus-${randomBytes(4).toString("hex")}`
+  const servers: Array<ChildProcess> = []
+  let scope: Scope.Closeable | undefined
+  let context: Context.Context<Store | Transport> | undefined
+  let fleet: SimulatedFleet | undefined
+  let pool: pg.Pool | undefined
+  let sampler: Sampler | undefined
+  let errors = 0
+
+  const run = <A, E>(effect: Effect.Effect<A, E, Store | Transport>): Promise<A> =>
+    Effect.runPromise(effect.pipe(Effect.provideContext(context!)))
+
+  const setup = async (): Promise<void> => {
+    const serverEnv = {
+      DATABASE_URL: dbUrl,
+      REDIS_URL: env.redisUrl,
+      PICUS_REDIS_PREFIX: prefix,
+      PICUS_TOKENS: TOKEN,
+    }
+    // One first, so it creates and migrates the database alone.
+    servers.push(await startServer(`${name}-a`, serverEnv))
+    for (let i = 1; i < instances; i++) servers.push(await startServer(`${name}-${i}`, serverEnv))
+    pool = new pg.Pool({ connectionString: dbUrl, max: 2 })
+    scope = Effect.runSync(Scope.make())
+    context = await Effect.runPromise(
+      Layer.buildWithScope(
+        Layer.mergeAll(
+          PgStore.layer(dbUrl, { migrate: false, maxPoolSize: 8 }),
+          TransportRedis.layerRedis({ url: env.redisUrl, prefix }),
+        ),
+        scope,
+      ),
+    )
+  }
+
+  /** The fleet is made on first use: only then is the number of workers known. */
+  const fleetOf = async (workers: number): Promise<SimulatedFleet> => {
+    if (fleet) return fleet
+    fleet = await Effect.runPromise(
+      makeSimulatedFleet({
+        peers: workers,
+        runId: randomBytes(3).toString("hex"),
+        token: TOKEN,
+        serverIp: "127.0.0.1",
+        os: undefined,
+        agentVersion: "bench",
+        jobMs: 0,
+        rampMs: 0,
+        registerTimeoutMs: 30_000,
+        reconnectBaseMs: 1_000,
+        reconnectMaxMs: 30_000,
+      }).pipe(Scope.provide(scope!), Effect.provideContext(context!)),
+    )
+    await Effect.runPromise(fleet.allAccepted)
+    return fleet
+  }
+
+  const submit = (peerId: string, count: number) =>
+    run(
+      submitJobs({
+        peerId,
+        submittedBy: "bench",
+        jobs: Array.from({ length: count }, () => ({ name: "bench", command: "echo hi", timeoutMs: 10_000 })),
+      }),
+    ).then(
+      () => {},
+      () => {
+        errors += count
+      },
+    )
+
+  /** Waits until every ticket has its result, then reads the timings from PostgreSQL. */
+  const measure = async (
+    mode: "saturation" | "rate",
+    tickets: number,
+    targetRate?: number,
+  ): Promise<RunResult> => {
+    for (;;) {
+      const { rows } = await pool!.query<{ n: number }>("select count(*)::int as n from job_results")
+      if (rows[0]!.n >= tickets) break
+      await sleep(50)
+    }
+    const { rows } = await pool!.query<{ latency: number; created: number; received: number }>(`
+      select extract(epoch from r.received_at - t.created_at) * 1000 as latency,
+        extract(epoch from t.created_at) * 1000 as created, extract(epoch from r.received_at) * 1000 as received
+      from job_results r join tickets t using (ticket)`)
+    if (rows.length !== tickets) throw new Error(`${name}: ${rows.length} results for ${tickets} tickets`)
+    const latencies = rows.map((r) => Number(r.latency))
+    const first = Math.min(...rows.map((r) => Number(r.created)))
+    const last = Math.max(...rows.map((r) => Number(r.received)))
+    const [p50, p95, p99, max] = percentiles(latencies, [50, 95, 99, 100])
+    const durationMs = last - first
+    const cpu = sampler?.stop()
+    if (cpu)
+      console.log(
+        `    ${name} servers: ${cpu.meanCores.toFixed(2)} cores, peak RSS ${(cpu.maxRssBytes / 2 ** 20).toFixed(0)} MiB`,
+      )
+    return {
+      system: name,
+      mode,
+      ...(targetRate === undefined ? {} : { targetRate }),
+      tickets,
+      durationMs,
+      throughput: (tickets * 1000) / durationMs,
+      latencyMs: { p50: p50!, p95: p95!, p99: p99!, max: max! },
+      errors,
+    }
+  }
+
+  return {
+    name,
+    setup,
+    saturation: async (tickets, workers) => {
+      const f = await fleetOf(workers)
+      const peers = f.peerIds
+      sampler = startProcessSampler(servers.map((s) => s.pid!))
+      // As a batch per peer, the way the baselines add theirs in bulk.
+      await Promise.all(
+        peers.map((peerId, i) => {
+          const count = Math.floor(tickets / peers.length) + (i < tickets % peers.length ? 1 : 0)
+          return count > 0 ? submit(peerId, count) : Promise.resolve()
+        }),
+      )
+      return measure("saturation", tickets)
+    },
+    atRate: async (rate, durationMs, workers) => {
+      const f = await fleetOf(workers)
+      sampler = startProcessSampler(servers.map((s) => s.pid!))
+      let next = 0
+      const total = await submitAtRate(rate, durationMs, async (_first, count) => {
+        for (let i = 0; i < count; i++) await submit(f.peerIds[next++ % f.peerIds.length]!, 1)
+      })
+      return measure("rate", total, rate)
+    },
+    teardown: async () => {
+      if (fleet) await Effect.runPromise(fleet.stop("peer_shutdown", 2_000)).catch(() => {})
+      await Promise.all(servers.map(stopServer))
+      if (scope) await Effect.runPromise(Scope.close(scope, Exit.void))
+      await pool?.end().catch(() => {})
+      const admin = new pg.Client({ connectionString: env.pgAdminUrl })
+      await admin.connect()
+      try {
+        await admin.query(`drop database if exists ${dbName} with (force)`)
+      } finally {
+        await admin.end()
+      }
+    },
+  }
+}
+
+export const picus1: SystemEntry = { name: "picus-1", create: (env) => makeSystem(env, 1) }
+export const picus2: SystemEntry = { name: "picus-2", create: (env) => makeSystem(env, 2) }

@@ -1,0 +1,97 @@
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { assert, describe, it } from "@effect/vitest"
+import { type KeptResult, openStateFile } from "../src/state.ts"
+
+const freshDir = () => mkdtempSync(join(tmpdir(), "picus-state-"))
+
+const result = (ticket: string, output = `out ${ticket}\n`): KeptResult => ({
+  ticket,
+  result: output,
+  exit_code: 0,
+  status: "succeeded",
+  started_at: 1_767_225_600_000,
+  finished_at: 1_767_225_600_420,
+  truncated: false,
+})
+
+describe("state file: kept results", () => {
+  it("keeps results, delivered and pending, across a restart", () => {
+    const dir = freshDir()
+    const first = openStateFile(dir, "p1")
+    first.markRun("t1")
+    first.keep(result("t1"))
+    first.markDelivered("t1")
+    first.markRun("t2")
+    first.keep({ ...result("t2", ""), exit_code: null, status: "timed_out", truncated: true })
+    first.markRun("t3") // started, never finished: no kept result
+
+    const second = openStateFile(dir, "p1")
+    assert.deepStrictEqual(second.kept("t1"), result("t1"))
+    assert.deepStrictEqual(second.kept("t2"), {
+      ...result("t2", ""),
+      exit_code: null,
+      status: "timed_out",
+      truncated: true,
+    })
+    assert.isUndefined(second.kept("t3"))
+    assert.isTrue(second.hasRun("t3"))
+    assert.deepStrictEqual(
+      second.pending().map((r) => r.ticket),
+      ["t2"],
+    )
+
+    second.markDelivered("t2")
+    const third = openStateFile(dir, "p1")
+    assert.deepStrictEqual(third.pending(), [])
+    assert.deepStrictEqual(third.kept("t2")?.status, "timed_out", "a delivered result stays kept")
+  })
+
+  it("loads a state file written before results were kept", () => {
+    const dir = freshDir()
+    writeFileSync(join(dir, "peer.json"), JSON.stringify({ peer_id: "old-peer", completed: ["a", "b"] }))
+    const state = openStateFile(dir, undefined)
+    assert.strictEqual(state.peerId, "old-peer")
+    assert.isTrue(state.hasRun("b"))
+    assert.isUndefined(state.kept("b"))
+    assert.deepStrictEqual(state.pending(), [])
+    state.keep(result("c"))
+    const written = JSON.parse(readFileSync(join(dir, "peer.json"), "utf8"))
+    assert.deepStrictEqual(written.results, [{ ...result("c"), delivered: false }])
+  })
+
+  it("drops the oldest delivered results beyond its bounds, never one not yet delivered", () => {
+    const dir = freshDir()
+    const state = openStateFile(dir, "p1", { keptResults: 3 })
+    state.keep(result("pending-1"))
+    for (const t of ["a", "b", "c", "d"]) {
+      state.keep(result(t))
+      state.markDelivered(t)
+    }
+    const reopened = openStateFile(dir, "p1", { keptResults: 3 })
+    assert.deepStrictEqual(
+      ["pending-1", "a", "b", "c", "d"].filter((t) => reopened.kept(t) !== undefined),
+      ["pending-1", "c", "d"],
+    )
+    assert.deepStrictEqual(
+      reopened.pending().map((r) => r.ticket),
+      ["pending-1"],
+    )
+
+    const small = openStateFile(freshDir(), "p1", { keptOutputBytes: 10 })
+    small.keep(result("x", "12345678"))
+    small.markDelivered("x")
+    small.keep(result("y", "12345678"))
+    assert.isUndefined(small.kept("x"), "over the byte budget: the delivered one goes")
+    assert.isDefined(small.kept("y"), "the pending one stays, even over the budget")
+  })
+
+  it("forgets the results of another peer id", () => {
+    const dir = freshDir()
+    openStateFile(dir, "p1").keep(result("t1"))
+    const other = openStateFile(dir, "p2")
+    assert.isUndefined(other.kept("t1"))
+    assert.deepStrictEqual(other.pending(), [])
+  })
+})
