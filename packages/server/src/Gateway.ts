@@ -279,7 +279,25 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
       const notice = entry.forwarded ? Protocol.decodeServerNotice(entry.payload) : undefined
       if (notice !== undefined) {
         const session = [...sessions.values()].find((s) => s.sessionId === notice.session_id)
-        if (session) yield* session.refill()
+        if (session) {
+          yield* session.refill(
+            undefined,
+            notice.tickets?.map((t) => ({
+              ticket: t.ticket,
+              peerId: session.peerId,
+              sessionId: session.sessionId,
+              jobId: null,
+              name: t.job.name,
+              os: t.job.os,
+              distro: t.job.distro,
+              command: t.job.command,
+              timeoutMs: t.job.timeout_ms ?? 30_000,
+              state: "queued" as const,
+              attempts: 0,
+              deliveredAt: null,
+            })),
+          )
+        }
         done.push(entry)
         continue
       }

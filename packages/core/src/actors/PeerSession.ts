@@ -82,8 +82,11 @@ export interface PeerSession {
   readonly end: (reason: string) => Effect.Effect<void, StoreError>
   /** Stops acting for the session without writing anything: it was closed or taken elsewhere. */
   readonly release: Effect.Effect<void>
-  /** Picks up tickets submitted for the session, unless `queued` (the Store's count) says none are new. */
-  readonly refill: (queued?: number) => Effect.Effect<void>
+  /**
+   * Picks up tickets submitted for the session: those given, or else those queued in the Store
+   * (unless `queued`, the Store's count, says none are new).
+   */
+  readonly refill: (queued?: number, given?: ReadonlyArray<Ticket>) => Effect.Effect<void>
   /** Sends the in-flight tickets again: the transport may have lost them (Redis came back empty). */
   readonly resendInFlight: Effect.Effect<void>
   readonly inFlight: Effect.Effect<number>
@@ -109,7 +112,11 @@ type Command =
     }
   | { readonly _tag: "End"; readonly reason: string; readonly reply: Deferred.Deferred<void, StoreError> }
   | { readonly _tag: "Release" }
-  | { readonly _tag: "Refill"; readonly queued: number | undefined }
+  | {
+      readonly _tag: "Refill"
+      readonly queued: number | undefined
+      readonly given: ReadonlyArray<Ticket> | undefined
+    }
   | { readonly _tag: "Resend" }
   | { readonly _tag: "Tick" }
   | { readonly _tag: "InFlight"; readonly reply: Deferred.Deferred<number> }
@@ -470,7 +477,7 @@ const runSession = Effect.fnUntraced(function* (
       case "Refill":
         return Effect.gen(function* () {
           if (command.queued !== undefined && command.queued <= tickets.waiting()) return
-          const added = tickets.add(yield* store.queuedTickets(sessionId))
+          const added = tickets.add(command.given ?? (yield* store.queuedTickets(sessionId)))
           if (added > 0) yield* Effect.logDebug(`${added} new ticket(s)`)
           yield* dispatch
         }).pipe(Effect.catch((e) => Effect.logWarning("could not pick up new tickets", e)))
@@ -536,7 +543,7 @@ const runSession = Effect.fnUntraced(function* (
     release: Effect.suspend(() => (closed ? Effect.void : tell({ _tag: "Release" }))).pipe(
       Effect.andThen(Deferred.await(ended)),
     ),
-    refill: (queued) => tell({ _tag: "Refill", queued }),
+    refill: (queued, given) => tell({ _tag: "Refill", queued, given }),
     resendInFlight: tell({ _tag: "Resend" }),
     inFlight: ask<number, never>((reply) => ({ _tag: "InFlight", reply }), Effect.succeed(0)),
     ended: Deferred.await(ended),

@@ -3,10 +3,18 @@
  * forwarded to it. Never sent by or to a peer; an instance reads them only from its own stream.
  */
 import { Result, Schema } from "effect"
-import { Id } from "./messages.ts"
+import { Id, JobSpec } from "./messages.ts"
 
-/** Tickets were submitted for a session this instance holds: pick them up from PostgreSQL. */
-export const ServerNotice = Schema.Struct({ notice: Schema.Literal("tickets_waiting"), session_id: Id })
+/**
+ * Tickets were submitted for a session this instance holds. They are in PostgreSQL already; the
+ * notice carries them too, so the holder need not read them back (it checks them when it marks
+ * them delivered). Without `tickets`, the holder reads the session's queued tickets.
+ */
+export const ServerNotice = Schema.Struct({
+  notice: Schema.Literal("tickets_waiting"),
+  session_id: Id,
+  tickets: Schema.optionalKey(Schema.Array(Schema.Struct({ ticket: Id, job: JobSpec }))),
+})
 export type ServerNotice = typeof ServerNotice.Type
 
 const json = Schema.fromJsonString(ServerNotice)

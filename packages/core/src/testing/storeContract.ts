@@ -559,6 +559,37 @@ export const storeContract = (name: string, storeLayer: Layer.Layer<Store, unkno
         }),
       )
 
+      it.effect("one result after another, and a batch where a refused copy comes first", () =>
+        Effect.gen(function* () {
+          const { store, peerId, login, tickets } = yield* setup
+          const [a, b] = tickets
+          assert.strictEqual(
+            yield* store.recordResult(newResult(a!.ticket, peerId, login.sessionId)),
+            "recorded",
+          )
+          assert.strictEqual(
+            yield* store.recordResult(newResult(a!.ticket, peerId, login.sessionId)),
+            "duplicate",
+          )
+          assert.strictEqual(
+            yield* store.recordResult(newResult(b!.ticket, peerId, login.sessionId)),
+            "recorded",
+          )
+          const other = yield* setup
+          const mine = yield* setup
+          assert.deepStrictEqual(
+            yield* store.recordResults([
+              newResult(other.tickets[0]!.ticket, mine.peerId, mine.login.sessionId),
+              newResult(other.tickets[0]!.ticket, other.peerId, other.login.sessionId),
+              newResult(mine.tickets[0]!.ticket, mine.peerId, mine.login.sessionId),
+              newResult(other.tickets[0]!.ticket, other.peerId, other.login.sessionId),
+            ]),
+            ["foreign_ticket", "recorded", "recorded", "duplicate"],
+            "a copy refused does not count as the first",
+          )
+        }),
+      )
+
       it.effect("a failed or timed-out result ends its ticket failed or timed_out", () =>
         Effect.gen(function* () {
           const { store, peerId, login, tickets } = yield* setup

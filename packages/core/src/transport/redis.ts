@@ -53,10 +53,14 @@ const nextStreamId = (id: string): string => {
 
 // RESP2 keeps stream replies in their classic nested-array shape. A command waits through at
 // most a few reconnect attempts, then fails with a TransportError that the caller retries.
-const connect = (url: string) =>
+const connect = (url: string, options: { readonly autoPipelining?: boolean } = {}) =>
   Effect.acquireRelease(
     Effect.sync(() => {
-      const client = new Redis(url, { protocol: 2, maxRetriesPerRequest: 3 })
+      const client = new Redis(url, {
+        protocol: 2,
+        maxRetriesPerRequest: 3,
+        enableAutoPipelining: options.autoPipelining ?? false,
+      })
       // Connection errors surface as failed commands (TransportError); the event itself adds nothing.
       client.on("error", () => {})
       return client
@@ -69,7 +73,9 @@ const call = <A>(operation: string, run: () => Promise<A>) =>
 
 export const makeRedisTransport = Effect.fnUntraced(function* (options: RedisTransportOptions) {
   const keys: Keys = makeKeys(options.prefix)
-  const client = yield* connect(options.url)
+  // The shared connection sends the commands of one tick in one write: under load that is most of
+  // the cost of talking to Redis (a system call per command otherwise).
+  const client = yield* connect(options.url, { autoPipelining: true })
 
   const ensureGroup = (stream: string) =>
     call("xgroup create", () => client.xgroup("CREATE", stream, UPLINK_GROUP, "0", "MKSTREAM")).pipe(

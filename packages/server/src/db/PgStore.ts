@@ -1,9 +1,7 @@
 import {
   CatalogJob,
   LeaseLost,
-  type NewResult,
   Protocol,
-  type RecordOutcome,
   ResultStatus,
   Store,
   StoreError,
@@ -12,7 +10,7 @@ import {
   ticketStateOf,
 } from "@picus/core"
 import { Effect, Layer, Option, Schema } from "effect"
-import { type DatabasePool, type DatabaseTransactionConnection, sql } from "slonik"
+import { type DatabasePool, sql } from "slonik"
 import { type MigrationError, migrate } from "./migrate.ts"
 import { describeError, makePool, type PoolError, type PoolOptions } from "./pool.ts"
 
@@ -36,27 +34,22 @@ const TicketIdRow = std(Schema.Struct({ ticket: Schema.String }))
 const TokenIdRow = std(Schema.Struct({ tokenId: Schema.Int }))
 const LogIdRow = std(Schema.Struct({ id: Schema.Int }))
 const CatalogJobRow = std(CatalogJob)
-const TicketRow = std(
-  Schema.Struct({
-    ticket: Schema.String,
-    peerId: Schema.String,
-    sessionId: NullableString,
-    jobId: NullableString,
-    name: Schema.String,
-    os: Schema.String,
-    distro: Schema.String,
-    command: Schema.String,
-    timeoutMs: Schema.Int,
-    state: TicketState,
-    attempts: Schema.Int,
-    deliveredAt: NullableInt,
-  }),
-)
-const LockedTicketRow = std(
-  Schema.Struct({ peerId: Schema.String, sessionId: NullableString, state: TicketState }),
-)
+const TicketFields = {
+  ticket: Schema.String,
+  peerId: Schema.String,
+  sessionId: NullableString,
+  jobId: NullableString,
+  name: Schema.String,
+  os: Schema.String,
+  distro: Schema.String,
+  command: Schema.String,
+  timeoutMs: Schema.Int,
+  state: TicketState,
+  attempts: Schema.Int,
+  deliveredAt: NullableInt,
+}
+const TicketRow = std(Schema.Struct(TicketFields))
 const SessionIdRow = std(Schema.Struct({ sessionId: Schema.String }))
-const EpochRow = std(Schema.Struct({ epoch: Schema.Int, closed: Schema.Boolean }))
 const TakenRow = std(
   Schema.Struct({
     sessionId: Schema.String,
@@ -75,23 +68,32 @@ const OwnerRow = std(
     expired: Schema.Boolean,
   }),
 )
-const MarkedRow = std(Schema.Struct({ held: Schema.Boolean, tickets: Schema.Array(Schema.String) }))
-const HeldRow = std(Schema.Struct({ sessionId: Schema.String, epoch: Schema.Int }))
-const BatchTicketRow = std(
+const SubmittedRow = std(
   Schema.Struct({
-    ticket: Schema.String,
-    peerId: Schema.String,
-    sessionId: NullableString,
-    state: TicketState,
-    hasResult: Schema.Boolean,
+    ...TicketFields,
+    ownerId: NullableString,
+    ownerEpoch: NullableInt,
+    ownerExpired: Schema.NullOr(Schema.Boolean),
   }),
 )
+const OutcomeRow = std(
+  Schema.Struct({
+    ord: Schema.Int,
+    outcome: Schema.Literals([
+      "recorded",
+      "duplicate",
+      "unknown_ticket",
+      "foreign_ticket",
+      "ticket_closed",
+      "lease_lost",
+    ]),
+  }),
+)
+const MarkedRow = std(Schema.Struct({ held: Schema.Boolean, tickets: Schema.Array(Schema.String) }))
 const KeyRow = std(Schema.Struct({ key: Schema.Uint8Array }))
 const CountRow = std(Schema.Struct({ sessionId: Schema.String, count: Schema.Int }))
-const PeerLabelsRow = std(Schema.Struct({ os: NullableString, distro: NullableString }))
 const ServerIdRow = std(Schema.Struct({ serverId: Schema.String }))
 const StateRow = std(Schema.Struct({ state: TicketState }))
-const ExistsRow = std(Schema.Struct({ exists: Schema.Boolean }))
 const SessionRow = std(
   Schema.Struct({
     peerId: Schema.String,
@@ -151,9 +153,6 @@ const tokenColumns = sql.fragment`
 const limitOf = (limit: number): number | null =>
   Number.isNaN(limit) ? 0 : limit === Number.POSITIVE_INFINITY ? null : Math.max(0, Math.trunc(limit))
 
-/** Epoch milliseconds (or null) as a `timestamptz` expression. */
-const timestampOf = (ms: number | null) => sql.fragment`to_timestamp(${ms}::double precision / 1000)`
-
 const isTerminal = (state: TicketState): boolean => TERMINAL_TICKET_STATES.includes(state)
 
 /** Runs a query, mapping any failure to a StoreError naming the operation. */
@@ -182,61 +181,9 @@ class Fenced extends Error {
   }
 }
 
-/** Locks the session's row against a takeover for the rest of the transaction; throws if not held. */
-const holdLease = async (tx: DatabaseTransactionConnection, sessionId: string, epoch: number) => {
-  const row = UUID.test(sessionId)
-    ? await tx.maybeOne(sql.type(EpochRow)`
-        select epoch, closed_at is not null as "closed" from sessions
-        where session_id = ${sessionId}::uuid for share
-      `)
-    : null
-  if (row === null || row.epoch !== epoch || row.closed) throw new Fenced({ sessionId, epoch })
-}
-
-const recordIn = async (
-  tx: DatabaseTransactionConnection,
-  result: Parameters<Store["Service"]["recordResult"]>[0],
-): Promise<RecordOutcome> => {
-  await holdLease(tx, result.sessionId, result.epoch)
-  // Lock the ticket first: concurrent copies of one result queue up here, so exactly one of them
-  // sees the ticket open.
-  const ticket = await tx.maybeOne(sql.type(LockedTicketRow)`
-    select peer_id as "peerId", session_id::text as "sessionId", state
-    from tickets where ticket = ${result.ticket}
-    for update
-  `)
-  if (ticket === null) return "unknown_ticket"
-  if (ticket.peerId !== result.peerId || ticket.sessionId !== result.sessionId.toLowerCase()) {
-    return "foreign_ticket"
-  }
-  if (isTerminal(ticket.state)) {
-    const { exists } = await tx.one(sql.type(ExistsRow)`
-      select exists (select 1 from job_results where ticket = ${result.ticket}) as "exists"
-    `)
-    return exists ? "duplicate" : "ticket_closed"
-  }
-  const inserted = await tx.maybeOne(sql.type(TicketIdRow)`
-    insert into job_results (
-      ticket, peer_id, session_id, status, exit_code, output, truncated, started_at, finished_at, server_id
-    ) values (
-      ${result.ticket}, ${result.peerId}, ${result.sessionId}::uuid, ${result.status}, ${result.exitCode},
-      ${result.output.replaceAll("\u0000", "\uFFFD")}, ${result.truncated},
-      ${timestampOf(result.startedAt)}, ${timestampOf(result.finishedAt)}, ${result.serverId}
-    )
-    on conflict (ticket) do nothing
-    returning ticket
-  `)
-  if (inserted === null) return "duplicate"
-  await tx.query(sql.type(NoRow)`
-    update tickets set state = ${ticketStateOf(result.status)}, finished_at = now()
-    where ticket = ${result.ticket}
-  `)
-  return "recorded"
-}
-
 /** The Store over a slonik pool. */
-export const makePgStore = (pool: DatabasePool): Store["Service"] =>
-  Store.of({
+export const makePgStore = (pool: DatabasePool): Store["Service"] => {
+  const store: Store["Service"] = Store.of({
     createToken: (token) =>
       attempt("createToken", () =>
         pool.one(sql.type(TokenRow)`
@@ -539,38 +486,61 @@ export const makePgStore = (pool: DatabasePool): Store["Service"] =>
       }),
 
     submitTickets: (entry) =>
-      attempt("submitTickets", () =>
-        pool.transaction(async (tx) => {
-          const peer = await tx.maybeOne(
-            sql.type(PeerLabelsRow)`select os, distro from peers where peer_id = ${entry.peerId}`,
-          )
-          if (peer === null) throw new Error(`no peer ${entry.peerId} has ever registered`)
-          // Lock the open session (if any): a login replacing it waits, then adopts these tickets.
-          const owner = await tx.maybeOne(sql.type(OwnerRow)`
-            select session_id::text as "sessionId", owner_id as "ownerId", epoch,
-              lease_until < now() as "expired"
+      attempt("submitTickets", async () => {
+        if (entry.jobs.length === 0) {
+          const owner = await pool.maybeOne(sql.type(OwnerRow)`
+            select session_id::text as "sessionId", owner_id as "ownerId", epoch, lease_until < now() as "expired"
             from sessions where peer_id = ${entry.peerId} and closed_at is null
             order by opened_at desc limit 1
+          `)
+          return { tickets: [], owner: owner ?? undefined }
+        }
+        // One statement: the open session (if any) is locked for share, so a login replacing it
+        // waits for these tickets and then carries them over.
+        const rows = await pool.any(sql.type(SubmittedRow)`
+          with peer as (
+            select os, distro from peers where peer_id = ${entry.peerId}
+          ), owner as (
+            select session_id, owner_id, epoch, lease_until < now() as expired from sessions
+            where peer_id = ${entry.peerId} and closed_at is null
+            order by opened_at desc limit 1
             for share
-          `)
-          if (entry.jobs.length === 0) return { tickets: [], owner: owner ?? undefined }
-          const tickets = await tx.any(sql.type(TicketRow)`
-            with inserted as (
-              insert into tickets (peer_id, session_id, job_name, os, distro, command, timeout_ms, server_id)
-              select ${entry.peerId}, ${owner?.sessionId ?? null}::uuid, j.name, ${peer.os ?? ""},
-                ${peer.distro ?? ""}, j.command, j.timeout_ms, ${entry.serverId}
-              from ${sql.unnest(
-                entry.jobs.map((job, i) => [i, job.name, job.command, job.timeoutMs]),
-                ["int4", "text", "text", "int4"],
-              )} as j(ord, name, command, timeout_ms)
-              order by j.ord
-              returning *
-            )
-            select ${ticketColumns} from inserted order by ${ticketOrder}
-          `)
-          return { tickets, owner: owner ?? undefined }
-        }),
-      ),
+          ), inserted as (
+            insert into tickets (peer_id, session_id, job_name, os, distro, command, timeout_ms, server_id)
+            select ${entry.peerId}, (select session_id from owner), j.name,
+              coalesce((select os from peer), ''), coalesce((select distro from peer), ''),
+              j.command, j.timeout_ms, ${entry.serverId}
+            from ${sql.unnest(
+              entry.jobs.map((job, i) => [i, job.name, job.command, job.timeoutMs]),
+              ["int4", "text", "text", "int4"],
+            )} as j(ord, name, command, timeout_ms)
+            where exists (select 1 from peer)
+            order by j.ord
+            returning *
+          )
+          select ${ticketColumns}, (select owner_id from owner) as "ownerId",
+            (select epoch from owner) as "ownerEpoch", (select expired from owner) as "ownerExpired"
+          from inserted order by ${ticketOrder}
+        `)
+        if (rows.length === 0) throw new Error(`no peer ${entry.peerId} has ever registered`)
+        const [first] = rows
+        const owner =
+          first?.sessionId &&
+          first.ownerId !== null &&
+          first.ownerEpoch !== null &&
+          first.ownerExpired !== null
+            ? {
+                sessionId: first.sessionId,
+                ownerId: first.ownerId,
+                epoch: first.ownerEpoch,
+                expired: first.ownerExpired,
+              }
+            : undefined
+        return {
+          tickets: rows.map(({ ownerId: _o, ownerEpoch: _e, ownerExpired: _x, ...ticket }) => ticket),
+          owner,
+        }
+      }),
 
     queuedTickets: (sessionId) =>
       attempt("queuedTickets", async () =>
@@ -617,103 +587,117 @@ export const makePgStore = (pool: DatabasePool): Store["Service"] =>
         return row.tickets
       }),
 
-    recordResult: (result) => fenced("recordResult", () => pool.transaction((tx) => recordIn(tx, result))),
+    recordResult: (result) =>
+      store
+        .recordResults([result])
+        .pipe(
+          Effect.flatMap(([outcome]) =>
+            outcome === "lease_lost" || outcome === undefined
+              ? Effect.fail(new LeaseLost({ sessionId: result.sessionId, epoch: result.epoch }))
+              : Effect.succeed(outcome),
+          ),
+        ),
 
     recordResults: (results) =>
       attempt("recordResults", async () => {
         if (results.length === 0) return []
-        return pool.transaction(async (tx) => {
-          // The same checks as recordIn, set-wise: the sessions' leases held (locked against a
-          // takeover until commit), the tickets locked, then one insert and one update for all.
-          const sessionIds = [
-            ...new Set(results.filter((r) => UUID.test(r.sessionId)).map((r) => r.sessionId.toLowerCase())),
-          ].sort()
-          const held = new Map(
-            sessionIds.length === 0
-              ? []
-              : (
-                  await tx.any(sql.type(HeldRow)`
-                    select session_id::text as "sessionId", epoch from sessions
-                    where session_id = any(${sql.array(sessionIds, "uuid")}) and closed_at is null
-                    order by session_id
-                    for share
-                  `)
-                ).map((h) => [h.sessionId, h.epoch]),
+        // One statement, so one round trip for a whole batch, with the same checks as recordIn: the
+        // sessions' leases held at the results' epochs (locked against a takeover until commit),
+        // the tickets locked, then one insert and one update. A copy recorded concurrently loses
+        // on the primary key and is told `duplicate`.
+        const rows = await pool.any(sql.type(OutcomeRow)`
+          with input as (
+            select * from ${sql.unnest(
+              results.map((r, i) => [
+                i,
+                r.ticket,
+                r.peerId,
+                UUID.test(r.sessionId) ? r.sessionId.toLowerCase() : null,
+                r.epoch,
+                r.status,
+                ticketStateOf(r.status),
+                r.exitCode,
+                r.output.replaceAll("\u0000", "\uFFFD"),
+                r.truncated,
+                r.startedAt,
+                r.finishedAt,
+                r.serverId,
+              ]),
+              [
+                "int4",
+                "text",
+                "text",
+                "uuid",
+                "int4",
+                "text",
+                "text",
+                "int4",
+                "text",
+                "bool",
+                "float8",
+                "float8",
+                "text",
+              ],
+            )} as v(ord, ticket, peer_id, session_id, epoch, status, new_state, exit_code, output, truncated,
+              started_ms, finished_ms, server_id)
+          ), held as (
+            select s.session_id, s.epoch from sessions s
+            where s.session_id in (select session_id from input) and s.closed_at is null
+            order by s.session_id
+            for share
+          ), locked as (
+            select t.ticket, t.peer_id, t.session_id, t.state,
+              exists (select 1 from job_results r where r.ticket = t.ticket) as has_result
+            from tickets t
+            where t.ticket in (select ticket from input)
+            order by t.ticket
+            for update
+          ), checked as (
+            select i.*,
+              case
+                when h.session_id is null then 'lease_lost'
+                when l.ticket is null then 'unknown_ticket'
+                when l.peer_id <> i.peer_id or l.session_id is distinct from i.session_id then 'foreign_ticket'
+                -- A ticket locked after a concurrent copy committed shows its new state, but not (in this
+                -- statement's snapshot) its result: succeeded and failed come only from a result.
+                when l.has_result or l.state in ('succeeded', 'failed') then 'duplicate'
+                when l.state not in ('queued', 'delivered') then 'ticket_closed'
+                else 'recorded'
+              end as verdict
+            from input i
+            left join held h on h.session_id = i.session_id and h.epoch = i.epoch
+            left join locked l on l.ticket = i.ticket
+          ), judged as (
+            -- Of several copies of one result in the batch, the first that passes is recorded.
+            select *,
+              case
+                when verdict = 'recorded' and count(*) filter (where verdict = 'recorded') over (
+                  partition by ticket order by ord rows between unbounded preceding and 1 preceding
+                ) > 0 then 'duplicate'
+                else verdict
+              end as outcome
+            from checked
+          ), inserted as (
+            insert into job_results (
+              ticket, peer_id, session_id, status, exit_code, output, truncated, started_at, finished_at, server_id
+            )
+            select ticket, peer_id, session_id, status, exit_code, output, truncated,
+              to_timestamp(started_ms / 1000), to_timestamp(finished_ms / 1000), server_id
+            from judged where outcome = 'recorded'
+            on conflict (ticket) do nothing
+            returning ticket
+          ), updated as (
+            update tickets t set state = j.new_state, finished_at = now()
+            from judged j
+            where j.outcome = 'recorded' and t.ticket = j.ticket and t.ticket in (select ticket from inserted)
           )
-          const outcomes: Array<RecordOutcome | "lease_lost" | undefined> = results.map((r) =>
-            held.get(r.sessionId.toLowerCase()) === r.epoch ? undefined : "lease_lost",
-          )
-          const ticketIds = [
-            ...new Set(results.filter((_, i) => outcomes[i] === undefined).map((r) => r.ticket)),
-          ].sort()
-          const tickets = new Map(
-            ticketIds.length === 0
-              ? []
-              : (
-                  await tx.any(sql.type(BatchTicketRow)`
-                    select t.ticket, t.peer_id as "peerId", t.session_id::text as "sessionId", t.state,
-                      exists (select 1 from job_results r where r.ticket = t.ticket) as "hasResult"
-                    from tickets t
-                    where t.ticket = any(${sql.array(ticketIds, "text")})
-                    order by t.ticket
-                    for update of t
-                  `)
-                ).map((t) => [t.ticket, t]),
-          )
-          const recorded = new Set<string>()
-          const rows: Array<NewResult> = []
-          results.forEach((r, i) => {
-            if (outcomes[i] !== undefined) return
-            const t = tickets.get(r.ticket)
-            outcomes[i] =
-              t === undefined
-                ? "unknown_ticket"
-                : t.peerId !== r.peerId || t.sessionId !== r.sessionId.toLowerCase()
-                  ? "foreign_ticket"
-                  : t.hasResult || recorded.has(r.ticket)
-                    ? "duplicate"
-                    : isTerminal(t.state)
-                      ? "ticket_closed"
-                      : "recorded"
-            if (outcomes[i] === "recorded") {
-              recorded.add(r.ticket)
-              rows.push(r)
-            }
-          })
-          if (rows.length > 0) {
-            await tx.query(sql.type(NoRow)`
-              insert into job_results (
-                ticket, peer_id, session_id, status, exit_code, output, truncated, started_at, finished_at, server_id
-              )
-              select ticket, peer_id, session_id, status, exit_code, output, truncated,
-                to_timestamp(started_ms / 1000), to_timestamp(finished_ms / 1000), server_id
-              from ${sql.unnest(
-                rows.map((r) => [
-                  r.ticket,
-                  r.peerId,
-                  r.sessionId.toLowerCase(),
-                  r.status,
-                  r.exitCode,
-                  r.output.replaceAll("\u0000", "\uFFFD"),
-                  r.truncated,
-                  r.startedAt,
-                  r.finishedAt,
-                  r.serverId,
-                ]),
-                ["text", "text", "uuid", "text", "int4", "text", "bool", "float8", "float8", "text"],
-              )} as v(ticket, peer_id, session_id, status, exit_code, output, truncated, started_ms, finished_ms, server_id)
-            `)
-            await tx.query(sql.type(NoRow)`
-              update tickets t set state = v.state, finished_at = now()
-              from ${sql.unnest(
-                rows.map((r) => [r.ticket, ticketStateOf(r.status)]),
-                ["text", "text"],
-              )} as v(ticket, state)
-              where t.ticket = v.ticket
-            `)
-          }
-          return outcomes.map((o) => o ?? "unknown_ticket")
-        })
+          select ord,
+            case when outcome = 'recorded' and ticket not in (select ticket from inserted) then 'duplicate'
+              else outcome end as outcome
+          from judged
+          order by ord
+        `)
+        return rows.map((r) => r.outcome)
       }),
 
     expireTickets: (entry) =>
@@ -805,6 +789,8 @@ export const makePgStore = (pool: DatabasePool): Store["Service"] =>
         `),
       ),
   })
+  return store
+}
 
 /** The Store over an existing pool (whose lifetime the caller manages). */
 export const layerPg = (pool: DatabasePool): Layer.Layer<Store> => Layer.succeed(Store, makePgStore(pool))
