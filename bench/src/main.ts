@@ -3,8 +3,10 @@ import { join } from "node:path"
 import { parseArgs } from "node:util"
 import { sleep } from "./clock.ts"
 import { startMachineSampler, startProcessSampler } from "./procstat.ts"
+import { type RealPeersResult, runRealPeers } from "./realPeers.ts"
 import { describeMachine, type RunFailure, type RunRecord, writeReport } from "./report.ts"
 import { median } from "./stats.ts"
+import { runStorm, type StormResult } from "./storm.ts"
 import type { BenchEnv, RunResult, SystemEntry } from "./system.ts"
 import { bullmq, bullmqBatched } from "./systems/bullmq.ts"
 import { picus1, picus2 } from "./systems/picus.ts"
@@ -12,6 +14,8 @@ import { streamsCeiling } from "./systems/streamsCeiling.ts"
 
 /** Every system `pnpm bench` knows, in the order they take turns. Add new ones here. */
 const systems: ReadonlyArray<SystemEntry> = [picus1, picus2, bullmq, bullmqBatched, streamsCeiling]
+/** Phases of picus alone, run after the systems' phases: with the picus systems, or named in --only. */
+const extras = ["storm", "real-peers"] as const
 
 const usage = `Usage: pnpm bench [options]
   --repeats N      repeats of every measurement (default 3; 1 with --quick)
@@ -19,7 +23,12 @@ const usage = `Usage: pnpm bench [options]
   --duration S     seconds per fixed-rate run (default 10; 2 with --quick)
   --rate R         the fixed rate in tickets/s (default 200); a second rate is half each system's saturation
   --workers N      workers (BullMQ concurrency, simulated workers, peers) (default 50)
-  --only a,b       only these systems (known: ${systems.map((s) => s.name).join(", ")})
+  --only a,b       only these systems or extra phases (known: ${[...systems.map((s) => s.name), ...extras].join(", ")});
+                   the extra phases run by default whenever a picus system does
+  --storm-peers N  simulated peers registering at once in the storm phase (default 10000; 1000 with --quick)
+  --storm-idle S   seconds the storm's fleet idles, heartbeating, after it (default 20; 5 with --quick)
+  --real-peers P   real peer processes in the real-peers phase (default 4)
+  --real-tickets K tickets (the command true) in the real-peers phase (default 400; 100 with --quick)
   --quick          small numbers, for a smoke run
   --out DIR        where to write the report (default bench/results/<timestamp>)
 Environment: BENCH_PG_URL (default postgres://postgres@127.0.0.1:5432/postgres), BENCH_REDIS_URL
@@ -32,6 +41,10 @@ const { values } = parseArgs({
     duration: { type: "string" },
     rate: { type: "string" },
     workers: { type: "string" },
+    "storm-peers": { type: "string" },
+    "storm-idle": { type: "string" },
+    "real-peers": { type: "string" },
+    "real-tickets": { type: "string" },
     only: { type: "string" },
     quick: { type: "boolean", default: false },
     out: { type: "string" },
@@ -58,13 +71,21 @@ const tickets = Math.round(int("tickets", values.tickets, quick ? 2000 : 20_000)
 const durationMs = int("duration", values.duration, quick ? 2 : 10) * 1000
 const fixedRate = int("rate", values.rate, 200)
 const workers = Math.round(int("workers", values.workers, 50))
+const stormPeers = Math.round(int("storm-peers", values["storm-peers"], quick ? 1000 : 10_000))
+const stormIdleMs = int("storm-idle", values["storm-idle"], quick ? 5 : 20) * 1000
+const realPeers = Math.round(int("real-peers", values["real-peers"], 4))
+const realTickets = Math.round(int("real-tickets", values["real-tickets"], quick ? 100 : 400))
 const only = values.only?.split(",").map((s) => s.trim())
-const unknown = only?.filter((n) => !systems.some((s) => s.name === n)) ?? []
+const unknown =
+  only?.filter((n) => !systems.some((s) => s.name === n) && !(extras as ReadonlyArray<string>).includes(n)) ??
+  []
 if (unknown.length > 0) {
   console.error(`unknown system(s): ${unknown.join(", ")}\n\n${usage}`)
   process.exit(2)
 }
 const chosen = only === undefined ? systems : systems.filter((s) => only.includes(s.name))
+const withPicus = chosen.some((s) => s.name.startsWith("picus-"))
+const extraChosen = (name: (typeof extras)[number]): boolean => withPicus || (only?.includes(name) ?? false)
 
 const env: BenchEnv = {
   pgAdminUrl: process.env.BENCH_PG_URL ?? "postgres://postgres@127.0.0.1:5432/postgres",
@@ -76,6 +97,8 @@ const outDir =
 
 const runs: RunRecord[] = []
 const failures: RunFailure[] = []
+const storms: StormResult[] = []
+const realPeerRuns: RealPeersResult[] = []
 
 const fmt = (r: RunResult): string =>
   `${r.tickets} tickets in ${(r.durationMs / 1000).toFixed(2)} s = ${Math.round(r.throughput)}/s, ` +
@@ -117,8 +140,12 @@ const runOnce = async (
 }
 
 console.log(
-  `bench: ${chosen.map((s) => s.name).join(", ")}; ${repeats} repeat(s); saturation ${tickets} tickets; ` +
-    `rates ${fixedRate}/s and half of saturation for ${durationMs / 1000} s; ${workers} workers`,
+  `bench: ${chosen.map((s) => s.name).join(", ") || "no systems"}; ${repeats} repeat(s); saturation ` +
+    `${tickets} tickets; rates ${fixedRate}/s and half of saturation for ${durationMs / 1000} s; ${workers} workers` +
+    `${extras
+      .filter(extraChosen)
+      .map((e) => `; ${e}`)
+      .join("")}`,
 )
 
 // Systems take turns (A B C A B C ...) so slow drifts of the machine hit them alike.
@@ -143,12 +170,52 @@ for (let rep = 1; rep <= repeats; rep++) {
   }
 }
 
+// Once each (not repeated): a storm of thousands of peers is long, and its spread is not the point.
+if (extraChosen("storm")) {
+  const timeoutMs = 300_000
+  for (const instances of [1, 2]) {
+    const r = await runStorm(env, instances, { peers: stormPeers, idleMs: stormIdleMs, timeoutMs })
+    storms.push(r)
+    const phase = `${instances} instance(s), ${stormPeers} peers`
+    if (r.error !== undefined) {
+      failures.push({ system: "storm", phase, repeat: 1, error: r.error })
+      console.log(`[storm · ${phase}] FAILED: ${r.error}`)
+    } else {
+      console.log(
+        `[storm · ${phase}] idle: server ${r.idleServerCores!.toFixed(2)} cores, peak RSS ` +
+          `${(r.serverRssPeakBytes! / 2 ** 20).toFixed(0)} MiB; expired ${r.idleExpired}, rejected ` +
+          `${r.idleRejected}, registered again ${r.idleReregistered}`,
+      )
+    }
+  }
+}
+if (extraChosen("real-peers")) {
+  const rows = await runRealPeers(env, { peers: realPeers, tickets: realTickets, timeoutMs: 300_000 })
+  realPeerRuns.push(...rows)
+  for (const r of rows) {
+    if (r.error !== undefined)
+      failures.push({ system: "real-peers", phase: `${r.kind} peers`, repeat: 1, error: r.error })
+  }
+}
+
 const summary = writeReport(outDir, {
   machine: describeMachine(),
-  options: { repeats, tickets, durationMs, fixedRate, workers, quick, systems: chosen.map((s) => s.name) },
+  options: {
+    repeats,
+    tickets,
+    durationMs,
+    fixedRate,
+    workers,
+    quick,
+    systems: chosen.map((s) => s.name),
+    ...(extraChosen("storm") ? { stormPeers, stormIdleMs } : {}),
+    ...(extraChosen("real-peers") ? { realPeers, realTickets } : {}),
+  },
   systems: chosen.map((s) => s.name),
   runs,
   failures,
+  storms,
+  realPeers: realPeerRuns,
   wallMs: Date.now() - startedAt.getTime(),
 })
 console.log(`\n${summary}`)

@@ -1,7 +1,9 @@
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs"
 import { cpus, hostname } from "node:os"
 import { join } from "node:path"
+import type { RealPeersResult } from "./realPeers.ts"
 import { spread } from "./stats.ts"
+import type { StormResult } from "./storm.ts"
 import type { RunResult } from "./system.ts"
 
 /** One measured run as main.ts records it. */
@@ -124,6 +126,10 @@ export interface ReportInput {
   readonly systems: ReadonlyArray<string>
   readonly runs: ReadonlyArray<RunRecord>
   readonly failures: ReadonlyArray<RunFailure>
+  /** The registration storm, one row per number of server instances (absent when not run). */
+  readonly storms?: ReadonlyArray<StormResult>
+  /** Real peer processes against simulated ones on one server (absent when not run). */
+  readonly realPeers?: ReadonlyArray<RealPeersResult>
   readonly wallMs: number
 }
 
@@ -212,6 +218,70 @@ const summaryMarkdown = (input: ReportInput, groups: ReadonlyArray<GroupSummary>
         row(`p50 at ${p.replace("rate ", "")}`, p, (g) => g.p50.median)
         row(`p99 at ${p.replace("rate ", "")}`, p, (g) => g.p99.median)
       }
+    }
+    lines.push("")
+  }
+
+  const fmtNum = (x: number | undefined, digits = 0): string =>
+    x === undefined || !Number.isFinite(x) ? "-" : x.toFixed(digits)
+  const fmtMiB = (bytes: number | undefined): string => (bytes === undefined ? "-" : fmtNum(bytes / 2 ** 20))
+  // The first line of an error, safe in a table cell.
+  const errorCell = (error: string | undefined): string =>
+    error === undefined ? "" : (error.split("\n")[0] ?? "").replace(/\|/g, "\\|")
+
+  if (input.storms !== undefined && input.storms.length > 0) {
+    lines.push("## Registration storm", "")
+    lines.push(
+      "Simulated peers all registering at once (no catalog jobs), then idling while they heartbeat. " +
+        "All accepted = from the fleet's start until every peer was accepted once; open sessions = " +
+        "sessions open in PostgreSQL then (must equal the peers). Register p50/p99 = registration " +
+        "sent → acceptance read. Server cores = mean over all instances summed, during the storm and " +
+        "the idle window; machine cores = the whole machine during the storm (the simulated fleet runs in the bench process), load = 1-minute load average at the start; RSS = peak of their sum. Expired / rejected / registered again = during " +
+        "the idle window: 0 for a healthy run. Run once, not repeated.",
+      "",
+    )
+    lines.push(
+      "| instances | peers | all accepted s | open sessions | register p50 ms | register p99 ms | " +
+        "resent in storm | storm cores | machine cores | load | idle s | idle cores | heartbeats/s | peak RSS MiB | " +
+        "expired | rejected | registered again | error |",
+    )
+    lines.push("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for (const r of input.storms) {
+      lines.push(
+        `| ${r.instances} | ${r.peers} | ${fmtNum(r.allAcceptedMs === undefined ? undefined : r.allAcceptedMs / 1000, 2)} | ` +
+          `${fmtNum(r.openSessions)} | ${fmtNum(r.registerP50Ms)} | ${fmtNum(r.registerP99Ms)} | ` +
+          `${fmtNum(r.stormResent)} | ${fmtNum(r.stormServerCores, 2)} | ${fmtNum(r.stormMachineCores, 2)} | ` +
+          `${fmtNum(r.loadAvg1, 1)} | ${fmtNum(r.idleMs / 1000)} | ` +
+          `${fmtNum(r.idleServerCores, 2)} | ${fmtNum(r.heartbeatsPerSecond)} | ${fmtMiB(r.serverRssPeakBytes)} | ` +
+          `${fmtNum(r.idleExpired)} | ${fmtNum(r.idleRejected)} | ${fmtNum(r.idleReregistered)} | ` +
+          `${errorCell(r.error)} |`,
+      )
+    }
+    lines.push("")
+  }
+
+  if (input.realPeers !== undefined && input.realPeers.length > 0) {
+    lines.push("## Real peers", "")
+    lines.push(
+      "One server; real peer processes running the shell command `true` per ticket, against as many " +
+        "simulated peers answering at once. Same submission (one batch per peer) and timings from " +
+        "PostgreSQL as the saturation runs. Peer cores: the real peer processes with their shells " +
+        "(utime+stime+cutime+cstime); for the simulated peers, the bench process, which also submits. " +
+        "Run once, not repeated.",
+      "",
+    )
+    lines.push(
+      "| peers | kind | concurrency | tickets | tickets/s | p50 ms | p99 ms | server cores | peer cores | " +
+        "peer CPU ms/ticket | machine cores | load | error |",
+    )
+    lines.push("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for (const r of input.realPeers) {
+      lines.push(
+        `| ${r.peers} | ${r.kind} | ${fmtNum(r.concurrency)} | ${r.tickets} | ${fmtRate(r.throughput ?? Number.NaN)} | ` +
+          `${fmtMs(r.latencyMs?.p50 ?? Number.NaN)} | ${fmtMs(r.latencyMs?.p99 ?? Number.NaN)} | ` +
+          `${fmtNum(r.serverCores, 2)} | ${fmtNum(r.peerCores, 2)} | ${fmtNum(r.peerCpuMsPerTicket, 2)} | ` +
+          `${fmtNum(r.machineCores, 2)} | ${fmtNum(r.loadAvg1, 1)} | ${errorCell(r.error)} |`,
+      )
     }
     lines.push("")
   }

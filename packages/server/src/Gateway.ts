@@ -57,6 +57,7 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
   /** Sessions taken over per keep-alive round, at most. */
   const TAKE_OVER_BATCH = 500
   const sessions = new Map<string, PeerSession>()
+  const sessionsById = new Map<string, PeerSession>()
   let accepting = true
   // While Redis is away (reads fail, or hang through reconnects) no peer can be heard: sessions do
   // not time out meanwhile, and once it is back every session gets a full grace period again, so an
@@ -156,9 +157,11 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
   const keep = (session: PeerSession) =>
     Effect.gen(function* () {
       sessions.set(session.peerId, session)
+      sessionsById.set(session.sessionId, session)
       yield* session.ended.pipe(
         Effect.andThen(
           Effect.suspend(() => {
+            sessionsById.delete(session.sessionId)
             if (sessions.get(session.peerId) !== session) return Effect.void
             sessions.delete(session.peerId)
             return transport.releasePeer(session.peerId, config.serverId).pipe(Effect.ignore)
@@ -278,7 +281,7 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
     for (const entry of batch) {
       const notice = entry.forwarded ? Protocol.decodeServerNotice(entry.payload) : undefined
       if (notice !== undefined) {
-        const session = [...sessions.values()].find((s) => s.sessionId === notice.session_id)
+        const session = sessionsById.get(notice.session_id)
         if (session) {
           yield* session.refill(
             undefined,
@@ -431,7 +434,12 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
     }
     if (batch.length === 0) return
     const { done, failed } = yield* batchLock.withPermits(1)(handleBatch(batch))
-    yield* reader.ack(done)
+    // What is done is committed: the acknowledgement need not hold up the next read. One that fails
+    // leaves its entries pending, to be handled again (harmlessly) after the reclaim delay.
+    yield* reader.ack(done).pipe(
+      Effect.catch((error) => Effect.logWarning(`could not acknowledge: ${error.message}`)),
+      Effect.forkIn(scope),
+    )
     if (failed.length > 0) {
       retry = [...retry, ...failed]
       retryAt = Date.now() + 1_000

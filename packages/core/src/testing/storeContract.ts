@@ -1,6 +1,6 @@
 import { createHash, randomUUID } from "node:crypto"
 import { assert, describe, layer } from "@effect/vitest"
-import { Effect, type Layer, Option } from "effect"
+import { Effect, type Layer, Option, Result } from "effect"
 import { TestClock } from "effect/testing"
 import { type CatalogJob, LeaseLost, type Login, Store } from "../store/Store.ts"
 
@@ -662,6 +662,39 @@ export const storeContract = (name: string, storeLayer: Layer.Layer<Store, unkno
           assert.deepStrictEqual(yield* store.ticketState(done!.ticket), Option.some("succeeded"))
           assert.deepStrictEqual(yield* store.ticketState(open!.ticket), Option.some("timed_out"))
           assert.deepStrictEqual(yield* store.closeTickets([], "timed_out"), [])
+        }),
+      )
+
+      it.effect("deliveries for several sessions at once: each lease is judged on its own", () =>
+        Effect.gen(function* () {
+          const a = yield* setup
+          const b = yield* setup
+          const [okA, okB, stale] = yield* Effect.all(
+            [
+              Effect.result(
+                a.store.markDelivered({ sessionId: a.login.sessionId, epoch: 1 }, [a.tickets[0]!.ticket]),
+              ),
+              Effect.result(
+                b.store.markDelivered({ sessionId: b.login.sessionId, epoch: 1 }, [
+                  b.tickets[0]!.ticket,
+                  a.tickets[1]!.ticket,
+                ]),
+              ),
+              Effect.result(
+                b.store.markDelivered({ sessionId: b.login.sessionId, epoch: 2 }, [b.tickets[1]!.ticket]),
+              ),
+            ],
+            { concurrency: "unbounded" },
+          )
+          assert.deepStrictEqual(okA, Result.succeed([a.tickets[0]!.ticket]))
+          assert.deepStrictEqual(
+            okB,
+            Result.succeed([b.tickets[0]!.ticket]),
+            "another session's ticket is not marked",
+          )
+          assert.isTrue(Result.isFailure(stale) && stale.failure instanceof LeaseLost)
+          assert.deepStrictEqual(yield* a.store.ticketState(a.tickets[1]!.ticket), Option.some("queued"))
+          assert.deepStrictEqual(yield* a.store.ticketState(b.tickets[1]!.ticket), Option.some("queued"))
         }),
       )
 

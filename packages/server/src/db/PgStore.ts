@@ -89,7 +89,9 @@ const OutcomeRow = std(
     ]),
   }),
 )
-const MarkedRow = std(Schema.Struct({ held: Schema.Boolean, tickets: Schema.Array(Schema.String) }))
+const DeliveredRow = std(
+  Schema.Struct({ held: Schema.Array(Schema.String), tickets: Schema.Array(Schema.String) }),
+)
 const KeyRow = std(Schema.Struct({ key: Schema.Uint8Array }))
 const CountRow = std(Schema.Struct({ sessionId: Schema.String, count: Schema.Int }))
 const ServerIdRow = std(Schema.Struct({ serverId: Schema.String }))
@@ -183,6 +185,54 @@ class Fenced extends Error {
 
 /** The Store over a slonik pool. */
 export const makePgStore = (pool: DatabasePool): Store["Service"] => {
+  // Deliveries asked for in the same turn of the event loop (every session that sends its next
+  // jobs after one batch of results, say) are marked in one statement: one round trip, not one per
+  // session. Each lease is still checked and locked on its own.
+  let deliveries: Array<{
+    readonly lease: { readonly sessionId: string; readonly epoch: number }
+    readonly tickets: ReadonlyArray<string>
+    readonly resolve: (marked: ReadonlyArray<string>) => void
+    readonly reject: (error: unknown) => void
+  }> = []
+  const flushDeliveries = async () => {
+    const batch = deliveries
+    deliveries = []
+    try {
+      const row = await pool.one(sql.type(DeliveredRow)`
+        with req as (
+          select * from ${sql.unnest(
+            batch.flatMap(({ lease, tickets }) =>
+              [null, ...tickets].map((ticket) => [lease.sessionId.toLowerCase(), lease.epoch, ticket]),
+            ),
+            ["uuid", "int4", "text"],
+          )} as r(session_id, epoch, ticket)
+        ), held as (
+          select s.session_id, s.epoch from sessions s
+          where s.session_id in (select session_id from req) and s.closed_at is null
+          order by s.session_id
+          for share
+        ), marked as (
+          update tickets t set state = 'delivered', delivered_at = now(), attempts = t.attempts + 1
+          from req r join held h on h.session_id = r.session_id and h.epoch = r.epoch
+          where t.ticket = r.ticket and t.session_id = r.session_id and t.state in ('queued', 'delivered')
+          returning t.ticket
+        )
+        select
+          coalesce((select array_agg(session_id::text || '/' || epoch) from held), '{}') as held,
+          coalesce((select array_agg(ticket) from marked), '{}') as tickets
+      `)
+      const held = new Set(row.held)
+      const marked = new Set(row.tickets)
+      for (const { lease, tickets, resolve, reject } of batch) {
+        if (held.has(`${lease.sessionId.toLowerCase()}/${lease.epoch}`))
+          resolve(tickets.filter((t) => marked.has(t)))
+        else reject(new Fenced(lease))
+      }
+    } catch (error) {
+      for (const { reject } of batch) reject(error)
+    }
+  }
+
   const store: Store["Service"] = Store.of({
     createToken: (token) =>
       attempt("createToken", () =>
@@ -566,26 +616,15 @@ export const makePgStore = (pool: DatabasePool): Store["Service"] => {
       }),
 
     markDelivered: (lease, tickets) =>
-      fenced("markDelivered", async () => {
-        if (!UUID.test(lease.sessionId)) throw new Fenced(lease)
-        // One statement (so one round trip): the lease row is locked for share until it commits.
-        const row = await pool.one(sql.type(MarkedRow)`
-          with held as (
-            select session_id from sessions
-            where session_id = ${lease.sessionId}::uuid and epoch = ${lease.epoch} and closed_at is null
-            for share
-          ), marked as (
-            update tickets set state = 'delivered', delivered_at = now(), attempts = attempts + 1
-            where ticket = any(${sql.array([...tickets], "text")}) and state in ('queued', 'delivered')
-              and session_id = ${lease.sessionId}::uuid and exists (select 1 from held)
-            returning ticket
-          )
-          select exists (select 1 from held) as held,
-            coalesce((select array_agg(ticket) from marked), '{}') as tickets
-        `)
-        if (!row.held) throw new Fenced(lease)
-        return row.tickets
-      }),
+      fenced(
+        "markDelivered",
+        () =>
+          new Promise<ReadonlyArray<string>>((resolve, reject) => {
+            if (!UUID.test(lease.sessionId)) return reject(new Fenced(lease))
+            deliveries.push({ lease, tickets, resolve, reject })
+            if (deliveries.length === 1) setImmediate(flushDeliveries)
+          }),
+      ),
 
     recordResult: (result) =>
       store

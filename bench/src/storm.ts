@@ -1,0 +1,308 @@
+import { type ChildProcess, spawn } from "node:child_process"
+import { randomBytes } from "node:crypto"
+import { loadavg } from "node:os"
+import { join } from "node:path"
+import { type Store, type Transport, TransportRedis } from "@picus/core"
+import { type Context, Effect, Exit, Layer, Scope } from "effect"
+import { Redis } from "ioredis"
+import { type Counters, makeSimulatedFleet, type SimulatedFleet } from "loadgen"
+import pg from "pg"
+import { PgStore } from "server"
+import { sleep, wallNow } from "./clock.ts"
+import { type CpuSummary, startMachineSampler, startProcessSampler } from "./procstat.ts"
+import type { BenchEnv } from "./system.ts"
+
+/**
+ * Registration storm: N simulated peers register at the same moment with one (then two) server
+ * instances, then idle for a while, heartbeating. Shows how long a fleet takes to come back after
+ * an outage, and what an idle fleet of that size costs the servers.
+ */
+
+// ---------------------------------------------------------------------------------------------
+// A picus cluster as systems/picus.ts runs it (real server processes on a fresh database and key
+// prefix, and a Store + Transport for the bench's own use). Also used by realPeers.ts.
+
+const repoRoot = join(import.meta.dirname, "..", "..")
+const serverScript = join(repoRoot, "packages", "server", "src", "main.ts")
+
+const startServer = (id: string, env: Record<string, string>): Promise<ChildProcess> =>
+  new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [serverScript, "start"], {
+      env: { ...process.env, ...env, PICUS_SERVER_ID: id },
+      stdio: ["ignore", "pipe", "pipe"],
+    })
+    let output = ""
+    // Read to the end: a full pipe would block the server.
+    const onData = (chunk: Buffer) => {
+      output = (output + chunk.toString()).slice(-20_000)
+      if (/serving/.test(output)) resolve(child)
+    }
+    child.stdout.on("data", onData)
+    child.stderr.on("data", onData)
+    child.once("exit", (code) =>
+      reject(new Error(`server ${id} exited (${code}) before serving:\n${output}`)),
+    )
+  })
+
+/** SIGINT (a clean shutdown), SIGKILL if that takes longer than `killAfterMs`. */
+export const stopProcess = (child: ChildProcess, killAfterMs = 15_000): Promise<void> =>
+  new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolve()
+    const timer = setTimeout(() => child.kill("SIGKILL"), killAfterMs)
+    child.once("exit", () => {
+      clearTimeout(timer)
+      resolve()
+    })
+    child.kill("SIGINT")
+  })
+
+export interface Cluster {
+  readonly token: string
+  readonly prefix: string
+  readonly redisUrl: string
+  readonly servers: ReadonlyArray<ChildProcess>
+  readonly pool: pg.Pool
+  readonly run: <A, E>(effect: Effect.Effect<A, E, Store | Transport | Scope.Scope>) => Promise<A>
+  readonly stop: () => Promise<void>
+}
+
+export const startCluster = async (
+  env: BenchEnv,
+  name: string,
+  instances: number,
+  extraEnv: Record<string, string> = {},
+): Promise<Cluster> => {
+  const dbName = `bench_${name.replace(/\W/g, "_")}_${randomBytes(4).toString("hex")}`
+  const url = new URL(env.pgAdminUrl)
+  url.pathname = `/${dbName}`
+  const dbUrl = url.toString()
+  const prefix = `bench-${name}-${randomBytes(4).toString("hex")}`
+  const token = `bench-${randomBytes(8).toString("hex")}`
+  const servers: ChildProcess[] = []
+  let pool: pg.Pool | undefined
+  let scope: Scope.Closeable | undefined
+
+  const stop = async (): Promise<void> => {
+    await Promise.all(servers.map((s) => stopProcess(s)))
+    if (scope) await Effect.runPromise(Scope.close(scope, Exit.void))
+    await pool?.end().catch(() => {})
+    const admin = new pg.Client({ connectionString: env.pgAdminUrl })
+    await admin.connect()
+    try {
+      await admin.query(`drop database if exists ${dbName} with (force)`)
+    } finally {
+      await admin.end()
+    }
+    // Thousands of peers leave thousands of inbox streams behind: delete them.
+    const redis = new Redis(env.redisUrl, { maxRetriesPerRequest: 3 })
+    try {
+      let cursor = "0"
+      do {
+        const [next, keys] = await redis.scan(cursor, "MATCH", `${prefix}:*`, "COUNT", 1000)
+        if (keys.length > 0) await redis.unlink(...keys)
+        cursor = next
+      } while (cursor !== "0")
+    } finally {
+      redis.disconnect()
+    }
+  }
+
+  try {
+    const serverEnv = {
+      DATABASE_URL: dbUrl,
+      REDIS_URL: env.redisUrl,
+      PICUS_REDIS_PREFIX: prefix,
+      PICUS_TOKENS: token,
+      ...extraEnv,
+    }
+    // One first, so it creates and migrates the database alone.
+    servers.push(await startServer(`${name}-a`, serverEnv))
+    for (let i = 1; i < instances; i++) servers.push(await startServer(`${name}-${i}`, serverEnv))
+    pool = new pg.Pool({ connectionString: dbUrl, max: 2 })
+    scope = Effect.runSync(Scope.make())
+    const context: Context.Context<Store | Transport> = await Effect.runPromise(
+      Layer.buildWithScope(
+        Layer.mergeAll(
+          PgStore.layer(dbUrl, { migrate: false, maxPoolSize: 8 }),
+          TransportRedis.layerRedis({ url: env.redisUrl, prefix }),
+        ),
+        scope,
+      ),
+    )
+    const clusterScope = scope
+    return {
+      token,
+      prefix,
+      redisUrl: env.redisUrl,
+      servers,
+      pool,
+      // Fleets made here live until the cluster stops.
+      run: (effect) =>
+        Effect.runPromise(effect.pipe(Scope.provide(clusterScope), Effect.provideContext(context))),
+      stop,
+    }
+  } catch (error) {
+    await stop().catch(() => {})
+    throw error
+  }
+}
+
+/** Rejects with `what` after `ms`, so that a stuck phase becomes a failure instead of a hang. */
+export const withTimeout = <A>(promise: Promise<A>, ms: number, what: () => string): Promise<A> => {
+  let timer: NodeJS.Timeout | undefined
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms / 1000} s: ${what()}`)), ms)
+  })
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
+}
+
+export const makeFleet = (cluster: Cluster, peers: number, jobMs: number): Promise<SimulatedFleet> =>
+  cluster.run(
+    makeSimulatedFleet({
+      peers,
+      runId: randomBytes(3).toString("hex"),
+      token: cluster.token,
+      serverIp: "127.0.0.1",
+      // No os: the server plans no catalog jobs for these peers.
+      os: undefined,
+      agentVersion: "bench",
+      jobMs,
+      rampMs: 0,
+      registerTimeoutMs: 30_000,
+      reconnectBaseMs: 1_000,
+      reconnectMaxMs: 30_000,
+    }),
+  )
+
+export const openSessions = async (pool: pg.Pool): Promise<number> => {
+  const { rows } = await pool.query<{ n: number }>(
+    "select count(*)::int as n from sessions where closed_at is null",
+  )
+  return rows[0]!.n
+}
+
+// ---------------------------------------------------------------------------------------------
+
+export interface StormOptions {
+  readonly peers: number
+  readonly idleMs: number
+  readonly timeoutMs: number
+}
+
+export interface StormResult {
+  readonly instances: number
+  readonly peers: number
+  /** From the fleet's start until every peer was accepted once. */
+  readonly allAcceptedMs?: number
+  /** Open sessions in PostgreSQL once all were accepted (must equal peers). */
+  readonly openSessions?: number
+  /** Register sent → accepted read, over the peers (the last registration of each). */
+  readonly registerP50Ms?: number
+  readonly registerP99Ms?: number
+  /** Registrations sent again (no answer in time) and rejections during the storm. */
+  readonly stormResent?: number
+  readonly stormRejected?: number
+  /** Mean server cores (all instances summed) during the storm. */
+  readonly stormServerCores?: number
+  /** Mean busy cores of the whole machine during the storm (the fleet runs in the bench process). */
+  readonly stormMachineCores?: number
+  /** 1-minute load average when the storm started: a busy machine shows up here. */
+  readonly loadAvg1?: number
+  readonly idleMs: number
+  /** Mean server cores (all instances summed) while the fleet idles, heartbeating. */
+  readonly idleServerCores?: number
+  readonly heartbeatsPerSecond?: number
+  /** Peak of the servers' summed RSS over the storm and the idle window. */
+  readonly serverRssPeakBytes?: number
+  /** Sessions expired, rejected or registered again during the idle window: 0 when healthy. */
+  readonly idleExpired?: number
+  readonly idleRejected?: number
+  readonly idleReregistered?: number
+  readonly error?: string
+}
+
+const delta = (after: Counters, before: Counters, key: keyof Counters): number => after[key] - before[key]
+
+/** One storm on a fresh cluster of `instances` servers; a failure or a timeout is a result too. */
+export const runStorm = async (
+  env: BenchEnv,
+  instances: number,
+  options: StormOptions,
+): Promise<StormResult> => {
+  const label = `[storm · ${instances} instance(s) · ${options.peers} peers]`
+  const base = { instances, peers: options.peers, idleMs: options.idleMs }
+  let cluster: Cluster | undefined
+  let fleet: SimulatedFleet | undefined
+  const partial: { -readonly [K in keyof StormResult]?: StormResult[K] } = {}
+  try {
+    cluster = await startCluster(env, `storm${instances}`, instances)
+    const pids = cluster.servers.map((s) => s.pid!)
+    const { pool } = cluster
+    const work = async (): Promise<StormResult> => {
+      partial.loadAvg1 = loadavg()[0] ?? 0
+      const stormCpu = startProcessSampler(pids)
+      const machine = startMachineSampler()
+      fleet = await makeFleet(cluster!, options.peers, 0)
+      const f = fleet
+      const refused = Effect.runPromise(f.refused).then((reason) => {
+        throw new Error(`a peer was refused: ${reason}`)
+      })
+      const allAcceptedMs = await Promise.race([Effect.runPromise(f.allAccepted), refused])
+      const storm = stormCpu.stop()
+      const stormMachineCores = machine.stop().meanCores
+      partial.allAcceptedMs = allAcceptedMs
+      // Accepted means logged: the session row is committed before the acceptance is sent.
+      const open = await openSessions(pool)
+      partial.openSessions = open
+      if (open !== options.peers) throw new Error(`${open} open sessions for ${options.peers} accepted peers`)
+      const atStorm = f.report()
+
+      console.log(
+        `${label} all accepted in ${(allAcceptedMs / 1000).toFixed(2)} s, register p50 ` +
+          `${atStorm.registerLatency.p50Ms} ms p99 ${atStorm.registerLatency.p99Ms} ms; idling ${options.idleMs / 1000} s`,
+      )
+      const before = { ...f.counters }
+      const idleCpu = startProcessSampler(pids)
+      const idleStart = wallNow()
+      await sleep(options.idleMs)
+      const idle: CpuSummary = idleCpu.stop()
+      const idleWallMs = wallNow() - idleStart
+      const after = { ...f.counters }
+      const stillOpen = await openSessions(pool)
+      const registrationsSent = delta(after, before, "registrationsSent")
+      const result: StormResult = {
+        ...base,
+        allAcceptedMs,
+        openSessions: open,
+        registerP50Ms: atStorm.registerLatency.p50Ms ?? Number.NaN,
+        registerP99Ms: atStorm.registerLatency.p99Ms ?? Number.NaN,
+        stormResent: atStorm.counters.registrationsResent,
+        stormRejected: atStorm.counters.rejected,
+        stormServerCores: storm.meanCores,
+        stormMachineCores,
+        loadAvg1: partial.loadAvg1,
+        idleServerCores: idle.meanCores,
+        heartbeatsPerSecond: (delta(after, before, "heartbeatsSent") * 1000) / idleWallMs,
+        serverRssPeakBytes: Math.max(storm.maxRssBytes, idle.maxRssBytes),
+        idleExpired: delta(after, before, "sessionsExpired"),
+        idleRejected: delta(after, before, "rejected"),
+        idleReregistered: registrationsSent,
+      }
+      if (stillOpen !== options.peers)
+        return { ...result, error: `${stillOpen} open sessions after the idle window, not ${options.peers}` }
+      return result
+    }
+    return await withTimeout(
+      work(),
+      options.timeoutMs,
+      () => `${fleet?.report().acceptedPeers ?? 0}/${options.peers} peers accepted`,
+    )
+  } catch (error) {
+    return { ...base, ...partial, error: error instanceof Error ? error.message : String(error) }
+  } finally {
+    // After a timeout `work` may still be running; stopping the fleet and servers ends it.
+    if (fleet) await Effect.runPromise(fleet.stop("peer_shutdown", 5_000)).catch(() => {})
+    await cluster?.stop().catch((e: unknown) => console.log(`${label} teardown failed: ${String(e)}`))
+    await sleep(500)
+  }
+}
