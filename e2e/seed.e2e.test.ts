@@ -219,6 +219,46 @@ describe("the seed, end to end", () => {
     expect(sessions.map((s) => s.logout_reason)).toEqual(["peer_shutdown"])
   })
 
+  it("an operator submits a command to a peer with picus-server submit; it runs there and is recorded", async () => {
+    const { token } = await createToken("e2e")
+    const server = startServer()
+    await server.waitForLine(/serving/)
+    const peer = startPeer("peer-s", token)
+    await peer.waitForLine(/registered as peer-s/)
+    const submitted = await runPnpm(
+      [
+        "--filter",
+        "server",
+        "start",
+        "submit",
+        "peer-s",
+        "echo submitted-$((20 + 1))",
+        "--name",
+        "adhoc",
+        "--json",
+      ],
+      world.env,
+    )
+    expect(submitted.code, submitted.stdout).toBe(0)
+    const { ticket } = JSON.parse(submitted.stdout.split("\n").find((l) => l.startsWith("{"))!) as {
+      ticket: string
+    }
+    const [row] = await eventually(
+      "the submitted job's result",
+      async () => {
+        const rows = await world.query<{ status: string; output: string }>(
+          sql.unsafe`select status, output from job_results where ticket = ${ticket}`,
+        )
+        return rows.length > 0 ? rows : undefined
+      },
+      15_000,
+    )
+    expect(row).toEqual({ status: "succeeded", output: "submitted-21\n" })
+    const unknown = await runPnpm(["--filter", "server", "start", "submit", "nobody", "true"], world.env)
+    expect(unknown.code).toBe(1)
+    expect(unknown.output).toMatch(/no peer nobody has ever registered/)
+  })
+
   it("logs out a peer killed with kill -9 as timeout, after the heartbeat grace", async () => {
     const { token } = await createToken("e2e")
     const server = startServer()

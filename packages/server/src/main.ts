@@ -9,6 +9,7 @@ import { ensureDatabase } from "./db/ensureDatabase.ts"
 import { PgStore } from "./db/PgStore.ts"
 import { gatewayConfigFrom, makeGateway } from "./Gateway.ts"
 import { printRows } from "./report.ts"
+import { submitJobs } from "./submit.ts"
 import { createEnrollmentToken } from "./tokens.ts"
 
 const storeLayer = (config: ServerConfig) =>
@@ -173,6 +174,52 @@ sharedOptions(
             Effect.fail(new ConfigError(`unknown token action "${action}" (create, list, revoke)`)),
           )
       }
+    },
+  )
+
+sharedOptions(
+  cli.command(
+    "submit <peer> <command>",
+    "Submit a shell command to one peer; it runs as soon as the peer is online",
+  ),
+)
+  .option("--name <name>", "A name for the job", { default: "adhoc" })
+  .option("--timeout-ms <ms>", "The job's timeout on the peer", { default: 30_000 })
+  .option("--json", "Machine-readable output")
+  .example('picus-server submit web-7 "df -h /"')
+  .action(
+    (
+      peer: string,
+      command: string,
+      flags: ServerFlags & { name: string; timeoutMs: number; json?: boolean },
+    ) => {
+      const config = resolveServerConfig(flags)
+      const timeoutMs = Number(flags.timeoutMs)
+      if (!Number.isInteger(timeoutMs) || timeoutMs <= 0) {
+        return runCommand(Effect.fail(new ConfigError("--timeout-ms must be a positive whole number")))
+      }
+      return runCommand(
+        withStore(
+          config,
+          Effect.gen(function* () {
+            const { tickets, ownerId } = yield* submitJobs({
+              peerId: peer,
+              submittedBy: "cli",
+              jobs: [{ name: String(flags.name), command, timeoutMs }],
+            })
+            const [ticket] = tickets
+            if (flags.json)
+              return yield* Console.log(
+                JSON.stringify({ ticket: ticket?.ticket, server_id: ownerId ?? null }),
+              )
+            yield* Console.log(
+              `ticket ${ticket?.ticket}: ${ownerId ? `sent to ${peer} through ${ownerId}` : `waits for ${peer} to log in`}`,
+            )
+          }).pipe(
+            Effect.provide(TransportRedis.layerRedis({ url: config.redisUrl, prefix: config.redisPrefix })),
+          ),
+        ),
+      )
     },
   )
 
