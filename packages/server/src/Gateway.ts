@@ -115,9 +115,19 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
   })
 
   const register = Effect.fnUntraced(function* (message: Protocol.Register, entry: Delivery) {
-    const age = Date.now() - Number(entry.id.split("-")[0])
+    const sentAt = Number(entry.id.split("-")[0])
+    const age = Date.now() - sentAt
     if (age > config.staleRegisterMs) {
       yield* Effect.logWarning(`dropped a registration ${Math.round(age / 1000)}s old`).pipe(
+        Effect.annotateLogs({ peer_id: message.peer_id }),
+      )
+      return
+    }
+    // A copy the peer sent again while its first was still queued (a busy uplink): the session the
+    // first one opened is newer than this copy, and its acceptance is already in the peer's inbox.
+    const current = sessions.get(message.peer_id)
+    if (current && current.openedAt > sentAt) {
+      yield* Effect.logInfo("a registration sent again before its session opened: already answered").pipe(
         Effect.annotateLogs({ peer_id: message.peer_id }),
       )
       return

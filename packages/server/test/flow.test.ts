@@ -272,6 +272,37 @@ describe.each(compositions)("server and peers in one process (%s)", (_name, laye
   )
 
   it.live(
+    "a registration sent again while the first still waited opens no second session",
+    () =>
+      Effect.gen(function* () {
+        const transport = yield* Transport
+        const store = yield* Store
+        const register = Protocol.encodeMessage({
+          msg: "register",
+          peer_id: "eager",
+          token: "good-token",
+          server_ip: "127.0.0.1",
+        })
+        yield* transport.sendUplink(register)
+        yield* transport.sendUplink(register) // the peer's resend, while the server is not reading yet
+        yield* Effect.sleep("20 millis")
+        const gateway = yield* makeGateway(gatewayConfig)
+        yield* Effect.forkScoped(gateway.run)
+        yield* waitFor(
+          store
+            .sessions({ peerId: "eager", limit: 5 })
+            .pipe(Effect.map((s) => (s.length > 0 ? s : undefined))),
+          "the session",
+        )
+        yield* Effect.sleep("500 millis") // a second session would be open by now
+        const sessions = yield* store.sessions({ peerId: "eager", limit: 5 })
+        assert.strictEqual(sessions.length, 1)
+        assert.isNull(sessions[0]!.logoutAt)
+      }).pipe(Effect.scoped, Effect.provide(layer())),
+    30_000,
+  )
+
+  it.live(
     "drops malformed uplink messages and keeps serving",
     () =>
       Effect.gen(function* () {

@@ -62,6 +62,8 @@ export interface PeerSession {
   readonly peerId: string
   readonly sessionId: string
   readonly epoch: number
+  /** When this instance started serving it (its login, or its takeover). */
+  readonly openedAt: number
   /** Constant-time check of a message's token against the session token. */
   readonly authenticate: (token: string) => boolean
   /**
@@ -269,6 +271,7 @@ const runSession = Effect.fnUntraced(function* (
   const at = { server_id: config.serverId, peer_id: peerId }
   const publish = (event: Protocol.FeedEvent) => transport.publish(Protocol.encodeFeedEvent(event))
 
+  const openedAt = Date.now()
   const mailbox = yield* Queue.unbounded<Command>()
   const ended = yield* Deferred.make<void>()
   let lastSeen = Date.now()
@@ -526,6 +529,7 @@ const runSession = Effect.fnUntraced(function* (
     peerId,
     sessionId,
     epoch,
+    openedAt,
     authenticate: (candidate) => sameHash(hashSecret(candidate), tokenHash),
     // Once the actor is gone the result is someone else's to record (or no one's): say so, and the
     // gateway finds where it belongs.
