@@ -184,6 +184,25 @@ describe.each(layers)("Transport contract (%s)", (_name, layer) => {
     ),
   )
 
+  it.live("the uplink backlog is the age of the oldest entry no instance has read yet", () =>
+    run(
+      layer,
+      Effect.gen(function* () {
+        const t = yield* Transport
+        assert.strictEqual(yield* t.uplinkBacklogMs, 0, "no uplink yet")
+        const reader = yield* t.uplinkReader("a")
+        yield* t.sendUplink("first")
+        yield* Effect.sleep(60)
+        yield* t.sendUplink("second")
+        assert.isAtLeast(yield* t.uplinkBacklogMs, 50)
+        yield* reader.read({ count: 1, blockMs: 0 })
+        assert.isBelow(yield* t.uplinkBacklogMs, 50, "the first is read: the second is younger")
+        yield* reader.read({ count: 1, blockMs: 0 })
+        assert.strictEqual(yield* t.uplinkBacklogMs, 0)
+      }),
+    ),
+  )
+
   it.live("owner marks expire, and only their owner removes them", () =>
     run(
       layer,

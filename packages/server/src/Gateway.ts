@@ -70,6 +70,8 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
   // session times out until the backlog is read (a registration storm must not turn into a
   // storm of timeouts and re-registrations).
   let behindMs = 0
+  let sharedLag = 0
+  let backlogCheckedAt = 0
   let redisEmptied = false
   const sessionKey = config.sessionKey ?? (yield* store.sessionKey(newKey()))
   const sessionConfig: SessionConfig = {
@@ -411,8 +413,20 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
     }
     lastRead = Date.now()
     const last = batch.at(-1)
-    behindMs =
+    const ownLag =
       batch.length >= config.batchSize && last ? Math.max(0, lastRead - Number(last.id.split("-")[0])) : 0
+    // The heartbeats of this instance's peers may wait in the uplink behind another instance's
+    // backlog: how far behind all of them are counts too (looked up once a second).
+    if (lastRead - backlogCheckedAt >= 1_000) {
+      backlogCheckedAt = lastRead
+      sharedLag = yield* transport.uplinkBacklogMs.pipe(Effect.orElseSucceed(() => 0))
+    }
+    const wasBehind = behindMs >= config.heartbeatMs
+    behindMs = Math.max(ownLag, sharedLag)
+    if (wasBehind && behindMs < config.heartbeatMs) {
+      // Caught up: every session gets a full grace period from now, as after a Redis outage.
+      yield* Effect.forEach(sessions.values(), (s) => s.heartbeat, { discard: true })
+    }
     if (drainDue.length > 0) {
       const lost = drainDue
       drainDue = []

@@ -46,6 +46,11 @@ export class Transport extends Context.Service<
      * the servers' group) and the instance's own stream of forwarded messages.
      */
     readonly uplinkReader: (serverId: string) => Effect.Effect<UplinkReader, TransportError, Scope.Scope>
+    /**
+     * How long the oldest uplink entry not yet read by any server instance has waited, in ms (0 when
+     * every entry has been read): how far behind the servers are, together.
+     */
+    readonly uplinkBacklogMs: Effect.Effect<number, TransportError>
     /** Hands a peer's message to the instance that owns the peer's session. */
     readonly forward: (serverId: string, payload: string) => Effect.Effect<void, TransportError>
     /**

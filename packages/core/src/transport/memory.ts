@@ -152,6 +152,10 @@ export const makeMemoryTransport = Effect.gen(function* () {
             for (const d of deliveries) pending.delete(d.id)
           }),
       }),
+    uplinkBacklogMs: Effect.sync(() => {
+      const next = uplink[uplinkCursor]
+      return next ? Math.max(0, Date.now() - Number(next.id.split("-")[0])) : 0
+    }),
     forward: (serverId, payload) =>
       Effect.sync(() => {
         const entries = direct.get(serverId) ?? []

@@ -353,6 +353,23 @@ return 0`
         }
       }),
 
+    uplinkBacklogMs: Effect.gen(function* () {
+      const groups = (yield* call("xinfo groups", () =>
+        client.call("XINFO", "GROUPS", keys.uplink).catch((error: unknown) => {
+          // No uplink yet: nothing is waiting.
+          if (error instanceof Error && error.message.includes("no such key")) return []
+          throw error
+        }),
+      )) as Array<Array<string | number>>
+      const group = groups.find((g) => g[g.indexOf("name") + 1] === UPLINK_GROUP)
+      const lastDelivered = group ? String(group[group.indexOf("last-delivered-id") + 1]) : "0-0"
+      const next = (yield* call("xrange", () =>
+        client.xrange(keys.uplink, `(${lastDelivered}`, "+", "COUNT", 1),
+      )) as Array<[string, Array<string>]>
+      const [first] = next
+      return first ? Math.max(0, Date.now() - Number(first[0].split("-")[0])) : 0
+    }),
+
     forward: (serverId, payload) =>
       call("xadd server inbox", () =>
         client.xadd(keys.serverInbox(serverId), "*", PAYLOAD_FIELD, payload),
