@@ -165,7 +165,19 @@ describe("direction", () => {
 
   it("a peer-only kind sent to the server->peer decoder is an unknown msg", () => {
     expectError(decodeServerMessage(SEED.result1), "unknown_msg", `"result"`)
-    expectError(decodeServerMessage(`{"msg":"heartbeat","peer_id":"p","token":"t"}`), "unknown_msg")
+    expectError(decodeServerMessage(`{"msg":"logout","peer_id":"p","token":"t"}`), "unknown_msg")
+  })
+
+  it("heartbeat goes both ways: the server's names its instance", () => {
+    const raw = `{"msg":"heartbeat","peer_id":"p","token":"t","server_id":"server-b"}`
+    const fromServer = decodeServerMessage(raw)
+    assert.isTrue(Result.isSuccess(fromServer))
+    const message = (fromServer as Result.Success<ServerMessage, never>).success
+    assert.strictEqual(serverMessageKind(message), "heartbeat")
+    assert.deepStrictEqual(message, { msg: "heartbeat", peer_id: "p", token: "t", server_id: "server-b" })
+    assert.isTrue(
+      Result.isSuccess(decodePeerMessage(`{"msg":"heartbeat","peer_id":"p","token":"t","running":2}`)),
+    )
   })
 
   it("a register in the wrong direction is an invalid shape, told apart by its fields", () => {
@@ -223,7 +235,7 @@ describe("round trips", () => {
       })
       assert.sameMembers(
         [...new Set(server.map(serverMessageKind))],
-        ["register_accepted", "register_rejected", "job", "shutdown"],
+        ["register_accepted", "register_rejected", "job", "shutdown", "heartbeat"],
       )
     }),
   )

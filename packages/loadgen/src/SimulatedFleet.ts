@@ -221,6 +221,8 @@ export const makeSimulatedFleet = Effect.fnUntraced(function* (config: FleetConf
         Deferred.doneUnsafe(refused, Effect.succeed(reason))
         return
       }
+      case "heartbeat":
+        return // the server is still there; the fleet does not watch for silence
       case "job": {
         const job = message as Protocol.Job
         if (peer.state !== "online" || job.token !== peer.session) {

@@ -22,6 +22,13 @@ export interface AgentConfig {
   /** Backoff before registering again after a shutdown: base, doubled per try, jittered, capped. */
   readonly reconnectBaseMs: number
   readonly reconnectMaxMs: number
+  /**
+   * Nothing from the server (no job, no heartbeat) for this long while logged in: its session is
+   * gone with no one to say so, and the peer registers again (default 60 s). A server sends a
+   * heartbeat at least every grace period, and a lost server's sessions are taken over within a
+   * lease, so this only fires when no server is left to carry the session on.
+   */
+  readonly serverSilenceMs?: number
   /** Where the agent tells its person what happens (default: stdout). */
   readonly say?: (line: string) => Effect.Effect<void>
 }
@@ -144,6 +151,7 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
       let cursor = yield* transport.inboxTail(peerId).pipe(Effect.retry(redisBackoff))
       yield* register
       let lastRegister = Date.now()
+      let lastHeard = Date.now()
       const slots = yield* Semaphore.make(config.concurrency)
       const running = new Set<Fiber.Fiber<void, TransportError>>()
       const stop = yield* Deferred.make<AgentExit>()
@@ -166,10 +174,14 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
             return yield* Effect.logWarning(`ignored a malformed message: ${decoded.failure.message}`)
           }
           const message = decoded.success
+          if (session && message.token === session.token) lastHeard = Date.now()
           switch (Protocol.serverMessageKind(message)) {
+            case "heartbeat":
+              return // the server is still there (it noted the time above)
             case "register_accepted": {
               const m = message as Protocol.RegisterAccepted
               session = { token: m.token, sessionId: m.session_id, heartbeatMs: m.heartbeat_ms ?? 5_000 }
+              lastHeard = Date.now()
               current = session
               acceptingJobs = true
               if (heartbeat) yield* Fiber.interrupt(heartbeat)
@@ -312,6 +324,17 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
             cursor = entry.id
           }
           if (entries.length > 0) yield* transport.trimInbox(peerId, cursor).pipe(Effect.ignore)
+          if (session && Date.now() - lastHeard > (config.serverSilenceMs ?? 60_000)) {
+            yield* say(
+              `nothing from the server for ${Math.round((Date.now() - lastHeard) / 1000)}s: registering again`,
+            )
+            session = undefined
+            current = undefined
+            acceptingJobs = false
+            if (heartbeat) yield* Fiber.interrupt(heartbeat)
+            yield* register
+            lastRegister = Date.now()
+          }
           if (!session && Date.now() - lastRegister > config.registerTimeoutMs) {
             yield* Effect.logInfo("no answer to the registration yet: sending it again")
             yield* register

@@ -10,8 +10,9 @@ import { openStateFile } from "../src/state.ts"
 // The peer against a hand-driven server: what arrives in its inbox is written by the test.
 
 /** A peer "p1" whose state is in `dir` (a new agent on the same folder is the peer restarted). */
-const makeTestAgent = (dir: string) =>
+const makeTestAgent = (dir: string, overrides: { readonly serverSilenceMs?: number } = {}) =>
   makeAgent({
+    ...overrides,
     token: "enroll",
     serverIp: "127.0.0.1",
     os: { os: "linux", distro: "debian", hostname: "h" },
@@ -28,12 +29,15 @@ const makeTestAgent = (dir: string) =>
   })
 
 /** `before` runs on the state folder before the agent opens it. */
-const setup = (before: (dir: string) => void = () => {}) =>
+const setup = (
+  before: (dir: string) => void = () => {},
+  overrides: { readonly serverSilenceMs?: number } = {},
+) =>
   Effect.gen(function* () {
     const transport = yield* Transport
     const dir = mkdtempSync(join(tmpdir(), "picus-agent-"))
     before(dir)
-    const agent = yield* makeTestAgent(dir)
+    const agent = yield* makeTestAgent(dir, overrides)
     const uplink = yield* transport.uplinkReader("test-server")
     const fromPeer = Effect.gen(function* () {
       const entries = yield* uplink.read({ count: 10, blockMs: 3_000 })
@@ -57,7 +61,11 @@ const setup = (before: (dir: string) => void = () => {}) =>
       token,
       job: { name: `job ${ticket}`, os: "linux", distro, command },
     })
-    return { agent, dir, fromPeer, toPeer, job }
+    /** What the peer has sent so far, without waiting. */
+    const sentSoFar = uplink
+      .read({ count: 100, blockMs: 0 })
+      .pipe(Effect.map((entries) => entries.map((e) => JSON.parse(e.payload) as { readonly msg: string })))
+    return { agent, dir, fromPeer, sentSoFar, toPeer, job }
   })
 
 /** Reads peer messages until `count` results have arrived. */
@@ -140,6 +148,33 @@ const eventually = (check: () => boolean, what: string) =>
 const linesIn = (path: string) => readFileSync(path, "utf8").trim().split("\n").length
 
 describe("peer agent", () => {
+  it.live("registers again after the server has been silent too long, and not while it heartbeats", () =>
+    Effect.gen(function* () {
+      const { agent, fromPeer, sentSoFar, toPeer } = yield* setup(undefined, { serverSilenceMs: 600 })
+      yield* Effect.forkScoped(agent.run)
+      yield* nextMessage(fromPeer, "register")
+      yield* toPeer(accepted("s1"))
+      const serverHeartbeat: Protocol.ServerMessage = {
+        msg: "heartbeat",
+        peer_id: "p1",
+        token: "s1",
+        server_id: "srv",
+      }
+      for (let i = 0; i < 6; i++) {
+        yield* Effect.sleep("250 millis")
+        yield* toPeer(serverHeartbeat)
+      }
+      assert.notInclude(
+        (yield* sentSoFar).map((m) => m.msg),
+        "register",
+        "a server that heartbeats is not silent",
+      )
+      const started = Date.now()
+      yield* nextMessage(fromPeer, "register")
+      assert.isBelow(Date.now() - started, 5_000)
+    }).pipe(Effect.scoped, Effect.provide(TransportMemory.layerMemory)),
+  )
+
   it.live("runs a ticket delivered twice once, and refuses a job for another distro without running it", () =>
     Effect.gen(function* () {
       const { agent, dir, fromPeer, toPeer, job } = yield* setup()

@@ -272,6 +272,29 @@ describe.each(compositions)("server and peers in one process (%s)", (_name, laye
   )
 
   it.live(
+    "a server with nothing else to send its peer sends it a heartbeat, at least once a grace period",
+    () =>
+      Effect.gen(function* () {
+        const transport = yield* Transport
+        yield* (yield* Store).replaceCatalog(catalog)
+        const gateway = yield* makeGateway({ ...gatewayConfig, graceMs: 800 })
+        yield* Effect.forkScoped(gateway.run)
+        const peer = yield* rawPeer("quiet", "good-token")
+        // The peer keeps its side up: a heartbeat every 200 ms.
+        yield* transport
+          .sendUplink(Protocol.encodeMessage({ msg: "heartbeat", peer_id: "quiet", token: peer.session }))
+          .pipe(Effect.delay("200 millis"), Effect.forever, Effect.forkScoped)
+        const started = Date.now()
+        const heard = yield* peer.next
+        assert.strictEqual(Protocol.serverMessageKind(heard), "heartbeat")
+        assert.strictEqual(heard.token, peer.session)
+        assert.strictEqual((heard as Protocol.Heartbeat).server_id, "test-server")
+        assert.isBelow(Date.now() - started, 3_000)
+      }).pipe(Effect.scoped, Effect.provide(layer())),
+    30_000,
+  )
+
+  it.live(
     "a registration sent again while the first still waited opens no second session",
     () =>
       Effect.gen(function* () {

@@ -192,7 +192,7 @@ export const startPeerSession = Effect.fnUntraced(function* (
         .pipe(Effect.ignore),
     ),
   )
-  const session = yield* runSession({ peerId, sessionId, epoch, token, tickets }, config)
+  const session = yield* runSession({ peerId, sessionId, epoch, token, tickets, resumed: false }, config)
   yield* Effect.logInfo(
     `logged in (${start.os ?? "?"}/${start.distro ?? "?"}, ${tickets.waiting() + tickets.inFlight()} ticket(s)` +
       `${adopted.length > 0 ? `, ${adopted.length} carried over from earlier sessions` : ""})`,
@@ -230,6 +230,7 @@ export const resumePeerSession = Effect.fnUntraced(function* (
       epoch: taken.epoch,
       token: sessionTokenOf(config.sessionKey, taken.sessionId),
       tickets,
+      resumed: true,
     },
     config,
   )
@@ -255,6 +256,8 @@ interface Running {
   readonly epoch: number
   readonly token: string
   readonly tickets: TicketQueue
+  /** Taken over from another instance (rather than opened by a login here). */
+  readonly resumed: boolean
 }
 
 /** The actor itself, for a session this instance holds at `epoch`. */
@@ -272,6 +275,25 @@ const runSession = Effect.fnUntraced(function* (
   const publish = (event: Protocol.FeedEvent) => transport.publish(Protocol.encodeFeedEvent(event))
 
   const openedAt = Date.now()
+  // When the peer last heard from this session's holder. A session taken over starts at 0, so the
+  // peer hears from its new holder at the first tick.
+  let lastSentAt = running.resumed ? 0 : openedAt
+  const sendToPeer = (payload: string) =>
+    transport.sendToPeer(peerId, payload).pipe(
+      Effect.tap(() =>
+        Effect.sync(() => {
+          lastSentAt = Date.now()
+        }),
+      ),
+    )
+  /** The peer hears something at least every grace period, so it can tell a quiet server from a gone one. */
+  const heartbeatPeer = Effect.suspend(() =>
+    shuttingDown || Date.now() - lastSentAt < config.graceMs
+      ? Effect.void
+      : sendToPeer(
+          Protocol.encodeMessage({ msg: "heartbeat", peer_id: peerId, token, server_id: config.serverId }),
+        ).pipe(Effect.catch((e) => Effect.logWarning("could not send the peer a heartbeat", e))),
+  )
   const mailbox = yield* Queue.unbounded<Command>()
   const ended = yield* Deferred.make<void>()
   let lastSeen = Date.now()
@@ -321,7 +343,7 @@ const runSession = Effect.fnUntraced(function* (
     for (const t of ready) if (!open.has(t.ticket)) tickets.settle(t.ticket)
     const toSend = ready.filter((t) => open.has(t.ticket))
     for (const [i, t] of toSend.entries()) {
-      const exit = yield* Effect.exit(transport.sendToPeer(peerId, jobMessage(t)))
+      const exit = yield* Effect.exit(sendToPeer(jobMessage(t)))
       if (Exit.isFailure(exit)) {
         tickets.putBack(toSend.slice(i))
         yield* Effect.logWarning("could not send jobs; will retry", exit.cause)
@@ -349,7 +371,7 @@ const runSession = Effect.fnUntraced(function* (
           tickets.settle(t.ticket)
           continue
         }
-        yield* transport.sendToPeer(peerId, jobMessage(t))
+        yield* sendToPeer(jobMessage(t))
         tickets.resent(t.ticket)
       }
     })
@@ -455,8 +477,7 @@ const runSession = Effect.fnUntraced(function* (
       case "Shutdown":
         return Effect.gen(function* () {
           shuttingDown = true
-          yield* transport.sendToPeer(
-            peerId,
+          yield* sendToPeer(
             Protocol.encodeMessage({
               msg: "shutdown",
               token,
@@ -495,7 +516,7 @@ const runSession = Effect.fnUntraced(function* (
           ? finish(Protocol.LogoutReason.timeout).pipe(
               Effect.catch((e) => Effect.logWarning("could not log out a silent peer", e)),
             )
-          : expireOverdue.pipe(Effect.andThen(dispatch))
+          : expireOverdue.pipe(Effect.andThen(dispatch), Effect.andThen(heartbeatPeer))
       case "InFlight":
         return Deferred.succeed(command.reply, tickets.inFlight()).pipe(Effect.asVoid)
     }

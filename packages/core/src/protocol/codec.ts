@@ -46,6 +46,7 @@ const decodeRegisterReply: Decoder<Messages.ServerMessage> = (input) =>
       reply.status === "accepted" ? decodeAccepted(input) : decodeRejected(input),
   )
 const decodeShutdown = decoder(Messages.Shutdown)
+const decodeHeartbeat = decoder(Messages.Heartbeat)
 
 /**
  * A server `"register"` is a job when it carries a `job` field (the seed's alias), otherwise an accepted
@@ -61,6 +62,8 @@ const selectServerDecoder = (
       return decodeJob
     case "shutdown":
       return decodeShutdown
+    case "heartbeat":
+      return decodeHeartbeat
     case "register":
       if (Object.hasOwn(message, "job")) return decodeJob
       if (message.status === "accepted") return decodeAccepted

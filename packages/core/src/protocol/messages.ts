@@ -92,11 +92,17 @@ export const Result = Schema.Struct({
 export type Result = typeof Result.Type
 
 /** A peer says it is alive; `running` is the number of jobs in progress. */
+/**
+ * "Still here", in both directions: a peer sends one every `heartbeat_ms` (with how many jobs it is
+ * running); the server sends one to a peer it has sent nothing else for a while (with its id), so
+ * the peer can tell a quiet server from a gone one.
+ */
 export const Heartbeat = Schema.Struct({
   msg: Schema.Literal("heartbeat"),
   peer_id: Id,
   token: Token,
   running: Schema.optionalKey(NonNegativeInt),
+  server_id: Schema.optionalKey(Id),
 })
 export type Heartbeat = typeof Heartbeat.Type
 
@@ -185,7 +191,7 @@ export type Shutdown = typeof Shutdown.Type
  * Every message the server sends to a peer. `Job` comes first so that a `"register"` message carrying
  * a `job` field is a job, as in the codec.
  */
-export const ServerMessage = Schema.Union([Job, RegisterAccepted, RegisterRejected, Shutdown])
+export const ServerMessage = Schema.Union([Job, RegisterAccepted, RegisterRejected, Shutdown, Heartbeat])
 export type ServerMessage = typeof ServerMessage.Type
 
 /** Any wire message, in either direction. */
@@ -198,7 +204,7 @@ export type Message = PeerMessage | ServerMessage
 /** The `msg` values a peer may send. */
 export const PEER_MSG_KINDS = ["register", "result", "heartbeat", "logout"] as const
 /** The `msg` values the server may send (`"register"` covers accepted, rejected and the seed's job alias). */
-export const SERVER_MSG_KINDS = ["register", "job", "shutdown"] as const
+export const SERVER_MSG_KINDS = ["register", "job", "shutdown", "heartbeat"] as const
 
 export const isRegister = (message: PeerMessage): message is Register => message.msg === "register"
 export const isResult = (message: PeerMessage): message is Result => message.msg === "result"
@@ -213,7 +219,7 @@ export const isJob = (message: ServerMessage): message is Job => message.msg ===
 export const isShutdown = (message: ServerMessage): message is Shutdown => message.msg === "shutdown"
 
 /** The kind of a server message, telling apart the two `"register"` replies (e.g. for logs and metrics). */
-export type ServerMessageKind = "register_accepted" | "register_rejected" | "job" | "shutdown"
+export type ServerMessageKind = "register_accepted" | "register_rejected" | "job" | "shutdown" | "heartbeat"
 
 export const serverMessageKind = (message: ServerMessage): ServerMessageKind => {
   switch (message.msg) {
@@ -223,6 +229,8 @@ export const serverMessageKind = (message: ServerMessage): ServerMessageKind => 
       return "job"
     case "shutdown":
       return "shutdown"
+    case "heartbeat":
+      return "heartbeat"
   }
 }
 
