@@ -63,8 +63,18 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
   // not time out meanwhile, and once it is back every session gets a full grace period again, so an
   // outage does not end in a storm of timeouts for peers that were never silent.
   const READ_BLOCK_MS = 1_000
-  const DEAF_AFTER_MS = READ_BLOCK_MS + 2_000
-  let lastRead = Date.now()
+  // A read blocks at most READ_BLOCK_MS when Redis answers; half a second more means it does not.
+  const DEAF_AFTER_MS = READ_BLOCK_MS + 500
+  /** When the read in progress started (undefined between reads). */
+  let readingSince: number | undefined
+  let readFailed = false
+  // Just after hearing again, a watchdog tick already queued in a session's mailbox must not judge
+  // it before the fresh grace period (queued behind it) has reached it.
+  let deafUntil = 0
+  const deaf = () =>
+    readFailed ||
+    Date.now() < deafUntil ||
+    (readingSince !== undefined && Date.now() - readingSince > DEAF_AFTER_MS)
   // How far behind the uplink this instance reads (the age of the last entry of a full batch).
   // While it is behind, a silent session may only be one whose heartbeats are still queued: no
   // session times out until the backlog is read (a registration storm must not turn into a
@@ -77,7 +87,7 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
   const sessionConfig: SessionConfig = {
     ...config,
     sessionKey,
-    canHearPeers: () => Date.now() - lastRead < DEAF_AFTER_MS && behindMs < config.heartbeatMs,
+    canHearPeers: () => !deaf() && behindMs < config.heartbeatMs,
   }
   // Held while a batch is handled: shutdown takes it to see every session a batch may be opening.
   const batchLock = yield* Semaphore.make(1)
@@ -396,11 +406,16 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
 
   const pump = Effect.gen(function* () {
     const due = retry.length > 0 && Date.now() >= retryAt
+    readingSince = Date.now()
     let batch = yield* reader.read({
       count: config.batchSize,
       blockMs: retry.length > 0 ? 200 : READ_BLOCK_MS,
     })
-    if (Date.now() - lastRead >= DEAF_AFTER_MS || redisEmptied) {
+    const wasDeaf = deaf()
+    readingSince = undefined
+    readFailed = false
+    if (wasDeaf || redisEmptied) {
+      deafUntil = Date.now() + READ_BLOCK_MS
       yield* Effect.logInfo(`Redis is back: ${sessions.size} session(s) get a fresh grace period`)
       yield* Effect.forEach(sessions.values(), (s) => s.heartbeat, { discard: true })
     }
@@ -411,7 +426,7 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
       yield* Effect.logWarning("Redis came back without its data: sending the jobs in flight again")
       yield* Effect.forEach(sessions.values(), (s) => s.resendInFlight, { discard: true })
     }
-    lastRead = Date.now()
+    const lastRead = Date.now()
     const last = batch.at(-1)
     const ownLag =
       batch.length >= config.batchSize && last ? Math.max(0, lastRead - Number(last.id.split("-")[0])) : 0
@@ -473,6 +488,9 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
       Effect.gen(function* () {
         // The consumer groups are gone: Redis restarted without persistence.
         if (error.message.includes("NOGROUP")) redisEmptied = true
+        // Deaf from now, and a fresh grace period once a read succeeds.
+        readFailed = true
+        readingSince = undefined
         yield* Effect.logError(`uplink: ${error.message}; retrying`)
         yield* Effect.sleep("1 second")
       }),
