@@ -324,6 +324,7 @@ export const latencySvg = (input: ReportInput, groups: ReadonlyArray<GroupSummar
   out.push(
     `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" ` +
       `font-family="sans-serif" font-size="12">`,
+    "<title>Latency (p50, p99) against throughput, per system</title>",
     `<rect width="${W}" height="${H}" fill="white"/>`,
     `<text x="${m.left}" y="22" font-size="15" font-weight="bold">Latency vs throughput</text>`,
     `<text x="${m.left}" y="40" fill="#555">${esc(
