@@ -4,7 +4,7 @@ import { defineConfig } from "vitest/config"
 // with their own database and key prefix, so files may run in parallel.
 export default defineConfig({
   test: {
-    projects: ["packages/*", "e2e"],
+    projects: ["packages/*", "e2e", "bench"],
     testTimeout: 30_000,
     hookTimeout: 60_000,
   },
