@@ -25,17 +25,20 @@ export interface ProcessSample {
   readonly rssBytes: number
 }
 
-/** CPU time and RSS of one process; throws if it does not exist. */
-export const readProcess = (pid: number): ProcessSample => {
+/**
+ * CPU time and RSS of one process; throws if it does not exist. With `children`, the CPU time of the
+ * children it has waited for counts too (cutime + cstime: a peer's shells, say).
+ */
+export const readProcess = (pid: number, options: { readonly children?: boolean } = {}): ProcessSample => {
   const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
   // The command name (field 2) is in parentheses and may hold spaces: split after the last ')'.
   const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
-  // rest[0] is field 3 (state); utime is field 14, stime field 15.
-  const utime = Number(rest[11])
-  const stime = Number(rest[12])
+  // rest[0] is field 3 (state); utime, stime, cutime, cstime are fields 14 to 17.
+  const ticks =
+    Number(rest[11]) + Number(rest[12]) + (options.children ? Number(rest[13]) + Number(rest[14]) : 0)
   const status = readFileSync(`/proc/${pid}/status`, "utf8")
   const rssKb = Number(/^VmRSS:\s+(\d+)\s+kB/m.exec(status)?.[1] ?? 0)
-  return { pid, cpuMs: ((utime + stime) * 1000) / ticksPerSecond(), rssBytes: rssKb * 1024 }
+  return { pid, cpuMs: (ticks * 1000) / ticksPerSecond(), rssBytes: rssKb * 1024 }
 }
 
 /** The pids whose command name (/proc/<pid>/comm) is `name`, e.g. "redis-server" or "postgres". */

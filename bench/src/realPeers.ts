@@ -1,14 +1,15 @@
-import { type ChildProcess, execFileSync, spawn } from "node:child_process"
+import { type ChildProcess, spawn } from "node:child_process"
 import { randomBytes } from "node:crypto"
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { loadavg, tmpdir } from "node:os"
 import { join } from "node:path"
 import { Effect } from "effect"
 import { submitJobs } from "server"
 import { sleep, wallNow } from "./clock.ts"
-import { startMachineSampler, startProcessSampler } from "./procstat.ts"
+import { stopProcess } from "./processes.ts"
+import { readProcess, startMachineSampler, startProcessSampler } from "./procstat.ts"
 import { percentiles } from "./stats.ts"
-import { type Cluster, makeFleet, startCluster, stopProcess, withTimeout } from "./storm.ts"
+import { type Cluster, makeFleet, startCluster, withTimeout } from "./storm.ts"
 import type { BenchEnv } from "./system.ts"
 
 /**
@@ -51,29 +52,8 @@ export interface RealPeersResult {
   readonly error?: string
 }
 
-let clockTicks: number | undefined
-const ticksPerSecond = (): number => {
-  if (clockTicks === undefined) {
-    try {
-      clockTicks = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100
-    } catch {
-      clockTicks = 100
-    }
-  }
-  return clockTicks
-}
-
-/**
- * CPU time of a process and of its children it has waited for, in ms: utime + stime + cutime +
- * cstime (/proc/<pid>/stat fields 14-17). procstat.ts counts the first two only, which leaves out
- * the shells a peer spawns for its jobs.
- */
-const cpuWithChildrenMs = (pid: number): number => {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
-  const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
-  const ticks = Number(rest[11]) + Number(rest[12]) + Number(rest[13]) + Number(rest[14])
-  return (ticks * 1000) / ticksPerSecond()
-}
+/** A process's CPU time with that of the children it waited for (a peer's shells), in ms. */
+const cpuWithChildrenMs = (pid: number): number => readProcess(pid, { children: true }).cpuMs
 
 /** Mean cores used by `pids` and their reaped children between start and stop; the pids must live. */
 const startTreeSampler = (pids: ReadonlyArray<number>) => {

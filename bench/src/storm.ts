@@ -1,7 +1,6 @@
-import { type ChildProcess, spawn } from "node:child_process"
+import type { ChildProcess } from "node:child_process"
 import { randomBytes } from "node:crypto"
 import { loadavg } from "node:os"
-import { join } from "node:path"
 import { type Store, type Transport, TransportRedis } from "@picus/core"
 import { type Context, Effect, Exit, Layer, Scope } from "effect"
 import { Redis } from "ioredis"
@@ -9,6 +8,7 @@ import { type Counters, makeSimulatedFleet, type SimulatedFleet } from "loadgen"
 import pg from "pg"
 import { PgStore } from "server"
 import { sleep, wallNow } from "./clock.ts"
+import { startServer, stopProcess } from "./processes.ts"
 import { type CpuSummary, startMachineSampler, startProcessSampler } from "./procstat.ts"
 import type { BenchEnv } from "./system.ts"
 
@@ -21,40 +21,6 @@ import type { BenchEnv } from "./system.ts"
 // ---------------------------------------------------------------------------------------------
 // A picus cluster as systems/picus.ts runs it (real server processes on a fresh database and key
 // prefix, and a Store + Transport for the bench's own use). Also used by realPeers.ts.
-
-const repoRoot = join(import.meta.dirname, "..", "..")
-const serverScript = join(repoRoot, "packages", "server", "src", "main.ts")
-
-const startServer = (id: string, env: Record<string, string>): Promise<ChildProcess> =>
-  new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [serverScript, "start"], {
-      env: { ...process.env, ...env, PICUS_SERVER_ID: id },
-      stdio: ["ignore", "pipe", "pipe"],
-    })
-    let output = ""
-    // Read to the end: a full pipe would block the server.
-    const onData = (chunk: Buffer) => {
-      output = (output + chunk.toString()).slice(-20_000)
-      if (/serving/.test(output)) resolve(child)
-    }
-    child.stdout.on("data", onData)
-    child.stderr.on("data", onData)
-    child.once("exit", (code) =>
-      reject(new Error(`server ${id} exited (${code}) before serving:\n${output}`)),
-    )
-  })
-
-/** SIGINT (a clean shutdown), SIGKILL if that takes longer than `killAfterMs`. */
-export const stopProcess = (child: ChildProcess, killAfterMs = 15_000): Promise<void> =>
-  new Promise((resolve) => {
-    if (child.exitCode !== null || child.signalCode !== null) return resolve()
-    const timer = setTimeout(() => child.kill("SIGKILL"), killAfterMs)
-    child.once("exit", () => {
-      clearTimeout(timer)
-      resolve()
-    })
-    child.kill("SIGINT")
-  })
 
 export interface Cluster {
   readonly token: string

@@ -1,6 +1,5 @@
-import { type ChildProcess, spawn } from "node:child_process"
+import type { ChildProcess } from "node:child_process"
 import { randomBytes } from "node:crypto"
-import { join } from "node:path"
 import { type Store, type Transport, TransportRedis } from "@picus/core"
 import { type Context, Effect, Exit, Layer, Scope } from "effect"
 import { makeSimulatedFleet, type SimulatedFleet } from "loadgen"
@@ -8,6 +7,7 @@ import pg from "pg"
 import { PgStore, submitJobs } from "server"
 import { sleep } from "../clock.ts"
 import { submitAtRate } from "../pace.ts"
+import { startServer, stopProcess } from "../processes.ts"
 import { type Sampler, startProcessSampler } from "../procstat.ts"
 import { percentiles } from "../stats.ts"
 import type { BenchEnv, BenchSystem, RunResult, SystemEntry } from "../system.ts"
@@ -21,38 +21,7 @@ import type { BenchEnv, BenchSystem, RunResult, SystemEntry } from "../system.ts
  * anything is acknowledged.
  */
 
-const repoRoot = join(import.meta.dirname, "..", "..", "..")
-const serverScript = join(repoRoot, "packages", "server", "src", "main.ts")
 const TOKEN = `bench-${randomBytes(8).toString("hex")}`
-
-const startServer = (id: string, env: Record<string, string>): Promise<ChildProcess> =>
-  new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [serverScript, "start"], {
-      env: { ...process.env, ...env, PICUS_SERVER_ID: id },
-      stdio: ["ignore", "pipe", "pipe"],
-    })
-    let output = ""
-    const onData = (chunk: Buffer) => {
-      output = (output + chunk.toString()).slice(-20_000)
-      if (/serving/.test(output)) resolve(child)
-    }
-    child.stdout.on("data", onData)
-    child.stderr.on("data", onData)
-    child.once("exit", (code) =>
-      reject(new Error(`server ${id} exited (${code}) before serving:\n${output}`)),
-    )
-  })
-
-const stopServer = (child: ChildProcess): Promise<void> =>
-  new Promise((resolve) => {
-    if (child.exitCode !== null || child.signalCode !== null) return resolve()
-    const timer = setTimeout(() => child.kill("SIGKILL"), 15_000)
-    child.once("exit", () => {
-      clearTimeout(timer)
-      resolve()
-    })
-    child.kill("SIGINT")
-  })
 
 const makeSystem = (env: BenchEnv, instances: number): BenchSystem => {
   const name = `picus-${instances}`
@@ -200,7 +169,7 @@ const makeSystem = (env: BenchEnv, instances: number): BenchSystem => {
     },
     teardown: async () => {
       if (fleet) await Effect.runPromise(fleet.stop("peer_shutdown", 2_000)).catch(() => {})
-      await Promise.all(servers.map(stopServer))
+      await Promise.all(servers.map((s) => stopProcess(s)))
       if (scope) await Effect.runPromise(Scope.close(scope, Exit.void))
       await pool?.end().catch(() => {})
       const admin = new pg.Client({ connectionString: env.pgAdminUrl })

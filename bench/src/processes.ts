@@ -1,0 +1,39 @@
+import { type ChildProcess, spawn } from "node:child_process"
+import { join } from "node:path"
+
+/** The server processes the benchmark starts, the way an operator starts them. */
+
+const repoRoot = join(import.meta.dirname, "..", "..")
+const serverScript = join(repoRoot, "packages", "server", "src", "main.ts")
+
+/** Starts `picus-server start` with this environment; resolves once it serves. */
+export const startServer = (id: string, env: Record<string, string>): Promise<ChildProcess> =>
+  new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [serverScript, "start"], {
+      env: { ...process.env, ...env, PICUS_SERVER_ID: id },
+      stdio: ["ignore", "pipe", "pipe"],
+    })
+    let output = ""
+    // Read to the end: a full pipe would block the server.
+    const onData = (chunk: Buffer) => {
+      output = (output + chunk.toString()).slice(-20_000)
+      if (/serving/.test(output)) resolve(child)
+    }
+    child.stdout.on("data", onData)
+    child.stderr.on("data", onData)
+    child.once("exit", (code) =>
+      reject(new Error(`server ${id} exited (${code}) before serving:\n${output}`)),
+    )
+  })
+
+/** SIGINT (a clean shutdown), SIGKILL if that takes longer than `killAfterMs`. */
+export const stopProcess = (child: ChildProcess, killAfterMs = 15_000): Promise<void> =>
+  new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolve()
+    const timer = setTimeout(() => child.kill("SIGKILL"), killAfterMs)
+    child.once("exit", () => {
+      clearTimeout(timer)
+      resolve()
+    })
+    child.kill("SIGINT")
+  })
