@@ -295,6 +295,43 @@ describe.each(compositions)("server and peers in one process (%s)", (_name, laye
   )
 
   it.live(
+    "a job is sent as PostgreSQL holds it: a forged notice cannot change its command",
+    () =>
+      Effect.gen(function* () {
+        const store = yield* Store
+        const transport = yield* Transport
+        yield* store.replaceCatalog(catalog)
+        const gateway = yield* makeGateway(gatewayConfig)
+        yield* Effect.forkScoped(gateway.run)
+        const peer = yield* rawPeer("target", "good-token")
+        const { tickets, owner } = yield* store.submitTickets({
+          peerId: "target",
+          serverId: "test",
+          jobs: [{ name: "real", command: "echo real", timeoutMs: 1_000 }],
+        })
+        const [ticket] = tickets
+        // Anyone who can write to the instance's stream could send this: same ticket, other command.
+        yield* transport.forward(
+          owner!.ownerId,
+          Protocol.encodeServerNotice({
+            notice: "tickets_waiting",
+            session_id: owner!.sessionId,
+            tickets: [
+              {
+                ticket: ticket!.ticket,
+                job: { name: "real", os: "linux", distro: "debian", command: "rm -rf /" },
+              },
+            ],
+          }),
+        )
+        const job = (yield* peer.next) as Protocol.Job
+        assert.strictEqual(job.ticket, ticket!.ticket)
+        assert.strictEqual(job.job.command, "echo real")
+      }).pipe(Effect.scoped, Effect.provide(layer())),
+    30_000,
+  )
+
+  it.live(
     "a registration sent again while the first still waited opens no second session",
     () =>
       Effect.gen(function* () {

@@ -334,14 +334,15 @@ const runSession = Effect.fnUntraced(function* (
     if (shuttingDown || closed) return
     const ready = tickets.takeReady()
     if (ready.length === 0) return
-    const open = new Set(
-      yield* store.markDelivered(
+    // What is sent is what PostgreSQL holds for each ticket (a notice only named them).
+    const stored = new Map(
+      (yield* store.markDelivered(
         lease,
         ready.map((t) => t.ticket),
-      ),
+      )).map((t) => [t.ticket, t]),
     )
-    for (const t of ready) if (!open.has(t.ticket)) tickets.settle(t.ticket)
-    const toSend = ready.filter((t) => open.has(t.ticket))
+    for (const t of ready) if (!stored.has(t.ticket)) tickets.settle(t.ticket)
+    const toSend = ready.flatMap((t) => stored.get(t.ticket) ?? [])
     for (const [i, t] of toSend.entries()) {
       const exit = yield* Effect.exit(sendToPeer(jobMessage(t)))
       if (Exit.isFailure(exit)) {
@@ -360,18 +361,19 @@ const runSession = Effect.fnUntraced(function* (
   const resend = (again: ReadonlyArray<Ticket>) =>
     Effect.gen(function* () {
       if (again.length === 0) return
-      const open = new Set(
-        yield* store.markDelivered(
+      const stored = new Map(
+        (yield* store.markDelivered(
           lease,
           again.map((t) => t.ticket),
-        ),
+        )).map((t) => [t.ticket, t]),
       )
       for (const t of again) {
-        if (!open.has(t.ticket)) {
+        const row = stored.get(t.ticket)
+        if (!row) {
           tickets.settle(t.ticket)
           continue
         }
-        yield* sendToPeer(jobMessage(t))
+        yield* sendToPeer(jobMessage(row))
         tickets.resent(t.ticket)
       }
     })

@@ -7,8 +7,9 @@ import { Id, JobSpec } from "./messages.ts"
 
 /**
  * Tickets were submitted for a session this instance holds. They are in PostgreSQL already; the
- * notice carries them too, so the holder need not read them back (it checks them when it marks
- * them delivered). Without `tickets`, the holder reads the session's queued tickets.
+ * notice names them, so the holder need not look for them. What it sends is what PostgreSQL returns
+ * when it marks them delivered, never the notice's copy. Without `tickets`, the holder reads the
+ * session's queued tickets.
  */
 export const ServerNotice = Schema.Struct({
   notice: Schema.Literal("tickets_waiting"),

@@ -296,12 +296,13 @@ export class Store extends Context.Service<
     ) => Effect.Effect<ReadonlyMap<string, number>, StoreError>
     /**
      * Records that these tickets of the session are handed to the transport now (attempts + 1);
-     * returns those still open. Fails with LeaseLost when the session is no longer held at `epoch`.
+     * returns those still open, as stored: what to send is what the database says, never what a
+     * message said. Fails with LeaseLost when the session is no longer held at `epoch`.
      */
     readonly markDelivered: (
       lease: SessionLease,
       tickets: ReadonlyArray<string>,
-    ) => Effect.Effect<ReadonlyArray<string>, StoreError | LeaseLost>
+    ) => Effect.Effect<ReadonlyArray<Ticket>, StoreError | LeaseLost>
     /**
      * Writes a result once and moves its ticket to its terminal state, in one transaction. Fails
      * with LeaseLost when the session is no longer held at the result's epoch.

@@ -347,16 +347,16 @@ export const makeMemoryStore = Effect.sync(() => {
     markDelivered: (lease, ids) =>
       Effect.suspend(() => {
         if (!holds(lease.sessionId, lease.epoch)) return Effect.fail(new LeaseLost(lease))
-        return Effect.succeed(
-          ids.filter((id) => {
-            const t = tickets.get(id)
-            if (t === undefined || isTerminal(t.state) || t.sessionId !== lease.sessionId) return false
-            t.state = "delivered"
-            t.attempts++
-            t.deliveredAt = Date.now()
-            return true
-          }),
-        )
+        const marked: Array<Ticket> = []
+        for (const id of new Set(ids)) {
+          const t = tickets.get(id)
+          if (t === undefined || isTerminal(t.state) || t.sessionId !== lease.sessionId) continue
+          t.state = "delivered"
+          t.attempts++
+          t.deliveredAt = Date.now()
+          marked.push(copy(t))
+        }
+        return Effect.succeed(marked)
       }),
     recordResult: (r) => record(r),
     recordResults: (rs) =>

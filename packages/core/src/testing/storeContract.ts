@@ -686,12 +686,20 @@ export const storeContract = (name: string, storeLayer: Layer.Layer<Store, unkno
             ],
             { concurrency: "unbounded" },
           )
-          assert.deepStrictEqual(okA, Result.succeed([a.tickets[0]!.ticket]))
+          const ids = (r: typeof okA) => Result.map(r, (ts) => ts.map((t) => t.ticket))
+          assert.deepStrictEqual(ids(okA), Result.succeed([a.tickets[0]!.ticket]))
           assert.deepStrictEqual(
-            okB,
+            ids(okB),
             Result.succeed([b.tickets[0]!.ticket]),
             "another session's ticket is not marked",
           )
+          const [marked] = Result.getOrThrow(okA)
+          assert.deepStrictEqual(
+            { ...marked!, deliveredAt: null },
+            { ...a.tickets[0]!, state: "delivered", attempts: 1, deliveredAt: null },
+            "the ticket as stored",
+          )
+          assert.isNotNull(marked!.deliveredAt)
           assert.isTrue(Result.isFailure(stale) && stale.failure instanceof LeaseLost)
           assert.deepStrictEqual(yield* a.store.ticketState(a.tickets[1]!.ticket), Option.some("queued"))
           assert.deepStrictEqual(yield* a.store.ticketState(b.tickets[1]!.ticket), Option.some("queued"))

@@ -6,6 +6,7 @@ import {
   Store,
   StoreError,
   TERMINAL_TICKET_STATES,
+  type Ticket,
   TicketState,
   ticketStateOf,
 } from "@picus/core"
@@ -89,8 +90,23 @@ const OutcomeRow = std(
     ]),
   }),
 )
+/** The held leases, and a delivered ticket per row (all null when none was). */
 const DeliveredRow = std(
-  Schema.Struct({ held: Schema.Array(Schema.String), tickets: Schema.Array(Schema.String) }),
+  Schema.Struct({
+    held: Schema.Array(Schema.String),
+    ticket: NullableString,
+    peerId: NullableString,
+    sessionId: NullableString,
+    jobId: NullableString,
+    name: NullableString,
+    os: NullableString,
+    distro: NullableString,
+    command: NullableString,
+    timeoutMs: NullableInt,
+    state: Schema.NullOr(TicketState),
+    attempts: NullableInt,
+    deliveredAt: NullableInt,
+  }),
 )
 const KeyRow = std(Schema.Struct({ key: Schema.Uint8Array }))
 const CountRow = std(Schema.Struct({ sessionId: Schema.String, count: Schema.Int }))
@@ -191,14 +207,14 @@ export const makePgStore = (pool: DatabasePool): Store["Service"] => {
   let deliveries: Array<{
     readonly lease: { readonly sessionId: string; readonly epoch: number }
     readonly tickets: ReadonlyArray<string>
-    readonly resolve: (marked: ReadonlyArray<string>) => void
+    readonly resolve: (marked: ReadonlyArray<Ticket>) => void
     readonly reject: (error: unknown) => void
   }> = []
   const flushDeliveries = async () => {
     const batch = deliveries
     deliveries = []
     try {
-      const row = await pool.one(sql.type(DeliveredRow)`
+      const rows = await pool.any(sql.type(DeliveredRow)`
         with req as (
           select * from ${sql.unnest(
             batch.flatMap(({ lease, tickets }) =>
@@ -215,18 +231,27 @@ export const makePgStore = (pool: DatabasePool): Store["Service"] => {
           update tickets t set state = 'delivered', delivered_at = now(), attempts = t.attempts + 1
           from req r join held h on h.session_id = r.session_id and h.epoch = r.epoch
           where t.ticket = r.ticket and t.session_id = r.session_id and t.state in ('queued', 'delivered')
-          returning t.ticket
+          returning t.*
         )
         select
           coalesce((select array_agg(session_id::text || '/' || epoch) from held), '{}') as held,
-          coalesce((select array_agg(ticket) from marked), '{}') as tickets
+          ${ticketColumns}
+        from (select 1) as one left join marked on true
       `)
-      const held = new Set(row.held)
-      const marked = new Set(row.tickets)
+      const held = new Set(rows[0]?.held ?? [])
+      const marked = new Map<string, Ticket>()
+      for (const { held: _held, ...t } of rows) {
+        const { ticket, peerId, name, os, distro, command, timeoutMs, state, attempts } = t
+        if (ticket === null || peerId === null || name === null || os === null || distro === null) continue
+        if (command === null || timeoutMs === null || state === null || attempts === null) continue
+        marked.set(ticket, { ...t, ticket, peerId, name, os, distro, command, timeoutMs, state, attempts })
+      }
       for (const { lease, tickets, resolve, reject } of batch) {
-        if (held.has(`${lease.sessionId.toLowerCase()}/${lease.epoch}`))
-          resolve(tickets.filter((t) => marked.has(t)))
-        else reject(new Fenced(lease))
+        if (!held.has(`${lease.sessionId.toLowerCase()}/${lease.epoch}`)) {
+          reject(new Fenced(lease))
+          continue
+        }
+        resolve([...new Set(tickets)].flatMap((id) => marked.get(id) ?? []))
       }
     } catch (error) {
       for (const { reject } of batch) reject(error)
@@ -619,7 +644,7 @@ export const makePgStore = (pool: DatabasePool): Store["Service"] => {
       fenced(
         "markDelivered",
         () =>
-          new Promise<ReadonlyArray<string>>((resolve, reject) => {
+          new Promise<ReadonlyArray<Ticket>>((resolve, reject) => {
             if (!UUID.test(lease.sessionId)) return reject(new Fenced(lease))
             deliveries.push({ lease, tickets, resolve, reject })
             if (deliveries.length === 1) setImmediate(flushDeliveries)
