@@ -1,5 +1,6 @@
 import { type ChildProcess, spawn } from "node:child_process"
 import { join } from "node:path"
+import { Redis } from "ioredis"
 
 /** The server processes the benchmark starts, the way an operator starts them. */
 
@@ -37,3 +38,18 @@ export const stopProcess = (child: ChildProcess, killAfterMs = 15_000): Promise<
     })
     child.kill("SIGINT")
   })
+
+/** Deletes every key of a run's prefix: each peer leaves its inbox stream behind. */
+export const deleteKeys = async (redisUrl: string, prefix: string): Promise<void> => {
+  const redis = new Redis(redisUrl, { maxRetriesPerRequest: 3 })
+  try {
+    let cursor = "0"
+    do {
+      const [next, keys] = await redis.scan(cursor, "MATCH", `${prefix}:*`, "COUNT", 1000)
+      if (keys.length > 0) await redis.unlink(...keys)
+      cursor = next
+    } while (cursor !== "0")
+  } finally {
+    redis.disconnect()
+  }
+}

@@ -3,12 +3,11 @@ import { randomBytes } from "node:crypto"
 import { loadavg } from "node:os"
 import { type Store, type Transport, TransportRedis } from "@picus/core"
 import { type Context, Effect, Exit, Layer, Scope } from "effect"
-import { Redis } from "ioredis"
 import { type Counters, makeSimulatedFleet, type SimulatedFleet } from "loadgen"
 import pg from "pg"
 import { PgStore } from "server"
 import { sleep, wallNow } from "./clock.ts"
-import { startServer, stopProcess } from "./processes.ts"
+import { deleteKeys, startServer, stopProcess } from "./processes.ts"
 import { type CpuSummary, startMachineSampler, startProcessSampler } from "./procstat.ts"
 import type { BenchEnv } from "./system.ts"
 
@@ -59,18 +58,7 @@ export const startCluster = async (
     } finally {
       await admin.end()
     }
-    // Thousands of peers leave thousands of inbox streams behind: delete them.
-    const redis = new Redis(env.redisUrl, { maxRetriesPerRequest: 3 })
-    try {
-      let cursor = "0"
-      do {
-        const [next, keys] = await redis.scan(cursor, "MATCH", `${prefix}:*`, "COUNT", 1000)
-        if (keys.length > 0) await redis.unlink(...keys)
-        cursor = next
-      } while (cursor !== "0")
-    } finally {
-      redis.disconnect()
-    }
+    await deleteKeys(env.redisUrl, prefix)
   }
 
   try {

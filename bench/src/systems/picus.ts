@@ -7,7 +7,7 @@ import pg from "pg"
 import { PgStore, submitJobs } from "server"
 import { sleep } from "../clock.ts"
 import { submitAtRate } from "../pace.ts"
-import { startServer, stopProcess } from "../processes.ts"
+import { deleteKeys, startServer, stopProcess } from "../processes.ts"
 import { type Sampler, startProcessSampler } from "../procstat.ts"
 import { percentiles } from "../stats.ts"
 import type { BenchEnv, BenchSystem, RunResult, SystemEntry } from "../system.ts"
@@ -179,6 +179,7 @@ const makeSystem = (env: BenchEnv, instances: number): BenchSystem => {
       } finally {
         await admin.end()
       }
+      await deleteKeys(env.redisUrl, prefix)
     },
   }
 }
