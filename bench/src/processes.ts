@@ -1,6 +1,7 @@
 import { type ChildProcess, spawn } from "node:child_process"
 import { join } from "node:path"
 import { Redis } from "ioredis"
+import pg from "pg"
 
 /** The server processes the benchmark starts, the way an operator starts them. */
 
@@ -52,4 +53,20 @@ export const deleteKeys = async (redisUrl: string, prefix: string): Promise<void
   } finally {
     redis.disconnect()
   }
+}
+
+/** Removes what a run of the servers left: its database (ending its connections) and its keys. */
+export const dropRun = async (
+  env: { readonly pgAdminUrl: string; readonly redisUrl: string },
+  dbName: string,
+  prefix: string,
+): Promise<void> => {
+  const admin = new pg.Client({ connectionString: env.pgAdminUrl })
+  await admin.connect()
+  try {
+    await admin.query(`drop database if exists ${dbName} with (force)`)
+  } finally {
+    await admin.end()
+  }
+  await deleteKeys(env.redisUrl, prefix)
 }

@@ -7,7 +7,7 @@ import { type Counters, makeSimulatedFleet, type SimulatedFleet } from "loadgen"
 import pg from "pg"
 import { PgStore } from "server"
 import { sleep, wallNow } from "./clock.ts"
-import { deleteKeys, startServer, stopProcess } from "./processes.ts"
+import { dropRun, startServer, stopProcess } from "./processes.ts"
 import { type CpuSummary, startMachineSampler, startProcessSampler } from "./procstat.ts"
 import type { BenchEnv } from "./system.ts"
 
@@ -51,14 +51,7 @@ export const startCluster = async (
     await Promise.all(servers.map((s) => stopProcess(s)))
     if (scope) await Effect.runPromise(Scope.close(scope, Exit.void))
     await pool?.end().catch(() => {})
-    const admin = new pg.Client({ connectionString: env.pgAdminUrl })
-    await admin.connect()
-    try {
-      await admin.query(`drop database if exists ${dbName} with (force)`)
-    } finally {
-      await admin.end()
-    }
-    await deleteKeys(env.redisUrl, prefix)
+    await dropRun(env, dbName, prefix)
   }
 
   try {

@@ -7,7 +7,7 @@ import pg from "pg"
 import { PgStore, submitJobs } from "server"
 import { sleep } from "../clock.ts"
 import { submitAtRate } from "../pace.ts"
-import { deleteKeys, startServer, stopProcess } from "../processes.ts"
+import { dropRun, startServer, stopProcess } from "../processes.ts"
 import { type Sampler, startProcessSampler } from "../procstat.ts"
 import { percentiles } from "../stats.ts"
 import type { BenchEnv, BenchSystem, RunResult, SystemEntry } from "../system.ts"
@@ -172,14 +172,7 @@ const makeSystem = (env: BenchEnv, instances: number): BenchSystem => {
       await Promise.all(servers.map((s) => stopProcess(s)))
       if (scope) await Effect.runPromise(Scope.close(scope, Exit.void))
       await pool?.end().catch(() => {})
-      const admin = new pg.Client({ connectionString: env.pgAdminUrl })
-      await admin.connect()
-      try {
-        await admin.query(`drop database if exists ${dbName} with (force)`)
-      } finally {
-        await admin.end()
-      }
-      await deleteKeys(env.redisUrl, prefix)
+      await dropRun(env, dbName, prefix)
     },
   }
 }

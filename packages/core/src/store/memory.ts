@@ -53,6 +53,19 @@ export const makeMemoryStore = Effect.sync(() => {
   const newestFirst = <A>(rows: ReadonlyArray<A>, limit: number) => rows.slice().reverse().slice(0, limit)
   const isClosed = (sessionId: string | null) =>
     log.some((r) => r.event === "logout" && r.sessionId === sessionId)
+  /** A new queued ticket with the next id; returns a copy. */
+  const addTicket = (fields: Omit<Ticket, "ticket" | "state" | "attempts" | "deliveredAt">): Ticket => {
+    const ticket = {
+      ...fields,
+      ticket: String(nextTicket++),
+      state: "queued" as TicketState,
+      attempts: 0,
+      deliveredAt: null,
+      createdAt: Date.now(),
+    }
+    tickets.set(ticket.ticket, ticket)
+    return copy(ticket)
+  }
   const copy = ({ createdAt: _createdAt, ...t }: Ticket & { createdAt: number }): Ticket => ({ ...t })
   const oldestFirst = (a: { ticket: string }, b: { ticket: string }) => Number(a.ticket) - Number(b.ticket)
   const openTicketsWhere = (match: (t: Ticket) => boolean) =>
@@ -276,9 +289,8 @@ export const makeMemoryStore = Effect.sync(() => {
 
     createTickets: ({ peerId, sessionId, jobs }) =>
       Effect.sync(() =>
-        jobs.map((job) => {
-          const ticket = {
-            ticket: String(nextTicket++),
+        jobs.map((job) =>
+          addTicket({
             peerId,
             sessionId,
             jobId: job.job_id,
@@ -287,14 +299,8 @@ export const makeMemoryStore = Effect.sync(() => {
             distro: job.distro,
             command: job.command,
             timeoutMs: job.timeout_ms,
-            state: "queued" as TicketState,
-            attempts: 0,
-            deliveredAt: null,
-            createdAt: Date.now(),
-          }
-          tickets.set(ticket.ticket, ticket)
-          return copy(ticket)
-        }),
+          }),
+        ),
       ),
     submitTickets: ({ peerId, jobs }) =>
       Effect.suspend(() => {
@@ -305,9 +311,8 @@ export const makeMemoryStore = Effect.sync(() => {
           )
         }
         const owner = openSessionOf(peerId)
-        const created = jobs.map((job) => {
-          const ticket = {
-            ticket: String(nextTicket++),
+        const created = jobs.map((job) =>
+          addTicket({
             peerId,
             sessionId: owner?.sessionId ?? null,
             jobId: null,
@@ -316,14 +321,8 @@ export const makeMemoryStore = Effect.sync(() => {
             distro: peer.distro ?? "",
             command: job.command,
             timeoutMs: job.timeoutMs,
-            state: "queued" as TicketState,
-            attempts: 0,
-            deliveredAt: null,
-            createdAt: Date.now(),
-          }
-          tickets.set(ticket.ticket, ticket)
-          return copy(ticket)
-        })
+          }),
+        )
         return Effect.succeed({ tickets: created, owner })
       }),
     queuedTickets: (sessionId) =>
