@@ -17,6 +17,10 @@
  *                                        peer's session. Read by that instance (group "servers").
  *   {p}:peer:{peerId}:owner     string   which instance owns the peer's session: a hint mirrored from
  *                                        the owner's memory, set with a TTL and renewed while it lives.
+ *   {p}:deadletters             stream   uplink entries no instance could handle (a permanent refusal,
+ *                                        or too many attempts), each with its reason, attempts and
+ *                                        where it came from; operators list, retry or drop them. Capped
+ *                                        (MAXLEN ~): the oldest go first.
  *   {p}:events                  channel  pub/sub, may be lost: the live event feed for operators.
  *
  * Per-peer keys share the prefix `{p}:peer:{peerId}:` so that a Redis ACL user per peer can be
@@ -29,6 +33,7 @@ export interface Keys {
   readonly prefix: string
   readonly uplink: string
   readonly events: string
+  readonly deadLetters: string
   readonly peerInbox: (peerId: string) => string
   readonly peerOwner: (peerId: string) => string
   readonly serverInbox: (serverId: string) => string
@@ -41,6 +46,7 @@ export const makeKeys = (prefix = "picus"): Keys => ({
   prefix,
   uplink: `${prefix}:uplink`,
   events: `${prefix}:events`,
+  deadLetters: `${prefix}:deadletters`,
   peerInbox: (peerId) => `${prefix}:peer:${escapeId(peerId)}:inbox`,
   peerOwner: (peerId) => `${prefix}:peer:${escapeId(peerId)}:owner`,
   serverInbox: (serverId) => `${prefix}:server:${escapeId(serverId)}:inbox`,

@@ -1,10 +1,26 @@
 import { Context, type Effect, type Option, Schema } from "effect"
 
+/**
+ * How a store failure should be treated, judged from its cause (error class, SQLSTATE), never its text:
+ * - `unavailable`: the database could not be reached or gave up for now (connection lost, shutting
+ *   down, deadlock, timeout): the same write may succeed later, so retry it with a backoff;
+ * - `rejected`: the database refused this input (a constraint, a value it cannot hold): retrying the
+ *   same input fails the same way;
+ * - `unknown`: neither could be told; retried a bounded number of times.
+ */
+export const StoreFailureKind = Schema.Literals(["unavailable", "rejected", "unknown"])
+export type StoreFailureKind = typeof StoreFailureKind.Type
+
 /** The database refused or could not be reached. */
 export class StoreError extends Schema.TaggedError<StoreError>()("StoreError", {
   operation: Schema.String,
   message: Schema.String,
+  kind: Schema.optionalKey(StoreFailureKind),
+  cause: Schema.optionalKey(Schema.Defect()),
 }) {}
+
+/** The kind of a store failure (`unknown` when the store did not say). */
+export const storeFailureKind = (error: StoreError): StoreFailureKind => error.kind ?? "unknown"
 
 /**
  * A write for a session was refused: the epoch it named is no longer the session's (another
@@ -324,10 +340,14 @@ export class Store extends Context.Service<
       readonly deliveryDeadlineMs: number
       readonly executionSlackMs: number
     }) => Effect.Effect<{ readonly undeliverable: number; readonly timedOut: number }, StoreError>
-    /** Moves the given tickets that are still open to a terminal state; returns those it moved. */
+    /**
+     * Moves the given tickets that are still open to a terminal state, with why when it is not the
+     * plain meaning of the state (`tickets.close_reason`); returns those it moved.
+     */
     readonly closeTickets: (
       tickets: ReadonlyArray<string>,
       state: TicketState,
+      reason?: string,
     ) => Effect.Effect<ReadonlyArray<string>, StoreError>
     readonly ticketState: (ticket: string) => Effect.Effect<Option.Option<TicketState>, StoreError>
 

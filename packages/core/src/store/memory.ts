@@ -27,7 +27,10 @@ export const makeMemoryStore = Effect.sync(() => {
   const catalog = new Map<string, CatalogJob & { enabled: boolean }>()
   const peers = new Map<string, { lastSeenAt: number; os: string | null; distro: string | null }>()
   const log: Array<LogRow> = []
-  const tickets = new Map<string, { -readonly [K in keyof Ticket]: Ticket[K] } & { createdAt: number }>()
+  const tickets = new Map<
+    string,
+    { -readonly [K in keyof Ticket]: Ticket[K] } & { createdAt: number; closeReason?: string | null }
+  >()
   const sessions = new Map<
     string,
     {
@@ -307,7 +310,11 @@ export const makeMemoryStore = Effect.sync(() => {
         const peer = peers.get(peerId)
         if (peer === undefined) {
           return Effect.fail(
-            new StoreError({ operation: "submitTickets", message: `no peer ${peerId} has ever registered` }),
+            new StoreError({
+              operation: "submitTickets",
+              message: `no peer ${peerId} has ever registered`,
+              kind: "rejected",
+            }),
           )
         }
         const owner = openSessionOf(peerId)
@@ -382,12 +389,13 @@ export const makeMemoryStore = Effect.sync(() => {
         }
         return { undeliverable, timedOut }
       }),
-    closeTickets: (ids, state) =>
+    closeTickets: (ids, state, reason) =>
       Effect.sync(() =>
         ids.filter((id) => {
           const t = tickets.get(id)
           if (!t || isTerminal(t.state)) return false
           t.state = state
+          t.closeReason = reason ?? null
           return true
         }),
       ),

@@ -4,6 +4,12 @@ import { Context, type Effect, Schema, type Scope, type Stream } from "effect"
 export class TransportError extends Schema.TaggedError<TransportError>()("TransportError", {
   operation: Schema.String,
   message: Schema.String,
+  /**
+   * `no_group`: the consumer group is gone (Redis restarted without its data), told by the reply's
+   * error code; absent for any other failure.
+   */
+  reason: Schema.optionalKey(Schema.Literal("no_group")),
+  cause: Schema.optionalKey(Schema.Defect()),
 }) {}
 
 /** One stream entry: the broker's id and the raw wire payload (decoded by core/protocol, not here). */
@@ -21,6 +27,25 @@ export interface Delivery extends Envelope {
   /** Set when it came from another (lost) instance's own stream: see UplinkReader.drainStreamOf. */
   readonly fromServerId?: string
 }
+
+/** An uplink entry set aside because it could not be handled, and why. */
+export interface DeadLetter {
+  /** Its id in the dead-letter stream. */
+  readonly id: string
+  readonly payload: string
+  readonly reason: string
+  /** How many times it was tried. */
+  readonly attempts: number
+  /** Its id where it came from (the uplink, or an instance's own stream). */
+  readonly sourceId: string
+  /** The instance that set it aside. */
+  readonly serverId: string
+  /** When it was set aside (epoch ms). */
+  readonly at: number
+}
+
+/** At most this many dead letters are kept; the oldest go first. */
+export const MAX_DEAD_LETTERS = 10_000
 
 export interface ReadOptions {
   readonly count: number
@@ -93,6 +118,12 @@ export class Transport extends Context.Service<
     readonly trimInboxes: (
       upTo: ReadonlyArray<readonly [peerId: string, id: string]>,
     ) => Effect.Effect<void, TransportError>
+    /** The dead letters, oldest first. */
+    readonly deadLetters: (count: number) => Effect.Effect<ReadonlyArray<DeadLetter>, TransportError>
+    /** Puts these dead letters back on the uplink, to be handled again; returns how many. */
+    readonly retryDeadLetters: (ids: ReadonlyArray<string>) => Effect.Effect<number, TransportError>
+    /** Deletes these dead letters; returns how many. */
+    readonly dropDeadLetters: (ids: ReadonlyArray<string>) => Effect.Effect<number, TransportError>
     /** Lossy broadcast on the operator feed; returns at once and never fails (lost is lost). */
     readonly publish: (payload: string) => Effect.Effect<void>
     /** Subscribe to the operator feed; messages published while not subscribed are gone. */
@@ -118,6 +149,14 @@ export interface UplinkReader {
   ) => Effect.Effect<ReadonlyArray<Delivery>, TransportError>
   /** Acknowledges entries: they are durable and will not be delivered again. */
   readonly ack: (deliveries: ReadonlyArray<Delivery>) => Effect.Effect<void, TransportError>
+  /**
+   * Sets an entry aside in the dead-letter stream with its reason, and acknowledges it, in one
+   * step: it is either still pending or a dead letter, never neither.
+   */
+  readonly deadLetter: (
+    delivery: Delivery,
+    why: { readonly reason: string; readonly attempts: number },
+  ) => Effect.Effect<void, TransportError>
 }
 
 export interface InboxReader {

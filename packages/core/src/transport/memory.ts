@@ -1,9 +1,11 @@
 import { Effect, Layer, PubSub, Queue, Stream } from "effect"
 import {
   compareStreamIds,
+  type DeadLetter,
   type Delivery,
   type Envelope,
   type InboxBatch,
+  MAX_DEAD_LETTERS,
   Transport,
   type TransportError,
 } from "./Transport.ts"
@@ -80,6 +82,7 @@ export const makeMemoryTransport = Effect.gen(function* () {
   }
 
   const feed = yield* PubSub.unbounded<string>()
+  let dead: Array<DeadLetter> = []
 
   const deliver = (entry: Envelope, consumer: string, forwarded: boolean): Delivery => {
     pending.set(entry.id, { entry, forwarded, consumer, deliveredAt: Date.now() })
@@ -150,6 +153,21 @@ export const makeMemoryTransport = Effect.gen(function* () {
         ack: (deliveries) =>
           Effect.sync(() => {
             for (const d of deliveries) pending.delete(d.id)
+          }),
+        deadLetter: (delivery, { reason, attempts }) =>
+          Effect.sync(() => {
+            pending.delete(delivery.id)
+            const id = nextId()
+            dead.push({
+              id,
+              payload: delivery.payload,
+              reason,
+              attempts,
+              sourceId: delivery.id,
+              serverId,
+              at: Number(id.split("-")[0]),
+            })
+            if (dead.length > MAX_DEAD_LETTERS) dead.shift()
           }),
       }),
     uplinkBacklogMs: Effect.sync(() => {
@@ -252,6 +270,26 @@ export const makeMemoryTransport = Effect.gen(function* () {
             peerId,
             inbox(peerId).filter((e) => compareStreamIds(e.id, id) > 0),
           )
+      }),
+    deadLetters: (count) => Effect.sync(() => dead.slice(0, count)),
+    retryDeadLetters: (ids) =>
+      Effect.sync(() => {
+        let moved = 0
+        for (const id of ids) {
+          const at = dead.findIndex((d) => d.id === id)
+          if (at < 0) continue
+          const [letter] = dead.splice(at, 1)
+          uplink.push({ id: nextId(), payload: letter!.payload })
+          moved++
+        }
+        if (moved > 0) uplinkSignal.notify()
+        return moved
+      }),
+    dropDeadLetters: (ids) =>
+      Effect.sync(() => {
+        const before = dead.length
+        dead = dead.filter((d) => !ids.includes(d.id))
+        return before - dead.length
       }),
     publish: (payload) => PubSub.publish(feed, payload).pipe(Effect.asVoid),
     subscribe: Stream.fromPubSub(feed),

@@ -1,12 +1,14 @@
 import { Effect, Layer, Queue, Scope, Stream } from "effect"
-import { Redis } from "ioredis"
+import { Redis, ReplyError } from "ioredis"
 import { type Keys, makeKeys, UPLINK_GROUP } from "../keys.ts"
 import {
+  type DeadLetter,
   type Delivery,
   type Envelope,
   type InboxBatch,
   type InboxFan,
   type InboxFanOptions,
+  MAX_DEAD_LETTERS,
   Transport,
   TransportError,
 } from "./Transport.ts"
@@ -30,8 +32,17 @@ type StreamReply = Array<[string, Array<[string, Array<string>]>]> | null
 
 const PAYLOAD_FIELD = "m"
 
+/** A Redis error reply starts with its code (NOGROUP, BUSYGROUP, NOPERM, ...): the error's type. */
+const replyCode = (cause: unknown): string | undefined =>
+  cause instanceof ReplyError ? (cause as Error).message.split(" ", 1)[0] : undefined
+
 const fail = (operation: string) => (cause: unknown) =>
-  new TransportError({ operation, message: cause instanceof Error ? cause.message : String(cause) })
+  new TransportError({
+    operation,
+    message: cause instanceof Error ? cause.message : String(cause),
+    ...(replyCode(cause) === "NOGROUP" ? { reason: "no_group" as const } : {}),
+    cause,
+  })
 
 const toEnvelope = ([id, fields]: [string, Array<string> | null]): Envelope | undefined => {
   if (!fields) return undefined
@@ -44,6 +55,22 @@ const toEnvelope = ([id, fields]: [string, Array<string> | null]): Envelope | un
 
 const entriesOf = (reply: StreamReply): Array<Envelope> =>
   (reply?.[0]?.[1] ?? []).map(toEnvelope).filter((e): e is Envelope => e !== undefined)
+
+const toDeadLetter = ([id, fields]: [string, Array<string>]): DeadLetter => {
+  const field = (name: string) => {
+    for (let i = 0; i + 1 < fields.length; i += 2) if (fields[i] === name) return fields[i + 1]!
+    return ""
+  }
+  return {
+    id,
+    payload: field(PAYLOAD_FIELD),
+    reason: field("reason"),
+    attempts: Number(field("attempts")) || 0,
+    sourceId: field("source"),
+    serverId: field("server"),
+    at: Number(id.split("-")[0]),
+  }
+}
 
 /** The smallest stream id greater than `id`: XTRIM MINID keeps ids >= its argument. */
 const nextStreamId = (id: string): string => {
@@ -80,7 +107,7 @@ export const makeRedisTransport = Effect.fnUntraced(function* (options: RedisTra
   const ensureGroup = (stream: string) =>
     call("xgroup create", () => client.xgroup("CREATE", stream, UPLINK_GROUP, "0", "MKSTREAM")).pipe(
       Effect.catchIf(
-        (e) => e.message.includes("BUSYGROUP"),
+        (e) => replyCode(e.cause) === "BUSYGROUP",
         () => Effect.void,
       ),
     )
@@ -284,6 +311,9 @@ return 0`
         const ensureGroups = Effect.all([ensureGroup(keys.uplink), ensureGroup(own)], { discard: true })
         yield* ensureGroups
         const reader = yield* connect(options.url)
+        /** The stream an entry was read from. */
+        const streamOf = (d: Delivery) =>
+          !d.forwarded ? keys.uplink : d.fromServerId === undefined ? own : keys.serverInbox(d.fromServerId)
         return {
           // One XREADGROUP over both streams: the shared uplink and this instance's own.
           read: ({ count, blockMs }) =>
@@ -313,7 +343,7 @@ return 0`
             }).pipe(
               // A Redis that restarted without persistence has lost the groups: make them again.
               Effect.tapError((e) =>
-                e.message.includes("NOGROUP") ? ensureGroups.pipe(Effect.ignore) : Effect.void,
+                e.reason === "no_group" ? ensureGroups.pipe(Effect.ignore) : Effect.void,
               ),
             ),
           reclaim: (minIdleMs, count) =>
@@ -341,15 +371,37 @@ return 0`
           ack: (deliveries) => {
             const byStream = new Map<string, Array<string>>()
             for (const d of deliveries) {
-              const stream = !d.forwarded
-                ? keys.uplink
-                : d.fromServerId === undefined
-                  ? own
-                  : keys.serverInbox(d.fromServerId)
+              const stream = streamOf(d)
               byStream.set(stream, [...(byStream.get(stream) ?? []), d.id])
             }
             return Effect.forEach(byStream, ([stream, ids]) => ackOn(stream, ids), { discard: true })
           },
+          deadLetter: (delivery, { reason, attempts }) =>
+            call("dead letter", () => {
+              const stream = streamOf(delivery)
+              return client
+                .multi()
+                .xadd(
+                  keys.deadLetters,
+                  "MAXLEN",
+                  "~",
+                  MAX_DEAD_LETTERS,
+                  "*",
+                  PAYLOAD_FIELD,
+                  delivery.payload,
+                  "reason",
+                  reason,
+                  "attempts",
+                  String(attempts),
+                  "source",
+                  delivery.id,
+                  "server",
+                  serverId,
+                )
+                .xack(stream, UPLINK_GROUP, delivery.id)
+                .xdel(stream, delivery.id)
+                .exec()
+            }).pipe(Effect.asVoid),
         }
       }),
 
@@ -454,6 +506,36 @@ return 0`
             for (const [peerId, id] of upTo) batch.xtrim(keys.peerInbox(peerId), "MINID", nextStreamId(id))
             return batch.exec()
           }).pipe(Effect.asVoid),
+
+    deadLetters: (count) =>
+      call("xrange dead letters", () => client.xrange(keys.deadLetters, "-", "+", "COUNT", count)).pipe(
+        Effect.map((entries) => entries.map(toDeadLetter)),
+      ),
+
+    // MULTI: a dead letter is back on the uplink or still a dead letter, never both or neither.
+    retryDeadLetters: (ids) =>
+      ids.length === 0
+        ? Effect.succeed(0)
+        : call("retry dead letters", async () => {
+            let moved = 0
+            for (const id of ids) {
+              const [entry] = await client.xrange(keys.deadLetters, id, id)
+              if (!entry) continue
+              const letter = toDeadLetter(entry)
+              await client
+                .multi()
+                .xadd(keys.uplink, "*", PAYLOAD_FIELD, letter.payload)
+                .xdel(keys.deadLetters, id)
+                .exec()
+              moved++
+            }
+            return moved
+          }),
+
+    dropDeadLetters: (ids) =>
+      ids.length === 0
+        ? Effect.succeed(0)
+        : call("xdel dead letters", () => client.xdel(keys.deadLetters, ...ids)),
 
     // Fire and forget: the feed is lossy by design, and waiting for Redis would slow the hot path.
     publish: (payload) =>

@@ -13,7 +13,7 @@ import {
 import { Effect, Layer, Option, Schema } from "effect"
 import { type DatabasePool, sql } from "slonik"
 import { type MigrationError, migrate } from "./migrate.ts"
-import { describeError, makePool, type PoolError, type PoolOptions } from "./pool.ts"
+import { classifyError, describeError, makePool, type PoolError, type PoolOptions } from "./pool.ts"
 
 // Row schemas. Columns are aliased in SQL to the Store's field names, so the validated row is the
 // value the Store returns.
@@ -177,17 +177,18 @@ const isTerminal = (state: TicketState): boolean => TERMINAL_TICKET_STATES.inclu
 const attempt = <A>(operation: string, run: () => Promise<A>): Effect.Effect<A, StoreError> =>
   Effect.tryPromise({
     try: run,
-    catch: (error) => new StoreError({ operation, message: describeError(error) }),
+    catch: (error) => storeError(operation, error),
   }).pipe(Effect.withSpan(`PgStore.${operation}`))
+
+/** A failed query as a StoreError that keeps its cause and says whether a retry may help. */
+const storeError = (operation: string, error: unknown) =>
+  new StoreError({ operation, message: describeError(error), kind: classifyError(error), cause: error })
 
 /** As `attempt`, for writes fenced by a session's epoch. */
 const fenced = <A>(operation: string, run: () => Promise<A>): Effect.Effect<A, StoreError | LeaseLost> =>
   Effect.tryPromise({
     try: run,
-    catch: (error) =>
-      error instanceof Fenced
-        ? new LeaseLost(error.lease)
-        : new StoreError({ operation, message: describeError(error) }),
+    catch: (error) => (error instanceof Fenced ? new LeaseLost(error.lease) : storeError(operation, error)),
   }).pipe(Effect.withSpan(`PgStore.${operation}`))
 
 /** Thrown inside a transaction to roll it back and fail the call with LeaseLost. */
@@ -790,19 +791,23 @@ export const makePgStore = (pool: DatabasePool): Store["Service"] => {
         return { undeliverable: undeliverable.length, timedOut: timedOut.length }
       }),
 
-    closeTickets: (ids, state) =>
+    closeTickets: (ids, state, reason) =>
       isTerminal(state)
         ? attempt("closeTickets", async () => {
             if (ids.length === 0) return []
             const closed = await pool.any(sql.type(TicketIdRow)`
-              update tickets set state = ${state}, finished_at = now()
+              update tickets set state = ${state}, finished_at = now(), close_reason = ${reason ?? null}
               where ticket = any(${sql.array([...ids], "text")}) and state in ('queued', 'delivered')
               returning ticket
             `)
             return closed.map((row) => row.ticket)
           })
         : Effect.fail(
-            new StoreError({ operation: "closeTickets", message: `${state} is not a terminal ticket state` }),
+            new StoreError({
+              operation: "closeTickets",
+              message: `${state} is not a terminal ticket state`,
+              kind: "rejected",
+            }),
           ),
 
     ticketState: (ticket) =>

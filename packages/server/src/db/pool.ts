@@ -1,5 +1,9 @@
+import type { StoreFailureKind } from "@picus/core"
 import { Effect, Schema, type Scope } from "effect"
 import {
+  BackendTerminatedError,
+  BackendTerminatedUnexpectedlyError,
+  ConnectionError,
   createDateTypeParser,
   createIntervalTypeParser,
   createNumericTypeParser,
@@ -7,9 +11,11 @@ import {
   createTimestampTypeParser,
   type DatabasePool,
   type DriverTypeParser,
+  IdleTransactionTimeoutError,
   type Interceptor,
   type QueryContext,
   type QueryResultRow,
+  StatementTimeoutError,
 } from "slonik"
 
 /** The database could not be reached, or refused the pool's configuration. */
@@ -132,6 +138,68 @@ export const redact = (message: string, databaseUrl: string): string => {
     // Not a URL we can read a password from; nothing more to hide.
   }
   return out
+}
+
+const UNAVAILABLE_ERRNO = new Set([
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "ETIMEDOUT",
+  "EPIPE",
+  "ENOTFOUND",
+  "EAI_AGAIN",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+])
+
+/** What a SQLSTATE's class says of retrying: https://www.postgresql.org/docs/current/errcodes-appendix.html */
+const kindOfSqlState = (code: string): StoreFailureKind | undefined => {
+  switch (code.slice(0, 2)) {
+    case "08": // connection exception
+    case "53": // insufficient resources
+    case "57": // operator intervention: shutting down, cancelled
+    case "40": // transaction rollback: deadlock, serialization
+    case "58": // system error (I/O)
+      return "unavailable"
+    case "22": // data exception: a value the column cannot hold
+    case "23": // integrity constraint violation
+    case "42": // syntax error or access rule violation
+    case "P0": // raised by a PL/pgSQL function or trigger
+    case "2B":
+    case "27":
+    case "44":
+      return "rejected"
+    default:
+      return undefined
+  }
+}
+
+/**
+ * Whether a failed query may succeed if tried again, from the error's class and its causes' codes
+ * (SQLSTATE, errno), never from its message text.
+ */
+export const classifyError = (error: unknown): StoreFailureKind => {
+  let current: unknown = error
+  for (let depth = 0; depth < 6 && current !== undefined && current !== null; depth++) {
+    if (
+      current instanceof ConnectionError ||
+      current instanceof BackendTerminatedError ||
+      current instanceof BackendTerminatedUnexpectedlyError ||
+      current instanceof StatementTimeoutError ||
+      current instanceof IdleTransactionTimeoutError
+    )
+      return "unavailable"
+    if (current instanceof RowValidationError) return "rejected"
+    const code = (current as { readonly code?: unknown }).code
+    if (typeof code === "string") {
+      if (UNAVAILABLE_ERRNO.has(code)) return "unavailable"
+      if (/^[0-9A-Z]{5}$/.test(code)) {
+        const kind = kindOfSqlState(code)
+        if (kind !== undefined) return kind
+      }
+    }
+    current = current instanceof Error ? current.cause : undefined
+  }
+  return "unknown"
 }
 
 /** The message of an error and of its causes, without secrets. */
