@@ -7,7 +7,7 @@ import { ConfigError, resolveServerConfig, type ServerConfig, type ServerFlags }
 import { connectEmbedded, defaultDataDir, EMBEDDED_POOL_SIZE } from "./db/embedded.ts"
 import { ensureDatabase } from "./db/ensureDatabase.ts"
 import { PgStore } from "./db/PgStore.ts"
-import { gatewayConfigFrom, makeGateway } from "./Gateway.ts"
+import { gatewayConfigFrom, makeGateway } from "./gateway/index.ts"
 import { printRows } from "./report.ts"
 import { submitJobs } from "./submit.ts"
 import { createEnrollmentToken } from "./tokens.ts"

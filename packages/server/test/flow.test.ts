@@ -5,7 +5,7 @@ import { assert, describe, it } from "@effect/vitest"
 import { type Envelope, Protocol, Store, Transport } from "@picus/core"
 import { Effect, Exit, Fiber, Option, Result, Scope } from "effect"
 import { makeAgent, openStateFile } from "peer"
-import { makeGateway } from "../src/Gateway.ts"
+import { makeGateway } from "../src/gateway/index.ts"
 import { submitJobs } from "../src/submit.ts"
 import { enrollmentTokensFrom } from "../src/tokens.ts"
 import { compositions } from "./support/layers.ts"
@@ -406,6 +406,8 @@ describe.each(shared)("several server instances (%s)", (_name, layer) => {
   const startInstance = (serverId: string) =>
     Effect.gen(function* () {
       const scope = yield* Scope.make()
+      // An instance the test leaves running stops with the test.
+      yield* Effect.addFinalizer(() => Scope.close(scope, Exit.void))
       const gateway = yield* makeGateway(instance(serverId)).pipe(Scope.provide(scope))
       yield* Effect.forkIn(gateway.run, scope)
       return { gateway, die: Scope.close(scope, Exit.void) }

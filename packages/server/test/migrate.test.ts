@@ -29,7 +29,12 @@ const sqlDirCopy = Effect.acquireRelease(
 const query = <A>(run: () => Promise<A>) => Effect.promise(run)
 
 /** The repository's migrations, in order. Tests that add migrations to a copy number them after these. */
-const REPO_MIGRATIONS = ["001_init.sql", "002_server_instances.sql", "003_session_leases.sql"]
+const REPO_MIGRATIONS = [
+  "001_init.sql",
+  "002_server_instances.sql",
+  "003_session_leases.sql",
+  "004_ticket_close_reason.sql",
+]
 
 const TableRow = std(Schema.Struct({ table_name: Schema.String, table_type: Schema.String }))
 const tables = (pool: DatabasePool) =>
@@ -99,6 +104,7 @@ describe("migrate", () => {
             [1, "001_init.sql"],
             [2, "002_server_instances.sql"],
             [3, "003_session_leases.sql"],
+            [4, "004_ticket_close_reason.sql"],
           ],
         )
         for (const row of rows) assert.match(row.checksum, /^[0-9a-f]{64}$/)

@@ -22,7 +22,7 @@ export interface PlanRequest {
  */
 export interface TicketQueue {
   /** The tickets to send now, as many as the window allows; they count as in flight from here. */
-  readonly takeReady: () => ReadonlyArray<Ticket>
+  readonly takeReady: (now: number) => ReadonlyArray<Ticket>
   /** Puts tickets that could not be sent back at the head of the queue. */
   readonly putBack: (tickets: ReadonlyArray<Ticket>) => void
   /** Adds newly submitted tickets at the back; those it already has are skipped. Returns how many. */
@@ -41,8 +41,8 @@ export interface TicketQueue {
   readonly overdue: (now: number, slackMs: number) => ReadonlyArray<Ticket>
   /** How many times an in-flight ticket has been sent, in all sessions (1 after the first send). */
   readonly deliveries: (ticket: string) => number
-  /** Records that an in-flight ticket was sent again now (its deadline starts over). */
-  readonly resent: (ticket: string) => void
+  /** Records that an in-flight ticket was sent again at `now` (its deadline starts over). */
+  readonly resent: (ticket: string, now: number) => void
 }
 
 /**
@@ -65,11 +65,11 @@ export const makeTicketQueue = (
   }
   const known = (ticket: string) => inFlight.has(ticket) || waiting.some((t) => t.ticket === ticket)
   return {
-    takeReady: () => {
+    takeReady: (now) => {
       const ready = waiting.splice(0, Math.max(0, maxInFlight - inFlight.size))
       for (const t of ready) {
         inFlight.set(t.ticket, t)
-        sentAt.set(t.ticket, Date.now())
+        sentAt.set(t.ticket, now)
         sends.set(t.ticket, (sends.get(t.ticket) ?? t.attempts) + 1)
       }
       return ready
@@ -93,9 +93,9 @@ export const makeTicketQueue = (
       return t
     },
     deliveries: (ticket) => sends.get(ticket) ?? 0,
-    resent: (ticket) => {
+    resent: (ticket, now) => {
       if (!inFlight.has(ticket)) return
-      sentAt.set(ticket, Date.now())
+      sentAt.set(ticket, now)
       sends.set(ticket, (sends.get(ticket) ?? 0) + 1)
     },
     overdue: (now, slackMs) =>

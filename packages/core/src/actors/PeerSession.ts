@@ -1,4 +1,4 @@
-import { Deferred, Effect, Exit, Queue, type Scope } from "effect"
+import { Cause, Clock, Deferred, Effect, Exit, Queue, Result, Schema, type Scope } from "effect"
 import * as Protocol from "../protocol/index.ts"
 import { hashSecret, sameHash, sessionTokenOf } from "../secrets.ts"
 import {
@@ -36,8 +36,26 @@ export interface SessionConfig {
    * False while the server itself cannot hear anyone (its transport is down): silence then says
    * nothing about the peer, so no session times out. Absent: always true.
    */
-  readonly canHearPeers?: () => boolean
+  readonly canHearPeers?: (now: number) => boolean
+  /** Commands the session's mailbox holds before it refuses more (MailboxFull). Default 1024. */
+  readonly mailboxCapacity?: number
+  /** How long a caller waits for the session's answer before giving up (AskTimeout). Default 30 s. */
+  readonly askTimeoutMs?: number
 }
+
+/** The session's mailbox is full: the caller should retry later (the peer is flooding it, or it is stuck). */
+export class MailboxFull extends Schema.TaggedError<MailboxFull>()("MailboxFull", {
+  sessionId: Schema.String,
+}) {}
+
+/** The session did not answer in time: it is stuck on a slow write; the caller retries later. */
+export class AskTimeout extends Schema.TaggedError<AskTimeout>()("AskTimeout", {
+  sessionId: Schema.String,
+  command: Schema.String,
+}) {}
+
+/** A session could not take a command now; nothing was done, and the same command may be tried again. */
+export type SessionBusy = MailboxFull | AskTimeout
 
 export interface SessionStart {
   readonly peerId: string
@@ -70,7 +88,9 @@ export interface PeerSession {
    * Records a result; completes once it is durable (or refused). Fails with LeaseLost when this
    * instance no longer holds the session: the message belongs to whoever does now.
    */
-  readonly result: (message: Protocol.Result) => Effect.Effect<ResultVerdict, StoreError | LeaseLost>
+  readonly result: (
+    message: Protocol.Result,
+  ) => Effect.Effect<ResultVerdict, StoreError | LeaseLost | SessionBusy>
   /** The row a result message becomes, at this session's epoch (for Store.recordResults). */
   readonly toRecord: (message: Protocol.Result) => NewResult
   /** Results the gateway recorded for this session in a batch: settles them and sends what is next. */
@@ -79,10 +99,13 @@ export interface PeerSession {
   ) => Effect.Effect<void>
   readonly heartbeat: Effect.Effect<void>
   /** Sends the peer `shutdown` with the reason; the session stays open to take in-flight results. */
-  readonly notifyShutdown: (reason: string) => Effect.Effect<void, TransportError>
+  readonly notifyShutdown: (reason: string) => Effect.Effect<void, TransportError | SessionBusy>
   /** Ends the session: logout row with the reason; its open tickets wait for the peer's next one. */
-  readonly end: (reason: string) => Effect.Effect<void, StoreError>
-  /** Stops acting for the session without writing anything: it was closed or taken elsewhere. */
+  readonly end: (reason: string) => Effect.Effect<void, StoreError | SessionBusy>
+  /**
+   * Stops acting for the session without writing anything: it was closed or taken elsewhere.
+   * Returns once the actor has stopped, or after the ask timeout if it is stuck.
+   */
   readonly release: Effect.Effect<void>
   /**
    * Picks up tickets submitted for the session: those given, or else those queued in the Store
@@ -91,8 +114,8 @@ export interface PeerSession {
   readonly refill: (queued?: number, given?: ReadonlyArray<Ticket>) => Effect.Effect<void>
   /** Sends the in-flight tickets again: the transport may have lost them (Redis came back empty). */
   readonly resendInFlight: Effect.Effect<void>
-  readonly inFlight: Effect.Effect<number>
-  /** Completes when the session has ended (or was released). */
+  readonly inFlight: Effect.Effect<number, SessionBusy>
+  /** Completes when the session has ended (or was released, or failed). */
   readonly ended: Effect.Effect<void>
 }
 
@@ -192,7 +215,11 @@ export const startPeerSession = Effect.fnUntraced(function* (
         .pipe(Effect.ignore),
     ),
   )
-  const session = yield* runSession({ peerId, sessionId, epoch, token, tickets, resumed: false }, config)
+  const session = yield* runSession(
+    // A seed peer (no agent_version) never heartbeats: silence says nothing about it.
+    { peerId, sessionId, epoch, token, tickets, resumed: false, heartbeats: start.agentVersion !== null },
+    config,
+  )
   yield* Effect.logInfo(
     `logged in (${start.os ?? "?"}/${start.distro ?? "?"}, ${tickets.waiting() + tickets.inFlight()} ticket(s)` +
       `${adopted.length > 0 ? `, ${adopted.length} carried over from earlier sessions` : ""})`,
@@ -231,6 +258,7 @@ export const resumePeerSession = Effect.fnUntraced(function* (
       token: sessionTokenOf(config.sessionKey, taken.sessionId),
       tickets,
       resumed: true,
+      heartbeats: taken.heartbeats ?? true,
     },
     config,
   )
@@ -258,23 +286,35 @@ interface Running {
   readonly tickets: TicketQueue
   /** Taken over from another instance (rather than opened by a login here). */
   readonly resumed: boolean
+  /** The peer sends heartbeats, so its silence means it is gone (a seed peer's does not). */
+  readonly heartbeats: boolean
 }
 
-/** The actor itself, for a session this instance holds at `epoch`. */
+const DEFAULT_MAILBOX_CAPACITY = 1024
+const DEFAULT_ASK_TIMEOUT_MS = 30_000
+
+/**
+ * The actor itself, for a session this instance holds at `epoch`. It is supervised: a defect in it
+ * is logged and ends this session alone (logout `server_error`; its open tickets wait for the peer's
+ * next session), and whoever waits on it is answered.
+ */
 const runSession = Effect.fnUntraced(function* (
   running: Running,
   config: SessionConfig,
 ): Effect.fn.Return<PeerSession, never, Store | Transport | Scope.Scope> {
   const store = yield* Store
   const transport = yield* Transport
+  const clock = yield* Clock.Clock
+  const now = () => clock.currentTimeMillisUnsafe()
   const { peerId, sessionId, epoch, token, tickets } = running
   const lease = { sessionId, epoch }
   const tokenHash = hashSecret(token)
   const annotate = Effect.annotateLogs({ peer_id: peerId, session_id: sessionId })
   const at = { server_id: config.serverId, peer_id: peerId }
   const publish = (event: Protocol.FeedEvent) => transport.publish(Protocol.encodeFeedEvent(event))
+  const askTimeoutMs = config.askTimeoutMs ?? DEFAULT_ASK_TIMEOUT_MS
 
-  const openedAt = Date.now()
+  const openedAt = now()
   // When the peer last heard from this session's holder. A session taken over starts at 0, so the
   // peer hears from its new holder at the first tick.
   let lastSentAt = running.resumed ? 0 : openedAt
@@ -282,21 +322,23 @@ const runSession = Effect.fnUntraced(function* (
     transport.sendToPeer(peerId, payload).pipe(
       Effect.tap(() =>
         Effect.sync(() => {
-          lastSentAt = Date.now()
+          lastSentAt = now()
         }),
       ),
     )
   /** The peer hears something at least every grace period, so it can tell a quiet server from a gone one. */
   const heartbeatPeer = Effect.suspend(() =>
-    shuttingDown || Date.now() - lastSentAt < config.graceMs
+    shuttingDown || now() - lastSentAt < config.graceMs
       ? Effect.void
       : sendToPeer(
           Protocol.encodeMessage({ msg: "heartbeat", peer_id: peerId, token, server_id: config.serverId }),
         ).pipe(Effect.catch((e) => Effect.logWarning("could not send the peer a heartbeat", e))),
   )
-  const mailbox = yield* Queue.unbounded<Command>()
+  // Bounded: what the peer drives (results, heartbeats) is refused when it is full; the gateway
+  // retries those entries later. Control commands wait for room (bounded by the ask timeout).
+  const mailbox = yield* Queue.bounded<Command>(config.mailboxCapacity ?? DEFAULT_MAILBOX_CAPACITY)
   const ended = yield* Deferred.make<void>()
-  let lastSeen = Date.now()
+  let lastSeen = now()
   let closed = false
   let shuttingDown = false
 
@@ -316,8 +358,9 @@ const runSession = Effect.fnUntraced(function* (
       ),
     )
 
+  /** The job message of a ticket; a ticket the wire cannot carry is an error, not a throw. */
   const jobMessage = (t: Ticket) =>
-    Protocol.encodeMessage({
+    Protocol.encodeMessageResult({
       msg: "job",
       ticket: t.ticket,
       peer_id: peerId,
@@ -325,33 +368,62 @@ const runSession = Effect.fnUntraced(function* (
       job: { name: t.name, os: t.os, distro: t.distro, command: t.command, timeout_ms: t.timeoutMs },
     })
 
+  /** A ticket that cannot be sent ends failed with the reason: it never loops. */
+  const unsendable = (t: Ticket, error: Protocol.ProtocolError) =>
+    Effect.gen(function* () {
+      tickets.settle(t.ticket)
+      const reason = `cannot be sent: ${error.message}`
+      yield* store.closeTickets([t.ticket], "failed", reason)
+      yield* Effect.logError(`ticket ${t.ticket} failed: ${reason}`)
+    })
+
   /**
-   * Sends what the window allows. A ticket is marked delivered (fenced by the epoch) before it is
-   * sent; one that closed meanwhile (its deadline passed) is dropped, and one that fails to send
-   * goes back to wait for the next tick.
+   * Sends tickets as PostgreSQL holds them: marks them delivered (fenced by the epoch, attempts + 1)
+   * and sends what that returns. One that closed meanwhile (its deadline passed) is dropped; one
+   * that fails to send is handed to `onSendFailure` with the rest.
    */
-  const dispatch = Effect.gen(function* () {
-    if (shuttingDown || closed) return
-    const ready = tickets.takeReady()
-    if (ready.length === 0) return
-    // What is sent is what PostgreSQL holds for each ticket (a notice only named them).
-    const stored = new Map(
-      (yield* store.markDelivered(
-        lease,
-        ready.map((t) => t.ticket),
-      )).map((t) => [t.ticket, t]),
-    )
-    for (const t of ready) if (!stored.has(t.ticket)) tickets.settle(t.ticket)
-    const toSend = ready.flatMap((t) => stored.get(t.ticket) ?? [])
-    for (const [i, t] of toSend.entries()) {
-      const exit = yield* Effect.exit(sendToPeer(jobMessage(t)))
-      if (Exit.isFailure(exit)) {
-        tickets.putBack(toSend.slice(i))
-        yield* Effect.logWarning("could not send jobs; will retry", exit.cause)
-        break
+  const deliver = (
+    ready: ReadonlyArray<Ticket>,
+    onSent: (t: Ticket) => Effect.Effect<void>,
+    onSendFailure: (
+      rest: ReadonlyArray<Ticket>,
+      cause: Cause.Cause<TransportError>,
+    ) => Effect.Effect<void, TransportError>,
+  ) =>
+    Effect.gen(function* () {
+      if (ready.length === 0) return
+      // What is sent is what PostgreSQL holds for each ticket (a notice only named them).
+      const stored = new Map(
+        (yield* store.markDelivered(
+          lease,
+          ready.map((t) => t.ticket),
+        )).map((t) => [t.ticket, t]),
+      )
+      for (const t of ready) if (!stored.has(t.ticket)) tickets.settle(t.ticket)
+      const toSend = ready.flatMap((t) => stored.get(t.ticket) ?? [])
+      for (const [i, t] of toSend.entries()) {
+        const message = jobMessage(t)
+        if (Result.isFailure(message)) {
+          yield* unsendable(t, message.failure)
+          continue
+        }
+        const exit = yield* Effect.exit(sendToPeer(message.success))
+        if (Exit.isFailure(exit)) return yield* onSendFailure(toSend.slice(i), exit.cause)
+        yield* onSent(t)
       }
-      yield* publish({ event: "job_sent", at: Date.now(), ...at, ticket: t.ticket, name: t.name })
-    }
+    })
+
+  /** Sends what the window allows; what fails to send goes back to wait for the next tick. */
+  const dispatch = Effect.suspend(() => {
+    if (shuttingDown || closed) return Effect.void
+    return deliver(
+      tickets.takeReady(now()),
+      (t) => publish({ event: "job_sent", at: now(), ...at, ticket: t.ticket, name: t.name }),
+      (rest, cause) =>
+        Effect.sync(() => tickets.putBack(rest)).pipe(
+          Effect.andThen(Effect.logWarning("could not send jobs; will retry", cause)),
+        ),
+    )
   }).pipe(
     orLose,
     Effect.catch((e) => Effect.logWarning("could not mark jobs delivered", e)),
@@ -359,31 +431,18 @@ const runSession = Effect.fnUntraced(function* (
 
   /** Sends in-flight tickets again; the peer never runs one twice, so this only recovers losses. */
   const resend = (again: ReadonlyArray<Ticket>) =>
-    Effect.gen(function* () {
-      if (again.length === 0) return
-      const stored = new Map(
-        (yield* store.markDelivered(
-          lease,
-          again.map((t) => t.ticket),
-        )).map((t) => [t.ticket, t]),
-      )
-      for (const t of again) {
-        const row = stored.get(t.ticket)
-        if (!row) {
-          tickets.settle(t.ticket)
-          continue
-        }
-        yield* sendToPeer(jobMessage(row))
-        tickets.resent(t.ticket)
-      }
-    })
+    deliver(
+      again,
+      (t) => Effect.sync(() => tickets.resent(t.ticket, now())),
+      (_, cause) => Effect.failCause(cause),
+    )
 
   /**
    * Tickets whose answer never came are sent once more; after the last try they end timed_out,
    * freeing their places for the next ones.
    */
   const expireOverdue = Effect.gen(function* () {
-    const late = tickets.overdue(Date.now(), config.deadlineSlackMs)
+    const late = tickets.overdue(now(), config.deadlineSlackMs)
     if (late.length === 0) return
     const maxDeliveries = config.maxDeliveries ?? 2
     const again = late.filter((t) => tickets.deliveries(t.ticket) < maxDeliveries)
@@ -411,7 +470,7 @@ const runSession = Effect.fnUntraced(function* (
     const wrote = yield* store.logout({ peerId, sessionId, epoch, reason, serverId: config.serverId })
     if (!wrote) return yield* lose("it was closed or taken over elsewhere before its logout")
     closed = true
-    yield* publish({ event: "logged_out", at: Date.now(), ...at, reason })
+    yield* publish({ event: "logged_out", at: now(), ...at, reason })
     const open = tickets.inFlight() + tickets.waiting()
     yield* Effect.logInfo(
       `logged out (${reason})${open > 0 ? `; ${open} open ticket(s) wait for its next session` : ""}`,
@@ -436,12 +495,12 @@ const runSession = Effect.fnUntraced(function* (
   /** A result is in PostgreSQL (or refused there): its ticket leaves the window. */
   const settle = (m: Protocol.Result, verdict: RecordOutcome) =>
     Effect.gen(function* () {
-      lastSeen = Date.now()
+      lastSeen = now()
       const ticket = verdict === "unknown_ticket" ? undefined : tickets.settle(m.ticket)
       if (verdict === "recorded") {
         yield* publish({
           event: "result",
-          at: Date.now(),
+          at: now(),
           ...at,
           ticket: m.ticket,
           name: ticket?.name ?? "?",
@@ -453,6 +512,13 @@ const runSession = Effect.fnUntraced(function* (
         yield* Effect.logWarning(`result for ticket ${m.ticket} not recorded: ${verdict}`)
       }
     })
+
+  /** Silence means the peer is gone only if it heartbeats, the server can hear, and it is not shutting down. */
+  const silent = () =>
+    running.heartbeats &&
+    !shuttingDown &&
+    (config.canHearPeers?.(now()) ?? true) &&
+    now() - lastSeen > config.graceMs
 
   const handle = (command: Command): Effect.Effect<void> => {
     switch (command._tag) {
@@ -470,7 +536,7 @@ const runSession = Effect.fnUntraced(function* (
         )
       case "Heartbeat":
         return Effect.sync(() => {
-          lastSeen = Date.now()
+          lastSeen = now()
         })
       case "Settled":
         return Effect.forEach(command.outcomes, ({ message, verdict }) => settle(message, verdict), {
@@ -514,7 +580,7 @@ const runSession = Effect.fnUntraced(function* (
         )
       case "Tick":
         // Once told to shut down, a peer stops heartbeating; the shutdown ends the session.
-        return !shuttingDown && (config.canHearPeers?.() ?? true) && Date.now() - lastSeen > config.graceMs
+        return silent()
           ? finish(Protocol.LogoutReason.timeout).pipe(
               Effect.catch((e) => Effect.logWarning("could not log out a silent peer", e)),
             )
@@ -524,29 +590,63 @@ const runSession = Effect.fnUntraced(function* (
     }
   }
 
+  /** The actor failed: log it, close this session alone (best effort), and answer everyone waiting. */
+  const crashed = (cause: Cause.Cause<unknown>) =>
+    Effect.gen(function* () {
+      yield* Effect.logError("session failed; logging it out as server_error", cause)
+      yield* finish(Protocol.LogoutReason.serverError).pipe(
+        Effect.catchCause((again) => Effect.logError("could not log out the failed session", again)),
+      )
+      closed = true
+      yield* Deferred.succeed(ended, undefined)
+    })
+
   // The actor: one command at a time until the session has ended.
   yield* Effect.gen(function* () {
     while (!closed) yield* handle(yield* Queue.take(mailbox))
-  }).pipe(annotate, Effect.forkScoped)
-  yield* Queue.offer(mailbox, { _tag: "Tick" }).pipe(
+  }).pipe(
+    Effect.catchCause((cause) => (Cause.hasInterruptsOnly(cause) ? Effect.failCause(cause) : crashed(cause))),
+    annotate,
+    Effect.forkScoped,
+  )
+  yield* Effect.sync(() => Queue.offerUnsafe(mailbox, { _tag: "Tick" })).pipe(
     Effect.delay(Math.min(config.heartbeatMs, config.graceMs)),
     Effect.forever,
     Effect.raceFirst(Deferred.await(ended)),
     Effect.forkScoped,
   )
-  yield* dispatch.pipe(annotate)
+  yield* dispatch.pipe(
+    Effect.catchCause((cause) => crashed(cause)),
+    annotate,
+  )
 
-  /** Asks the actor; if it has ended, answers without it. */
-  const ask = <A, E>(make: (reply: Deferred.Deferred<A, E>) => Command, whenEnded: Effect.Effect<A, E>) =>
+  /** Answers when the actor has ended, or waits in line for it; never longer than the ask timeout. */
+  const ask = <A, E>(
+    name: Command["_tag"],
+    make: (reply: Deferred.Deferred<A, E>) => Command,
+    whenEnded: Effect.Effect<A, E>,
+  ): Effect.Effect<A, E | SessionBusy> =>
     Effect.gen(function* () {
       if (closed) return yield* whenEnded
       const reply = yield* Deferred.make<A, E>()
-      yield* Queue.offer(mailbox, make(reply))
+      const command = make(reply)
+      // What the peer drives is refused when the mailbox is full; control commands wait for room.
+      if (name === "Result") {
+        if (!Queue.offerUnsafe(mailbox, command)) return yield* new MailboxFull({ sessionId })
+      } else {
+        yield* Queue.offer(mailbox, command)
+      }
       return yield* Deferred.await(reply).pipe(
         Effect.raceFirst(Deferred.await(ended).pipe(Effect.andThen(whenEnded))),
       )
-    })
-  const tell = (command: Command) => Queue.offer(mailbox, command).pipe(Effect.asVoid)
+    }).pipe(
+      Effect.timeoutOrElse({
+        duration: askTimeoutMs,
+        orElse: () => Effect.fail(new AskTimeout({ sessionId, command: name })),
+      }),
+    )
+  /** Tells the actor, without waiting; dropped when the mailbox is full (a heartbeat, a refill). */
+  const tell = (command: Command) => Effect.sync(() => void Queue.offerUnsafe(mailbox, command))
 
   return {
     peerId,
@@ -558,6 +658,7 @@ const runSession = Effect.fnUntraced(function* (
     // gateway finds where it belongs.
     result: (message) =>
       ask<ResultVerdict, StoreError | LeaseLost>(
+        "Result",
         (reply) => ({ _tag: "Result", message, reply }),
         Effect.fail(new LeaseLost(lease)),
       ),
@@ -565,14 +666,20 @@ const runSession = Effect.fnUntraced(function* (
     settled: (outcomes) => tell({ _tag: "Settled", outcomes }),
     heartbeat: tell({ _tag: "Heartbeat" }),
     notifyShutdown: (reason) =>
-      ask<void, TransportError>((reply) => ({ _tag: "Shutdown", reason, reply }), Effect.void),
-    end: (reason) => ask<void, StoreError>((reply) => ({ _tag: "End", reason, reply }), Effect.void),
-    release: Effect.suspend(() => (closed ? Effect.void : tell({ _tag: "Release" }))).pipe(
+      ask<void, TransportError>("Shutdown", (reply) => ({ _tag: "Shutdown", reason, reply }), Effect.void),
+    end: (reason) => ask<void, StoreError>("End", (reply) => ({ _tag: "End", reason, reply }), Effect.void),
+    release: Effect.suspend(() =>
+      closed ? Effect.void : Queue.offer(mailbox, { _tag: "Release" }).pipe(Effect.asVoid),
+    ).pipe(
       Effect.andThen(Deferred.await(ended)),
+      Effect.timeoutOrElse({
+        duration: askTimeoutMs,
+        orElse: () => Effect.logError("the session did not stop in time; it is let go"),
+      }),
     ),
     refill: (queued, given) => tell({ _tag: "Refill", queued, given }),
     resendInFlight: tell({ _tag: "Resend" }),
-    inFlight: ask<number, never>((reply) => ({ _tag: "InFlight", reply }), Effect.succeed(0)),
+    inFlight: ask<number, never>("InFlight", (reply) => ({ _tag: "InFlight", reply }), Effect.succeed(0)),
     ended: Deferred.await(ended),
   }
 })

@@ -271,4 +271,6 @@ export const LogoutReason = {
   serverLost: "server_lost",
   /** The server could not finish opening the session (it will answer the registration again). */
   startFailed: "start_failed",
+  /** The server failed while serving the session (a defect, logged); the peer registers again. */
+  serverError: "server_error",
 } as const

@@ -128,6 +128,8 @@ export interface TakenSession extends SessionLease {
   readonly fromServerId: string
   /** Its open tickets (queued and delivered), oldest first. */
   readonly tickets: ReadonlyArray<Ticket>
+  /** Whether its peer sends heartbeats (a seed peer does not); absent: it does. */
+  readonly heartbeats?: boolean
 }
 
 /** Who holds a peer's open session. */
@@ -348,6 +350,8 @@ export class Store extends Context.Service<
       tickets: ReadonlyArray<string>,
       state: TicketState,
       reason?: string,
+      /** Only tickets of this peer. */
+      peerId?: string,
     ) => Effect.Effect<ReadonlyArray<string>, StoreError>
     readonly ticketState: (ticket: string) => Effect.Effect<Option.Option<TicketState>, StoreError>
 

@@ -389,11 +389,11 @@ export const makeMemoryStore = Effect.sync(() => {
         }
         return { undeliverable, timedOut }
       }),
-    closeTickets: (ids, state, reason) =>
+    closeTickets: (ids, state, reason, peerId) =>
       Effect.sync(() =>
         ids.filter((id) => {
           const t = tickets.get(id)
-          if (!t || isTerminal(t.state)) return false
+          if (!t || isTerminal(t.state) || (peerId !== undefined && t.peerId !== peerId)) return false
           t.state = state
           t.closeReason = reason ?? null
           return true

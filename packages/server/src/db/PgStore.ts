@@ -791,13 +791,14 @@ export const makePgStore = (pool: DatabasePool): Store["Service"] => {
         return { undeliverable: undeliverable.length, timedOut: timedOut.length }
       }),
 
-    closeTickets: (ids, state, reason) =>
+    closeTickets: (ids, state, reason, peerId) =>
       isTerminal(state)
         ? attempt("closeTickets", async () => {
             if (ids.length === 0) return []
             const closed = await pool.any(sql.type(TicketIdRow)`
               update tickets set state = ${state}, finished_at = now(), close_reason = ${reason ?? null}
               where ticket = any(${sql.array([...ids], "text")}) and state in ('queued', 'delivered')
+                and (${peerId ?? null}::text is null or peer_id = ${peerId ?? null})
               returning ticket
             `)
             return closed.map((row) => row.ticket)

@@ -16,7 +16,7 @@ import { DEFAULT_SHUTDOWN_REASON, resolveServerConfig } from "../config.ts"
 import { defaultDataDir, EMBEDDED_POOL_SIZE, serveEmbedded } from "../db/embedded.ts"
 import { ensureDatabase } from "../db/ensureDatabase.ts"
 import { PgStore } from "../db/PgStore.ts"
-import { gatewayConfigFrom, makeGateway } from "../Gateway.ts"
+import { gatewayConfigFrom, makeGateway } from "../gateway/index.ts"
 import { makeLiveView, renderFeedPayload, stdoutWantsColor } from "./liveView.ts"
 import { summarize } from "./summary.ts"
 

@@ -1,0 +1,78 @@
+import { newKey, type SessionConfig, Store, Transport } from "@picus/core"
+import { Effect, Semaphore } from "effect"
+import type { GatewayConfig } from "./config.ts"
+import { makeHearing } from "./Hearing.ts"
+import { makeLeaseKeeper } from "./LeaseKeeper.ts"
+import { reconcile } from "./Reconciler.ts"
+import { type Lifecycle, makeRegistration } from "./Registration.ts"
+import { makeResultRecorder } from "./ResultRecorder.ts"
+import { makeRouter } from "./Router.ts"
+import { makeSessionRegistry } from "./SessionRegistry.ts"
+import { makeShutdown } from "./Shutdown.ts"
+import { makeUplinkPump, READ_BLOCK_MS } from "./UplinkPump.ts"
+
+/**
+ * The server's front door, one way through:
+ *
+ *   uplink ─▶ UplinkPump ─▶ Router ─┬─▶ Registration ─▶ SessionRegistry (a PeerSession per peer)
+ *      ▲        │ ack after commit  ├─▶ ResultRecorder (one statement per batch) ─▶ PostgreSQL
+ *      │        │ retry / dead-letter └─▶ a PeerSession, or forward to its holder, or take it over
+ *   LeaseKeeper (renew, take over, drain lost instances) · Reconciler (deadlines) · Shutdown
+ *
+ * `run` serves until interrupted; it fails only on a defect of its own loops, so the process can
+ * exit non-zero for a supervisor to restart it rather than live on serving nothing.
+ */
+export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
+  const store = yield* Store
+  const transport = yield* Transport
+  const hearing = makeHearing({ readBlockMs: READ_BLOCK_MS, heartbeatMs: config.heartbeatMs })
+  const sessionKey = config.sessionKey ?? (yield* store.sessionKey(newKey()))
+  const sessionConfig: SessionConfig = { ...config, sessionKey, canHearPeers: hearing.canHear }
+  const lifecycle: Lifecycle = { accepting: true }
+  const batchLock = yield* Semaphore.make(1)
+
+  const registry = yield* makeSessionRegistry(config.serverId, config.leaseMs, sessionConfig)
+  const registration = yield* makeRegistration(config, registry, lifecycle)
+  const leaseKeeper = yield* makeLeaseKeeper(config, registry)
+  const recorder = yield* makeResultRecorder()
+  const router = yield* makeRouter({
+    config,
+    sessionKey,
+    registry,
+    registration,
+    recorder,
+    mayTakeOver: leaseKeeper.mayTakeOver,
+  })
+  // Alive before the first login, so the others can tell if this instance dies with sessions open.
+  yield* store.instanceAlive(config.serverId)
+  const reader = yield* transport.uplinkReader(config.serverId)
+  const pump = yield* makeUplinkPump({
+    config,
+    reader,
+    hearing,
+    registry,
+    leaseKeeper,
+    route: router.route,
+    batchLock,
+  })
+  const shutdown = yield* makeShutdown({ config, registry, lifecycle, batchLock })
+  const everyThirdOfLease = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+    effect.pipe(Effect.andThen(Effect.sleep(config.leaseMs / 3)), Effect.forever)
+
+  return {
+    /** Serves until interrupted. */
+    run: Effect.all(
+      [
+        Effect.forever(pump.turn),
+        everyThirdOfLease(leaseKeeper.round),
+        everyThirdOfLease(reconcile(config).pipe(Effect.provideService(Store, store))),
+      ],
+      { concurrency: "unbounded", discard: true },
+    ).pipe(Effect.tapCause((cause) => Effect.logError("the gateway failed", cause))),
+    shutdown,
+    /** For tests and status: sessions held, entries waiting to be tried again. */
+    status: Effect.sync(() => ({ sessions: registry.size(), retrying: pump.retrying() })),
+  }
+})
+
+export type Gateway = Effect.Success<ReturnType<typeof makeGateway>>

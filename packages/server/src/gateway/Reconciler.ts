@@ -1,0 +1,22 @@
+import { Store } from "@picus/core"
+import { Effect } from "effect"
+import type { GatewayConfig } from "./config.ts"
+
+/**
+ * The deadline sweep, safe on every instance: tickets never delivered by their delivery deadline
+ * end undeliverable; tickets delivered to a session that no longer carries them end timed_out.
+ * PostgreSQL decides, so even a Redis that lost everything loses no ticket.
+ */
+export const reconcile = (config: GatewayConfig) =>
+  Effect.gen(function* () {
+    const store = yield* Store
+    const expired = yield* store.expireTickets({
+      deliveryDeadlineMs: config.deliveryDeadlineMs,
+      executionSlackMs: config.deadlineSlackMs,
+    })
+    if (expired.undeliverable + expired.timedOut > 0) {
+      yield* Effect.logWarning(
+        `deadlines passed: ${expired.undeliverable} ticket(s) undeliverable, ${expired.timedOut} timed out`,
+      )
+    }
+  }).pipe(Effect.catch((error) => Effect.logError(`reconciler: ${error.message}`)))

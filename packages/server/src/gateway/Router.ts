@@ -1,0 +1,185 @@
+import {
+  type Delivery,
+  LeaseLost,
+  type PeerSession,
+  Protocol,
+  type SessionBusy,
+  Store,
+  type StoreError,
+  sessionTokenOf,
+  Transport,
+  type TransportError,
+} from "@picus/core"
+import { Clock, Effect, Exit, Option, Result } from "effect"
+import type { GatewayConfig } from "./config.ts"
+import { makeRateLimitedLog } from "./RateLimitedLog.ts"
+import type { Registration } from "./Registration.ts"
+import type { EntryOutcome, HeldResult, makeResultRecorder } from "./ResultRecorder.ts"
+import type { SessionRegistry } from "./SessionRegistry.ts"
+
+type PeerMessage = Exclude<Protocol.PeerMessage, Protocol.Register>
+
+/**
+ * Where each uplink entry goes: a result or heartbeat of a session held here to that session; one of
+ * a session held by another live instance is forwarded there (once, never onwards); one of a session
+ * whose lease ran out is taken over here first; anything else is refused. Each peer's messages are
+ * handled in order, different peers side by side.
+ */
+export const makeRouter = Effect.fnUntraced(function* (deps: {
+  readonly config: GatewayConfig
+  readonly sessionKey: Uint8Array
+  readonly registry: SessionRegistry
+  readonly registration: Registration
+  readonly recorder: Effect.Success<ReturnType<typeof makeResultRecorder>>
+  /** Whether sessions may be taken over now (not just after this instance was cut off). */
+  readonly mayTakeOver: (now: number) => boolean
+}) {
+  const { config, sessionKey, registry, registration, recorder } = deps
+  const store = yield* Store
+  const transport = yield* Transport
+  const badInput = makeRateLimitedLog()
+
+  const handleHeld = (
+    session: PeerSession,
+    message: PeerMessage,
+  ): Effect.Effect<void, StoreError | LeaseLost | SessionBusy> => {
+    switch (message.msg) {
+      case "result":
+        return session.result(message).pipe(Effect.asVoid)
+      case "heartbeat":
+        return session.heartbeat
+      case "logout":
+        return session.end(message.reason ?? Protocol.LogoutReason.peerShutdown)
+    }
+  }
+
+  /**
+   * A message for a session not held here, that no live Redis mark routes elsewhere. PostgreSQL
+   * says who holds it: a live holder gets it forwarded; a session whose lease ran out is taken over
+   * here, then handles it. Only a message carrying the session's own token can trigger that.
+   */
+  const unheld = Effect.fnUntraced(function* (message: PeerMessage, entry: Delivery) {
+    const open = yield* store.sessionOf(message.peer_id)
+    if (Option.isNone(open) || sessionTokenOf(sessionKey, open.value.sessionId) !== message.token) {
+      return false
+    }
+    const { sessionId, ownerId, expired } = open.value
+    if (ownerId !== config.serverId && (!expired || !deps.mayTakeOver(yield* Clock.currentTimeMillis))) {
+      yield* transport.forward(ownerId, entry.payload)
+      return true
+    }
+    const taken = yield* store.takeOverSessions({
+      serverId: config.serverId,
+      leaseMs: config.leaseMs,
+      limit: 1,
+      sessionId,
+    })
+    if (taken.length === 0) return yield* Effect.fail(new LeaseLost({ sessionId, epoch: open.value.epoch }))
+    yield* registry.adopt(taken)
+    const session = registry.get(message.peer_id)
+    if (!session) return false
+    yield* handleHeld(session, message)
+    return true
+  })
+
+  const handle = (
+    message: Protocol.PeerMessage,
+    entry: Delivery,
+  ): Effect.Effect<void, StoreError | TransportError | LeaseLost | SessionBusy> => {
+    if (message.msg === "register") return registration.register(message, entry)
+    const session = registry.authenticated(message)
+    if (session) return handleHeld(session, message)
+    return Effect.gen(function* () {
+      // Another instance owns the peer's session: hand the message over, once (never onwards).
+      const owner = entry.forwarded ? undefined : yield* transport.ownerOf(message.peer_id)
+      if (owner !== undefined && owner !== config.serverId)
+        return yield* transport.forward(owner, entry.payload)
+      if (yield* unheld(message, entry)) return
+      yield* badInput(
+        `refused:${message.msg}`,
+        `${message.msg} refused: no session for this peer and token (peer ${message.peer_id})`,
+      )
+      // A peer that thinks it is logged in (its session timed out, or was replaced) learns it must
+      // register again.
+      if (message.msg === "heartbeat" && registry.get(message.peer_id) === undefined) {
+        yield* registration.sendRejection(message.peer_id, Protocol.RejectReason.sessionExpired)
+      }
+    })
+  }
+
+  /** Tickets were submitted for a session held here: it picks them up (what it sends comes from PostgreSQL). */
+  const notice = (n: Protocol.ServerNotice) =>
+    Effect.gen(function* () {
+      const session = registry.byId(n.session_id)
+      if (!session) return
+      yield* session.refill(
+        undefined,
+        n.tickets?.map((t) => ({
+          ticket: t.ticket,
+          peerId: session.peerId,
+          sessionId: session.sessionId,
+          jobId: null,
+          name: t.job.name,
+          os: t.job.os,
+          distro: t.job.distro,
+          command: t.job.command,
+          timeoutMs: t.job.timeout_ms ?? 30_000,
+          state: "queued" as const,
+          attempts: 0,
+          deliveredAt: null,
+        })),
+      )
+    })
+
+  /** Handles a batch; the outcome of every entry. */
+  const route = Effect.fnUntraced(function* (batch: ReadonlyArray<Delivery>) {
+    const outcomes = new Map<Delivery, EntryOutcome>()
+    const byPeer = new Map<string, Array<[Protocol.PeerMessage, Delivery]>>()
+    // Results for sessions held here are recorded together, in one transaction, ahead of the rest:
+    // those of a peer that come before any registration or logout of it in this batch.
+    const together: Array<HeldResult> = []
+    for (const entry of batch) {
+      const n = entry.forwarded ? Protocol.decodeServerNotice(entry.payload) : undefined
+      if (n !== undefined) {
+        yield* notice(n)
+        outcomes.set(entry, Exit.void)
+        continue
+      }
+      const decoded = Protocol.decodePeerMessage(entry.payload)
+      if (Result.isFailure(decoded)) {
+        // Garbage is refused, not retried: nothing it asks for could ever be done.
+        yield* badInput(
+          `malformed:${decoded.failure.reason}`,
+          `dropped a malformed message (${decoded.failure.reason}): ${decoded.failure.message}`,
+        )
+        outcomes.set(entry, Exit.void)
+        continue
+      }
+      const message = decoded.success
+      const list = byPeer.get(message.peer_id) ?? []
+      const session = message.msg === "result" ? registry.authenticated(message) : undefined
+      if (session && message.msg === "result" && list.every(([m]) => m.msg === "heartbeat")) {
+        together.push({ session, message, entry })
+        continue
+      }
+      list.push([message, entry])
+      byPeer.set(message.peer_id, list)
+    }
+    if (together.length > 0) {
+      for (const [entry, outcome] of yield* recorder.record(together)) outcomes.set(entry, outcome)
+    }
+    yield* Effect.forEach(
+      byPeer.values(),
+      (list) =>
+        Effect.gen(function* () {
+          for (const [message, entry] of list) {
+            outcomes.set(entry, yield* Effect.exit(handle(message, entry)))
+          }
+        }),
+      { concurrency: 32, discard: true },
+    )
+    return outcomes
+  })
+
+  return { route }
+})

@@ -1,0 +1,104 @@
+import {
+  type JobScheduler,
+  type PeerSession,
+  resumePeerSession,
+  type SessionConfig,
+  type SessionStart,
+  type Store,
+  startPeerSession,
+  type TakenSession,
+  Transport,
+} from "@picus/core"
+import { Effect, Exit, Scope } from "effect"
+
+/**
+ * The sessions this instance holds, by peer and by session id. Each session's actor runs in a
+ * scope of its own, closed when the session ends, so a session that fails or is let go takes its
+ * fibers with it and nothing else. Only the gateway's fibers touch the maps.
+ */
+export const makeSessionRegistry = Effect.fnUntraced(function* (
+  serverId: string,
+  leaseMs: number,
+  sessionConfig: SessionConfig,
+) {
+  const transport = yield* Transport
+  const services = yield* Effect.context<Store | Transport | JobScheduler>()
+  const scope = yield* Scope.Scope
+  const byPeer = new Map<string, PeerSession>()
+  const byId = new Map<string, PeerSession>()
+
+  /** Serves a session from now on; forgets it (and closes its scope) when it ends. */
+  const keep = (session: PeerSession, own: Scope.Closeable) =>
+    Effect.gen(function* () {
+      byPeer.set(session.peerId, session)
+      byId.set(session.sessionId, session)
+      yield* session.ended.pipe(
+        Effect.andThen(
+          Effect.suspend(() => {
+            byId.delete(session.sessionId)
+            if (byPeer.get(session.peerId) !== session) return Effect.void
+            byPeer.delete(session.peerId)
+            // Unless a newer session of the peer took its place here, its mark in Redis goes too.
+            return transport.releasePeer(session.peerId, serverId).pipe(Effect.ignore)
+          }),
+        ),
+        Effect.andThen(Scope.close(own, Exit.void)),
+        Effect.forkIn(scope),
+      )
+    })
+
+  const inOwnScope = <E>(
+    make: Effect.Effect<PeerSession, E, Store | Transport | JobScheduler | Scope.Scope>,
+  ): Effect.Effect<PeerSession, E> =>
+    Effect.gen(function* () {
+      const own = yield* Scope.fork(scope)
+      const exit = yield* make.pipe(Scope.provide(own), Effect.provideContext(services), Effect.exit)
+      if (Exit.isFailure(exit)) {
+        yield* Scope.close(own, exit)
+        return yield* exit
+      }
+      yield* keep(exit.value, own)
+      return exit.value
+    })
+
+  return {
+    get: (peerId: string): PeerSession | undefined => byPeer.get(peerId),
+    byId: (sessionId: string): PeerSession | undefined => byId.get(sessionId),
+    all: (): ReadonlyArray<PeerSession> => [...byPeer.values()],
+    size: (): number => byPeer.size,
+    /** The session a message speaks for, if its token is that session's (constant-time). */
+    authenticated: (message: { readonly peer_id: string; readonly token: string }) => {
+      const session = byPeer.get(message.peer_id)
+      return session?.authenticate(message.token) ? session : undefined
+    },
+    /** A new login here: a session of this peer held here stops first (the login closes it as replaced). */
+    start: Effect.fnUntraced(function* (start: SessionStart) {
+      const previous = byPeer.get(start.peerId)
+      if (previous) {
+        byPeer.delete(start.peerId)
+        yield* previous.release
+      }
+      // Mark the peer as ours before it hears it is accepted: its first heartbeat may be read by
+      // another instance, which must forward it here rather than call the session expired.
+      yield* transport.claimPeers(serverId, [start.peerId], leaseMs, "take")
+      return yield* inOwnScope(startPeerSession(start, sessionConfig))
+    }),
+    /** Carries on sessions taken over from a lost instance. */
+    adopt: Effect.fnUntraced(function* (taken: ReadonlyArray<TakenSession>) {
+      if (taken.length === 0) return
+      yield* transport.claimPeers(
+        serverId,
+        taken.map((t) => t.peerId),
+        leaseMs,
+        "take",
+      )
+      for (const t of taken) {
+        const previous = byPeer.get(t.peerId)
+        if (previous && previous.sessionId !== t.sessionId) yield* previous.release
+        yield* inOwnScope(resumePeerSession(t, sessionConfig))
+      }
+    }),
+  }
+})
+
+export type SessionRegistry = Effect.Success<ReturnType<typeof makeSessionRegistry>>
