@@ -102,12 +102,14 @@ export const Command = Text.check(isNonEmpty, isMaxUtf8Bytes(MAX_COMMAND_BYTES))
 export const ResultText = Text.check(isMaxUtf8Bytes(MAX_RESULT_BYTES))
 
 const intBetween = (minimum: number, maximum: number) =>
-  Schema.Int.check(
+  Schema.Number.check(
     Schema.makeFilter<number>(
-      (n) => (n >= minimum && n <= maximum) || `expected an integer from ${minimum} to ${maximum}, got ${n}`,
+      (n) =>
+        (Number.isSafeInteger(n) && n >= minimum && n <= maximum) ||
+        `expected an integer from ${minimum} to ${maximum}, got ${n}`,
       {
         expected: `an integer from ${minimum} to ${maximum}`,
-        arbitraryConstraint: { order: Order.Number, minimum, maximum },
+        arbitraryConstraint: { number: "integer", order: Order.Number, minimum, maximum },
       },
     ),
   )
