@@ -40,11 +40,30 @@ const asUtf8 = (text: string) => new TextDecoder().decode(new TextEncoder().enco
 const intUpTo = (max: number) =>
   Arbitrary.schema(Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: max })))
 
-type Limit = { readonly codePoints: number } | { readonly bytes: number }
+/**
+ * Integers at the edges of the column types and of a JS Date. Derived integers stay small, so the
+ * edges are put in on purpose.
+ */
+const EDGES = [
+  -1,
+  255,
+  2 ** 31 - 1,
+  2 ** 31,
+  -(2 ** 31),
+  -(2 ** 31) - 1,
+  2 ** 32,
+  8.64e15,
+  8.64e15 + 1,
+  Number.MAX_SAFE_INTEGER,
+  -Number.MAX_SAFE_INTEGER,
+]
+
+type Limit = { readonly codePoints: number } | { readonly bytes: number } | "integer"
 
 /**
- * The schema's own arbitrary, with one string field (sometimes) given an awkward character or
- * stretched to its limit in 4-byte characters; only values the schema still accepts are kept.
+ * The schema's own arbitrary, with one field (sometimes) made awkward: a string given an odd
+ * character or stretched to its limit in 4-byte characters, an integer set to an edge value. Only
+ * values the schema still accepts are kept.
  */
 const fromWire = <S extends Schema.Top>(schema: S, fields: Readonly<Record<string, Limit>>) => {
   const keys = Object.keys(fields)
@@ -52,16 +71,18 @@ const fromWire = <S extends Schema.Top>(schema: S, fields: Readonly<Record<strin
   return Arbitrary.all({
     value: Arbitrary.schema(schema),
     field: intUpTo(keys.length),
-    awkward: intUpTo(AWKWARD.length),
+    awkward: intUpTo(Math.max(AWKWARD.length, EDGES.length - 1)),
     at: intUpTo(1_000_000),
   }).pipe(
     Arbitrary.map(({ value, field, awkward, at }) => {
       const key = keys[field]
       const limit = key === undefined ? undefined : fields[key]
       const record = value as Record<string, unknown>
-      const text = key === undefined ? undefined : record[key]
-      if (key === undefined || limit === undefined || typeof text !== "string") return value
-      if (awkward === AWKWARD.length) {
+      if (key === undefined || limit === undefined) return value
+      if (limit === "integer") return { ...record, [key]: EDGES[awkward % EDGES.length] } as S["Type"]
+      const text = record[key]
+      if (typeof text !== "string") return value
+      if (awkward >= AWKWARD.length) {
         const count = "bytes" in limit ? Math.floor(limit.bytes / 4) : limit.codePoints
         return { ...record, [key]: WIDE.repeat(count) } as S["Type"]
       }
@@ -86,6 +107,9 @@ const results = fromWire(Protocol.Result, {
   ticket: id,
   peer_id: id,
   result: { bytes: Protocol.MAX_RESULT_BYTES },
+  exit_code: "integer",
+  started_at: "integer",
+  finished_at: "integer",
 })
 const logouts = fromWire(Protocol.Logout, { peer_id: id, reason: { codePoints: Protocol.MAX_REASON_LENGTH } })
 const jobSpecs = fromWire(Protocol.JobSpec, {
@@ -93,6 +117,7 @@ const jobSpecs = fromWire(Protocol.JobSpec, {
   os: label,
   distro: label,
   command: { bytes: Protocol.MAX_COMMAND_BYTES },
+  timeout_ms: "integer",
 })
 
 /** Fails the test with the shrunk counterexample when the property does not hold. */
