@@ -14,9 +14,13 @@ import {
   isShutdown,
   type Job,
   MAX_COMMAND_BYTES,
+  MAX_EPOCH_MILLIS,
+  MAX_EXIT_CODE,
   MAX_ID_LENGTH,
   MAX_MESSAGE_BYTES,
   MAX_RESULT_BYTES,
+  MAX_TIMEOUT_MS,
+  MIN_EXIT_CODE,
   type PeerMessage,
   PeerMessage as PeerMessageSchema,
   ProtocolError,
@@ -506,6 +510,93 @@ describe("failure reasons", () => {
       "invalid_shape",
     )
     expectOk(decodePeerMessage(resultMessage({ result: "x".repeat(MAX_RESULT_BYTES) })))
+  })
+
+  it("invalid_shape: what the database columns cannot hold", () => {
+    // `exit_code` and `timeout_ms` are `integer` columns: 32-bit.
+    for (const exit_code of [MIN_EXIT_CODE, -1, 0, 255, MAX_EXIT_CODE, null]) {
+      expectOk(decodePeerMessage(resultMessage({ exit_code })))
+    }
+    for (const exit_code of [MAX_EXIT_CODE + 1, 2 ** 32, MIN_EXIT_CODE - 1]) {
+      expectError(
+        decodePeerMessage(resultMessage({ exit_code })),
+        "invalid_shape",
+        `result.exit_code: expected an integer from ${MIN_EXIT_CODE} to ${MAX_EXIT_CODE}`,
+      )
+    }
+    const job = (spec: Record<string, unknown>) =>
+      JSON.stringify({
+        msg: "job",
+        ticket: "1",
+        peer_id: "p",
+        token: "t",
+        job: { name: "n", os: "o", distro: "d", command: "c", ...spec },
+      })
+    expectOk(decodeServerMessage(job({ timeout_ms: MAX_TIMEOUT_MS })))
+    expectError(
+      decodeServerMessage(job({ timeout_ms: MAX_TIMEOUT_MS + 1 })),
+      "invalid_shape",
+      `job.job.timeout_ms: expected an integer from 1 to ${MAX_TIMEOUT_MS}, got ${MAX_TIMEOUT_MS + 1}`,
+    )
+    // Epoch milliseconds become a JS Date and a timestamptz.
+    expectOk(decodePeerMessage(resultMessage({ started_at: 0, finished_at: MAX_EPOCH_MILLIS })))
+    expectError(
+      decodePeerMessage(resultMessage({ finished_at: MAX_EPOCH_MILLIS + 1 })),
+      "invalid_shape",
+      `result.finished_at: expected an integer from 0 to ${MAX_EPOCH_MILLIS}`,
+    )
+    // A `text` column cannot hold U+0000, whichever string field carries it.
+    const nul = "a\u0000b"
+    expectError(
+      decodePeerMessage(resultMessage({ result: nul })),
+      "invalid_shape",
+      "result.result: expected no U+0000 (NUL) character",
+    )
+    expectError(decodePeerMessage(resultMessage({ ticket: nul })), "invalid_shape", "result.ticket:")
+    const register = { msg: "register", peer_id: "p", token: "t", server_ip: "10.0.0.1" }
+    for (const field of ["peer_id", "token", "server_ip", "os", "distro", "hostname", "agent_version"]) {
+      expectError(
+        decodePeerMessage(JSON.stringify({ ...register, [field]: nul })),
+        "invalid_shape",
+        `register.${field}: expected no U+0000`,
+      )
+    }
+    expectError(
+      decodePeerMessage(JSON.stringify({ msg: "logout", peer_id: "p", token: "t", reason: nul })),
+      "invalid_shape",
+      "logout.reason:",
+    )
+    for (const field of ["name", "os", "distro", "command"]) {
+      expectError(
+        decodeServerMessage(job({ [field]: nul })),
+        "invalid_shape",
+        `job.job.${field}: expected no U+0000`,
+      )
+    }
+  })
+
+  it("invalid_shape: a size failure says the limit and the size found", () => {
+    const command = "x".repeat(MAX_COMMAND_BYTES + 1024)
+    expectError(
+      decodeServerMessage(
+        JSON.stringify({
+          msg: "job",
+          ticket: "1",
+          peer_id: "p",
+          token: "t",
+          job: { name: "n", os: "o", distro: "d", command },
+        }),
+      ),
+      "invalid_shape",
+      `job.job.command: expected at most ${MAX_COMMAND_BYTES} UTF-8 bytes, got ${MAX_COMMAND_BYTES + 1024}`,
+    )
+    expectError(
+      decodePeerMessage(
+        JSON.stringify({ msg: "heartbeat", peer_id: "😀".repeat(MAX_ID_LENGTH + 2), token: "t" }),
+      ),
+      "invalid_shape",
+      `heartbeat.peer_id: expected at most ${MAX_ID_LENGTH} code points, got ${MAX_ID_LENGTH + 2}`,
+    )
   })
 
   it("unknown extra fields are ignored and dropped", () => {

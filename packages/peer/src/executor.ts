@@ -57,7 +57,9 @@ export const execute = (command: string, options: ExecuteOptions): Effect.Effect
     }, options.timeoutMs)
     const done = (exitCode: number | null, extra?: string) => {
       clearTimeout(timer)
-      let output = Buffer.concat(chunks).toString("utf8")
+      // The wire carries no U+0000 (PostgreSQL text cannot hold it): a NUL byte reads as U+FFFD,
+      // as an invalid byte does.
+      let output = Buffer.concat(chunks).toString("utf8").replaceAll("\u0000", "\uFFFD")
       // A cut may split a multi-byte character; drop the replacement character it leaves.
       if (truncated) output = output.replace(/\uFFFD$/, "")
       if (extra) output += extra

@@ -12,7 +12,7 @@ import { Schema } from "effect"
 export const KeptResult = Schema.Struct({
   ticket: Protocol.Id,
   result: Protocol.ResultText,
-  exit_code: Schema.NullOr(Schema.Int),
+  exit_code: Schema.NullOr(Protocol.ExitCode),
   status: Protocol.ResultStatus,
   started_at: Schema.optionalKey(Protocol.EpochMillis),
   finished_at: Schema.optionalKey(Protocol.EpochMillis),

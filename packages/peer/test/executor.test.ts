@@ -2,7 +2,8 @@ import { existsSync, mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { assert, describe, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { Protocol } from "@picus/core"
+import { Effect, Schema } from "effect"
 import { execute } from "../src/executor.ts"
 
 const options = { timeoutMs: 5_000, outputCapBytes: 1_024 }
@@ -17,6 +18,14 @@ describe("executor (real shell)", () => {
       assert.isFalse(run.truncated)
       assert.isFalse(run.timedOut)
       assert.isAtLeast(run.finishedAt, run.startedAt)
+    }),
+  )
+
+  it.live("sends a NUL byte of the output as U+FFFD: the wire carries no U+0000", () =>
+    Effect.gen(function* () {
+      const run = yield* execute("printf 'a\\000b'", options)
+      assert.strictEqual(run.output, "a\uFFFDb")
+      assert.isTrue(Schema.is(Protocol.ResultText)(run.output))
     }),
   )
 

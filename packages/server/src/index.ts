@@ -1,3 +1,3 @@
 // What other packages (the load generator, the benchmark) use of the server.
 export { PgStore } from "./db/PgStore.ts"
-export { type Submission, submitJobs } from "./submit.ts"
+export { InvalidJob, type Submission, submitJobs, validateSubmission } from "./submit.ts"

@@ -1,24 +1,27 @@
 #!/usr/bin/env node
-import { firstSignal, JobScheduler, Store, TransportRedis } from "@picus/core"
+import { type CatalogJob, firstSignal, JobScheduler, Store, TransportRedis } from "@picus/core"
 import { cac } from "cac"
 import { Cause, Console, Effect, Exit, Fiber, Layer } from "effect"
-import { loadCatalog } from "./catalog.ts"
+import { CatalogError, loadCatalog } from "./catalog.ts"
 import { ConfigError, resolveServerConfig, type ServerConfig, type ServerFlags } from "./config.ts"
 import { connectEmbedded, defaultDataDir, EMBEDDED_POOL_SIZE } from "./db/embedded.ts"
 import { ensureDatabase } from "./db/ensureDatabase.ts"
 import { PgStore } from "./db/PgStore.ts"
 import { gatewayConfigFrom, makeGateway } from "./gateway/index.ts"
 import { printRows } from "./report.ts"
-import { submitJobs } from "./submit.ts"
+import { InvalidJob, submitJobs, validateSubmission } from "./submit.ts"
 import { createEnrollmentToken } from "./tokens.ts"
 
 const storeLayer = (config: ServerConfig) =>
   Layer.unwrap(ensureDatabase(config.databaseUrl).pipe(Effect.as(PgStore.layer(config.databaseUrl))))
 
-const serve = (config: ServerConfig, signalled: Effect.Effect<NodeJS.Signals>) =>
+const serve = (
+  config: ServerConfig,
+  catalog: ReadonlyArray<CatalogJob>,
+  signalled: Effect.Effect<NodeJS.Signals>,
+) =>
   Effect.gen(function* () {
     const store = yield* Store
-    const catalog = yield* loadCatalog(config.catalogPath)
     yield* store.replaceCatalog(catalog)
     const gateway = yield* makeGateway(gatewayConfigFrom(config))
     const running = yield* Effect.forkScoped(gateway.run)
@@ -54,13 +57,20 @@ const withStore = <A, E>(config: ServerConfig, body: Effect.Effect<A, E, Store>,
     ),
   )
 
-/** Runs a command's effect and exits with its outcome; failures are printed, not thrown. */
+/** A mistake in what the user asked for (flags, arguments, a catalog file), not a failure while doing it. */
+const isUsageError = (failure: unknown): boolean =>
+  failure instanceof ConfigError || failure instanceof InvalidJob || failure instanceof CatalogError
+
+/**
+ * Runs a command's effect and exits with its outcome; failures are printed, not thrown. Exit code 2
+ * for a usage or validation error (nothing was done), 1 for a failure while running.
+ */
 const runCommand = (effect: Effect.Effect<unknown, unknown>) => {
   Effect.runPromiseExit(effect).then((exit) => {
     if (Exit.isSuccess(exit)) process.exit(0)
     const failure = Cause.squash(exit.cause)
     console.error(`error: ${failure instanceof Error ? failure.message : String(failure)}`)
-    process.exit(1)
+    process.exit(isUsageError(failure) ? 2 : 1)
   })
 }
 
@@ -97,7 +107,13 @@ sharedOptions(cli.command("[start]", "Run the server (applies migrations first)"
     runCommand(
       // Listen for Ctrl+C before anything starts, so a signal during start-up still stops cleanly.
       firstSignal().pipe(
-        Effect.flatMap((signalled) => serve(resolveServerConfig(flags), signalled)),
+        Effect.flatMap((signalled) => {
+          const config = resolveServerConfig(flags)
+          // A bad catalog refuses the start before anything connects.
+          return loadCatalog(config.catalogPath).pipe(
+            Effect.flatMap((catalog) => serve(config, catalog, signalled)),
+          )
+        }),
         Effect.scoped,
       ),
     ),
@@ -194,29 +210,33 @@ sharedOptions(
       flags: ServerFlags & { name: string; timeoutMs: number; json?: boolean },
     ) => {
       const config = resolveServerConfig(flags)
-      const timeoutMs = Number(flags.timeoutMs)
-      if (!Number.isInteger(timeoutMs) || timeoutMs <= 0) {
-        return runCommand(Effect.fail(new ConfigError("--timeout-ms must be a positive whole number")))
+      const request = {
+        peerId: String(peer),
+        submittedBy: "cli",
+        jobs: [{ name: String(flags.name), command: String(command), timeoutMs: Number(flags.timeoutMs) }],
       }
       return runCommand(
-        withStore(
-          config,
-          Effect.gen(function* () {
-            const { tickets, ownerId } = yield* submitJobs({
-              peerId: peer,
-              submittedBy: "cli",
-              jobs: [{ name: String(flags.name), command, timeoutMs }],
-            })
-            const [ticket] = tickets
-            if (flags.json)
-              return yield* Console.log(
-                JSON.stringify({ ticket: ticket?.ticket, server_id: ownerId ?? null }),
-              )
-            yield* Console.log(
-              `ticket ${ticket?.ticket}: ${ownerId ? `sent to ${peer} through ${ownerId}` : `waits for ${peer} to log in`}`,
-            )
-          }).pipe(
-            Effect.provide(TransportRedis.layerRedis({ url: config.redisUrl, prefix: config.redisPrefix })),
+        // Checked before the database is even opened: what the wire cannot carry is never written.
+        validateSubmission(request).pipe(
+          Effect.andThen(
+            withStore(
+              config,
+              Effect.gen(function* () {
+                const { tickets, ownerId } = yield* submitJobs(request)
+                const [ticket] = tickets
+                if (flags.json)
+                  return yield* Console.log(
+                    JSON.stringify({ ticket: ticket?.ticket, server_id: ownerId ?? null }),
+                  )
+                yield* Console.log(
+                  `ticket ${ticket?.ticket}: ${ownerId ? `sent to ${peer} through ${ownerId}` : `waits for ${peer} to log in`}`,
+                )
+              }).pipe(
+                Effect.provide(
+                  TransportRedis.layerRedis({ url: config.redisUrl, prefix: config.redisPrefix }),
+                ),
+              ),
+            ),
           ),
         ),
       )

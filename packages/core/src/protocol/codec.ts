@@ -123,17 +123,27 @@ const formatIssues = SchemaIssue.makeFormatterStandardSchemaV1({ leafHook })
 
 const lowerFirst = (text: string) => text.charAt(0).toLowerCase() + text.slice(1)
 
+/** One line per failing field: its path (schema keys, after `prefix` if any) and what was expected. */
+export const describeSchemaIssues = (
+  error: Schema.SchemaError,
+  prefix?: string,
+): ReadonlyArray<{ readonly field: string; readonly message: string }> => {
+  const seen = new Set<string>()
+  return formatIssues(error.issue).issues.flatMap(({ path, message }) => {
+    const keys = (path ?? []).map((segment) =>
+      String(Predicate.isObject(segment) && "key" in segment ? segment.key : segment),
+    )
+    const field = (prefix === undefined ? keys : [prefix, ...keys]).join(".")
+    const line = { field, message: `${field}: ${lowerFirst(message)}` }
+    if (seen.has(line.message)) return []
+    seen.add(line.message)
+    return [line]
+  })
+}
+
 /** `result.ticket: expected a string; result.exit_code: expected an integer`. Paths are schema keys. */
 const describeSchemaError = (msg: string, error: Schema.SchemaError): string => {
-  const issues = formatIssues(error.issue).issues
-  const all = new Set(
-    issues.map(({ path, message }) => {
-      const keys = (path ?? []).map((segment) =>
-        String(Predicate.isObject(segment) && "key" in segment ? segment.key : segment),
-      )
-      return `${[msg, ...keys].join(".")}: ${lowerFirst(message)}`
-    }),
-  )
+  const all = new Set(describeSchemaIssues(error, msg).map((issue) => issue.message))
   const lines = Array.from(all).slice(0, MAX_ISSUES_SHOWN)
   const more = all.size - lines.length
   return more > 0 ? `${lines.join("; ")}; and ${more} more` : lines.join("; ")

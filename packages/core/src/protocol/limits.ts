@@ -30,6 +30,25 @@ export const MAX_COMMAND_BYTES = 8 * 1024
 /** The result's `result` text: at most this many UTF-8 bytes (256 KiB). */
 export const MAX_RESULT_BYTES = 256 * 1024
 
+// Limits that make anything that decodes storable: PostgreSQL `integer` columns are 32-bit, `text`
+// cannot hold U+0000, and an epoch-millisecond field must be a valid JS `Date` and `timestamptz`.
+
+/** `exit_code` is stored in an `integer` column: a 32-bit signed integer. */
+export const MIN_EXIT_CODE = -2_147_483_648
+export const MAX_EXIT_CODE = 2_147_483_647
+
+/** A job's `timeout_ms` is stored in an `integer` column: positive, at most this. */
+export const MAX_TIMEOUT_MS = 2_147_483_647
+
+/**
+ * `started_at`, `finished_at`: at most this (the last valid JS `Date`, +275760-09-13), which
+ * PostgreSQL's `timestamptz` (up to year 294276) also holds.
+ */
+export const MAX_EPOCH_MILLIS = 8_640_000_000_000_000
+
+/** No wire string may contain this character: PostgreSQL `text` cannot store it. */
+export const NUL = "\u0000"
+
 /**
  * Number of UTF-8 bytes `text` occupies once encoded (as `TextEncoder` would encode it: a lone surrogate
  * becomes U+FFFD, 3 bytes). Counts without allocating.

@@ -7,14 +7,19 @@
  * field, so code switches on `msg` (and, for the server's register replies, on `status`); there is no
  * `_tag`.
  */
-import { Schema, SchemaGetter } from "effect"
+import { Order, Schema, SchemaGetter } from "effect"
 import {
   MAX_COMMAND_BYTES,
+  MAX_EPOCH_MILLIS,
+  MAX_EXIT_CODE,
   MAX_ID_LENGTH,
   MAX_LABEL_LENGTH,
   MAX_REASON_LENGTH,
   MAX_RESULT_BYTES,
+  MAX_TIMEOUT_MS,
   MAX_TOKEN_LENGTH,
+  MIN_EXIT_CODE,
+  NUL,
   utf8ByteLength,
 } from "./limits.ts"
 
@@ -22,35 +27,101 @@ import {
 // Field schemas
 // ---------------------------------------------------------------------------------------------------
 
+/** Counts like `Array.from(text).length`: a surrogate pair is one code point, a lone surrogate too. */
+const codePointLength = (text: string): number => {
+  let count = text.length
+  for (let i = 0; i < text.length - 1; i++) {
+    const unit = text.charCodeAt(i)
+    if (unit >= 0xd800 && unit <= 0xdbff) {
+      const next = text.charCodeAt(i + 1)
+      if (next >= 0xdc00 && next <= 0xdfff) {
+        count--
+        i++
+      }
+    }
+  }
+  return count
+}
+
+// The failures say the limit and the size found, never the value (it may be a secret).
 const isMaxUtf8Bytes = (max: number) =>
-  Schema.makeFilter<string>((text) => utf8ByteLength(text) <= max, {
-    message: `expected at most ${max} UTF-8 bytes`,
-    // Guides Schema-derived arbitraries; a string never has more UTF-16 units than UTF-8 bytes.
-    arbitraryConstraint: { maxLength: max },
-  })
+  Schema.makeFilter<string>(
+    (text) => {
+      // A string never has fewer UTF-8 bytes than UTF-16 units, nor more than three per unit.
+      if (text.length * 3 <= max) return true
+      const bytes = utf8ByteLength(text)
+      return bytes <= max || `expected at most ${max} UTF-8 bytes, got ${bytes}`
+    },
+    {
+      expected: `at most ${max} UTF-8 bytes`,
+      // Guides Schema-derived arbitraries; a string never has more UTF-16 units than UTF-8 bytes.
+      arbitraryConstraint: { maxLength: max },
+    },
+  )
+
+const isMaxCodePoints = (max: number) =>
+  Schema.makeFilter<string>(
+    (text) => {
+      if (text.length <= max) return true
+      const count = codePointLength(text)
+      return count <= max || `expected at most ${max} code points, got ${count}`
+    },
+    { expected: `at most ${max} code points`, arbitraryConstraint: { maxCodePoints: max } },
+  )
 
 const isNonEmpty = Schema.isNonEmpty({ expected: "a non-empty string" })
 
+/** PostgreSQL `text` cannot hold U+0000, so no wire string may carry one. */
+const hasNoNul = Schema.makeFilter<string>(
+  (text) => {
+    const at = text.indexOf(NUL)
+    return at < 0 || `expected no U+0000 (NUL) character, got one at index ${at}`
+  },
+  { expected: "no U+0000 (NUL) character" },
+)
+
+/** Any string of the wire: free of U+0000. */
+export const Text = Schema.String.check(hasNoNul)
+
 /** `peer_id`, `ticket`, `session_id`, `server_id`: non-empty, at most `MAX_ID_LENGTH` code points. */
-export const Id = Schema.String.check(isNonEmpty, Schema.isMaxCodePoints(MAX_ID_LENGTH))
+export const Id = Text.check(isNonEmpty, isMaxCodePoints(MAX_ID_LENGTH))
 
 /** `token`: non-empty, at most `MAX_TOKEN_LENGTH` code points. */
-export const Token = Schema.String.check(isNonEmpty, Schema.isMaxCodePoints(MAX_TOKEN_LENGTH))
+export const Token = Text.check(isNonEmpty, isMaxCodePoints(MAX_TOKEN_LENGTH))
 
 /** `server_ip`, `os`, `distro`, `hostname`, `agent_version`, job `name`: at most `MAX_LABEL_LENGTH` code points. */
-export const Label = Schema.String.check(Schema.isMaxCodePoints(MAX_LABEL_LENGTH))
+export const Label = Text.check(isMaxCodePoints(MAX_LABEL_LENGTH))
 
 /** `reason`: at most `MAX_REASON_LENGTH` code points. */
-export const ReasonText = Schema.String.check(Schema.isMaxCodePoints(MAX_REASON_LENGTH))
+export const ReasonText = Text.check(isMaxCodePoints(MAX_REASON_LENGTH))
 
 /** A job's `command`: non-empty, at most `MAX_COMMAND_BYTES` UTF-8 bytes. */
-export const Command = Schema.String.check(isNonEmpty, isMaxUtf8Bytes(MAX_COMMAND_BYTES))
+export const Command = Text.check(isNonEmpty, isMaxUtf8Bytes(MAX_COMMAND_BYTES))
 
 /** A result's `result` text: at most `MAX_RESULT_BYTES` UTF-8 bytes. */
-export const ResultText = Schema.String.check(isMaxUtf8Bytes(MAX_RESULT_BYTES))
+export const ResultText = Text.check(isMaxUtf8Bytes(MAX_RESULT_BYTES))
 
-/** Milliseconds since the Unix epoch. */
-export const EpochMillis = Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))
+const intBetween = (minimum: number, maximum: number) =>
+  Schema.Number.check(
+    Schema.makeFilter<number>(
+      (n) =>
+        (Number.isSafeInteger(n) && n >= minimum && n <= maximum) ||
+        `expected an integer from ${minimum} to ${maximum}, got ${n}`,
+      {
+        expected: `an integer from ${minimum} to ${maximum}`,
+        arbitraryConstraint: { number: "integer", order: Order.Number, minimum, maximum },
+      },
+    ),
+  )
+
+/** Milliseconds since the Unix epoch, up to `MAX_EPOCH_MILLIS`. */
+export const EpochMillis = intBetween(0, MAX_EPOCH_MILLIS)
+
+/** A process exit code, as an `integer` column holds it (32-bit signed). */
+export const ExitCode = intBetween(MIN_EXIT_CODE, MAX_EXIT_CODE)
+
+/** A job's `timeout_ms`: positive, and an `integer` column holds it. */
+export const TimeoutMs = intBetween(1, MAX_TIMEOUT_MS)
 
 const PositiveInt = Schema.Int.check(Schema.isGreaterThan(0))
 const NonNegativeInt = Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))
@@ -83,7 +154,11 @@ export const Result = Schema.Struct({
   peer_id: Id,
   token: Token,
   result: ResultText,
-  exit_code: Schema.optionalKey(Schema.NullOr(Schema.Int).annotate({ expected: "an integer or null" })),
+  exit_code: Schema.optionalKey(
+    Schema.NullOr(ExitCode).annotate({
+      expected: `an integer from ${MIN_EXIT_CODE} to ${MAX_EXIT_CODE} or null`,
+    }),
+  ),
   status: Schema.optionalKey(ResultStatus),
   started_at: Schema.optionalKey(EpochMillis),
   finished_at: Schema.optionalKey(EpochMillis),
@@ -151,7 +226,7 @@ export const JobSpec = Schema.Struct({
   os: Label,
   distro: Label,
   command: Command,
-  timeout_ms: Schema.optionalKey(PositiveInt),
+  timeout_ms: Schema.optionalKey(TimeoutMs),
 })
 export type JobSpec = typeof JobSpec.Type
 

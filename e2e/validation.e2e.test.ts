@@ -1,0 +1,74 @@
+import { sql } from "slonik"
+import { afterEach, beforeEach, describe, expect, it } from "vitest"
+import { makeWorld, type World, writeCatalog } from "./support/env.ts"
+import { killAll, runPnpm } from "./support/processes.ts"
+
+// What a user types that the wire cannot carry is refused with exit code 2 before anything is
+// written; a failure while running still exits 1.
+
+let world: World
+beforeEach(async () => {
+  world = await makeWorld()
+})
+afterEach(async () => {
+  await killAll()
+  await world.close()
+})
+
+// `pnpm --filter` reports any failing script as exit code 1; `pnpm -C` passes the CLI's own code on.
+const server = (...args: ReadonlyArray<string>) =>
+  runPnpm(["-C", "packages/server", "start", ...args], world.env)
+
+const ticketCount = async () =>
+  Number((await world.query<{ n: number }>(sql.unsafe`select count(*)::int as n from tickets`))[0]?.n)
+
+describe("picus-server refuses what the wire cannot carry", () => {
+  it("submit: an empty or oversized command, a bad name or timeout exits 2 and writes no ticket", async () => {
+    expect((await server("migrate")).code).toBe(0)
+    await world.query(
+      sql.unsafe`insert into peers (peer_id, os, distro) values ('peer-1', 'linux', 'debian')`,
+    )
+    const cases: ReadonlyArray<readonly [ReadonlyArray<string>, string]> = [
+      [["peer-1", ""], "command: expected a non-empty string"],
+      [["peer-1", "x".repeat(9 * 1024)], "command: expected at most 8192 UTF-8 bytes, got 9216"],
+      [["peer-1", "true", "--name", "n".repeat(300)], "name: expected at most 256 code points, got 300"],
+      [
+        ["peer-1", "true", "--timeout-ms", "0"],
+        "timeout_ms: expected an integer from 1 to 2147483647, got 0",
+      ],
+      [
+        ["peer-1", "true", "--timeout-ms", "4294967296"],
+        "timeout_ms: expected an integer from 1 to 2147483647",
+      ],
+    ]
+    for (const [args, message] of cases) {
+      const refused = await server("submit", ...args)
+      expect(refused.code, refused.output).toBe(2)
+      expect(refused.output).toContain(`error: ${message}`)
+      expect(await ticketCount()).toBe(0)
+    }
+    // The same peer takes a valid job: the refusals above were the validation, not the setup.
+    const accepted = await server("submit", "peer-1", "true")
+    expect(accepted.code, accepted.output).toBe(0)
+    expect(await ticketCount()).toBe(1)
+    // A runtime failure (no such peer) still exits 1.
+    const unknown = await server("submit", "nobody", "true")
+    expect(unknown.code).toBe(1)
+    expect(unknown.output).toMatch(/no peer nobody has ever registered/)
+  })
+
+  it("start: a catalog the wire cannot carry stops the server with exit 2, naming file, job, field and limit", async () => {
+    const path = writeCatalog(world.dir, [
+      { id: "ok", name: "Ok", os: "linux", distro: "debian", command: "true" },
+      { id: "big", name: "Big", os: "linux", distro: "debian", command: "x".repeat(9 * 1024) },
+    ])
+    const refused = await server("--catalog", path)
+    expect(refused.code, refused.output).toBe(2)
+    expect(refused.output).toContain(
+      `error: catalog ${path}: job 1 (id "big"): command: expected at most 8192 UTF-8 bytes, got 9216`,
+    )
+    // Refused before it connected: not even the migrations ran.
+    const tables = await world.query(sql.unsafe`select 1 from pg_tables where tablename = 'tickets'`)
+    expect(tables).toHaveLength(0)
+  })
+})
