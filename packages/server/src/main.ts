@@ -1,5 +1,13 @@
 #!/usr/bin/env node
-import { type CatalogJob, firstSignal, JobScheduler, Store, TransportRedis } from "@picus/core"
+import {
+  type CatalogJob,
+  firstSignal,
+  JobScheduler,
+  MAX_DEAD_LETTERS,
+  Store,
+  Transport,
+  TransportRedis,
+} from "@picus/core"
 import { cac } from "cac"
 import { Cause, Console, Effect, Exit, Fiber, Layer } from "effect"
 import { CatalogError, loadCatalog } from "./catalog.ts"
@@ -7,7 +15,7 @@ import { ConfigError, resolveServerConfig, type ServerConfig, type ServerFlags }
 import { connectEmbedded, defaultDataDir, EMBEDDED_POOL_SIZE } from "./db/embedded.ts"
 import { ensureDatabase } from "./db/ensureDatabase.ts"
 import { PgStore } from "./db/PgStore.ts"
-import { gatewayConfigFrom, makeGateway } from "./gateway/index.ts"
+import { gatewayConfigFrom, makeGateway, untilSignal } from "./gateway/index.ts"
 import { printRows } from "./report.ts"
 import { InvalidJob, submitJobs, validateSubmission } from "./submit.ts"
 import { createEnrollmentToken } from "./tokens.ts"
@@ -28,7 +36,7 @@ const serve = (
     yield* Effect.logInfo(
       `server ${config.serverId} serving (${catalog.length} catalog jobs); Ctrl+C to stop`,
     )
-    const signal = yield* signalled
+    const signal = yield* untilSignal(running, signalled)
     yield* Effect.logInfo(`${signal}: shutting down`)
     yield* gateway.shutdown(config.shutdownReason)
     yield* Fiber.interrupt(running)
@@ -238,6 +246,63 @@ sharedOptions(
               ),
             ),
           ),
+        ),
+      )
+    },
+  )
+
+sharedOptions(
+  cli.command(
+    "deadletters [action] [...ids]",
+    "Uplink entries set aside as unhandleable: list, retry <id...|--all>, drop <id...|--all>",
+  ),
+)
+  .option("--all", "retry or drop every dead letter")
+  .option("--limit <n>", "Most rows listed", { default: 100 })
+  .option("--json", "Machine-readable output")
+  .example("picus-server deadletters retry --all   # after fixing what refused them")
+  .action(
+    (
+      action: string | undefined,
+      ids: ReadonlyArray<string>,
+      flags: ServerFlags & { all?: boolean; limit: number; json?: boolean },
+    ) => {
+      const config = resolveServerConfig(flags)
+      const verb = action ?? "list"
+      if (!["list", "retry", "drop"].includes(verb))
+        return runCommand(
+          Effect.fail(new ConfigError(`unknown deadletters action "${verb}" (list, retry, drop)`)),
+        )
+      if (verb !== "list" && ids.length === 0 && flags.all !== true)
+        return runCommand(Effect.fail(new ConfigError(`deadletters ${verb} needs dead-letter ids or --all`)))
+      return runCommand(
+        Effect.gen(function* () {
+          const transport = yield* Transport
+          if (verb === "list") {
+            const letters = yield* transport.deadLetters(Number(flags.limit))
+            return printRows(
+              letters.map((d) => ({
+                id: d.id,
+                at: new Date(d.at).toISOString(),
+                attempts: d.attempts,
+                server_id: d.serverId,
+                reason: d.reason,
+                ...(flags.json ? { payload: d.payload } : {}),
+              })),
+              flags.json === true,
+            )
+          }
+          const chosen =
+            flags.all === true ? (yield* transport.deadLetters(MAX_DEAD_LETTERS)).map((d) => d.id) : ids
+          const count =
+            verb === "retry"
+              ? yield* transport.retryDeadLetters(chosen)
+              : yield* transport.dropDeadLetters(chosen)
+          yield* Console.log(
+            `${verb === "retry" ? "put back on the uplink" : "dropped"}: ${count} dead letter(s)`,
+          )
+        }).pipe(
+          Effect.provide(TransportRedis.layerRedis({ url: config.redisUrl, prefix: config.redisPrefix })),
         ),
       )
     },

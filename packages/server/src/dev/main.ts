@@ -16,7 +16,7 @@ import { DEFAULT_SHUTDOWN_REASON, resolveServerConfig } from "../config.ts"
 import { defaultDataDir, EMBEDDED_POOL_SIZE, serveEmbedded } from "../db/embedded.ts"
 import { ensureDatabase } from "../db/ensureDatabase.ts"
 import { PgStore } from "../db/PgStore.ts"
-import { gatewayConfigFrom, makeGateway } from "../gateway/index.ts"
+import { gatewayConfigFrom, makeGateway, untilSignal } from "../gateway/index.ts"
 import { makeLiveView, renderFeedPayload, stdoutWantsColor } from "./liveView.ts"
 import { summarize } from "./summary.ts"
 
@@ -97,7 +97,7 @@ const run = (signalled: Effect.Effect<NodeJS.Signals>) =>
       Effect.forkScoped,
     )
 
-    const signal = yield* signalled
+    const signal = yield* untilSignal(server, signalled)
     yield* Console.log(`\n${signal}: shutting down`)
     yield* gateway.shutdown(env.PICUS_SHUTDOWN_REASON ?? DEFAULT_SHUTDOWN_REASON)
     yield* Fiber.joinAll(peers).pipe(Effect.timeout("5 seconds"), Effect.ignore)

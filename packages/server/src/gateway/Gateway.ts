@@ -1,5 +1,5 @@
 import { newKey, type SessionConfig, Store, Transport } from "@picus/core"
-import { Effect, Semaphore } from "effect"
+import { Cause, Effect, Fiber, Schema, Semaphore } from "effect"
 import type { GatewayConfig } from "./config.ts"
 import { makeHearing } from "./Hearing.ts"
 import { makeLeaseKeeper } from "./LeaseKeeper.ts"
@@ -76,3 +76,34 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
 })
 
 export type Gateway = Effect.Success<ReturnType<typeof makeGateway>>
+
+/** The gateway's own loops stopped: the instance serves nothing any more and must exit non-zero. */
+export class GatewayFailed extends Schema.TaggedError<GatewayFailed>()("GatewayFailed", {
+  message: Schema.String,
+  cause: Schema.optionalKey(Schema.Defect()),
+}) {}
+
+/**
+ * Waits for the operator's signal while the gateway serves; fails with GatewayFailed the moment
+ * the gateway's loops end instead, so the process does not live on serving nothing.
+ */
+export const untilSignal = (
+  running: Fiber.Fiber<void, unknown>,
+  signalled: Effect.Effect<NodeJS.Signals>,
+): Effect.Effect<NodeJS.Signals, GatewayFailed> =>
+  signalled.pipe(
+    Effect.raceFirst(
+      Fiber.await(running).pipe(
+        Effect.flatMap((exit) =>
+          Effect.fail(
+            new GatewayFailed({
+              message: `the gateway stopped serving: ${
+                exit._tag === "Failure" ? (Cause.pretty(exit.cause).split("\n")[0] ?? "") : "it returned"
+              }`,
+              ...(exit._tag === "Failure" ? { cause: Cause.squash(exit.cause) } : {}),
+            }),
+          ),
+        ),
+      ),
+    ),
+  )

@@ -1,2 +1,2 @@
 export { type GatewayConfig, gatewayConfigFrom } from "./config.ts"
-export { type Gateway, makeGateway } from "./Gateway.ts"
+export { type Gateway, GatewayFailed, makeGateway, untilSignal } from "./Gateway.ts"
