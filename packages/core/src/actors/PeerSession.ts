@@ -408,7 +408,11 @@ const runSession = Effect.fnUntraced(function* (
           continue
         }
         const exit = yield* Effect.exit(sendToPeer(message.success))
-        if (Exit.isFailure(exit)) return yield* onSendFailure(toSend.slice(i), exit.cause)
+        if (Exit.isFailure(exit)) {
+          // Redis failing is retried; a defect is a bug, and fails the session (see crashed).
+          if (Cause.hasDies(exit.cause)) return yield* Effect.failCause(exit.cause)
+          return yield* onSendFailure(toSend.slice(i), exit.cause)
+        }
         yield* onSent(t)
       }
     })

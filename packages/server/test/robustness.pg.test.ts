@@ -1,0 +1,297 @@
+import { assert, describe, it } from "@effect/vitest"
+import { type Envelope, JobScheduler, Protocol, Store, Transport, TransportRedis } from "@picus/core"
+import { deleteKeysWithPrefix, testKeyPrefix, testRedisUrl } from "@picus/core/testing"
+import { Cause, Context, Effect, Exit, Fiber, Layer, Option, Result } from "effect"
+import { createPool, type DatabasePool, sql } from "slonik"
+import { PgStore } from "../src/db/PgStore.ts"
+import { GatewayFailed, makeGateway, untilSignal } from "../src/gateway/index.ts"
+import { enrollmentTokensFrom } from "../src/tokens.ts"
+import { freshDatabase } from "./support/database.ts"
+
+// No input stops service: a result the database refuses, a ticket the wire cannot carry and a
+// session that fails each cost only themselves. On the real PostgreSQL and Redis.
+
+const gatewayConfig = {
+  serverId: "robust",
+  leaseMs: 3_000,
+  deliveryDeadlineMs: 60_000,
+  deadlineSlackMs: 30_000,
+  heartbeatMs: 200,
+  graceMs: 5_000,
+  enrollment: enrollmentTokensFrom("good-token"),
+  batchSize: 64,
+  staleRegisterMs: 30_000,
+  reclaimIdleMs: 30_000,
+  drainMs: 500,
+  retryBaseMs: 50,
+  retryMaxMs: 200,
+}
+
+const catalog = [
+  { job_id: "one", name: "One", os: "linux", distro: "debian", command: "echo one", timeout_ms: 5_000 },
+  { job_id: "two", name: "Two", os: "linux", distro: "debian", command: "echo two", timeout_ms: 5_000 },
+]
+
+/** A fresh database and key prefix; the transport can be wrapped to misbehave. */
+const realServices = (wrap: (t: Transport["Service"]) => Transport["Service"] = (t) => t) => {
+  const db = Effect.acquireRelease(
+    Effect.promise(() => freshDatabase()),
+    (d) => Effect.promise(() => d.drop()),
+  )
+  return Layer.unwrap(
+    db.pipe(
+      Effect.map((d) => {
+        const prefix = testKeyPrefix()
+        const transport = Layer.effect(
+          Transport,
+          Effect.gen(function* () {
+            yield* Effect.addFinalizer(() =>
+              Effect.promise(() => deleteKeysWithPrefix(testRedisUrl(), prefix)),
+            )
+            return wrap(yield* Transport)
+          }),
+        ).pipe(Layer.provide(TransportRedis.layerRedis({ url: testRedisUrl(), prefix })))
+        const pool = Layer.effect(
+          Pool,
+          Effect.acquireRelease(
+            Effect.promise(() => createPool(d.url, { maxPoolSize: 2 })),
+            (p) => Effect.promise(() => p.end()),
+          ),
+        )
+        return JobScheduler.layer({ maxInFlight: 4 }).pipe(
+          Layer.provideMerge(PgStore.layer(d.url)),
+          Layer.provideMerge(transport),
+          Layer.provideMerge(pool),
+        )
+      }),
+    ),
+  )
+}
+
+/** A plain pool on the test's database, for what the Store does not expose. */
+class Pool extends Context.Service<Pool, DatabasePool>()("test/Pool") {}
+
+const query = <A>(run: (pool: DatabasePool) => Promise<A>) =>
+  Effect.flatMap(Pool, (pool: DatabasePool) => Effect.promise(() => run(pool)))
+
+const waitFor = <A, E, R>(check: Effect.Effect<A | undefined, E, R>, what: string, ms = 10_000) =>
+  Effect.gen(function* () {
+    const deadline = Date.now() + ms
+    while (Date.now() < deadline) {
+      const value = yield* check
+      if (value !== undefined) return value
+      yield* Effect.sleep("20 millis")
+    }
+    return yield* Effect.die(new Error(`timed out waiting for ${what}`))
+  })
+
+/** A peer driven by hand: registers, and reads what its inbox brings. */
+const rawPeer = Effect.fnUntraced(function* (peerId: string) {
+  const transport = yield* Transport
+  const reader = yield* transport.inboxReader(peerId)
+  let cursor = yield* transport.inboxTail(peerId)
+  const next = Effect.gen(function* () {
+    const [entry] = yield* waitFor(
+      reader
+        .read(cursor, { count: 1, blockMs: 200 })
+        .pipe(Effect.map((es) => (es.length > 0 ? es : undefined))),
+      `a message for ${peerId}`,
+    )
+    cursor = (entry as Envelope).id
+    const decoded = Protocol.decodeServerMessage((entry as Envelope).payload)
+    assert.isTrue(Result.isSuccess(decoded))
+    return (decoded as Result.Success<Protocol.ServerMessage, never>).success
+  })
+  yield* transport.sendUplink(
+    Protocol.encodeMessage({
+      msg: "register",
+      peer_id: peerId,
+      token: "good-token",
+      server_ip: "10.1.2.3",
+      os: "linux",
+      distro: "debian",
+      agent_version: "test",
+    }),
+  )
+  const accepted = yield* next
+  assert.strictEqual(Protocol.serverMessageKind(accepted), "register_accepted")
+  const send = (ticket: string, result: string) =>
+    transport.sendUplink(
+      Protocol.encodeMessage({
+        msg: "result",
+        ticket,
+        peer_id: peerId,
+        token: accepted.token,
+        result,
+        exit_code: 0,
+      }),
+    )
+  return { next, send }
+})
+
+const ticketRow = (ticket: string) =>
+  query((pool) =>
+    pool.one(sql.unsafe`select state, close_reason from tickets where ticket = ${ticket}`),
+  ) as Effect.Effect<{ state: string; close_reason: string | null }, never, Pool>
+
+describe("no input stops service (postgres+redis)", () => {
+  it.live(
+    "a result the database refuses is set aside as a dead letter, its ticket fails, and the rest of its batch is recorded",
+    () =>
+      Effect.gen(function* () {
+        const store = yield* Store
+        const transport = yield* Transport
+        yield* store.replaceCatalog(catalog)
+        // A refusal the wire schema cannot foresee: the database itself says no to one output.
+        yield* query(async (pool) => {
+          await pool.query(sql.unsafe`
+            create function refuse_poison() returns trigger language plpgsql as $$
+            begin
+              if new.output = 'poison' then raise exception 'poisoned output'; end if;
+              return new;
+            end $$`)
+          await pool.query(sql.unsafe`
+            create trigger refuse_poison before insert on job_results
+              for each row execute function refuse_poison()`)
+        })
+        const gateway = yield* makeGateway(gatewayConfig)
+        yield* Effect.forkScoped(gateway.run)
+        const peer = yield* rawPeer("p1")
+        const [a, b] = [(yield* peer.next) as Protocol.Job, (yield* peer.next) as Protocol.Job]
+        yield* peer.send(a.ticket, "poison")
+        yield* peer.send(b.ticket, "fine")
+        yield* waitFor(
+          store
+            .ticketState(b.ticket)
+            .pipe(Effect.map((s) => (s._tag === "Some" && s.value === "succeeded" ? s : undefined))),
+          "the good result recorded",
+        )
+        const poisoned = yield* waitFor(
+          ticketRow(a.ticket).pipe(Effect.map((row) => (row.state === "failed" ? row : undefined))),
+          "the poisoned ticket failed",
+        )
+        assert.include(poisoned.close_reason ?? "", "poisoned output")
+        const letters = yield* transport.deadLetters(10)
+        assert.strictEqual(letters.length, 1)
+        assert.include(letters[0]!.reason, "poisoned output")
+        assert.include(letters[0]!.payload, a.ticket)
+        assert.strictEqual((yield* gateway.status).retrying, 0, "nothing left retrying")
+        // The operator drops it once looked at.
+        assert.strictEqual(yield* transport.dropDeadLetters([letters[0]!.id]), 1)
+        assert.strictEqual((yield* transport.deadLetters(10)).length, 0)
+      }).pipe(Effect.scoped, Effect.provide(realServices())),
+    30_000,
+  )
+
+  it.live(
+    "a ticket the wire cannot carry ends failed with its reason; the session keeps serving and shuts down",
+    () =>
+      Effect.gen(function* () {
+        const store = yield* Store
+        yield* store.replaceCatalog(catalog)
+        const gateway = yield* makeGateway(gatewayConfig)
+        yield* Effect.forkScoped(gateway.run)
+        const peer = yield* rawPeer("p1")
+        for (const job of [(yield* peer.next) as Protocol.Job, (yield* peer.next) as Protocol.Job])
+          yield* peer.send(job.ticket, "ok")
+        // Written straight to the Store (an older version, a hand-made row): 9 KB, over the wire's 8 KiB.
+        const { tickets } = yield* store.submitTickets({
+          peerId: "p1",
+          serverId: "test",
+          jobs: [
+            { name: "huge", command: `echo ${"x".repeat(9_000)}`, timeoutMs: 5_000 },
+            { name: "after", command: "echo after", timeoutMs: 5_000 },
+          ],
+        })
+        // No notice is sent: the holder finds them on its next keep-alive.
+        const after = (yield* peer.next) as Protocol.Job
+        assert.strictEqual(after.job.name, "after", "the next ticket is sent")
+        const huge = yield* ticketRow(tickets[0]!.ticket)
+        assert.strictEqual(huge.state, "failed")
+        assert.include(huge.close_reason ?? "", "cannot be sent")
+        assert.include(huge.close_reason ?? "", "8192")
+        yield* peer.send(after.ticket, "after")
+        yield* waitFor(
+          store
+            .ticketState(after.ticket)
+            .pipe(Effect.map((s) => (s._tag === "Some" && s.value === "succeeded" ? s : undefined))),
+          "the next result recorded",
+        )
+        yield* gateway.shutdown("test over").pipe(Effect.timeout("10 seconds"))
+        const sessions = yield* store.sessions({ limit: 10 })
+        assert.strictEqual(sessions[0]?.logoutReason, Protocol.LogoutReason.serverShutdown)
+      }).pipe(Effect.scoped, Effect.provide(realServices())),
+    30_000,
+  )
+
+  it.live(
+    "a session that fails ends alone as server_error; the other peer is served and shutdown completes",
+    () =>
+      Effect.gen(function* () {
+        const store = yield* Store
+        yield* store.replaceCatalog(catalog)
+        const gateway = yield* makeGateway(gatewayConfig)
+        yield* Effect.forkScoped(gateway.run)
+        const bomb = yield* rawPeer("bomb")
+        yield* waitFor(
+          store
+            .sessions({ peerId: "bomb", limit: 1 })
+            .pipe(Effect.map(([s]) => (s?.logoutReason === "server_error" ? s : undefined))),
+          "the failed session logged out as server_error",
+        )
+        const good = yield* rawPeer("good")
+        for (const job of [(yield* good.next) as Protocol.Job, (yield* good.next) as Protocol.Job])
+          yield* good.send(job.ticket, "ok")
+        yield* waitFor(
+          store
+            .results({ peerId: "good", limit: 10 })
+            .pipe(Effect.map((r) => (r.length === 2 ? r : undefined))),
+          "the good peer's results",
+        )
+        // The failed session's tickets are open still: they go to the peer's next session.
+        const open = yield* query((pool) =>
+          pool.oneFirst(
+            sql.unsafe`select count(*)::int from tickets where peer_id = 'bomb' and state in ('queued', 'delivered')`,
+          ),
+        )
+        assert.strictEqual(open, 2)
+        yield* gateway.shutdown("test over").pipe(Effect.timeout("10 seconds"))
+        const [goodSession] = yield* store.sessions({ peerId: "good", limit: 1 })
+        assert.strictEqual(goodSession?.logoutReason, Protocol.LogoutReason.serverShutdown)
+      }).pipe(
+        Effect.scoped,
+        Effect.provide(
+          // Sending bomb its jobs fails with a defect (a bug, say): only its session may suffer.
+          realServices((t) => ({
+            ...t,
+            sendToPeer: (peerId, payload) =>
+              peerId === "bomb" && payload.includes('"ticket"')
+                ? Effect.die(new Error("a bug while sending"))
+                : t.sendToPeer(peerId, payload),
+          })),
+        ),
+      ),
+    30_000,
+  )
+})
+
+describe("the gateway's own loops", () => {
+  it.effect("a gateway whose loops die fails its wait for the signal, so the process exits non-zero", () =>
+    Effect.gen(function* () {
+      const running = yield* Effect.forkChild(Effect.die(new Error("loop broke")))
+      const exit = yield* Effect.exit(untilSignal(running, Effect.never))
+      assert.isTrue(Exit.isFailure(exit))
+      const error = Exit.isFailure(exit) ? Cause.findErrorOption(exit.cause) : Option.none()
+      assert.isTrue(Option.isSome(error) && error.value instanceof GatewayFailed)
+      assert.include(Option.isSome(error) ? error.value.message : "", "loop broke")
+      yield* Fiber.interrupt(running)
+    }),
+  )
+  it.effect("the signal wins while the gateway serves", () =>
+    Effect.gen(function* () {
+      const running = yield* Effect.forkChild(Effect.never)
+      assert.strictEqual(yield* untilSignal(running, Effect.succeed("SIGINT" as const)), "SIGINT")
+      yield* Fiber.interrupt(running)
+    }),
+  )
+})
