@@ -232,7 +232,7 @@ describe("no input stops service (postgres+redis)", () => {
         yield* store.replaceCatalog(catalog)
         const gateway = yield* makeGateway(gatewayConfig)
         yield* Effect.forkScoped(gateway.run)
-        const bomb = yield* rawPeer("bomb")
+        yield* rawPeer("bomb")
         yield* waitFor(
           store
             .sessions({ peerId: "bomb", limit: 1 })
