@@ -1,0 +1,86 @@
+import { assert, describe, it } from "@effect/vitest"
+import { Effect, Fiber, Layer } from "effect"
+import { TestClock } from "effect/testing"
+import {
+  AskTimeout,
+  JobScheduler,
+  MailboxFull,
+  newKey,
+  type Protocol,
+  Store,
+  StoreMemory,
+  startPeerSession,
+  TransportMemory,
+} from "../src/index.ts"
+
+// A session's waits are bounded: a stuck session answers, and its mailbox refuses what it cannot hold.
+
+/** The memory store, except that recording a result never finishes (a database that hangs). */
+const stuckStore = Layer.effect(
+  Store,
+  Effect.map(Store, (store: Store["Service"]) => ({ ...store, recordResult: () => Effect.never })),
+).pipe(Layer.provide(StoreMemory.layerMemory))
+
+const services = JobScheduler.layer({ maxInFlight: 4 }).pipe(
+  Layer.provideMerge(stuckStore),
+  Layer.provideMerge(TransportMemory.layerMemory),
+)
+
+const config = {
+  serverId: "s",
+  heartbeatMs: 60_000,
+  graceMs: 180_000,
+  deadlineSlackMs: 30_000,
+  leaseMs: 15_000,
+  sessionKey: newKey(),
+  askTimeoutMs: 1_000,
+  mailboxCapacity: 2,
+}
+
+const open = startPeerSession(
+  {
+    peerId: "p",
+    sessionId: "7b0f5a4c-3f7e-4d61-9a8e-2a2f0c1d3e4f",
+    serverIp: null,
+    os: null,
+    distro: null,
+    hostname: null,
+    agentVersion: "test",
+  },
+  config,
+)
+
+const result = (ticket: string): Protocol.Result => ({
+  msg: "result",
+  ticket,
+  peer_id: "p",
+  token: "t",
+  result: "out",
+})
+
+describe("PeerSession bounds", () => {
+  it.effect("a session stuck on a write answers AskTimeout once the ask timeout has passed", () =>
+    Effect.gen(function* () {
+      const session = yield* open
+      const asked = yield* session.result(result("1")).pipe(Effect.flip, Effect.forkChild)
+      yield* TestClock.adjust(999)
+      assert.isUndefined(asked.pollUnsafe(), "still waiting before the timeout")
+      yield* TestClock.adjust(1)
+      const error = yield* Fiber.join(asked)
+      assert.instanceOf(error, AskTimeout)
+    }).pipe(Effect.scoped, Effect.provide(services)),
+  )
+
+  it.effect("a full mailbox refuses a result at once with MailboxFull", () =>
+    Effect.gen(function* () {
+      const session = yield* open
+      // The first is taken by the actor, which hangs on it; two more fill the mailbox.
+      yield* Effect.forEach(["1", "2", "3"], (t) =>
+        session.result(result(t)).pipe(Effect.ignore, Effect.forkChild),
+      )
+      yield* Effect.yieldNow
+      const error = yield* session.result(result("4")).pipe(Effect.flip)
+      assert.instanceOf(error, MailboxFull)
+    }).pipe(Effect.scoped, Effect.provide(services)),
+  )
+})
