@@ -1,3 +1,5 @@
+import { readFileSync } from "node:fs"
+import { fileURLToPath } from "node:url"
 import { Effect, Layer, Queue, Scope, Stream } from "effect"
 import { Redis, ReplyError } from "ioredis"
 import { type Keys, makeKeys, UPLINK_GROUP } from "../keys.ts"
@@ -31,6 +33,12 @@ export interface RedisTransportOptions {
 type StreamReply = Array<[string, Array<[string, Array<string>]>]> | null
 
 const PAYLOAD_FIELD = "m"
+
+/** A Lua script of `./lua/`, each headed by a comment naming its KEYS and ARGV. */
+const luaScript = (name: string): string =>
+  readFileSync(fileURLToPath(new URL(`./lua/${name}.lua`, import.meta.url)), "utf8")
+const RENEW_OWNERS = luaScript("renewOwners")
+const RELEASE_OWNER = luaScript("releaseOwner")
 
 /** A Redis error reply starts with its code (NOGROUP, BUSYGROUP, NOPERM, ...): the error's type. */
 const replyCode = (cause: unknown): string | undefined =>
@@ -112,18 +120,13 @@ export const makeRedisTransport = Effect.fnUntraced(function* (options: RedisTra
       ),
     )
 
-  /** Extends owner marks that are free or already the caller's; leaves other instances' marks. */
-  const renewScript = `-- KEYS = {p}:peer:{peerId}:owner ...; ARGV[1] = serverId, ARGV[2] = ttl in ms
-for _, key in ipairs(KEYS) do
-  local owner = redis.call("GET", key)
-  if not owner or owner == ARGV[1] then redis.call("SET", key, ARGV[1], "PX", ARGV[2]) end
-end
-return 0`
-
-  /** Deletes an owner mark only if it is still the caller's (a newer owner's mark stays). */
-  const releaseScript = `-- KEYS[1] = {p}:peer:{peerId}:owner; ARGV[1] = serverId
-if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end
-return 0`
+  // The scripts are sent once per connection and called by their SHA from then on.
+  client.defineCommand("picusRenewOwners", { lua: RENEW_OWNERS })
+  client.defineCommand("picusReleaseOwner", { numberOfKeys: 1, lua: RELEASE_OWNER })
+  const scripts = client as unknown as {
+    picusRenewOwners: (numKeys: number, ...args: Array<string | number>) => Promise<unknown>
+    picusReleaseOwner: (key: string, serverId: string) => Promise<unknown>
+  }
 
   const claimFrom = (
     stream: string,
@@ -432,7 +435,7 @@ return 0`
         ? Effect.void
         : mode === "renew"
           ? call("renew owners", () =>
-              client.eval(renewScript, peerIds.length, ...peerIds.map(keys.peerOwner), serverId, ttlMs),
+              scripts.picusRenewOwners(peerIds.length, ...peerIds.map(keys.peerOwner), serverId, ttlMs),
             ).pipe(Effect.asVoid)
           : call("take owners", () => {
               const batch = client.pipeline()
@@ -441,7 +444,7 @@ return 0`
             }).pipe(Effect.asVoid),
 
     releasePeer: (peerId, serverId) =>
-      call("release owner", () => client.eval(releaseScript, 1, keys.peerOwner(peerId), serverId)).pipe(
+      call("release owner", () => scripts.picusReleaseOwner(keys.peerOwner(peerId), serverId)).pipe(
         Effect.asVoid,
       ),
 
