@@ -8,8 +8,10 @@ import {
   newKey,
   type Protocol,
   Store,
+  StoreError,
   StoreMemory,
   startPeerSession,
+  Transport,
   TransportMemory,
 } from "../src/index.ts"
 
@@ -82,5 +84,62 @@ describe("PeerSession bounds", () => {
       const error = yield* session.result(result("4")).pipe(Effect.flip)
       assert.instanceOf(error, MailboxFull)
     }).pipe(Effect.scoped, Effect.provide(services)),
+  )
+})
+
+describe("PeerSession when PostgreSQL is away", () => {
+  /** The memory store, except that the first marking of deliveries fails as if PostgreSQL were away. */
+  const flaky = Layer.effect(
+    Store,
+    Effect.map(Store, (store: Store["Service"]) => {
+      let failures = 1
+      return {
+        ...store,
+        markDelivered: (lease, tickets) =>
+          failures-- > 0
+            ? Effect.fail(
+                new StoreError({ operation: "markDelivered", message: "away", kind: "unavailable" }),
+              )
+            : store.markDelivered(lease, tickets),
+      } satisfies Store["Service"]
+    }),
+  ).pipe(Layer.provide(StoreMemory.layerMemory))
+
+  it.effect("jobs not marked delivered are sent at the next tick, not left waiting for their deadline", () =>
+    Effect.gen(function* () {
+      const store = yield* Store
+      const transport = yield* Transport
+      yield* store.replaceCatalog([
+        { job_id: "j", name: "J", os: "linux", distro: "debian", command: "true", timeout_ms: 1_000 },
+      ])
+      yield* startPeerSession(
+        {
+          peerId: "p",
+          sessionId: "0b0f5a4c-3f7e-4d61-9a8e-2a2f0c1d3e4f",
+          serverIp: null,
+          os: "linux",
+          distro: "debian",
+          hostname: null,
+          agentVersion: "test",
+        },
+        { ...config, heartbeatMs: 100, graceMs: 10_000 },
+      )
+      const reader = yield* transport.inboxReader("p")
+      const jobs = () =>
+        reader
+          .read("0-0", { count: 10, blockMs: 0 })
+          .pipe(Effect.map((entries) => entries.filter((e) => e.payload.includes('"ticket"')).length))
+      assert.strictEqual(yield* jobs(), 0, "the first send failed to mark the job")
+      yield* TestClock.adjust(100)
+      assert.strictEqual(yield* jobs(), 1, "sent at the next tick")
+    }).pipe(
+      Effect.scoped,
+      Effect.provide(
+        JobScheduler.layer({ maxInFlight: 4 }).pipe(
+          Layer.provideMerge(flaky),
+          Layer.provideMerge(TransportMemory.layerMemory),
+        ),
+      ),
+    ),
   )
 })

@@ -7,7 +7,7 @@ import {
   type RecordOutcome,
   type ResultStatus,
   Store,
-  type StoreError,
+  StoreError,
   type TakenSession,
   type Ticket,
 } from "../store/Store.ts"
@@ -393,12 +393,11 @@ const runSession = Effect.fnUntraced(function* (
     Effect.gen(function* () {
       if (ready.length === 0) return
       // What is sent is what PostgreSQL holds for each ticket (a notice only named them).
-      const stored = new Map(
-        (yield* store.markDelivered(
-          lease,
-          ready.map((t) => t.ticket),
-        )).map((t) => [t.ticket, t]),
+      const marked = yield* store.markDelivered(
+        lease,
+        ready.map((t) => t.ticket),
       )
+      const stored = new Map(marked.map((t) => [t.ticket, t]))
       for (const t of ready) if (!stored.has(t.ticket)) tickets.settle(t.ticket)
       const toSend = ready.flatMap((t) => stored.get(t.ticket) ?? [])
       for (const [i, t] of toSend.entries()) {
@@ -420,17 +419,27 @@ const runSession = Effect.fnUntraced(function* (
   /** Sends what the window allows; what fails to send goes back to wait for the next tick. */
   const dispatch = Effect.suspend(() => {
     if (shuttingDown || closed) return Effect.void
+    const ready = tickets.takeReady(now())
     return deliver(
-      tickets.takeReady(now()),
+      ready,
       (t) => publish({ event: "job_sent", at: now(), ...at, ticket: t.ticket, name: t.name }),
       (rest, cause) =>
         Effect.sync(() => tickets.putBack(rest)).pipe(
           Effect.andThen(Effect.logWarning("could not send jobs; will retry", cause)),
         ),
+    ).pipe(
+      Effect.catchIf(
+        (e): e is StoreError => e instanceof StoreError,
+        // Not marked, so not sent: they wait for the next tick (PostgreSQL may be away).
+        (e) =>
+          Effect.sync(() => tickets.putBack(ready)).pipe(
+            Effect.andThen(Effect.logWarning("could not mark jobs delivered; will retry", e)),
+          ),
+      ),
     )
   }).pipe(
     orLose,
-    Effect.catch((e) => Effect.logWarning("could not mark jobs delivered", e)),
+    Effect.catch((e) => Effect.logWarning("could not send jobs", e)),
   )
 
   /** Sends in-flight tickets again; the peer never runs one twice, so this only recovers losses. */
