@@ -4,6 +4,7 @@ import { cac } from "cac"
 import { Cause, Console, Effect, Exit, Fiber, Layer } from "effect"
 import { loadCatalog } from "./catalog.ts"
 import { ConfigError, resolveServerConfig, type ServerConfig, type ServerFlags } from "./config.ts"
+import { checkDatabase } from "./db/checkDatabase.ts"
 import { connectEmbedded, defaultDataDir, EMBEDDED_POOL_SIZE } from "./db/embedded.ts"
 import { ensureDatabase } from "./db/ensureDatabase.ts"
 import { PgStore } from "./db/PgStore.ts"
@@ -40,8 +41,27 @@ const serve = (config: ServerConfig, signalled: Effect.Effect<NodeJS.Signals>) =
     ),
   )
 
-/** The Store a reporting command reads: the configured database, or `make dev`'s embedded one. */
-const withStore = <A, E>(config: ServerConfig, body: Effect.Effect<A, E, Store>, embedded = false) =>
+/**
+ * The Store of a read-only command: the database must exist and be migrated already, and is
+ * neither created nor migrated (a mistyped name must not leave a new database behind).
+ */
+const readOnlyStoreLayer = (config: ServerConfig) =>
+  Layer.unwrap(
+    checkDatabase(config.databaseUrl).pipe(
+      Effect.as(PgStore.layer(config.databaseUrl, { migrate: false, maxPoolSize: 2 })),
+    ),
+  )
+
+/**
+ * The Store a command works on: the configured database (created and migrated when needed, unless
+ * `readOnly`), or `make dev`'s embedded one.
+ */
+const withStore = <A, E>(
+  config: ServerConfig,
+  body: Effect.Effect<A, E, Store>,
+  embedded = false,
+  readOnly = false,
+) =>
   body.pipe(
     Effect.provide(
       embedded
@@ -50,7 +70,9 @@ const withStore = <A, E>(config: ServerConfig, body: Effect.Effect<A, E, Store>,
               Effect.map((url) => PgStore.layer(url, { maxPoolSize: EMBEDDED_POOL_SIZE })),
             ),
           )
-        : storeLayer(config),
+        : readOnly
+          ? readOnlyStoreLayer(config)
+          : storeLayer(config),
     ),
   )
 
@@ -152,6 +174,8 @@ sharedOptions(
                   flags.json === true,
                 )
               }),
+              false,
+              true,
             ),
           )
         case "revoke":
@@ -249,6 +273,7 @@ const reportCommand = (
             printRows(yield* rowsOf(yield* Store, filter, flags.json === true), flags.json === true)
           }),
           flags.embedded === true,
+          true,
         ),
       ),
     )
