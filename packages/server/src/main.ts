@@ -3,6 +3,7 @@ import { firstSignal, JobScheduler, Store, TransportRedis } from "@picus/core"
 import { cac } from "cac"
 import { Cause, Console, Effect, Exit, Fiber, Layer } from "effect"
 import { loadCatalog } from "./catalog.ts"
+import { claimServerId } from "./claimServerId.ts"
 import { ConfigError, resolveServerConfig, type ServerConfig, type ServerFlags } from "./config.ts"
 import { checkDatabase } from "./db/checkDatabase.ts"
 import { connectEmbedded, defaultDataDir, EMBEDDED_POOL_SIZE } from "./db/embedded.ts"
@@ -19,6 +20,18 @@ const storeLayer = (config: ServerConfig) =>
 const serve = (config: ServerConfig, signalled: Effect.Effect<NodeJS.Signals>) =>
   Effect.gen(function* () {
     const store = yield* Store
+    // Before the gateway says this instance is alive: a second live process of the id is refused.
+    const claimed = yield* claimServerId(config.serverId, config.leaseMs).pipe(
+      Effect.as(true),
+      Effect.raceFirst(signalled.pipe(Effect.as(false))),
+      Effect.catchTag("ServerIdInUse", (error) =>
+        Effect.sync(() => {
+          console.error(`error: ${error.message}`)
+          return process.exit(2)
+        }),
+      ),
+    )
+    if (!claimed) return yield* Effect.logInfo("stopped before serving")
     const catalog = yield* loadCatalog(config.catalogPath)
     yield* store.replaceCatalog(catalog)
     const gateway = yield* makeGateway(gatewayConfigFrom(config))
