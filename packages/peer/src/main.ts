@@ -77,6 +77,8 @@ const run = (flags: PeerFlags) => {
       TransportRedis.layerRedis({
         url: redisUrl,
         prefix: flags.redisPrefix ?? env.PICUS_REDIS_PREFIX ?? "picus",
+        onConnection: (event) =>
+          console.log(TransportRedis.describeConnection(event, "set REDIS_URL or --redis-url")),
       }),
     ),
   )

@@ -2,9 +2,12 @@ import { existsSync, mkdtempSync, readFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
-import { deleteKeysWithPrefix, testKeyPrefix, testRedisUrl } from "@picus/core/testing"
+import { makeKeys } from "@picus/core"
+import { deleteKeysWithPrefix, streamPayloads, testKeyPrefix, testRedisUrl } from "@picus/core/testing"
 import { afterEach, describe, expect, it } from "vitest"
-import { eventually, killAll, startNode, startPnpm } from "../../../e2e/support/processes.ts"
+import { freePort } from "../../../e2e/support/ports.ts"
+import { eventually, killAll, sleep, startNode, startPnpm } from "../../../e2e/support/processes.ts"
+import { startPrivateRedis } from "../../../e2e/support/redis.ts"
 
 // Real peer processes, started as a user starts them, against the shared Redis (a key prefix of
 // the test's own) with no server: what matters here is what they do before registering.
@@ -78,4 +81,54 @@ describe("peer processes on one host", () => {
     await third.waitForLine(/starting/)
     expect(third.child.exitCode, third.output()).toBeNull()
   }, 30_000)
+})
+
+describe("a peer that cannot reach Redis", () => {
+  it("says so with the address, never the password, and keeps retrying", async () => {
+    const port = await freePort()
+    const dir = mkdtempSync(join(tmpdir(), "picus-state-"))
+    const peer = startNode(
+      "peer",
+      peerScript,
+      ["--peer-id", "lonely", "--state-dir", dir, "--redis-url", `redis://:hunter2secret@127.0.0.1:${port}`],
+      peerEnv(),
+    )
+    await peer.waitForLine(
+      new RegExp(
+        `cannot reach Redis at 127\\.0\\.0\\.1:${port} \\(connection refused\\); retrying in [0-9.]+s`,
+      ),
+      10_000,
+    )
+    expect(peer.output()).toMatch(/set REDIS_URL or --redis-url/)
+    await sleep(4_000)
+    expect(peer.child.exitCode, peer.output()).toBeNull()
+    expect(peer.output()).not.toContain("hunter2secret")
+    expect(peer.output()).not.toMatch(/max retries per request/i)
+    const told = peer.lines.filter((l) => l.includes("cannot reach Redis")).length
+    expect(told, "said once, not at every retry").toBeLessThanOrEqual(2)
+  }, 30_000)
+
+  it("registers once Redis is up", async () => {
+    const redis = await startPrivateRedis({ persistent: false })
+    await redis.stop()
+    const dir = mkdtempSync(join(tmpdir(), "picus-state-"))
+    const env = { ...peerEnv(), REDIS_URL: redis.url }
+    const peer = startNode("peer", peerScript, ["--peer-id", "patient", "--state-dir", dir], env)
+    const { host } = new URL(redis.url)
+    await peer.waitForLine(new RegExp(`cannot reach Redis at ${host.replaceAll(".", "\\.")}`), 10_000)
+    await redis.start()
+    await peer.waitForLine(new RegExp(`Redis at ${host.replaceAll(".", "\\.")} is reachable`), 15_000)
+    try {
+      const uplink = makeKeys(env.PICUS_REDIS_PREFIX).uplink
+      await eventually(
+        "the registration in the uplink",
+        async () =>
+          (await streamPayloads(redis.url, uplink)).some((p) => p.includes('"register"')) ? true : undefined,
+        15_000,
+      )
+    } finally {
+      await killAll()
+      await redis.stop()
+    }
+  }, 40_000)
 })

@@ -49,7 +49,14 @@ const serve = (config: ServerConfig, signalled: Effect.Effect<NodeJS.Signals>) =
     Effect.provide(
       JobScheduler.layer({ maxInFlight: config.maxInFlight }).pipe(
         Layer.provideMerge(storeLayer(config)),
-        Layer.provideMerge(TransportRedis.layerRedis({ url: config.redisUrl, prefix: config.redisPrefix })),
+        Layer.provideMerge(
+          TransportRedis.layerRedis({
+            url: config.redisUrl,
+            prefix: config.redisPrefix,
+            onConnection: (event) =>
+              console.error(TransportRedis.describeConnection(event, "set REDIS_URL or --redis-url")),
+          }),
+        ),
       ),
     ),
   )
