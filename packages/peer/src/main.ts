@@ -4,7 +4,7 @@ import { cac } from "cac"
 import { Cause, Effect, Exit } from "effect"
 import { type AgentExit, makeAgent } from "./Agent.ts"
 import { detectOs } from "./osInfo.ts"
-import { lockStateDir, openStateFile, resolveStateDir } from "./state.ts"
+import { adoptLegacyState, lockStateDir, openStateFile, resolveStateDir } from "./state.ts"
 
 const AGENT_VERSION = "0.1.0"
 
@@ -43,6 +43,12 @@ const run = (flags: PeerFlags) => {
     lockStateDir(stateDir)
   } catch (error) {
     fail(error instanceof Error ? error.message : String(error))
+  }
+  const explicitDir = (flags.stateDir ?? env.PICUS_STATE_DIR ?? "") !== ""
+  if (peerId !== undefined && !explicitDir) {
+    const legacyDir = resolveStateDir({ stateDir: undefined, peerId: undefined })
+    if (adoptLegacyState({ legacyDir, dir: stateDir, peerId }))
+      console.log(`moved this peer's state from ${legacyDir} to ${stateDir}`)
   }
   const state = openStateFile(stateDir, peerId)
   const program = Effect.gen(function* () {

@@ -1,5 +1,5 @@
 import { createHash, randomUUID } from "node:crypto"
-import { linkSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs"
+import { existsSync, linkSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs"
 import { homedir, hostname } from "node:os"
 import { join } from "node:path"
 import { Protocol } from "@picus/core"
@@ -92,6 +92,30 @@ export const resolveStateDir = (entry: {
   )
   const peerId = given(entry.peerId)
   return peerId === undefined ? base : join(base, "peers", folderName(peerId))
+}
+
+/**
+ * Before each peer id had its folder, every peer kept `peer.json` in the default folder itself.
+ * A peer whose folder has no state yet takes that file over when it is its own (same id), so an
+ * upgrade keeps its started tickets and the results it has not delivered.
+ */
+export const adoptLegacyState = (entry: {
+  readonly legacyDir: string
+  readonly dir: string
+  readonly peerId: string
+}): boolean => {
+  const legacy = join(entry.legacyDir, "peer.json")
+  const target = join(entry.dir, "peer.json")
+  if (entry.legacyDir === entry.dir || existsSync(target)) return false
+  try {
+    const loaded = decodeState(readFileSync(legacy, "utf8"))
+    if (loaded._tag !== "Some" || loaded.value.peer_id !== entry.peerId) return false
+    mkdirSync(entry.dir, { recursive: true })
+    renameSync(legacy, target)
+    return true
+  } catch {
+    return false // none there, or not readable: start afresh
+  }
 }
 
 /** A peer id as one folder name: no separators, no `.`/`..`, and short enough for any file system. */

@@ -4,6 +4,7 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { assert, describe, it } from "@effect/vitest"
 import {
+  adoptLegacyState,
   type KeptResult,
   lockStateDir,
   openStateFile,
@@ -134,6 +135,26 @@ describe("state folder", () => {
         .split("/")
         .at(-1),
     )
+  })
+})
+
+describe("state folder of an upgraded peer", () => {
+  it("takes over the shared file of the old layout when it is its own", () => {
+    const legacyDir = freshDir()
+    const mine = join(legacyDir, "peers", "p1")
+    const before = openStateFile(legacyDir, "p1")
+    before.markRun("t1")
+    before.keep(result("t1"))
+    assert.isFalse(adoptLegacyState({ legacyDir, dir: join(legacyDir, "peers", "p2"), peerId: "p2" }))
+    assert.isTrue(adoptLegacyState({ legacyDir, dir: mine, peerId: "p1" }))
+    const after = openStateFile(mine, "p1")
+    assert.isTrue(after.hasRun("t1"))
+    assert.deepStrictEqual(
+      after.pending().map((r) => r.ticket),
+      ["t1"],
+    )
+    assert.isFalse(existsSync(join(legacyDir, "peer.json")), "moved, not copied")
+    assert.isFalse(adoptLegacyState({ legacyDir, dir: mine, peerId: "p1" }), "once")
   })
 })
 
