@@ -307,18 +307,31 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
           }
         })
 
+      /** Said once per outage: the transport tells of the connection itself. */
+      let inboxFailing = false
       const loop = Effect.gen(function* () {
         while (true) {
-          const entries = yield* reader
-            .read(cursor, { count: 64, blockMs: 1_000 })
-            .pipe(
-              Effect.catch((e) =>
-                Effect.logWarning(`cannot read the inbox (${e.message}); retrying`).pipe(
-                  Effect.andThen(Effect.sleep("1 second")),
-                  Effect.as([]),
+          const entries = yield* reader.read(cursor, { count: 64, blockMs: 1_000 }).pipe(
+            Effect.tap(() =>
+              Effect.sync(() => {
+                inboxFailing = false
+              }),
+            ),
+            Effect.catch((e) =>
+              (inboxFailing
+                ? Effect.void
+                : Effect.logWarning(`cannot read the inbox (${e.message}); retrying every second`)
+              ).pipe(
+                Effect.andThen(
+                  Effect.sync(() => {
+                    inboxFailing = true
+                  }),
                 ),
+                Effect.andThen(Effect.sleep("1 second")),
+                Effect.as([]),
               ),
-            )
+            ),
+          )
           for (const entry of entries) {
             yield* handle(entry)
             cursor = entry.id

@@ -1,12 +1,10 @@
 #!/usr/bin/env node
-import { homedir } from "node:os"
-import { join } from "node:path"
 import { firstSignal, Protocol, TransportRedis } from "@picus/core"
 import { cac } from "cac"
 import { Cause, Effect, Exit } from "effect"
 import { type AgentExit, makeAgent } from "./Agent.ts"
 import { detectOs } from "./osInfo.ts"
-import { openStateFile } from "./state.ts"
+import { adoptLegacyState, lockStateDir, openStateFile, resolveStateDir } from "./state.ts"
 
 const AGENT_VERSION = "0.1.0"
 
@@ -38,11 +36,21 @@ const run = (flags: PeerFlags) => {
   const token =
     flags.token ?? env.PICUS_TOKEN ?? fail("an enrollment token is needed: --token or PICUS_TOKEN")
   const redisUrl = flags.redisUrl ?? env.REDIS_URL ?? "redis://127.0.0.1:6379"
-  const stateDir =
-    flags.stateDir ??
-    env.PICUS_STATE_DIR ??
-    join(env.XDG_STATE_HOME ?? join(homedir(), ".local", "state"), "picus")
-  const state = openStateFile(stateDir, flags.peerId ?? env.PICUS_PEER_ID)
+  // cac turns a numeric flag into a number.
+  const peerId = flags.peerId === undefined ? env.PICUS_PEER_ID || undefined : String(flags.peerId)
+  const stateDir = resolveStateDir({ stateDir: flags.stateDir ?? env.PICUS_STATE_DIR, peerId })
+  try {
+    lockStateDir(stateDir)
+  } catch (error) {
+    fail(error instanceof Error ? error.message : String(error))
+  }
+  const explicitDir = (flags.stateDir ?? env.PICUS_STATE_DIR ?? "") !== ""
+  if (peerId !== undefined && !explicitDir) {
+    const legacyDir = resolveStateDir({ stateDir: undefined, peerId: undefined })
+    if (adoptLegacyState({ legacyDir, dir: stateDir, peerId }))
+      console.log(`moved this peer's state from ${legacyDir} to ${stateDir}`)
+  }
+  const state = openStateFile(stateDir, peerId)
   const program = Effect.gen(function* () {
     const signalled = yield* firstSignal()
     const agent = yield* makeAgent({
@@ -75,6 +83,8 @@ const run = (flags: PeerFlags) => {
       TransportRedis.layerRedis({
         url: redisUrl,
         prefix: flags.redisPrefix ?? env.PICUS_REDIS_PREFIX ?? "picus",
+        onConnection: (event) =>
+          console.log(TransportRedis.describeConnection(event, "set REDIS_URL or --redis-url")),
       }),
     ),
   )
@@ -92,7 +102,10 @@ const cli = cac("picus-peer")
 cli
   .command("[start]", "Register with the server and run the jobs it sends")
   .option("--token <token>", "Enrollment token (env PICUS_TOKEN; prefer the env: flags show in ps)")
-  .option("--peer-id <id>", "This peer's id (env PICUS_PEER_ID; default a stable id kept in the state dir)")
+  .option(
+    "--peer-id <id>",
+    "This peer's id (env PICUS_PEER_ID; default an id made up once and kept in the default state folder)",
+  )
   .option("--redis-url <url>", "Redis URL (env REDIS_URL)")
   .option("--redis-prefix <prefix>", "Prefix of every Redis key (env PICUS_REDIS_PREFIX, default picus)")
   .option(
@@ -101,7 +114,7 @@ cli
   )
   .option(
     "--state-dir <dir>",
-    "Where the peer keeps its id, run tickets and kept results (env PICUS_STATE_DIR)",
+    "Where the peer keeps its id, run tickets and kept results (env PICUS_STATE_DIR; default ~/.local/state/picus/peers/<peer id>); one peer at a time",
   )
   .option("--exit-on-shutdown", "Exit 0 when the server shuts down, instead of registering again")
   .option("--concurrency <n>", "Jobs run at once (env PICUS_CONCURRENCY, default 4)")

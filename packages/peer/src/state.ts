@@ -1,6 +1,6 @@
-import { randomUUID } from "node:crypto"
-import { mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs"
-import { hostname } from "node:os"
+import { createHash, randomUUID } from "node:crypto"
+import { existsSync, linkSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs"
+import { homedir, hostname } from "node:os"
 import { join } from "node:path"
 import { Protocol } from "@picus/core"
 import { Schema } from "effect"
@@ -68,6 +68,168 @@ export interface StateFile {
   readonly markDelivered: (ticket: string) => void
   /** Kept results not yet delivered, oldest first. */
   readonly pending: () => ReadonlyArray<KeptResult>
+}
+
+/**
+ * The folder a peer keeps its state in. An explicit folder (--state-dir, PICUS_STATE_DIR) is used
+ * as it is. Otherwise each peer id has a folder of its own under the default one
+ * (`$XDG_STATE_HOME/picus`, else `~/.local/state/picus`), `peers/<id>`, so peers started side by
+ * side on one host never share a file; a peer with no id given uses the default folder itself,
+ * where the id it made up on its first run is kept.
+ */
+export const resolveStateDir = (entry: {
+  readonly stateDir: string | undefined
+  readonly peerId: string | undefined
+  readonly env?: NodeJS.ProcessEnv
+}): string => {
+  const env = entry.env ?? process.env
+  const given = (value: string | undefined) => (value === undefined || value === "" ? undefined : value)
+  const explicit = given(entry.stateDir)
+  if (explicit !== undefined) return explicit
+  const base = join(
+    given(env.XDG_STATE_HOME) ?? join(given(env.HOME) ?? homedir(), ".local", "state"),
+    "picus",
+  )
+  const peerId = given(entry.peerId)
+  return peerId === undefined ? base : join(base, "peers", folderName(peerId))
+}
+
+/**
+ * Before each peer id had its folder, every peer kept `peer.json` in the default folder itself.
+ * A peer whose folder has no state yet takes that file over when it is its own (same id), so an
+ * upgrade keeps its started tickets and the results it has not delivered.
+ */
+export const adoptLegacyState = (entry: {
+  readonly legacyDir: string
+  readonly dir: string
+  readonly peerId: string
+}): boolean => {
+  const legacy = join(entry.legacyDir, "peer.json")
+  const target = join(entry.dir, "peer.json")
+  if (entry.legacyDir === entry.dir || existsSync(target)) return false
+  try {
+    const loaded = decodeState(readFileSync(legacy, "utf8"))
+    if (loaded._tag !== "Some" || loaded.value.peer_id !== entry.peerId) return false
+    mkdirSync(entry.dir, { recursive: true })
+    renameSync(legacy, target)
+    return true
+  } catch {
+    return false // none there, or not readable: start afresh
+  }
+}
+
+/** A peer id as one folder name: no separators, no `.`/`..`, and short enough for any file system. */
+const folderName = (peerId: string): string => {
+  const encoded = encodeURIComponent(peerId).replace(/^\./, "%2E")
+  if (encoded.length <= 120) return encoded
+  return `${encoded.slice(0, 100)}-${createHash("sha256").update(peerId).digest("hex").slice(0, 16)}`
+}
+
+/** Another live process holds the state folder. */
+export class StateDirLocked extends Schema.TaggedError<StateDirLocked>()("StateDirLocked", {
+  dir: Schema.String,
+  pid: Schema.Int,
+  lockFile: Schema.String,
+  message: Schema.String,
+}) {}
+
+/** The state folder's lock could not be taken for another reason (permissions, a full disk). */
+export class StateDirLockError extends Schema.TaggedError<StateDirLockError>()("StateDirLockError", {
+  dir: Schema.String,
+  message: Schema.String,
+  cause: Schema.Defect(),
+}) {}
+
+const lockedBy = (dir: string, pid: number, lockFile: string) =>
+  new StateDirLocked({
+    dir,
+    pid,
+    lockFile,
+    message: `another peer (pid ${pid}) is running on the state folder ${dir}: stop it, or give this peer its own --peer-id or --state-dir (if pid ${pid} is no peer, remove ${lockFile})`,
+  })
+
+const lockError = (dir: string, cause: unknown) =>
+  new StateDirLockError({
+    dir,
+    cause,
+    message: `cannot lock the state folder ${dir}: ${cause instanceof Error ? cause.message : String(cause)}`,
+  })
+
+const isAlive = (pid: number) => {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (error) {
+    // EPERM: it exists, under another user.
+    return (error as NodeJS.ErrnoException).code === "EPERM"
+  }
+}
+
+const readPid = (file: string): number | undefined => {
+  try {
+    const pid = Number(readFileSync(file, "utf8").trim())
+    return Number.isInteger(pid) && pid > 0 ? pid : undefined
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * Takes the state folder for this process: `peer.lock` holds its pid. The file is written whole
+ * under another name and linked into place, so it appears atomically and with its pid. A lock
+ * whose pid is dead (a peer killed with kill -9) is stale and taken over. Returns the release
+ * (also run when the process exits).
+ */
+export const lockStateDir = (dir: string): (() => void) => {
+  const lockFile = join(dir, "peer.lock")
+  const mine = `${lockFile}.${process.pid}.${randomUUID().slice(0, 8)}`
+  try {
+    mkdirSync(dir, { recursive: true })
+    writeFileSync(mine, `${process.pid}\n`)
+  } catch (cause) {
+    throw lockError(dir, cause)
+  }
+  try {
+    for (let tries = 0; ; tries++) {
+      try {
+        linkSync(mine, lockFile)
+        break
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== "EEXIST" || tries >= 5) throw lockError(dir, error)
+      }
+      const holder = readPid(lockFile)
+      if (holder === process.pid) break
+      if (holder !== undefined && isAlive(holder)) throw lockedBy(dir, holder, lockFile)
+      // Stale: move it aside under a name of our own, and drop it only if it is the one we read
+      // (a peer that took the folder meanwhile keeps its lock).
+      const aside = `${mine}.stale`
+      try {
+        renameSync(lockFile, aside)
+      } catch {
+        continue // gone already
+      }
+      if (readPid(aside) === holder) rmSync(aside, { force: true })
+      else {
+        try {
+          linkSync(aside, lockFile)
+        } catch {
+          // Someone else holds it now; the next try says who.
+        }
+        rmSync(aside, { force: true })
+      }
+    }
+  } finally {
+    rmSync(mine, { force: true })
+  }
+  let released = false
+  const release = () => {
+    if (released) return
+    released = true
+    process.off("exit", release)
+    if (readPid(lockFile) === process.pid) rmSync(lockFile, { force: true })
+  }
+  process.on("exit", release)
+  return release
 }
 
 const withoutDelivered = ({ delivered: _, ...result }: StoredResult): KeptResult => result

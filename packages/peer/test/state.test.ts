@@ -1,8 +1,16 @@
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs"
+import { spawn, spawnSync } from "node:child_process"
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { assert, describe, it } from "@effect/vitest"
-import { type KeptResult, openStateFile } from "../src/state.ts"
+import {
+  adoptLegacyState,
+  type KeptResult,
+  lockStateDir,
+  openStateFile,
+  resolveStateDir,
+  StateDirLocked,
+} from "../src/state.ts"
 
 const freshDir = () => mkdtempSync(join(tmpdir(), "picus-state-"))
 
@@ -93,5 +101,95 @@ describe("state file: kept results", () => {
     const other = openStateFile(dir, "p2")
     assert.isUndefined(other.kept("t1"))
     assert.deepStrictEqual(other.pending(), [])
+  })
+})
+
+describe("state folder", () => {
+  const env = { HOME: "/home/u" }
+  it("is the one given, else a folder per peer id under the default one", () => {
+    assert.strictEqual(resolveStateDir({ stateDir: "/srv/p", peerId: "p1", env }), "/srv/p")
+    assert.strictEqual(
+      resolveStateDir({ stateDir: undefined, peerId: "peer-1", env }),
+      "/home/u/.local/state/picus/peers/peer-1",
+    )
+    assert.strictEqual(
+      resolveStateDir({ stateDir: "", peerId: "peer-2", env: { ...env, XDG_STATE_HOME: "/x" } }),
+      "/x/picus/peers/peer-2",
+    )
+    assert.strictEqual(
+      resolveStateDir({ stateDir: undefined, peerId: undefined, env }),
+      "/home/u/.local/state/picus",
+      "no id: the default folder, which keeps the id made up on the first run",
+    )
+  })
+
+  it("makes one folder name of any peer id", () => {
+    const dirOf = (peerId: string) => resolveStateDir({ stateDir: undefined, peerId, env })
+    assert.strictEqual(dirOf("a/../b"), "/home/u/.local/state/picus/peers/a%2F..%2Fb")
+    assert.strictEqual(dirOf(".."), "/home/u/.local/state/picus/peers/%2E.")
+    const long = dirOf("é".repeat(100)).split("/").at(-1)!
+    assert.isAtMost(long.length, 120)
+    assert.notStrictEqual(
+      long,
+      dirOf(`${"é".repeat(99)}e`)
+        .split("/")
+        .at(-1),
+    )
+  })
+})
+
+describe("state folder of an upgraded peer", () => {
+  it("takes over the shared file of the old layout when it is its own", () => {
+    const legacyDir = freshDir()
+    const mine = join(legacyDir, "peers", "p1")
+    const before = openStateFile(legacyDir, "p1")
+    before.markRun("t1")
+    before.keep(result("t1"))
+    assert.isFalse(adoptLegacyState({ legacyDir, dir: join(legacyDir, "peers", "p2"), peerId: "p2" }))
+    assert.isTrue(adoptLegacyState({ legacyDir, dir: mine, peerId: "p1" }))
+    const after = openStateFile(mine, "p1")
+    assert.isTrue(after.hasRun("t1"))
+    assert.deepStrictEqual(
+      after.pending().map((r) => r.ticket),
+      ["t1"],
+    )
+    assert.isFalse(existsSync(join(legacyDir, "peer.json")), "moved, not copied")
+    assert.isFalse(adoptLegacyState({ legacyDir, dir: mine, peerId: "p1" }), "once")
+  })
+})
+
+describe("state folder lock", () => {
+  it("refuses a folder held by a live process, naming the folder and its pid", () => {
+    const dir = freshDir()
+    const other = spawn("sleep", ["30"], { stdio: "ignore" })
+    try {
+      writeFileSync(join(dir, "peer.lock"), `${other.pid}\n`)
+      let refused: unknown
+      try {
+        lockStateDir(dir)
+      } catch (error) {
+        refused = error
+      }
+      assert.instanceOf(refused, StateDirLocked)
+      assert.strictEqual((refused as StateDirLocked).pid, other.pid)
+      assert.include((refused as StateDirLocked).message, dir)
+      assert.include((refused as StateDirLocked).message, `pid ${other.pid}`)
+      assert.strictEqual(readFileSync(join(dir, "peer.lock"), "utf8").trim(), String(other.pid))
+    } finally {
+      other.kill("SIGKILL")
+    }
+  })
+
+  it("takes over a stale lock (its process is dead), and releases its own", () => {
+    const dir = freshDir()
+    const dead = spawnSync("true").pid
+    writeFileSync(join(dir, "peer.lock"), `${dead}\n`)
+    const release = lockStateDir(dir)
+    assert.strictEqual(readFileSync(join(dir, "peer.lock"), "utf8").trim(), String(process.pid))
+    release()
+    assert.isFalse(existsSync(join(dir, "peer.lock")))
+    writeFileSync(join(dir, "peer.lock"), "not a pid")
+    lockStateDir(dir)()
+    assert.isFalse(existsSync(join(dir, "peer.lock")), "an unreadable lock is stale too")
   })
 })

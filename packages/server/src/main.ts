@@ -11,7 +11,9 @@ import {
 import { cac } from "cac"
 import { Cause, Console, Effect, Exit, Fiber, Layer } from "effect"
 import { CatalogError, loadCatalog } from "./catalog.ts"
+import { claimServerId, ServerIdInUse } from "./claimServerId.ts"
 import { ConfigError, resolveServerConfig, type ServerConfig, type ServerFlags } from "./config.ts"
+import { checkDatabase } from "./db/checkDatabase.ts"
 import { connectEmbedded, defaultDataDir, EMBEDDED_POOL_SIZE } from "./db/embedded.ts"
 import { ensureDatabase } from "./db/ensureDatabase.ts"
 import { PgStore } from "./db/PgStore.ts"
@@ -30,6 +32,12 @@ const serve = (
 ) =>
   Effect.gen(function* () {
     const store = yield* Store
+    // Before the gateway says this instance is alive: a second live process of the id is refused.
+    const claimed = yield* claimServerId(config.serverId, config.leaseMs).pipe(
+      Effect.as(true),
+      Effect.raceFirst(signalled.pipe(Effect.as(false))),
+    )
+    if (!claimed) return yield* Effect.logInfo("stopped before serving")
     yield* store.replaceCatalog(catalog)
     const gateway = yield* makeGateway(gatewayConfigFrom(config))
     const running = yield* Effect.forkScoped(gateway.run)
@@ -46,13 +54,39 @@ const serve = (
     Effect.provide(
       JobScheduler.layer({ maxInFlight: config.maxInFlight }).pipe(
         Layer.provideMerge(storeLayer(config)),
-        Layer.provideMerge(TransportRedis.layerRedis({ url: config.redisUrl, prefix: config.redisPrefix })),
+        Layer.provideMerge(
+          TransportRedis.layerRedis({
+            url: config.redisUrl,
+            prefix: config.redisPrefix,
+            onConnection: (event) =>
+              console.error(TransportRedis.describeConnection(event, "set REDIS_URL or --redis-url")),
+          }),
+        ),
       ),
     ),
   )
 
-/** The Store a reporting command reads: the configured database, or `make dev`'s embedded one. */
-const withStore = <A, E>(config: ServerConfig, body: Effect.Effect<A, E, Store>, embedded = false) =>
+/**
+ * The Store of a read-only command: the database must exist and be migrated already, and is
+ * neither created nor migrated (a mistyped name must not leave a new database behind).
+ */
+const readOnlyStoreLayer = (config: ServerConfig) =>
+  Layer.unwrap(
+    checkDatabase(config.databaseUrl).pipe(
+      Effect.as(PgStore.layer(config.databaseUrl, { migrate: false, maxPoolSize: 2 })),
+    ),
+  )
+
+/**
+ * The Store a command works on: the configured database (created and migrated when needed, unless
+ * `readOnly`), or `make dev`'s embedded one.
+ */
+const withStore = <A, E>(
+  config: ServerConfig,
+  body: Effect.Effect<A, E, Store>,
+  embedded = false,
+  readOnly = false,
+) =>
   body.pipe(
     Effect.provide(
       embedded
@@ -61,13 +95,18 @@ const withStore = <A, E>(config: ServerConfig, body: Effect.Effect<A, E, Store>,
               Effect.map((url) => PgStore.layer(url, { maxPoolSize: EMBEDDED_POOL_SIZE })),
             ),
           )
-        : storeLayer(config),
+        : readOnly
+          ? readOnlyStoreLayer(config)
+          : storeLayer(config),
     ),
   )
 
 /** A mistake in what the user asked for (flags, arguments, a catalog file), not a failure while doing it. */
 const isUsageError = (failure: unknown): boolean =>
-  failure instanceof ConfigError || failure instanceof InvalidJob || failure instanceof CatalogError
+  failure instanceof ConfigError ||
+  failure instanceof InvalidJob ||
+  failure instanceof CatalogError ||
+  failure instanceof ServerIdInUse
 
 /**
  * Runs a command's effect and exits with its outcome; failures are printed, not thrown. Exit code 2
@@ -176,6 +215,8 @@ sharedOptions(
                   flags.json === true,
                 )
               }),
+              false,
+              true,
             ),
           )
         case "revoke":
@@ -334,6 +375,7 @@ const reportCommand = (
             printRows(yield* rowsOf(yield* Store, filter, flags.json === true), flags.json === true)
           }),
           flags.embedded === true,
+          true,
         ),
       ),
     )

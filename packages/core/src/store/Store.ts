@@ -139,6 +139,16 @@ export interface SessionOwner extends SessionLease {
   readonly expired: boolean
 }
 
+/** A server instance's row, as `instanceStatus` reads it. */
+export interface InstanceStatus {
+  /** How long ago it last said it was alive (the database's clock). */
+  readonly aliveAgoMs: number
+  /** It stopped cleanly (and has not said it is alive since). */
+  readonly stopped: boolean
+  /** Changes each time the instance says it is alive: compare two reads to see a live holder. */
+  readonly beat: string
+}
+
 export interface NewResult {
   readonly ticket: string
   readonly peerId: string
@@ -258,6 +268,8 @@ export class Store extends Context.Service<
     readonly instanceAlive: (serverId: string) => Effect.Effect<void, StoreError>
     /** Records that this instance stopped cleanly (its sessions are already logged out). */
     readonly instanceStopped: (serverId: string) => Effect.Effect<void, StoreError>
+    /** The row of an instance, if it ever said it was alive. */
+    readonly instanceStatus: (serverId: string) => Effect.Effect<Option.Option<InstanceStatus>, StoreError>
     /** Instances other than `byServerId` not alive for `deadAfterMs` that did not stop cleanly. */
     readonly lostInstances: (entry: {
       readonly deadAfterMs: number

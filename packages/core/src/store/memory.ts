@@ -45,7 +45,10 @@ export const makeMemoryStore = Effect.sync(() => {
     }
   >()
   const results = new Map<string, ResultRow>()
-  const instances = new Map<string, { startedAt: number; aliveAt: number; stoppedAt: number | null }>()
+  const instances = new Map<
+    string,
+    { startedAt: number; aliveAt: number; stoppedAt: number | null; beats: number }
+  >()
   let sessionKey: Uint8Array | undefined
   let nextTokenId = 1
   let nextLogId = 1
@@ -231,13 +234,29 @@ export const makeMemoryStore = Effect.sync(() => {
         const instance = instances.get(serverId)
         // An instance that had stopped cleanly and says it is alive again has restarted.
         const startedAt = instance === undefined || instance.stoppedAt !== null ? now : instance.startedAt
-        instances.set(serverId, { startedAt, aliveAt: now, stoppedAt: null })
+        instances.set(serverId, {
+          startedAt,
+          aliveAt: now,
+          stoppedAt: null,
+          beats: (instance?.beats ?? 0) + 1,
+        })
       }),
     instanceStopped: (serverId) =>
       Effect.sync(() => {
         const now = Date.now()
         const instance = instances.get(serverId)
-        instances.set(serverId, { startedAt: now, aliveAt: now, ...instance, stoppedAt: now })
+        instances.set(serverId, { startedAt: now, aliveAt: now, beats: 0, ...instance, stoppedAt: now })
+      }),
+    instanceStatus: (serverId) =>
+      Effect.sync(() => {
+        const instance = instances.get(serverId)
+        return instance === undefined
+          ? Option.none()
+          : Option.some({
+              aliveAgoMs: Math.max(0, Date.now() - instance.aliveAt),
+              stopped: instance.stoppedAt !== null,
+              beat: String(instance.beats),
+            })
       }),
     lostInstances: ({ deadAfterMs, byServerId }) =>
       Effect.sync(() => {

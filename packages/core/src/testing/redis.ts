@@ -21,3 +21,15 @@ export const deleteKeysWithPrefix = async (url: string, prefix: string): Promise
     client.disconnect()
   }
 }
+
+/** The payloads of a stream's entries, oldest first. */
+export const streamPayloads = async (url: string, key: string): Promise<Array<string>> => {
+  const client = new Redis(url, { maxRetriesPerRequest: 1 })
+  client.on("error", () => {})
+  try {
+    const entries = await client.xrange(key, "-", "+")
+    return entries.map(([, fields]) => fields.join(" "))
+  } finally {
+    client.disconnect()
+  }
+}

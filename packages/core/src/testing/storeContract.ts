@@ -239,6 +239,29 @@ export const storeContract = (name: string, storeLayer: Layer.Layer<Store, unkno
         }),
       )
 
+      it.effect("reads an instance's row: how long ago it was alive, a beat that moves, a clean stop", () =>
+        Effect.gen(function* () {
+          const store = yield* Store
+          const id = unique("status")
+          assert.isTrue(Option.isNone(yield* store.instanceStatus(id)), "never alive: no row")
+          yield* store.instanceAlive(id)
+          const first = Option.getOrThrow(yield* store.instanceStatus(id))
+          assert.isFalse(first.stopped)
+          assert.isAtLeast(first.aliveAgoMs, 0)
+          assert.isBelow(first.aliveAgoMs, 5_000)
+          assert.strictEqual(Option.getOrThrow(yield* store.instanceStatus(id)).beat, first.beat)
+          yield* waitOut
+          const aged = Option.getOrThrow(yield* store.instanceStatus(id))
+          assert.isAtLeast(aged.aliveAgoMs, 100, "on the real clock")
+          yield* store.instanceAlive(id)
+          const second = Option.getOrThrow(yield* store.instanceStatus(id))
+          assert.notStrictEqual(second.beat, first.beat, "saying it is alive moves the beat")
+          assert.isBelow(second.aliveAgoMs, aged.aliveAgoMs)
+          yield* store.instanceStopped(id)
+          assert.isTrue(Option.getOrThrow(yield* store.instanceStatus(id)).stopped)
+        }),
+      )
+
       it.effect("the first proposed session key is everyone's", () =>
         Effect.gen(function* () {
           const store = yield* Store

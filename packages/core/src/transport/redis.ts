@@ -28,7 +28,109 @@ export interface RedisTransportOptions {
   readonly url: string
   /** Key prefix (see keys.ts); tests use one per run. */
   readonly prefix?: string
+  /**
+   * Told when Redis stops answering (with why, and when the next try is) and when it answers again:
+   * once per change, and again every `remindEveryMs` while it stays away. Never given the URL, only
+   * host and port, so no password reaches a log.
+   */
+  readonly onConnection?: (event: RedisConnectionEvent) => void
+  /** Default 30 s. */
+  readonly remindEveryMs?: number
 }
+
+export type RedisConnectionEvent =
+  | {
+      readonly _tag: "Unreachable"
+      /** host:port */
+      readonly address: string
+      /** e.g. "connection refused" */
+      readonly reason: string
+      readonly retryInMs: number
+      /** How long it has been away (0 the first time it is told). */
+      readonly downForMs: number
+    }
+  | { readonly _tag: "Reachable"; readonly address: string; readonly downForMs: number }
+
+const seconds = (ms: number) => `${Math.round(ms / 100) / 10}s`
+
+/** A connection event as one line for a person, with a hint on what to check when Redis is away. */
+export const describeConnection = (event: RedisConnectionEvent, hint: string): string =>
+  event._tag === "Reachable"
+    ? `Redis at ${event.address} is reachable again (after ${seconds(event.downForMs)})`
+    : `${event.downForMs === 0 ? "cannot reach" : `still cannot reach (for ${seconds(event.downForMs)})`} Redis at ${event.address} (${event.reason}); retrying in ${seconds(event.retryInMs)} — ${hint}`
+
+/** host:port of a Redis URL, without credentials. */
+export const redisAddress = (url: string): string => {
+  try {
+    const parsed = new URL(url)
+    return `${parsed.hostname || "127.0.0.1"}:${parsed.port || "6379"}`
+  } catch {
+    return "(an unreadable Redis URL)"
+  }
+}
+
+const SOCKET_REASONS: Record<string, string> = {
+  ECONNREFUSED: "connection refused",
+  ECONNRESET: "connection reset",
+  ETIMEDOUT: "timed out",
+  EHOSTUNREACH: "host unreachable",
+  ENETUNREACH: "network unreachable",
+  ENOTFOUND: "host not found",
+  EAI_AGAIN: "host name lookup failed",
+}
+
+/** Why a connection failed, in a few words and without secrets. */
+const reasonOf = (error: unknown, url: string): string => {
+  const code = (error as { code?: unknown } | undefined)?.code
+  if (typeof code === "string" && SOCKET_REASONS[code]) return SOCKET_REASONS[code]
+  let message = error instanceof Error ? error.message : String(error)
+  try {
+    const password = decodeURIComponent(new URL(url).password)
+    if (password !== "") message = message.split(password).join("***")
+  } catch {
+    // No password to hide.
+  }
+  return message
+}
+
+/** Reconnect delays: 200 ms, doubled per try, at most 2 s. */
+const reconnectDelay = (times: number) => Math.min(200 * 2 ** Math.min(times - 1, 10), 2_000)
+
+/**
+ * Follows every connection of one transport and tells of changes once for all of them (they fail
+ * and come back together).
+ */
+const watchConnections = (options: RedisTransportOptions) => {
+  const address = redisAddress(options.url)
+  const remindEveryMs = options.remindEveryMs ?? 30_000
+  const tell = options.onConnection ?? (() => {})
+  let lastReason = "connection lost"
+  let down: { readonly since: number; reason: string; toldAt: number } | undefined
+  return {
+    address,
+    error: (error: unknown) => {
+      lastReason = reasonOf(error, options.url)
+    },
+    reconnecting: (retryInMs: number) => {
+      const now = Date.now()
+      if (down === undefined) {
+        down = { since: now, reason: lastReason, toldAt: now }
+      } else if (down.reason === lastReason && now - down.toldAt < remindEveryMs) {
+        return
+      }
+      down.reason = lastReason
+      down.toldAt = now
+      tell({ _tag: "Unreachable", address, reason: lastReason, retryInMs, downForMs: now - down.since })
+    },
+    ready: () => {
+      if (down === undefined) return
+      const downForMs = Date.now() - down.since
+      down = undefined
+      tell({ _tag: "Reachable", address, downForMs })
+    },
+  }
+}
+type ConnectionWatch = ReturnType<typeof watchConnections>
 
 type StreamReply = Array<[string, Array<[string, Array<string>]>]> | null
 
@@ -44,10 +146,16 @@ const RELEASE_OWNER = luaScript("releaseOwner")
 const replyCode = (cause: unknown): string | undefined =>
   cause instanceof ReplyError ? (cause as Error).message.split(" ", 1)[0] : undefined
 
-const fail = (operation: string) => (cause: unknown) =>
+/** A command failed: a command that gave up waiting for a connection says where Redis was sought. */
+const failAt = (address: string) => (operation: string) => (cause: unknown) =>
   new TransportError({
     operation,
-    message: cause instanceof Error ? cause.message : String(cause),
+    message:
+      cause instanceof Error && cause.name === "MaxRetriesPerRequestError"
+        ? `Redis at ${address} is not reachable`
+        : cause instanceof Error
+          ? cause.message
+          : String(cause),
     ...(replyCode(cause) === "NOGROUP" ? { reason: "no_group" as const } : {}),
     cause,
   })
@@ -88,29 +196,33 @@ const nextStreamId = (id: string): string => {
 
 // RESP2 keeps stream replies in their classic nested-array shape. A command waits through at
 // most a few reconnect attempts, then fails with a TransportError that the caller retries.
-const connect = (url: string, options: { readonly autoPipelining?: boolean } = {}) =>
+const connect = (url: string, watch: ConnectionWatch, options: { readonly autoPipelining?: boolean } = {}) =>
   Effect.acquireRelease(
     Effect.sync(() => {
       const client = new Redis(url, {
         protocol: 2,
         maxRetriesPerRequest: 3,
+        retryStrategy: reconnectDelay,
         enableAutoPipelining: options.autoPipelining ?? false,
       })
-      // Connection errors surface as failed commands (TransportError); the event itself adds nothing.
-      client.on("error", () => {})
+      // Failed commands surface as TransportErrors; the connection's state is told by the watch.
+      client.on("error", watch.error)
+      client.on("reconnecting", watch.reconnecting)
+      client.on("ready", watch.ready)
       return client
     }),
     (client) => Effect.sync(() => client.disconnect()),
   )
 
-const call = <A>(operation: string, run: () => Promise<A>) =>
-  Effect.tryPromise({ try: run, catch: fail(operation) })
-
 export const makeRedisTransport = Effect.fnUntraced(function* (options: RedisTransportOptions) {
   const keys: Keys = makeKeys(options.prefix)
+  const watch = watchConnections(options)
+  const fail = failAt(watch.address)
+  const call = <A>(operation: string, run: () => Promise<A>) =>
+    Effect.tryPromise({ try: run, catch: fail(operation) })
   // The shared connection sends the commands of one tick in one write: under load that is most of
   // the cost of talking to Redis (a system call per command otherwise).
-  const client = yield* connect(options.url, { autoPipelining: true })
+  const client = yield* connect(options.url, watch, { autoPipelining: true })
 
   const ensureGroup = (stream: string) =>
     call("xgroup create", () => client.xgroup("CREATE", stream, UPLINK_GROUP, "0", "MKSTREAM")).pipe(
@@ -240,7 +352,7 @@ export const makeRedisTransport = Effect.fnUntraced(function* (options: RedisTra
       )
 
     const openShard = Effect.gen(function* () {
-      const reader = yield* connect(options.url)
+      const reader = yield* connect(options.url, watch)
       const shard: Shard = { inboxes: new Map(), blockedAs: undefined }
       shards.push(shard)
       yield* Effect.forkIn(readLoop(shard, reader), scope)
@@ -313,7 +425,7 @@ export const makeRedisTransport = Effect.fnUntraced(function* (options: RedisTra
         const own = keys.serverInbox(serverId)
         const ensureGroups = Effect.all([ensureGroup(keys.uplink), ensureGroup(own)], { discard: true })
         yield* ensureGroups
-        const reader = yield* connect(options.url)
+        const reader = yield* connect(options.url, watch)
         /** The stream an entry was read from. */
         const streamOf = (d: Delivery) =>
           !d.forwarded ? keys.uplink : d.fromServerId === undefined ? own : keys.serverInbox(d.fromServerId)
@@ -465,7 +577,7 @@ export const makeRedisTransport = Effect.fnUntraced(function* (options: RedisTra
 
     inboxReader: (peerId) =>
       Effect.gen(function* () {
-        const reader = yield* connect(options.url)
+        const reader = yield* connect(options.url, watch)
         const key = keys.peerInbox(peerId)
         return {
           read: (afterId, { count, blockMs }) =>
@@ -548,7 +660,7 @@ export const makeRedisTransport = Effect.fnUntraced(function* (options: RedisTra
 
     subscribe: Stream.callback<string, TransportError>((queue) =>
       Effect.gen(function* () {
-        const subscriber = yield* connect(options.url)
+        const subscriber = yield* connect(options.url, watch)
         subscriber.on("message", (_channel: string, message: string) => {
           Queue.offerUnsafe(queue, message)
         })

@@ -111,6 +111,9 @@ const DeliveredRow = std(
 const KeyRow = std(Schema.Struct({ key: Schema.Uint8Array }))
 const CountRow = std(Schema.Struct({ sessionId: Schema.String, count: Schema.Int }))
 const ServerIdRow = std(Schema.Struct({ serverId: Schema.String }))
+const InstanceRow = std(
+  Schema.Struct({ aliveAgoMs: Schema.Finite, stopped: Schema.Boolean, beat: Schema.String }),
+)
 const StateRow = std(Schema.Struct({ state: TicketState }))
 const SessionRow = std(
   Schema.Struct({
@@ -445,6 +448,19 @@ export const makePgStore = (pool: DatabasePool): Store["Service"] => {
           on conflict (server_id) do update set stopped_at = now()
         `)
       }),
+
+    instanceStatus: (serverId) =>
+      attempt("instanceStatus", async () =>
+        Option.fromNullishOr(
+          await pool.maybeOne(sql.type(InstanceRow)`
+            select greatest(0, extract(epoch from now() - alive_at) * 1000)::float8 as "aliveAgoMs",
+              stopped_at is not null as stopped,
+              -- Full microseconds: two keep-alives never share a value.
+              alive_at::text as beat
+            from server_instances where server_id = ${serverId}
+          `),
+        ),
+      ),
 
     lostInstances: (entry) =>
       attempt("lostInstances", async () => {

@@ -1,0 +1,134 @@
+import { existsSync, mkdtempSync, readFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { fileURLToPath } from "node:url"
+import { makeKeys } from "@picus/core"
+import { deleteKeysWithPrefix, streamPayloads, testKeyPrefix, testRedisUrl } from "@picus/core/testing"
+import { afterEach, describe, expect, it } from "vitest"
+import { freePort } from "../../../e2e/support/ports.ts"
+import { eventually, killAll, sleep, startNode, startPnpm } from "../../../e2e/support/processes.ts"
+import { startPrivateRedis } from "../../../e2e/support/redis.ts"
+
+// Real peer processes, started as a user starts them, against the shared Redis (a key prefix of
+// the test's own) with no server: what matters here is what they do before registering.
+
+const peerScript = fileURLToPath(new URL("../src/main.ts", import.meta.url))
+const prefixes: Array<string> = []
+afterEach(async () => {
+  await killAll()
+  for (const prefix of prefixes.splice(0)) await deleteKeysWithPrefix(testRedisUrl(), prefix)
+})
+
+const peerEnv = (extra: Record<string, string> = {}) => {
+  const prefix = testKeyPrefix()
+  prefixes.push(prefix)
+  return { PICUS_TOKEN: "tok", REDIS_URL: testRedisUrl(), PICUS_REDIS_PREFIX: prefix, ...extra }
+}
+
+const stateDirOf = async (line: Promise<string>) => /\(state in (.+)\)/.exec(await line)?.[1]
+
+describe("peer processes on one host", () => {
+  it("two peers started with the README's commands (default state folder) keep a state file each", async () => {
+    const home = mkdtempSync(join(tmpdir(), "picus-home-"))
+    const env = peerEnv({ HOME: home, XDG_STATE_HOME: join(home, ".local", "state") })
+    const one = startPnpm("peer-1", ["--filter", "peer", "start", "--peer-id", "peer-1"], env)
+    const two = startPnpm("peer-2", ["--filter", "peer", "start", "--peer-id", "peer-2"], env)
+    const [dirOne, dirTwo] = await Promise.all([
+      stateDirOf(one.waitForLine(/starting/)),
+      stateDirOf(two.waitForLine(/starting/)),
+    ])
+    expect(dirOne).toBeDefined()
+    expect(dirOne, "each peer id has a folder of its own").not.toBe(dirTwo)
+    for (const [id, dir] of [
+      ["peer-1", dirOne!],
+      ["peer-2", dirTwo!],
+    ] as const) {
+      expect(dir.startsWith(join(home, ".local", "state", "picus"))).toBe(true)
+      const file = join(dir, "peer.json")
+      await eventually(`${file}`, async () => (existsSync(file) ? true : undefined), 10_000)
+      expect(JSON.parse(readFileSync(file, "utf8")).peer_id).toBe(id)
+    }
+    expect(one.child.exitCode, one.output()).toBeNull()
+    expect(two.child.exitCode, two.output()).toBeNull()
+  }, 30_000)
+
+  it("a peer with no id keeps the id it made up, in the default state folder", async () => {
+    const home = mkdtempSync(join(tmpdir(), "picus-home-"))
+    const env = peerEnv({ HOME: home, XDG_STATE_HOME: join(home, ".local", "state") })
+    const first = startNode("first", peerScript, [], env)
+    const id = /peer (\S+) starting/.exec(await first.waitForLine(/starting/))?.[1]
+    first.signalGroup("SIGINT")
+    await first.exited
+    const again = startNode("again", peerScript, [], env)
+    expect(await again.waitForLine(/starting/)).toContain(`peer ${id} starting`)
+  }, 30_000)
+
+  it("refuses a second live peer on the same state folder, naming the folder and the first one's pid", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "picus-state-"))
+    const env = peerEnv()
+    const first = startNode("first", peerScript, ["--peer-id", "same", "--state-dir", dir], env)
+    await first.waitForLine(/starting/)
+    const second = startNode("second", peerScript, ["--peer-id", "same", "--state-dir", dir], env)
+    expect(await second.exited, second.output()).toBe(2)
+    expect(second.output()).toContain(dir)
+    expect(second.output()).toContain(`pid ${first.child.pid}`)
+    expect(first.child.exitCode, "the first one runs on").toBeNull()
+
+    // Once the first is gone (even by kill -9), the folder is free again.
+    first.signalGroup("SIGKILL")
+    await first.exited
+    const third = startNode("third", peerScript, ["--peer-id", "same", "--state-dir", dir], env)
+    await third.waitForLine(/starting/)
+    expect(third.child.exitCode, third.output()).toBeNull()
+  }, 30_000)
+})
+
+describe("a peer that cannot reach Redis", () => {
+  it("says so with the address, never the password, and keeps retrying", async () => {
+    const port = await freePort()
+    const dir = mkdtempSync(join(tmpdir(), "picus-state-"))
+    const peer = startNode(
+      "peer",
+      peerScript,
+      ["--peer-id", "lonely", "--state-dir", dir, "--redis-url", `redis://:hunter2secret@127.0.0.1:${port}`],
+      peerEnv(),
+    )
+    await peer.waitForLine(
+      new RegExp(
+        `cannot reach Redis at 127\\.0\\.0\\.1:${port} \\(connection refused\\); retrying in [0-9.]+s`,
+      ),
+      10_000,
+    )
+    expect(peer.output()).toMatch(/set REDIS_URL or --redis-url/)
+    await sleep(4_000)
+    expect(peer.child.exitCode, peer.output()).toBeNull()
+    expect(peer.output()).not.toContain("hunter2secret")
+    expect(peer.output()).not.toMatch(/max retries per request/i)
+    const told = peer.lines.filter((l) => l.includes("cannot reach Redis")).length
+    expect(told, "said once, not at every retry").toBeLessThanOrEqual(2)
+  }, 30_000)
+
+  it("registers once Redis is up", async () => {
+    const redis = await startPrivateRedis({ persistent: false })
+    await redis.stop()
+    const dir = mkdtempSync(join(tmpdir(), "picus-state-"))
+    const env = { ...peerEnv(), REDIS_URL: redis.url }
+    const peer = startNode("peer", peerScript, ["--peer-id", "patient", "--state-dir", dir], env)
+    const { host } = new URL(redis.url)
+    await peer.waitForLine(new RegExp(`cannot reach Redis at ${host.replaceAll(".", "\\.")}`), 10_000)
+    await redis.start()
+    await peer.waitForLine(new RegExp(`Redis at ${host.replaceAll(".", "\\.")} is reachable`), 15_000)
+    try {
+      const uplink = makeKeys(env.PICUS_REDIS_PREFIX).uplink
+      await eventually(
+        "the registration in the uplink",
+        async () =>
+          (await streamPayloads(redis.url, uplink)).some((p) => p.includes('"register"')) ? true : undefined,
+        15_000,
+      )
+    } finally {
+      await killAll()
+      await redis.stop()
+    }
+  }, 40_000)
+})
