@@ -1,6 +1,6 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Protocol, Transport, TransportMemory, TransportRedis } from "@picus/core"
-import { deleteKeysWithPrefix, testKeyPrefix, testRedisUrl } from "@picus/core/testing"
+import { deleteKeysWithPrefix, eventuallyTrue, testKeyPrefix, testRedisUrl } from "@picus/core/testing"
 import { Effect, Result } from "effect"
 import { afterAll } from "vitest"
 import { submitAtRate } from "../src/rate.ts"
@@ -105,13 +105,7 @@ const fakeServer = (options: FakeServerOptions) =>
   })
 
 const waitFor = (what: string, condition: () => boolean, ms = 10_000) =>
-  Effect.gen(function* () {
-    const deadline = Date.now() + ms
-    while (!condition()) {
-      if (Date.now() > deadline) return yield* Effect.die(new Error(`timed out waiting for ${what}`))
-      yield* Effect.sleep(10)
-    }
-  })
+  eventuallyTrue(condition, what, { timeoutMs: ms, intervalMs: 10 })
 
 describe("SimulatedFleet (memory transport)", () => {
   it.live("registers every peer, answers every job under its session, heartbeats, and logs out", () =>

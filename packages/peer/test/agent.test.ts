@@ -3,6 +3,7 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { assert, describe, it } from "@effect/vitest"
 import { Protocol, Transport, TransportError, TransportMemory } from "@picus/core"
+import { eventuallyTrue } from "@picus/core/testing"
 import { Effect, Fiber, Layer, Result } from "effect"
 import { makeAgent } from "../src/Agent.ts"
 import { openStateFile } from "../src/state.ts"
@@ -136,14 +137,7 @@ const pendingOnDisk = (dir: string): Array<string> => {
   return (state.results ?? []).filter((r) => !r.delivered).map((r) => r.ticket)
 }
 
-const eventually = (check: () => boolean, what: string) =>
-  Effect.gen(function* () {
-    const deadline = Date.now() + 10_000
-    while (!check()) {
-      if (Date.now() > deadline) return assert.fail(`timed out waiting: ${what}`)
-      yield* Effect.sleep("20 millis")
-    }
-  })
+const eventually = (check: () => boolean, what: string) => eventuallyTrue(check, what)
 
 const linesIn = (path: string) => readFileSync(path, "utf8").trim().split("\n").length
 

@@ -3,6 +3,7 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { assert, describe, it } from "@effect/vitest"
 import { type Envelope, Protocol, Store, Transport } from "@picus/core"
+import { eventually } from "@picus/core/testing"
 import { Effect, Exit, Fiber, Option, Result, Scope } from "effect"
 import { makeAgent, openStateFile } from "peer"
 import { makeGateway } from "../src/gateway/index.ts"
@@ -70,15 +71,7 @@ const catalog = [
 ]
 
 const waitFor = <A, E, R>(check: Effect.Effect<A | undefined, E, R>, what: string, ms = 10_000) =>
-  Effect.gen(function* () {
-    const deadline = Date.now() + ms
-    while (Date.now() < deadline) {
-      const value = yield* check
-      if (value !== undefined) return value
-      yield* Effect.sleep("20 millis")
-    }
-    return yield* Effect.die(new Error(`timed out waiting for ${what}`))
-  })
+  eventually(check, what, { timeoutMs: ms })
 
 /** A hand-driven peer speaking the wire protocol, to send what a real agent never would. */
 const rawPeer = Effect.fnUntraced(function* (peerId: string, token: string) {

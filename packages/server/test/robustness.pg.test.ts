@@ -1,6 +1,6 @@
 import { assert, describe, it } from "@effect/vitest"
 import { type Envelope, JobScheduler, Protocol, Store, Transport, TransportRedis } from "@picus/core"
-import { deleteKeysWithPrefix, testKeyPrefix, testRedisUrl } from "@picus/core/testing"
+import { deleteKeysWithPrefix, eventually, testKeyPrefix, testRedisUrl } from "@picus/core/testing"
 import { Cause, Context, Effect, Exit, Fiber, Layer, Option, Result } from "effect"
 import { createPool, type DatabasePool, sql } from "slonik"
 import { PgStore } from "../src/db/PgStore.ts"
@@ -75,15 +75,7 @@ const query = <A>(run: (pool: DatabasePool) => Promise<A>) =>
   Effect.flatMap(Pool, (pool: DatabasePool) => Effect.promise(() => run(pool)))
 
 const waitFor = <A, E, R>(check: Effect.Effect<A | undefined, E, R>, what: string, ms = 10_000) =>
-  Effect.gen(function* () {
-    const deadline = Date.now() + ms
-    while (Date.now() < deadline) {
-      const value = yield* check
-      if (value !== undefined) return value
-      yield* Effect.sleep("20 millis")
-    }
-    return yield* Effect.die(new Error(`timed out waiting for ${what}`))
-  })
+  eventually(check, what, { timeoutMs: ms })
 
 /** A peer driven by hand: registers, and reads what its inbox brings. */
 const rawPeer = Effect.fnUntraced(function* (peerId: string) {
