@@ -1,4 +1,17 @@
 import { Context, type Effect, type Option, Schema } from "effect"
+import type { LeaseLost, SessionLease } from "../domain/lease.ts"
+import type { ResultStatus, TicketState } from "../domain/ticket.ts"
+
+export { holds, LeaseLost, type SessionLease } from "../domain/lease.ts"
+export {
+  canMove,
+  isTerminal,
+  OPEN_TICKET_STATES,
+  ResultStatus,
+  TERMINAL_TICKET_STATES,
+  TicketState,
+  ticketStateOf,
+} from "../domain/ticket.ts"
 
 /**
  * How a store failure should be treated, judged from its cause (error class, SQLSTATE), never its text:
@@ -21,37 +34,6 @@ export class StoreError extends Schema.TaggedError<StoreError>()("StoreError", {
 
 /** The kind of a store failure (`unknown` when the store did not say). */
 export const storeFailureKind = (error: StoreError): StoreFailureKind => error.kind ?? "unknown"
-
-/**
- * A write for a session was refused: the epoch it named is no longer the session's (another
- * instance took the session over, or a newer login of the peer closed it). The writer has lost the
- * session and must stop acting for it.
- */
-export class LeaseLost extends Schema.TaggedError<LeaseLost>()("LeaseLost", {
-  sessionId: Schema.String,
-  epoch: Schema.Int,
-}) {}
-
-export const TicketState = Schema.Literals([
-  "queued",
-  "delivered",
-  "succeeded",
-  "failed",
-  "timed_out",
-  "undeliverable",
-  "cancelled",
-])
-export type TicketState = typeof TicketState.Type
-export const TERMINAL_TICKET_STATES: ReadonlyArray<TicketState> = [
-  "succeeded",
-  "failed",
-  "timed_out",
-  "undeliverable",
-  "cancelled",
-]
-
-export const ResultStatus = Schema.Literals(["succeeded", "failed", "timed_out", "refused"])
-export type ResultStatus = typeof ResultStatus.Type
 
 /** A job of the catalog. */
 export const CatalogJob = Schema.Struct({
@@ -112,12 +94,6 @@ export interface SubmittedJob {
   readonly name: string
   readonly command: string
   readonly timeoutMs: number
-}
-
-/** The session and the epoch an owner holds it at: the fencing token of its writes. */
-export interface SessionLease {
-  readonly sessionId: string
-  readonly epoch: number
 }
 
 /** A session this instance took over from a lost one, with what it needs to carry on. */
@@ -381,7 +357,3 @@ export class Store extends Context.Service<
     }) => Effect.Effect<ReadonlyArray<ResultRow>, StoreError>
   }
 >()("@picus/core/Store") {}
-
-/** The terminal ticket state a result status leads to. */
-export const ticketStateOf = (status: ResultStatus): TicketState =>
-  status === "succeeded" ? "succeeded" : status === "timed_out" ? "timed_out" : "failed"

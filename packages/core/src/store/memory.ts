@@ -1,4 +1,5 @@
 import { Effect, Layer, Option } from "effect"
+import { isTerminal } from "../domain/ticket.ts"
 import { LogoutReason } from "../protocol/messages.ts"
 import {
   type CatalogJob,
@@ -10,7 +11,6 @@ import {
   type SessionOwner,
   Store,
   StoreError,
-  TERMINAL_TICKET_STATES,
   type Ticket,
   type TicketState,
   type TokenInfo,
@@ -55,7 +55,6 @@ export const makeMemoryStore = Effect.sync(() => {
   let nextTicket = 100_000
 
   const append = (row: Omit<LogRow, "id" | "at">) => log.push({ ...row, id: nextLogId++, at: Date.now() })
-  const isTerminal = (state: TicketState) => TERMINAL_TICKET_STATES.includes(state)
   const newestFirst = <A>(rows: ReadonlyArray<A>, limit: number) => rows.slice().reverse().slice(0, limit)
   const isClosed = (sessionId: string | null) =>
     log.some((r) => r.event === "logout" && r.sessionId === sessionId)

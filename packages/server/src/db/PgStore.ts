@@ -1,11 +1,11 @@
 import {
   CatalogJob,
+  isTerminal,
   LeaseLost,
   Protocol,
   ResultStatus,
   Store,
   StoreError,
-  TERMINAL_TICKET_STATES,
   type Ticket,
   TicketState,
   ticketStateOf,
@@ -173,8 +173,6 @@ const tokenColumns = sql.fragment`
 /** A row limit PostgreSQL accepts: NaN and negatives read nothing, Infinity reads everything. */
 const limitOf = (limit: number): number | null =>
   Number.isNaN(limit) ? 0 : limit === Number.POSITIVE_INFINITY ? null : Math.max(0, Math.trunc(limit))
-
-const isTerminal = (state: TicketState): boolean => TERMINAL_TICKET_STATES.includes(state)
 
 /** Runs a query, mapping any failure to a StoreError naming the operation. */
 const attempt = <A>(operation: string, run: () => Promise<A>): Effect.Effect<A, StoreError> =>

@@ -1,0 +1,59 @@
+import { Schema } from "effect"
+
+/**
+ * A ticket's life, on one page. A ticket is created `queued` and ends in exactly one terminal state:
+ *
+ *   queued ──mark delivered──▶ delivered ──result──▶ succeeded | failed | timed_out
+ *     │                          │  ▲ sent again (a lost job or answer)
+ *     │                          └──┘
+ *     ├──▶ undeliverable   not delivered by its delivery deadline (the reconciler)
+ *     ├──▶ failed          the wire cannot carry it (never sent)
+ *     └──▶ cancelled
+ *   delivered ──▶ timed_out   no answer after the last try, or its session ended and none carried it on
+ *   delivered ──▶ failed      its result was refused by the database (a dead letter), or cannot be sent
+ *   delivered ──▶ cancelled
+ *
+ * Terminal states never change again; a result for a closed ticket is told `ticket_closed`.
+ */
+export const TicketState = Schema.Literals([
+  "queued",
+  "delivered",
+  "succeeded",
+  "failed",
+  "timed_out",
+  "undeliverable",
+  "cancelled",
+])
+export type TicketState = typeof TicketState.Type
+
+export const OPEN_TICKET_STATES: ReadonlyArray<TicketState> = ["queued", "delivered"]
+export const TERMINAL_TICKET_STATES: ReadonlyArray<TicketState> = [
+  "succeeded",
+  "failed",
+  "timed_out",
+  "undeliverable",
+  "cancelled",
+]
+
+export const isTerminal = (state: TicketState): boolean => TERMINAL_TICKET_STATES.includes(state)
+
+const transitions: Record<TicketState, ReadonlyArray<TicketState>> = {
+  queued: ["delivered", "undeliverable", "failed", "cancelled"],
+  delivered: ["delivered", "succeeded", "failed", "timed_out", "cancelled"],
+  succeeded: [],
+  failed: [],
+  timed_out: [],
+  undeliverable: [],
+  cancelled: [],
+}
+
+/** Whether a ticket in state `from` may move to `to`. */
+export const canMove = (from: TicketState, to: TicketState): boolean => transitions[from].includes(to)
+
+/** How a job ended, as its peer reports it. */
+export const ResultStatus = Schema.Literals(["succeeded", "failed", "timed_out", "refused"])
+export type ResultStatus = typeof ResultStatus.Type
+
+/** The terminal ticket state a result status leads to (a peer's refusal is a failure). */
+export const ticketStateOf = (status: ResultStatus): TicketState =>
+  status === "succeeded" ? "succeeded" : status === "timed_out" ? "timed_out" : "failed"
