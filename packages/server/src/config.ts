@@ -1,5 +1,6 @@
 import { createHash } from "node:crypto"
 import { hostname } from "node:os"
+import { Config, ConfigProvider, Effect, Exit, Option, Redacted, Schema } from "effect"
 import { defaultCatalogPath } from "./catalog.ts"
 
 /** Defaults shared with compose.yaml and the README: local PostgreSQL and Redis on their usual ports. */
@@ -12,8 +13,8 @@ export interface ServerConfig {
   readonly redisUrl: string
   readonly redisPrefix: string
   readonly serverId: string
-  /** PICUS_TOKENS: enrollment tokens accepted besides those in the database. */
-  readonly environmentTokens: string | undefined
+  /** PICUS_TOKENS: enrollment tokens accepted besides those in the database (comma-separated). */
+  readonly environmentTokens: Redacted.Redacted<string> | undefined
   readonly shutdownReason: string
   readonly catalogPath: string
   readonly heartbeatMs: number
@@ -47,44 +48,117 @@ export class ConfigError extends Error {
   override readonly name = "ConfigError"
 }
 
-const positiveInt = (name: string, value: number | string | undefined, fallback: number): number => {
-  if (value === undefined || value === "") return fallback
-  const n = Number(value)
-  if (!Number.isInteger(n) || n <= 0)
-    throw new ConfigError(`${name} must be a positive whole number, got "${value}"`)
-  return n
+const PositiveInt = Schema.Int.check(Schema.isGreaterThan(0))
+
+/** A setting: its flag (if any), its environment variable, how it is read and what it says when wrong. */
+interface Setting<A> {
+  readonly flag?: keyof ServerFlags
+  readonly env: string
+  readonly config: (name: string) => Config.Config<A>
+  readonly expected: string
+}
+
+const text = (flag: keyof ServerFlags | undefined, env: string): Setting<Option.Option<string>> => ({
+  ...(flag ? { flag } : {}),
+  env,
+  config: (name) => Config.option(Config.String(name)),
+  expected: "text",
+})
+const positive = (flag: keyof ServerFlags, env: string): Setting<Option.Option<number>> => ({
+  flag,
+  env,
+  config: (name) => Config.option(Config.schema(PositiveInt, name)),
+  expected: "a positive whole number",
+})
+const secret = (env: string): Setting<Option.Option<Redacted.Redacted<string>>> => ({
+  env,
+  config: (name) => Config.option(Config.Redacted(name)),
+  expected: "a secret",
+})
+
+const settings = {
+  databaseUrl: text("databaseUrl", "DATABASE_URL"),
+  redisUrl: text("redisUrl", "REDIS_URL"),
+  redisPrefix: text("redisPrefix", "PICUS_REDIS_PREFIX"),
+  serverId: text("serverId", "PICUS_SERVER_ID"),
+  shutdownReason: text("shutdownReason", "PICUS_SHUTDOWN_REASON"),
+  catalogPath: text("catalog", "PICUS_CATALOG"),
+  heartbeatMs: positive("heartbeatMs", "PICUS_HEARTBEAT_MS"),
+  graceMs: positive("graceMs", "PICUS_GRACE_MS"),
+  drainMs: positive("drainMs", "PICUS_DRAIN_MS"),
+  maxInFlight: positive("maxInFlight", "PICUS_MAX_IN_FLIGHT"),
+  leaseMs: positive("leaseMs", "PICUS_LEASE_MS"),
+  deliveryDeadlineMs: positive("deliveryDeadlineMs", "PICUS_DELIVERY_DEADLINE_MS"),
+  environmentTokens: secret("PICUS_TOKENS"),
+  sessionKey: secret("PICUS_SESSION_KEY"),
+} as const
+
+const flagName = (flag: string) => `--${flag.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`
+
+/** Flags win over the environment: both are read through one Effect Config provider. */
+const providerOf = (flags: ServerFlags, env: NodeJS.ProcessEnv) => {
+  const fromFlags: Record<string, string> = {}
+  for (const setting of Object.values(settings) as ReadonlyArray<Setting<unknown>>) {
+    const value = setting.flag === undefined ? undefined : flags[setting.flag]
+    if (value !== undefined && value !== "") fromFlags[setting.env] = String(value)
+  }
+  return ConfigProvider.fromEnvRecord(fromFlags).pipe(
+    ConfigProvider.orElse(ConfigProvider.fromEnvRecord({ ...env })),
+  )
+}
+
+/** Reads one setting; a wrong value names the flag, the variable, what was expected and (unless secret) what was given. */
+const read = <A>(
+  provider: ConfigProvider.ConfigProvider,
+  setting: Setting<A>,
+  flags: ServerFlags,
+  env: NodeJS.ProcessEnv,
+): A => {
+  const exit = Effect.runSyncExit(setting.config(setting.env).parse(provider))
+  if (Exit.isSuccess(exit)) return exit.value
+  const where = setting.flag ? `${flagName(setting.flag)} (or ${setting.env})` : setting.env
+  const given =
+    setting.expected === "a secret"
+      ? ""
+      : `, got "${(setting.flag && flags[setting.flag]) ?? env[setting.env]}"`
+  throw new ConfigError(`${where} must be ${setting.expected}${given}`)
 }
 
 /** At least 32 characters of secret; its SHA-256 is the key. */
-const sessionKeyFrom = (value: string | undefined): Uint8Array | undefined => {
-  if (value === undefined || value === "") return undefined
-  if (value.length < 32) throw new ConfigError("PICUS_SESSION_KEY must be at least 32 characters")
-  return new Uint8Array(createHash("sha256").update(value).digest())
+const sessionKeyFrom = (value: Redacted.Redacted<string>): Uint8Array => {
+  if (Redacted.value(value).length < 32)
+    throw new ConfigError("PICUS_SESSION_KEY must be at least 32 characters")
+  return new Uint8Array(createHash("sha256").update(Redacted.value(value)).digest())
 }
 
+/**
+ * The server's configuration, through Effect's Config: each flag wins over its environment
+ * variable, then the defaults. Secrets stay `Redacted` (they print as `<redacted>`). Throws
+ * ConfigError naming what to fix.
+ */
 export const resolveServerConfig = (
   flags: ServerFlags,
   env: NodeJS.ProcessEnv = process.env,
 ): ServerConfig => {
-  const heartbeatMs = positiveInt("--heartbeat-ms", flags.heartbeatMs ?? env.PICUS_HEARTBEAT_MS, 5_000)
+  const provider = providerOf(flags, env)
+  const get = <A>(setting: Setting<Option.Option<A>>, fallback: A): A =>
+    Option.getOrElse(read(provider, setting, flags, env), () => fallback)
+  const heartbeatMs = get(settings.heartbeatMs, 5_000)
+  const sessionKey = read(provider, settings.sessionKey, flags, env)
   return {
-    databaseUrl: flags.databaseUrl ?? env.DATABASE_URL ?? DEFAULT_DATABASE_URL,
-    redisUrl: flags.redisUrl ?? env.REDIS_URL ?? DEFAULT_REDIS_URL,
-    redisPrefix: flags.redisPrefix ?? env.PICUS_REDIS_PREFIX ?? "picus",
-    serverId: flags.serverId ?? env.PICUS_SERVER_ID ?? `${hostname()}-${process.pid}`,
-    environmentTokens: env.PICUS_TOKENS,
-    shutdownReason: flags.shutdownReason ?? env.PICUS_SHUTDOWN_REASON ?? DEFAULT_SHUTDOWN_REASON,
-    catalogPath: flags.catalog ?? env.PICUS_CATALOG ?? defaultCatalogPath,
+    databaseUrl: get(settings.databaseUrl, DEFAULT_DATABASE_URL),
+    redisUrl: get(settings.redisUrl, DEFAULT_REDIS_URL),
+    redisPrefix: get(settings.redisPrefix, "picus"),
+    serverId: get(settings.serverId, `${hostname()}-${process.pid}`),
+    environmentTokens: Option.getOrUndefined(read(provider, settings.environmentTokens, flags, env)),
+    shutdownReason: get(settings.shutdownReason, DEFAULT_SHUTDOWN_REASON),
+    catalogPath: get(settings.catalogPath, defaultCatalogPath),
     heartbeatMs,
-    graceMs: positiveInt("--grace-ms", flags.graceMs ?? env.PICUS_GRACE_MS, heartbeatMs * 3),
-    drainMs: positiveInt("--drain-ms", flags.drainMs ?? env.PICUS_DRAIN_MS, 3_000),
-    maxInFlight: positiveInt("--max-in-flight", flags.maxInFlight ?? env.PICUS_MAX_IN_FLIGHT, 8),
-    leaseMs: positiveInt("--lease-ms", flags.leaseMs ?? env.PICUS_LEASE_MS, 15_000),
-    deliveryDeadlineMs: positiveInt(
-      "--delivery-deadline-ms",
-      flags.deliveryDeadlineMs ?? env.PICUS_DELIVERY_DEADLINE_MS,
-      3_600_000,
-    ),
-    sessionKey: sessionKeyFrom(env.PICUS_SESSION_KEY),
+    graceMs: get(settings.graceMs, heartbeatMs * 3),
+    drainMs: get(settings.drainMs, 3_000),
+    maxInFlight: get(settings.maxInFlight, 8),
+    leaseMs: get(settings.leaseMs, 15_000),
+    deliveryDeadlineMs: get(settings.deliveryDeadlineMs, 3_600_000),
+    sessionKey: Option.isSome(sessionKey) ? sessionKeyFrom(sessionKey.value) : undefined,
   }
 }

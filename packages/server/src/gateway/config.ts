@@ -1,4 +1,5 @@
 import type { SessionConfig } from "@picus/core"
+import { Redacted } from "effect"
 import type { ServerConfig } from "../config.ts"
 import { type EnrollmentTokens, enrollmentTokensFrom } from "../tokens.ts"
 
@@ -46,7 +47,9 @@ export const gatewayConfigFrom = (
   heartbeatMs: config.heartbeatMs,
   graceMs: config.graceMs,
   drainMs: config.drainMs,
-  enrollment: enrollmentTokensFrom([config.environmentTokens ?? "", ...extraTokens].join(",")),
+  enrollment: enrollmentTokensFrom(
+    [config.environmentTokens ? Redacted.value(config.environmentTokens) : "", ...extraTokens].join(","),
+  ),
   batchSize: 128,
   staleRegisterMs: 60_000,
   reclaimIdleMs: 30_000,
