@@ -2,6 +2,7 @@ import { Effect, Layer, Option } from "effect"
 import { LogoutReason } from "../protocol/messages.ts"
 import {
   type CatalogJob,
+  jobFitsPeer,
   LeaseLost,
   type LogRow,
   type NewResult,
@@ -166,7 +167,7 @@ export const makeMemoryStore = Effect.sync(() => {
     jobsFor: (os, distro) =>
       Effect.sync(() =>
         [...catalog.values()]
-          .filter((j) => j.enabled && j.os === os && j.distro === distro)
+          .filter((j) => j.enabled && jobFitsPeer(j, { os, distro }))
           .map(({ enabled: _enabled, ...job }) => job),
       ),
 

@@ -101,6 +101,24 @@ export const storeContract = (name: string, storeLayer: Layer.Layer<Store, unkno
           )
         }),
       )
+
+      it.effect("gives jobs for any os or distro to every peer, even one that did not say its own", () =>
+        Effect.gen(function* () {
+          const store = yield* Store
+          const distro = unique("distro")
+          const anywhere = { ...job("anywhere", "any"), os: "any" }
+          const anyLinux = job("any-linux", "any")
+          const anyOs = { ...job("any-os", distro), os: "any" }
+          yield* store.replaceCatalog([job("exact", distro), anywhere, anyLinux, anyOs, job("other", "x")])
+          const ids = (os: string | null, d: string | null) =>
+            store.jobsFor(os, d).pipe(Effect.map((jobs) => jobs.map((j) => j.job_id).sort()))
+          assert.deepStrictEqual(yield* ids("linux", distro), ["any-linux", "any-os", "anywhere", "exact"])
+          assert.deepStrictEqual(yield* ids("linux", "other"), ["any-linux", "anywhere"])
+          assert.deepStrictEqual(yield* ids("windows", distro), ["any-os", "anywhere"])
+          assert.deepStrictEqual(yield* ids("linux", null), ["any-linux", "anywhere"])
+          assert.deepStrictEqual(yield* ids(null, null), ["anywhere"])
+        }),
+      )
     })
 
     describe("registration log", () => {

@@ -1,4 +1,5 @@
 import {
+  ANY_PLATFORM,
   CatalogJob,
   LeaseLost,
   Protocol,
@@ -338,7 +339,7 @@ export const makePgStore = (pool: DatabasePool): Store["Service"] => {
       attempt("jobsFor", () =>
         pool.any(sql.type(CatalogJobRow)`
           select job_id, name, os, distro, command, timeout_ms from jobs
-          where enabled and os = ${os} and distro = ${distro}
+          where enabled and (os = ${ANY_PLATFORM} or os = ${os}) and (distro = ${ANY_PLATFORM} or distro = ${distro})
           order by job_id
         `),
       ),
