@@ -38,6 +38,7 @@ export const makeMemoryStore = Effect.sync(() => {
       readonly peerId: string
       readonly os: string | null
       readonly distro: string | null
+      readonly heartbeats: boolean
       readonly openedAt: number
       ownerId: string
       epoch: number
@@ -198,6 +199,7 @@ export const makeMemoryStore = Effect.sync(() => {
           peerId: l.peerId,
           os: l.os,
           distro: l.distro,
+          heartbeats: l.agentVersion !== null,
           openedAt: Date.now(),
           ownerId: l.serverId,
           epoch: 1,
@@ -303,6 +305,7 @@ export const makeMemoryStore = Effect.sync(() => {
             peerId: s.peerId,
             os: s.os,
             distro: s.distro,
+            heartbeats: s.heartbeats,
             fromServerId,
             tickets: openTicketsWhere((t) => t.sessionId === sessionId).map(copy),
           }

@@ -438,6 +438,33 @@ export const storeContract = (name: string, storeLayer: Layer.Layer<Store, unkno
         }),
       )
 
+      it.effect("a session taken over says whether its peer heartbeats (it gave an agent_version)", () =>
+        Effect.gen(function* () {
+          const store = yield* Store
+          const lost = unique("lost")
+          const agent = loginOf(unique("peer"), { serverId: lost, leaseMs: SHORT_LEASE_MS })
+          const seed = loginOf(unique("seed"), {
+            serverId: lost,
+            leaseMs: SHORT_LEASE_MS,
+            os: null,
+            distro: null,
+            hostname: null,
+            agentVersion: null,
+          })
+          yield* store.login(agent)
+          yield* store.login(seed)
+          yield* waitOut
+          const taken = yield* store.takeOverSessions({
+            serverId: unique("taker"),
+            leaseMs: LEASE_MS,
+            limit: 1_000,
+          })
+          const heartbeats = new Map(taken.map((t) => [t.sessionId, t.heartbeats]))
+          assert.strictEqual(heartbeats.get(agent.sessionId), true)
+          assert.strictEqual(heartbeats.get(seed.sessionId), false)
+        }),
+      )
+
       it.effect("an instance asking for one session of its own name takes it back at once", () =>
         Effect.gen(function* () {
           const store = yield* Store
