@@ -7,12 +7,14 @@ import pg from "pg"
 
 const repoRoot = join(import.meta.dirname, "..", "..")
 const serverScript = join(repoRoot, "packages", "server", "src", "main.ts")
+// The built-in catalog has jobs for any os, which every peer gets; a run measures its own jobs only.
+const emptyCatalog = join(repoRoot, "bench", "empty-catalog.json")
 
-/** Starts `picus-server start` with this environment; resolves once it serves. */
+/** Starts `picus-server start` with this environment (an empty catalog unless it names one). */
 export const startServer = (id: string, env: Record<string, string>): Promise<ChildProcess> =>
   new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [serverScript, "start"], {
-      env: { ...process.env, ...env, PICUS_SERVER_ID: id },
+      env: { ...process.env, PICUS_CATALOG: emptyCatalog, ...env, PICUS_SERVER_ID: id },
       stdio: ["ignore", "pipe", "pipe"],
     })
     let output = ""

@@ -112,7 +112,7 @@ export const makeFleet = (cluster: Cluster, peers: number, jobMs: number): Promi
       runId: randomBytes(3).toString("hex"),
       token: cluster.token,
       serverIp: "127.0.0.1",
-      // No os: the server plans no catalog jobs for these peers.
+      // No os, and the bench's servers have an empty catalog: no catalog jobs for these peers.
       os: undefined,
       agentVersion: "bench",
       jobMs,

@@ -33,7 +33,8 @@ export const startNode = (
   env: Record<string, string>,
 ): Running => startProcess(name, process.execPath, [script, ...args], env)
 
-const startProcess = (
+/** Starts any program the same way (a client that shares no code with the project, say). */
+export const startProcess = (
   name: string,
   command: string,
   args: ReadonlyArray<string>,

@@ -126,9 +126,9 @@ describe("seed examples decode verbatim", () => {
     assert.deepStrictEqual(message, expected)
     assert.isTrue(isJob(message))
     assert.strictEqual(serverMessageKind(message), "job")
-    // Encoding always emits the canonical kind.
+    // Encoding emits the seed's own form, which every receiver decodes.
     const encoded = encodeMessage(message)
-    assert.strictEqual(JSON.parse(encoded).msg, "job")
+    assert.strictEqual(JSON.parse(encoded).msg, "register")
     assert.deepStrictEqual(expectOk(decodeServerMessage(encoded)), expected)
   })
 
@@ -254,7 +254,7 @@ describe("round trips", () => {
       internal: "not for the wire",
     } as Job
     assert.deepStrictEqual(JSON.parse(encodeMessage(job)), {
-      msg: "job",
+      msg: "register",
       ticket: "1",
       peer_id: "p",
       token: "t",

@@ -21,7 +21,7 @@ export interface FleetConfig {
   /** The enrollment token every simulated peer registers with. */
   readonly token: string
   readonly serverIp: string
-  /** Sent at registration; undefined sends no os/distro, so the server plans no catalog jobs. */
+  /** Sent at registration; undefined sends no os/distro: only catalog jobs marked any fit them. */
   readonly os: OsLabels | undefined
   readonly agentVersion: string
   /** How long a job "runs" before its result is sent (0: answered at once). */

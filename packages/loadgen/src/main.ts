@@ -198,7 +198,7 @@ cli
   .option("--job-ms <ms>", "How long each simulated job takes before its result is sent (default 0)")
   .option(
     "--os <os>",
-    'os sent at registration; "none" sends no os/distro, so no catalog jobs (default linux)',
+    'os sent at registration; "none" sends no os/distro, so only catalog jobs for any os (default linux)',
   )
   .option("--distro <distro>", "distro sent at registration (default debian)")
   .option("--ramp <s>", "Spread the first registrations over this many seconds (default 0: all at once)")

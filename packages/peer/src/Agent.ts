@@ -1,4 +1,4 @@
-import { type Envelope, Protocol, Transport, type TransportError } from "@picus/core"
+import { type Envelope, jobFitsPeer, Protocol, Transport, type TransportError } from "@picus/core"
 import { Console, Deferred, Effect, Fiber, Random, Result, Schedule, Semaphore } from "effect"
 import { type ExecuteOptions, execute } from "./executor.ts"
 import type { OsInfo } from "./osInfo.ts"
@@ -108,7 +108,7 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
 
   const runJob = Effect.fnUntraced(function* (session: Session, job: Protocol.Job) {
     const base = { msg: "result", ticket: job.ticket, peer_id: peerId, token: session.token } as const
-    if (job.job.os !== config.os.os || job.job.distro !== config.os.distro) {
+    if (!jobFitsPeer(job.job, config.os)) {
       yield* say(`refused job ${job.ticket} "${job.job.name}": it is for ${job.job.os}/${job.job.distro}`)
       return yield* sendResult({
         ...base,

@@ -169,44 +169,51 @@ describe("peer agent", () => {
     }).pipe(Effect.scoped, Effect.provide(TransportMemory.layerMemory)),
   )
 
-  it.live("runs a ticket delivered twice once, and refuses a job for another distro without running it", () =>
-    Effect.gen(function* () {
-      const { agent, dir, fromPeer, toPeer, job } = yield* setup()
-      yield* Effect.forkScoped(agent.run)
-      const [register] = yield* fromPeer
-      assert.strictEqual(register?.msg, "register")
-      yield* toPeer({
-        msg: "register",
-        peer_id: "p1",
-        token: "session-secret",
-        status: "accepted",
-        heartbeat_ms: 60_000,
-      })
-      const marker = join(dir, "ran-foreign")
-      yield* toPeer(job("1", `echo $$ >> ${join(dir, "count")}; echo once`))
-      yield* toPeer(job("1", `echo $$ >> ${join(dir, "count")}; echo once`))
-      yield* toPeer(job("2", `touch ${marker}`, "centos"))
-      yield* toPeer(job("3", "echo three"))
-      const results = yield* collectResults(fromPeer, 3)
-      yield* Effect.sleep("300 millis")
-      const late = (yield* fromPeer).filter((m) => m.msg === "result")
-      const all = [...results, ...late]
-      assert.deepStrictEqual(all.map((r) => r.ticket).sort(), ["1", "2", "3"])
-      const byTicket = new Map(all.map((r) => [r.ticket, r]))
-      assert.strictEqual(byTicket.get("1")?.result, "once\n")
-      assert.strictEqual(byTicket.get("1")?.token, "session-secret")
-      assert.strictEqual(byTicket.get("2")?.status, "refused")
-      assert.isFalse(existsSync(marker), "a job for another distro never runs")
-      assert.strictEqual(byTicket.get("3")?.status, "succeeded")
-      // Sent again after it finished (its answer lost, say): answered from the kept result, not
-      // run a second time.
-      yield* toPeer(job("1", `echo $$ >> ${join(dir, "count")}; echo once`))
-      const [again] = yield* collectResults(fromPeer, 1)
-      assert.strictEqual(again?.ticket, "1")
-      assert.strictEqual(again?.status, "succeeded")
-      assert.strictEqual(again?.result, "once\n")
-      assert.strictEqual(readFileSync(join(dir, "count"), "utf8").trim().split("\n").length, 1, "ran once")
-    }).pipe(Effect.scoped, Effect.provide(TransportMemory.layerMemory)),
+  it.live(
+    "runs a ticket delivered twice once, runs jobs for any distro, refuses one for another distro",
+    () =>
+      Effect.gen(function* () {
+        const { agent, dir, fromPeer, toPeer, job } = yield* setup()
+        yield* Effect.forkScoped(agent.run)
+        const [register] = yield* fromPeer
+        assert.strictEqual(register?.msg, "register")
+        yield* toPeer({
+          msg: "register",
+          peer_id: "p1",
+          token: "session-secret",
+          status: "accepted",
+          heartbeat_ms: 60_000,
+        })
+        const marker = join(dir, "ran-foreign")
+        yield* toPeer(job("1", `echo $$ >> ${join(dir, "count")}; echo once`))
+        yield* toPeer(job("1", `echo $$ >> ${join(dir, "count")}; echo once`))
+        yield* toPeer(job("2", `touch ${marker}`, "centos"))
+        yield* toPeer(job("3", "echo three"))
+        yield* toPeer(job("4", "echo any-distro", "any"))
+        const anywhere = job("5", "echo anywhere") as Protocol.Job
+        yield* toPeer({ ...anywhere, job: { ...anywhere.job, os: "any", distro: "any" } })
+        const results = yield* collectResults(fromPeer, 5)
+        yield* Effect.sleep("300 millis")
+        const late = (yield* fromPeer).filter((m) => m.msg === "result")
+        const all = [...results, ...late]
+        assert.deepStrictEqual(all.map((r) => r.ticket).sort(), ["1", "2", "3", "4", "5"])
+        const byTicket = new Map(all.map((r) => [r.ticket, r]))
+        assert.strictEqual(byTicket.get("1")?.result, "once\n")
+        assert.strictEqual(byTicket.get("1")?.token, "session-secret")
+        assert.strictEqual(byTicket.get("2")?.status, "refused")
+        assert.isFalse(existsSync(marker), "a job for another distro never runs")
+        assert.strictEqual(byTicket.get("3")?.status, "succeeded")
+        assert.strictEqual(byTicket.get("4")?.result, "any-distro\n")
+        assert.strictEqual(byTicket.get("5")?.result, "anywhere\n")
+        // Sent again after it finished (its answer lost, say): answered from the kept result, not
+        // run a second time.
+        yield* toPeer(job("1", `echo $$ >> ${join(dir, "count")}; echo once`))
+        const [again] = yield* collectResults(fromPeer, 1)
+        assert.strictEqual(again?.ticket, "1")
+        assert.strictEqual(again?.status, "succeeded")
+        assert.strictEqual(again?.result, "once\n")
+        assert.strictEqual(readFileSync(join(dir, "count"), "utf8").trim().split("\n").length, 1, "ran once")
+      }).pipe(Effect.scoped, Effect.provide(TransportMemory.layerMemory)),
   )
 
   it.live("answers, without running it, a ticket that an earlier run of the peer started", () =>

@@ -356,6 +356,81 @@ describe.each(compositions)("server and peers in one process (%s)", (_name, laye
   )
 
   it.live(
+    "a peer that speaks only the seed gets the jobs for any os, stays logged in while silent, hears the shutdown",
+    () =>
+      Effect.gen(function* () {
+        const transport = yield* Transport
+        const store = yield* Store
+        yield* store.replaceCatalog([
+          ...catalog,
+          {
+            job_id: "anywhere",
+            name: "Anywhere",
+            os: "any",
+            distro: "any",
+            command: "echo hi",
+            timeout_ms: 5_000,
+          },
+        ])
+        const gateway = yield* makeGateway({ ...gatewayConfig, heartbeatMs: 100, graceMs: 300, drainMs: 200 })
+        const server = yield* Effect.forkScoped(gateway.run)
+        const tail = yield* transport.inboxTail("seed")
+        const reader = yield* transport.inboxReader("seed")
+        let cursor = tail
+        // The wire text itself: the seed's peer knows nothing of how this project decodes it.
+        const next = Effect.gen(function* () {
+          const [entry] = yield* waitFor(
+            reader
+              .read(cursor, { count: 1, blockMs: 200 })
+              .pipe(Effect.map((es) => (es.length > 0 ? es : undefined))),
+            "a message for the seed peer",
+          )
+          cursor = (entry as Envelope).id
+          return JSON.parse((entry as Envelope).payload) as Record<string, unknown>
+        })
+        // The seed's register, with only its fields.
+        yield* transport.sendUplink(
+          JSON.stringify({ msg: "register", peer_id: "seed", token: "good-token", server_ip: "10.0.0.5" }),
+        )
+        const accepted = yield* next
+        assert.strictEqual(accepted.status, "accepted")
+        const job = yield* next
+        assert.deepStrictEqual(Object.keys(job).sort(), ["job", "msg", "peer_id", "ticket", "token"])
+        assert.strictEqual(job.msg, "register")
+        assert.strictEqual((job.job as { name: string }).name, "Anywhere")
+        yield* transport.sendUplink(
+          JSON.stringify({
+            msg: "result",
+            ticket: job.ticket,
+            peer_id: "seed",
+            token: job.token,
+            result: "hi\n",
+          }),
+        )
+        yield* waitFor(
+          store
+            .results({ peerId: "seed", limit: 5 })
+            .pipe(Effect.map((r) => (r.length === 1 ? r : undefined))),
+          "the seed peer's result",
+        )
+        yield* Effect.sleep("1200 millis") // four grace periods without a word from the peer
+        const [open] = yield* store.sessions({ peerId: "seed", limit: 1 })
+        assert.isNull(open!.logoutReason, "a peer that never heartbeats is not logged out for silence")
+        yield* gateway.shutdown("Upgrade server")
+        let shutdown = yield* next
+        while (shutdown.msg === "heartbeat") shutdown = yield* next
+        assert.deepStrictEqual(
+          [shutdown.msg, shutdown.token, shutdown.reason],
+          ["shutdown", job.token, "Upgrade server"],
+        )
+        yield* Fiber.interrupt(server)
+        const [closed] = yield* store.sessions({ peerId: "seed", limit: 1 })
+        assert.strictEqual(closed!.logoutReason, "server_shutdown")
+      }).pipe(Effect.scoped, Effect.provide(layer())),
+    30_000,
+  )
+
+  it.live(
     "drops malformed uplink messages and keeps serving",
     () =>
       Effect.gen(function* () {
@@ -485,6 +560,39 @@ describe.each(shared)("several server instances (%s)", (_name, layer) => {
           assert.strictEqual(owner.ownerId, "b")
           assert.strictEqual(owner.epoch, 2)
         }
+      }).pipe(Effect.scoped, Effect.provide(layer())),
+    30_000,
+  )
+
+  it.live(
+    "a session of a peer that never heartbeats, taken over from a lost instance, is not logged out for silence",
+    () =>
+      Effect.gen(function* () {
+        const store = yield* Store
+        const transport = yield* Transport
+        yield* store.replaceCatalog(catalog)
+        const a = yield* startInstance("a")
+        yield* transport.sendUplink(
+          JSON.stringify({ msg: "register", peer_id: "seed", token: "good-token", server_ip: "10.0.0.5" }),
+        )
+        yield* waitFor(
+          store
+            .sessions({ peerId: "seed", limit: 1 })
+            .pipe(Effect.map((s) => (s.length > 0 ? s : undefined))),
+          "the seed peer's session, on a",
+        )
+        yield* startInstance("b")
+        yield* a.die
+        yield* waitFor(
+          store
+            .sessionOf("seed")
+            .pipe(Effect.map((o) => (Option.getOrUndefined(o)?.ownerId === "b" ? true : undefined))),
+          "b to take the session over",
+          15_000,
+        )
+        yield* Effect.sleep("3 seconds") // three grace periods on b, and not a word from the peer
+        const [session] = yield* store.sessions({ peerId: "seed", limit: 1 })
+        assert.isNull(session!.logoutReason)
       }).pipe(Effect.scoped, Effect.provide(layer())),
     30_000,
   )

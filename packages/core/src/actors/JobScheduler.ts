@@ -107,15 +107,16 @@ export const makeTicketQueue = (
 }
 
 /**
- * Picks the jobs for a peer (the catalog filtered by the peer's os and distro), creates their
- * tickets in the Store, and paces them per peer.
+ * Picks the jobs for a peer (the catalog jobs of the peer's os and distro, and those marked `any`;
+ * a peer that did not say its os or distro gets the `any` ones), creates their tickets in the
+ * Store, and paces them per peer.
  */
 export class JobScheduler extends Context.Service<
   JobScheduler,
   {
     /**
      * A new session's queue: the tickets it adopted first, then one new ticket per catalog job
-     * of the peer's os and distro that is not already among them.
+     * that fits the peer (Store.jobsFor) and is not already among them.
      */
     readonly plan: (request: PlanRequest) => Effect.Effect<TicketQueue, StoreError>
     /** A taken-over session's queue, from its open tickets: delivered ones stay in flight. */
@@ -129,14 +130,17 @@ export class JobScheduler extends Context.Service<
         const store = yield* Store
         return JobScheduler.of({
           plan: Effect.fnUntraced(function* (request: PlanRequest) {
-            if (request.os === null || request.distro === null) {
-              if (request.adopted.length === 0) {
-                yield* Effect.logWarning("peer did not report its os and distro: no catalog jobs match it")
-              }
-              return makeTicketQueue(request.adopted, options.maxInFlight)
-            }
             const open = new Set(request.adopted.map((t) => t.jobId))
             const jobs = (yield* store.jobsFor(request.os, request.distro)).filter((j) => !open.has(j.job_id))
+            if (
+              jobs.length === 0 &&
+              request.adopted.length === 0 &&
+              (request.os === null || request.distro === null)
+            ) {
+              yield* Effect.logWarning(
+                "peer did not report its os or distro, and no catalog job is marked any",
+              )
+            }
             const tickets =
               jobs.length === 0
                 ? []

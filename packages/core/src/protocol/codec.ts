@@ -293,7 +293,7 @@ const selectEncoder = (message: Messages.Message): Decoder<unknown> | undefined 
 /**
  * Encodes a message as JSON text, validating it against its schema (limits included) and against
  * `MAX_MESSAGE_BYTES`, so a sender finds out instead of the receiver dropping the message. Only the
- * schema's fields are emitted; jobs always go out as `"msg": "job"`.
+ * schema's fields are emitted; jobs go out in the seed's form, `"msg": "register"` with a `job`.
  */
 export const encodeMessageResult = (message: Messages.Message): Result.Result<string, ProtocolError> => {
   const msg = message.msg

@@ -231,15 +231,14 @@ export const JobSpec = Schema.Struct({
 export type JobSpec = typeof JobSpec.Type
 
 /**
- * The `msg` of a job. The seed protocol sends jobs as `"register"` messages carrying a `job` field, the
- * canonical kind is `"job"`. Accepting both literals on the wire and transforming to the single literal
- * `"job"` keeps the alias a decoding concern of this one field: decoded jobs always have `msg: "job"`,
- * so code switches on one value, and encoding (whose getter is the same constant) always emits `"job"`.
+ * The `msg` of a job. The seed protocol sends jobs as `"register"` messages carrying a `job` field;
+ * in code the kind is `"job"`. Both literals decode to `"job"`, so code switches on one value, and
+ * encoding emits `"register"`, the seed's own form, so a peer that knows only the seed sees its jobs.
  */
 const JobMsg = Schema.Literals(["job", "register"]).pipe(
   Schema.decodeTo(Schema.Literal("job"), {
     decode: SchemaGetter.transform(() => "job" as const),
-    encode: SchemaGetter.transform(() => "job" as const),
+    encode: SchemaGetter.transform(() => "register" as const),
   }),
 )
 

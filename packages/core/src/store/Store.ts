@@ -46,6 +46,20 @@ export const CatalogJob = Schema.Struct({
 })
 export type CatalogJob = typeof CatalogJob.Type
 
+/** A catalog job's `os` or `distro` that fits every peer, one that did not report its own too. */
+export const ANY_PLATFORM = "any"
+
+/**
+ * Whether a job is for a peer: its os is the peer's or `any`, and so is its distro. A peer that did
+ * not say its os (or distro) gets only the jobs marked `any` for it.
+ */
+export const jobFitsPeer = (
+  job: { readonly os: string; readonly distro: string },
+  peer: { readonly os: string | null; readonly distro: string | null },
+): boolean =>
+  (job.os === ANY_PLATFORM || job.os === peer.os) &&
+  (job.distro === ANY_PLATFORM || job.distro === peer.distro)
+
 export interface TokenInfo {
   readonly tokenId: number
   readonly name: string
@@ -199,7 +213,11 @@ export class Store extends Context.Service<
     // Job catalog.
     /** Makes the catalog exactly `jobs`: upserts them and disables every other job. */
     readonly replaceCatalog: (jobs: ReadonlyArray<CatalogJob>) => Effect.Effect<void, StoreError>
-    readonly jobsFor: (os: string, distro: string) => Effect.Effect<ReadonlyArray<CatalogJob>, StoreError>
+    /** The enabled jobs that fit a peer of this os and distro (null: it did not say); see jobFitsPeer. */
+    readonly jobsFor: (
+      os: string | null,
+      distro: string | null,
+    ) => Effect.Effect<ReadonlyArray<CatalogJob>, StoreError>
 
     /**
      * The cluster's session key (session tokens are derived from it): the stored one, or `proposed`

@@ -3,6 +3,7 @@ import { isTerminal } from "../domain/ticket.ts"
 import { LogoutReason } from "../protocol/messages.ts"
 import {
   type CatalogJob,
+  jobFitsPeer,
   LeaseLost,
   type LogRow,
   type NewResult,
@@ -37,6 +38,7 @@ export const makeMemoryStore = Effect.sync(() => {
       readonly peerId: string
       readonly os: string | null
       readonly distro: string | null
+      readonly heartbeats: boolean
       readonly openedAt: number
       ownerId: string
       epoch: number
@@ -165,7 +167,7 @@ export const makeMemoryStore = Effect.sync(() => {
     jobsFor: (os, distro) =>
       Effect.sync(() =>
         [...catalog.values()]
-          .filter((j) => j.enabled && j.os === os && j.distro === distro)
+          .filter((j) => j.enabled && jobFitsPeer(j, { os, distro }))
           .map(({ enabled: _enabled, ...job }) => job),
       ),
 
@@ -196,6 +198,7 @@ export const makeMemoryStore = Effect.sync(() => {
           peerId: l.peerId,
           os: l.os,
           distro: l.distro,
+          heartbeats: l.agentVersion !== null,
           openedAt: Date.now(),
           ownerId: l.serverId,
           epoch: 1,
@@ -301,6 +304,7 @@ export const makeMemoryStore = Effect.sync(() => {
             peerId: s.peerId,
             os: s.os,
             distro: s.distro,
+            heartbeats: s.heartbeats,
             fromServerId,
             tickets: openTicketsWhere((t) => t.sessionId === sessionId).map(copy),
           }

@@ -101,6 +101,24 @@ export const storeContract = (name: string, storeLayer: Layer.Layer<Store, unkno
           )
         }),
       )
+
+      it.effect("gives jobs for any os or distro to every peer, even one that did not say its own", () =>
+        Effect.gen(function* () {
+          const store = yield* Store
+          const distro = unique("distro")
+          const anywhere = { ...job("anywhere", "any"), os: "any" }
+          const anyLinux = job("any-linux", "any")
+          const anyOs = { ...job("any-os", distro), os: "any" }
+          yield* store.replaceCatalog([job("exact", distro), anywhere, anyLinux, anyOs, job("other", "x")])
+          const ids = (os: string | null, d: string | null) =>
+            store.jobsFor(os, d).pipe(Effect.map((jobs) => jobs.map((j) => j.job_id).sort()))
+          assert.deepStrictEqual(yield* ids("linux", distro), ["any-linux", "any-os", "anywhere", "exact"])
+          assert.deepStrictEqual(yield* ids("linux", "other"), ["any-linux", "anywhere"])
+          assert.deepStrictEqual(yield* ids("windows", distro), ["any-os", "anywhere"])
+          assert.deepStrictEqual(yield* ids("linux", null), ["any-linux", "anywhere"])
+          assert.deepStrictEqual(yield* ids(null, null), ["anywhere"])
+        }),
+      )
     })
 
     describe("registration log", () => {
@@ -417,6 +435,33 @@ export const storeContract = (name: string, storeLayer: Layer.Layer<Store, unkno
             [],
             "taken once only",
           )
+        }),
+      )
+
+      it.effect("a session taken over says whether its peer heartbeats (it gave an agent_version)", () =>
+        Effect.gen(function* () {
+          const store = yield* Store
+          const lost = unique("lost")
+          const agent = loginOf(unique("peer"), { serverId: lost, leaseMs: SHORT_LEASE_MS })
+          const seed = loginOf(unique("seed"), {
+            serverId: lost,
+            leaseMs: SHORT_LEASE_MS,
+            os: null,
+            distro: null,
+            hostname: null,
+            agentVersion: null,
+          })
+          yield* store.login(agent)
+          yield* store.login(seed)
+          yield* waitOut
+          const taken = yield* store.takeOverSessions({
+            serverId: unique("taker"),
+            leaseMs: LEASE_MS,
+            limit: 1_000,
+          })
+          const heartbeats = new Map(taken.map((t) => [t.sessionId, t.heartbeats]))
+          assert.strictEqual(heartbeats.get(agent.sessionId), true)
+          assert.strictEqual(heartbeats.get(seed.sessionId), false)
         }),
       )
 

@@ -1,4 +1,5 @@
 import {
+  ANY_PLATFORM,
   CatalogJob,
   isTerminal,
   LeaseLost,
@@ -59,6 +60,7 @@ const TakenRow = std(
     os: NullableString,
     distro: NullableString,
     fromServerId: Schema.String,
+    heartbeats: Schema.Boolean,
   }),
 )
 const OwnerRow = std(
@@ -336,7 +338,7 @@ export const makePgStore = (pool: DatabasePool): Store["Service"] => {
       attempt("jobsFor", () =>
         pool.any(sql.type(CatalogJobRow)`
           select job_id, name, os, distro, command, timeout_ms from jobs
-          where enabled and os = ${os} and distro = ${distro}
+          where enabled and (os = ${ANY_PLATFORM} or os = ${os}) and (distro = ${ANY_PLATFORM} or distro = ${distro})
           order by job_id
         `),
       ),
@@ -516,10 +518,11 @@ export const makePgStore = (pool: DatabasePool): Store["Service"] => {
             )
             update sessions s set owner_id = ${entry.serverId}, epoch = s.epoch + 1,
               lease_until = ${leaseEnd(entry.leaseMs)}
-            from candidates c
-            where s.session_id = c.session_id
+            from candidates c, peers p
+            where s.session_id = c.session_id and p.peer_id = s.peer_id
+            -- The peer's row is of its latest login, which is this open session's.
             returning s.session_id::text as "sessionId", s.peer_id as "peerId", s.epoch,
-              s.os, s.distro, c.owner_id as "fromServerId"
+              s.os, s.distro, c.owner_id as "fromServerId", p.agent_version is not null as "heartbeats"
           `)
           if (taken.length === 0) return []
           const tickets = await tx.any(sql.type(TicketRow)`
