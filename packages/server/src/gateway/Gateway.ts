@@ -33,7 +33,7 @@ export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
 
   const registry = yield* makeSessionRegistry(config.serverId, config.leaseMs, sessionConfig)
   const registration = yield* makeRegistration(config, registry, lifecycle)
-  const leaseKeeper = yield* makeLeaseKeeper(config, registry)
+  const leaseKeeper = yield* makeLeaseKeeper(config, registry, batchLock)
   const recorder = yield* makeResultRecorder()
   const router = yield* makeRouter({
     config,

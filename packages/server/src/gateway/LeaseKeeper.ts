@@ -1,5 +1,5 @@
 import { Store, Transport } from "@picus/core"
-import { Clock, Effect } from "effect"
+import { Clock, Effect, type Semaphore } from "effect"
 import type { GatewayConfig } from "./config.ts"
 import type { SessionRegistry } from "./SessionRegistry.ts"
 
@@ -15,6 +15,8 @@ const TAKE_OVER_BATCH = 500
 export const makeLeaseKeeper = Effect.fnUntraced(function* (
   config: GatewayConfig,
   registry: SessionRegistry,
+  /** The pump's batch lock: a takeover and a batch never interleave (see below). */
+  batchLock: Semaphore.Semaphore,
 ) {
   const store = yield* Store
   const transport = yield* Transport
@@ -54,16 +56,23 @@ export const makeLeaseKeeper = Effect.fnUntraced(function* (
       "renew",
     )
     if ((yield* Clock.currentTimeMillis) >= takeOverNotBefore) {
-      const taken = yield* store.takeOverSessions({
-        serverId: config.serverId,
-        leaseMs: config.leaseMs,
-        limit: TAKE_OVER_BATCH,
-      })
-      if (taken.length > 0) {
-        const from = [...new Set(taken.map((t) => t.fromServerId))].join(", ")
-        yield* Effect.logWarning(`taking over ${taken.length} session(s) of ${from}`)
-        yield* registry.adopt(taken)
-      }
+      // Between the takeover's commit and the adoption, PostgreSQL says the session is this
+      // instance's but the registry does not have it yet: a message of it handled then would take
+      // it over a second time (and fence the adoption). So no batch runs meanwhile.
+      yield* batchLock.withPermits(1)(
+        Effect.gen(function* () {
+          const taken = yield* store.takeOverSessions({
+            serverId: config.serverId,
+            leaseMs: config.leaseMs,
+            limit: TAKE_OVER_BATCH,
+          })
+          if (taken.length > 0) {
+            const from = [...new Set(taken.map((t) => t.fromServerId))].join(", ")
+            yield* Effect.logWarning(`taking over ${taken.length} session(s) of ${from}`)
+            yield* registry.adopt(taken)
+          }
+        }),
+      )
     }
     // Messages forwarded to a lost instance (in the moments its marks still pointed at it) are
     // drained by the live ones; each goes where PostgreSQL says its session is now.
