@@ -1,3 +1,9 @@
-// What other packages (the load generator, the benchmark) use of the server.
+// What other packages (the load generator, the benchmark, the `make dev` harness) use of the
+// server, with the errors and types their signatures name.
+export { CatalogError, loadCatalog } from "./catalog.ts"
+export { ConfigError, DEFAULT_SHUTDOWN_REASON, resolveServerConfig, type ServerConfig } from "./config.ts"
+export { defaultDataDir, EMBEDDED_POOL_SIZE, serveEmbedded } from "./db/embedded.ts"
+export { ensureDatabase } from "./db/ensureDatabase.ts"
 export { PgStore } from "./db/PgStore.ts"
+export { type Gateway, GatewayFailed, gatewayConfigFrom, makeGateway, untilSignal } from "./gateway/index.ts"
 export { InvalidJob, type Submission, submitJobs, validateSubmission } from "./submit.ts"

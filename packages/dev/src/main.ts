@@ -11,12 +11,19 @@ import {
 } from "@picus/core"
 import { Cause, Console, Effect, Exit, Fiber, Layer, References, Stream } from "effect"
 import { detectOs, makeAgent, openStateFile } from "peer"
-import { loadCatalog } from "../catalog.ts"
-import { DEFAULT_SHUTDOWN_REASON, resolveServerConfig } from "../config.ts"
-import { defaultDataDir, EMBEDDED_POOL_SIZE, serveEmbedded } from "../db/embedded.ts"
-import { ensureDatabase } from "../db/ensureDatabase.ts"
-import { PgStore } from "../db/PgStore.ts"
-import { gatewayConfigFrom, makeGateway, untilSignal } from "../gateway/index.ts"
+import {
+  DEFAULT_SHUTDOWN_REASON,
+  defaultDataDir,
+  EMBEDDED_POOL_SIZE,
+  ensureDatabase,
+  gatewayConfigFrom,
+  loadCatalog,
+  makeGateway,
+  PgStore,
+  resolveServerConfig,
+  serveEmbedded,
+  untilSignal,
+} from "server"
 import { makeLiveView, renderFeedPayload, stdoutWantsColor } from "./liveView.ts"
 import { summarize } from "./summary.ts"
 
