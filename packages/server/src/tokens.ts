@@ -1,4 +1,13 @@
-import { hashSecret, newSecret, Protocol, Store, type StoreError, sameHash, secretPrefix } from "@picus/core"
+import {
+  hashSecret,
+  newSecret,
+  Protocol,
+  Store,
+  type StoreError,
+  sameHash,
+  secretPrefix,
+  TokenStore,
+} from "@picus/core"
 import { Effect, Option } from "effect"
 
 /** Enrollment tokens accepted besides those in the database (PICUS_TOKENS), kept as hashes only. */
@@ -31,7 +40,7 @@ export const verifyEnrollmentToken = Effect.fnUntraced(function* (
 
 /** Creates an enrollment token; the secret is returned once and only its hash is stored. */
 export const createEnrollmentToken = Effect.fnUntraced(function* (name: string) {
-  const store = yield* Store
+  const store = yield* TokenStore
   const secret = newSecret("picus")
   const info = yield* store.createToken({ name, prefix: secretPrefix(secret), hash: hashSecret(secret) })
   return { secret, info }
