@@ -23,7 +23,10 @@ export const enrollmentTokensFrom = (commaSeparated: string | undefined): Enroll
     .map(hashSecret),
 })
 
-/** None when the token may enroll; Some(reason) when it may not. The reason never quotes the token. */
+/**
+ * None when the token may enroll; Some(reason) when it may not. The reason never quotes the token.
+ * Asks for the whole Store: its caller, the gateway's registration, works with the Store.
+ */
 export const verifyEnrollmentToken = Effect.fnUntraced(function* (
   tokens: EnrollmentTokens,
   token: string,

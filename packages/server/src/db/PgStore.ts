@@ -1,4 +1,11 @@
-import { composeStore, type StoreParts, type StoreService, type Stores, storesContext } from "@picus/core"
+import {
+  composeStore,
+  layerStores,
+  type StoreParts,
+  type StoreService,
+  type Stores,
+  storesContext,
+} from "@picus/core"
 import { Effect, Layer } from "effect"
 import type { DatabasePool } from "slonik"
 import { makePgCatalog } from "./catalog.ts"
@@ -24,8 +31,7 @@ export const makePgStores = (pool: DatabasePool): StoreParts => ({
 export const makePgStore = (pool: DatabasePool): StoreService => composeStore(makePgStores(pool))
 
 /** The Store and every narrow store over an existing pool (whose lifetime the caller manages). */
-export const layerPg = (pool: DatabasePool): Layer.Layer<Stores> =>
-  Layer.succeedContext(storesContext(makePgStores(pool)))
+export const layerPg = (pool: DatabasePool): Layer.Layer<Stores> => layerStores(makePgStores(pool))
 
 export interface PgStoreOptions extends PoolOptions {
   /** Apply pending migrations before serving (default true). */
