@@ -1,7 +1,7 @@
 import type { ChildProcess } from "node:child_process"
 import { randomBytes } from "node:crypto"
 import { loadavg } from "node:os"
-import { type Store, type Transport, TransportRedis } from "@picus/core"
+import { type Stores, type Transport, TransportRedis } from "@picus/core"
 import { type Context, Effect, Exit, Layer, Scope } from "effect"
 import { type Counters, makeSimulatedFleet, type SimulatedFleet } from "loadgen"
 import pg from "pg"
@@ -27,7 +27,7 @@ export interface Cluster {
   readonly redisUrl: string
   readonly servers: ReadonlyArray<ChildProcess>
   readonly pool: pg.Pool
-  readonly run: <A, E>(effect: Effect.Effect<A, E, Store | Transport | Scope.Scope>) => Promise<A>
+  readonly run: <A, E>(effect: Effect.Effect<A, E, Stores | Transport | Scope.Scope>) => Promise<A>
   readonly stop: () => Promise<void>
 }
 
@@ -69,7 +69,7 @@ export const startCluster = async (
     // Dropping the database at teardown ends idle connections: not an error of the run.
     pool.on("error", () => {})
     scope = Effect.runSync(Scope.make())
-    const context: Context.Context<Store | Transport> = await Effect.runPromise(
+    const context: Context.Context<Stores | Transport> = await Effect.runPromise(
       Layer.buildWithScope(
         Layer.mergeAll(
           PgStore.layer(dbUrl, { migrate: false, maxPoolSize: 8 }),

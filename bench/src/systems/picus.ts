@@ -1,6 +1,6 @@
 import type { ChildProcess } from "node:child_process"
 import { randomBytes } from "node:crypto"
-import { type Store, type Transport, TransportRedis } from "@picus/core"
+import { type Stores, type Transport, TransportRedis } from "@picus/core"
 import { type Context, Effect, Exit, Layer, Scope } from "effect"
 import { makeSimulatedFleet, type SimulatedFleet } from "loadgen"
 import pg from "pg"
@@ -34,13 +34,13 @@ const makeSystem = (env: BenchEnv, instances: number): BenchSystem => {
   const prefix = `bench-picus-${randomBytes(4).toString("hex")}`
   const servers: Array<ChildProcess> = []
   let scope: Scope.Closeable | undefined
-  let context: Context.Context<Store | Transport> | undefined
+  let context: Context.Context<Stores | Transport> | undefined
   let fleet: SimulatedFleet | undefined
   let pool: pg.Pool | undefined
   let sampler: Sampler | undefined
   let errors = 0
 
-  const run = <A, E>(effect: Effect.Effect<A, E, Store | Transport>): Promise<A> =>
+  const run = <A, E>(effect: Effect.Effect<A, E, Stores | Transport>): Promise<A> =>
     Effect.runPromise(effect.pipe(Effect.provideContext(context!)))
 
   const setup = async (): Promise<void> => {

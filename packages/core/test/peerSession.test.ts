@@ -21,7 +21,7 @@ import {
 const stuckStore = Layer.effect(
   Store,
   Effect.map(Store, (store: Store["Service"]) => ({ ...store, recordResult: () => Effect.never })),
-).pipe(Layer.provide(StoreMemory.layerMemory))
+).pipe(Layer.provideMerge(StoreMemory.layerMemory))
 
 const services = JobScheduler.layer({ maxInFlight: 4 }).pipe(
   Layer.provideMerge(stuckStore),
@@ -103,7 +103,7 @@ describe("PeerSession when PostgreSQL is away", () => {
             : store.markDelivered(lease, tickets),
       } satisfies Store["Service"]
     }),
-  ).pipe(Layer.provide(StoreMemory.layerMemory))
+  ).pipe(Layer.provideMerge(StoreMemory.layerMemory))
 
   it.effect("jobs not marked delivered are sent at the next tick, not left waiting for their deadline", () =>
     Effect.gen(function* () {

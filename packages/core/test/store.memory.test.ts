@@ -1,4 +1,4 @@
 import { layerMemory } from "../src/store/memory.ts"
-import { storeContract } from "../src/testing/storeContract.ts"
+import { storeContract } from "../src/testing/storeContract/index.ts"
 
 storeContract("memory", layerMemory)

@@ -1,4 +1,4 @@
-import { Store, type StoreError } from "@picus/core"
+import { SessionStore, type StoreError } from "@picus/core"
 import { Effect, Option, Schema } from "effect"
 
 /** Another live process runs under this server id. */
@@ -27,9 +27,9 @@ export const claimWaitMs = (leaseMs: number): number => {
 export const claimServerId = (
   serverId: string,
   leaseMs: number,
-): Effect.Effect<void, ServerIdInUse | StoreError, Store> =>
+): Effect.Effect<void, ServerIdInUse | StoreError, SessionStore> =>
   Effect.gen(function* () {
-    const store = yield* Store
+    const store = yield* SessionStore
     const before = yield* store.instanceStatus(serverId)
     if (Option.isNone(before) || before.value.stopped || before.value.aliveAgoMs >= leaseMs) return
     const waitMs = claimWaitMs(leaseMs)

@@ -1,10 +1,13 @@
 #!/usr/bin/env node
 import {
   type CatalogJob,
+  CatalogStore,
   firstSignal,
   JobScheduler,
   MAX_DEAD_LETTERS,
-  Store,
+  ReportStore,
+  type Stores,
+  TokenStore,
   Transport,
   TransportRedis,
 } from "@picus/core"
@@ -31,14 +34,14 @@ const serve = (
   signalled: Effect.Effect<NodeJS.Signals>,
 ) =>
   Effect.gen(function* () {
-    const store = yield* Store
+    const catalogStore = yield* CatalogStore
     // Before the gateway says this instance is alive: a second live process of the id is refused.
     const claimed = yield* claimServerId(config.serverId, config.leaseMs).pipe(
       Effect.as(true),
       Effect.raceFirst(signalled.pipe(Effect.as(false))),
     )
     if (!claimed) return yield* Effect.logInfo("stopped before serving")
-    yield* store.replaceCatalog(catalog)
+    yield* catalogStore.replaceCatalog(catalog)
     const gateway = yield* makeGateway(gatewayConfigFrom(config))
     const running = yield* Effect.forkScoped(gateway.run)
     yield* Effect.logInfo(
@@ -83,7 +86,7 @@ const readOnlyStoreLayer = (config: ServerConfig) =>
  */
 const withStore = <A, E>(
   config: ServerConfig,
-  body: Effect.Effect<A, E, Store>,
+  body: Effect.Effect<A, E, Stores>,
   embedded = false,
   readOnly = false,
 ) =>
@@ -202,7 +205,7 @@ sharedOptions(
             withStore(
               config,
               Effect.gen(function* () {
-                const store = yield* Store
+                const store = yield* TokenStore
                 const tokens = yield* store.listTokens
                 printRows(
                   tokens.map((t) => ({
@@ -226,7 +229,7 @@ sharedOptions(
             withStore(
               config,
               Effect.gen(function* () {
-                const store = yield* Store
+                const store = yield* TokenStore
                 const count = yield* store.revokeToken(target)
                 if (count === 0)
                   return yield* Effect.fail(new ConfigError(`no active token matches "${target}"`))
@@ -356,7 +359,7 @@ const reportCommand = (
   name: string,
   description: string,
   rowsOf: (
-    store: Store["Service"],
+    store: ReportStore["Service"],
     filter: { readonly limit: number; readonly peerId?: string },
     json: boolean,
   ) => Effect.Effect<ReadonlyArray<Record<string, unknown>>, unknown>,
@@ -372,7 +375,7 @@ const reportCommand = (
           resolveServerConfig(flags),
           Effect.gen(function* () {
             const filter = { limit: Number(flags.limit), ...(flags.peer ? { peerId: flags.peer } : {}) }
-            printRows(yield* rowsOf(yield* Store, filter, flags.json === true), flags.json === true)
+            printRows(yield* rowsOf(yield* ReportStore, filter, flags.json === true), flags.json === true)
           }),
           flags.embedded === true,
           true,

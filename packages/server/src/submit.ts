@@ -1,4 +1,11 @@
-import { Protocol, Store, type StoreError, type SubmittedJob, type Ticket, Transport } from "@picus/core"
+import {
+  Protocol,
+  type StoreError,
+  type SubmittedJob,
+  type Ticket,
+  TicketStore,
+  Transport,
+} from "@picus/core"
 import { Effect, Result, Schema } from "effect"
 
 /**
@@ -64,9 +71,9 @@ export const submitJobs = Effect.fnUntraced(function* (request: {
   readonly jobs: ReadonlyArray<SubmittedJob>
   /** Who submits (an instance id or a tool's name), recorded on the tickets. */
   readonly submittedBy: string
-}): Effect.fn.Return<Submission, InvalidJob | StoreError, Store | Transport> {
+}): Effect.fn.Return<Submission, InvalidJob | StoreError, TicketStore | Transport> {
   yield* validateSubmission(request)
-  const store = yield* Store
+  const store = yield* TicketStore
   const transport = yield* Transport
   const { tickets, owner } = yield* store.submitTickets({
     peerId: request.peerId,

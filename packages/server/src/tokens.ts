@@ -1,4 +1,13 @@
-import { hashSecret, newSecret, Protocol, Store, type StoreError, sameHash, secretPrefix } from "@picus/core"
+import {
+  hashSecret,
+  newSecret,
+  Protocol,
+  Store,
+  type StoreError,
+  sameHash,
+  secretPrefix,
+  TokenStore,
+} from "@picus/core"
 import { Effect, Option } from "effect"
 
 /** Enrollment tokens accepted besides those in the database (PICUS_TOKENS), kept as hashes only. */
@@ -14,7 +23,10 @@ export const enrollmentTokensFrom = (commaSeparated: string | undefined): Enroll
     .map(hashSecret),
 })
 
-/** None when the token may enroll; Some(reason) when it may not. The reason never quotes the token. */
+/**
+ * None when the token may enroll; Some(reason) when it may not. The reason never quotes the token.
+ * Asks for the whole Store: its caller, the gateway's registration, works with the Store.
+ */
 export const verifyEnrollmentToken = Effect.fnUntraced(function* (
   tokens: EnrollmentTokens,
   token: string,
@@ -31,7 +43,7 @@ export const verifyEnrollmentToken = Effect.fnUntraced(function* (
 
 /** Creates an enrollment token; the secret is returned once and only its hash is stored. */
 export const createEnrollmentToken = Effect.fnUntraced(function* (name: string) {
-  const store = yield* Store
+  const store = yield* TokenStore
   const secret = newSecret("picus")
   const info = yield* store.createToken({ name, prefix: secretPrefix(secret), hash: hashSecret(secret) })
   return { secret, info }

@@ -4,7 +4,7 @@ import { Protocol, Store, type SubmittedJob, TransportMemory } from "@picus/core
 import { Context, Effect, Layer, Schema } from "effect"
 import { type DatabasePool, sql } from "slonik"
 import { migrate } from "../src/db/migrate.ts"
-import { makePgStore } from "../src/db/PgStore.ts"
+import { layerPg } from "../src/db/PgStore.ts"
 import { makePool } from "../src/db/pool.ts"
 import { InvalidJob, submitJobs } from "../src/submit.ts"
 import { freshDatabase } from "./support/database.ts"
@@ -24,13 +24,7 @@ const dbLayer = Layer.effect(
   }),
 )
 const services = Layer.mergeAll(
-  Layer.effect(
-    Store,
-    Effect.gen(function* () {
-      const { pool } = yield* Db
-      return makePgStore(pool)
-    }),
-  ),
+  Layer.unwrap(Effect.map(Db, ({ pool }) => layerPg(pool))),
   TransportMemory.layerMemory,
 ).pipe(Layer.provideMerge(dbLayer))
 

@@ -1,5 +1,5 @@
 import { Context, Effect, Layer } from "effect"
-import { Store, type StoreError, type Ticket } from "../store/Store.ts"
+import { CatalogStore, type StoreError, type Ticket, TicketStore } from "../store/Store.ts"
 
 export interface SchedulerOptions {
   /** How many tickets one peer may have in flight (sent, no result yet). */
@@ -116,22 +116,27 @@ export class JobScheduler extends Context.Service<
   {
     /**
      * A new session's queue: the tickets it adopted first, then one new ticket per catalog job
-     * that fits the peer (Store.jobsFor) and is not already among them.
+     * that fits the peer (CatalogStore.jobsFor) and is not already among them.
      */
     readonly plan: (request: PlanRequest) => Effect.Effect<TicketQueue, StoreError>
     /** A taken-over session's queue, from its open tickets: delivered ones stay in flight. */
     readonly resume: (tickets: ReadonlyArray<Ticket>) => TicketQueue
   }
 >()("@picus/core/JobScheduler") {
-  static readonly layer = (options: SchedulerOptions): Layer.Layer<JobScheduler, never, Store> =>
+  static readonly layer = (
+    options: SchedulerOptions,
+  ): Layer.Layer<JobScheduler, never, CatalogStore | TicketStore> =>
     Layer.effect(
       JobScheduler,
       Effect.gen(function* () {
-        const store = yield* Store
+        const catalog = yield* CatalogStore
+        const ticketStore = yield* TicketStore
         return JobScheduler.of({
           plan: Effect.fnUntraced(function* (request: PlanRequest) {
             const open = new Set(request.adopted.map((t) => t.jobId))
-            const jobs = (yield* store.jobsFor(request.os, request.distro)).filter((j) => !open.has(j.job_id))
+            const jobs = (yield* catalog.jobsFor(request.os, request.distro)).filter(
+              (j) => !open.has(j.job_id),
+            )
             if (
               jobs.length === 0 &&
               request.adopted.length === 0 &&
@@ -144,7 +149,7 @@ export class JobScheduler extends Context.Service<
             const tickets =
               jobs.length === 0
                 ? []
-                : yield* store.createTickets({
+                : yield* ticketStore.createTickets({
                     peerId: request.peerId,
                     sessionId: request.sessionId,
                     serverId: request.serverId,

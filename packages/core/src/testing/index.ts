@@ -1,3 +1,3 @@
 export * from "./eventually.ts"
 export * from "./redis.ts"
-export * from "./storeContract.ts"
+export * from "./storeContract/index.ts"

@@ -3,8 +3,8 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import {
   JobScheduler,
-  type Store,
   StoreMemory,
+  type Stores,
   type Transport,
   TransportMemory,
   TransportRedis,
@@ -15,7 +15,7 @@ import { EMBEDDED_POOL_SIZE, serveEmbedded } from "../../src/db/embedded.ts"
 import { PgStore } from "../../src/db/PgStore.ts"
 import { freshDatabase } from "./database.ts"
 
-export type ServerServices = Store | Transport | JobScheduler
+export type ServerServices = Stores | Transport | JobScheduler
 
 /**
  * The three compositions the server runs on: all in memory; the real services (a fresh
@@ -53,5 +53,5 @@ export const compositions: ReadonlyArray<readonly [string, () => Layer.Layer<Ser
   ],
 ]
 
-const withScheduler = (store: Layer.Layer<Store, unknown>, transport: Layer.Layer<Transport, unknown>) =>
+const withScheduler = (store: Layer.Layer<Stores, unknown>, transport: Layer.Layer<Transport, unknown>) =>
   JobScheduler.layer({ maxInFlight: 4 }).pipe(Layer.provideMerge(store), Layer.provideMerge(transport))

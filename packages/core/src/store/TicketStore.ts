@@ -1,0 +1,94 @@
+import { Context, type Effect, type Option } from "effect"
+import type { LeaseLost, SessionLease } from "../domain/lease.ts"
+import type { TicketState } from "../domain/ticket.ts"
+import type { CatalogJob } from "./CatalogStore.ts"
+import type { SessionOwner } from "./SessionStore.ts"
+import type { StoreError } from "./StoreError.ts"
+
+export interface Ticket {
+  readonly ticket: string
+  readonly peerId: string
+  /** The session it was last given to; null for a ticket submitted while its peer was offline. */
+  readonly sessionId: string | null
+  readonly jobId: string | null
+  readonly name: string
+  readonly os: string
+  readonly distro: string
+  readonly command: string
+  readonly timeoutMs: number
+  readonly state: TicketState
+  /** How many times it was handed to the transport. */
+  readonly attempts: number
+  /** When it was last handed to the transport. */
+  readonly deliveredAt: number | null
+}
+
+/** A job submitted by an operator (not from the catalog); os and distro default to the peer's. */
+export interface SubmittedJob {
+  readonly name: string
+  readonly command: string
+  readonly timeoutMs: number
+}
+
+/** Tickets: created, handed to the transport, and ended without a result. */
+export interface TicketStoreService {
+  /** Creates one ticket per job, in state queued, in one transaction. */
+  readonly createTickets: (entry: {
+    readonly peerId: string
+    readonly sessionId: string
+    readonly serverId: string
+    readonly jobs: ReadonlyArray<CatalogJob>
+  }) => Effect.Effect<ReadonlyArray<Ticket>, StoreError>
+  /**
+   * Operator jobs for one peer: creates their tickets for the peer's open session, or for its next
+   * one when it is offline. Says who holds the session, to be told that work is waiting.
+   */
+  readonly submitTickets: (entry: {
+    readonly peerId: string
+    readonly serverId: string
+    readonly jobs: ReadonlyArray<SubmittedJob>
+  }) => Effect.Effect<
+    { readonly tickets: ReadonlyArray<Ticket>; readonly owner: SessionOwner | undefined },
+    StoreError
+  >
+  /** The session's queued tickets, oldest first. */
+  readonly queuedTickets: (sessionId: string) => Effect.Effect<ReadonlyArray<Ticket>, StoreError>
+  /** How many tickets each of these sessions has queued (sessions with none are left out). */
+  readonly queuedCounts: (
+    sessionIds: ReadonlyArray<string>,
+  ) => Effect.Effect<ReadonlyMap<string, number>, StoreError>
+  /**
+   * Records that these tickets of the session are handed to the transport now (attempts + 1);
+   * returns those still open, as stored: what to send is what the database says, never what a
+   * message said. Fails with LeaseLost when the session is no longer held at `epoch`.
+   */
+  readonly markDelivered: (
+    lease: SessionLease,
+    tickets: ReadonlyArray<string>,
+  ) => Effect.Effect<ReadonlyArray<Ticket>, StoreError | LeaseLost>
+  /**
+   * The reconciler's sweep, safe to run from every instance: queued tickets older than
+   * `deliveryDeadlineMs` end undeliverable; delivered tickets with no session carrying them on
+   * (closed, or never given one) and no answer by `2 × timeout + executionSlackMs` end timed_out.
+   */
+  readonly expireTickets: (entry: {
+    readonly deliveryDeadlineMs: number
+    readonly executionSlackMs: number
+  }) => Effect.Effect<{ readonly undeliverable: number; readonly timedOut: number }, StoreError>
+  /**
+   * Moves the given tickets that are still open to a terminal state, with why when it is not the
+   * plain meaning of the state (`tickets.close_reason`); returns those it moved.
+   */
+  readonly closeTickets: (
+    tickets: ReadonlyArray<string>,
+    state: TicketState,
+    reason?: string,
+    /** Only tickets of this peer. */
+    peerId?: string,
+  ) => Effect.Effect<ReadonlyArray<string>, StoreError>
+  readonly ticketState: (ticket: string) => Effect.Effect<Option.Option<TicketState>, StoreError>
+}
+
+export class TicketStore extends Context.Service<TicketStore, TicketStoreService>()(
+  "@picus/core/TicketStore",
+) {}

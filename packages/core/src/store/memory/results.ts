@@ -1,0 +1,41 @@
+import { Effect } from "effect"
+import { LeaseLost } from "../../domain/lease.ts"
+import { isTerminal, ticketStateOf } from "../../domain/ticket.ts"
+import { type NewResult, type RecordOutcome, ResultStore, type ResultStoreService } from "../ResultStore.ts"
+import type { MemoryState } from "./state.ts"
+
+export const makeMemoryResults = (memory: MemoryState): ResultStoreService => {
+  const { tickets, results, holds } = memory
+  const record = (r: NewResult): Effect.Effect<RecordOutcome, LeaseLost> =>
+    Effect.suspend(() => {
+      if (!holds(r.sessionId, r.epoch)) {
+        return Effect.fail(new LeaseLost({ sessionId: r.sessionId, epoch: r.epoch }))
+      }
+      const t = tickets.get(r.ticket)
+      if (!t) return Effect.succeed("unknown_ticket" as const)
+      if (t.peerId !== r.peerId || t.sessionId !== r.sessionId)
+        return Effect.succeed("foreign_ticket" as const)
+      if (results.has(r.ticket)) return Effect.succeed("duplicate" as const)
+      if (isTerminal(t.state)) return Effect.succeed("ticket_closed" as const)
+      t.state = ticketStateOf(r.status)
+      results.set(r.ticket, {
+        ticket: r.ticket,
+        peerId: r.peerId,
+        jobName: t.name,
+        status: r.status,
+        exitCode: r.exitCode,
+        output: r.output,
+        truncated: r.truncated,
+        receivedAt: Date.now(),
+      })
+      return Effect.succeed("recorded" as const)
+    })
+
+  return ResultStore.of({
+    recordResult: (r) => record(r),
+    recordResults: (rs) =>
+      Effect.forEach(rs, (r) =>
+        record(r).pipe(Effect.catchTag("LeaseLost", () => Effect.succeed("lease_lost" as const))),
+      ),
+  })
+}

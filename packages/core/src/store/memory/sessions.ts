@@ -1,0 +1,156 @@
+import { Effect, Option } from "effect"
+import { LogoutReason } from "../../protocol/messages.ts"
+import type { LogRow } from "../ReportStore.ts"
+import { SessionStore, type SessionStoreService } from "../SessionStore.ts"
+import type { MemoryState } from "./state.ts"
+
+export const makeMemorySessions = (memory: MemoryState): SessionStoreService => {
+  const { peers, log, sessions, instances, copy, openTicketsWhere, openSessionOf, holds } = memory
+  const append = (row: Omit<LogRow, "id" | "at">) =>
+    log.push({ ...row, id: memory.nextLogId++, at: Date.now() })
+  const isClosed = (sessionId: string | null) =>
+    log.some((r) => r.event === "logout" && r.sessionId === sessionId)
+
+  return SessionStore.of({
+    sessionKey: (proposed) =>
+      Effect.sync(() => {
+        memory.sessionKey ??= proposed
+        return memory.sessionKey
+      }),
+    login: (l) =>
+      Effect.sync(() => {
+        peers.set(l.peerId, { lastSeenAt: Date.now(), os: l.os, distro: l.distro })
+        for (const [sessionId, s] of sessions) {
+          if (s.peerId !== l.peerId || s.closed) continue
+          s.closed = true
+          s.epoch++
+          if (!isClosed(sessionId)) {
+            append({
+              event: "logout",
+              peerId: l.peerId,
+              sessionId,
+              reason: LogoutReason.replaced,
+              serverId: l.serverId,
+              serverIp: null,
+            })
+          }
+        }
+        sessions.set(l.sessionId, {
+          peerId: l.peerId,
+          os: l.os,
+          distro: l.distro,
+          heartbeats: l.agentVersion !== null,
+          openedAt: Date.now(),
+          ownerId: l.serverId,
+          epoch: 1,
+          leaseUntil: Date.now() + l.leaseMs,
+          closed: false,
+        })
+        append({
+          event: "login",
+          peerId: l.peerId,
+          sessionId: l.sessionId,
+          reason: null,
+          serverId: l.serverId,
+          serverIp: l.serverIp,
+        })
+        const adopted = openTicketsWhere((t) => t.peerId === l.peerId)
+        for (const t of adopted) t.sessionId = l.sessionId
+        return { epoch: 1, adopted: adopted.map(copy) }
+      }),
+    logRejected: ({ peerId, reason, serverId, serverIp }) =>
+      Effect.sync(() => append({ event: "rejected", peerId, sessionId: null, reason, serverId, serverIp })),
+    logout: ({ peerId, sessionId, epoch, reason, serverId }) =>
+      Effect.sync(() => {
+        if (!holds(sessionId, epoch) || isClosed(sessionId)) return false
+        sessions.get(sessionId)!.closed = true
+        append({ event: "logout", peerId, sessionId, reason, serverId, serverIp: null })
+        return true
+      }),
+    logShutdown: ({ serverId, reason }) =>
+      Effect.sync(() =>
+        append({ event: "shutdown", peerId: null, sessionId: null, reason, serverId, serverIp: null }),
+      ),
+    instanceAlive: (serverId) =>
+      Effect.sync(() => {
+        const now = Date.now()
+        const instance = instances.get(serverId)
+        // An instance that had stopped cleanly and says it is alive again has restarted.
+        const startedAt = instance === undefined || instance.stoppedAt !== null ? now : instance.startedAt
+        instances.set(serverId, {
+          startedAt,
+          aliveAt: now,
+          stoppedAt: null,
+          beats: (instance?.beats ?? 0) + 1,
+        })
+      }),
+    instanceStopped: (serverId) =>
+      Effect.sync(() => {
+        const now = Date.now()
+        const instance = instances.get(serverId)
+        instances.set(serverId, { startedAt: now, aliveAt: now, beats: 0, ...instance, stoppedAt: now })
+      }),
+    instanceStatus: (serverId) =>
+      Effect.sync(() => {
+        const instance = instances.get(serverId)
+        return instance === undefined
+          ? Option.none()
+          : Option.some({
+              aliveAgoMs: Math.max(0, Date.now() - instance.aliveAt),
+              stopped: instance.stoppedAt !== null,
+              beat: String(instance.beats),
+            })
+      }),
+    lostInstances: ({ deadAfterMs, byServerId }) =>
+      Effect.sync(() => {
+        const now = Date.now()
+        return [...instances]
+          .filter(([id, i]) => id !== byServerId && i.stoppedAt === null && i.aliveAt < now - deadAfterMs)
+          .map(([serverId]) => serverId)
+          .sort()
+      }),
+    renewLeases: ({ serverId, leaseMs, sessions: held }) =>
+      Effect.sync(() =>
+        held
+          .filter(
+            ({ sessionId, epoch }) =>
+              holds(sessionId, epoch) && sessions.get(sessionId)!.ownerId === serverId,
+          )
+          .map(({ sessionId }) => {
+            sessions.get(sessionId)!.leaseUntil = Date.now() + leaseMs
+            return sessionId
+          }),
+      ),
+    takeOverSessions: ({ serverId, leaseMs, limit, sessionId: only }) =>
+      Effect.sync(() => {
+        const now = Date.now()
+        const candidates = [...sessions]
+          .filter(([id, s]) =>
+            s.closed
+              ? false
+              : only === undefined
+                ? s.leaseUntil < now && s.ownerId !== serverId
+                : id === only && (s.leaseUntil < now || s.ownerId === serverId),
+          )
+          .sort(([, a], [, b]) => a.leaseUntil - b.leaseUntil)
+          .slice(0, Math.max(0, limit))
+        return candidates.map(([sessionId, s]) => {
+          const fromServerId = s.ownerId
+          s.ownerId = serverId
+          s.epoch++
+          s.leaseUntil = now + leaseMs
+          return {
+            sessionId,
+            epoch: s.epoch,
+            peerId: s.peerId,
+            os: s.os,
+            distro: s.distro,
+            heartbeats: s.heartbeats,
+            fromServerId,
+            tickets: openTicketsWhere((t) => t.sessionId === sessionId).map(copy),
+          }
+        })
+      }),
+    sessionOf: (peerId) => Effect.sync(() => Option.fromNullishOr(openSessionOf(peerId))),
+  })
+}

@@ -1,0 +1,65 @@
+import { isTerminal } from "../../domain/ticket.ts"
+import type { CatalogJob } from "../CatalogStore.ts"
+import type { LogRow, ResultRow } from "../ReportStore.ts"
+import type { SessionOwner } from "../SessionStore.ts"
+import type { Ticket } from "../TicketStore.ts"
+import type { TokenInfo } from "../TokenStore.ts"
+
+export type MemoryTicket = { -readonly [K in keyof Ticket]: Ticket[K] } & {
+  createdAt: number
+  closeReason?: string | null
+}
+
+export interface MemorySession {
+  readonly peerId: string
+  readonly os: string | null
+  readonly distro: string | null
+  readonly heartbeats: boolean
+  readonly openedAt: number
+  ownerId: string
+  epoch: number
+  leaseUntil: number
+  closed: boolean
+}
+
+/**
+ * The tables of the in-memory store, shared by its domain parts (a login touches sessions and
+ * tickets, a result tickets and results), with the reads more than one part needs.
+ */
+export const makeMemoryState = () => {
+  const state = {
+    tokens: [] as Array<TokenInfo & { readonly hash: string }>,
+    catalog: new Map<string, CatalogJob & { enabled: boolean }>(),
+    peers: new Map<string, { lastSeenAt: number; os: string | null; distro: string | null }>(),
+    log: [] as Array<LogRow>,
+    tickets: new Map<string, MemoryTicket>(),
+    sessions: new Map<string, MemorySession>(),
+    results: new Map<string, ResultRow>(),
+    instances: new Map<
+      string,
+      { startedAt: number; aliveAt: number; stoppedAt: number | null; beats: number }
+    >(),
+    sessionKey: undefined as Uint8Array | undefined,
+    nextTokenId: 1,
+    nextLogId: 1,
+    nextTicket: 100_000,
+
+    copy: ({ createdAt: _createdAt, ...t }: Ticket & { createdAt: number }): Ticket => ({ ...t }),
+    oldestFirst: (a: { ticket: string }, b: { ticket: string }) => Number(a.ticket) - Number(b.ticket),
+    openTicketsWhere: (match: (t: Ticket) => boolean) =>
+      [...state.tickets.values()].filter((t) => !isTerminal(t.state) && match(t)).sort(state.oldestFirst),
+    openSessionOf: (peerId: string): SessionOwner | undefined => {
+      const open = [...state.sessions].filter(([, s]) => s.peerId === peerId && !s.closed)
+      const [sessionId, s] = open.sort(([, a], [, b]) => b.openedAt - a.openedAt)[0] ?? []
+      if (sessionId === undefined || s === undefined) return undefined
+      return { sessionId, ownerId: s.ownerId, epoch: s.epoch, expired: s.leaseUntil < Date.now() }
+    },
+    holds: (sessionId: string, epoch: number) => {
+      const s = state.sessions.get(sessionId)
+      return s !== undefined && s.epoch === epoch && !s.closed
+    },
+  }
+  return state
+}
+
+export type MemoryState = ReturnType<typeof makeMemoryState>

@@ -1,0 +1,131 @@
+import { Effect, Option } from "effect"
+import { LeaseLost } from "../../domain/lease.ts"
+import { isTerminal, type TicketState } from "../../domain/ticket.ts"
+import { StoreError } from "../StoreError.ts"
+import { type Ticket, TicketStore, type TicketStoreService } from "../TicketStore.ts"
+import type { MemoryState } from "./state.ts"
+
+export const makeMemoryTickets = (memory: MemoryState): TicketStoreService => {
+  const { peers, tickets, sessions, copy, oldestFirst, openSessionOf, holds } = memory
+  /** A new queued ticket with the next id; returns a copy. */
+  const addTicket = (fields: Omit<Ticket, "ticket" | "state" | "attempts" | "deliveredAt">): Ticket => {
+    const ticket = {
+      ...fields,
+      ticket: String(memory.nextTicket++),
+      state: "queued" as TicketState,
+      attempts: 0,
+      deliveredAt: null,
+      createdAt: Date.now(),
+    }
+    tickets.set(ticket.ticket, ticket)
+    return copy(ticket)
+  }
+
+  return TicketStore.of({
+    createTickets: ({ peerId, sessionId, jobs }) =>
+      Effect.sync(() =>
+        jobs.map((job) =>
+          addTicket({
+            peerId,
+            sessionId,
+            jobId: job.job_id,
+            name: job.name,
+            os: job.os,
+            distro: job.distro,
+            command: job.command,
+            timeoutMs: job.timeout_ms,
+          }),
+        ),
+      ),
+    submitTickets: ({ peerId, jobs }) =>
+      Effect.suspend(() => {
+        const peer = peers.get(peerId)
+        if (peer === undefined) {
+          return Effect.fail(
+            new StoreError({
+              operation: "submitTickets",
+              message: `no peer ${peerId} has ever registered`,
+              kind: "rejected",
+            }),
+          )
+        }
+        const owner = openSessionOf(peerId)
+        const created = jobs.map((job) =>
+          addTicket({
+            peerId,
+            sessionId: owner?.sessionId ?? null,
+            jobId: null,
+            name: job.name,
+            os: peer.os ?? "",
+            distro: peer.distro ?? "",
+            command: job.command,
+            timeoutMs: job.timeoutMs,
+          }),
+        )
+        return Effect.succeed({ tickets: created, owner })
+      }),
+    queuedTickets: (sessionId) =>
+      Effect.sync(() =>
+        [...tickets.values()]
+          .filter((t) => t.sessionId === sessionId && t.state === "queued")
+          .sort(oldestFirst)
+          .map(copy),
+      ),
+    queuedCounts: (sessionIds) =>
+      Effect.sync(() => {
+        const wanted = new Set(sessionIds)
+        const counts = new Map<string, number>()
+        for (const t of tickets.values()) {
+          if (t.state === "queued" && t.sessionId !== null && wanted.has(t.sessionId)) {
+            counts.set(t.sessionId, (counts.get(t.sessionId) ?? 0) + 1)
+          }
+        }
+        return counts
+      }),
+    markDelivered: (lease, ids) =>
+      Effect.suspend(() => {
+        if (!holds(lease.sessionId, lease.epoch)) return Effect.fail(new LeaseLost(lease))
+        const marked: Array<Ticket> = []
+        for (const id of new Set(ids)) {
+          const t = tickets.get(id)
+          if (t === undefined || isTerminal(t.state) || t.sessionId !== lease.sessionId) continue
+          t.state = "delivered"
+          t.attempts++
+          t.deliveredAt = Date.now()
+          marked.push(copy(t))
+        }
+        return Effect.succeed(marked)
+      }),
+    expireTickets: ({ deliveryDeadlineMs, executionSlackMs }) =>
+      Effect.sync(() => {
+        const now = Date.now()
+        let undeliverable = 0
+        let timedOut = 0
+        for (const t of tickets.values()) {
+          if (t.state === "queued" && t.createdAt < now - deliveryDeadlineMs) {
+            t.state = "undeliverable"
+            undeliverable++
+          } else if (
+            t.state === "delivered" &&
+            (t.deliveredAt ?? now) + 2 * t.timeoutMs + executionSlackMs < now &&
+            (t.sessionId === null || sessions.get(t.sessionId)?.closed !== false)
+          ) {
+            t.state = "timed_out"
+            timedOut++
+          }
+        }
+        return { undeliverable, timedOut }
+      }),
+    closeTickets: (ids, state, reason, peerId) =>
+      Effect.sync(() =>
+        ids.filter((id) => {
+          const t = tickets.get(id)
+          if (!t || isTerminal(t.state) || (peerId !== undefined && t.peerId !== peerId)) return false
+          t.state = state
+          t.closeReason = reason ?? null
+          return true
+        }),
+      ),
+    ticketState: (ticket) => Effect.sync(() => Option.fromNullishOr(tickets.get(ticket)?.state)),
+  })
+}

@@ -1,0 +1,37 @@
+import { layer } from "@effect/vitest"
+import type { Layer } from "effect"
+import type { Stores } from "../../store/Store.ts"
+import { catalogContract } from "./catalog.ts"
+import { compositionContract } from "./composition.ts"
+import { reportContract } from "./reports.ts"
+import { resultContract } from "./results.ts"
+import { sessionContract } from "./sessions.ts"
+import { ticketContract } from "./tickets.ts"
+import { tokenContract } from "./tokens.ts"
+
+export type { StoreIt } from "./support.ts"
+export {
+  catalogContract,
+  compositionContract,
+  reportContract,
+  resultContract,
+  sessionContract,
+  ticketContract,
+  tokenContract,
+}
+
+/**
+ * The behaviour every store layer must have, domain by domain. Run by core against the in-memory
+ * layer and by the server against PostgreSQL. Tests share one layer (one database), so each uses its
+ * own peer ids.
+ */
+export const storeContract = (name: string, storeLayer: Layer.Layer<Stores, unknown>) =>
+  layer(storeLayer, { timeout: 60_000 })(`Store contract (${name})`, (it) => {
+    tokenContract(it)
+    catalogContract(it)
+    reportContract(it)
+    sessionContract(it)
+    ticketContract(it)
+    resultContract(it)
+    compositionContract(it)
+  })

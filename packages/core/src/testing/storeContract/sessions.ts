@@ -1,0 +1,273 @@
+import { assert, describe } from "@effect/vitest"
+import { Effect, Option } from "effect"
+import { TestClock } from "effect/testing"
+import { LeaseLost, type Login, Store } from "../../store/Store.ts"
+import { job, LEASE_MS, loginOf, newResult, type StoreIt, unique } from "./support.ts"
+
+/** Server instances, the session key and session leases. */
+export const sessionContract = (it: StoreIt) => {
+  describe("server instances", () => {
+    // Lost means not alive for DEAD_AFTER_MS, on the real clock (which both stores use). Every test
+    // sees every instance of the shared database, so each looks only at its own server ids.
+    const DEAD_AFTER_MS = 50
+    const waitOut = TestClock.withLive(Effect.sleep("120 millis"))
+
+    it.effect("calls lost only instances silent too long that did not stop cleanly", () =>
+      Effect.gen(function* () {
+        const store = yield* Store
+        const [lost, alive, stopped, back] = ["lost", "alive", "stopped", "back"].map(unique)
+        for (const id of [lost!, alive!, stopped!, back!]) yield* store.instanceAlive(id)
+        yield* store.instanceStopped(stopped!)
+        yield* store.instanceStopped(back!)
+        yield* waitOut
+        yield* store.instanceAlive(alive!)
+        const found = yield* store.lostInstances({
+          deadAfterMs: DEAD_AFTER_MS,
+          byServerId: unique("asker"),
+        })
+        assert.deepStrictEqual(
+          found.filter((id) => [lost, alive, stopped, back].includes(id)),
+          [lost],
+        )
+        assert.notInclude(yield* store.lostInstances({ deadAfterMs: DEAD_AFTER_MS, byServerId: lost! }), lost)
+        yield* store.instanceAlive(back!)
+        yield* waitOut
+        assert.include(
+          yield* store.lostInstances({ deadAfterMs: DEAD_AFTER_MS, byServerId: unique("asker") }),
+          back,
+          "saying it is alive again cleared the clean stop",
+        )
+      }),
+    )
+
+    it.effect("reads an instance's row: how long ago it was alive, a beat that moves, a clean stop", () =>
+      Effect.gen(function* () {
+        const store = yield* Store
+        const id = unique("status")
+        assert.isTrue(Option.isNone(yield* store.instanceStatus(id)), "never alive: no row")
+        yield* store.instanceAlive(id)
+        const first = Option.getOrThrow(yield* store.instanceStatus(id))
+        assert.isFalse(first.stopped)
+        assert.isAtLeast(first.aliveAgoMs, 0)
+        assert.isBelow(first.aliveAgoMs, 5_000)
+        assert.strictEqual(Option.getOrThrow(yield* store.instanceStatus(id)).beat, first.beat)
+        yield* waitOut
+        const aged = Option.getOrThrow(yield* store.instanceStatus(id))
+        assert.isAtLeast(aged.aliveAgoMs, 100, "on the real clock")
+        yield* store.instanceAlive(id)
+        const second = Option.getOrThrow(yield* store.instanceStatus(id))
+        assert.notStrictEqual(second.beat, first.beat, "saying it is alive moves the beat")
+        assert.isBelow(second.aliveAgoMs, aged.aliveAgoMs)
+        yield* store.instanceStopped(id)
+        assert.isTrue(Option.getOrThrow(yield* store.instanceStatus(id)).stopped)
+      }),
+    )
+
+    it.effect("the first proposed session key is everyone's", () =>
+      Effect.gen(function* () {
+        const store = yield* Store
+        const first = yield* store.sessionKey(new Uint8Array(32).fill(1))
+        const second = yield* store.sessionKey(new Uint8Array(32).fill(2))
+        assert.deepStrictEqual([...second], [...first])
+      }),
+    )
+  })
+
+  describe("session leases", () => {
+    const SHORT_LEASE_MS = 50
+    const waitOut = TestClock.withLive(Effect.sleep("120 millis"))
+    const distro = unique("lease-distro")
+    const withTickets = (login: Login, count: number) =>
+      Effect.gen(function* () {
+        const store = yield* Store
+        yield* store.replaceCatalog(Array.from({ length: count }, (_, i) => job(`${distro}-${i}`, distro)))
+        return yield* store.createTickets({
+          peerId: login.peerId,
+          sessionId: login.sessionId,
+          serverId: login.serverId,
+          jobs: yield* store.jobsFor("linux", distro),
+        })
+      })
+
+    it.effect("a new login replaces the open session, fences its holder and takes its open tickets", () =>
+      Effect.gen(function* () {
+        const store = yield* Store
+        const peerId = unique("peer")
+        const first = loginOf(peerId, { serverId: "server-a" })
+        assert.deepStrictEqual(yield* store.login(first), { epoch: 1, adopted: [] })
+        const [done, delivered, queued] = yield* withTickets(first, 3)
+        const lease = { sessionId: first.sessionId, epoch: 1 }
+        yield* store.markDelivered(lease, [done!.ticket, delivered!.ticket])
+        yield* store.recordResult(newResult(done!.ticket, peerId, first.sessionId))
+
+        const second = loginOf(peerId, { serverId: "server-b" })
+        const { epoch, adopted } = yield* store.login(second)
+        assert.strictEqual(epoch, 1)
+        assert.deepStrictEqual(
+          adopted.map((t) => [t.ticket, t.state, t.sessionId, t.attempts]),
+          [
+            [delivered!.ticket, "delivered", second.sessionId, 1],
+            [queued!.ticket, "queued", second.sessionId, 0],
+          ],
+        )
+        const sessions = new Map((yield* store.sessions({ peerId, limit: 10 })).map((s) => [s.sessionId, s]))
+        assert.strictEqual(sessions.get(first.sessionId)?.logoutReason, "replaced")
+        assert.isNull(sessions.get(second.sessionId)?.logoutAt ?? null)
+
+        const refused = yield* Effect.flip(store.markDelivered(lease, [queued!.ticket]))
+        assert.instanceOf(refused, LeaseLost)
+        const late = yield* Effect.flip(
+          store.recordResult(newResult(delivered!.ticket, peerId, first.sessionId)),
+        )
+        assert.instanceOf(late, LeaseLost)
+        assert.isFalse(yield* store.logout({ ...lease, peerId, reason: "timeout", serverId: "server-a" }))
+        assert.deepStrictEqual(
+          yield* store.renewLeases({ serverId: "server-a", leaseMs: LEASE_MS, sessions: [lease] }),
+          [],
+        )
+        assert.strictEqual(
+          yield* store.recordResult(newResult(delivered!.ticket, peerId, second.sessionId)),
+          "recorded",
+          "the new session records the answer to a ticket it carried over",
+        )
+      }),
+    )
+
+    it.effect("renews only the leases its holder has at their epoch", () =>
+      Effect.gen(function* () {
+        const store = yield* Store
+        const a = loginOf(unique("peer"), { serverId: "server-a" })
+        const b = loginOf(unique("peer"), { serverId: "server-b" })
+        const closed = loginOf(unique("peer"), { serverId: "server-a" })
+        for (const l of [a, b, closed]) yield* store.login(l)
+        yield* store.logout({ ...closed, epoch: 1, reason: "timeout" })
+        const held = yield* store.renewLeases({
+          serverId: "server-a",
+          leaseMs: LEASE_MS,
+          sessions: [
+            { sessionId: a.sessionId, epoch: 1 },
+            { sessionId: b.sessionId, epoch: 1 },
+            { sessionId: closed.sessionId, epoch: 1 },
+            { sessionId: a.sessionId, epoch: 7 },
+            { sessionId: "not-a-uuid", epoch: 1 },
+          ],
+        })
+        assert.deepStrictEqual(held, [a.sessionId])
+      }),
+    )
+
+    it.effect("takes over expired sessions with their tickets, once, and fences the old holder", () =>
+      Effect.gen(function* () {
+        const store = yield* Store
+        const lost = unique("lost")
+        const live = unique("live")
+        const expiring = loginOf(unique("peer"), { serverId: lost, leaseMs: SHORT_LEASE_MS })
+        const healthy = loginOf(unique("peer"), { serverId: live })
+        yield* store.login(expiring)
+        yield* store.login(healthy)
+        const [inFlight, waiting] = yield* withTickets(expiring, 2)
+        yield* store.markDelivered({ sessionId: expiring.sessionId, epoch: 1 }, [inFlight!.ticket])
+        yield* waitOut
+
+        const takers = [unique("taker"), unique("taker"), unique("taker")]
+        const rounds = yield* Effect.all(
+          takers.map((serverId) => store.takeOverSessions({ serverId, leaseMs: LEASE_MS, limit: 1_000 })),
+          { concurrency: "unbounded" },
+        )
+        const mine = rounds.flat().filter((t) => t.sessionId === expiring.sessionId)
+        assert.strictEqual(mine.length, 1, "exactly one taker")
+        assert.isFalse(
+          rounds.flat().some((t) => t.sessionId === healthy.sessionId),
+          "a live lease stays",
+        )
+        const taken = mine[0]!
+        const taker = takers[rounds.findIndex((r) => r.some((t) => t.sessionId === expiring.sessionId))]!
+        assert.strictEqual(taken.epoch, 2)
+        assert.strictEqual(taken.fromServerId, lost)
+        assert.strictEqual(taken.peerId, expiring.peerId)
+        assert.deepStrictEqual(
+          taken.tickets.map((t) => [t.ticket, t.state]),
+          [
+            [inFlight!.ticket, "delivered"],
+            [waiting!.ticket, "queued"],
+          ],
+        )
+        assert.isNotNull(taken.tickets[0]!.deliveredAt)
+
+        const stale = yield* Effect.flip(
+          store.recordResult(newResult(inFlight!.ticket, expiring.peerId, expiring.sessionId, 1)),
+        )
+        assert.instanceOf(stale, LeaseLost, "the old holder's late write is refused")
+        assert.strictEqual(
+          yield* store.recordResult(newResult(inFlight!.ticket, expiring.peerId, expiring.sessionId, 2)),
+          "recorded",
+        )
+        const owner = Option.getOrThrow(yield* store.sessionOf(expiring.peerId))
+        assert.deepStrictEqual(owner, {
+          sessionId: expiring.sessionId,
+          ownerId: taker,
+          epoch: 2,
+          expired: false,
+        })
+        assert.deepStrictEqual(
+          yield* store
+            .takeOverSessions({ serverId: unique("late"), leaseMs: LEASE_MS, limit: 1_000 })
+            .pipe(Effect.map((ts) => ts.filter((t) => t.sessionId === expiring.sessionId))),
+          [],
+          "taken once only",
+        )
+      }),
+    )
+
+    it.effect("a session taken over says whether its peer heartbeats (it gave an agent_version)", () =>
+      Effect.gen(function* () {
+        const store = yield* Store
+        const lost = unique("lost")
+        const agent = loginOf(unique("peer"), { serverId: lost, leaseMs: SHORT_LEASE_MS })
+        const seed = loginOf(unique("seed"), {
+          serverId: lost,
+          leaseMs: SHORT_LEASE_MS,
+          os: null,
+          distro: null,
+          hostname: null,
+          agentVersion: null,
+        })
+        yield* store.login(agent)
+        yield* store.login(seed)
+        yield* waitOut
+        const taken = yield* store.takeOverSessions({
+          serverId: unique("taker"),
+          leaseMs: LEASE_MS,
+          limit: 1_000,
+        })
+        const heartbeats = new Map(taken.map((t) => [t.sessionId, t.heartbeats]))
+        assert.strictEqual(heartbeats.get(agent.sessionId), true)
+        assert.strictEqual(heartbeats.get(seed.sessionId), false)
+      }),
+    )
+
+    it.effect("an instance asking for one session of its own name takes it back at once", () =>
+      Effect.gen(function* () {
+        const store = yield* Store
+        const serverId = unique("restarted")
+        const login = loginOf(unique("peer"), { serverId })
+        yield* store.login(login)
+        const other = yield* store.takeOverSessions({
+          serverId: unique("other"),
+          leaseMs: LEASE_MS,
+          limit: 1,
+          sessionId: login.sessionId,
+        })
+        assert.deepStrictEqual(other, [], "someone else waits for the lease to run out")
+        const [back] = yield* store.takeOverSessions({
+          serverId,
+          leaseMs: LEASE_MS,
+          limit: 1,
+          sessionId: login.sessionId,
+        })
+        assert.strictEqual(back?.epoch, 2)
+        assert.isTrue(Option.isNone(yield* store.sessionOf(unique("nobody"))))
+      }),
+    )
+  })
+}

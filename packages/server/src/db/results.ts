@@ -1,0 +1,137 @@
+import { LeaseLost, ResultStore, type ResultStoreService, ticketStateOf } from "@picus/core"
+import { Effect, Schema } from "effect"
+import { type DatabasePool, sql } from "slonik"
+import { attempt, std, UUID } from "./shared.ts"
+
+const OutcomeRow = std(
+  Schema.Struct({
+    ord: Schema.Int,
+    outcome: Schema.Literals([
+      "recorded",
+      "duplicate",
+      "unknown_ticket",
+      "foreign_ticket",
+      "ticket_closed",
+      "lease_lost",
+    ]),
+  }),
+)
+
+/** The ResultStore over a slonik pool. */
+export const makePgResults = (pool: DatabasePool): ResultStoreService => {
+  const self: ResultStoreService = ResultStore.of({
+    recordResult: (result) =>
+      self
+        .recordResults([result])
+        .pipe(
+          Effect.flatMap(([outcome]) =>
+            outcome === "lease_lost" || outcome === undefined
+              ? Effect.fail(new LeaseLost({ sessionId: result.sessionId, epoch: result.epoch }))
+              : Effect.succeed(outcome),
+          ),
+        ),
+
+    recordResults: (results) =>
+      attempt("recordResults", async () => {
+        if (results.length === 0) return []
+        // One statement, so one round trip for a whole batch, with the same checks as recordIn: the
+        // sessions' leases held at the results' epochs (locked against a takeover until commit),
+        // the tickets locked, then one insert and one update. A copy recorded concurrently loses
+        // on the primary key and is told `duplicate`.
+        const rows = await pool.any(sql.type(OutcomeRow)`
+          with input as (
+            select * from ${sql.unnest(
+              results.map((r, i) => [
+                i,
+                r.ticket,
+                r.peerId,
+                UUID.test(r.sessionId) ? r.sessionId.toLowerCase() : null,
+                r.epoch,
+                r.status,
+                ticketStateOf(r.status),
+                r.exitCode,
+                r.output.replaceAll("\u0000", "\uFFFD"),
+                r.truncated,
+                r.startedAt,
+                r.finishedAt,
+                r.serverId,
+              ]),
+              [
+                "int4",
+                "text",
+                "text",
+                "uuid",
+                "int4",
+                "text",
+                "text",
+                "int4",
+                "text",
+                "bool",
+                "float8",
+                "float8",
+                "text",
+              ],
+            )} as v(ord, ticket, peer_id, session_id, epoch, status, new_state, exit_code, output, truncated,
+              started_ms, finished_ms, server_id)
+          ), held as (
+            select s.session_id, s.epoch from sessions s
+            where s.session_id in (select session_id from input) and s.closed_at is null
+            order by s.session_id
+            for share
+          ), locked as (
+            select t.ticket, t.peer_id, t.session_id, t.state,
+              exists (select 1 from job_results r where r.ticket = t.ticket) as has_result
+            from tickets t
+            where t.ticket in (select ticket from input)
+            order by t.ticket
+            for update
+          ), checked as (
+            select i.*,
+              case
+                when h.session_id is null then 'lease_lost'
+                when l.ticket is null then 'unknown_ticket'
+                when l.peer_id <> i.peer_id or l.session_id is distinct from i.session_id then 'foreign_ticket'
+                -- A ticket locked after a concurrent copy committed shows its new state, but not (in this
+                -- statement's snapshot) its result: succeeded and failed come only from a result.
+                when l.has_result or l.state in ('succeeded', 'failed') then 'duplicate'
+                when l.state not in ('queued', 'delivered') then 'ticket_closed'
+                else 'recorded'
+              end as verdict
+            from input i
+            left join held h on h.session_id = i.session_id and h.epoch = i.epoch
+            left join locked l on l.ticket = i.ticket
+          ), judged as (
+            -- Of several copies of one result in the batch, the first that passes is recorded.
+            select *,
+              case
+                when verdict = 'recorded' and count(*) filter (where verdict = 'recorded') over (
+                  partition by ticket order by ord rows between unbounded preceding and 1 preceding
+                ) > 0 then 'duplicate'
+                else verdict
+              end as outcome
+            from checked
+          ), inserted as (
+            insert into job_results (
+              ticket, peer_id, session_id, status, exit_code, output, truncated, started_at, finished_at, server_id
+            )
+            select ticket, peer_id, session_id, status, exit_code, output, truncated,
+              to_timestamp(started_ms / 1000), to_timestamp(finished_ms / 1000), server_id
+            from judged where outcome = 'recorded'
+            on conflict (ticket) do nothing
+            returning ticket
+          ), updated as (
+            update tickets t set state = j.new_state, finished_at = now()
+            from judged j
+            where j.outcome = 'recorded' and t.ticket = j.ticket and t.ticket in (select ticket from inserted)
+          )
+          select ord,
+            case when outcome = 'recorded' and ticket not in (select ticket from inserted) then 'duplicate'
+              else outcome end as outcome
+          from judged
+          order by ord
+        `)
+        return rows.map((r) => r.outcome)
+      }),
+  })
+  return self
+}

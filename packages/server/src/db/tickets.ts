@@ -1,0 +1,290 @@
+import {
+  isTerminal,
+  StoreError,
+  type Ticket,
+  TicketState,
+  TicketStore,
+  type TicketStoreService,
+} from "@picus/core"
+import { Effect, Option, Schema } from "effect"
+import { type DatabasePool, sql } from "slonik"
+import {
+  attempt,
+  Fenced,
+  fenced,
+  NullableInt,
+  NullableString,
+  OwnerRow,
+  std,
+  TicketFields,
+  TicketRow,
+  ticketColumns,
+  ticketOrder,
+  UUID,
+} from "./shared.ts"
+
+const TicketIdRow = std(Schema.Struct({ ticket: Schema.String }))
+const SubmittedRow = std(
+  Schema.Struct({
+    ...TicketFields,
+    ownerId: NullableString,
+    ownerEpoch: NullableInt,
+    ownerExpired: Schema.NullOr(Schema.Boolean),
+  }),
+)
+/** The held leases, and a delivered ticket per row (all null when none was). */
+const DeliveredRow = std(
+  Schema.Struct({
+    held: Schema.Array(Schema.String),
+    ticket: NullableString,
+    peerId: NullableString,
+    sessionId: NullableString,
+    jobId: NullableString,
+    name: NullableString,
+    os: NullableString,
+    distro: NullableString,
+    command: NullableString,
+    timeoutMs: NullableInt,
+    state: Schema.NullOr(TicketState),
+    attempts: NullableInt,
+    deliveredAt: NullableInt,
+  }),
+)
+const CountRow = std(Schema.Struct({ sessionId: Schema.String, count: Schema.Int }))
+const StateRow = std(Schema.Struct({ state: TicketState }))
+
+/** The TicketStore over a slonik pool. */
+export const makePgTickets = (pool: DatabasePool): TicketStoreService => {
+  // Deliveries asked for in the same turn of the event loop (every session that sends its next
+  // jobs after one batch of results, say) are marked in one statement: one round trip, not one per
+  // session. Each lease is still checked and locked on its own.
+  let deliveries: Array<{
+    readonly lease: { readonly sessionId: string; readonly epoch: number }
+    readonly tickets: ReadonlyArray<string>
+    readonly resolve: (marked: ReadonlyArray<Ticket>) => void
+    readonly reject: (error: unknown) => void
+  }> = []
+  const flushDeliveries = async () => {
+    const batch = deliveries
+    deliveries = []
+    try {
+      const rows = await pool.any(sql.type(DeliveredRow)`
+        with req as (
+          select * from ${sql.unnest(
+            batch.flatMap(({ lease, tickets }) =>
+              [null, ...tickets].map((ticket) => [lease.sessionId.toLowerCase(), lease.epoch, ticket]),
+            ),
+            ["uuid", "int4", "text"],
+          )} as r(session_id, epoch, ticket)
+        ), held as (
+          select s.session_id, s.epoch from sessions s
+          where s.session_id in (select session_id from req) and s.closed_at is null
+          order by s.session_id
+          for share
+        ), marked as (
+          update tickets t set state = 'delivered', delivered_at = now(), attempts = t.attempts + 1
+          from req r join held h on h.session_id = r.session_id and h.epoch = r.epoch
+          where t.ticket = r.ticket and t.session_id = r.session_id and t.state in ('queued', 'delivered')
+          returning t.*
+        )
+        select
+          coalesce((select array_agg(session_id::text || '/' || epoch) from held), '{}') as held,
+          ${ticketColumns}
+        from (select 1) as one left join marked on true
+      `)
+      const held = new Set(rows[0]?.held ?? [])
+      const marked = new Map<string, Ticket>()
+      for (const { held: _held, ...t } of rows) {
+        const { ticket, peerId, name, os, distro, command, timeoutMs, state, attempts } = t
+        if (ticket === null || peerId === null || name === null || os === null || distro === null) continue
+        if (command === null || timeoutMs === null || state === null || attempts === null) continue
+        marked.set(ticket, { ...t, ticket, peerId, name, os, distro, command, timeoutMs, state, attempts })
+      }
+      for (const { lease, tickets, resolve, reject } of batch) {
+        if (!held.has(`${lease.sessionId.toLowerCase()}/${lease.epoch}`)) {
+          reject(new Fenced(lease))
+          continue
+        }
+        resolve([...new Set(tickets)].flatMap((id) => marked.get(id) ?? []))
+      }
+    } catch (error) {
+      for (const { reject } of batch) reject(error)
+    }
+  }
+
+  return TicketStore.of({
+    createTickets: (entry) =>
+      attempt("createTickets", async () => {
+        if (entry.jobs.length === 0) return []
+        return pool.transaction((tx) =>
+          tx.any(sql.type(TicketRow)`
+            with inserted as (
+              insert into tickets (peer_id, session_id, job_id, job_name, os, distro, command, timeout_ms, server_id)
+              select ${entry.peerId}, ${entry.sessionId}::uuid, j.job_id, j.name, j.os, j.distro, j.command,
+                j.timeout_ms, ${entry.serverId}
+              from ${sql.unnest(
+                entry.jobs.map((job, i) => [
+                  i,
+                  job.job_id,
+                  job.name,
+                  job.os,
+                  job.distro,
+                  job.command,
+                  job.timeout_ms,
+                ]),
+                ["int4", "text", "text", "text", "text", "text", "int4"],
+              )} as j(ord, job_id, name, os, distro, command, timeout_ms)
+              order by j.ord
+              returning *
+            )
+            select ${ticketColumns} from inserted order by ${ticketOrder}
+          `),
+        )
+      }),
+
+    submitTickets: (entry) =>
+      attempt("submitTickets", async () => {
+        if (entry.jobs.length === 0) {
+          const owner = await pool.maybeOne(sql.type(OwnerRow)`
+            select session_id::text as "sessionId", owner_id as "ownerId", epoch, lease_until < now() as "expired"
+            from sessions where peer_id = ${entry.peerId} and closed_at is null
+            order by opened_at desc limit 1
+          `)
+          return { tickets: [], owner: owner ?? undefined }
+        }
+        // One statement: the open session (if any) is locked for share, so a login replacing it
+        // waits for these tickets and then carries them over.
+        const rows = await pool.any(sql.type(SubmittedRow)`
+          with peer as (
+            select os, distro from peers where peer_id = ${entry.peerId}
+          ), owner as (
+            select session_id, owner_id, epoch, lease_until < now() as expired from sessions
+            where peer_id = ${entry.peerId} and closed_at is null
+            order by opened_at desc limit 1
+            for share
+          ), inserted as (
+            insert into tickets (peer_id, session_id, job_name, os, distro, command, timeout_ms, server_id)
+            select ${entry.peerId}, (select session_id from owner), j.name,
+              coalesce((select os from peer), ''), coalesce((select distro from peer), ''),
+              j.command, j.timeout_ms, ${entry.serverId}
+            from ${sql.unnest(
+              entry.jobs.map((job, i) => [i, job.name, job.command, job.timeoutMs]),
+              ["int4", "text", "text", "int4"],
+            )} as j(ord, name, command, timeout_ms)
+            where exists (select 1 from peer)
+            order by j.ord
+            returning *
+          )
+          select ${ticketColumns}, (select owner_id from owner) as "ownerId",
+            (select epoch from owner) as "ownerEpoch", (select expired from owner) as "ownerExpired"
+          from inserted order by ${ticketOrder}
+        `)
+        if (rows.length === 0) throw new Error(`no peer ${entry.peerId} has ever registered`)
+        const [first] = rows
+        const owner =
+          first?.sessionId &&
+          first.ownerId !== null &&
+          first.ownerEpoch !== null &&
+          first.ownerExpired !== null
+            ? {
+                sessionId: first.sessionId,
+                ownerId: first.ownerId,
+                epoch: first.ownerEpoch,
+                expired: first.ownerExpired,
+              }
+            : undefined
+        return {
+          tickets: rows.map(({ ownerId: _o, ownerEpoch: _e, ownerExpired: _x, ...ticket }) => ticket),
+          owner,
+        }
+      }),
+
+    queuedTickets: (sessionId) =>
+      attempt("queuedTickets", async () =>
+        UUID.test(sessionId)
+          ? pool.any(sql.type(TicketRow)`
+              select ${ticketColumns} from tickets
+              where session_id = ${sessionId}::uuid and state = 'queued'
+              order by ${ticketOrder}
+            `)
+          : [],
+      ),
+
+    queuedCounts: (sessionIds) =>
+      attempt("queuedCounts", async () => {
+        const valid = [...new Set(sessionIds.filter((id) => UUID.test(id)).map((id) => id.toLowerCase()))]
+        if (valid.length === 0) return new Map()
+        const rows = await pool.any(sql.type(CountRow)`
+          select session_id::text as "sessionId", count(*)::int as count from tickets
+          where session_id = any(${sql.array(valid, "uuid")}) and state = 'queued'
+          group by session_id
+        `)
+        return new Map(rows.map((r) => [r.sessionId, r.count]))
+      }),
+
+    markDelivered: (lease, tickets) =>
+      fenced(
+        "markDelivered",
+        () =>
+          new Promise<ReadonlyArray<Ticket>>((resolve, reject) => {
+            if (!UUID.test(lease.sessionId)) return reject(new Fenced(lease))
+            deliveries.push({ lease, tickets, resolve, reject })
+            if (deliveries.length === 1) setImmediate(flushDeliveries)
+          }),
+      ),
+
+    expireTickets: (entry) =>
+      attempt("expireTickets", async () => {
+        if (Number.isNaN(entry.deliveryDeadlineMs) || Number.isNaN(entry.executionSlackMs)) {
+          return { undeliverable: 0, timedOut: 0 }
+        }
+        const undeliverable = await pool.anyFirst(sql.type(TicketIdRow)`
+          update tickets set state = 'undeliverable', finished_at = now()
+          where state = 'queued'
+            and extract(epoch from created_at) * 1000
+              < extract(epoch from now()) * 1000 - ${entry.deliveryDeadlineMs}::float8
+          returning ticket
+        `)
+        // A delivered ticket of an open session is its owner's to re-send or give up.
+        const timedOut = await pool.anyFirst(sql.type(TicketIdRow)`
+          update tickets t set state = 'timed_out', finished_at = now()
+          where t.state = 'delivered'
+            and extract(epoch from t.delivered_at) * 1000 + 2.0 * t.timeout_ms + ${entry.executionSlackMs}::float8
+              < extract(epoch from now()) * 1000
+            and not exists (
+              select 1 from sessions s where s.session_id = t.session_id and s.closed_at is null
+            )
+          returning ticket
+        `)
+        return { undeliverable: undeliverable.length, timedOut: timedOut.length }
+      }),
+
+    closeTickets: (ids, state, reason, peerId) =>
+      isTerminal(state)
+        ? attempt("closeTickets", async () => {
+            if (ids.length === 0) return []
+            const closed = await pool.any(sql.type(TicketIdRow)`
+              update tickets set state = ${state}, finished_at = now(), close_reason = ${reason ?? null}
+              where ticket = any(${sql.array([...ids], "text")}) and state in ('queued', 'delivered')
+                and (${peerId ?? null}::text is null or peer_id = ${peerId ?? null})
+              returning ticket
+            `)
+            return closed.map((row) => row.ticket)
+          })
+        : Effect.fail(
+            new StoreError({
+              operation: "closeTickets",
+              message: `${state} is not a terminal ticket state`,
+              kind: "rejected",
+            }),
+          ),
+
+    ticketState: (ticket) =>
+      attempt("ticketState", async () => {
+        const row = await pool.maybeOne(
+          sql.type(StateRow)`select state from tickets where ticket = ${ticket}`,
+        )
+        return row === null ? Option.none() : Option.some(row.state)
+      }),
+  })
+}

@@ -1,0 +1,64 @@
+import { TokenStore, type TokenStoreService } from "@picus/core"
+import { Option, Schema } from "effect"
+import { type DatabasePool, sql } from "slonik"
+import { attempt, NullableInt, std } from "./shared.ts"
+
+const TokenRow = std(
+  Schema.Struct({
+    tokenId: Schema.Int,
+    name: Schema.String,
+    prefix: Schema.String,
+    createdAt: Schema.Int,
+    revokedAt: NullableInt,
+  }),
+)
+const TokenIdRow = std(Schema.Struct({ tokenId: Schema.Int }))
+
+const BIGINT_MAX = 9_223_372_036_854_775_807n
+
+const tokenColumns = sql.fragment`
+  token_id as "tokenId", name, prefix, created_at as "createdAt", revoked_at as "revokedAt"
+`
+
+/** The TokenStore over a slonik pool. */
+export const makePgTokens = (pool: DatabasePool): TokenStoreService => {
+  return TokenStore.of({
+    createToken: (token) =>
+      attempt("createToken", () =>
+        pool.one(sql.type(TokenRow)`
+          insert into tokens (name, prefix, token_hash)
+          values (${token.name}, ${token.prefix}, ${sql.binary(Buffer.from(token.hash))})
+          returning ${tokenColumns}
+        `),
+      ),
+
+    listTokens: attempt("listTokens", () =>
+      pool.any(sql.type(TokenRow)`select ${tokenColumns} from tokens order by token_id`),
+    ),
+
+    revokeToken: (idOrPrefix) =>
+      attempt("revokeToken", async () => {
+        const byId = /^\d+$/.test(idOrPrefix)
+        if (byId && BigInt(idOrPrefix) > BIGINT_MAX) return 0
+        const match = byId
+          ? sql.fragment`token_id = ${idOrPrefix}::bigint`
+          : sql.fragment`prefix = ${idOrPrefix}`
+        const revoked = await pool.any(sql.type(TokenIdRow)`
+          update tokens set revoked_at = now()
+          where ${match} and revoked_at is null
+          returning token_id as "tokenId"
+        `)
+        return revoked.length
+      }),
+
+    findActiveToken: (hash) =>
+      attempt("findActiveToken", async () =>
+        Option.fromNullOr(
+          await pool.maybeOne(sql.type(TokenRow)`
+            select ${tokenColumns} from tokens
+            where token_hash = ${sql.binary(Buffer.from(hash))} and revoked_at is null
+          `),
+        ),
+      ),
+  })
+}
