@@ -181,7 +181,17 @@ export const startPeerSession = Effect.fnUntraced(function* (
     leaseMs: config.leaseMs,
   })
   // Once the login is written, a start that fails half-way still closes the session it opened.
+  // The bunch of jobs is planned before the peer hears it is accepted: once it is told, its
+  // session and its tickets exist in PostgreSQL.
   const tickets: TicketQueue = yield* Effect.gen(function* () {
+    const planned = yield* scheduler.plan({
+      peerId,
+      sessionId,
+      serverId: config.serverId,
+      os: start.os,
+      distro: start.distro,
+      adopted,
+    })
     yield* transport.sendToPeer(
       peerId,
       Protocol.encodeMessage({
@@ -194,14 +204,7 @@ export const startPeerSession = Effect.fnUntraced(function* (
         heartbeat_ms: config.heartbeatMs,
       }),
     )
-    return yield* scheduler.plan({
-      peerId,
-      sessionId,
-      serverId: config.serverId,
-      os: start.os,
-      distro: start.distro,
-      adopted,
-    })
+    return planned
   }).pipe(
     Effect.tapError(() =>
       store
