@@ -4,12 +4,13 @@ import { join } from "node:path"
 import { assert, describe, it } from "@effect/vitest"
 import { type Envelope, Protocol, Store, Transport } from "@picus/core"
 import { eventually } from "@picus/core/testing"
-import { Effect, Exit, Fiber, Option, Result, Scope } from "effect"
+import { Effect, Exit, Fiber, Option, Scope } from "effect"
 import { makeAgent, openStateFile } from "peer"
 import { makeGateway } from "../src/gateway/index.ts"
 import { submitJobs } from "../src/submit.ts"
 import { enrollmentTokensFrom } from "../src/tokens.ts"
 import { compositions } from "./support/layers.ts"
+import { rawPeer } from "./support/rawPeer.ts"
 
 // The server's logic and the peer's, in one process, on each composition the server runs on.
 
@@ -72,51 +73,6 @@ const catalog = [
 
 const waitFor = <A, E, R>(check: Effect.Effect<A | undefined, E, R>, what: string, ms = 10_000) =>
   eventually(check, what, { timeoutMs: ms })
-
-/** A hand-driven peer speaking the wire protocol, to send what a real agent never would. */
-const rawPeer = Effect.fnUntraced(function* (peerId: string, token: string) {
-  const transport = yield* Transport
-  const reader = yield* transport.inboxReader(peerId)
-  let cursor = yield* transport.inboxTail(peerId)
-  const next = Effect.gen(function* () {
-    const [entry] = yield* waitFor(
-      reader
-        .read(cursor, { count: 1, blockMs: 200 })
-        .pipe(Effect.map((es) => (es.length > 0 ? es : undefined))),
-      `a message for ${peerId}`,
-    )
-    cursor = (entry as Envelope).id
-    const decoded = Protocol.decodeServerMessage((entry as Envelope).payload)
-    assert.isTrue(Result.isSuccess(decoded))
-    return (decoded as Result.Success<Protocol.ServerMessage, never>).success
-  })
-  yield* transport.sendUplink(
-    Protocol.encodeMessage({
-      msg: "register",
-      peer_id: peerId,
-      token,
-      server_ip: "10.1.2.3",
-      os: "linux",
-      distro: "debian",
-    }),
-  )
-  const accepted = yield* next
-  assert.strictEqual(Protocol.serverMessageKind(accepted), "register_accepted")
-  const session = accepted.token
-  const jobs = [(yield* next) as Protocol.Job, (yield* next) as Protocol.Job]
-  const sendResult = (ticket: string, result: string, tokenToUse = session) =>
-    transport.sendUplink(
-      Protocol.encodeMessage({
-        msg: "result",
-        ticket,
-        peer_id: peerId,
-        token: tokenToUse,
-        result,
-        exit_code: 0,
-      }),
-    )
-  return { session, jobs, sendResult, next }
-})
 
 /** A server whose tickets are due 2 x 100 ms + 200 ms after they are sent. Returns the Store. */
 const serveWithShortDeadlines = Effect.gen(function* () {

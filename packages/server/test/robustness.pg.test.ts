@@ -1,12 +1,13 @@
 import { assert, describe, it } from "@effect/vitest"
-import { type Envelope, JobScheduler, Protocol, Store, Transport, TransportRedis } from "@picus/core"
+import { JobScheduler, Protocol, Store, Transport, TransportRedis } from "@picus/core"
 import { deleteKeysWithPrefix, eventually, testKeyPrefix, testRedisUrl } from "@picus/core/testing"
-import { Cause, Context, Effect, Exit, Fiber, Layer, Option, Result } from "effect"
+import { Cause, Context, Effect, Exit, Fiber, Layer, Option } from "effect"
 import { createPool, type DatabasePool, sql } from "slonik"
 import { PgStore } from "../src/db/PgStore.ts"
 import { GatewayFailed, makeGateway, untilSignal } from "../src/gateway/index.ts"
 import { enrollmentTokensFrom } from "../src/tokens.ts"
 import { freshDatabase } from "./support/database.ts"
+import { rawPeer } from "./support/rawPeer.ts"
 
 // No input stops service: a result the database refuses, a ticket the wire cannot carry and a
 // session that fails each cost only themselves. On the real PostgreSQL and Redis.
@@ -77,49 +78,11 @@ const query = <A>(run: (pool: DatabasePool) => Promise<A>) =>
 const waitFor = <A, E, R>(check: Effect.Effect<A | undefined, E, R>, what: string, ms = 10_000) =>
   eventually(check, what, { timeoutMs: ms })
 
-/** A peer driven by hand: registers, and reads what its inbox brings. */
-const rawPeer = Effect.fnUntraced(function* (peerId: string) {
-  const transport = yield* Transport
-  const reader = yield* transport.inboxReader(peerId)
-  let cursor = yield* transport.inboxTail(peerId)
-  const next = Effect.gen(function* () {
-    const [entry] = yield* waitFor(
-      reader
-        .read(cursor, { count: 1, blockMs: 200 })
-        .pipe(Effect.map((es) => (es.length > 0 ? es : undefined))),
-      `a message for ${peerId}`,
-    )
-    cursor = (entry as Envelope).id
-    const decoded = Protocol.decodeServerMessage((entry as Envelope).payload)
-    assert.isTrue(Result.isSuccess(decoded))
-    return (decoded as Result.Success<Protocol.ServerMessage, never>).success
-  })
-  yield* transport.sendUplink(
-    Protocol.encodeMessage({
-      msg: "register",
-      peer_id: peerId,
-      token: "good-token",
-      server_ip: "10.1.2.3",
-      os: "linux",
-      distro: "debian",
-      agent_version: "test",
-    }),
+/** A peer driven by hand that heartbeats (so is judged by silence), taking its jobs itself. */
+const handPeer = (peerId: string) =>
+  rawPeer(peerId, "good-token", { agentVersion: "test", jobs: 0 }).pipe(
+    Effect.map(({ next, sendResult }) => ({ next, send: sendResult })),
   )
-  const accepted = yield* next
-  assert.strictEqual(Protocol.serverMessageKind(accepted), "register_accepted")
-  const send = (ticket: string, result: string) =>
-    transport.sendUplink(
-      Protocol.encodeMessage({
-        msg: "result",
-        ticket,
-        peer_id: peerId,
-        token: accepted.token,
-        result,
-        exit_code: 0,
-      }),
-    )
-  return { next, send }
-})
 
 const ticketRow = (ticket: string) =>
   query((pool) =>
@@ -148,7 +111,7 @@ describe("no input stops service (postgres+redis)", () => {
         })
         const gateway = yield* makeGateway(gatewayConfig)
         yield* Effect.forkScoped(gateway.run)
-        const peer = yield* rawPeer("p1")
+        const peer = yield* handPeer("p1")
         const [a, b] = [(yield* peer.next) as Protocol.Job, (yield* peer.next) as Protocol.Job]
         yield* peer.send(a.ticket, "poison")
         yield* peer.send(b.ticket, "fine")
@@ -183,7 +146,7 @@ describe("no input stops service (postgres+redis)", () => {
         yield* store.replaceCatalog(catalog)
         const gateway = yield* makeGateway(gatewayConfig)
         yield* Effect.forkScoped(gateway.run)
-        const peer = yield* rawPeer("p1")
+        const peer = yield* handPeer("p1")
         for (const job of [(yield* peer.next) as Protocol.Job, (yield* peer.next) as Protocol.Job])
           yield* peer.send(job.ticket, "ok")
         // Written straight to the Store (an older version, a hand-made row): 9 KB, over the wire's 8 KiB.
@@ -224,14 +187,14 @@ describe("no input stops service (postgres+redis)", () => {
         yield* store.replaceCatalog(catalog)
         const gateway = yield* makeGateway(gatewayConfig)
         yield* Effect.forkScoped(gateway.run)
-        yield* rawPeer("bomb")
+        yield* handPeer("bomb")
         yield* waitFor(
           store
             .sessions({ peerId: "bomb", limit: 1 })
             .pipe(Effect.map(([s]) => (s?.logoutReason === "server_error" ? s : undefined))),
           "the failed session logged out as server_error",
         )
-        const good = yield* rawPeer("good")
+        const good = yield* handPeer("good")
         for (const job of [(yield* good.next) as Protocol.Job, (yield* good.next) as Protocol.Job])
           yield* good.send(job.ticket, "ok")
         yield* waitFor(
