@@ -52,6 +52,8 @@ export interface Ledger {
   /** The ticket submitted after the flood: it must succeed too. */
   readonly afterFlood: string | undefined
   readonly afterFloodState: string | undefined
+  /** Submission to recorded result of the good tickets, from PostgreSQL's clock. */
+  readonly latencyMs: { readonly p50: number; readonly p99: number; readonly max: number }
 }
 
 export interface FuzzReport {
@@ -294,6 +296,17 @@ export const runFuzz = async (env: BenchEnv, options: FuzzOptions): Promise<Fuzz
       "select ticket, peer_id, output from job_results where ticket = any($1::text[])",
       [ours],
     )
+    const { rows: latency } = await cluster.pool.query<{
+      p50: number | null
+      p99: number | null
+      max: number | null
+    }>(
+      `select percentile_cont(0.5) within group (order by ms) as p50, percentile_cont(0.99) within group (order by ms) as p99,
+         max(ms) as max
+       from (select extract(epoch from r.received_at - t.created_at) * 1000 as ms
+             from job_results r join tickets t using (ticket) where t.ticket = any($1::text[])) as l`,
+      [ours],
+    )
     const resultOf = new Map(results.map((r) => [r.ticket, r]))
     const peerOf = new Map(tickets.map((t) => [t.ticket, t.peerId]))
     const wrongResult = ours.filter((t) => {
@@ -313,6 +326,11 @@ export const runFuzz = async (env: BenchEnv, options: FuzzOptions): Promise<Fuzz
       wrongResult,
       afterFlood,
       afterFloodState: afterFlood === undefined ? undefined : states.get(afterFlood),
+      latencyMs: {
+        p50: Number(latency[0]?.p50 ?? Number.NaN),
+        p99: Number(latency[0]?.p99 ?? Number.NaN),
+        max: Number(latency[0]?.max ?? Number.NaN),
+      },
     }
 
     const rowsAdded = diff(await countRows(cluster), rowsBefore)
@@ -392,6 +410,7 @@ export const describe = (r: FuzzReport): string => {
     `Redis keys added: ${entries(r.keysAdded)}`,
     `dead letters: ${r.deadLetters}`,
     `good tickets: ${r.ledger.tickets} (${entries(r.ledger.states)}); submit failures ${r.submitFailures}; open ${r.ledger.open.length}, wrong or missing result ${r.ledger.wrongResult.length}; after the flood: ${r.ledger.afterFloodState ?? "none"}`,
+    `good ticket latency (submitted → result recorded): p50 ${r.ledger.latencyMs.p50.toFixed(0)} ms, p99 ${r.ledger.latencyMs.p99.toFixed(0)} ms, max ${r.ledger.latencyMs.max.toFixed(0)} ms`,
     `server: ${r.serverAlive ? "alive" : `died (${r.serverExit})`}`,
     r.failures.length === 0 ? "PASS" : `FAIL: ${r.failures.join("; ")}`,
   ].join("\n")
