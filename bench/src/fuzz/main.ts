@@ -1,0 +1,65 @@
+import { parseArgs } from "node:util"
+import type { BenchEnv } from "../system.ts"
+import { KINDS, type Kind } from "./hostile.ts"
+import { defaultOptions, describe, runFuzz } from "./run.ts"
+
+const usage = `Usage: pnpm fuzz [options]
+  --messages N   hostile uplink entries to send (default ${defaultOptions.messages})
+  --seed N       seed of the generated entries (default ${defaultOptions.seed})
+  --peers N      good simulated peers working meanwhile (default ${defaultOptions.goodPeers})
+  --only a,b     only these kinds (${KINDS.join(", ")})
+  --json         print the report as JSON
+Environment: BENCH_PG_URL (default postgres://postgres@127.0.0.1:5432/postgres), BENCH_REDIS_URL
+(default redis://127.0.0.1:6379). Exits 1 if a good peer's ticket did not end exactly once with its
+own result, or the server died or stopped reading.`
+
+const { values } = parseArgs({
+  options: {
+    messages: { type: "string" },
+    seed: { type: "string" },
+    peers: { type: "string" },
+    only: { type: "string" },
+    json: { type: "boolean", default: false },
+    help: { type: "boolean", short: "h", default: false },
+  },
+})
+if (values.help) {
+  console.log(usage)
+  process.exit(0)
+}
+const int = (name: string, raw: string | undefined, fallback: number): number => {
+  if (raw === undefined) return fallback
+  const n = Number(raw)
+  if (!Number.isInteger(n) || n <= 0) {
+    console.error(`--${name} must be a positive whole number, got ${raw}\n\n${usage}`)
+    process.exit(2)
+  }
+  return n
+}
+
+const env: BenchEnv = {
+  pgAdminUrl: process.env.BENCH_PG_URL ?? "postgres://postgres@127.0.0.1:5432/postgres",
+  redisUrl: process.env.BENCH_REDIS_URL ?? "redis://127.0.0.1:6379",
+}
+const only = values.only?.split(",").map((k) => k.trim())
+const unknown = only?.filter((k) => !(KINDS as ReadonlyArray<string>).includes(k)) ?? []
+if (unknown.length > 0) {
+  console.error(`unknown kind(s): ${unknown.join(", ")}\n\n${usage}`)
+  process.exit(2)
+}
+const options = {
+  ...defaultOptions,
+  messages: int("messages", values.messages, defaultOptions.messages),
+  seed: int("seed", values.seed, defaultOptions.seed),
+  goodPeers: int("peers", values.peers, defaultOptions.goodPeers),
+  ...(only === undefined ? {} : { only: new Set(only as Array<Kind>) }),
+  log: values.json ? () => {} : (line: string) => console.log(line),
+}
+if (!values.json) console.log(`fuzz: ${options.messages} hostile entries, ${options.goodPeers} good peers`)
+const report = await runFuzz(env, options)
+if (values.json) console.log(JSON.stringify(report, null, 2))
+else {
+  console.log(describe(report))
+  if (!report.serverAlive) console.log(`server log (tail):\n${report.serverLogTail}`)
+}
+process.exit(report.failures.length === 0 ? 0 : 1)
