@@ -1,3 +1,4 @@
+import { randomUUID } from "node:crypto"
 import { type InboxFanOptions, Protocol, Transport, type TransportError } from "@picus/core"
 import { Deferred, Effect, Result } from "effect"
 import {
@@ -70,6 +71,8 @@ interface SimPeer {
   attempt: number
   everAccepted: boolean
   running: number
+  /** The nonce of its registration in progress (echoed in the reply), as the real peer does. */
+  nonce: string
 }
 
 interface Outgoing {
@@ -115,6 +118,7 @@ export const makeSimulatedFleet = Effect.fnUntraced(function* (config: FleetConf
     registerSentAt: 0,
     attempt: 0,
     everAccepted: false,
+    nonce: "",
     running: 0,
   }))
   const byId = new Map(peers.map((p) => [p.id, p]))
@@ -137,6 +141,7 @@ export const makeSimulatedFleet = Effect.fnUntraced(function* (config: FleetConf
     peer.session = undefined
     peer.registerSentAt = now
     peer.dueAt = now + config.registerTimeoutMs
+    peer.nonce = randomUUID()
     send({
       msg: "register",
       peer_id: peer.id,
@@ -145,6 +150,7 @@ export const makeSimulatedFleet = Effect.fnUntraced(function* (config: FleetConf
       ...(config.os ? { os: config.os.os, distro: config.os.distro } : {}),
       hostname: peer.id,
       agent_version: config.agentVersion,
+      nonce: peer.nonce,
     })
   }
 
@@ -181,8 +187,10 @@ export const makeSimulatedFleet = Effect.fnUntraced(function* (config: FleetConf
     switch (Protocol.serverMessageKind(message)) {
       case "register_accepted": {
         const m = message as Protocol.RegisterAccepted
-        // After a logout (shutdown) or a final refusal an acceptance is old news.
+        // After a logout (shutdown) or a final refusal an acceptance is old news; so is one that
+        // answers another registration in this peer's name.
         if (peer.state !== "registering" && peer.state !== "online") return
+        if (m.nonce !== undefined && m.nonce !== peer.nonce) return
         counters.accepted++
         if (peer.state === "registering") latency.record(now - peer.registerSentAt)
         setOnline(peer, "online")
@@ -210,6 +218,8 @@ export const makeSimulatedFleet = Effect.fnUntraced(function* (config: FleetConf
           return
         }
         if (peer.state !== "registering") return
+        // Drawn by someone else's registration in this peer's name (a bad token, say): not ours.
+        if ((message as Protocol.RegisterRejected).nonce !== peer.nonce) return
         counters.rejected++
         rejectReasons[reason] = (rejectReasons[reason] ?? 0) + 1
         if (Protocol.isRetryableRejection(reason)) {

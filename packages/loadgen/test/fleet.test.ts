@@ -59,6 +59,7 @@ const fakeServer = (options: FakeServerOptions) =>
             token: "none",
             status: "rejected",
             reason,
+            ...(m.nonce === undefined ? {} : { nonce: m.nonce }),
           })
           return
         }
@@ -70,6 +71,7 @@ const fakeServer = (options: FakeServerOptions) =>
           token,
           status: "accepted",
           heartbeat_ms: options.heartbeatMs,
+          ...(m.nonce === undefined ? {} : { nonce: m.nonce }),
         })
         for (let j = 0; j < options.jobsPerLogin; j++) {
           const ticket = `${token}-job${j}`
@@ -124,7 +126,9 @@ describe("SimulatedFleet (memory transport)", () => {
         distro: "debian",
         hostname: "sim-t-0",
         agent_version: "test",
+        nonce: seen.registers[0]!.nonce!,
       })
+      assert.isString(seen.registers[0]!.nonce)
 
       yield* waitFor("a result for every job", () => seen.results.length >= 100)
       assert.strictEqual(new Set(seen.results.map((r) => r.ticket)).size, 100, "each job answered once")

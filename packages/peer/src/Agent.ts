@@ -1,3 +1,4 @@
+import { randomUUID } from "node:crypto"
 import { type Envelope, jobFitsPeer, Protocol, Transport, type TransportError } from "@picus/core"
 import { Console, Deferred, Effect, Fiber, Random, Result, Schedule, Semaphore } from "effect"
 import { type ExecuteOptions, execute } from "./executor.ts"
@@ -73,15 +74,28 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
   /** Tickets whose kept result is being sent. */
   const delivering = new Set<string>()
 
-  const register = sendUntilAccepted({
-    msg: "register",
-    peer_id: peerId,
-    token: config.token,
-    server_ip: config.serverIp,
-    os: config.os.os,
-    distro: config.os.distro,
-    hostname: config.os.hostname,
-    agent_version: config.agentVersion,
+  /**
+   * The nonce of the registration in progress: the server echoes it, so a reply drawn by a
+   * registration in this peer's name by someone else (a bad token, say) is told apart and ignored.
+   */
+  let nonce = randomUUID()
+  const sendRegistration = Effect.suspend(() =>
+    sendUntilAccepted({
+      msg: "register",
+      peer_id: peerId,
+      token: config.token,
+      server_ip: config.serverIp,
+      os: config.os.os,
+      distro: config.os.distro,
+      hostname: config.os.hostname,
+      agent_version: config.agentVersion,
+      nonce,
+    }),
+  )
+  /** A new registration, with a nonce of its own. */
+  const register = Effect.suspend(() => {
+    nonce = randomUUID()
+    return sendRegistration
   })
 
   const sendResult = sendUntilAccepted
@@ -180,6 +194,9 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
               return // the server is still there (it noted the time above)
             case "register_accepted": {
               const m = message as Protocol.RegisterAccepted
+              if (m.nonce !== undefined && m.nonce !== nonce) {
+                return yield* Effect.logWarning("ignored an acceptance that answers another registration")
+              }
               session = { token: m.token, sessionId: m.session_id, heartbeatMs: m.heartbeat_ms ?? 5_000 }
               lastHeard = Date.now()
               current = session
@@ -221,6 +238,12 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
                 return
               }
               if (session) return // a stale answer to an earlier registration
+              if ((message as Protocol.RegisterRejected).nonce !== nonce) {
+                // Someone registered in this peer's name (with a bad token, say): not our answer.
+                return yield* Effect.logWarning(
+                  `ignored a rejection (${reason}) that answers another registration`,
+                )
+              }
               yield* say(`registration rejected: ${reason}`)
               // "Not now" (the server is stopping) is a shutdown for this peer: back off and retry.
               return yield* Deferred.succeed(
@@ -350,7 +373,7 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
           }
           if (!session && Date.now() - lastRegister > config.registerTimeoutMs) {
             yield* Effect.logInfo("no answer to the registration yet: sending it again")
-            yield* register
+            yield* sendRegistration
             lastRegister = Date.now()
           }
         }

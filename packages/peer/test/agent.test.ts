@@ -355,13 +355,14 @@ describe("peer agent", () => {
     Effect.gen(function* () {
       const { agent, fromPeer, toPeer } = yield* setup()
       const rejected = yield* Effect.forkScoped(agent.run)
-      yield* fromPeer
+      const [register] = yield* fromPeer
       yield* toPeer({
         msg: "register",
         peer_id: "p1",
         token: "none",
         status: "rejected",
         reason: "unknown token",
+        nonce: (register as Protocol.Register).nonce!,
       })
       assert.deepStrictEqual(yield* Fiber.join(rejected), {
         _tag: "Rejected",
@@ -376,6 +377,36 @@ describe("peer agent", () => {
         _tag: "Shutdown",
         reason: "Upgrade server",
       })
+    }).pipe(Effect.scoped, Effect.provide(TransportMemory.layerMemory)),
+  )
+})
+
+describe("registering in another's name", () => {
+  it.live("a rejection drawn by someone else's registration in the peer's name is ignored", () =>
+    Effect.gen(function* () {
+      const { agent, fromPeer, toPeer } = yield* setup()
+      const running = yield* Effect.forkScoped(agent.run)
+      const [register] = yield* fromPeer
+      assert.isString((register as Protocol.Register).nonce)
+      // What the server answers a registration with a bad token sent under this peer's id, without
+      // this peer's nonce: without nonces the peer took it for its own answer and gave up for good.
+      yield* toPeer({
+        msg: "register",
+        peer_id: "p1",
+        token: "none",
+        status: "rejected",
+        reason: Protocol.RejectReason.unknownToken,
+      })
+      yield* toPeer({
+        msg: "register",
+        peer_id: "p1",
+        token: "s1",
+        status: "accepted",
+        heartbeat_ms: 60_000,
+        nonce: (register as Protocol.Register).nonce!,
+      })
+      yield* toPeer({ msg: "shutdown", token: "s1", reason: "done" })
+      assert.deepStrictEqual(yield* Fiber.join(running), { _tag: "Shutdown", reason: "done" })
     }).pipe(Effect.scoped, Effect.provide(TransportMemory.layerMemory)),
   )
 })

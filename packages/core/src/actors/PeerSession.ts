@@ -65,6 +65,8 @@ export interface SessionStart {
   readonly distro: string | null
   readonly hostname: string | null
   readonly agentVersion: string | null
+  /** The registration's nonce, echoed in the acceptance. */
+  readonly nonce?: string | null
 }
 
 /** What became of a result message. */
@@ -202,6 +204,7 @@ export const startPeerSession = Effect.fnUntraced(function* (
         session_id: sessionId,
         server_id: config.serverId,
         heartbeat_ms: config.heartbeatMs,
+        ...(start.nonce ? { nonce: start.nonce } : {}),
       }),
     )
     return planned

@@ -140,6 +140,11 @@ export const Register = Schema.Struct({
   distro: Schema.optionalKey(Label),
   hostname: Schema.optionalKey(Label),
   agent_version: Schema.optionalKey(Label),
+  /**
+   * Chosen by the peer for this registration and echoed in the reply, so the peer can tell the
+   * answer to its own registration from one a registration in its name by someone else drew.
+   */
+  nonce: Schema.optionalKey(Id),
 })
 export type Register = typeof Register.Type
 
@@ -207,6 +212,8 @@ export const RegisterAccepted = Schema.Struct({
   session_id: Schema.optionalKey(Id),
   server_id: Schema.optionalKey(Id),
   heartbeat_ms: Schema.optionalKey(PositiveInt),
+  /** The registration's `nonce`, when it had one. */
+  nonce: Schema.optionalKey(Id),
 })
 export type RegisterAccepted = typeof RegisterAccepted.Type
 
@@ -217,6 +224,8 @@ export const RegisterRejected = Schema.Struct({
   token: Token,
   status: Schema.Literal("rejected"),
   reason: Schema.optionalKey(ReasonText),
+  /** The registration's `nonce`, when it had one (absent on `session_expired`, which answers no registration). */
+  nonce: Schema.optionalKey(Id),
 })
 export type RegisterRejected = typeof RegisterRejected.Type
 

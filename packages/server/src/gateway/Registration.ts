@@ -22,7 +22,7 @@ export const makeRegistration = Effect.fnUntraced(function* (
   const store = yield* Store
   const transport = yield* Transport
 
-  const sendRejection = (peerId: string, reason: string) =>
+  const sendRejection = (peerId: string, reason: string, nonce?: string) =>
     transport.sendToPeer(
       peerId,
       Protocol.encodeMessage({
@@ -31,6 +31,7 @@ export const makeRegistration = Effect.fnUntraced(function* (
         token: Protocol.REJECTED_TOKEN,
         status: "rejected",
         reason,
+        ...(nonce === undefined ? {} : { nonce }),
       }),
     )
 
@@ -41,7 +42,7 @@ export const makeRegistration = Effect.fnUntraced(function* (
       serverId: config.serverId,
       serverIp: message.server_ip,
     })
-    yield* sendRejection(message.peer_id, reason)
+    yield* sendRejection(message.peer_id, reason, message.nonce)
     yield* transport.publish(
       Protocol.encodeFeedEvent({
         event: "rejected",
@@ -87,6 +88,7 @@ export const makeRegistration = Effect.fnUntraced(function* (
       distro: message.distro ?? null,
       hostname: message.hostname ?? null,
       agentVersion: message.agent_version ?? null,
+      nonce: message.nonce ?? null,
     })
   })
 
