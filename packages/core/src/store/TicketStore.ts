@@ -51,9 +51,15 @@ export interface TicketStoreService {
     { readonly tickets: ReadonlyArray<Ticket>; readonly owner: SessionOwner | undefined },
     StoreError
   >
-  /** The session's queued tickets, oldest first. */
+  /**
+   * The session's queued tickets, oldest first. Queued tickets of its peer that no open session
+   * carries (a submission that raced a login replacing the session it named) become its own first.
+   */
   readonly queuedTickets: (sessionId: string) => Effect.Effect<ReadonlyArray<Ticket>, StoreError>
-  /** How many tickets each of these sessions has queued (sessions with none are left out). */
+  /**
+   * How many tickets each of these open sessions has queued, counting its peer's tickets that no open
+   * session carries (sessions with none are left out).
+   */
   readonly queuedCounts: (
     sessionIds: ReadonlyArray<string>,
   ) => Effect.Effect<ReadonlyMap<string, number>, StoreError>

@@ -12,6 +12,7 @@ import {
   attempt,
   Fenced,
   fenced,
+  NoRow,
   NullableInt,
   NullableString,
   OwnerRow,
@@ -54,6 +55,11 @@ const CountRow = std(Schema.Struct({ sessionId: Schema.String, count: Schema.Int
 const StateRow = std(Schema.Struct({ state: TicketState }))
 
 /** The TicketStore over a slonik pool. */
+/** A ticket (alias `t`) that no open session carries. */
+const stray = (alias: string) =>
+  sql.fragment`(${sql.identifier([alias, "session_id"])} is null or not exists (
+    select 1 from sessions o where o.session_id = ${sql.identifier([alias, "session_id"])} and o.closed_at is null))`
+
 export const makePgTickets = (pool: DatabasePool): TicketStoreService => {
   // Deliveries asked for in the same turn of the event loop (every session that sends its next
   // jobs after one batch of results, say) are marked in one statement: one round trip, not one per
@@ -202,11 +208,20 @@ export const makePgTickets = (pool: DatabasePool): TicketStoreService => {
     queuedTickets: (sessionId) =>
       attempt("queuedTickets", async () =>
         UUID.test(sessionId)
-          ? pool.any(sql.type(TicketRow)`
-              select ${ticketColumns} from tickets
-              where session_id = ${sessionId}::uuid and state = 'queued'
-              order by ${ticketOrder}
-            `)
+          ? pool.transaction(async (tx) => {
+              // The peer's queued tickets no open session carries become this session's first.
+              await tx.query(sql.type(NoRow)`
+                update tickets t set session_id = s.session_id
+                from sessions s
+                where s.session_id = ${sessionId}::uuid and s.closed_at is null
+                  and t.peer_id = s.peer_id and t.state = 'queued' and ${stray("t")}
+              `)
+              return tx.any(sql.type(TicketRow)`
+                select ${ticketColumns} from tickets
+                where session_id = ${sessionId}::uuid and state = 'queued'
+                order by ${ticketOrder}
+              `)
+            })
           : [],
       ),
 
@@ -214,10 +229,14 @@ export const makePgTickets = (pool: DatabasePool): TicketStoreService => {
       attempt("queuedCounts", async () => {
         const valid = [...new Set(sessionIds.filter((id) => UUID.test(id)).map((id) => id.toLowerCase()))]
         if (valid.length === 0) return new Map()
+        // Its own queued tickets, and those of its peer that no open session carries (a submission
+        // that raced a login replacing the session it named): the holder picks those up too.
         const rows = await pool.any(sql.type(CountRow)`
-          select session_id::text as "sessionId", count(*)::int as count from tickets
-          where session_id = any(${sql.array(valid, "uuid")}) and state = 'queued'
-          group by session_id
+          select s.session_id::text as "sessionId", count(*)::int as count
+          from sessions s join tickets t on t.peer_id = s.peer_id and t.state = 'queued'
+          where s.session_id = any(${sql.array(valid, "uuid")}) and s.closed_at is null
+            and (t.session_id = s.session_id or ${stray("t")})
+          group by s.session_id
         `)
         return new Map(rows.map((r) => [r.sessionId, r.count]))
       }),

@@ -21,6 +21,15 @@ export const makeMemoryTickets = (memory: MemoryState): TicketStoreService => {
     return copy(ticket)
   }
 
+  /** Queued tickets of the peer that no open session carries (submitted as a login replaced it). */
+  const strays = (peerId: string) =>
+    [...tickets.values()].filter(
+      (t) =>
+        t.peerId === peerId &&
+        t.state === "queued" &&
+        (t.sessionId === null || sessions.get(t.sessionId)?.closed !== false),
+    )
+
   return TicketStore.of({
     createTickets: ({ peerId, sessionId, jobs }) =>
       Effect.sync(() =>
@@ -65,12 +74,14 @@ export const makeMemoryTickets = (memory: MemoryState): TicketStoreService => {
         return Effect.succeed({ tickets: created, owner })
       }),
     queuedTickets: (sessionId) =>
-      Effect.sync(() =>
-        [...tickets.values()]
+      Effect.sync(() => {
+        const session = sessions.get(sessionId)
+        if (session && !session.closed) for (const t of strays(session.peerId)) t.sessionId = sessionId
+        return [...tickets.values()]
           .filter((t) => t.sessionId === sessionId && t.state === "queued")
           .sort(oldestFirst)
-          .map(copy),
-      ),
+          .map(copy)
+      }),
     queuedCounts: (sessionIds) =>
       Effect.sync(() => {
         const wanted = new Set(sessionIds)
@@ -79,6 +90,11 @@ export const makeMemoryTickets = (memory: MemoryState): TicketStoreService => {
           if (t.state === "queued" && t.sessionId !== null && wanted.has(t.sessionId)) {
             counts.set(t.sessionId, (counts.get(t.sessionId) ?? 0) + 1)
           }
+        }
+        for (const sessionId of wanted) {
+          const session = sessions.get(sessionId)
+          const stray = session && !session.closed ? strays(session.peerId).length : 0
+          if (stray > 0) counts.set(sessionId, (counts.get(sessionId) ?? 0) + stray)
         }
         return counts
       }),

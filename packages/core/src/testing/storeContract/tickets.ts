@@ -55,6 +55,44 @@ export const ticketContract = (it: StoreIt) => {
       }),
     )
 
+    it.effect("a queued ticket no open session carries goes to its peer's open session", () =>
+      Effect.gen(function* () {
+        const store = yield* Store
+        const peerId = unique("peer")
+        const first = loginOf(peerId)
+        yield* store.login(first)
+        const second = loginOf(peerId)
+        yield* store.login(second) // replaces the first
+        // What a submission that raced the second login leaves behind: a ticket of the closed session.
+        const late = {
+          job_id: unique("late"),
+          name: "late",
+          os: "linux",
+          distro: "debian",
+          command: "true",
+          timeout_ms: 1_000,
+        }
+        yield* store.replaceCatalog([late])
+        const [stray] = yield* store.createTickets({
+          peerId,
+          sessionId: first.sessionId,
+          serverId: "api",
+          jobs: [late],
+        })
+        assert.deepStrictEqual([...(yield* store.queuedCounts([second.sessionId]))], [[second.sessionId, 1]])
+        const picked = yield* store.queuedTickets(second.sessionId)
+        assert.deepStrictEqual(
+          picked.map((t) => [t.ticket, t.sessionId]),
+          [[stray!.ticket, second.sessionId]],
+        )
+        assert.deepStrictEqual(
+          [...(yield* store.queuedCounts([first.sessionId]))],
+          [],
+          "a closed session gets none",
+        )
+      }),
+    )
+
     it.effect("the sweep ends undelivered and unanswered tickets past their deadlines", () =>
       Effect.gen(function* () {
         const store = yield* Store
