@@ -1,6 +1,7 @@
 import { loadavg } from "node:os"
 import { join } from "node:path"
 import { parseArgs } from "node:util"
+import { positiveFlag } from "./args.ts"
 import { sleep } from "./clock.ts"
 import { startMachineSampler, startProcessSampler } from "./procstat.ts"
 import { type RealPeersResult, runRealPeers } from "./realPeers.ts"
@@ -56,15 +57,7 @@ if (values.help) {
   process.exit(0)
 }
 
-const int = (name: string, raw: string | undefined, fallback: number): number => {
-  if (raw === undefined) return fallback
-  const n = Number(raw)
-  if (!Number.isFinite(n) || n <= 0) {
-    console.error(`--${name} must be a positive number, got ${raw}\n\n${usage}`)
-    process.exit(2)
-  }
-  return n
-}
+const int = positiveFlag(usage)
 const quick = values.quick
 const repeats = Math.round(int("repeats", values.repeats, quick ? 1 : 3))
 const tickets = Math.round(int("tickets", values.tickets, quick ? 2000 : 20_000))

@@ -1,4 +1,5 @@
 import { parseArgs } from "node:util"
+import { positiveFlag } from "../args.ts"
 import type { BenchEnv } from "../system.ts"
 import { KINDS, type Kind } from "./hostile.ts"
 import { defaultOptions, describe, runFuzz } from "./run.ts"
@@ -27,15 +28,7 @@ if (values.help) {
   console.log(usage)
   process.exit(0)
 }
-const int = (name: string, raw: string | undefined, fallback: number): number => {
-  if (raw === undefined) return fallback
-  const n = Number(raw)
-  if (!Number.isInteger(n) || n <= 0) {
-    console.error(`--${name} must be a positive whole number, got ${raw}\n\n${usage}`)
-    process.exit(2)
-  }
-  return n
-}
+const int = positiveFlag(usage, { integer: true })
 
 const env: BenchEnv = {
   pgAdminUrl: process.env.BENCH_PG_URL ?? "postgres://postgres@127.0.0.1:5432/postgres",

@@ -84,6 +84,15 @@ const handPeer = (peerId: string) =>
     Effect.map(({ next, sendResult }) => ({ next, send: sendResult })),
   )
 
+/** A gateway serving the test catalog. */
+const serve = Effect.gen(function* () {
+  const store = yield* Store
+  yield* store.replaceCatalog(catalog)
+  const gateway = yield* makeGateway(gatewayConfig)
+  yield* Effect.forkScoped(gateway.run)
+  return { store, gateway }
+})
+
 const ticketRow = (ticket: string) =>
   query((pool) =>
     pool.one(sql.unsafe`select state, close_reason from tickets where ticket = ${ticket}`),
@@ -94,9 +103,7 @@ describe("no input stops service (postgres+redis)", () => {
     "a result the database refuses is set aside as a dead letter, its ticket fails, and the rest of its batch is recorded",
     () =>
       Effect.gen(function* () {
-        const store = yield* Store
         const transport = yield* Transport
-        yield* store.replaceCatalog(catalog)
         // A refusal the wire schema cannot foresee: the database itself says no to one output.
         yield* query(async (pool) => {
           await pool.query(sql.unsafe`
@@ -109,8 +116,7 @@ describe("no input stops service (postgres+redis)", () => {
             create trigger refuse_poison before insert on job_results
               for each row execute function refuse_poison()`)
         })
-        const gateway = yield* makeGateway(gatewayConfig)
-        yield* Effect.forkScoped(gateway.run)
+        const { store, gateway } = yield* serve
         const peer = yield* handPeer("p1")
         const [a, b] = [(yield* peer.next) as Protocol.Job, (yield* peer.next) as Protocol.Job]
         yield* peer.send(a.ticket, "poison")
@@ -142,10 +148,7 @@ describe("no input stops service (postgres+redis)", () => {
     "a ticket the wire cannot carry ends failed with its reason; the session keeps serving and shuts down",
     () =>
       Effect.gen(function* () {
-        const store = yield* Store
-        yield* store.replaceCatalog(catalog)
-        const gateway = yield* makeGateway(gatewayConfig)
-        yield* Effect.forkScoped(gateway.run)
+        const { store, gateway } = yield* serve
         const peer = yield* handPeer("p1")
         for (const job of [(yield* peer.next) as Protocol.Job, (yield* peer.next) as Protocol.Job])
           yield* peer.send(job.ticket, "ok")
@@ -183,10 +186,7 @@ describe("no input stops service (postgres+redis)", () => {
     "a session that fails ends alone as server_error; the other peer is served and shutdown completes",
     () =>
       Effect.gen(function* () {
-        const store = yield* Store
-        yield* store.replaceCatalog(catalog)
-        const gateway = yield* makeGateway(gatewayConfig)
-        yield* Effect.forkScoped(gateway.run)
+        const { store, gateway } = yield* serve
         yield* handPeer("bomb")
         yield* waitFor(
           store

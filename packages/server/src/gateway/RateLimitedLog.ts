@@ -5,7 +5,10 @@ import { Clock, Effect } from "effect"
  * rest are counted and summed up in the next line of that kind. A flood of garbage costs a line
  * every interval, not a line per message.
  */
-export const makeRateLimitedLog = (intervalMs = 10_000) => {
+export const makeRateLimitedLog = (
+  intervalMs = 10_000,
+  write: (line: string) => Effect.Effect<void> = (line) => Effect.logWarning(line),
+) => {
   const kinds = new Map<string, { until: number; suppressed: number }>()
   return (kind: string, line: string): Effect.Effect<void> =>
     Effect.gen(function* () {
@@ -17,6 +20,6 @@ export const makeRateLimitedLog = (intervalMs = 10_000) => {
       }
       const more = seen && seen.suppressed > 0 ? ` (and ${seen.suppressed} more like it since)` : ""
       kinds.set(kind, { until: now + intervalMs, suppressed: 0 })
-      yield* Effect.logWarning(`${line}${more}`)
+      yield* write(`${line}${more}`)
     })
 }

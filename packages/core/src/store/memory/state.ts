@@ -1,3 +1,4 @@
+import { holds } from "../../domain/lease.ts"
 import { isTerminal } from "../../domain/ticket.ts"
 import type { CatalogJob } from "../CatalogStore.ts"
 import type { LogRow, ResultRow } from "../ReportStore.ts"
@@ -56,7 +57,7 @@ export const makeMemoryState = () => {
     },
     holds: (sessionId: string, epoch: number) => {
       const s = state.sessions.get(sessionId)
-      return s !== undefined && s.epoch === epoch && !s.closed
+      return s !== undefined && !s.closed && holds({ sessionId, epoch }, { sessionId, epoch: s.epoch })
     },
   }
   return state
