@@ -15,6 +15,9 @@
  *   {p}:server:{serverId}:inbox stream   server -> one server instance: peer messages forwarded by
  *                                        the instance that read them to the instance that owns the
  *                                        peer's session. Read by that instance (group "servers").
+ *   {p}:reply:{nonce}           stream   server -> a registering peer: the answer to the registration that
+ *                                        carried this nonce (random, chosen by the peer, so only it can
+ *                                        name the key). Expires after REPLY_TTL_MS.
  *   {p}:peer:{peerId}:owner     string   which instance owns the peer's session: a hint mirrored from
  *                                        the owner's memory, set with a TTL and renewed while it lives.
  *   {p}:deadletters             stream   uplink entries no instance could handle (a permanent refusal,
@@ -36,6 +39,7 @@ export interface Keys {
   readonly deadLetters: string
   readonly peerInbox: (peerId: string) => string
   readonly peerOwner: (peerId: string) => string
+  readonly reply: (nonce: string) => string
   readonly serverInbox: (serverId: string) => string
 }
 
@@ -49,5 +53,6 @@ export const makeKeys = (prefix = "picus"): Keys => ({
   deadLetters: `${prefix}:deadletters`,
   peerInbox: (peerId) => `${prefix}:peer:${escapeId(peerId)}:inbox`,
   peerOwner: (peerId) => `${prefix}:peer:${escapeId(peerId)}:owner`,
+  reply: (nonce) => `${prefix}:reply:${escapeId(nonce)}`,
   serverInbox: (serverId) => `${prefix}:server:${escapeId(serverId)}:inbox`,
 })

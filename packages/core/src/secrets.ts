@@ -26,3 +26,15 @@ export const sameHash = (a: Uint8Array, b: Uint8Array): boolean =>
 
 /** The part of a secret that is safe to show in listings: its kind and first characters. */
 export const secretPrefix = (secret: string): string => secret.slice(0, secret.indexOf("_") + 9)
+
+/**
+ * The Redis password that goes with an enrollment token. Derived, so the enrollment string needs
+ * only the token, and Redis never sees the token itself; Redis keeps the password's SHA-256
+ * (`ACL SETUSER … #<hex>`), which PostgreSQL can keep too without holding a secret.
+ */
+export const redisPasswordOf = (token: string): string =>
+  createHmac("sha256", token).update("picus redis password").digest("base64url")
+
+/** SHA-256 in hex, the form Redis ACLs take a password hash in. */
+export const redisPasswordHash = (password: string): string =>
+  createHash("sha256").update(password).digest("hex")

@@ -1,4 +1,5 @@
 export * from "./codec.ts"
+export * from "./envelope.ts"
 export * from "./errors.ts"
 export * from "./feed.ts"
 export * from "./limits.ts"

@@ -123,6 +123,23 @@ export const ExitCode = intBetween(MIN_EXIT_CODE, MAX_EXIT_CODE)
 /** A job's `timeout_ms`: positive, and an `integer` column holds it. */
 export const TimeoutMs = intBetween(1, MAX_TIMEOUT_MS)
 
+/** A base64url Ed25519 or X25519 public key: 32 raw bytes, 43 characters. */
+export const PublicKey = Schema.String.check(
+  Schema.makeFilter<string>(
+    (text) => /^[A-Za-z0-9_-]{43}$/.test(text) || "expected a base64url public key of 43 characters",
+    { expected: "a base64url public key of 43 characters" },
+  ),
+)
+
+/** A sealed secret (see trust/seal.ts): base64url, at most 2048 characters. */
+export const Sealed = Schema.String.check(
+  Schema.makeFilter<string>(
+    (text) =>
+      /^[A-Za-z0-9_-]{80,2048}$/.test(text) || "expected base64url sealed data of 80 to 2048 characters",
+    { expected: "base64url sealed data" },
+  ),
+)
+
 const PositiveInt = Schema.Int.check(Schema.isGreaterThan(0))
 const NonNegativeInt = Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))
 
@@ -145,6 +162,21 @@ export const Register = Schema.Struct({
    * answer to its own registration from one a registration in its name by someone else drew.
    */
   nonce: Schema.optionalKey(Id),
+  /**
+   * When the peer made this registration (its clock). With `peer_key`, the server refuses one that is
+   * not newer than the last it accepted from this peer, or too far from its own clock: a replay.
+   */
+  ts: Schema.optionalKey(EpochMillis),
+  /**
+   * The peer's identity key (Ed25519). The first accepted registration of a peer id binds the id to
+   * it; from then on a registration for that id must be signed (`sig` trailer) by it.
+   */
+  peer_key: Schema.optionalKey(PublicKey),
+  /**
+   * A fresh X25519 key for this registration: the acceptance seals the session token (and Redis
+   * credentials) to it, and the session is a sealed one (see docs/security.md).
+   */
+  box_key: Schema.optionalKey(PublicKey),
 })
 export type Register = typeof Register.Type
 
@@ -214,6 +246,19 @@ export const RegisterAccepted = Schema.Struct({
   heartbeat_ms: Schema.optionalKey(PositiveInt),
   /** The registration's `nonce`, when it had one. */
   nonce: Schema.optionalKey(Id),
+  /**
+   * For a registration with a `box_key`: the session token and the peer's Redis credentials, sealed
+   * to that key (JSON `{"token":…,"redis_user"?:…,"redis_password"?:…}`). `token` is then the
+   * session id, a public name for the session.
+   */
+  sealed: Schema.optionalKey(Sealed),
+  /** The key that signed this message (a peer checks it against the key it pinned). */
+  cluster_key: Schema.optionalKey(PublicKey),
+  /**
+   * After a rotation of the cluster key: the previous key's signature over `cluster_key`, so a peer
+   * that pinned the previous key can move to the new one.
+   */
+  key_endorsement: Schema.optionalKey(Schema.String.check(Schema.isMaxLength(128))),
 })
 export type RegisterAccepted = typeof RegisterAccepted.Type
 
@@ -332,13 +377,24 @@ export const RejectReason = {
   sessionExpired: "session_expired",
   /** The token is not an active enrollment token. Final. */
   unknownToken: "unknown or revoked token",
+  /** The peer id is bound to an identity key, and this registration is not signed by it. Final. */
+  wrongIdentity: "peer id is bound to another identity key",
+  /** Signed, but not newer than the last registration accepted from this peer, or far off the clock. */
+  replayed: "replayed or stale registration",
+  /** The token is bound to another peer id (a provisioned peer's own token). Final. */
+  wrongPeer: "token is bound to another peer id",
+  /** Too many registrations of this peer id in a short time: try again later. */
+  tooMany: "too many registrations",
 } as const
 
 /** The reply to a rejected registration carries no token: the server never echoes a secret back. */
 export const REJECTED_TOKEN = "none"
 
 export const isRetryableRejection = (reason: string | undefined): boolean =>
-  reason === RejectReason.shuttingDown || reason === RejectReason.sessionExpired
+  reason === RejectReason.shuttingDown ||
+  reason === RejectReason.sessionExpired ||
+  reason === RejectReason.tooMany ||
+  reason === RejectReason.replayed
 
 /** Logout reasons with a fixed meaning (`registration_log.reason`, `peer_sessions.logout_reason`). */
 export const LogoutReason = {
@@ -356,4 +412,6 @@ export const LogoutReason = {
   startFailed: "start_failed",
   /** The server failed while serving the session (a defect, logged); the peer registers again. */
   serverError: "server_error",
+  /** The session's enrollment token (or the peer) was revoked by an operator. */
+  revoked: "revoked",
 } as const

@@ -44,6 +44,9 @@ export interface DeadLetter {
   readonly at: number
 }
 
+/** How long the reply to a registration is kept for its peer to read. */
+export const REPLY_TTL_MS = 10 * 60_000
+
 /** At most this many dead letters are kept; the oldest go first. */
 export const MAX_DEAD_LETTERS = 10_000
 
@@ -95,6 +98,13 @@ export class Transport extends Context.Service<
     readonly ownerOf: (peerId: string) => Effect.Effect<string | undefined, TransportError>
     /** Server -> peer: append to the peer's inbox. Returns the entry id. */
     readonly sendToPeer: (peerId: string, payload: string) => Effect.Effect<string, TransportError>
+    /**
+     * Server -> a registering peer: the reply to a registration that carried a nonce, in a stream of
+     * its own that expires after `REPLY_TTL_MS` (so a flood of registrations leaves nothing behind).
+     */
+    readonly sendReply: (nonce: string, payload: string) => Effect.Effect<string, TransportError>
+    /** A reader of the replies to the registration with this nonce, on its own connection. */
+    readonly replyReader: (nonce: string) => Effect.Effect<InboxReader, TransportError, Scope.Scope>
     /** The id of the newest entry in a peer's inbox ("0-0" when empty): read after it to skip old news. */
     readonly inboxTail: (peerId: string) => Effect.Effect<string, TransportError>
     /** A reader of one peer's inbox, on its own connection (reads block). */

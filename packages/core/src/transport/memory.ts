@@ -5,6 +5,7 @@ import {
   type Delivery,
   type Envelope,
   type InboxBatch,
+  type InboxReader,
   MAX_DEAD_LETTERS,
   Transport,
   type TransportError,
@@ -102,6 +103,17 @@ export const makeMemoryTransport = Effect.gen(function* () {
     inbox(peerId)
       .filter((e) => compareStreamIds(e.id, afterId) > 0)
       .slice(0, count)
+
+  const replyBox = (nonce: string) => `\u0000reply:${nonce}`
+  const streamReader = (box: string): InboxReader => ({
+    read: (afterId, { count, blockMs }) =>
+      Effect.gen(function* () {
+        const now = readAfter(box, afterId, count)
+        if (now.length > 0 || blockMs <= 0) return now
+        yield* inboxSignal.wait(blockMs)
+        return readAfter(box, afterId, count)
+      }),
+  })
 
   return Transport.of({
     sendUplink: (payload) =>
@@ -206,17 +218,18 @@ export const makeMemoryTransport = Effect.gen(function* () {
         for (const listener of fanListeners) listener(peerId)
         return id
       }),
-    inboxTail: (peerId) => Effect.sync(() => inbox(peerId).at(-1)?.id ?? "0-0"),
-    inboxReader: (peerId) =>
-      Effect.succeed({
-        read: (afterId, { count, blockMs }) =>
-          Effect.gen(function* () {
-            const now = readAfter(peerId, afterId, count)
-            if (now.length > 0 || blockMs <= 0) return now
-            yield* inboxSignal.wait(blockMs)
-            return readAfter(peerId, afterId, count)
-          }),
+    // Replies live beside the inboxes under a name no peer id can take (ids carry no NUL); they
+    // do not expire here.
+    sendReply: (nonce, payload) =>
+      Effect.sync(() => {
+        const id = nextId()
+        inbox(replyBox(nonce)).push({ id, payload })
+        inboxSignal.notify()
+        return id
       }),
+    replyReader: (nonce) => Effect.succeed(streamReader(replyBox(nonce))),
+    inboxTail: (peerId) => Effect.sync(() => inbox(peerId).at(-1)?.id ?? "0-0"),
+    inboxReader: (peerId) => Effect.succeed(streamReader(peerId)),
     trimInbox: (peerId, id) =>
       Effect.sync(() => {
         inboxes.set(

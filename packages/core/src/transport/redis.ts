@@ -11,6 +11,7 @@ import {
   type InboxFan,
   type InboxFanOptions,
   MAX_DEAD_LETTERS,
+  REPLY_TTL_MS,
   Transport,
   TransportError,
 } from "./Transport.ts"
@@ -274,6 +275,23 @@ export const makeRedisTransport = Effect.fnUntraced(function* (options: RedisTra
             .xdel(stream, ...ids)
             .exec(),
         ).pipe(Effect.asVoid)
+
+  /** Reads one stream (an inbox, a reply) on a connection of its own: its reads block. */
+  const streamReader = (key: string) =>
+    Effect.gen(function* () {
+      const reader = yield* connect(options.url, watch)
+      return {
+        read: (afterId: string, { count, blockMs }: { count: number; blockMs: number }) =>
+          call("xread", async () => {
+            const reply = (
+              blockMs > 0
+                ? await reader.xread("COUNT", count, "BLOCK", blockMs, "STREAMS", key, afterId)
+                : await reader.xread("COUNT", count, "STREAMS", key, afterId)
+            ) as StreamReply
+            return entriesOf(reply)
+          }),
+      }
+    })
 
   /**
    * One XREAD over up to `keysPerRead` inboxes per connection ("shard"); Redis answers with the
@@ -570,27 +588,23 @@ export const makeRedisTransport = Effect.fnUntraced(function* (options: RedisTra
         Effect.map((id) => id ?? ""),
       ),
 
+    sendReply: (nonce, payload) =>
+      call("xadd reply", () =>
+        client
+          .multi()
+          .xadd(keys.reply(nonce), "*", PAYLOAD_FIELD, payload)
+          .pexpire(keys.reply(nonce), REPLY_TTL_MS)
+          .exec(),
+      ).pipe(Effect.map((replies) => String(replies?.[0]?.[1] ?? ""))),
+
+    replyReader: (nonce) => streamReader(keys.reply(nonce)),
+
     inboxTail: (peerId) =>
       call("xrevrange inbox", () => client.xrevrange(keys.peerInbox(peerId), "+", "-", "COUNT", 1)).pipe(
         Effect.map((entries) => entries[0]?.[0] ?? "0-0"),
       ),
 
-    inboxReader: (peerId) =>
-      Effect.gen(function* () {
-        const reader = yield* connect(options.url, watch)
-        const key = keys.peerInbox(peerId)
-        return {
-          read: (afterId, { count, blockMs }) =>
-            call("xread inbox", async () => {
-              const reply = (
-                blockMs > 0
-                  ? await reader.xread("COUNT", count, "BLOCK", blockMs, "STREAMS", key, afterId)
-                  : await reader.xread("COUNT", count, "STREAMS", key, afterId)
-              ) as StreamReply
-              return entriesOf(reply)
-            }),
-        }
-      }),
+    inboxReader: (peerId) => streamReader(keys.peerInbox(peerId)),
 
     trimInbox: (peerId, id) =>
       call("xtrim inbox", () => client.xtrim(keys.peerInbox(peerId), "MINID", nextStreamId(id))).pipe(

@@ -1,0 +1,5 @@
+export * from "./enrollment.ts"
+export * from "./keys.ts"
+export * from "./mac.ts"
+export * from "./redact.ts"
+export * from "./seal.ts"
