@@ -2,21 +2,17 @@ import { readFileSync } from "node:fs"
 import { Effect, Exit, Schema } from "effect"
 import { sql } from "slonik"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { makeCertificates } from "../../../e2e/support/certificates.ts"
+import { type PrivatePostgres, postgresBinDir, startPrivatePostgres } from "../../../e2e/support/postgres.ts"
 import { makePool } from "../src/db/pool.ts"
 import { databaseTlsOf } from "../src/db/tls.ts"
-import {
-  makeCertificates,
-  type PrivatePostgres,
-  postgresBin,
-  startPrivatePostgres,
-} from "./support/privatePostgres.ts"
 
 // TLS to PostgreSQL with a server of the test's own that takes TLS connections only. The certificate
 // names `localhost` alone, so connecting to 127.0.0.1 tells verify-full (host checked) from verify-ca.
 
 const SslRow = Schema.toStandardSchemaV1(Schema.Struct({ ssl: Schema.Boolean }))
 
-describe.skipIf(postgresBin() === undefined)("PostgreSQL over TLS (sslmode)", () => {
+describe.skipIf(postgresBinDir() === undefined)("PostgreSQL over TLS (sslmode)", () => {
   let pg: PrivatePostgres
   const certs = makeCertificates(["localhost"])
   beforeAll(async () => {
@@ -25,7 +21,7 @@ describe.skipIf(postgresBin() === undefined)("PostgreSQL over TLS (sslmode)", ()
         "server.crt": readFileSync(certs.cert, "utf8"),
         "server.key": readFileSync(certs.key, "utf8"),
       },
-      conf: ["ssl = on", "ssl_cert_file = 'server.crt'", "ssl_key_file = 'server.key'"],
+      settings: ["ssl = on", "ssl_cert_file = 'server.crt'", "ssl_key_file = 'server.key'"],
       hba: [
         "hostssl all all 127.0.0.1/32 trust",
         "hostnossl all all 127.0.0.1/32 reject",
@@ -38,7 +34,11 @@ describe.skipIf(postgresBin() === undefined)("PostgreSQL over TLS (sslmode)", ()
     certs.cleanup()
   })
 
-  const url = (host: string, params: string) => `postgres://postgres@${host}:${pg.port}/postgres?${params}`
+  const url = (host: string, params: string) => {
+    const base = new URL(pg.url)
+    base.hostname = host
+    return `${base.toString()}?${params}`
+  }
   /** Whether this connection is encrypted, as the server sees it; fails if it cannot connect. */
   const encrypted = (databaseUrl: string) =>
     Effect.runPromiseExit(
