@@ -3,6 +3,8 @@ import { type Delivery, Protocol, Store, Transport } from "@picus/core"
 import { Clock, Effect, Option } from "effect"
 import { verifyEnrollmentToken } from "../tokens.ts"
 import type { GatewayConfig } from "./config.ts"
+import { makeRateLimitedLog } from "./RateLimitedLog.ts"
+import { DEFAULT_REJECTION_RATE, makeRejectionLog } from "./RejectionLog.ts"
 import type { SessionRegistry } from "./SessionRegistry.ts"
 
 /** What the gateway is doing: serving, or shutting down (no new sessions). */
@@ -21,6 +23,10 @@ export const makeRegistration = Effect.fnUntraced(function* (
 ) {
   const store = yield* Store
   const transport = yield* Transport
+  const badInput = makeRateLimitedLog()
+  const rejections = makeRejectionLog(config.rejectionRate ?? DEFAULT_REJECTION_RATE, (row) =>
+    store.logRejected({ ...row, serverId: config.serverId }),
+  )
 
   const sendRejection = (peerId: string, reason: string, nonce?: string) =>
     transport.sendToPeer(
@@ -36,12 +42,7 @@ export const makeRegistration = Effect.fnUntraced(function* (
     )
 
   const reject = Effect.fnUntraced(function* (message: Protocol.Register, reason: string) {
-    yield* store.logRejected({
-      peerId: message.peer_id,
-      reason,
-      serverId: config.serverId,
-      serverIp: message.server_ip,
-    })
+    yield* rejections.record({ peerId: message.peer_id, reason, serverIp: message.server_ip })
     yield* sendRejection(message.peer_id, reason, message.nonce)
     yield* transport.publish(
       Protocol.encodeFeedEvent({
@@ -52,9 +53,7 @@ export const makeRegistration = Effect.fnUntraced(function* (
         reason,
       }),
     )
-    yield* Effect.logWarning(`registration rejected: ${reason}`).pipe(
-      Effect.annotateLogs({ peer_id: message.peer_id }),
-    )
+    yield* badInput(`rejected:${reason}`, `registration rejected: ${reason} (peer ${message.peer_id})`)
   })
 
   const register = Effect.fnUntraced(function* (message: Protocol.Register, entry: Delivery) {
@@ -92,7 +91,12 @@ export const makeRegistration = Effect.fnUntraced(function* (
     })
   })
 
-  return { register, sendRejection }
+  return {
+    register,
+    sendRejection,
+    /** Writes the refusals counted beyond the rate (see RejectionLog); run every few seconds. */
+    flushRejections: rejections.flush,
+  }
 })
 
 export type Registration = Effect.Success<ReturnType<typeof makeRegistration>>

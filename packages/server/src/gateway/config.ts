@@ -2,6 +2,7 @@ import type { SessionConfig } from "@picus/core"
 import { Redacted } from "effect"
 import type { ServerConfig } from "../config.ts"
 import { type EnrollmentTokens, enrollmentTokensFrom } from "../tokens.ts"
+import type { RejectionRate } from "./RejectionLog.ts"
 
 export interface GatewayConfig extends Omit<SessionConfig, "sessionKey"> {
   /**
@@ -32,6 +33,8 @@ export interface GatewayConfig extends Omit<SessionConfig, "sessionKey"> {
   readonly retryBaseMs?: number
   /** Longest wait between tries of a failed entry. Default 5 s. */
   readonly retryMaxMs?: number
+  /** Refused registrations logged one row each, beyond which they are counted. Default 5/s, 50 at once. */
+  readonly rejectionRate?: RejectionRate
 }
 
 /** The gateway a server process runs with its configuration; `extraTokens` are accepted too. */
