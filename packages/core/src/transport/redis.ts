@@ -360,6 +360,23 @@ const connect = (to: Connecting, options: { readonly autoPipelining?: boolean } 
     (client) => Effect.sync(() => client.disconnect()),
   )
 
+/**
+ * One connection with a transport's options (login, TLS, connection events), closed with the
+ * scope: for a service beside the transport (RedisAcl, say).
+ */
+export const openRedisConnection = (options: RedisTransportOptions) =>
+  Effect.gen(function* () {
+    const watch = watchConnections(options)
+    return yield* connect({
+      url:
+        options.username === undefined && options.password === undefined
+          ? options.url
+          : withoutLogin(options.url),
+      options: yield* connectionOptions(options),
+      watch,
+    })
+  })
+
 export const makeRedisTransport = Effect.fnUntraced(function* (options: RedisTransportOptions) {
   const keys: Keys = makeKeys(options.prefix)
   const watch = watchConnections(options)
