@@ -230,7 +230,7 @@ sharedOptions(
               config,
               Effect.gen(function* () {
                 const store = yield* TokenStore
-                const count = yield* store.revokeToken(target)
+                const count = (yield* store.revokeToken(target)).length
                 if (count === 0)
                   return yield* Effect.fail(new ConfigError(`no active token matches "${target}"`))
                 yield* Console.log(`revoked ${count} token(s)`)

@@ -34,6 +34,7 @@ const REPO_MIGRATIONS = [
   "002_server_instances.sql",
   "003_session_leases.sql",
   "004_ticket_close_reason.sql",
+  "005_redis_users.sql",
 ]
 
 const TableRow = std(Schema.Struct({ table_name: Schema.String, table_type: Schema.String }))
@@ -92,6 +93,7 @@ describe("migrate", () => {
           "server_instances",
           "sessions",
           "cluster_keys",
+          "redis_users",
           "schema_migrations",
         ]) {
           assert.strictEqual(byName.get(table), "BASE TABLE", table)
@@ -105,6 +107,7 @@ describe("migrate", () => {
             [2, "002_server_instances.sql"],
             [3, "003_session_leases.sql"],
             [4, "004_ticket_close_reason.sql"],
+            [5, "005_redis_users.sql"],
           ],
         )
         for (const row of rows) assert.match(row.checksum, /^[0-9a-f]{64}$/)
