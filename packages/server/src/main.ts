@@ -190,6 +190,10 @@ const sharedOptions = (command: ReturnType<typeof cli.command>) =>
     .option("--database-url <url>", "PostgreSQL URL (env DATABASE_URL)")
     .option("--redis-url <url>", "Redis URL, a /db index is honoured (env REDIS_URL)")
     .option("--redis-prefix <prefix>", "Prefix of every Redis key (env PICUS_REDIS_PREFIX, default picus)")
+    .option(
+      "--redis-users <on|off>",
+      "A Redis user per peer, limited to what it needs (env PICUS_REDIS_USERS, default on; off: open mode)",
+    )
 
 sharedOptions(cli.command("[start]", "Run the server (applies migrations first)"))
   .option("--server-id <id>", "This instance's name (env PICUS_SERVER_ID, default host-pid)")
