@@ -256,6 +256,31 @@ describe("a peer's Redis user", () => {
     }),
   )
 
+  it.live("works on a /db index other than 0: its rules let it SELECT, and nothing it sends is refused", () =>
+    Effect.gen(function* () {
+      const user = keys.peerUser("p-db9")
+      const secret = password()
+      yield* Effect.promise(() => makeUser(user, secret, peerAclRules(keys, "p-db9", { db: 9 })))
+      const db9 = `${url.replace(/\/\d*$/, "")}/9`
+      yield* Effect.gen(function* () {
+        const t = yield* Transport
+        yield* t.sendUplink("in db 9")
+        yield* t.inboxTail("p-db9")
+      }).pipe(
+        Effect.scoped,
+        Effect.provide(
+          layerRedis({ url: db9, prefix, username: user, password: secret, restrictedLogin: true }),
+        ),
+      )
+      assert.deepStrictEqual(yield* Effect.promise(() => refusalsOf(user)), [])
+      const direct = new Redis(db9)
+      const pushed = yield* Effect.promise(() => direct.lrange(keys.uplinkIntake, 0, -1))
+      yield* Effect.promise(() => direct.del(keys.uplinkIntake))
+      direct.disconnect()
+      assert.deepStrictEqual(pushed, ["in db 9"])
+    }),
+  )
+
   it("is refused everything else: other inboxes, shared streams, the intake's contents, KEYS, SCAN, MONITOR, CONFIG, FLUSHALL, PUBLISH", async () => {
     const user = keys.peerUser("p1")
     const secret = password()

@@ -338,6 +338,17 @@ interface Connecting {
   readonly watch: ConnectionWatch
 }
 
+/** How a transport's connections are made; fails (before any connects) on bad TLS settings. */
+const connectingTo = (options: RedisTransportOptions): Effect.Effect<Connecting, TransportError> =>
+  Effect.gen(function* () {
+    const loginApart = options.username !== undefined || options.password !== undefined
+    return {
+      url: loginApart ? withoutLogin(options.url) : options.url,
+      options: yield* connectionOptions(options),
+      watch: watchConnections(options),
+    }
+  })
+
 // RESP2 keeps stream replies in their classic nested-array shape. A command waits through at
 // most a few reconnect attempts, then fails with a TransportError that the caller retries.
 const connect = (to: Connecting, options: { readonly autoPipelining?: boolean } = {}) =>
@@ -365,32 +376,14 @@ const connect = (to: Connecting, options: { readonly autoPipelining?: boolean } 
  * scope: for a service beside the transport (RedisAcl, say).
  */
 export const openRedisConnection = (options: RedisTransportOptions) =>
-  Effect.gen(function* () {
-    const watch = watchConnections(options)
-    return yield* connect({
-      url:
-        options.username === undefined && options.password === undefined
-          ? options.url
-          : withoutLogin(options.url),
-      options: yield* connectionOptions(options),
-      watch,
-    })
-  })
+  connectingTo(options).pipe(Effect.flatMap((to) => connect(to)))
 
 export const makeRedisTransport = Effect.fnUntraced(function* (options: RedisTransportOptions) {
   const keys: Keys = makeKeys(options.prefix)
-  const watch = watchConnections(options)
-  const fail = failAt(watch.address)
+  const to = yield* connectingTo(options)
+  const fail = failAt(to.watch.address)
   const call = <A>(operation: string, run: () => Promise<A>) =>
     Effect.tryPromise({ try: run, catch: fail(operation) })
-  const to: Connecting = {
-    url:
-      options.username === undefined && options.password === undefined
-        ? options.url
-        : withoutLogin(options.url),
-    options: yield* connectionOptions(options),
-    watch,
-  }
   // The shared connection sends the commands of one tick in one write: under load that is most of
   // the cost of talking to Redis (a system call per command otherwise).
   const client = yield* connect(to, { autoPipelining: true })
