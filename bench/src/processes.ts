@@ -42,7 +42,7 @@ export const stopProcess = (child: ChildProcess, killAfterMs = 15_000): Promise<
     child.kill("SIGINT")
   })
 
-/** Deletes every key of a run's prefix: each peer leaves its inbox stream behind. */
+/** Deletes every key and Redis user of a run's prefix: each peer leaves its inbox stream behind. */
 export const deleteKeys = async (redisUrl: string, prefix: string): Promise<void> => {
   const redis = new Redis(redisUrl, { maxRetriesPerRequest: 3 })
   try {
@@ -52,6 +52,10 @@ export const deleteKeys = async (redisUrl: string, prefix: string): Promise<void
       if (keys.length > 0) await redis.unlink(...keys)
       cursor = next
     } while (cursor !== "0")
+    const users = ((await redis.call("ACL", "USERS")) as Array<string>).filter((u) =>
+      u.startsWith(`${prefix}:`),
+    )
+    if (users.length > 0) await redis.call("ACL", "DELUSER", ...users)
   } finally {
     redis.disconnect()
   }

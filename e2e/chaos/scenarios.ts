@@ -1,7 +1,7 @@
 import { mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { testKeyPrefix, testRedisUrl } from "@picus/core/testing"
+import { deleteAclUsersWithPrefix, testKeyPrefix, testRedisUrl } from "@picus/core/testing"
 import { createPool, type DatabasePool, sql } from "slonik"
 import { detectOs } from "../../packages/peer/src/osInfo.ts"
 import { freshDatabase } from "../../packages/server/test/support/database.ts"
@@ -292,6 +292,8 @@ export const runScenario = async (name: string, scale: Scale): Promise<Ledger> =
     await killAll()
     await pool.end()
     await db?.drop().catch(() => {})
+    // A killed server leaves its sessions' Redis users behind on the shared Redis.
+    if (!redis) await deleteAclUsersWithPrefix(testRedisUrl(), env.PICUS_REDIS_PREFIX!).catch(() => {})
     await redis?.stop()
     try {
       postgres?.stop()

@@ -1,7 +1,12 @@
 import { mkdtempSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { deleteKeysWithPrefix, testKeyPrefix, testRedisUrl } from "@picus/core/testing"
+import {
+  deleteAclUsersWithPrefix,
+  deleteKeysWithPrefix,
+  testKeyPrefix,
+  testRedisUrl,
+} from "@picus/core/testing"
 import { createPool, type DatabasePool, type QuerySqlToken } from "slonik"
 import { type FreshDatabase, freshDatabase } from "../../packages/server/test/support/database.ts"
 
@@ -39,6 +44,8 @@ export const makeWorld = async (extraEnv: Record<string, string> = {}): Promise<
       await pool.end()
       await db.drop()
       await deleteKeysWithPrefix(testRedisUrl(), prefix)
+      // The servers make Redis users under the prefix (enroll users, sessions' users).
+      await deleteAclUsersWithPrefix(testRedisUrl(), prefix)
     },
   }
 }

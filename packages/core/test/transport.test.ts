@@ -1,17 +1,62 @@
+import { randomBytes } from "node:crypto"
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Fiber, type Layer, type Scope, Stream } from "effect"
+import { Effect, Exit, Fiber, Layer, Scope, Stream } from "effect"
 import { Redis } from "ioredis"
 import { afterAll } from "vitest"
+import { makeKeys, serverAclRules } from "../src/keys.ts"
+import { MAX_MESSAGE_BYTES } from "../src/protocol/limits.ts"
 import { deleteKeysWithPrefix, testKeyPrefix, testRedisUrl } from "../src/testing/index.ts"
 import { layerMemory } from "../src/transport/memory.ts"
 import { layerRedis } from "../src/transport/redis.ts"
-import { type InboxBatch, type InboxFan, Transport } from "../src/transport/Transport.ts"
+import {
+  compareStreamIds,
+  type Delivery,
+  type InboxBatch,
+  type InboxFan,
+  Transport,
+  type UplinkReader,
+} from "../src/transport/Transport.ts"
 
 const url = testRedisUrl()
 const prefixes: Array<string> = []
+const users: Array<string> = []
 afterAll(async () => {
   for (const prefix of prefixes) await deleteKeysWithPrefix(url, prefix)
+  const admin = new Redis(url)
+  try {
+    if (users.length > 0) await admin.call("ACL", "DELUSER", ...users)
+  } finally {
+    admin.disconnect()
+  }
 })
+
+/** The transport logged in as the servers' user docs/security.md tells the operator to create. */
+const asServerUser = () => {
+  const prefix = testKeyPrefix()
+  prefixes.push(prefix)
+  const username = `${prefix}:server`
+  users.push(username)
+  const password = randomBytes(16).toString("hex")
+  return Layer.unwrap(
+    Effect.promise(async () => {
+      const admin = new Redis(url)
+      try {
+        await admin.call(
+          "ACL",
+          "SETUSER",
+          username,
+          "reset",
+          "on",
+          `>${password}`,
+          ...serverAclRules(makeKeys(prefix)),
+        )
+      } finally {
+        admin.disconnect()
+      }
+      return layerRedis({ url, prefix, username, password })
+    }),
+  )
+}
 
 const layers: Array<[string, () => Layer.Layer<Transport, unknown>]> = [
   ["memory", () => layerMemory],
@@ -23,6 +68,7 @@ const layers: Array<[string, () => Layer.Layer<Transport, unknown>]> = [
       return layerRedis({ url, prefix })
     },
   ],
+  ["redis, as the servers' own Redis user", asServerUser],
 ]
 
 /** Takes from a fan until `total` entries came, and gives them per peer, in arrival order. */
@@ -39,6 +85,30 @@ const takeEntries = (fan: InboxFan, total: number) =>
     }
     return got
   }).pipe(Effect.timeout("10 seconds"))
+
+/** Reads one uplink reader until `total` entries came (failing after a while). */
+const readAll = (reader: UplinkReader, total: number) =>
+  Effect.gen(function* () {
+    const got: Array<Delivery> = []
+    while (got.length < total) got.push(...(yield* reader.read({ count: 500, blockMs: 200 })))
+    return got
+  }).pipe(Effect.timeout("20 seconds"))
+
+/** Reads several readers side by side until, together, they have `total` entries; then a last look. */
+const readTogether = (readers: ReadonlyArray<UplinkReader>, total: number) =>
+  Effect.gen(function* () {
+    const got: Array<Delivery> = []
+    yield* Effect.forEach(
+      readers,
+      (reader) =>
+        Effect.gen(function* () {
+          while (got.length < total) got.push(...(yield* reader.read({ count: 100, blockMs: 50 })))
+        }),
+      { concurrency: "unbounded", discard: true },
+    )
+    for (const reader of readers) got.push(...(yield* reader.read({ count: 100, blockMs: 100 })))
+    return got
+  }).pipe(Effect.timeout("20 seconds"))
 
 const run = <A, E>(
   layer: () => Layer.Layer<Transport, unknown>,
@@ -319,18 +389,128 @@ describe.each(layers)("Transport contract (%s)", (_name, layer) => {
       Effect.gen(function* () {
         const t = yield* Transport
         const reader = yield* t.uplinkReader("a")
-        const ids = yield* t.sendUplinkBatch(["b1", "b2", "b3"])
-        assert.strictEqual(ids.length, 3)
+        const receipts = yield* t.sendUplinkBatch(["b1", "b2", "b3"])
+        assert.strictEqual(receipts.length, 3)
         assert.deepStrictEqual(yield* t.sendUplinkBatch([]), [])
-        const got = yield* reader.read({ count: 10, blockMs: 0 })
+        const got = yield* readAll(reader, 3)
         assert.deepStrictEqual(
-          got.map((d) => [d.id, d.payload]),
-          [
-            [ids[0], "b1"],
-            [ids[1], "b2"],
-            [ids[2], "b3"],
-          ],
+          got.map((d) => d.payload),
+          ["b1", "b2", "b3"],
         )
+      }),
+    ),
+  )
+
+  it.live("the uplink keeps the order of the pushes, over many pushes and batches", () =>
+    run(
+      layer,
+      Effect.gen(function* () {
+        const t = yield* Transport
+        const reader = yield* t.uplinkReader("a")
+        const sent = Array.from({ length: 1500 }, (_, i) => `m${i}`)
+        for (let i = 0; i < sent.length; i += 100) {
+          yield* t.sendUplink(sent[i]!)
+          yield* t.sendUplinkBatch(sent.slice(i + 1, i + 100))
+        }
+        const got = yield* readAll(reader, sent.length)
+        assert.deepStrictEqual(
+          got.map((d) => d.payload),
+          sent,
+        )
+      }),
+    ),
+  )
+
+  it.live("two instances move and read the uplink side by side: nothing lost, nothing twice, in order", () =>
+    run(
+      layer,
+      Effect.gen(function* () {
+        const t = yield* Transport
+        const a = yield* t.uplinkReader("a")
+        const b = yield* t.uplinkReader("b")
+        const sent = Array.from({ length: 2000 }, (_, i) => `m${i}`)
+        const pushing = yield* Effect.forkChild(
+          Effect.forEach(
+            Array.from({ length: 40 }, (_, i) => sent.slice(i * 50, i * 50 + 50)),
+            (chunk) => t.sendUplinkBatch(chunk).pipe(Effect.andThen(Effect.yieldNow)),
+            { discard: true },
+          ),
+        )
+        const all = yield* readTogether([a, b], sent.length)
+        yield* Fiber.join(pushing)
+        assert.strictEqual(all.length, sent.length, "every entry once")
+        // The stream's order is the intake's: by entry id, the payloads are in push order.
+        const byId = [...all].sort((x, y) => compareStreamIds(x.id, y.id)).map((d) => d.payload)
+        assert.deepStrictEqual(byId, sent)
+      }),
+    ),
+  )
+
+  it.live("an entry over MAX_MESSAGE_BYTES is dropped on the way and counted; the rest go on in order", () =>
+    run(
+      layer,
+      Effect.gen(function* () {
+        const t = yield* Transport
+        const reader = yield* t.uplinkReader("a")
+        const before = yield* t.intakeDropped
+        yield* t.sendUplink("small 1")
+        yield* t.sendUplink("x".repeat(MAX_MESSAGE_BYTES + 1))
+        yield* t.sendUplinkBatch(["small 2", "é".repeat(MAX_MESSAGE_BYTES / 2 + 1), "small 3"])
+        yield* t.sendUplink("y".repeat(MAX_MESSAGE_BYTES)) // exactly the limit passes
+        const got = yield* readAll(reader, 4)
+        assert.deepStrictEqual(
+          got.map((d) => (d.payload.length > 100 ? `${d.payload[0]}*${d.payload.length}` : d.payload)),
+          ["small 1", "small 2", "small 3", `y*${MAX_MESSAGE_BYTES}`],
+        )
+        assert.strictEqual((yield* t.intakeDropped) - before, 2)
+      }),
+    ),
+  )
+
+  it.live("an instance that stops moving and starts again loses nothing pushed meanwhile", () =>
+    run(
+      layer,
+      Effect.gen(function* () {
+        const t = yield* Transport
+        const sent = Array.from({ length: 600 }, (_, i) => `m${i}`)
+        const firstRun = yield* Scope.make()
+        yield* t.uplinkReader("a").pipe(Scope.provide(firstRun))
+        const pushing = yield* Effect.forkChild(
+          Effect.forEach(
+            Array.from({ length: 60 }, (_, i) => sent.slice(i * 10, i * 10 + 10)),
+            (chunk) => t.sendUplinkBatch(chunk).pipe(Effect.andThen(Effect.sleep(1))),
+            { discard: true },
+          ),
+        )
+        yield* Effect.sleep(20)
+        yield* Scope.close(firstRun, Exit.void) // its mover stops mid-way
+        yield* Fiber.join(pushing)
+        const again = yield* t.uplinkReader("a")
+        const got = yield* readAll(again, sent.length)
+        assert.deepStrictEqual(
+          got.map((d) => d.payload),
+          sent,
+        )
+      }),
+    ),
+  )
+
+  it.live("the uplink backlog counts what waits on the intake, from when it was first seen there", () =>
+    run(
+      layer,
+      Effect.gen(function* () {
+        const t = yield* Transport
+        // No instance is reading: nothing is moved (in Redis), or it waits on the uplink (in memory).
+        yield* t.sendUplink("waiting")
+        yield* t.uplinkBacklogMs
+        yield* Effect.sleep(80)
+        assert.isAtLeast(yield* t.uplinkBacklogMs, 60)
+        const reader = yield* t.uplinkReader("a")
+        assert.deepStrictEqual(
+          (yield* readAll(reader, 1)).map((d) => d.payload),
+          ["waiting"],
+        )
+        assert.strictEqual(yield* t.uplinkBacklogMs, 0)
       }),
     ),
   )

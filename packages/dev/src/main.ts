@@ -19,6 +19,8 @@ import {
   gatewayConfigFrom,
   loadCatalog,
   makeGateway,
+  OPEN_MODE_WARNING,
+  PeerAccess,
   PgStore,
   resolveServerConfig,
   serveEmbedded,
@@ -63,6 +65,8 @@ const run = (signalled: Effect.Effect<NodeJS.Signals>) =>
         ? `picus dev: real services (${new URL(config.databaseUrl).host}, ${new URL(config.redisUrl).host})`
         : `picus dev: embedded PostgreSQL in ${dataDir}, in-memory transport`,
     )
+    // make dev shares one Redis login between everyone: say so where nobody can miss it.
+    yield* Console.log(`WARNING: ${OPEN_MODE_WARNING}`)
     yield* Console.log("Ctrl+C stops the server: the peers get shutdown, logouts are written.\n")
 
     // The live view listens to the same feed an operator would.
@@ -120,6 +124,8 @@ const run = (signalled: Effect.Effect<NodeJS.Signals>) =>
       JobScheduler.layer({ maxInFlight: config.maxInFlight }).pipe(
         Layer.provideMerge(storeLayer),
         Layer.provideMerge(transportLayer),
+        // The open mode: no Redis users (see WARNING above).
+        Layer.provideMerge(PeerAccess.layerOpen),
       ),
     ),
     // Keep the live view readable: the feed tells the story, the log only errors.

@@ -175,7 +175,16 @@ const run = (flags: LoadgenFlags) => {
     const report = fleet.report()
     yield* Effect.sync(() => console.log(json ? JSON.stringify(report) : summary(report)))
     return joined._tag === "accepted" ? 0 : 1
-  }).pipe(Effect.scoped, Effect.provide(TransportRedis.layerRedis({ url: redisUrl, prefix })))
+  }).pipe(
+    Effect.scoped,
+    Effect.provide(
+      TransportRedis.layerRedis({
+        url: redisUrl,
+        prefix,
+        ...(TransportRedis.redisTlsFromEnv() === undefined ? {} : { tls: TransportRedis.redisTlsFromEnv()! }),
+      }),
+    ),
+  )
 
   Effect.runPromiseExit(program).then((exit) => {
     if (Exit.isSuccess(exit)) process.exit(exit.value)

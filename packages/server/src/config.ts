@@ -1,5 +1,6 @@
 import { createHash } from "node:crypto"
 import { hostname } from "node:os"
+import { TransportRedis } from "@picus/core"
 import { Config, ConfigProvider, Effect, Exit, Option, Redacted, Schema } from "effect"
 import { defaultCatalogPath } from "./catalog.ts"
 
@@ -26,6 +27,13 @@ export interface ServerConfig {
   readonly deliveryDeadlineMs: number
   /** PICUS_SESSION_KEY: the key session tokens derive from; else one kept in PostgreSQL. */
   readonly sessionKey: Uint8Array | undefined
+  /**
+   * PICUS_REDIS_USERS (on, the default, or off): each peer gets Redis users of its own, limited to
+   * what it needs (docs/security.md). Off is the open mode: every party shares one Redis login.
+   */
+  readonly redisUsers: boolean
+  /** PICUS_REDIS_CA, PICUS_REDIS_SERVERNAME, PICUS_REDIS_CERT, PICUS_REDIS_KEY, for a rediss:// URL. */
+  readonly redisTls: TransportRedis.RedisTlsOptions | undefined
 }
 
 /** Command-line options as cac gives them (camelCase); each wins over its environment variable. */
@@ -42,6 +50,7 @@ export interface ServerFlags {
   readonly maxInFlight?: number | string
   readonly leaseMs?: number | string
   readonly deliveryDeadlineMs?: number | string
+  readonly redisUsers?: string
 }
 
 export class ConfigError extends Error {
@@ -70,6 +79,12 @@ const positive = (flag: keyof ServerFlags, env: string): Setting<Option.Option<n
   config: (name) => Config.option(Config.schema(PositiveInt, name)),
   expected: "a positive whole number",
 })
+const onOff = (flag: keyof ServerFlags, env: string): Setting<Option.Option<"on" | "off">> => ({
+  flag,
+  env,
+  config: (name) => Config.option(Config.schema(Schema.Literals(["on", "off"]), name)),
+  expected: "on or off",
+})
 const secret = (env: string): Setting<Option.Option<Redacted.Redacted<string>>> => ({
   env,
   config: (name) => Config.option(Config.Redacted(name)),
@@ -89,6 +104,7 @@ const settings = {
   maxInFlight: positive("maxInFlight", "PICUS_MAX_IN_FLIGHT"),
   leaseMs: positive("leaseMs", "PICUS_LEASE_MS"),
   deliveryDeadlineMs: positive("deliveryDeadlineMs", "PICUS_DELIVERY_DEADLINE_MS"),
+  redisUsers: onOff("redisUsers", "PICUS_REDIS_USERS"),
   environmentTokens: secret("PICUS_TOKENS"),
   sessionKey: secret("PICUS_SESSION_KEY"),
 } as const
@@ -145,10 +161,16 @@ export const resolveServerConfig = (
     Option.getOrElse(read(provider, setting, flags, env), () => fallback)
   const heartbeatMs = get(settings.heartbeatMs, 5_000)
   const sessionKey = read(provider, settings.sessionKey, flags, env)
+  const redisPrefix = get(settings.redisPrefix, "picus")
+  // Redis user names and ACL rules are made of the prefix; a space would split them apart.
+  if (redisPrefix === "" || /\s/.test(redisPrefix))
+    throw new ConfigError(
+      `--redis-prefix (or PICUS_REDIS_PREFIX) must be non-empty, without spaces, got "${redisPrefix}"`,
+    )
   return {
     databaseUrl: get(settings.databaseUrl, DEFAULT_DATABASE_URL),
     redisUrl: get(settings.redisUrl, DEFAULT_REDIS_URL),
-    redisPrefix: get(settings.redisPrefix, "picus"),
+    redisPrefix,
     serverId: get(settings.serverId, `${hostname()}-${process.pid}`),
     environmentTokens: Option.getOrUndefined(read(provider, settings.environmentTokens, flags, env)),
     shutdownReason: get(settings.shutdownReason, DEFAULT_SHUTDOWN_REASON),
@@ -160,5 +182,7 @@ export const resolveServerConfig = (
     leaseMs: get(settings.leaseMs, 15_000),
     deliveryDeadlineMs: get(settings.deliveryDeadlineMs, 3_600_000),
     sessionKey: Option.isSome(sessionKey) ? sessionKeyFrom(sessionKey.value) : undefined,
+    redisUsers: get(settings.redisUsers, "on") === "on",
+    redisTls: TransportRedis.redisTlsFromEnv(env),
   }
 }

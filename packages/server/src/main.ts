@@ -4,7 +4,9 @@ import {
   CatalogStore,
   firstSignal,
   JobScheduler,
+  layerRedisAcl,
   MAX_DEAD_LETTERS,
+  Protocol,
   ReportStore,
   type Stores,
   TokenStore,
@@ -13,20 +15,75 @@ import {
 } from "@picus/core"
 import { cac } from "cac"
 import { Cause, Console, Effect, Exit, Fiber, Layer } from "effect"
+import { OPEN_MODE_WARNING, PeerAccess } from "./access/PeerAccess.ts"
+import { layerRedisPeerAccess, makeRedisUsers, type RedisUsers } from "./access/RedisPeerAccess.ts"
+import type { RedisUserStore } from "./access/RedisUsers.ts"
 import { CatalogError, loadCatalog } from "./catalog.ts"
 import { claimServerId, ServerIdInUse } from "./claimServerId.ts"
+import { clusterPublicKey } from "./clusterKey.ts"
 import { ConfigError, resolveServerConfig, type ServerConfig, type ServerFlags } from "./config.ts"
 import { checkDatabase } from "./db/checkDatabase.ts"
 import { connectEmbedded, defaultDataDir, EMBEDDED_POOL_SIZE } from "./db/embedded.ts"
 import { ensureDatabase } from "./db/ensureDatabase.ts"
 import { PgStore } from "./db/PgStore.ts"
+import { addSeedPeer, createToken, revokeTokens } from "./enrollment.ts"
 import { gatewayConfigFrom, makeGateway, untilSignal } from "./gateway/index.ts"
 import { printRows } from "./report.ts"
 import { InvalidJob, submitJobs, validateSubmission } from "./submit.ts"
-import { createEnrollmentToken } from "./tokens.ts"
 
 const storeLayer = (config: ServerConfig) =>
   Layer.unwrap(ensureDatabase(config.databaseUrl).pipe(Effect.as(PgStore.layer(config.databaseUrl))))
+
+/** The servers' Redis: URL, prefix and TLS, for the transport and the Redis users. */
+const redisOf = (config: ServerConfig) => ({
+  url: config.redisUrl,
+  prefix: config.redisPrefix,
+  ...(config.redisTls === undefined ? {} : { tls: config.redisTls }),
+})
+const transportLayer = (config: ServerConfig) => TransportRedis.layerRedis(redisOf(config))
+
+/** The database index of a Redis URL (peers select the same one). */
+const redisDbOf = (url: string): number => {
+  try {
+    return Number(new URL(url).pathname.slice(1)) || 0
+  } catch {
+    return 0
+  }
+}
+
+/**
+ * Who may use Redis as which peer: with Redis users (the default), each peer its own, reconciled
+ * with PostgreSQL while the server runs; off, nobody (said loudly).
+ */
+const peerAccessLayer = (config: ServerConfig): Layer.Layer<PeerAccess, unknown, RedisUserStore> =>
+  config.redisUsers
+    ? layerRedisPeerAccess({ prefix: config.redisPrefix, db: redisDbOf(config.redisUrl) }).pipe(
+        Layer.provide(layerRedisAcl(redisOf(config))),
+      )
+    : Layer.merge(
+        PeerAccess.layerOpen,
+        Layer.effectDiscard(Effect.logWarning(`${OPEN_MODE_WARNING} (PICUS_REDIS_USERS=off)`)),
+      )
+
+/** Runs `body` with the Redis users' operations when the servers use them, else with undefined. */
+const withRedisUsers = <A, E, R>(
+  config: ServerConfig,
+  body: (users: RedisUsers | undefined) => Effect.Effect<A, E, R>,
+) =>
+  config.redisUsers
+    ? makeRedisUsers({ prefix: config.redisPrefix, db: redisDbOf(config.redisUrl) }).pipe(
+        Effect.flatMap(body),
+        Effect.provide(layerRedisAcl(redisOf(config))),
+      )
+    : body(undefined)
+
+/** A Redis URL for a login, without the servers' own (user names have colons: encoded). */
+const redisUrlFor = (url: string, user: string, password: string): string => {
+  const parsed = new URL(url)
+  parsed.username = encodeURIComponent(user)
+  parsed.password = encodeURIComponent(password)
+  return parsed.toString()
+}
 
 const serve = (
   config: ServerConfig,
@@ -55,15 +112,18 @@ const serve = (
   }).pipe(
     Effect.scoped,
     Effect.provide(
-      JobScheduler.layer({ maxInFlight: config.maxInFlight }).pipe(
-        Layer.provideMerge(storeLayer(config)),
+      peerAccessLayer(config).pipe(
         Layer.provideMerge(
-          TransportRedis.layerRedis({
-            url: config.redisUrl,
-            prefix: config.redisPrefix,
-            onConnection: (event) =>
-              console.error(TransportRedis.describeConnection(event, "set REDIS_URL or --redis-url")),
-          }),
+          JobScheduler.layer({ maxInFlight: config.maxInFlight }).pipe(
+            Layer.provideMerge(storeLayer(config)),
+            Layer.provideMerge(
+              TransportRedis.layerRedis({
+                ...redisOf(config),
+                onConnection: (event) =>
+                  console.error(TransportRedis.describeConnection(event, "set REDIS_URL or --redis-url")),
+              }),
+            ),
+          ),
         ),
       ),
     ),
@@ -86,7 +146,7 @@ const readOnlyStoreLayer = (config: ServerConfig) =>
  */
 const withStore = <A, E>(
   config: ServerConfig,
-  body: Effect.Effect<A, E, Stores>,
+  body: Effect.Effect<A, E, Stores | RedisUserStore>,
   embedded = false,
   readOnly = false,
 ) =>
@@ -130,6 +190,10 @@ const sharedOptions = (command: ReturnType<typeof cli.command>) =>
     .option("--database-url <url>", "PostgreSQL URL (env DATABASE_URL)")
     .option("--redis-url <url>", "Redis URL, a /db index is honoured (env REDIS_URL)")
     .option("--redis-prefix <prefix>", "Prefix of every Redis key (env PICUS_REDIS_PREFIX, default picus)")
+    .option(
+      "--redis-users <on|off>",
+      "A Redis user per peer, limited to what it needs (env PICUS_REDIS_USERS, default on; off: open mode)",
+    )
 
 sharedOptions(cli.command("[start]", "Run the server (applies migrations first)"))
   .option("--server-id <id>", "This instance's name (env PICUS_SERVER_ID, default host-pid)")
@@ -185,20 +249,34 @@ sharedOptions(
       switch (action) {
         case "create":
           return runCommand(
-            withStore(
-              config,
-              Effect.gen(function* () {
-                const { secret, info } = yield* createEnrollmentToken(String(flags.name))
-                if (flags.json)
-                  return yield* Console.log(
-                    JSON.stringify({ token: secret, id: info.tokenId, name: info.name }),
-                  )
-                yield* Console.log(secret)
-                yield* Console.error(
-                  `token ${info.tokenId} (${info.name}) created; it is shown only this once`,
-                )
-              }),
-            ),
+            Effect.suspend(() => {
+              // Read before anything is written: a bad key refuses the command.
+              const clusterKey = clusterPublicKey()
+              return withStore(
+                config,
+                withRedisUsers(config, (users) =>
+                  Effect.gen(function* () {
+                    const created = yield* createToken(String(flags.name), { users, clusterKey })
+                    if (flags.json)
+                      return yield* Console.log(
+                        JSON.stringify({
+                          token: created.secret,
+                          id: created.tokenId,
+                          name: created.name,
+                          enrollment: created.enrollment ?? null,
+                          redis_user: created.redisUser ?? null,
+                        }),
+                      )
+                    yield* Console.log(created.enrollment ?? created.secret)
+                    yield* Console.error(
+                      created.enrollment === undefined
+                        ? `token ${created.tokenId} (${created.name}) created; it is shown only this once. No enrollment string: PICUS_CLUSTER_KEY is not set`
+                        : `token ${created.tokenId} (${created.name}) created: above is its enrollment string for a new peer (--enroll), shown only this once`,
+                    )
+                  }),
+                ),
+              )
+            }),
           )
         case "list":
           return runCommand(
@@ -212,6 +290,7 @@ sharedOptions(
                     id: t.tokenId,
                     name: t.name,
                     prefix: t.prefix,
+                    peer: t.peerId ?? "",
                     created: new Date(t.createdAt).toISOString(),
                     revoked: t.revokedAt === null ? "" : new Date(t.revokedAt).toISOString(),
                   })),
@@ -228,13 +307,16 @@ sharedOptions(
           return runCommand(
             withStore(
               config,
-              Effect.gen(function* () {
-                const store = yield* TokenStore
-                const count = yield* store.revokeToken(target)
-                if (count === 0)
-                  return yield* Effect.fail(new ConfigError(`no active token matches "${target}"`))
-                yield* Console.log(`revoked ${count} token(s)`)
-              }),
+              withRedisUsers(config, (users) =>
+                Effect.gen(function* () {
+                  const { tokenIds, ended, droppedUsers } = yield* revokeTokens(target, { users })
+                  if (tokenIds.length === 0)
+                    return yield* Effect.fail(new ConfigError(`no active token matches "${target}"`))
+                  yield* Console.log(
+                    `revoked ${tokenIds.length} token(s); ended ${ended.length} session(s); dropped ${droppedUsers.length} Redis user(s)`,
+                  )
+                }),
+              ).pipe(Effect.provide(transportLayer(config))),
             ),
           )
         default:
@@ -244,6 +326,58 @@ sharedOptions(
       }
     },
   )
+
+sharedOptions(
+  cli.command(
+    "peer <action> <id>",
+    "Seed peers: add <id> provisions one (a token for that id alone, and its Redis user)",
+  ),
+)
+  .option("--json", "Machine-readable output")
+  .example("picus-server peer add web-7   # prints the token and Redis login once")
+  .action((action: string, id: string, flags: ServerFlags & { json?: boolean }) => {
+    if (action !== "add")
+      return runCommand(Effect.fail(new ConfigError(`unknown peer action "${action}" (add)`)))
+    const peerId = String(id)
+    if (peerId === "" || [...peerId].length > Protocol.MAX_ID_LENGTH)
+      return runCommand(
+        Effect.fail(
+          new ConfigError(`a peer id is 1 to ${Protocol.MAX_ID_LENGTH} characters, got "${peerId}"`),
+        ),
+      )
+    const config = resolveServerConfig(flags)
+    return runCommand(
+      withStore(
+        config,
+        withRedisUsers(config, (users) =>
+          Effect.gen(function* () {
+            const { secret, tokenId, redis } = yield* addSeedPeer(peerId, { users })
+            const url = redis ? redisUrlFor(config.redisUrl, redis.user, redis.password) : undefined
+            if (flags.json)
+              return yield* Console.log(
+                JSON.stringify({
+                  peer_id: peerId,
+                  token: secret,
+                  id: tokenId,
+                  redis_user: redis?.user ?? null,
+                  redis_password: redis?.password ?? null,
+                  redis_url: url ?? null,
+                }),
+              )
+            yield* Console.log(`token:          ${secret}`)
+            if (redis) {
+              yield* Console.log(`redis user:     ${redis.user}`)
+              yield* Console.log(`redis password: ${redis.password}`)
+              yield* Console.log(`redis url:      ${url}`)
+            }
+            yield* Console.error(
+              `seed peer ${peerId} provisioned (token ${tokenId}, for this peer id only); shown only this once${redis ? "" : `. ${OPEN_MODE_WARNING}`}`,
+            )
+          }),
+        ),
+      ),
+    )
+  })
 
 sharedOptions(
   cli.command(

@@ -34,4 +34,21 @@ describe("server configuration", () => {
     }
     expect(resolveServerConfig({}, { PICUS_SESSION_KEY: "x".repeat(32) }).sessionKey?.length).toBe(32)
   })
+
+  it("runs with Redis users unless PICUS_REDIS_USERS=off; reads the Redis TLS files' names", () => {
+    expect(resolveServerConfig({}, {}).redisUsers).toBe(true)
+    expect(resolveServerConfig({}, { PICUS_REDIS_USERS: "off" }).redisUsers).toBe(false)
+    expect(resolveServerConfig({ redisUsers: "on" }, { PICUS_REDIS_USERS: "off" }).redisUsers).toBe(true)
+    expect(() => resolveServerConfig({}, { PICUS_REDIS_USERS: "maybe" })).toThrow(
+      new ConfigError('--redis-users (or PICUS_REDIS_USERS) must be on or off, got "maybe"'),
+    )
+    expect(resolveServerConfig({}, {}).redisTls).toBeUndefined()
+    expect(resolveServerConfig({}, { PICUS_REDIS_CA: "/etc/ca.pem" }).redisTls).toEqual({
+      caFile: "/etc/ca.pem",
+    })
+  })
+
+  it("refuses a Redis prefix with spaces: user names and ACL rules are made of it", () => {
+    expect(() => resolveServerConfig({}, { PICUS_REDIS_PREFIX: "my picus" })).toThrow(/without spaces/)
+  })
 })

@@ -34,6 +34,7 @@ const REPO_MIGRATIONS = [
   "002_server_instances.sql",
   "003_session_leases.sql",
   "004_ticket_close_reason.sql",
+  "005_redis_users.sql",
   "007_counted_rejections.sql",
 ]
 
@@ -93,6 +94,7 @@ describe("migrate", () => {
           "server_instances",
           "sessions",
           "cluster_keys",
+          "redis_users",
           "schema_migrations",
         ]) {
           assert.strictEqual(byName.get(table), "BASE TABLE", table)

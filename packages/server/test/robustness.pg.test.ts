@@ -3,6 +3,7 @@ import { JobScheduler, Protocol, Store, Transport, TransportRedis } from "@picus
 import { deleteKeysWithPrefix, eventually, testKeyPrefix, testRedisUrl } from "@picus/core/testing"
 import { Cause, Context, Effect, Exit, Fiber, Layer, Option } from "effect"
 import { createPool, type DatabasePool, sql } from "slonik"
+import { PeerAccess } from "../src/access/PeerAccess.ts"
 import { PgStore } from "../src/db/PgStore.ts"
 import { GatewayFailed, makeGateway, untilSignal } from "../src/gateway/index.ts"
 import { enrollmentTokensFrom } from "../src/tokens.ts"
@@ -63,6 +64,7 @@ const realServices = (wrap: (t: Transport["Service"]) => Transport["Service"] = 
           Layer.provideMerge(PgStore.layer(d.url)),
           Layer.provideMerge(transport),
           Layer.provideMerge(pool),
+          Layer.provideMerge(PeerAccess.layerOpen),
         )
       }),
     ),

@@ -67,6 +67,8 @@ export interface SessionStart {
   readonly agentVersion: string | null
   /** The registration's nonce, echoed in the acceptance. */
   readonly nonce?: string | null
+  /** The enrollment token it registered with, if one of the database's (revoking it ends the session). */
+  readonly tokenId?: number | null
 }
 
 /** What became of a result message. */
@@ -180,6 +182,7 @@ export const startPeerSession = Effect.fnUntraced(function* (
     distro: start.distro,
     hostname: start.hostname,
     agentVersion: start.agentVersion,
+    tokenId: start.tokenId ?? null,
     leaseMs: config.leaseMs,
   })
   // Once the login is written, a start that fails half-way still closes the session it opened.

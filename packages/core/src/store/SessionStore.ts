@@ -12,6 +12,8 @@ export interface Login {
   readonly distro: string | null
   readonly hostname: string | null
   readonly agentVersion: string | null
+  /** The enrollment token it registered with (absent or null: one of PICUS_TOKENS). */
+  readonly tokenId?: number | null
 }
 
 /** A session this instance took over from a lost one, with what it needs to carry on. */
@@ -87,6 +89,16 @@ export interface SessionStoreService {
     readonly reason: string
     readonly serverId: string
   }) => Effect.Effect<boolean, StoreError>
+  /**
+   * Ends every open session opened with one of these tokens (they were revoked): closes it, moves
+   * its epoch on (fencing its holder, which lets it go at its next keep-alive) and writes its
+   * logout row with the reason. Returns the sessions it ended.
+   */
+  readonly endSessionsOfTokens: (entry: {
+    readonly tokenIds: ReadonlyArray<number>
+    readonly reason: string
+    readonly serverId: string
+  }) => Effect.Effect<ReadonlyArray<{ readonly peerId: string; readonly sessionId: string }>, StoreError>
   readonly logShutdown: (entry: {
     readonly serverId: string
     readonly reason: string

@@ -33,3 +33,58 @@ export const streamPayloads = async (url: string, key: string): Promise<Array<st
     client.disconnect()
   }
 }
+
+/** Deletes every Redis user whose name starts with a test's prefix (never `default`). */
+export const deleteAclUsersWithPrefix = async (url: string, prefix: string): Promise<void> => {
+  const client = new Redis(url)
+  try {
+    const names = ((await client.call("ACL", "USERS")) as Array<string>).filter((name) =>
+      name.startsWith(`${prefix}:`),
+    )
+    if (names.length > 0) await client.call("ACL", "DELUSER", ...names)
+  } finally {
+    client.disconnect()
+  }
+}
+
+/**
+ * A connection logged in as `user`, sending only what a peer's login may (no ready check, no
+ * client info), never reconnecting. `send` answers "ok" or the error's first word (NOPERM, ...).
+ */
+export const connectAs = (url: string, user: string, password: string) => {
+  const client = new Redis(url, {
+    username: user,
+    password,
+    enableReadyCheck: false,
+    disableClientInfo: true,
+    maxRetriesPerRequest: 0,
+    retryStrategy: () => null,
+  })
+  client.on("error", () => {})
+  return {
+    send: async (...args: ReadonlyArray<string>): Promise<string> => {
+      try {
+        await client.call(args[0]!, ...args.slice(1))
+        return "ok"
+      } catch (error) {
+        return (error instanceof Error ? error.message : String(error)).split(" ")[0]!
+      }
+    },
+    close: () => client.disconnect(),
+  }
+}
+
+/** One command as `user` on a connection of its own: "ok" or the error's first word. */
+export const commandAs = async (
+  url: string,
+  user: string,
+  password: string,
+  ...args: ReadonlyArray<string>
+): Promise<string> => {
+  const connection = connectAs(url, user, password)
+  try {
+    return await connection.send(...args)
+  } finally {
+    connection.close()
+  }
+}

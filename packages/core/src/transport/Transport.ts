@@ -60,25 +60,35 @@ export interface ReadOptions {
  * The message transport between peers and servers. Payloads are opaque strings here: the
  * transport moves bytes, `core/protocol` gives them meaning.
  *
- * Durable paths (must not lose a message): the uplink (peer -> servers, consumer group), each
- * server instance's own stream (forwarded peer messages) and each peer's inbox (server -> peer).
- * Lossy: the operator feed (`publish`/`subscribe`). Hints: which instance owns a peer's session.
+ * Durable paths (must not lose a message): the uplink (peer -> servers: an intake list peers push
+ * onto, moved by the servers onto a stream read by a consumer group), each server instance's own
+ * stream (forwarded peer messages) and each peer's inbox (server -> peer). Lossy: the operator feed
+ * (`publish`/`subscribe`). Hints: which instance owns a peer's session.
  */
 export class Transport extends Context.Service<
   Transport,
   {
-    /** Peer -> servers: append to the uplink. Returns the entry id. */
+    /**
+     * Peer -> servers: push onto the uplink's intake (all a peer's Redis user may do there). Returns a
+     * receipt, not an entry id: how many entries the intake held right after the push. The entry
+     * gets its id when a server instance moves it onto the uplink stream.
+     */
     readonly sendUplink: (payload: string) => Effect.Effect<string, TransportError>
     /**
      * Server side: the reader of one server instance. It reads the shared uplink (as a consumer of
-     * the servers' group) and the instance's own stream of forwarded messages.
+     * the servers' group) and the instance's own stream of forwarded messages. While it lives it
+     * moves the intake onto the uplink stream, in order, as entries arrive (any number of instances
+     * may do so side by side); entries over MAX_MESSAGE_BYTES are dropped there and counted.
      */
     readonly uplinkReader: (serverId: string) => Effect.Effect<UplinkReader, TransportError, Scope.Scope>
     /**
      * How long the oldest uplink entry not yet read by any server instance has waited, in ms (0 when
-     * every entry has been read): how far behind the servers are, together.
+     * every entry has been read): how far behind the servers are, together. Entries still on the
+     * intake count from when the intake was first seen holding them.
      */
     readonly uplinkBacklogMs: Effect.Effect<number, TransportError>
+    /** How many intake entries were dropped for being over MAX_MESSAGE_BYTES, in all. */
+    readonly intakeDropped: Effect.Effect<number, TransportError>
     /** Hands a peer's message to the instance that owns the peer's session. */
     readonly forward: (serverId: string, payload: string) => Effect.Effect<void, TransportError>
     /**
@@ -112,8 +122,9 @@ export class Transport extends Context.Service<
     /** Drop inbox entries up to and including `id`: the peer has handled them. */
     readonly trimInbox: (peerId: string, id: string) => Effect.Effect<void, TransportError>
     /**
-     * Peer side, many peers at once (simulated fleets): appends these messages to the uplink in one
-     * round trip, all or none, in order. Returns the entry ids.
+     * Peer side, many peers at once (simulated fleets): pushes these messages onto the uplink's
+     * intake in one round trip, all or none, in order. Returns a receipt per message (its place in
+     * the intake right after the push, from 1), not entry ids.
      */
     readonly sendUplinkBatch: (
       payloads: ReadonlyArray<string>,

@@ -1,4 +1,5 @@
 import { Effect, Layer, PubSub, Queue, Stream } from "effect"
+import { MAX_MESSAGE_BYTES } from "../protocol/limits.ts"
 import {
   compareStreamIds,
   type DeadLetter,
@@ -14,7 +15,9 @@ import {
 /**
  * In-process transport with the same delivery rules as the Redis one: a consumer group over the
  * uplink (pending until acked, reclaimable after idling), durable per-peer inboxes, and a lossy
- * feed. Used by fast tests and the embedded single-process mode.
+ * feed. Used by fast tests and the embedded single-process mode. The uplink's intake is moved the
+ * moment something is pushed: a push lands on the uplink (or, over MAX_MESSAGE_BYTES, is dropped
+ * and counted) at once.
  */
 
 interface Pending {
@@ -84,6 +87,13 @@ export const makeMemoryTransport = Effect.gen(function* () {
 
   const feed = yield* PubSub.unbounded<string>()
   let dead: Array<DeadLetter> = []
+  let dropped = 0
+  /** What a push onto the intake becomes: an uplink entry, or a dropped one. Its receipt. */
+  const intake = (payload: string): string => {
+    if (Buffer.byteLength(payload, "utf8") > MAX_MESSAGE_BYTES) dropped++
+    else uplink.push({ id: nextId(), payload })
+    return String(uplink.length - uplinkCursor)
+  }
 
   const deliver = (entry: Envelope, consumer: string, forwarded: boolean): Delivery => {
     pending.set(entry.id, { entry, forwarded, consumer, deliveredAt: Date.now() })
@@ -118,11 +128,11 @@ export const makeMemoryTransport = Effect.gen(function* () {
   return Transport.of({
     sendUplink: (payload) =>
       Effect.sync(() => {
-        const id = nextId()
-        uplink.push({ id, payload })
+        const receipt = intake(payload)
         uplinkSignal.notify()
-        return id
+        return receipt
       }),
+    intakeDropped: Effect.sync(() => dropped),
     uplinkReader: (serverId) =>
       Effect.succeed({
         read: ({ count, blockMs }) =>
@@ -239,13 +249,9 @@ export const makeMemoryTransport = Effect.gen(function* () {
       }),
     sendUplinkBatch: (payloads) =>
       Effect.sync(() => {
-        const ids = payloads.map((payload) => {
-          const id = nextId()
-          uplink.push({ id, payload })
-          return id
-        })
+        const receipts = payloads.map(intake)
         uplinkSignal.notify()
-        return ids
+        return receipts
       }),
     // Delivered as the server appends, so each peer's entries reach the queue in inbox order.
     inboxFan: () =>

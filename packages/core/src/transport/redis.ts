@@ -1,8 +1,10 @@
 import { readFileSync } from "node:fs"
+import type { ConnectionOptions } from "node:tls"
 import { fileURLToPath } from "node:url"
 import { Effect, Layer, Queue, Scope, Stream } from "effect"
 import { Redis, ReplyError } from "ioredis"
 import { type Keys, makeKeys, UPLINK_GROUP } from "../keys.ts"
+import { MAX_MESSAGE_BYTES } from "../protocol/limits.ts"
 import {
   type DeadLetter,
   type Delivery,
@@ -22,11 +24,56 @@ import {
  * Connections: one shared connection for plain commands; every blocking reader and the feed
  * subscriber get a connection of their own (a blocked XREAD holds its connection), closed with
  * the reader's scope.
+ *
+ * Peers push onto the uplink intake (a list: RPUSH is all their Redis users may do there); each
+ * server instance's uplink reader moves the intake onto the uplink stream (lua/intake.lua), woken by
+ * a blocking wait on the intake that takes nothing, and before each of its reads.
  */
 
+/**
+ * TLS for a rediss:// URL. Without a CA file the system's CAs verify the server's certificate.
+ * Environment names (see `redisTlsFromEnv`): PICUS_REDIS_CA, PICUS_REDIS_SERVERNAME,
+ * PICUS_REDIS_CERT, PICUS_REDIS_KEY.
+ */
+export interface RedisTlsOptions {
+  /** PEM file of the CA that signed the server's certificate: then only that CA is trusted. */
+  readonly caFile?: string
+  /** The name the server's certificate must carry, when it is not the URL's host (an IP, say). */
+  readonly servername?: string
+  /** PEM files of a client certificate and its key, for a Redis that asks for one. */
+  readonly certFile?: string
+  readonly keyFile?: string
+}
+
+/** The TLS options of the environment; undefined when none is set. */
+export const redisTlsFromEnv = (env: NodeJS.ProcessEnv = process.env): RedisTlsOptions | undefined => {
+  const pick = (name: string) => {
+    const value = env[name]?.trim()
+    return value === undefined || value === "" ? undefined : value
+  }
+  const tls = {
+    ...(pick("PICUS_REDIS_CA") ? { caFile: pick("PICUS_REDIS_CA")! } : {}),
+    ...(pick("PICUS_REDIS_SERVERNAME") ? { servername: pick("PICUS_REDIS_SERVERNAME")! } : {}),
+    ...(pick("PICUS_REDIS_CERT") ? { certFile: pick("PICUS_REDIS_CERT")! } : {}),
+    ...(pick("PICUS_REDIS_KEY") ? { keyFile: pick("PICUS_REDIS_KEY")! } : {}),
+  }
+  return Object.keys(tls).length === 0 ? undefined : tls
+}
+
 export interface RedisTransportOptions {
-  /** redis://[user:pass@]host:port[/db]; the database index is honoured. */
+  /** redis:// or rediss:// (TLS) [user:pass@]host:port[/db]; the database index is honoured. */
   readonly url: string
+  /** The login, when not in the URL (a peer's session user); wins over the URL's. */
+  readonly username?: string
+  readonly password?: string
+  /** Only with a rediss:// URL. */
+  readonly tls?: RedisTlsOptions
+  /**
+   * The login may run only what a peer's or an enroller's Redis user may (keys.ts, peerAclRules):
+   * then a connection sends nothing beyond AUTH (and SELECT for a /db index) on connect: no INFO
+   * ready check, no CLIENT SETINFO. Such a transport serves the peer side only.
+   */
+  readonly restrictedLogin?: boolean
   /** Key prefix (see keys.ts); tests use one per run. */
   readonly prefix?: string
   /**
@@ -78,6 +125,13 @@ const SOCKET_REASONS: Record<string, string> = {
   ENETUNREACH: "network unreachable",
   ENOTFOUND: "host not found",
   EAI_AGAIN: "host name lookup failed",
+  SELF_SIGNED_CERT_IN_CHAIN: "the server's certificate is not signed by a trusted CA (PICUS_REDIS_CA)",
+  DEPTH_ZERO_SELF_SIGNED_CERT: "the server's certificate is self-signed and not trusted (PICUS_REDIS_CA)",
+  UNABLE_TO_VERIFY_LEAF_SIGNATURE: "the server's certificate is not signed by a trusted CA (PICUS_REDIS_CA)",
+  UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
+    "the server's certificate is not signed by a trusted CA (PICUS_REDIS_CA)",
+  CERT_HAS_EXPIRED: "the server's certificate has expired",
+  ERR_TLS_CERT_ALTNAME_INVALID: "the server's certificate does not name this host (PICUS_REDIS_SERVERNAME)",
 }
 
 /** Why a connection failed, in a few words and without secrets. */
@@ -142,6 +196,20 @@ const luaScript = (name: string): string =>
   readFileSync(fileURLToPath(new URL(`./lua/${name}.lua`, import.meta.url)), "utf8")
 const RENEW_OWNERS = luaScript("renewOwners")
 const RELEASE_OWNER = luaScript("releaseOwner")
+const INTAKE = luaScript("intake")
+const INTAKE_AGE = luaScript("intakeAge")
+
+/** One move takes at most this many intake entries, or this many bytes (Redis is held meanwhile). */
+const MOVE_COUNT = 1000
+const MOVE_BYTES = 4 * 1024 * 1024
+/** The mover's blocking wait on the intake ends after this long (s) and starts again. */
+const INTAKE_WAIT_S = 5
+
+/** What lua/intake.lua answers: moved, dropped, left on the intake, why an add was refused. */
+type MoveReply = [number, number, number, string]
+type IntakeScripts = {
+  picusIntake: (...args: Array<string | number>) => Promise<MoveReply>
+}
 
 /** A Redis error reply starts with its code (NOGROUP, BUSYGROUP, NOPERM, ...): the error's type. */
 const replyCode = (cause: unknown): string | undefined =>
@@ -195,12 +263,100 @@ const nextStreamId = (id: string): string => {
   return `${ms}-${BigInt(seq) + 1n}`
 }
 
+/** A URL without its login, for when the login is given apart. */
+const withoutLogin = (url: string): string => {
+  try {
+    const parsed = new URL(url)
+    parsed.username = ""
+    parsed.password = ""
+    return parsed.toString()
+  } catch {
+    return url
+  }
+}
+
+/** What every connection of a transport shares: login, TLS, what it sends on connect. */
+interface SharedOptions {
+  readonly tls?: ConnectionOptions
+  readonly username?: string
+  readonly password?: string
+  readonly enableReadyCheck?: boolean
+  readonly disableClientInfo?: boolean
+}
+
+const connectionOptions = (options: RedisTransportOptions): Effect.Effect<SharedOptions, TransportError> =>
+  Effect.gen(function* () {
+    const isTls = options.url.trim().toLowerCase().startsWith("rediss://")
+    const tls = options.tls
+    if (tls !== undefined && !isTls)
+      return yield* new TransportError({
+        operation: "tls",
+        message:
+          "TLS options (PICUS_REDIS_CA, PICUS_REDIS_SERVERNAME, PICUS_REDIS_CERT, PICUS_REDIS_KEY) are set but the Redis URL is redis://: use rediss://",
+      })
+    if (tls !== undefined && (tls.certFile === undefined) !== (tls.keyFile === undefined))
+      return yield* new TransportError({
+        operation: "tls",
+        message:
+          "a client certificate needs its key, and a key its certificate (PICUS_REDIS_CERT with PICUS_REDIS_KEY)",
+      })
+    const readPem = (file: string, what: string) =>
+      Effect.try({
+        try: () => readFileSync(file),
+        catch: (cause) =>
+          new TransportError({
+            operation: "tls",
+            message: `cannot read the ${what} file ${file}: ${cause instanceof Error ? cause.message : String(cause)}`,
+            cause,
+          }),
+      })
+    const tlsOptions = isTls
+      ? {
+          ...(tls?.caFile === undefined
+            ? {}
+            : { ca: yield* readPem(tls.caFile, "Redis CA (PICUS_REDIS_CA)") }),
+          ...(tls?.servername === undefined ? {} : { servername: tls.servername }),
+          ...(tls?.certFile === undefined
+            ? {}
+            : { cert: yield* readPem(tls.certFile, "Redis client certificate (PICUS_REDIS_CERT)") }),
+          ...(tls?.keyFile === undefined
+            ? {}
+            : { key: yield* readPem(tls.keyFile, "Redis client key (PICUS_REDIS_KEY)") }),
+        }
+      : undefined
+    return {
+      ...(tlsOptions === undefined ? {} : { tls: tlsOptions }),
+      ...(options.username === undefined ? {} : { username: options.username }),
+      ...(options.password === undefined ? {} : { password: options.password }),
+      ...(options.restrictedLogin === true ? { enableReadyCheck: false, disableClientInfo: true } : {}),
+    }
+  })
+
+interface Connecting {
+  readonly url: string
+  readonly options: SharedOptions
+  readonly watch: ConnectionWatch
+}
+
+/** How a transport's connections are made; fails (before any connects) on bad TLS settings. */
+const connectingTo = (options: RedisTransportOptions): Effect.Effect<Connecting, TransportError> =>
+  Effect.gen(function* () {
+    const loginApart = options.username !== undefined || options.password !== undefined
+    return {
+      url: loginApart ? withoutLogin(options.url) : options.url,
+      options: yield* connectionOptions(options),
+      watch: watchConnections(options),
+    }
+  })
+
 // RESP2 keeps stream replies in their classic nested-array shape. A command waits through at
 // most a few reconnect attempts, then fails with a TransportError that the caller retries.
-const connect = (url: string, watch: ConnectionWatch, options: { readonly autoPipelining?: boolean } = {}) =>
+const connect = (to: Connecting, options: { readonly autoPipelining?: boolean } = {}) =>
   Effect.acquireRelease(
     Effect.sync(() => {
-      const client = new Redis(url, {
+      const { watch } = to
+      const client = new Redis(to.url, {
+        ...to.options,
         protocol: 2,
         maxRetriesPerRequest: 3,
         retryStrategy: reconnectDelay,
@@ -215,15 +371,22 @@ const connect = (url: string, watch: ConnectionWatch, options: { readonly autoPi
     (client) => Effect.sync(() => client.disconnect()),
   )
 
+/**
+ * One connection with a transport's options (login, TLS, connection events), closed with the
+ * scope: for a service beside the transport (RedisAcl, say).
+ */
+export const openRedisConnection = (options: RedisTransportOptions) =>
+  connectingTo(options).pipe(Effect.flatMap((to) => connect(to)))
+
 export const makeRedisTransport = Effect.fnUntraced(function* (options: RedisTransportOptions) {
   const keys: Keys = makeKeys(options.prefix)
-  const watch = watchConnections(options)
-  const fail = failAt(watch.address)
+  const to = yield* connectingTo(options)
+  const fail = failAt(to.watch.address)
   const call = <A>(operation: string, run: () => Promise<A>) =>
     Effect.tryPromise({ try: run, catch: fail(operation) })
   // The shared connection sends the commands of one tick in one write: under load that is most of
   // the cost of talking to Redis (a system call per command otherwise).
-  const client = yield* connect(options.url, watch, { autoPipelining: true })
+  const client = yield* connect(to, { autoPipelining: true })
 
   const ensureGroup = (stream: string) =>
     call("xgroup create", () => client.xgroup("CREATE", stream, UPLINK_GROUP, "0", "MKSTREAM")).pipe(
@@ -236,10 +399,63 @@ export const makeRedisTransport = Effect.fnUntraced(function* (options: RedisTra
   // The scripts are sent once per connection and called by their SHA from then on.
   client.defineCommand("picusRenewOwners", { lua: RENEW_OWNERS })
   client.defineCommand("picusReleaseOwner", { numberOfKeys: 1, lua: RELEASE_OWNER })
+  client.defineCommand("picusIntakeAge", { numberOfKeys: 2, lua: INTAKE_AGE })
   const scripts = client as unknown as {
     picusRenewOwners: (numKeys: number, ...args: Array<string | number>) => Promise<unknown>
     picusReleaseOwner: (key: string, serverId: string) => Promise<unknown>
+    picusIntakeAge: (intake: string, since: string) => Promise<number>
   }
+
+  // Defined before any command goes out: an auto-pipelined connection knows only the commands
+  // defined when its pipeline was made.
+  const withIntakeScript = (connection: Redis): Redis => {
+    connection.defineCommand("picusIntake", { numberOfKeys: 4, lua: INTAKE })
+    return connection
+  }
+  withIntakeScript(client)
+
+  /** Moves what waits on the intake onto the uplink stream, over this connection. */
+  const moveIntake = (connection: Redis): Promise<MoveReply> =>
+    (connection as unknown as IntakeScripts).picusIntake(
+      keys.uplinkIntake,
+      keys.uplink,
+      keys.intakeDropped,
+      keys.intakeSince,
+      MOVE_COUNT,
+      MAX_MESSAGE_BYTES,
+      MOVE_BYTES,
+    )
+
+  /**
+   * Moves the intake onto the stream for as long as this reader lives: whenever it has entries, at
+   * once (a blocking BLMOVE of the intake onto itself takes nothing and returns when something is
+   * pushed). A failure is logged once per run of failures and tried again every second.
+   */
+  const runMover = Effect.gen(function* () {
+    const waiter = yield* connect(to)
+    let failing = false
+    const turn = Effect.gen(function* () {
+      const [, , left, refused] = yield* call("move intake", () => moveIntake(client))
+      if (refused !== "") return yield* new TransportError({ operation: "move intake", message: refused })
+      if (failing) {
+        failing = false
+        yield* Effect.logInfo("the uplink intake moves again")
+      }
+      if (left > 0) return
+      yield* call("blmove intake", () =>
+        waiter.call("BLMOVE", keys.uplinkIntake, keys.uplinkIntake, "LEFT", "LEFT", INTAKE_WAIT_S),
+      )
+    }).pipe(
+      Effect.catch((e) =>
+        Effect.gen(function* () {
+          if (!failing) yield* Effect.logWarning(`cannot move the uplink intake (${e.message}); retrying`)
+          failing = true
+          yield* Effect.sleep("1 second")
+        }),
+      ),
+    )
+    yield* Effect.forkScoped(Effect.forever(turn))
+  })
 
   const claimFrom = (
     stream: string,
@@ -279,7 +495,7 @@ export const makeRedisTransport = Effect.fnUntraced(function* (options: RedisTra
   /** Reads one stream (an inbox, a reply) on a connection of its own: its reads block. */
   const streamReader = (key: string) =>
     Effect.gen(function* () {
-      const reader = yield* connect(options.url, watch)
+      const reader = yield* connect(to)
       return {
         read: (afterId: string, { count, blockMs }: { count: number; blockMs: number }) =>
           call("xread", async () => {
@@ -370,7 +586,7 @@ export const makeRedisTransport = Effect.fnUntraced(function* (options: RedisTra
       )
 
     const openShard = Effect.gen(function* () {
-      const reader = yield* connect(options.url, watch)
+      const reader = yield* connect(to)
       const shard: Shard = { inboxes: new Map(), blockedAs: undefined }
       shards.push(shard)
       yield* Effect.forkIn(readLoop(shard, reader), scope)
@@ -434,16 +650,21 @@ export const makeRedisTransport = Effect.fnUntraced(function* (options: RedisTra
 
   return Transport.of({
     sendUplink: (payload) =>
-      call("xadd uplink", () => client.xadd(keys.uplink, "*", PAYLOAD_FIELD, payload)).pipe(
-        Effect.map((id) => id ?? ""),
+      call("rpush uplink intake", () => client.rpush(keys.uplinkIntake, payload)).pipe(
+        Effect.map((length) => String(length)),
       ),
+
+    intakeDropped: call("get intake dropped", () => client.get(keys.intakeDropped)).pipe(
+      Effect.map((count) => Number(count ?? 0) || 0),
+    ),
 
     uplinkReader: (serverId) =>
       Effect.gen(function* () {
         const own = keys.serverInbox(serverId)
         const ensureGroups = Effect.all([ensureGroup(keys.uplink), ensureGroup(own)], { discard: true })
         yield* ensureGroups
-        const reader = yield* connect(options.url, watch)
+        const reader = withIntakeScript(yield* connect(to))
+        yield* runMover
         /** The stream an entry was read from. */
         const streamOf = (d: Delivery) =>
           !d.forwarded ? keys.uplink : d.fromServerId === undefined ? own : keys.serverInbox(d.fromServerId)
@@ -452,6 +673,9 @@ export const makeRedisTransport = Effect.fnUntraced(function* (options: RedisTra
           read: ({ count, blockMs }) =>
             call("xreadgroup", async () => {
               const block = blockMs > 0 ? ["BLOCK", blockMs] : []
+              // What waits on the intake goes onto the stream first, in the same round trip, so a
+              // read sees everything pushed before it. A failed move is the mover's to tell.
+              moveIntake(reader).catch(() => {})
               const reply = (await reader.call(
                 "XREADGROUP",
                 ...[
@@ -538,7 +762,11 @@ export const makeRedisTransport = Effect.fnUntraced(function* (options: RedisTra
         }
       }),
 
+    // The stream's part, from its ids (the time an entry was moved onto it), and the intake's.
     uplinkBacklogMs: Effect.gen(function* () {
+      const intake = yield* call("intake age", () =>
+        scripts.picusIntakeAge(keys.uplinkIntake, keys.intakeSince),
+      )
       const groups = (yield* call("xinfo groups", () =>
         client.call("XINFO", "GROUPS", keys.uplink).catch((error: unknown) => {
           // No uplink yet: nothing is waiting.
@@ -552,7 +780,10 @@ export const makeRedisTransport = Effect.fnUntraced(function* (options: RedisTra
         client.xrange(keys.uplink, `(${lastDelivered}`, "+", "COUNT", 1),
       )) as Array<[string, Array<string>]>
       const [first] = next
-      return first ? Math.max(0, Date.now() - Number(first[0].split("-")[0])) : 0
+      return Math.max(
+        Number(intake) || 0,
+        first ? Math.max(0, Date.now() - Number(first[0].split("-")[0])) : 0,
+      )
     }),
 
     forward: (serverId, payload) =>
@@ -611,19 +842,13 @@ export const makeRedisTransport = Effect.fnUntraced(function* (options: RedisTra
         Effect.asVoid,
       ),
 
-    // MULTI: a connection lost half way appends none of them, so a retry sends no duplicates.
+    // One RPUSH: all or none, in order, so a retry sends no duplicates.
     sendUplinkBatch: (payloads) =>
       payloads.length === 0
         ? Effect.succeed([])
-        : call("xadd uplink batch", async () => {
-            const batch = client.multi()
-            for (const payload of payloads) batch.xadd(keys.uplink, "*", PAYLOAD_FIELD, payload)
-            const replies = (await batch.exec()) ?? []
-            return replies.map(([error, id]) => {
-              if (error) throw error
-              return String(id)
-            })
-          }),
+        : call("rpush uplink intake batch", () => client.rpush(keys.uplinkIntake, ...payloads)).pipe(
+            Effect.map((length) => payloads.map((_, i) => String(length - payloads.length + i + 1))),
+          ),
 
     inboxFan: (fanOptions) => makeInboxFan(fanOptions),
 
@@ -674,7 +899,7 @@ export const makeRedisTransport = Effect.fnUntraced(function* (options: RedisTra
 
     subscribe: Stream.callback<string, TransportError>((queue) =>
       Effect.gen(function* () {
-        const subscriber = yield* connect(options.url, watch)
+        const subscriber = yield* connect(to)
         subscriber.on("message", (_channel: string, message: string) => {
           Queue.offerUnsafe(queue, message)
         })

@@ -6,11 +6,13 @@ import {
   type Stores,
   storesContext,
 } from "@picus/core"
-import { Effect, Layer } from "effect"
+import { Context, Effect, Layer } from "effect"
 import type { DatabasePool } from "slonik"
+import { RedisUserStore } from "../access/RedisUsers.ts"
 import { makePgCatalog } from "./catalog.ts"
 import { type MigrationError, migrate } from "./migrate.ts"
 import { makePool, type PoolError, type PoolOptions } from "./pool.ts"
+import { makePgRedisUsers } from "./redisUsers.ts"
 import { makePgReports } from "./reports.ts"
 import { makePgResults } from "./results.ts"
 import { makePgSessions } from "./sessions.ts"
@@ -42,19 +44,19 @@ export interface PgStoreOptions extends PoolOptions {
 
 /**
  * Opens a pool to `databaseUrl` (closed with the layer), migrates it, and provides the Store and
- * every narrow store over it.
+ * every narrow store over it, and the record of the Redis users.
  */
 export const layer = (
   databaseUrl: string,
   options: PgStoreOptions = {},
-): Layer.Layer<Stores, PoolError | MigrationError> =>
+): Layer.Layer<Stores | RedisUserStore, PoolError | MigrationError> =>
   Layer.effectContext(
     Effect.gen(function* () {
       const pool = yield* makePool(databaseUrl, options)
       if (options.migrate !== false) {
         yield* migrate(pool, options.migrationsDir === undefined ? {} : { dir: options.migrationsDir })
       }
-      return storesContext(makePgStores(pool))
+      return Context.add(storesContext(makePgStores(pool)), RedisUserStore, makePgRedisUsers(pool))
     }),
   )
 

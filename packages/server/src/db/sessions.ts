@@ -28,6 +28,7 @@ const TakenRow = std(
     heartbeats: Schema.Boolean,
   }),
 )
+const EndedRow = std(Schema.Struct({ peerId: Schema.String, sessionId: Schema.String }))
 const KeyRow = std(Schema.Struct({ key: Schema.Uint8Array }))
 const ServerIdRow = std(Schema.Struct({ serverId: Schema.String }))
 const InstanceRow = std(
@@ -70,8 +71,8 @@ export const makePgSessions = (pool: DatabasePool): SessionStoreService => {
             on conflict (session_id) where event = 'logout' do nothing
           `)
           await tx.query(sql.type(NoRow)`
-            insert into sessions (session_id, peer_id, os, distro, owner_id, lease_until)
-            values (${login.sessionId}::uuid, ${login.peerId}, ${login.os}, ${login.distro}, ${login.serverId}, ${leaseEnd(login.leaseMs)})
+            insert into sessions (session_id, peer_id, os, distro, owner_id, lease_until, token_id)
+            values (${login.sessionId}::uuid, ${login.peerId}, ${login.os}, ${login.distro}, ${login.serverId}, ${leaseEnd(login.leaseMs)}, ${login.tokenId ?? null})
           `)
           await tx.query(sql.type(NoRow)`
             insert into registration_log (event, peer_id, session_id, server_id, server_ip)
@@ -115,6 +116,25 @@ export const makePgSessions = (pool: DatabasePool): SessionStoreService => {
           returning id
         `)
         return row !== null
+      }),
+
+    endSessionsOfTokens: (entry) =>
+      attempt("endSessionsOfTokens", async () => {
+        if (entry.tokenIds.length === 0) return []
+        // Moving the epoch on fences whoever holds them, as a login replacing a session does.
+        return pool.any(sql.type(EndedRow)`
+          with ended as (
+            update sessions set closed_at = now(), epoch = epoch + 1
+            where token_id = any(${sql.array(entry.tokenIds, "int8")}) and closed_at is null
+            returning session_id, peer_id
+          ), logged as (
+            insert into registration_log (event, peer_id, session_id, reason, server_id)
+            select 'logout', peer_id, session_id, ${entry.reason}, ${entry.serverId}
+            from ended order by session_id
+            on conflict (session_id) where event = 'logout' do nothing
+          )
+          select peer_id as "peerId", session_id::text as "sessionId" from ended order by peer_id
+        `)
       }),
 
     logShutdown: (entry) =>

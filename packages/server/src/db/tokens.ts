@@ -1,7 +1,7 @@
 import { TokenStore, type TokenStoreService } from "@picus/core"
 import { Option, Schema } from "effect"
 import { type DatabasePool, sql } from "slonik"
-import { attempt, NullableInt, std } from "./shared.ts"
+import { attempt, NullableInt, NullableString, std } from "./shared.ts"
 
 const TokenRow = std(
   Schema.Struct({
@@ -10,6 +10,7 @@ const TokenRow = std(
     prefix: Schema.String,
     createdAt: Schema.Int,
     revokedAt: NullableInt,
+    peerId: NullableString,
   }),
 )
 const TokenIdRow = std(Schema.Struct({ tokenId: Schema.Int }))
@@ -17,7 +18,8 @@ const TokenIdRow = std(Schema.Struct({ tokenId: Schema.Int }))
 const BIGINT_MAX = 9_223_372_036_854_775_807n
 
 const tokenColumns = sql.fragment`
-  token_id as "tokenId", name, prefix, created_at as "createdAt", revoked_at as "revokedAt"
+  token_id as "tokenId", name, prefix, created_at as "createdAt", revoked_at as "revokedAt",
+  peer_id as "peerId"
 `
 
 /** The TokenStore over a slonik pool. */
@@ -26,8 +28,8 @@ export const makePgTokens = (pool: DatabasePool): TokenStoreService => {
     createToken: (token) =>
       attempt("createToken", () =>
         pool.one(sql.type(TokenRow)`
-          insert into tokens (name, prefix, token_hash)
-          values (${token.name}, ${token.prefix}, ${sql.binary(Buffer.from(token.hash))})
+          insert into tokens (name, prefix, token_hash, peer_id)
+          values (${token.name}, ${token.prefix}, ${sql.binary(Buffer.from(token.hash))}, ${token.peerId ?? null})
           returning ${tokenColumns}
         `),
       ),
@@ -39,16 +41,15 @@ export const makePgTokens = (pool: DatabasePool): TokenStoreService => {
     revokeToken: (idOrPrefix) =>
       attempt("revokeToken", async () => {
         const byId = /^\d+$/.test(idOrPrefix)
-        if (byId && BigInt(idOrPrefix) > BIGINT_MAX) return 0
+        if (byId && BigInt(idOrPrefix) > BIGINT_MAX) return []
         const match = byId
           ? sql.fragment`token_id = ${idOrPrefix}::bigint`
           : sql.fragment`prefix = ${idOrPrefix}`
-        const revoked = await pool.any(sql.type(TokenIdRow)`
+        return pool.anyFirst(sql.type(TokenIdRow)`
           update tokens set revoked_at = now()
           where ${match} and revoked_at is null
           returning token_id as "tokenId"
         `)
-        return revoked.length
       }),
 
     findActiveToken: (hash) =>

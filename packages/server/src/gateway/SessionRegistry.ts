@@ -4,12 +4,13 @@ import {
   resumePeerSession,
   type SessionConfig,
   type SessionStart,
-  type Store,
+  Store,
   startPeerSession,
   type TakenSession,
   Transport,
 } from "@picus/core"
-import { Effect, Exit, Scope } from "effect"
+import { Effect, Exit, Option, Scope } from "effect"
+import { PeerAccess } from "../access/PeerAccess.ts"
 
 /**
  * The sessions this instance holds, by peer and by session id. Each session's actor runs in a
@@ -22,10 +23,27 @@ export const makeSessionRegistry = Effect.fnUntraced(function* (
   sessionConfig: SessionConfig,
 ) {
   const transport = yield* Transport
+  const store = yield* Store
+  const access = yield* PeerAccess
   const services = yield* Effect.context<Store | Transport | JobScheduler>()
   const scope = yield* Scope.Scope
   const byPeer = new Map<string, PeerSession>()
   const byId = new Map<string, PeerSession>()
+
+  /**
+   * A session that ended here takes its Redis user with it, unless it lives on at another instance
+   * (taken over: same session). A newer session's user is never touched (PeerAccess checks).
+   */
+  const dropAccess = (session: PeerSession) =>
+    store.sessionOf(session.peerId).pipe(
+      Effect.flatMap((open) =>
+        Option.isSome(open) && open.value.sessionId === session.sessionId
+          ? Effect.void
+          : access.release(session.peerId, session.sessionId),
+      ),
+      // The reconciler drops what a session left behind.
+      Effect.catch((e) => Effect.logWarning(`could not tell where the session went: ${e.message}`)),
+    )
 
   /** Serves a session from now on; forgets it (and closes its scope) when it ends. */
   const keep = (session: PeerSession, own: Scope.Closeable) =>
@@ -42,6 +60,7 @@ export const makeSessionRegistry = Effect.fnUntraced(function* (
             return transport.releasePeer(session.peerId, serverId).pipe(Effect.ignore)
           }),
         ),
+        Effect.andThen(dropAccess(session)),
         Effect.andThen(Scope.close(own, Exit.void)),
         Effect.forkIn(scope),
       )

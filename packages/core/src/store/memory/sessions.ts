@@ -41,6 +41,7 @@ export const makeMemorySessions = (memory: MemoryState): SessionStoreService => 
           distro: l.distro,
           heartbeats: l.agentVersion !== null,
           openedAt: Date.now(),
+          tokenId: l.tokenId ?? null,
           ownerId: l.serverId,
           epoch: 1,
           leaseUntil: Date.now() + l.leaseMs,
@@ -76,6 +77,19 @@ export const makeMemorySessions = (memory: MemoryState): SessionStoreService => 
         sessions.get(sessionId)!.closed = true
         append({ event: "logout", peerId, sessionId, reason, serverId, serverIp: null })
         return true
+      }),
+    endSessionsOfTokens: ({ tokenIds, reason, serverId }) =>
+      Effect.sync(() => {
+        const ended: Array<{ peerId: string; sessionId: string }> = []
+        for (const [sessionId, s] of sessions) {
+          if (s.closed || s.tokenId === null || !tokenIds.includes(s.tokenId)) continue
+          s.closed = true
+          s.epoch++
+          if (!isClosed(sessionId))
+            append({ event: "logout", peerId: s.peerId, sessionId, reason, serverId, serverIp: null })
+          ended.push({ peerId: s.peerId, sessionId })
+        }
+        return ended
       }),
     logShutdown: ({ serverId, reason }) =>
       Effect.sync(() =>

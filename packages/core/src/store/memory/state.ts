@@ -17,6 +17,7 @@ export interface MemorySession {
   readonly distro: string | null
   readonly heartbeats: boolean
   readonly openedAt: number
+  readonly tokenId: number | null
   ownerId: string
   epoch: number
   leaseUntil: number

@@ -6,9 +6,16 @@ export const makeMemoryTokens = (memory: MemoryState): TokenStoreService => {
   const { tokens } = memory
   const hex = (bytes: Uint8Array) => Buffer.from(bytes).toString("hex")
   return TokenStore.of({
-    createToken: ({ name, prefix, hash }) =>
+    createToken: ({ name, prefix, hash, peerId }) =>
       Effect.sync(() => {
-        const info = { tokenId: memory.nextTokenId++, name, prefix, createdAt: Date.now(), revokedAt: null }
+        const info = {
+          tokenId: memory.nextTokenId++,
+          name,
+          prefix,
+          createdAt: Date.now(),
+          revokedAt: null,
+          peerId: peerId ?? null,
+        }
         tokens.push({ ...info, hash: hex(hash) })
         return info
       }),
@@ -16,15 +23,15 @@ export const makeMemoryTokens = (memory: MemoryState): TokenStoreService => {
     revokeToken: (idOrPrefix) =>
       Effect.sync(() => {
         const byId = /^\d+$/.test(idOrPrefix)
-        let count = 0
+        const revoked: Array<number> = []
         tokens.forEach((t, i) => {
           const match = byId ? String(t.tokenId) === idOrPrefix : t.prefix === idOrPrefix
           if (match && t.revokedAt === null) {
             tokens[i] = { ...t, revokedAt: Date.now() }
-            count++
+            revoked.push(t.tokenId)
           }
         })
-        return count
+        return revoked
       }),
     findActiveToken: (hash) =>
       Effect.sync(() => {

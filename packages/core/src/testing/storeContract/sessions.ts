@@ -133,6 +133,53 @@ export const sessionContract = (it: StoreIt) => {
       }),
     )
 
+    it.effect("ending a token's sessions closes them with the reason and fences their holder", () =>
+      Effect.gen(function* () {
+        const store = yield* Store
+        const revoked = 1_000_000 + Math.floor(Math.random() * 1_000_000_000)
+        const kept = revoked + 1
+        const a = loginOf(unique("peer"), { tokenId: revoked })
+        const b = loginOf(unique("peer"), { tokenId: revoked })
+        const other = loginOf(unique("peer"), { tokenId: kept })
+        const noToken = loginOf(unique("peer"))
+        for (const login of [a, b, other, noToken]) yield* store.login(login)
+        yield* store.logout({
+          peerId: b.peerId,
+          sessionId: b.sessionId,
+          epoch: 1,
+          reason: "peer_logout",
+          serverId: "server-a",
+        })
+        const ended = yield* store.endSessionsOfTokens({
+          tokenIds: [revoked],
+          reason: "revoked",
+          serverId: "operator",
+        })
+        assert.deepStrictEqual(ended, [{ peerId: a.peerId, sessionId: a.sessionId }], "only open ones")
+        const reasonOf = (login: Login) =>
+          store
+            .sessions({ peerId: login.peerId, limit: 1 })
+            .pipe(Effect.map(([s]) => s?.logoutReason ?? null))
+        assert.strictEqual(yield* reasonOf(a), "revoked")
+        assert.strictEqual(yield* reasonOf(b), "peer_logout")
+        assert.isNull(yield* reasonOf(other))
+        assert.isNull(yield* reasonOf(noToken))
+        assert.deepStrictEqual(
+          yield* store.renewLeases({
+            serverId: "server-a",
+            leaseMs: LEASE_MS,
+            sessions: [a, other].map((l) => ({ sessionId: l.sessionId, epoch: 1 })),
+          }),
+          [other.sessionId],
+          "its holder lets the ended one go",
+        )
+        assert.deepStrictEqual(
+          yield* store.endSessionsOfTokens({ tokenIds: [], reason: "revoked", serverId: "x" }),
+          [],
+        )
+      }),
+    )
+
     it.effect("renews only the leases its holder has at their epoch", () =>
       Effect.gen(function* () {
         const store = yield* Store

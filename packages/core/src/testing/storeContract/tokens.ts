@@ -20,9 +20,11 @@ export const tokenContract = (it: StoreIt) => {
         const listed = (yield* store.listTokens).find((t) => t.tokenId === created.tokenId)
         assert.strictEqual(listed?.prefix, prefix)
         assert.notProperty(listed, "hash")
-        assert.strictEqual(yield* store.revokeToken(prefix), 1)
+        assert.isNull(listed?.peerId)
+        assert.deepStrictEqual(yield* store.revokeToken(prefix), [created.tokenId])
         assert.isTrue(Option.isNone(yield* store.findActiveToken(hashOf(secret))))
-        assert.strictEqual(yield* store.revokeToken(unique("nothing")), 0)
+        assert.deepStrictEqual(yield* store.revokeToken(unique("nothing")), [])
+        assert.deepStrictEqual(yield* store.revokeToken(prefix), [], "already revoked")
       }),
     )
 
@@ -31,8 +33,25 @@ export const tokenContract = (it: StoreIt) => {
         const store = yield* TokenStore
         const secret = unique("secret")
         const created = yield* store.createToken({ name: "x", prefix: unique("p"), hash: hashOf(secret) })
-        assert.strictEqual(yield* store.revokeToken(String(created.tokenId)), 1)
+        assert.deepStrictEqual(yield* store.revokeToken(String(created.tokenId)), [created.tokenId])
         assert.isTrue(Option.isNone(yield* store.findActiveToken(hashOf(secret))))
+      }),
+    )
+
+    it.effect("keeps the peer id a token is bound to", () =>
+      Effect.gen(function* () {
+        const store = yield* TokenStore
+        const secret = unique("secret")
+        const peerId = unique("seed")
+        const created = yield* store.createToken({
+          name: "seed",
+          prefix: unique("p"),
+          hash: hashOf(secret),
+          peerId,
+        })
+        assert.strictEqual(created.peerId, peerId)
+        const found = yield* store.findActiveToken(hashOf(secret))
+        assert.strictEqual(Option.getOrUndefined(found)?.peerId, peerId)
       }),
     )
   })

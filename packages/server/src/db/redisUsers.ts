@@ -1,0 +1,110 @@
+import { Schema } from "effect"
+import { type DatabasePool, sql } from "slonik"
+import { RedisUserStore } from "../access/RedisUsers.ts"
+import { attempt, NoRow, NullableInt, NullableString, std, UUID } from "./shared.ts"
+
+const UserRow = std(
+  Schema.Struct({
+    name: Schema.String,
+    kind: Schema.Literals(["enroll", "peer", "provisioned"]),
+    peerId: NullableString,
+    tokenId: NullableInt,
+    sessionId: NullableString,
+    passwordHash: Schema.String,
+  }),
+)
+const NameRow = std(Schema.Struct({ name: Schema.String }))
+
+const userColumns = sql.fragment`
+  name, kind, peer_id as "peerId", token_id as "tokenId", session_id::text as "sessionId",
+  password_hash as "passwordHash"
+`
+
+/** The RedisUserStore over a slonik pool (table redis_users). */
+export const makePgRedisUsers = (pool: DatabasePool) =>
+  RedisUserStore.of({
+    grantPeer: (user) =>
+      attempt("grantPeer", async () => {
+        // A provisioned seed peer's user is never taken over by a session's.
+        const row = await pool.maybeOne(sql.type(NameRow)`
+          insert into redis_users (name, kind, peer_id, session_id, password_hash)
+          values (${user.name}, 'peer', ${user.peerId}, ${user.sessionId}::uuid, ${user.passwordHash})
+          on conflict (name) do update set
+            session_id = excluded.session_id, password_hash = excluded.password_hash,
+            peer_id = excluded.peer_id, created_at = now()
+          where redis_users.kind = 'peer'
+          returning name
+        `)
+        return row !== null
+      }),
+
+    releasePeer: (user) =>
+      attempt("releasePeer", async () => {
+        if (!UUID.test(user.sessionId)) return false
+        const row = await pool.maybeOne(sql.type(NameRow)`
+          delete from redis_users
+          where name = ${user.name} and kind = 'peer' and session_id = ${user.sessionId}::uuid
+          returning name
+        `)
+        return row !== null
+      }),
+
+    putEnroll: (user) =>
+      attempt("putEnroll", async () => {
+        await pool.query(sql.type(NoRow)`
+          insert into redis_users (name, kind, token_id, password_hash)
+          values (${user.name}, 'enroll', ${user.tokenId}, ${user.passwordHash})
+          on conflict (name) do update set
+            token_id = excluded.token_id, password_hash = excluded.password_hash, created_at = now()
+        `)
+      }),
+
+    putProvisioned: (user) =>
+      attempt("putProvisioned", async () => {
+        await pool.query(sql.type(NoRow)`
+          insert into redis_users (name, kind, peer_id, token_id, password_hash)
+          values (${user.name}, 'provisioned', ${user.peerId}, ${user.tokenId}, ${user.passwordHash})
+          on conflict (name) do update set
+            kind = 'provisioned', peer_id = excluded.peer_id, token_id = excluded.token_id,
+            session_id = null, password_hash = excluded.password_hash, created_at = now()
+        `)
+      }),
+
+    forgetOf: (of) =>
+      attempt("forgetOf", async () => {
+        const sessionIds = of.sessionIds.filter((id) => UUID.test(id))
+        if (of.tokenIds.length === 0 && sessionIds.length === 0) return []
+        return pool.anyFirst(sql.type(NameRow)`
+          delete from redis_users
+          where (kind <> 'peer' and token_id = any(${sql.array(of.tokenIds, "int8")}))
+            or session_id = any(${sql.array(sessionIds, "uuid")})
+          returning name
+        `)
+      }),
+
+    forgetClosed: (graceMs) =>
+      attempt("forgetClosed", () =>
+        pool.anyFirst(sql.type(NameRow)`
+          delete from redis_users r
+          where r.kind = 'peer'
+            and r.created_at < now() - ${graceMs}::float8 * interval '1 millisecond'
+            and not exists (
+              select 1 from sessions s where s.session_id = r.session_id and s.closed_at is null
+            )
+          returning r.name
+        `),
+      ),
+
+    all: attempt("redisUsers", () =>
+      pool.any(sql.type(UserRow)`select ${userColumns} from redis_users order by name`),
+    ),
+
+    byNames: (names) =>
+      attempt("redisUsersByName", () =>
+        names.length === 0
+          ? Promise.resolve([])
+          : pool.any(sql.type(UserRow)`
+              select ${userColumns} from redis_users where name = any(${sql.array(names, "text")})
+            `),
+      ),
+  })
