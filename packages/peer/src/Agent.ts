@@ -47,7 +47,7 @@ export interface AgentConfig {
   /** The enrollment token, sent with each registration. */
   readonly token: string
   /** The cluster key given by the operator (`--cluster-key`, or the enrollment string's). */
-  readonly clusterKey?: ClusterKeyPin
+  readonly clusterKey?: ClusterKeyPin | undefined
   /** With no key given or pinned: pin the key of the first validly signed acceptance. */
   readonly trustOnFirstUse?: boolean
   /**

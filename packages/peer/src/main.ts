@@ -150,7 +150,7 @@ const run = (flags: PeerFlags) => {
     const signalled = yield* firstSignal()
     const agent = yield* makeAgent({
       token: enrolling.token,
-      ...(enrolling.clusterKey === undefined ? {} : { clusterKey: enrolling.clusterKey }),
+      clusterKey: enrolling.clusterKey,
       trustOnFirstUse,
       // The session's own Redis user, in place of the enrollment's.
       sessionTransport: ({ user, password }) =>

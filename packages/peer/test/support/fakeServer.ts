@@ -42,9 +42,12 @@ export const makeFakeServer = (
     const secrets = new Map<string, string>()
     /** Every message the peer sent of a session, with whether its MAC was valid. */
     const macs: Array<{ readonly msg: string; readonly check: Trust.MacCheck }> = []
+    /** Every payload the peer sent, as it sent it. */
+    const raws: Array<string> = []
     let sessions = 0
 
     const decode = (raw: string): FromPeer => {
+      raws.push(raw)
       const decoded = Protocol.decodePeerMessage(raw)
       assert.isTrue(Result.isSuccess(decoded), `the peer sent a malformed message: ${raw.slice(0, 200)}`)
       const message = (decoded as Result.Success<Protocol.PeerMessage, never>).success
@@ -179,6 +182,8 @@ export const makeFakeServer = (
       job,
       /** The MAC checks of the session messages the peer sent so far. */
       macs: () => [...macs],
+      /** Every payload the peer sent so far (read by the server), as sent. */
+      raws: () => [...raws],
     }
   })
 
