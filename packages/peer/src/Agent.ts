@@ -135,6 +135,31 @@ const accessGone = (error: TransportError): boolean =>
 
 const noSession = new TransportError({ operation: "send", message: "no session open" })
 
+/**
+ * A Redis command that never answers fails after this long. A connection whose user Redis stopped
+ * accepting keeps reconnecting, and the command it had sent waits for it forever.
+ */
+const COMMAND_TIMEOUT_MS = 10_000
+
+/**
+ * The session's own connection without a good read for this long (or refused outright): the
+ * session is over for Redis, and the peer registers again. A Redis outage this long costs a new
+ * session, which replaces the old one.
+ */
+const SESSION_LINK_GRACE_MS = 5_000
+
+/** How long a read waits for news; a read that takes longer than this and a margin has hung. */
+const READ_BLOCK_MS = 1_000
+
+const bounded = <A>(command: Effect.Effect<A, TransportError>, operation: string, ms = COMMAND_TIMEOUT_MS) =>
+  command.pipe(
+    Effect.timeoutOrElse({
+      duration: ms,
+      orElse: () =>
+        Effect.fail(new TransportError({ operation, message: `no answer from Redis in ${ms / 1000}s` })),
+    }),
+  )
+
 /** Attacker-chosen text in a log line: short. */
 const shown = (text: string) => (text.length > 64 ? `${text.slice(0, 64)}…` : text)
 
@@ -187,7 +212,10 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
 
   /** A message of the session: its id as token, and a MAC under the session token. */
   const sendIn = (session: Session, message: Protocol.PeerMessage) =>
-    session.transport.sendUplink(Trust.macPayload(Protocol.encodeMessage(message), session.secret))
+    bounded(
+      session.transport.sendUplink(Trust.macPayload(Protocol.encodeMessage(message), session.secret)),
+      `send ${message.msg}`,
+    )
 
   /** The session open now, if any. */
   let current: Session | undefined
@@ -319,7 +347,7 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
           .replyReader(nonce)
           .pipe(Scope.provide(scope), Effect.retry(redisBackoff))
         registration = { nonce, payload, boxKey, reader, scope, cursor: "0-0" }
-        yield* sendUntilTaken(transport.sendUplink(payload), "the registration")
+        yield* sendUntilTaken(bounded(transport.sendUplink(payload), "send register"), "the registration")
         lastRegister = yield* Clock.currentTimeMillis
       })
 
@@ -581,18 +609,28 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
 
       /** Said once per outage: the transport tells of the connection itself. */
       let readFailing = false
+      /** When a read last succeeded (on the session's connection, once the session opened). */
+      let lastGoodRead = 0
       const readOr = (read: Effect.Effect<ReadonlyArray<Envelope>, TransportError>, what: string) =>
-        read.pipe(
+        bounded(read, "read", READ_BLOCK_MS + SESSION_LINK_GRACE_MS - 1_000).pipe(
           Effect.tap(() =>
-            Effect.sync(() => {
+            Effect.gen(function* () {
               readFailing = false
+              lastGoodRead = yield* Clock.currentTimeMillis
             }),
           ),
           Effect.catch((e) =>
             Effect.gen(function* () {
-              if (current !== undefined && current.transport !== transport && accessGone(e)) {
-                yield* registerAgain(`Redis refused the session's user (${e.message}): registering again`)
-                return [] as ReadonlyArray<Envelope>
+              const now = yield* Clock.currentTimeMillis
+              if (current !== undefined && current.transport !== transport) {
+                // The session's own user: Redis drops it when the session ends (revoked, replaced,
+                // timed out), and the peer registers again over the enrollment connection.
+                if (accessGone(e) || now - Math.max(lastGoodRead, lastHeard) >= SESSION_LINK_GRACE_MS) {
+                  yield* registerAgain(
+                    `the session's Redis connection fails (${e.message}): registering again`,
+                  )
+                  return [] as ReadonlyArray<Envelope>
+                }
               }
               if (!readFailing)
                 yield* Effect.logWarning(`cannot read ${what} (${e.message}); retrying every second`)
@@ -608,7 +646,10 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
           const s = current
           const r = registration
           if (s !== undefined) {
-            const entries = yield* readOr(s.reader.read(cursor, { count: 64, blockMs: 1_000 }), "the inbox")
+            const entries = yield* readOr(
+              s.reader.read(cursor, { count: 64, blockMs: READ_BLOCK_MS }),
+              "the inbox",
+            )
             for (const entry of entries) {
               yield* handle(entry)
               cursor = entry.id
@@ -617,7 +658,7 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
             if (entries.length > 0) yield* s.transport.trimInbox(peerId, cursor).pipe(Effect.ignore)
           } else if (r !== undefined) {
             const entries = yield* readOr(
-              r.reader.read(r.cursor, { count: 16, blockMs: 1_000 }),
+              r.reader.read(r.cursor, { count: 16, blockMs: READ_BLOCK_MS }),
               "the answer to the registration",
             )
             for (const entry of entries) {
@@ -644,7 +685,10 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
             // The same registration again (same nonce, same ts): a server that took the first
             // refuses this one as a replay, so one registration never opens two sessions.
             yield* Effect.logInfo("no answer to the registration yet: sending it again")
-            yield* sendUntilTaken(transport.sendUplink(registration.payload), "the registration")
+            yield* sendUntilTaken(
+              bounded(transport.sendUplink(registration.payload), "send register"),
+              "the registration",
+            )
             lastRegister = now
           }
         }

@@ -4,6 +4,7 @@ import { cac } from "cac"
 import { Cause, Effect, Exit, Fiber, Result } from "effect"
 import { type AgentExit, makeAgent } from "./Agent.ts"
 import { detectOs } from "./osInfo.ts"
+import { redisUrlWithUser } from "./redisUrl.ts"
 import { adoptLegacyState, lockStateDir, openStateFile, resolveStateDir, type StateFile } from "./state.ts"
 import { type ClusterKeyPin, parseClusterKeyPin, resolveTrust } from "./trust.ts"
 
@@ -36,14 +37,6 @@ const positiveInt = (name: string, value: number | string | undefined, fallback:
 }
 
 const given = (value: string | undefined) => (value === undefined || value === "" ? undefined : value)
-
-/** The URL with this Redis user and password in place of any it had. */
-const withUser = (url: URL, user: string, password: string): string => {
-  const copy = new URL(url)
-  copy.username = encodeURIComponent(user)
-  copy.password = encodeURIComponent(password)
-  return copy.toString()
-}
 
 interface Enrolling {
   readonly token: string
@@ -115,7 +108,7 @@ const run = (flags: PeerFlags) => {
   // The enrollment's Redis user, unless the URL names one of its own.
   const redisUrl =
     enrolling.redisUser !== undefined && parsedUrl.username === ""
-      ? withUser(parsedUrl, enrolling.redisUser.user, enrolling.redisUser.password)
+      ? redisUrlWithUser(parsedUrl, enrolling.redisUser.user, enrolling.redisUser.password)
       : givenUrl
   // cac turns a numeric flag into a number.
   const peerId = flags.peerId === undefined ? env.PICUS_PEER_ID || undefined : String(flags.peerId)
@@ -154,7 +147,17 @@ const run = (flags: PeerFlags) => {
       trustOnFirstUse,
       // The session's own Redis user, in place of the enrollment's.
       sessionTransport: ({ user, password }) =>
-        TransportRedis.layerRedis({ url: withUser(parsedUrl, user, password), prefix, onConnection }),
+        TransportRedis.layerRedis({
+          url: redisUrlWithUser(parsedUrl, user, password),
+          prefix,
+          onConnection: (event) =>
+            console.log(
+              TransportRedis.describeConnection(
+                event,
+                "as this session's own Redis user; refused for long, the peer registers again",
+              ),
+            ),
+        }),
       serverIp: flags.serverIp ?? env.PICUS_SERVER_IP ?? parsedUrl.hostname,
       os: detectOs(),
       state,
