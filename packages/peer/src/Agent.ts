@@ -434,14 +434,13 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
         const opened = openSealed(r.boxKey, m.sealed)
         if (Result.isFailure(opened)) return yield* refusals.refuse("unsealable", opened.failure)
         if (checked?.change !== undefined) {
+          // The pin given that led here stays the key's origin, through every rotation.
           const from =
-            checked.change === "first-use"
-              ? FIRST_USE
-              : checked.change === "fingerprint" && trusted._tag === "Fingerprint"
+            trusted._tag === "Pinned"
+              ? trusted.from
+              : trusted._tag === "Fingerprint"
                 ? trusted.fingerprint
-                : trusted._tag === "Pinned"
-                  ? trusted.from
-                  : FIRST_USE
+                : FIRST_USE
           const before = trusted._tag === "Pinned" ? Trust.fingerprintOf(trusted.key) : undefined
           config.state.pinClusterKey({ key: checked.key, from })
           trusted = { _tag: "Pinned", key: checked.key, from }
@@ -655,7 +654,8 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
               cursor = entry.id
               if (current !== s) break // the session ended: what follows was for it
             }
-            if (entries.length > 0) yield* s.transport.trimInbox(peerId, cursor).pipe(Effect.ignore)
+            if (entries.length > 0)
+              yield* bounded(s.transport.trimInbox(peerId, cursor), "trim").pipe(Effect.ignore)
           } else if (r !== undefined) {
             const entries = yield* readOr(
               r.reader.read(r.cursor, { count: 16, blockMs: READ_BLOCK_MS }),
