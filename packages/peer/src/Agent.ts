@@ -406,12 +406,9 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
         acceptingJobs = true
         lastHeard = yield* Clock.currentTimeMillis
         // A heartbeat lost to a Redis outage is just a missed beat.
-        yield* sendIn(s, { msg: "heartbeat", peer_id: peerId, token: s.id, running: running.size }).pipe(
-          Effect.ignore,
-          Effect.delay(s.heartbeatMs),
-          Effect.forever,
-          Effect.forkIn(scope),
-        )
+        yield* Effect.suspend(() =>
+          sendIn(s, { msg: "heartbeat", peer_id: peerId, token: s.id, running: running.size }),
+        ).pipe(Effect.ignore, Effect.delay(s.heartbeatMs), Effect.forever, Effect.forkIn(scope))
         yield* say(
           `registered as ${peerId} (session ${m.session_id ?? "?"}, server ${m.server_id ?? "?"}${credentials ? ", own Redis user" : ""})`,
         )
@@ -482,7 +479,11 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
             `a rejection (${shown(reason)}) that answers another registration`,
           )
         }
-        yield* say(`registration rejected: ${reason}`)
+        yield* say(
+          reason === Protocol.RejectReason.replayed
+            ? `registration rejected: ${reason} (is this host's clock right? the server allows a few minutes)`
+            : `registration rejected: ${reason}`,
+        )
         yield* endRegistration
         // "Not now" (the server is stopping, say) is a shutdown for this peer: back off and retry.
         exit = Protocol.isRetryableRejection(reason)

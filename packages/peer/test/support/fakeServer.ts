@@ -114,6 +114,7 @@ export const makeFakeServer = (
         readonly sealed?: string
         readonly credentials?: { readonly redis_user: string; readonly redis_password: string }
         readonly nonce?: string
+        readonly heartbeatMs?: number
       } = {},
     ) => {
       const id = overrides.sessionId ?? `s${++sessions}`
@@ -125,7 +126,7 @@ export const makeFakeServer = (
         status: "accepted",
         session_id: id,
         server_id: "test-server",
-        heartbeat_ms: 60_000,
+        heartbeat_ms: overrides.heartbeatMs ?? 60_000,
         nonce: overrides.nonce ?? register.nonce!,
         sealed:
           overrides.sealed ??
