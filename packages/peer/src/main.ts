@@ -1,15 +1,20 @@
 #!/usr/bin/env node
-import { firstSignal, Protocol, TransportRedis } from "@picus/core"
+import { firstSignal, Protocol, redisPasswordOf, TransportRedis, Trust } from "@picus/core"
 import { cac } from "cac"
-import { Cause, Effect, Exit } from "effect"
+import { Cause, Effect, Exit, Fiber, Result } from "effect"
 import { type AgentExit, makeAgent } from "./Agent.ts"
 import { detectOs } from "./osInfo.ts"
-import { adoptLegacyState, lockStateDir, openStateFile, resolveStateDir } from "./state.ts"
+import { redisUrlWithUser } from "./redisUrl.ts"
+import { adoptLegacyState, lockStateDir, openStateFile, resolveStateDir, type StateFile } from "./state.ts"
+import { type ClusterKeyPin, parseClusterKeyPin, resolveTrust } from "./trust.ts"
 
 const AGENT_VERSION = "0.1.0"
 
 interface PeerFlags {
+  readonly enroll?: string
   readonly token?: string
+  readonly clusterKey?: string
+  readonly trustOnFirstUse?: boolean
   readonly peerId?: string
   readonly redisUrl?: string
   readonly redisPrefix?: string
@@ -31,11 +36,80 @@ const positiveInt = (name: string, value: number | string | undefined, fallback:
   return Number.isInteger(n) && n > 0 ? n : fail(`${name} must be a positive whole number, got "${value}"`)
 }
 
+const given = (value: string | undefined) => (value === undefined || value === "" ? undefined : value)
+
+interface Enrolling {
+  readonly token: string
+  readonly clusterKey: ClusterKeyPin | undefined
+  /** The enrollment's Redis user and its password (derived from the token). */
+  readonly redisUser: { readonly user: string; readonly password: string } | undefined
+}
+
+/**
+ * What the peer enrolls with: an enrollment string (token, cluster key, Redis user), or a token
+ * and, if given, the cluster key. Never quotes either: both hold a secret or sit beside one.
+ */
+const enrollingFrom = (flags: PeerFlags, env: NodeJS.ProcessEnv): Enrolling => {
+  const enrollment = given(flags.enroll) ?? given(env.PICUS_ENROLL)
+  const token = given(flags.token) ?? given(env.PICUS_TOKEN)
+  const clusterKey = given(flags.clusterKey) ?? given(env.PICUS_CLUSTER_PUBLIC_KEY)
+  if (enrollment !== undefined) {
+    if (token !== undefined) {
+      fail(
+        "give the enrollment string (--enroll, PICUS_ENROLL) or a token (--token, PICUS_TOKEN), not both: the enrollment string holds the token",
+      )
+    }
+    if (clusterKey !== undefined) {
+      fail("the enrollment string carries the cluster key: drop --cluster-key (or PICUS_CLUSTER_PUBLIC_KEY)")
+    }
+    const decoded = Trust.decodeEnrollment(enrollment)
+    if (Result.isFailure(decoded)) {
+      return fail(
+        `the enrollment string (--enroll or PICUS_ENROLL) cannot be used: ${decoded.failure}; ask the operator for a new one if it stays so`,
+      )
+    }
+    const key = parseClusterKeyPin(decoded.success.clusterKey)
+    if (Result.isFailure(key) || key.success._tag !== "Key") {
+      return fail("the enrollment string's cluster key is damaged (copy it again, whole)")
+    }
+    const { redisUser } = decoded.success
+    return {
+      token: decoded.success.token,
+      clusterKey: key.success,
+      redisUser:
+        redisUser === undefined
+          ? undefined
+          : { user: redisUser, password: redisPasswordOf(decoded.success.token) },
+    }
+  }
+  if (token === undefined) {
+    return fail("an enrollment string is needed: --enroll or PICUS_ENROLL (or --token with --cluster-key)")
+  }
+  if (clusterKey === undefined) return { token, clusterKey: undefined, redisUser: undefined }
+  const key = parseClusterKeyPin(clusterKey)
+  if (Result.isFailure(key)) return fail(`--cluster-key (or PICUS_CLUSTER_PUBLIC_KEY): ${key.failure}`)
+  return { token, clusterKey: key.success, redisUser: undefined }
+}
+
 const run = (flags: PeerFlags) => {
   const env = process.env
-  const token =
-    flags.token ?? env.PICUS_TOKEN ?? fail("an enrollment token is needed: --token or PICUS_TOKEN")
-  const redisUrl = flags.redisUrl ?? env.REDIS_URL ?? "redis://127.0.0.1:6379"
+  const enrolling = enrollingFrom(flags, env)
+  const trustOnFirstUse = flags.trustOnFirstUse === true || env.PICUS_TRUST_ON_FIRST_USE === "1"
+  const givenUrl = flags.redisUrl ?? env.REDIS_URL ?? "redis://127.0.0.1:6379"
+  let parsedUrl: URL
+  try {
+    parsedUrl = new URL(givenUrl)
+  } catch {
+    // Not quoted: it may hold a password.
+    parsedUrl = fail(
+      "the Redis URL (--redis-url or REDIS_URL) is not a URL: redis://[user:password@]host:port",
+    )
+  }
+  // The enrollment's Redis user, unless the URL names one of its own.
+  const redisUrl =
+    enrolling.redisUser !== undefined && parsedUrl.username === ""
+      ? redisUrlWithUser(parsedUrl, enrolling.redisUser.user, enrolling.redisUser.password)
+      : givenUrl
   // cac turns a numeric flag into a number.
   const peerId = flags.peerId === undefined ? env.PICUS_PEER_ID || undefined : String(flags.peerId)
   const stateDir = resolveStateDir({ stateDir: flags.stateDir ?? env.PICUS_STATE_DIR, peerId })
@@ -50,12 +124,41 @@ const run = (flags: PeerFlags) => {
     if (adoptLegacyState({ legacyDir, dir: stateDir, peerId }))
       console.log(`moved this peer's state from ${legacyDir} to ${stateDir}`)
   }
-  const state = openStateFile(stateDir, peerId)
+  let state: StateFile
+  try {
+    state = openStateFile(stateDir, peerId)
+  } catch (error) {
+    state = fail(error instanceof Error ? error.message : String(error))
+  }
+  const trust = resolveTrust({
+    given: enrolling.clusterKey,
+    trustOnFirstUse,
+    pinned: state.pinnedClusterKey(),
+  })
+  if (Result.isFailure(trust)) fail(trust.failure.message)
+  const prefix = flags.redisPrefix ?? env.PICUS_REDIS_PREFIX ?? "picus"
+  const onConnection = (event: TransportRedis.RedisConnectionEvent) =>
+    console.log(TransportRedis.describeConnection(event, "set REDIS_URL or --redis-url"))
   const program = Effect.gen(function* () {
     const signalled = yield* firstSignal()
     const agent = yield* makeAgent({
-      token,
-      serverIp: flags.serverIp ?? env.PICUS_SERVER_IP ?? new URL(redisUrl).hostname,
+      token: enrolling.token,
+      clusterKey: enrolling.clusterKey,
+      trustOnFirstUse,
+      // The session's own Redis user, in place of the enrollment's.
+      sessionTransport: ({ user, password }) =>
+        TransportRedis.layerRedis({
+          url: redisUrlWithUser(parsedUrl, user, password),
+          prefix,
+          onConnection: (event) =>
+            console.log(
+              TransportRedis.describeConnection(
+                event,
+                "as this session's own Redis user; refused for long, the peer registers again",
+              ),
+            ),
+        }),
+      serverIp: flags.serverIp ?? env.PICUS_SERVER_IP ?? parsedUrl.hostname,
       os: detectOs(),
       state,
       agentVersion: AGENT_VERSION,
@@ -67,27 +170,20 @@ const run = (flags: PeerFlags) => {
       reconnectBaseMs: 1_000,
       reconnectMaxMs: 30_000,
     })
-    const outcome = yield* agent.run.pipe(
+    const serving = yield* Effect.forkScoped(agent.run)
+    const outcome = yield* Fiber.join(serving).pipe(
       Effect.map((exit): AgentExit | "signal" => exit),
       Effect.raceFirst(signalled.pipe(Effect.as("signal" as const))),
     )
     if (outcome === "signal") {
-      yield* agent.logout(Protocol.LogoutReason.peerShutdown)
+      // While the session (and its connection) is still open.
+      yield* agent.logout(Protocol.LogoutReason.peerShutdown).pipe(Effect.timeout("5 seconds"), Effect.ignore)
+      yield* Fiber.interrupt(serving)
       console.log("logged out; bye")
       return 0
     }
     return outcome._tag === "Rejected" ? 1 : 0
-  }).pipe(
-    Effect.scoped,
-    Effect.provide(
-      TransportRedis.layerRedis({
-        url: redisUrl,
-        prefix: flags.redisPrefix ?? env.PICUS_REDIS_PREFIX ?? "picus",
-        onConnection: (event) =>
-          console.log(TransportRedis.describeConnection(event, "set REDIS_URL or --redis-url")),
-      }),
-    ),
-  )
+  }).pipe(Effect.scoped, Effect.provide(TransportRedis.layerRedis({ url: redisUrl, prefix, onConnection })))
 
   console.log(`peer ${state.peerId} starting (state in ${stateDir})`)
   Effect.runPromiseExit(program).then((exit) => {
@@ -101,7 +197,19 @@ const run = (flags: PeerFlags) => {
 const cli = cac("picus-peer")
 cli
   .command("[start]", "Register with the server and run the jobs it sends")
-  .option("--token <token>", "Enrollment token (env PICUS_TOKEN; prefer the env: flags show in ps)")
+  .option(
+    "--enroll <string>",
+    "The enrollment string the operator gave (env PICUS_ENROLL; prefer the env: flags show in ps): the token, the cluster key and the Redis user",
+  )
+  .option("--token <token>", "Enrollment token, without an enrollment string (env PICUS_TOKEN)")
+  .option(
+    "--cluster-key <key>",
+    "With --token: the cluster's public key, or sha256:<fingerprint> to pin the key of the first server showing it (env PICUS_CLUSTER_PUBLIC_KEY)",
+  )
+  .option(
+    "--trust-on-first-use",
+    "With no cluster key given or pinned: pin the key of the first server that answers, unchecked (env PICUS_TRUST_ON_FIRST_USE=1)",
+  )
   .option(
     "--peer-id <id>",
     "This peer's id (env PICUS_PEER_ID; default an id made up once and kept in the default state folder)",
@@ -114,7 +222,7 @@ cli
   )
   .option(
     "--state-dir <dir>",
-    "Where the peer keeps its id, run tickets and kept results (env PICUS_STATE_DIR; default ~/.local/state/picus/peers/<peer id>); one peer at a time",
+    "Where the peer keeps its id, identity key, pinned cluster key, run tickets and kept results (env PICUS_STATE_DIR; default ~/.local/state/picus/peers/<peer id>); one peer at a time",
   )
   .option("--exit-on-shutdown", "Exit 0 when the server shuts down, instead of registering again")
   .option("--concurrency <n>", "Jobs run at once (env PICUS_CONCURRENCY, default 4)")

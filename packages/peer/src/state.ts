@@ -1,9 +1,19 @@
 import { createHash, randomUUID } from "node:crypto"
-import { existsSync, linkSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs"
+import {
+  chmodSync,
+  existsSync,
+  linkSync,
+  mkdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs"
 import { homedir, hostname } from "node:os"
 import { join } from "node:path"
-import { Protocol } from "@picus/core"
+import { Protocol, Trust } from "@picus/core"
 import { Schema } from "effect"
+import type { PinnedClusterKey } from "./trust.ts"
 
 /**
  * The outcome of a job this peer ran: the fields of its `result` message except the token (a
@@ -29,12 +39,16 @@ type StoredResult = typeof StoredResult.Type
  * tickets it has started (so a ticket never runs twice, even across a restart) and the results of
  * the last jobs it ran, oldest first, each marked once Redis took it (`delivered`). A result not
  * yet delivered is the outbox: it is sent as soon as the peer has a session. A delivered one stays
- * to answer the same ticket delivered again. Files written before `results` existed still load.
+ * to answer the same ticket delivered again. Also the cluster key it pinned (with the pin given
+ * that led to it) and the `ts` of its last registration. Files written before `results` or the
+ * trust fields existed still load.
  */
 const PeerState = Schema.Struct({
   peer_id: Schema.String,
   completed: Schema.Array(Schema.String),
   results: Schema.optionalKey(Schema.Array(StoredResult)),
+  cluster_key: Schema.optionalKey(Schema.Struct({ key: Schema.String, pinned_from: Schema.String })),
+  last_register_ts: Schema.optionalKey(Schema.Number),
 })
 type PeerState = typeof PeerState.Type
 
@@ -43,6 +57,9 @@ const encodeState = Schema.encodeSync(Schema.fromJsonString(PeerState))
 
 /** How many started tickets are remembered. */
 const REMEMBERED_TICKETS = 10_000
+
+/** The peer's identity key, beside `peer.json`: written once, never rewritten. */
+const IDENTITY_FILE = "identity.key"
 
 export interface StateFileOptions {
   /** Results kept (delivered ones; one not yet delivered is never dropped). Default 1,000. */
@@ -68,6 +85,20 @@ export interface StateFile {
   readonly markDelivered: (ticket: string) => void
   /** Kept results not yet delivered, oldest first. */
   readonly pending: () => ReadonlyArray<KeptResult>
+  /**
+   * This peer's identity key (an Ed25519 seed, base64url): made on its first run and kept in
+   * `identity.key`, never rewritten. The server binds the peer id to its public key.
+   */
+  readonly identityKey: string
+  /** The cluster key this peer pinned, if any. */
+  readonly pinnedClusterKey: () => PinnedClusterKey | undefined
+  readonly pinClusterKey: (pinned: PinnedClusterKey) => void
+  /**
+   * The `ts` of a new registration, kept: `now`, or one more than the last one if the clock went
+   * back, so the server (which refuses a `ts` not newer than the last it accepted) never takes a
+   * fresh registration for a replay.
+   */
+  readonly nextRegisterTs: (now: number) => number
 }
 
 /**
@@ -110,7 +141,12 @@ export const adoptLegacyState = (entry: {
   try {
     const loaded = decodeState(readFileSync(legacy, "utf8"))
     if (loaded._tag !== "Some" || loaded.value.peer_id !== entry.peerId) return false
-    mkdirSync(entry.dir, { recursive: true })
+    mkdirSync(entry.dir, { recursive: true, mode: 0o700 })
+    // Its identity key goes with it: the server knows the peer id by it.
+    const identity = join(entry.legacyDir, IDENTITY_FILE)
+    if (existsSync(identity) && !existsSync(join(entry.dir, IDENTITY_FILE))) {
+      renameSync(identity, join(entry.dir, IDENTITY_FILE))
+    }
     renameSync(legacy, target)
     return true
   } catch {
@@ -234,6 +270,50 @@ export const lockStateDir = (dir: string): (() => void) => {
 
 const withoutDelivered = ({ delivered: _, ...result }: StoredResult): KeptResult => result
 
+/** The identity key file cannot be read, or does not hold a key. */
+export class StateFileError extends Schema.TaggedError<StateFileError>()("StateFileError", {
+  path: Schema.String,
+  message: Schema.String,
+  cause: Schema.optionalKey(Schema.Defect()),
+}) {}
+
+/** Written whole under another name and renamed into place, readable by its owner alone. */
+const writePrivate = (path: string, text: string) => {
+  const tmp = `${path}.${process.pid}.tmp`
+  writeFileSync(tmp, text, { mode: 0o600 })
+  // A leftover file of that name keeps its own mode through writeFileSync.
+  chmodSync(tmp, 0o600)
+  renameSync(tmp, path)
+}
+
+/**
+ * The peer's identity key, made on the first run. A file that is there but holds no key is not
+ * replaced: the server knows this peer by the key that was in it.
+ */
+const identityKeyIn = (dir: string): string => {
+  const path = join(dir, IDENTITY_FILE)
+  let text: string | undefined
+  try {
+    text = readFileSync(path, "utf8").trim()
+  } catch (cause) {
+    if ((cause as NodeJS.ErrnoException).code !== "ENOENT") {
+      throw new StateFileError({ path, cause, message: `cannot read this peer's identity key ${path}` })
+    }
+  }
+  if (text === undefined) {
+    const made = Trust.newPrivateKey()
+    writePrivate(path, `${made}\n`)
+    return made
+  }
+  if (Trust.signingKeyOf(text) === undefined) {
+    throw new StateFileError({
+      path,
+      message: `${path} holds no identity key: restore it from a backup, or remove it to make a new one (a server that knows this peer id by its old key then refuses it until an operator lets the id go)`,
+    })
+  }
+  return text
+}
+
 export const openStateFile = (
   dir: string,
   peerIdOverride: string | undefined,
@@ -241,7 +321,7 @@ export const openStateFile = (
 ): StateFile => {
   const maxResults = options.keptResults ?? 1_000
   const maxOutputBytes = options.keptOutputBytes ?? 8 * 1024 * 1024
-  mkdirSync(dir, { recursive: true })
+  mkdirSync(dir, { recursive: true, mode: 0o700 })
   const path = join(dir, "peer.json")
   let state: PeerState = { peer_id: "", completed: [] }
   try {
@@ -277,19 +357,22 @@ export const openStateFile = (
   }
   for (const stored of samePeer ? (state.results ?? []) : []) add(stored)
   trim()
+  // The trust fields belong to the host, not to the peer id: kept when the id changes.
+  let clusterKey = state.cluster_key
+  let lastRegisterTs = state.last_register_ts ?? 0
+  const identityKey = identityKeyIn(dir)
 
-  const save = () => {
-    const tmp = `${path}.${process.pid}.tmp`
-    writeFileSync(
-      tmp,
+  const save = () =>
+    writePrivate(
+      path,
       encodeState({
         peer_id: peerId,
         completed: [...completed].slice(-REMEMBERED_TICKETS),
         results: [...results.values()],
+        ...(clusterKey === undefined ? {} : { cluster_key: clusterKey }),
+        ...(lastRegisterTs > 0 ? { last_register_ts: lastRegisterTs } : {}),
       }),
     )
-    renameSync(tmp, path)
-  }
   save()
   return {
     peerId,
@@ -318,5 +401,16 @@ export const openStateFile = (
       save()
     },
     pending: () => [...results.values()].filter((r) => !r.delivered).map(withoutDelivered),
+    identityKey,
+    pinnedClusterKey: () => clusterKey && { key: clusterKey.key, from: clusterKey.pinned_from },
+    pinClusterKey: ({ key, from }) => {
+      clusterKey = { key, pinned_from: from }
+      save()
+    },
+    nextRegisterTs: (now) => {
+      lastRegisterTs = Math.max(now, lastRegisterTs + 1)
+      save()
+      return lastRegisterTs
+    },
   }
 }

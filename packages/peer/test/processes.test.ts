@@ -2,8 +2,9 @@ import { existsSync, mkdtempSync, readFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
-import { makeKeys } from "@picus/core"
+import { makeKeys, redisPasswordOf, Trust } from "@picus/core"
 import { deleteKeysWithPrefix, streamPayloads, testKeyPrefix, testRedisUrl } from "@picus/core/testing"
+import { Redis } from "ioredis"
 import { afterEach, describe, expect, it } from "vitest"
 import { freePort } from "../../../e2e/support/ports.ts"
 import { eventually, killAll, sleep, startNode, startPnpm } from "../../../e2e/support/processes.ts"
@@ -19,10 +20,19 @@ afterEach(async () => {
   for (const prefix of prefixes.splice(0)) await deleteKeysWithPrefix(testRedisUrl(), prefix)
 })
 
+/** A cluster key to pin: these peers meet no server, so any key does. */
+const clusterKey = Trust.signingKeyOf(Trust.newPrivateKey())!.publicKey
+
 const peerEnv = (extra: Record<string, string> = {}) => {
   const prefix = testKeyPrefix()
   prefixes.push(prefix)
-  return { PICUS_TOKEN: "tok", REDIS_URL: testRedisUrl(), PICUS_REDIS_PREFIX: prefix, ...extra }
+  return {
+    PICUS_TOKEN: "tok",
+    PICUS_CLUSTER_PUBLIC_KEY: clusterKey,
+    REDIS_URL: testRedisUrl(),
+    PICUS_REDIS_PREFIX: prefix,
+    ...extra,
+  }
 }
 
 const stateDirOf = async (line: Promise<string>) => /\(state in (.+)\)/.exec(await line)?.[1]
@@ -131,4 +141,79 @@ describe("a peer that cannot reach Redis", () => {
       await redis.stop()
     }
   }, 40_000)
+})
+
+describe("a peer's configuration of trust", () => {
+  const noDir = () => ["--state-dir", mkdtempSync(join(tmpdir(), "picus-state-"))]
+
+  it("refuses to start with no cluster key given or pinned, naming the ways to give one", async () => {
+    const peer = startNode("peer", peerScript, noDir(), peerEnv({ PICUS_CLUSTER_PUBLIC_KEY: "" }))
+    expect(await peer.exited, peer.output()).toBe(2)
+    for (const fix of ["--enroll", "--cluster-key", "--trust-on-first-use"])
+      expect(peer.output()).toContain(fix)
+    expect(peer.output()).not.toContain("starting")
+  }, 30_000)
+
+  it("refuses a damaged enrollment string or a bad cluster key, naming the fix and never printing them", async () => {
+    const enrollment = Trust.encodeEnrollment({
+      token: "picus_s3cret-token-of-the-test",
+      clusterKey,
+      redisUser: "picus:enroll:t1",
+    })
+    const damaged = `${enrollment.slice(0, -9)}!!${enrollment.slice(-7)}`
+    const cases: Array<[Record<string, string>, RegExp]> = [
+      [
+        { PICUS_TOKEN: "", PICUS_CLUSTER_PUBLIC_KEY: "", PICUS_ENROLL: damaged },
+        /enrollment string.*(copy it again|damaged)/,
+      ],
+      [
+        { PICUS_TOKEN: "", PICUS_CLUSTER_PUBLIC_KEY: "", PICUS_ENROLL: "picus_s3cret-token-of-the-test" },
+        /starts with "picus-enroll-1\."/,
+      ],
+      [{ PICUS_ENROLL: enrollment, PICUS_CLUSTER_PUBLIC_KEY: "" }, /not both/],
+      [{ PICUS_CLUSTER_PUBLIC_KEY: "sha256:nope" }, /--cluster-key.*fingerprint/],
+    ]
+    for (const [env, said] of cases) {
+      const peer = startNode("peer", peerScript, noDir(), peerEnv(env))
+      expect(await peer.exited, peer.output()).toBe(2)
+      expect(peer.output()).toMatch(said)
+      expect(peer.output()).not.toContain("s3cret")
+      expect(peer.output()).not.toContain(enrollment.slice(15, 40))
+    }
+  }, 30_000)
+
+  it("connects as the enrollment string's Redis user, with the password derived from its token", async () => {
+    const env = peerEnv({ PICUS_TOKEN: "", PICUS_CLUSTER_PUBLIC_KEY: "" })
+    const user = `${env.PICUS_REDIS_PREFIX}:enroll:t1`
+    const token = `picus_${Trust.newPrivateKey()}`
+    const admin = new Redis(testRedisUrl())
+    try {
+      // A user of this test's own, limited to its keys; removed at the end.
+      await admin.call(
+        "ACL",
+        "SETUSER",
+        user,
+        "on",
+        `>${redisPasswordOf(token)}`,
+        `~${env.PICUS_REDIS_PREFIX}:*`,
+        "+@all",
+        "-@dangerous",
+      )
+      const peer = startNode("peer", peerScript, noDir(), {
+        ...env,
+        PICUS_ENROLL: Trust.encodeEnrollment({ token, clusterKey, redisUser: user }),
+      })
+      await peer.waitForLine(/starting/)
+      await eventually(
+        `a connection of ${user}`,
+        async () => ((await admin.call("CLIENT", "LIST")) as string).includes(`user=${user} `) || undefined,
+        10_000,
+      )
+      expect(peer.output()).not.toContain(token)
+      expect(peer.output()).not.toContain(redisPasswordOf(token))
+    } finally {
+      await admin.call("ACL", "DELUSER", user)
+      admin.disconnect()
+    }
+  }, 30_000)
 })

@@ -1,8 +1,9 @@
 import { spawn, spawnSync } from "node:child_process"
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs"
+import { existsSync, mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { assert, describe, it } from "@effect/vitest"
+import { Trust } from "@picus/core"
 import {
   adoptLegacyState,
   type KeptResult,
@@ -10,6 +11,7 @@ import {
   openStateFile,
   resolveStateDir,
   StateDirLocked,
+  StateFileError,
 } from "../src/state.ts"
 
 const freshDir = () => mkdtempSync(join(tmpdir(), "picus-state-"))
@@ -104,6 +106,61 @@ describe("state file: kept results", () => {
   })
 })
 
+describe("state file: what the peer trusts", () => {
+  const modeOf = (path: string) => statSync(path).mode & 0o777
+
+  it("makes an identity key once and keeps it, readable by its owner alone", () => {
+    const dir = freshDir()
+    const first = openStateFile(dir, "p1")
+    assert.isDefined(Trust.signingKeyOf(first.identityKey))
+    assert.strictEqual(openStateFile(dir, "p1").identityKey, first.identityKey)
+    assert.strictEqual(
+      openStateFile(dir, "p2").identityKey,
+      first.identityKey,
+      "the host's key, whatever the id",
+    )
+    assert.strictEqual(modeOf(join(dir, "identity.key")), 0o600)
+    assert.strictEqual(modeOf(join(dir, "peer.json")), 0o600)
+  })
+
+  it("makes an older peer.json private when it rewrites it, and keeps what it held", () => {
+    const dir = freshDir()
+    writeFileSync(join(dir, "peer.json"), JSON.stringify({ peer_id: "old", completed: ["a"] }), {
+      mode: 0o644,
+    })
+    const state = openStateFile(dir, undefined)
+    assert.isTrue(state.hasRun("a"))
+    assert.isUndefined(state.pinnedClusterKey())
+    assert.strictEqual(modeOf(join(dir, "peer.json")), 0o600)
+  })
+
+  it("refuses an identity key file that holds no key, rather than replace it", () => {
+    const dir = freshDir()
+    writeFileSync(join(dir, "identity.key"), "damaged\n")
+    let refused: unknown
+    try {
+      openStateFile(dir, "p1")
+    } catch (error) {
+      refused = error
+    }
+    assert.instanceOf(refused, StateFileError)
+    assert.include((refused as StateFileError).message, join(dir, "identity.key"))
+    assert.strictEqual(readFileSync(join(dir, "identity.key"), "utf8"), "damaged\n")
+  })
+
+  it("keeps the pinned cluster key and gives each registration a ts newer than the last", () => {
+    const dir = freshDir()
+    const first = openStateFile(dir, "p1")
+    first.pinClusterKey({ key: "k".repeat(43), from: "first-use" })
+    assert.strictEqual(first.nextRegisterTs(1_000), 1_000)
+    assert.strictEqual(first.nextRegisterTs(500), 1_001, "the clock went back")
+    const second = openStateFile(dir, "p1")
+    assert.deepStrictEqual(second.pinnedClusterKey(), { key: "k".repeat(43), from: "first-use" })
+    assert.strictEqual(second.nextRegisterTs(900), 1_002, "kept across a restart")
+    assert.strictEqual(second.nextRegisterTs(5_000), 5_000)
+  })
+})
+
 describe("state folder", () => {
   const env = { HOME: "/home/u" }
   it("is the one given, else a folder per peer id under the default one", () => {
@@ -143,12 +200,14 @@ describe("state folder of an upgraded peer", () => {
     const legacyDir = freshDir()
     const mine = join(legacyDir, "peers", "p1")
     const before = openStateFile(legacyDir, "p1")
+    const identity = before.identityKey
     before.markRun("t1")
     before.keep(result("t1"))
     assert.isFalse(adoptLegacyState({ legacyDir, dir: join(legacyDir, "peers", "p2"), peerId: "p2" }))
     assert.isTrue(adoptLegacyState({ legacyDir, dir: mine, peerId: "p1" }))
     const after = openStateFile(mine, "p1")
     assert.isTrue(after.hasRun("t1"))
+    assert.strictEqual(after.identityKey, identity, "its identity key moved with it")
     assert.deepStrictEqual(
       after.pending().map((r) => r.ticket),
       ["t1"],
