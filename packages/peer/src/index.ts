@@ -1,6 +1,5 @@
 export * from "./Agent.ts"
 export * from "./executor.ts"
 export * from "./osInfo.ts"
-export * from "./redisUrl.ts"
 export * from "./state.ts"
 export * from "./trust.ts"

@@ -4,7 +4,6 @@ import { cac } from "cac"
 import { Cause, Effect, Exit, Fiber, Result } from "effect"
 import { type AgentExit, makeAgent } from "./Agent.ts"
 import { detectOs } from "./osInfo.ts"
-import { redisUrlWithUser } from "./redisUrl.ts"
 import { adoptLegacyState, lockStateDir, openStateFile, resolveStateDir, type StateFile } from "./state.ts"
 import { type ClusterKeyPin, parseClusterKeyPin, resolveTrust } from "./trust.ts"
 
@@ -105,11 +104,14 @@ const run = (flags: PeerFlags) => {
       "the Redis URL (--redis-url or REDIS_URL) is not a URL: redis://[user:password@]host:port",
     )
   }
-  // The enrollment's Redis user, unless the URL names one of its own.
-  const redisUrl =
+  // The enrollment's Redis user, unless the URL names one of its own. Both it and a session's user
+  // may run only a peer's commands, so their connections send nothing but AUTH on connect.
+  const enrollLogin =
     enrolling.redisUser !== undefined && parsedUrl.username === ""
-      ? redisUrlWithUser(parsedUrl, enrolling.redisUser.user, enrolling.redisUser.password)
-      : givenUrl
+      ? { username: enrolling.redisUser.user, password: enrolling.redisUser.password, restrictedLogin: true }
+      : {}
+  const tls = TransportRedis.redisTlsFromEnv(env)
+  const tlsOption = tls === undefined ? {} : { tls }
   // cac turns a numeric flag into a number.
   const peerId = flags.peerId === undefined ? env.PICUS_PEER_ID || undefined : String(flags.peerId)
   const stateDir = resolveStateDir({ stateDir: flags.stateDir ?? env.PICUS_STATE_DIR, peerId })
@@ -148,7 +150,11 @@ const run = (flags: PeerFlags) => {
       // The session's own Redis user, in place of the enrollment's.
       sessionTransport: ({ user, password }) =>
         TransportRedis.layerRedis({
-          url: redisUrlWithUser(parsedUrl, user, password),
+          url: givenUrl,
+          username: user,
+          password,
+          restrictedLogin: true,
+          ...tlsOption,
           prefix,
           onConnection: (event) =>
             console.log(
@@ -183,7 +189,12 @@ const run = (flags: PeerFlags) => {
       return 0
     }
     return outcome._tag === "Rejected" ? 1 : 0
-  }).pipe(Effect.scoped, Effect.provide(TransportRedis.layerRedis({ url: redisUrl, prefix, onConnection })))
+  }).pipe(
+    Effect.scoped,
+    Effect.provide(
+      TransportRedis.layerRedis({ url: givenUrl, ...enrollLogin, ...tlsOption, prefix, onConnection }),
+    ),
+  )
 
   console.log(`peer ${state.peerId} starting (state in ${stateDir})`)
   Effect.runPromiseExit(program).then((exit) => {

@@ -129,11 +129,19 @@ describe("a peer that cannot reach Redis", () => {
     await redis.start()
     await peer.waitForLine(new RegExp(`Redis at ${host.replaceAll(".", "\\.")} is reachable`), 15_000)
     try {
-      const uplink = makeKeys(env.PICUS_REDIS_PREFIX).uplink
+      const intake = makeKeys(env.PICUS_REDIS_PREFIX).uplinkIntake
       await eventually(
-        "the registration in the uplink",
-        async () =>
-          (await streamPayloads(redis.url, uplink)).some((p) => p.includes('"register"')) ? true : undefined,
+        "the registration in the uplink intake",
+        async () => {
+          const client = new Redis(redis.url)
+          try {
+            return (await client.lrange(intake, 0, -1)).some((p) => p.includes('"register"'))
+              ? true
+              : undefined
+          } finally {
+            client.disconnect()
+          }
+        },
         15_000,
       )
     } finally {

@@ -3,12 +3,11 @@ import { mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { assert, describe, it } from "@effect/vitest"
-import { TransportRedis } from "@picus/core"
+import { makeKeys, peerAclRules, TransportRedis } from "@picus/core"
 import { deleteKeysWithPrefix, eventually, testKeyPrefix, testRedisUrl } from "@picus/core/testing"
 import { Effect } from "effect"
 import { Redis } from "ioredis"
 import { makeAgent } from "../src/Agent.ts"
-import { redisUrlWithUser } from "../src/redisUrl.ts"
 import { openStateFile } from "../src/state.ts"
 import { makeFakeServer, sessionExpired } from "./support/fakeServer.ts"
 
@@ -38,12 +37,11 @@ const withSessionUser = <A, E, R>(
         "ACL",
         "SETUSER",
         name,
+        "reset",
         "on",
         `>${password}`,
-        `~${prefix}:*`,
-        "+@all",
-        "-@dangerous",
-        "+info",
+        // The rules the server gives a peer's session user: the peer must work under them.
+        ...peerAclRules(makeKeys(prefix), "p1"),
       ),
     )
     return yield* test({ name, password, prefix }).pipe(
@@ -68,7 +66,7 @@ const agentWith = (prefix: string, clusterKey: string, serverSilenceMs = 60_000)
     token: "enroll",
     clusterKey: { _tag: "Key", key: clusterKey },
     sessionTransport: ({ user, password }) =>
-      TransportRedis.layerRedis({ url: redisUrlWithUser(url, user, password), prefix }),
+      TransportRedis.layerRedis({ url, username: user, password, restrictedLogin: true, prefix }),
     serverIp: "127.0.0.1",
     os: { os: "linux", distro: "debian", hostname: "h" },
     state: openStateFile(mkdtempSync(join(tmpdir(), "picus-session-user-")), "p1"),
