@@ -17,8 +17,10 @@ import {
   EMBEDDED_POOL_SIZE,
   ensureDatabase,
   gatewayConfigFrom,
+  keyFileOrNew,
   loadCatalog,
   makeGateway,
+  PeerAccess,
   PgStore,
   resolveServerConfig,
   serveEmbedded,
@@ -77,7 +79,10 @@ const run = (signalled: Effect.Effect<NodeJS.Signals>) =>
 
     yield* store.replaceCatalog(yield* loadCatalog(config.catalogPath))
     const devToken = newSecret("picus")
-    const gateway = yield* makeGateway(gatewayConfigFrom(config, [devToken]))
+    // The dev setup makes its own cluster key, kept in its state folder: a restart keeps it, so the
+    // peers' pinned key stays good.
+    const clusterKey = config.clusterKey ?? keyFileOrNew(join(dataDir, "cluster.key"))
+    const gateway = yield* makeGateway(gatewayConfigFrom(config, clusterKey, [devToken]))
     const server = yield* Effect.forkScoped(gateway.run)
 
     const agent = (name: string, token: string) =>
@@ -120,6 +125,7 @@ const run = (signalled: Effect.Effect<NodeJS.Signals>) =>
       JobScheduler.layer({ maxInFlight: config.maxInFlight }).pipe(
         Layer.provideMerge(storeLayer),
         Layer.provideMerge(transportLayer),
+        Layer.merge(PeerAccess.layerOpen),
       ),
     ),
     // Keep the live view readable: the feed tells the story, the log only errors.

@@ -1,6 +1,8 @@
 // What other packages (the load generator, the benchmark, the `make dev` harness) use of the
 // server, with the errors and types their signatures name.
+export { PeerAccess } from "./access/PeerAccess.ts"
 export { CatalogError, loadCatalog } from "./catalog.ts"
+export { type ClusterKey, keyFileOrNew, newClusterKey } from "./clusterKey.ts"
 export { ConfigError, DEFAULT_SHUTDOWN_REASON, resolveServerConfig, type ServerConfig } from "./config.ts"
 export { defaultDataDir, EMBEDDED_POOL_SIZE, serveEmbedded } from "./db/embedded.ts"
 export { ensureDatabase } from "./db/ensureDatabase.ts"

@@ -24,12 +24,15 @@ export const enrollmentTokensFrom = (commaSeparated: string | undefined): Enroll
 })
 
 /**
- * None when the token may enroll; Some(reason) when it may not. The reason never quotes the token.
- * Asks for the whole Store: its caller, the gateway's registration, works with the Store.
+ * None when the token may enroll `peerId`; Some(reason) when it may not. A token bound to a peer id
+ * (a provisioned peer's own) is valid for that id alone; without `peerId`, that is not checked. The
+ * reason never quotes the token. Asks for the whole Store: its caller, the gateway's registration,
+ * works with the Store.
  */
 export const verifyEnrollmentToken = Effect.fnUntraced(function* (
   tokens: EnrollmentTokens,
   token: string,
+  peerId?: string,
 ): Effect.fn.Return<Option.Option<string>, StoreError, Store> {
   const hash = hashSecret(token)
   // Compare against every environment token, so timing does not tell which one matched.
@@ -38,7 +41,11 @@ export const verifyEnrollmentToken = Effect.fnUntraced(function* (
   if (matched) return Option.none()
   const store = yield* Store
   const found = yield* store.findActiveToken(hash)
-  return Option.isSome(found) ? Option.none() : Option.some(Protocol.RejectReason.unknownToken)
+  if (Option.isNone(found)) return Option.some(Protocol.RejectReason.unknownToken)
+  const boundTo = found.value.peerId ?? null
+  if (peerId !== undefined && boundTo !== null && boundTo !== peerId)
+    return Option.some(Protocol.RejectReason.wrongPeer)
+  return Option.none()
 })
 
 /** Creates an enrollment token; the secret is returned once and only its hash is stored. */

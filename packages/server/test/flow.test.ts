@@ -6,6 +6,7 @@ import { type Envelope, Protocol, Store, Transport } from "@picus/core"
 import { eventually } from "@picus/core/testing"
 import { Effect, Exit, Fiber, Option, Scope } from "effect"
 import { makeAgent, openStateFile } from "peer"
+import { newClusterKey } from "../src/clusterKey.ts"
 import { makeGateway } from "../src/gateway/index.ts"
 import { submitJobs } from "../src/submit.ts"
 import { enrollmentTokensFrom } from "../src/tokens.ts"
@@ -16,6 +17,7 @@ import { rawPeer } from "./support/rawPeer.ts"
 
 const gatewayConfig = {
   serverId: "test-server",
+  clusterKey: newClusterKey(),
   leaseMs: 3_000,
   deliveryDeadlineMs: 60_000,
   deadlineSlackMs: 30_000,

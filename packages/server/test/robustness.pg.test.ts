@@ -3,6 +3,8 @@ import { JobScheduler, Protocol, Store, Transport, TransportRedis } from "@picus
 import { deleteKeysWithPrefix, eventually, testKeyPrefix, testRedisUrl } from "@picus/core/testing"
 import { Cause, Context, Effect, Exit, Fiber, Layer, Option } from "effect"
 import { createPool, type DatabasePool, sql } from "slonik"
+import { PeerAccess } from "../src/access/PeerAccess.ts"
+import { newClusterKey } from "../src/clusterKey.ts"
 import { PgStore } from "../src/db/PgStore.ts"
 import { GatewayFailed, makeGateway, untilSignal } from "../src/gateway/index.ts"
 import { enrollmentTokensFrom } from "../src/tokens.ts"
@@ -14,6 +16,7 @@ import { rawPeer } from "./support/rawPeer.ts"
 
 const gatewayConfig = {
   serverId: "robust",
+  clusterKey: newClusterKey(),
   leaseMs: 3_000,
   deliveryDeadlineMs: 60_000,
   deadlineSlackMs: 30_000,
@@ -63,6 +66,7 @@ const realServices = (wrap: (t: Transport["Service"]) => Transport["Service"] = 
           Layer.provideMerge(PgStore.layer(d.url)),
           Layer.provideMerge(transport),
           Layer.provideMerge(pool),
+          Layer.merge(PeerAccess.layerOpen),
         )
       }),
     ),

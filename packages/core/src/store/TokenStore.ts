@@ -7,6 +7,8 @@ export interface TokenInfo {
   readonly prefix: string
   readonly createdAt: number
   readonly revokedAt: number | null
+  /** The one peer id the token may register (a provisioned peer's own token); absent or null: any. */
+  readonly peerId?: string | null
 }
 
 export interface NewToken {

@@ -11,11 +11,12 @@ import {
 } from "@picus/core"
 import { deleteKeysWithPrefix, testKeyPrefix, testRedisUrl } from "@picus/core/testing"
 import { Effect, Layer } from "effect"
+import { PeerAccess } from "../../src/access/PeerAccess.ts"
 import { EMBEDDED_POOL_SIZE, serveEmbedded } from "../../src/db/embedded.ts"
 import { PgStore } from "../../src/db/PgStore.ts"
 import { freshDatabase } from "./database.ts"
 
-export type ServerServices = Stores | Transport | JobScheduler
+export type ServerServices = Stores | Transport | JobScheduler | PeerAccess
 
 /**
  * The three compositions the server runs on: all in memory; the real services (a fresh
@@ -54,4 +55,8 @@ export const compositions: ReadonlyArray<readonly [string, () => Layer.Layer<Ser
 ]
 
 const withScheduler = (store: Layer.Layer<Stores, unknown>, transport: Layer.Layer<Transport, unknown>) =>
-  JobScheduler.layer({ maxInFlight: 4 }).pipe(Layer.provideMerge(store), Layer.provideMerge(transport))
+  JobScheduler.layer({ maxInFlight: 4 }).pipe(
+    Layer.provideMerge(store),
+    Layer.provideMerge(transport),
+    Layer.merge(PeerAccess.layerOpen),
+  )
