@@ -1,5 +1,5 @@
 import { execFileSync, spawnSync } from "node:child_process"
-import { chmodSync, existsSync, mkdtempSync, readdirSync } from "node:fs"
+import { chmodSync, chownSync, existsSync, mkdtempSync, readdirSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { freePort } from "./ports.ts"
@@ -19,13 +19,28 @@ export interface PrivatePostgres {
 const runuser = () =>
   ["/usr/sbin/runuser", "/sbin/runuser", "/usr/bin/runuser"].find((p) => existsSync(p)) ?? "runuser"
 
-const binDir = () => {
+/** The newest installed PostgreSQL's binaries, if any. */
+export const postgresBinDir = (): string | undefined => {
+  if (!existsSync("/usr/lib/postgresql")) return undefined
   const versions = readdirSync("/usr/lib/postgresql").sort((a, b) => Number(b) - Number(a))
-  return join("/usr/lib/postgresql", versions[0]!, "bin")
+  const bin = versions[0] === undefined ? undefined : join("/usr/lib/postgresql", versions[0], "bin")
+  return bin !== undefined && existsSync(join(bin, "initdb")) ? bin : undefined
 }
 
-export const startPrivatePostgres = async (): Promise<PrivatePostgres> => {
-  const bin = binDir()
+export interface PrivatePostgresOptions {
+  /** `name = value` settings for postgresql.conf. */
+  readonly settings?: ReadonlyArray<string>
+  /** Replaces pg_hba.conf. */
+  readonly hba?: ReadonlyArray<string>
+  /** Files put into the data folder (name -> content), readable by the owner only (keys, say). */
+  readonly files?: Readonly<Record<string, string>>
+}
+
+export const startPrivatePostgres = async (
+  options: PrivatePostgresOptions = {},
+): Promise<PrivatePostgres> => {
+  const bin = postgresBinDir()
+  if (bin === undefined) throw new Error("no PostgreSQL server binaries under /usr/lib/postgresql")
   const port = await freePort()
   const dir = mkdtempSync(join(tmpdir(), "picus-pg-"))
   chmodSync(dir, 0o777)
@@ -41,10 +56,25 @@ export const startPrivatePostgres = async (): Promise<PrivatePostgres> => {
     }
   }
   asOwner("initdb", ["-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8"])
-  const options = `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off`
-  const start = () => asOwner("pg_ctl", ["-D", data, "-o", options, "-w", "-l", join(dir, "log"), "start"])
+  const owner = process.getuid?.() === 0 ? idsOf("postgres") : undefined
+  for (const [name, content] of Object.entries(options.files ?? {})) {
+    const path = join(data, name)
+    writeFileSync(path, content, { mode: 0o600 })
+    if (owner) chownSync(path, owner.uid, owner.gid)
+  }
+  if (options.settings) {
+    writeFileSync(join(data, "postgresql.conf"), `${options.settings.join("\n")}\n`, { flag: "a" })
+  }
+  if (options.hba) writeFileSync(join(data, "pg_hba.conf"), `${options.hba.join("\n")}\n`)
+  const flags = `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off`
+  const start = () => asOwner("pg_ctl", ["-D", data, "-o", flags, "-w", "-l", join(dir, "log"), "start"])
   const stop = () => asOwner("pg_ctl", ["-D", data, "-m", "immediate", "-w", "stop"])
   start()
-  execFileSync(join(bin, "createdb"), ["-h", "127.0.0.1", "-p", String(port), "-U", "postgres", "picus"])
+  execFileSync(join(bin, "createdb"), ["-h", dir, "-p", String(port), "-U", "postgres", "picus"])
   return { url: `postgres://postgres@127.0.0.1:${port}/picus`, start, stop }
 }
+
+const idsOf = (user: string) => ({
+  uid: Number(execFileSync("id", ["-u", user]).toString().trim()),
+  gid: Number(execFileSync("id", ["-g", user]).toString().trim()),
+})

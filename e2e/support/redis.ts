@@ -1,5 +1,5 @@
 import { type ChildProcess, spawn } from "node:child_process"
-import { mkdtempSync } from "node:fs"
+import { mkdtempSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Redis } from "ioredis"
@@ -28,10 +28,19 @@ const answers = async (url: string) => {
   }
 }
 
-export const startPrivateRedis = async (options: { readonly persistent: boolean }): Promise<PrivateRedis> => {
+export const startPrivateRedis = async (options: {
+  readonly persistent: boolean
+  /**
+   * The ACL file's lines (`user default off`, say): Redis with logins everywhere. `url` then logs in
+   * as `admin`, which the lines must define (with password `admin`).
+   */
+  readonly acl?: ReadonlyArray<string>
+}): Promise<PrivateRedis> => {
   const port = await freePort()
   const dir = mkdtempSync(join(tmpdir(), "picus-redis-"))
-  const url = `redis://127.0.0.1:${port}`
+  const url = options.acl ? `redis://admin:admin@127.0.0.1:${port}` : `redis://127.0.0.1:${port}`
+  const acl = options.acl ? ["--aclfile", join(dir, "users.acl")] : []
+  if (options.acl) writeFileSync(join(dir, "users.acl"), `${options.acl.join("\n")}\n`)
   let child: ChildProcess | undefined
   const persistence = options.persistent
     ? ["--appendonly", "yes", "--appendfsync", "always"]
@@ -39,7 +48,7 @@ export const startPrivateRedis = async (options: { readonly persistent: boolean 
   const start = async () => {
     child = spawn(
       "redis-server",
-      ["--port", String(port), "--bind", "127.0.0.1", "--dir", dir, ...persistence],
+      ["--port", String(port), "--bind", "127.0.0.1", "--dir", dir, ...persistence, ...acl],
       {
         stdio: "ignore",
       },

@@ -19,4 +19,15 @@ describe("rate-limited log of bad input", () => {
       assert.strictEqual(lines[2], "bad message again (and 1000 more like it since)")
     }),
   )
+
+  it.effect("redacts a secret quoted in a line", () =>
+    Effect.gen(function* () {
+      const lines: Array<string> = []
+      const log = makeRateLimitedLog(10_000, (line) => Effect.sync(() => void lines.push(line)))
+      const token = "picus_Zm9vYmFyYmF6cXV4MTIzNDU2Nzg5MGFiY2RlZmdo"
+      yield* log("refused", `result refused: no session for this peer and token (peer ${token})`)
+      assert.notInclude(lines[0], token.slice(6, 20))
+      assert.include(lines[0], "[picus secret]")
+    }),
+  )
 })

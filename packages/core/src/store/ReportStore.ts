@@ -21,6 +21,8 @@ export interface LogRow {
   readonly reason: string | null
   readonly serverId: string
   readonly serverIp: string | null
+  /** How many refusals a `rejected` row stands for (1 for every other row). */
+  readonly repeats: number
 }
 
 export interface ResultRow {

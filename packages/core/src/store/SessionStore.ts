@@ -96,11 +96,16 @@ export interface SessionStoreService {
   readonly login: (
     login: Login & { readonly leaseMs: number },
   ) => Effect.Effect<{ readonly epoch: number; readonly adopted: ReadonlyArray<Ticket> }, StoreError>
+  /**
+   * A `rejected` row. `repeats` > 1: the row stands for that many refusals with this reason (a
+   * flood, counted rather than stored one by one; its peer id is then usually null).
+   */
   readonly logRejected: (entry: {
-    readonly peerId: string
+    readonly peerId: string | null
     readonly reason: string
     readonly serverId: string
     readonly serverIp: string | null
+    readonly repeats?: number
   }) => Effect.Effect<void, StoreError>
   /**
    * Closes a session held at `epoch` and writes its logout row; its open tickets stay open for the

@@ -1,6 +1,7 @@
 import { Effect, Schema } from "effect"
 import { createPool, sql } from "slonik"
 import { describeError, PoolError } from "./pool.ts"
+import { databaseTlsOf } from "./tls.ts"
 
 /** The database a read-only command was pointed at does not exist, or has no tables yet. */
 export class DatabaseNotReady extends Schema.TaggedError<DatabaseNotReady>()("DatabaseNotReady", {
@@ -39,7 +40,12 @@ export const checkDatabase = (databaseUrl: string): Effect.Effect<void, Database
       new DatabaseNotReady({ ...where, message: `database "${where.database}" ${what}: ${WHAT_TO_DO}` })
     const migrated = yield* Effect.tryPromise({
       try: async () => {
-        const pool = await createPool(databaseUrl, { maxPoolSize: 1, connectionTimeout: 5_000 })
+        const tls = databaseTlsOf(databaseUrl)
+        const pool = await createPool(tls.url, {
+          maxPoolSize: 1,
+          connectionTimeout: 5_000,
+          ...(tls.ssl === undefined ? {} : { ssl: tls.ssl }),
+        })
         pool.on("error", () => {})
         try {
           return await pool.oneFirst(

@@ -1,6 +1,7 @@
 import { Effect, Schema } from "effect"
 import { createPool, sql } from "slonik"
 import { describeError, PoolError } from "./pool.ts"
+import { databaseTlsOf } from "./tls.ts"
 
 const NoRow = Schema.toStandardSchemaV1(Schema.Struct({}))
 
@@ -15,7 +16,12 @@ export const ensureDatabase = (databaseUrl: string): Effect.Effect<void, PoolErr
       const name = decodeURIComponent(url.pathname.replace(/^\//, ""))
       if (name === "" || name === "postgres") return
       url.pathname = "/postgres"
-      const pool = await createPool(url.toString(), { maxPoolSize: 1, connectionTimeout: 5_000 })
+      const tls = databaseTlsOf(url.toString())
+      const pool = await createPool(tls.url, {
+        maxPoolSize: 1,
+        connectionTimeout: 5_000,
+        ...(tls.ssl === undefined ? {} : { ssl: tls.ssl }),
+      })
       pool.on("error", () => {})
       try {
         const exists = await pool.exists(sql.type(NoRow)`select 1 from pg_database where datname = ${name}`)

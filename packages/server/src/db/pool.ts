@@ -17,6 +17,7 @@ import {
   type QueryResultRow,
   StatementTimeoutError,
 } from "slonik"
+import { databaseTlsOf } from "./tls.ts"
 
 /** The database could not be reached, or refused the pool's configuration. */
 export class PoolError extends Schema.TaggedError<PoolError>()("PoolError", {
@@ -227,7 +228,9 @@ export const makePool = (
   Effect.acquireRelease(
     Effect.tryPromise({
       try: async () => {
-        const pool = await createPool(databaseUrl, {
+        const tls = databaseTlsOf(databaseUrl)
+        const pool = await createPool(tls.url, {
+          ...(tls.ssl === undefined ? {} : { ssl: tls.ssl }),
           maxPoolSize: options.maxPoolSize ?? 10,
           connectionTimeout: options.connectionTimeoutMs ?? 5_000,
           statementTimeout: options.statementTimeoutMs ?? 30_000,

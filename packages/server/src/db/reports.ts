@@ -24,6 +24,7 @@ const LogRow = std(
     reason: NullableString,
     serverId: Schema.String,
     serverIp: NullableString,
+    repeats: Schema.Int,
   }),
 )
 const ResultRow = std(
@@ -62,7 +63,7 @@ export const makePgReports = (pool: DatabasePool): ReportStoreService => {
       attempt("registrationLog", () =>
         pool.any(sql.type(LogRow)`
           select id, at, event, peer_id as "peerId", session_id::text as "sessionId", reason,
-            server_id as "serverId", server_ip as "serverIp"
+            server_id as "serverId", server_ip as "serverIp", repeats
           from registration_log
           order by id desc
           limit ${limitOf(filter.limit)}

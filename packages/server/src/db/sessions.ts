@@ -118,8 +118,11 @@ export const makePgSessions = (pool: DatabasePool): SessionStoreService => {
     logRejected: (entry) =>
       attempt("logRejected", async () => {
         await pool.query(sql.type(NoRow)`
-          insert into registration_log (event, peer_id, reason, server_id, server_ip)
-          values ('rejected', ${entry.peerId}, ${entry.reason}, ${entry.serverId}, ${entry.serverIp})
+          insert into registration_log (event, peer_id, reason, server_id, server_ip, repeats)
+          values (
+            'rejected', ${entry.peerId}, ${entry.reason}, ${entry.serverId}, ${entry.serverIp},
+            ${entry.repeats ?? 1}
+          )
         `)
       }),
 

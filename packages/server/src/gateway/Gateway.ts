@@ -89,10 +89,13 @@ const build = Effect.fnUntraced(function* (config: GatewayConfig) {
         Effect.forever(pump.turn),
         everyThirdOfLease(leaseKeeper.round),
         everyThirdOfLease(reconcile(config).pipe(Effect.provideService(Store, store))),
+        // A failed write keeps its counts for the next round.
+        registration.flushRejections.pipe(Effect.ignore, Effect.delay("10 seconds"), Effect.forever),
       ],
       { concurrency: "unbounded", discard: true },
     ).pipe(Effect.tapCause((cause) => Effect.logError("the gateway failed", cause))),
-    shutdown,
+    shutdown: (reason: string) =>
+      shutdown(reason).pipe(Effect.ensuring(registration.flushRejections.pipe(Effect.ignore))),
     /** For tests and status: sessions held, entries waiting to be tried again. */
     status: Effect.sync(() => ({ sessions: registry.size(), retrying: pump.retrying() })),
   }

@@ -5,6 +5,7 @@ import { PeerAccess } from "../access/PeerAccess.ts"
 import { verifyEnrollmentToken } from "../tokens.ts"
 import type { GatewayConfig } from "./config.ts"
 import { makeRateLimitedLog } from "./RateLimitedLog.ts"
+import { DEFAULT_REJECTION_RATE, makeRejectionLog } from "./RejectionLog.ts"
 import type { SessionRegistry } from "./SessionRegistry.ts"
 
 /** What the gateway is doing: serving, or shutting down (no new sessions). */
@@ -17,11 +18,6 @@ export const MAX_REGISTER_SKEW_MS = 5 * 60_000
 
 /** Registrations of one peer id are admitted at least this far apart, unless configured otherwise. */
 export const DEFAULT_REGISTER_INTERVAL_MS = 2_000
-
-/** A rejection of one peer id for one reason is written to the registration log once per this. */
-const REJECTION_ROW_MS = 10_000
-/** And at most this many rejection rows are written per second in all; the rest are counted. */
-const REJECTION_ROWS_PER_SECOND = 50
 
 const admissionReason: Record<Exclude<Admission, "admitted">, string> = {
   wrong_identity: Protocol.RejectReason.wrongIdentity,
@@ -56,6 +52,9 @@ export const makeRegistration = Effect.fnUntraced(function* (
   const weak = config.weakened ?? {}
   const minIntervalMs = config.registerIntervalMs ?? DEFAULT_REGISTER_INTERVAL_MS
   const badInput = makeRateLimitedLog()
+  const rejections = makeRejectionLog(config.rejectionRate ?? DEFAULT_REJECTION_RATE, (row) =>
+    store.logRejected({ ...row, serverId: config.serverId }),
+  )
 
   /** A rejection: to the registration's reply stream when it has a nonce, else to the peer's inbox. */
   const sendRejection = (peerId: string, reason: string, nonce?: string) => {
@@ -70,47 +69,22 @@ export const makeRegistration = Effect.fnUntraced(function* (
     return nonce === undefined ? transport.sendToPeer(peerId, payload) : transport.sendReply(nonce, payload)
   }
 
-  // A flood of refused registrations must not become a flood of rows: one per peer id and reason
-  // per REJECTION_ROW_MS, and REJECTION_ROWS_PER_SECOND in all; the rest are counted in the log.
-  const lastRow = new Map<string, number>()
-  let second = 0
-  let rowsThisSecond = 0
-  const mayWriteRow = (peerId: string, reason: string, now: number): boolean => {
-    const key = `${reason}\u0000${peerId}`
-    if ((lastRow.get(key) ?? Number.NEGATIVE_INFINITY) > now - REJECTION_ROW_MS) return false
-    if (Math.floor(now / 1000) !== second) {
-      second = Math.floor(now / 1000)
-      rowsThisSecond = 0
-    }
-    if (rowsThisSecond >= REJECTION_ROWS_PER_SECOND) return false
-    rowsThisSecond++
-    if (lastRow.size >= 10_000) lastRow.clear()
-    lastRow.set(key, now)
-    return true
-  }
-
+  /** Told to the peer, counted in the registration log (see RejectionLog), logged rate-limited. */
   const reject = Effect.fnUntraced(function* (message: Protocol.Register, reason: string, why?: string) {
-    const now = yield* Clock.currentTimeMillis
+    yield* rejections.record({ peerId: message.peer_id, reason, serverIp: message.server_ip })
     yield* sendRejection(message.peer_id, reason, message.nonce)
-    yield* badInput(
-      `rejected:${reason}`,
-      Trust.redactSecrets(`registration of ${message.peer_id} rejected: ${why ?? reason}`),
-    )
-    if (!mayWriteRow(message.peer_id, reason, now)) return
-    yield* store.logRejected({
-      peerId: message.peer_id,
-      reason,
-      serverId: config.serverId,
-      serverIp: message.server_ip,
-    })
     yield* transport.publish(
       Protocol.encodeFeedEvent({
         event: "rejected",
-        at: now,
+        at: yield* Clock.currentTimeMillis,
         server_id: config.serverId,
         peer_id: message.peer_id,
         reason,
       }),
+    )
+    yield* badInput(
+      `rejected:${reason}`,
+      `registration rejected: ${why === undefined ? reason : `${reason} (${why})`} (peer ${message.peer_id})`,
     )
   })
 
@@ -206,7 +180,12 @@ export const makeRegistration = Effect.fnUntraced(function* (
     })
   })
 
-  return { register, sendRejection }
+  return {
+    register,
+    sendRejection,
+    /** Writes the refusals counted beyond the rate (see RejectionLog); run every few seconds. */
+    flushRejections: rejections.flush,
+  }
 })
 
 export type Registration = Effect.Success<ReturnType<typeof makeRegistration>>

@@ -3,6 +3,7 @@ import { Redacted } from "effect"
 import type { ClusterKey } from "../clusterKey.ts"
 import type { ServerConfig } from "../config.ts"
 import { type EnrollmentTokens, enrollmentTokensFrom } from "../tokens.ts"
+import type { RejectionRate } from "./RejectionLog.ts"
 
 /**
  * Checks a test may turn off, to show the attack each one stops succeeding without it. Nothing
@@ -58,6 +59,8 @@ export interface GatewayConfig
   readonly retryBaseMs?: number
   /** Longest wait between tries of a failed entry. Default 5 s. */
   readonly retryMaxMs?: number
+  /** Refused registrations logged one row each, beyond which they are counted. Default 5/s, 50 at once. */
+  readonly rejectionRate?: RejectionRate
 }
 
 /** The gateway a server process runs with its configuration; `extraTokens` are accepted too. */

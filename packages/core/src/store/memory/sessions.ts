@@ -6,8 +6,8 @@ import type { MemoryState } from "./state.ts"
 
 export const makeMemorySessions = (memory: MemoryState): SessionStoreService => {
   const { peers, log, sessions, instances, identities, copy, openTicketsWhere, openSessionOf, holds } = memory
-  const append = (row: Omit<LogRow, "id" | "at">) =>
-    log.push({ ...row, id: memory.nextLogId++, at: Date.now() })
+  const append = (row: Omit<LogRow, "id" | "at" | "repeats"> & { readonly repeats?: number }) =>
+    log.push({ ...row, repeats: row.repeats ?? 1, id: memory.nextLogId++, at: Date.now() })
   const isClosed = (sessionId: string | null) =>
     log.some((r) => r.event === "logout" && r.sessionId === sessionId)
 
@@ -73,8 +73,18 @@ export const makeMemorySessions = (memory: MemoryState): SessionStoreService => 
         for (const t of adopted) t.sessionId = l.sessionId
         return { epoch: 1, adopted: adopted.map(copy) }
       }),
-    logRejected: ({ peerId, reason, serverId, serverIp }) =>
-      Effect.sync(() => append({ event: "rejected", peerId, sessionId: null, reason, serverId, serverIp })),
+    logRejected: ({ peerId, reason, serverId, serverIp, repeats }) =>
+      Effect.sync(() =>
+        append({
+          event: "rejected",
+          peerId,
+          sessionId: null,
+          reason,
+          serverId,
+          serverIp,
+          repeats: repeats ?? 1,
+        }),
+      ),
     logout: ({ peerId, sessionId, epoch, reason, serverId }) =>
       Effect.sync(() => {
         if (!holds(sessionId, epoch) || isClosed(sessionId)) return false
