@@ -13,9 +13,9 @@ import {
 } from "@picus/core"
 import { cac } from "cac"
 import { Cause, Console, Effect, Exit, Fiber, Layer, Redacted } from "effect"
+import { PeerAccess } from "./access/PeerAccess.ts"
 import { CatalogError, loadCatalog } from "./catalog.ts"
 import { claimServerId, ServerIdInUse } from "./claimServerId.ts"
-import { PeerAccess } from "./access/PeerAccess.ts"
 import {
   type ClusterKey,
   ClusterKeyError,

@@ -61,9 +61,9 @@ describe("the cluster key", () => {
     expect(() => requireClusterKey(resolveServerConfig({}, {}))).toThrow(
       /no cluster key: set PICUS_CLUSTER_KEY_FILE .*picus-server cluster-key new/,
     )
-    expect(() =>
-      resolveServerConfig({}, { PICUS_CLUSTER_KEY: seed, PICUS_CLUSTER_KEY_FILE: path }),
-    ).toThrow(/not both/)
+    expect(() => resolveServerConfig({}, { PICUS_CLUSTER_KEY: seed, PICUS_CLUSTER_KEY_FILE: path })).toThrow(
+      /not both/,
+    )
     // The key is not read by commands that do not serve, but a retired setting is not ignored.
     expect(resolveServerConfig({}, {}).clusterKey).toBeUndefined()
     expect(() => resolveServerConfig({}, { PICUS_SESSION_KEY: "x".repeat(40) })).toThrow(
@@ -96,7 +96,9 @@ describe("the cluster key", () => {
     expect(key.previous?.publicKey).toBe(oldPublic)
     expect(Trust.verifyBytes(endorsementText(key.publicKey), key.previous!.endorsement, oldPublic)).toBe(true)
     expect(Trust.verifyBytes(endorsementText(oldPublic), key.previous!.endorsement, oldPublic)).toBe(false)
-    expect(() => resolveServerConfig({}, { PICUS_CLUSTER_KEY_PREVIOUS: old })).toThrow(/without a current key/)
+    expect(() => resolveServerConfig({}, { PICUS_CLUSTER_KEY_PREVIOUS: old })).toThrow(
+      /without a current key/,
+    )
   })
 
   it("cluster-key new writes a file of mode 0600 and never over an existing one", () => {

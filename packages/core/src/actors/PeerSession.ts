@@ -1,7 +1,6 @@
 import { Cause, Clock, Deferred, Effect, Exit, Queue, Result, Schema, type Scope } from "effect"
 import * as Protocol from "../protocol/index.ts"
 import { hashSecret, sameHash, sessionTokenOf } from "../secrets.ts"
-import { checkMac } from "../trust/mac.ts"
 import {
   LeaseLost,
   type NewResult,
@@ -13,6 +12,7 @@ import {
   type Ticket,
 } from "../store/Store.ts"
 import { Transport, type TransportError } from "../transport/Transport.ts"
+import { checkMac } from "../trust/mac.ts"
 import { JobScheduler, type TicketQueue } from "./JobScheduler.ts"
 
 export interface SessionConfig {
@@ -203,6 +203,9 @@ export const startPeerSession = Effect.fnUntraced(function* (
   const transport = yield* Transport
   const scheduler = yield* JobScheduler
   const { peerId, sessionId } = start
+  // Before the peer can hear it is accepted: a registration it sends after that is never taken
+  // for a copy of the one this session answers (see Registration).
+  const openedAt = yield* Clock.currentTimeMillis
   const token = sessionTokenOf(config.sessionKey, sessionId)
   // Sealed: the token reaches the peer only sealed to its box key; the acceptance names the
   // session by its id.
@@ -247,9 +250,7 @@ export const startPeerSession = Effect.fnUntraced(function* (
     })
     // A registration with a nonce is answered in its own reply stream (an enrolling peer can read
     // nothing else); a seed peer's, in its inbox.
-    yield* start.nonce
-      ? transport.sendReply(start.nonce, accepted)
-      : transport.sendToPeer(peerId, accepted)
+    yield* start.nonce ? transport.sendReply(start.nonce, accepted) : transport.sendToPeer(peerId, accepted)
     return planned
   }).pipe(
     Effect.tapError(() =>
@@ -275,6 +276,7 @@ export const startPeerSession = Effect.fnUntraced(function* (
       tickets,
       resumed: false,
       heartbeats: start.agentVersion !== null,
+      openedAt,
     },
     config,
   )
@@ -349,6 +351,8 @@ interface Running {
   readonly resumed: boolean
   /** The peer sends heartbeats, so its silence means it is gone (a seed peer's does not). */
   readonly heartbeats: boolean
+  /** When the session started here; default: when its actor starts. */
+  readonly openedAt?: number
 }
 
 const DEFAULT_MAILBOX_CAPACITY = 1024
@@ -378,7 +382,7 @@ const runSession = Effect.fnUntraced(function* (
   const publish = (event: Protocol.FeedEvent) => transport.publish(Protocol.encodeFeedEvent(event))
   const askTimeoutMs = config.askTimeoutMs ?? DEFAULT_ASK_TIMEOUT_MS
 
-  const openedAt = now()
+  const openedAt = running.openedAt ?? now()
   // When the peer last heard from this session's holder. A session taken over starts at 0, so the
   // peer hears from its new holder at the first tick.
   let lastSentAt = running.resumed ? 0 : openedAt

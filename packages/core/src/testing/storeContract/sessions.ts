@@ -62,7 +62,6 @@ export const sessionContract = (it: StoreIt) => {
         assert.isTrue(Option.getOrThrow(yield* store.instanceStatus(id)).stopped)
       }),
     )
-
   })
 
   describe("registration admission", () => {
