@@ -1,7 +1,7 @@
 import type { ChildProcess } from "node:child_process"
 import { randomBytes } from "node:crypto"
 import { loadavg } from "node:os"
-import { type Stores, type Transport, TransportRedis } from "@picus/core"
+import { type Stores, type Transport, TransportRedis, Trust } from "@picus/core"
 import { type Context, Effect, Exit, Layer, Scope } from "effect"
 import { type Counters, makeSimulatedFleet, type SimulatedFleet } from "loadgen"
 import pg from "pg"
@@ -60,6 +60,8 @@ export const startCluster = async (
       REDIS_URL: env.redisUrl,
       PICUS_REDIS_PREFIX: prefix,
       PICUS_TOKENS: token,
+      // One cluster key for the run's instances: each checks the sessions of the others.
+      PICUS_CLUSTER_KEY: Trust.newPrivateKey(),
       ...extraEnv,
     }
     // One first, so it creates and migrates the database alone.

@@ -1,6 +1,7 @@
 import { mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import { Trust } from "@picus/core"
 import { testKeyPrefix, testRedisUrl } from "@picus/core/testing"
 import { createPool, type DatabasePool, sql } from "slonik"
 import { detectOs } from "../../packages/peer/src/osInfo.ts"
@@ -211,6 +212,7 @@ export const runScenario = async (name: string, scale: Scale): Promise<Ledger> =
     REDIS_URL: redis?.url ?? testRedisUrl(),
     PICUS_REDIS_PREFIX: testKeyPrefix(),
     PICUS_TOKENS: "chaos-token",
+    PICUS_CLUSTER_KEY: Trust.newPrivateKey(),
     PICUS_CATALOG: catalog,
     PICUS_HEARTBEAT_MS: "500",
     PICUS_GRACE_MS: "3000",
