@@ -23,6 +23,8 @@ import type { BenchEnv } from "./system.ts"
 
 export interface Cluster {
   readonly token: string
+  /** The public key the servers sign with, for real peers to pin. */
+  readonly clusterPublicKey: string
   readonly prefix: string
   readonly redisUrl: string
   readonly servers: ReadonlyArray<ChildProcess>
@@ -55,13 +57,14 @@ export const startCluster = async (
   }
 
   try {
+    const clusterKey = Trust.newPrivateKey()
     const serverEnv = {
       DATABASE_URL: dbUrl,
       REDIS_URL: env.redisUrl,
       PICUS_REDIS_PREFIX: prefix,
       PICUS_TOKENS: token,
       // One cluster key for the run's instances: each checks the sessions of the others.
-      PICUS_CLUSTER_KEY: Trust.newPrivateKey(),
+      PICUS_CLUSTER_KEY: clusterKey,
       ...extraEnv,
     }
     // One first, so it creates and migrates the database alone.
@@ -83,6 +86,7 @@ export const startCluster = async (
     const clusterScope = scope
     return {
       token,
+      clusterPublicKey: Trust.signingKeyOf(clusterKey)!.publicKey,
       prefix,
       redisUrl: env.redisUrl,
       servers,

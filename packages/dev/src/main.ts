@@ -85,8 +85,11 @@ const run = (signalled: Effect.Effect<NodeJS.Signals>) =>
     const gateway = yield* makeGateway(gatewayConfigFrom(config, clusterKey, [devToken]))
     const server = yield* Effect.forkScoped(gateway.run)
 
+    // What the peers pin: the cluster key the dev server signs with.
+    const pin = { clusterKey: { _tag: "Key" as const, key: clusterKey.publicKey } }
     const agent = (name: string, token: string) =>
       makeAgent({
+        ...pin,
         token,
         serverIp: "127.0.0.1",
         os: detectOs(),

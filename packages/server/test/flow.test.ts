@@ -32,6 +32,8 @@ const gatewayConfig = {
 
 const agentConfig = (peerId: string, token: string) => ({
   token,
+  // The key the agent pins to check what the server signs.
+  clusterKey: { _tag: "Key" as const, key: gatewayConfig.clusterKey.publicKey },
   serverIp: "127.0.0.1",
   os: { os: "linux", distro: "debian", hostname: "test" },
   state: openStateFile(mkdtempSync(join(tmpdir(), "picus-peer-")), peerId),
