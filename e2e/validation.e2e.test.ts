@@ -1,3 +1,5 @@
+import { chmodSync, readFileSync, statSync } from "node:fs"
+import { join } from "node:path"
 import { sql } from "slonik"
 import { afterEach, beforeEach, describe, expect, it } from "vitest"
 import { makeWorld, type World, writeCatalog } from "./support/env.ts"
@@ -68,6 +70,41 @@ describe("picus-server refuses what the wire cannot carry", () => {
       `error: catalog ${path}: job 1 (id "big"): command: expected at most 8192 UTF-8 bytes, got 9216`,
     )
     // Refused before it connected: not even the migrations ran.
+    const tables = await world.query(sql.unsafe`select 1 from pg_tables where tablename = 'tickets'`)
+    expect(tables).toHaveLength(0)
+  })
+
+  it("start: without a cluster key, or with one whose file others may read, exits 2 naming the fix", async () => {
+    const { PICUS_CLUSTER_KEY: _key, ...withoutKey } = world.env
+    const none = await runPnpm(["-C", "packages/server", "start"], withoutKey)
+    expect(none.code, none.output).toBe(2)
+    expect(none.output).toContain("error: no cluster key: set PICUS_CLUSTER_KEY_FILE")
+    expect(none.output).toContain("picus-server cluster-key new --out <file>")
+
+    const file = join(world.dir, "cluster.key")
+    const made = await runPnpm(
+      ["-C", "packages/server", "start", "cluster-key", "new", "--out", file],
+      withoutKey,
+    )
+    expect(made.code, made.output).toBe(0)
+    expect(statSync(file).mode & 0o777).toBe(0o600)
+    const shown = await runPnpm(["-C", "packages/server", "start", "cluster-key", "show"], {
+      ...withoutKey,
+      PICUS_CLUSTER_KEY_FILE: file,
+    })
+    expect(shown.code, shown.output).toBe(0)
+    const fingerprint = /fingerprint: (sha256:\S+)/.exec(made.stdout)?.[1]
+    expect(fingerprint).toBeDefined()
+    expect(shown.stdout).toContain(`fingerprint: ${fingerprint}`)
+    expect(shown.stdout).not.toContain(readFileSync(file, "utf8").trim())
+
+    chmodSync(file, 0o644)
+    const open = await runPnpm(["-C", "packages/server", "start"], {
+      ...withoutKey,
+      PICUS_CLUSTER_KEY_FILE: file,
+    })
+    expect(open.code, open.output).toBe(2)
+    expect(open.output).toContain(`is open to group or others (mode 0644): run \`chmod 600 ${file}\``)
     const tables = await world.query(sql.unsafe`select 1 from pg_tables where tablename = 'tickets'`)
     expect(tables).toHaveLength(0)
   })

@@ -74,6 +74,7 @@ const startPeer = (cluster: Cluster, peerId: string, stateDir: string): Promise<
       env: {
         ...process.env,
         PICUS_TOKEN: cluster.token,
+        PICUS_CLUSTER_PUBLIC_KEY: cluster.clusterPublicKey,
         REDIS_URL: cluster.redisUrl,
         PICUS_REDIS_PREFIX: cluster.prefix,
       },

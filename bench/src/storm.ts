@@ -1,7 +1,7 @@
 import type { ChildProcess } from "node:child_process"
 import { randomBytes } from "node:crypto"
 import { loadavg } from "node:os"
-import { type Stores, type Transport, TransportRedis } from "@picus/core"
+import { type Stores, type Transport, TransportRedis, Trust } from "@picus/core"
 import { type Context, Effect, Exit, Layer, Scope } from "effect"
 import { type Counters, makeSimulatedFleet, type SimulatedFleet } from "loadgen"
 import pg from "pg"
@@ -23,6 +23,8 @@ import type { BenchEnv } from "./system.ts"
 
 export interface Cluster {
   readonly token: string
+  /** The public key the servers sign with, for real peers to pin. */
+  readonly clusterPublicKey: string
   readonly prefix: string
   readonly redisUrl: string
   readonly servers: ReadonlyArray<ChildProcess>
@@ -55,11 +57,14 @@ export const startCluster = async (
   }
 
   try {
+    const clusterKey = Trust.newPrivateKey()
     const serverEnv = {
       DATABASE_URL: dbUrl,
       REDIS_URL: env.redisUrl,
       PICUS_REDIS_PREFIX: prefix,
       PICUS_TOKENS: token,
+      // One cluster key for the run's instances: each checks the sessions of the others.
+      PICUS_CLUSTER_KEY: clusterKey,
       ...extraEnv,
     }
     // One first, so it creates and migrates the database alone.
@@ -81,6 +86,7 @@ export const startCluster = async (
     const clusterScope = scope
     return {
       token,
+      clusterPublicKey: Trust.signingKeyOf(clusterKey)!.publicKey,
       prefix,
       redisUrl: env.redisUrl,
       servers,

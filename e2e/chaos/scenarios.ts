@@ -1,6 +1,7 @@
 import { mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import { Trust } from "@picus/core"
 import { deleteAclUsersWithPrefix, testKeyPrefix, testRedisUrl } from "@picus/core/testing"
 import { createPool, type DatabasePool, sql } from "slonik"
 import { detectOs } from "../../packages/peer/src/osInfo.ts"
@@ -206,11 +207,15 @@ export const runScenario = async (name: string, scale: Scale): Promise<Ledger> =
       timeout_ms: 10_000,
     })),
   )
+  const clusterKey = Trust.newPrivateKey()
   const env: Record<string, string> = {
     DATABASE_URL: databaseUrl,
     REDIS_URL: redis?.url ?? testRedisUrl(),
     PICUS_REDIS_PREFIX: testKeyPrefix(),
     PICUS_TOKENS: "chaos-token",
+    // The servers' shared key, and its public half for the peers to pin.
+    PICUS_CLUSTER_KEY: clusterKey,
+    PICUS_CLUSTER_PUBLIC_KEY: Trust.signingKeyOf(clusterKey)!.publicKey,
     PICUS_CATALOG: catalog,
     PICUS_HEARTBEAT_MS: "500",
     PICUS_GRACE_MS: "3000",

@@ -1,6 +1,7 @@
 import { mkdtempSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import { Trust } from "@picus/core"
 import {
   deleteAclUsersWithPrefix,
   deleteKeysWithPrefix,
@@ -16,8 +17,14 @@ export interface World {
   readonly pool: DatabasePool
   readonly prefix: string
   readonly dir: string
-  /** Environment shared by the server and peers of this test. */
+  /**
+   * Environment shared by the server and peers of this test. It holds the cluster key every server
+   * instance of the test shares (PICUS_CLUSTER_KEY), and its public key (PICUS_CLUSTER_PUBLIC_KEY)
+   * for the peers to pin.
+   */
   readonly env: Record<string, string>
+  /** The cluster's public key, for peers to pin. */
+  readonly clusterPublicKey: string
   readonly query: <T>(query: QuerySqlToken) => Promise<ReadonlyArray<T>>
   readonly close: () => Promise<void>
 }
@@ -27,10 +34,14 @@ export const makeWorld = async (extraEnv: Record<string, string> = {}): Promise<
   const pool = await createPool(db.url, { maxPoolSize: 2 })
   const prefix = testKeyPrefix()
   const dir = mkdtempSync(join(tmpdir(), "picus-e2e-"))
+  const clusterKey = Trust.newPrivateKey()
+  const clusterPublicKey = Trust.signingKeyOf(clusterKey)!.publicKey
   const env = {
     DATABASE_URL: db.url,
     REDIS_URL: testRedisUrl(),
     PICUS_REDIS_PREFIX: prefix,
+    PICUS_CLUSTER_KEY: clusterKey,
+    PICUS_CLUSTER_PUBLIC_KEY: clusterPublicKey,
     ...extraEnv,
   }
   return {
@@ -39,6 +50,7 @@ export const makeWorld = async (extraEnv: Record<string, string> = {}): Promise<
     prefix,
     dir,
     env,
+    clusterPublicKey,
     query: async <T>(query: QuerySqlToken) => (await pool.any(query)) as ReadonlyArray<T>,
     close: async () => {
       await pool.end()

@@ -1,6 +1,6 @@
 import type { ChildProcess } from "node:child_process"
 import { randomBytes } from "node:crypto"
-import { type Stores, type Transport, TransportRedis } from "@picus/core"
+import { type Stores, type Transport, TransportRedis, Trust } from "@picus/core"
 import { type Context, Effect, Exit, Layer, Scope } from "effect"
 import { makeSimulatedFleet, type SimulatedFleet } from "loadgen"
 import pg from "pg"
@@ -49,6 +49,8 @@ const makeSystem = (env: BenchEnv, instances: number): BenchSystem => {
       REDIS_URL: env.redisUrl,
       PICUS_REDIS_PREFIX: prefix,
       PICUS_TOKENS: TOKEN,
+      // One cluster key for the run's instances: each checks the sessions of the others.
+      PICUS_CLUSTER_KEY: Trust.newPrivateKey(),
     }
     // One first, so it creates and migrates the database alone.
     servers.push(await startServer(`${name}-a`, serverEnv))

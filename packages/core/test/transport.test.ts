@@ -546,6 +546,41 @@ describe.each(layers)("Transport contract (%s)", (_name, layer) => {
     ),
   )
 
+  it.live(
+    "an inbox fan reads registrations' reply streams too, from their start, marked with their nonce",
+    () =>
+      run(
+        layer,
+        Effect.gen(function* () {
+          const t = yield* Transport
+          const fan = yield* t.inboxFan({ blockMs: 100 })
+          yield* fan.add(["p1"])
+          yield* t.sendReply("n-early", "answered before it was watched")
+          yield* fan.addReplies([
+            { nonce: "n-early", peerId: "p1" },
+            { nonce: "n-late", peerId: "p2" },
+          ])
+          yield* t.sendReply("n-late", "answered after")
+          yield* t.sendToPeer("p1", "inbox")
+          const got: Array<readonly [string, string | undefined, string]> = []
+          while (got.length < 3) {
+            for (const b of yield* fan.take.pipe(Effect.timeout("10 seconds")))
+              for (const e of b.entries) got.push([b.peerId, b.nonce, e.payload])
+          }
+          assert.sameDeepMembers(got, [
+            ["p1", "n-early", "answered before it was watched"],
+            ["p2", "n-late", "answered after"],
+            ["p1", undefined, "inbox"],
+          ])
+          yield* fan.removeReplies(["n-late"])
+          yield* t.sendReply("n-late", "after remove")
+          yield* Effect.sleep(250)
+          const late = yield* fan.take.pipe(Effect.timeoutOption("50 millis"))
+          assert.isTrue(late._tag === "None", "nothing for a reply stream no longer watched")
+        }),
+      ),
+  )
+
   it.live("an inbox fan reads a peer added while it waits, without waiting out its block", () =>
     run(
       layer,

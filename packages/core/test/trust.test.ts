@@ -61,6 +61,12 @@ describe("sealing", () => {
     expect(Trust.unseal(box, flipped.toString("base64url"))).toBeUndefined()
     expect(Trust.seal("short", "x")).toBeUndefined()
   })
+
+  it("refuses a low-order point (its derivation fails) instead of throwing", () => {
+    // Any 32 bytes pass the wire schema; these two are points of small order.
+    expect(Trust.seal(Buffer.alloc(32).toString("base64url"), "x")).toBeUndefined()
+    expect(Trust.seal(Buffer.from([1, ...Array(31).fill(0)]).toString("base64url"), "x")).toBeUndefined()
+  })
 })
 
 describe("enrollment strings", () => {

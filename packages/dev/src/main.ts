@@ -17,6 +17,7 @@ import {
   EMBEDDED_POOL_SIZE,
   ensureDatabase,
   gatewayConfigFrom,
+  keyFileOrNew,
   loadCatalog,
   makeGateway,
   OPEN_MODE_WARNING,
@@ -81,11 +82,17 @@ const run = (signalled: Effect.Effect<NodeJS.Signals>) =>
 
     yield* store.replaceCatalog(yield* loadCatalog(config.catalogPath))
     const devToken = newSecret("picus")
-    const gateway = yield* makeGateway(gatewayConfigFrom(config, [devToken]))
+    // The dev setup makes its own cluster key, kept in its state folder: a restart keeps it, so the
+    // peers' pinned key stays good.
+    const clusterKey = config.clusterKey ?? keyFileOrNew(join(dataDir, "cluster.key"))
+    const gateway = yield* makeGateway(gatewayConfigFrom(config, clusterKey, [devToken]))
     const server = yield* Effect.forkScoped(gateway.run)
 
+    // What the peers pin: the cluster key the dev server signs with.
+    const pin = { clusterKey: { _tag: "Key" as const, key: clusterKey.publicKey } }
     const agent = (name: string, token: string) =>
       makeAgent({
+        ...pin,
         token,
         serverIp: "127.0.0.1",
         os: detectOs(),

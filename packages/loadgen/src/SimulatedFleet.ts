@@ -73,6 +73,11 @@ interface SimPeer {
   running: number
   /** The nonce of its registration in progress (echoed in the reply), as the real peer does. */
   nonce: string
+  /**
+   * What came in its inbox while it waited for its answer: the answer comes in the registration's
+   * reply stream, which may be read after the session's first jobs. Handled once it is accepted.
+   */
+  early: Array<string>
 }
 
 interface Outgoing {
@@ -84,6 +89,8 @@ interface Outgoing {
 const MAX_BATCH = 1_000
 const SCAN_MS = 100
 const FLUSH_MS = 5
+/** Inbox entries kept per peer while it waits for its answer. */
+const MAX_EARLY = 256
 
 /**
  * Many protocol peers in one process, for load tests and capacity planning. Each speaks exactly
@@ -119,11 +126,16 @@ export const makeSimulatedFleet = Effect.fnUntraced(function* (config: FleetConf
     attempt: 0,
     everAccepted: false,
     nonce: "",
+    early: [],
     running: 0,
   }))
   const byId = new Map(peers.map((p) => [p.id, p]))
 
   const outbox: Array<Outgoing> = []
+  // A registration with a nonce is answered in a reply stream of its own: the fan watches it
+  // until the peer has its answer or registers again.
+  const repliesWanted: Array<{ readonly nonce: string; readonly peerId: string }> = []
+  const repliesDone: Array<string> = []
   const send = (message: Protocol.PeerMessage) =>
     outbox.push({ kind: message.msg, payload: Protocol.encodeMessage(message) })
 
@@ -141,7 +153,10 @@ export const makeSimulatedFleet = Effect.fnUntraced(function* (config: FleetConf
     peer.session = undefined
     peer.registerSentAt = now
     peer.dueAt = now + config.registerTimeoutMs
+    if (peer.nonce !== "") repliesDone.push(peer.nonce)
+    peer.early = []
     peer.nonce = randomUUID()
+    repliesWanted.push({ nonce: peer.nonce, peerId: peer.id })
     send({
       msg: "register",
       peer_id: peer.id,
@@ -184,7 +199,12 @@ export const makeSimulatedFleet = Effect.fnUntraced(function* (config: FleetConf
       return `${peer.id}: ignored a malformed message: ${decoded.failure.message}`
     }
     const message = decoded.success
-    switch (Protocol.serverMessageKind(message)) {
+    const kind = Protocol.serverMessageKind(message)
+    if (peer.state === "registering" && (kind === "job" || kind === "shutdown")) {
+      if (peer.early.length < MAX_EARLY) peer.early.push(payload)
+      return
+    }
+    switch (kind) {
       case "register_accepted": {
         const m = message as Protocol.RegisterAccepted
         // After a logout (shutdown) or a final refusal an acceptance is old news; so is one that
@@ -207,6 +227,8 @@ export const makeSimulatedFleet = Effect.fnUntraced(function* (config: FleetConf
             Deferred.doneUnsafe(allAccepted, Effect.succeed(allAcceptedMs))
           }
         }
+        // Those of another session are ignored there, as they would have been on arrival.
+        for (const early of peer.early.splice(0)) handle(peer, early, now)
         return
       }
       case "register_rejected": {
@@ -291,15 +313,31 @@ export const makeSimulatedFleet = Effect.fnUntraced(function* (config: FleetConf
     }
   })
 
+  const fan = yield* transport.inboxFan(config.fan)
+
+  /** Watches the reply streams of new registrations; one that fails is tried again next round. */
+  const watchReplies = Effect.gen(function* () {
+    if (repliesDone.length > 0) yield* fan.removeReplies(repliesDone.splice(0))
+    if (repliesWanted.length === 0) return
+    const wanted = repliesWanted.splice(0)
+    yield* fan.addReplies(wanted).pipe(
+      Effect.catch((e: TransportError) =>
+        Effect.sync(() => {
+          repliesWanted.unshift(...wanted)
+          counters.readFailures++
+        }).pipe(Effect.andThen(Effect.logWarning(`cannot watch replies (${e.message}); retrying`))),
+      ),
+    )
+  })
+
   // What must arrive is kept until Redis takes it, in order.
   const flusher = Effect.gen(function* () {
     while (true) {
+      yield* watchReplies
       while (outbox.length > 0) yield* flushOnce
       yield* Effect.sleep(FLUSH_MS)
     }
   })
-
-  const fan = yield* transport.inboxFan(config.fan)
 
   const reader = Effect.gen(function* () {
     while (true) {
@@ -317,12 +355,17 @@ export const makeSimulatedFleet = Effect.fnUntraced(function* (config: FleetConf
       )
       const now = Date.now()
       const handled: Array<readonly [string, string]> = []
-      for (const { peerId, entries } of batches) {
+      for (const { peerId, entries, nonce } of batches) {
         const peer = byId.get(peerId)
         if (!peer) continue
         for (const entry of entries) {
           const warning = handle(peer, entry.payload, now)
           if (warning) yield* Effect.logWarning(warning)
+        }
+        // A reply stream is not trimmed (it expires); it is let go once it has answered.
+        if (nonce !== undefined) {
+          if (nonce !== peer.nonce || peer.state !== "registering") repliesDone.push(nonce)
+          continue
         }
         const last = entries.at(-1)
         if (last) handled.push([peerId, last.id])

@@ -47,13 +47,18 @@ const fakeServer = (options: FakeServerOptions) =>
     }
     const reply = (peerId: string, message: Protocol.ServerMessage) =>
       t.sendToPeer(peerId, Protocol.encodeMessage(message))
+    /** As the server answers: in the registration's reply stream when it has a nonce. */
+    const answer = (m: Protocol.Register, message: Protocol.ServerMessage) =>
+      m.nonce === undefined
+        ? reply(m.peer_id, message)
+        : t.sendReply(m.nonce, Protocol.encodeMessage(message))
     const onRegister = (m: Protocol.Register) =>
       Effect.gen(function* () {
         seen.registers.push(m)
         assert.strictEqual(m.token, "enroll-secret")
         const reason = options.reject?.(m.peer_id)
         if (reason) {
-          yield* reply(m.peer_id, {
+          yield* answer(m, {
             msg: "register",
             peer_id: m.peer_id,
             token: "none",
@@ -65,7 +70,7 @@ const fakeServer = (options: FakeServerOptions) =>
         }
         const token = `sess-${m.peer_id}-${seen.registers.length}`
         seen.sessions.set(m.peer_id, token)
-        yield* reply(m.peer_id, {
+        yield* answer(m, {
           msg: "register",
           peer_id: m.peer_id,
           token,

@@ -1,8 +1,8 @@
-import { createHash } from "node:crypto"
 import { hostname } from "node:os"
 import { TransportRedis } from "@picus/core"
-import { Config, ConfigProvider, Effect, Exit, Option, Redacted, Schema } from "effect"
+import { Config, ConfigProvider, Effect, Exit, Option, type Redacted, Schema } from "effect"
 import { defaultCatalogPath } from "./catalog.ts"
+import { type ClusterKey, ClusterKeyError, clusterKeyOf, readKeyFile } from "./clusterKey.ts"
 
 /** Defaults shared with compose.yaml and the README: local PostgreSQL and Redis on their usual ports. */
 export const DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/picus"
@@ -25,8 +25,6 @@ export interface ServerConfig {
   readonly leaseMs: number
   /** A ticket not delivered by this long after its creation ends undeliverable. */
   readonly deliveryDeadlineMs: number
-  /** PICUS_SESSION_KEY: the key session tokens derive from; else one kept in PostgreSQL. */
-  readonly sessionKey: Uint8Array | undefined
   /**
    * PICUS_REDIS_USERS (on, the default, or off): each peer gets Redis users of its own, limited to
    * what it needs (docs/security.md). Off is the open mode: every party shares one Redis login.
@@ -34,6 +32,12 @@ export interface ServerConfig {
   readonly redisUsers: boolean
   /** PICUS_REDIS_CA, PICUS_REDIS_SERVERNAME, PICUS_REDIS_CERT, PICUS_REDIS_KEY, for a rediss:// URL. */
   readonly redisTls: TransportRedis.RedisTlsOptions | undefined
+  /**
+   * PICUS_CLUSTER_KEY or PICUS_CLUSTER_KEY_FILE (with PICUS_CLUSTER_KEY_PREVIOUS[_FILE] after a
+   * rotation): signs what the server tells peers; session tokens derive from it. Only serving needs
+   * it (see requireClusterKey).
+   */
+  readonly clusterKey: ClusterKey | undefined
 }
 
 /** Command-line options as cac gives them (camelCase); each wins over its environment variable. */
@@ -51,6 +55,7 @@ export interface ServerFlags {
   readonly leaseMs?: number | string
   readonly deliveryDeadlineMs?: number | string
   readonly redisUsers?: string
+  readonly clusterKeyFile?: string
 }
 
 export class ConfigError extends Error {
@@ -106,7 +111,11 @@ const settings = {
   deliveryDeadlineMs: positive("deliveryDeadlineMs", "PICUS_DELIVERY_DEADLINE_MS"),
   redisUsers: onOff("redisUsers", "PICUS_REDIS_USERS"),
   environmentTokens: secret("PICUS_TOKENS"),
-  sessionKey: secret("PICUS_SESSION_KEY"),
+  clusterKey: secret("PICUS_CLUSTER_KEY"),
+  clusterKeyFile: text("clusterKeyFile", "PICUS_CLUSTER_KEY_FILE"),
+  clusterKeyPrevious: secret("PICUS_CLUSTER_KEY_PREVIOUS"),
+  clusterKeyPreviousFile: text(undefined, "PICUS_CLUSTER_KEY_PREVIOUS_FILE"),
+  retiredSessionKey: secret("PICUS_SESSION_KEY"),
 } as const
 
 const flagName = (flag: string) => `--${flag.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`
@@ -140,11 +149,55 @@ const read = <A>(
   throw new ConfigError(`${where} must be ${setting.expected}${given}`)
 }
 
-/** At least 32 characters of secret; its SHA-256 is the key. */
-const sessionKeyFrom = (value: Redacted.Redacted<string>): Uint8Array => {
-  if (Redacted.value(value).length < 32)
-    throw new ConfigError("PICUS_SESSION_KEY must be at least 32 characters")
-  return new Uint8Array(createHash("sha256").update(Redacted.value(value)).digest())
+/** A key given directly (`value`) or in a file (`file`), not both; where it came from, for messages. */
+const keyFrom = (
+  value: Option.Option<Redacted.Redacted<string>>,
+  file: Option.Option<string>,
+  names: { readonly value: string; readonly file: string },
+): { readonly seed: Redacted.Redacted<string>; readonly where: string } | undefined => {
+  if (Option.isSome(value) && Option.isSome(file))
+    throw new ConfigError(`set ${names.value} or ${names.file}, not both`)
+  if (Option.isSome(value)) return { seed: value.value, where: names.value }
+  if (Option.isSome(file))
+    return { seed: readKeyFile(file.value, names.file), where: `${names.file} (${file.value})` }
+  return undefined
+}
+
+/** The configured cluster key; undefined when none is set. Throws ConfigError naming what to fix. */
+const clusterKeyFrom = (read: <A>(setting: Setting<A>) => A): ClusterKey | undefined => {
+  if (Option.isSome(read(settings.retiredSessionKey)))
+    throw new ConfigError(
+      "PICUS_SESSION_KEY is no longer read: session tokens derive from the cluster key " +
+        "(PICUS_CLUSTER_KEY or PICUS_CLUSTER_KEY_FILE); unset it",
+    )
+  try {
+    const current = keyFrom(read(settings.clusterKey), read(settings.clusterKeyFile), {
+      value: "PICUS_CLUSTER_KEY",
+      file: "PICUS_CLUSTER_KEY_FILE",
+    })
+    const previous = keyFrom(read(settings.clusterKeyPrevious), read(settings.clusterKeyPreviousFile), {
+      value: "PICUS_CLUSTER_KEY_PREVIOUS",
+      file: "PICUS_CLUSTER_KEY_PREVIOUS_FILE",
+    })
+    if (current === undefined) {
+      if (previous !== undefined)
+        throw new ConfigError(`${previous.where} is set without a current key (PICUS_CLUSTER_KEY)`)
+      return undefined
+    }
+    return clusterKeyOf(current.seed, previous, current.where)
+  } catch (error) {
+    throw error instanceof ClusterKeyError ? new ConfigError(error.message) : error
+  }
+}
+
+/** The cluster key, which serving needs: a server without one refuses to start, naming the fix. */
+export const requireClusterKey = (config: ServerConfig): ClusterKey => {
+  if (config.clusterKey !== undefined) return config.clusterKey
+  throw new ConfigError(
+    "no cluster key: set PICUS_CLUSTER_KEY_FILE to a file made by " +
+      "`picus-server cluster-key new --out <file>` (or PICUS_CLUSTER_KEY to its contents); " +
+      "every instance of the cluster needs the same key",
+  )
 }
 
 /**
@@ -160,7 +213,6 @@ export const resolveServerConfig = (
   const get = <A>(setting: Setting<Option.Option<A>>, fallback: A): A =>
     Option.getOrElse(read(provider, setting, flags, env), () => fallback)
   const heartbeatMs = get(settings.heartbeatMs, 5_000)
-  const sessionKey = read(provider, settings.sessionKey, flags, env)
   const redisPrefix = get(settings.redisPrefix, "picus")
   // Redis user names and ACL rules are made of the prefix; a space would split them apart.
   if (redisPrefix === "" || /\s/.test(redisPrefix))
@@ -181,8 +233,8 @@ export const resolveServerConfig = (
     maxInFlight: get(settings.maxInFlight, 8),
     leaseMs: get(settings.leaseMs, 15_000),
     deliveryDeadlineMs: get(settings.deliveryDeadlineMs, 3_600_000),
-    sessionKey: Option.isSome(sessionKey) ? sessionKeyFrom(sessionKey.value) : undefined,
     redisUsers: get(settings.redisUsers, "on") === "on",
     redisTls: TransportRedis.redisTlsFromEnv(env),
+    clusterKey: clusterKeyFrom((setting) => read(provider, setting, flags, env)),
   }
 }

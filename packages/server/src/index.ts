@@ -2,6 +2,7 @@
 // server, with the errors and types their signatures name.
 export { OPEN_MODE_WARNING, PeerAccess } from "./access/PeerAccess.ts"
 export { CatalogError, loadCatalog } from "./catalog.ts"
+export { type ClusterKey, keyFileOrNew, newClusterKey } from "./clusterKey.ts"
 export { ConfigError, DEFAULT_SHUTDOWN_REASON, resolveServerConfig, type ServerConfig } from "./config.ts"
 export { defaultDataDir, EMBEDDED_POOL_SIZE, serveEmbedded } from "./db/embedded.ts"
 export { ensureDatabase } from "./db/ensureDatabase.ts"

@@ -14,14 +14,26 @@ import {
   TransportRedis,
 } from "@picus/core"
 import { cac } from "cac"
-import { Cause, Console, Effect, Exit, Fiber, Layer } from "effect"
+import { Cause, Console, Effect, Exit, Fiber, Layer, Redacted } from "effect"
 import { OPEN_MODE_WARNING, PeerAccess } from "./access/PeerAccess.ts"
 import { layerRedisPeerAccess, makeRedisUsers, type RedisUsers } from "./access/RedisPeerAccess.ts"
 import type { RedisUserStore } from "./access/RedisUsers.ts"
 import { CatalogError, loadCatalog } from "./catalog.ts"
 import { claimServerId, ServerIdInUse } from "./claimServerId.ts"
-import { clusterPublicKey } from "./clusterKey.ts"
-import { ConfigError, resolveServerConfig, type ServerConfig, type ServerFlags } from "./config.ts"
+import {
+  type ClusterKey,
+  ClusterKeyError,
+  describeClusterKey,
+  newClusterKey,
+  writeNewKeyFile,
+} from "./clusterKey.ts"
+import {
+  ConfigError,
+  requireClusterKey,
+  resolveServerConfig,
+  type ServerConfig,
+  type ServerFlags,
+} from "./config.ts"
 import { checkDatabase } from "./db/checkDatabase.ts"
 import { connectEmbedded, defaultDataDir, EMBEDDED_POOL_SIZE } from "./db/embedded.ts"
 import { ensureDatabase } from "./db/ensureDatabase.ts"
@@ -87,6 +99,7 @@ const redisUrlFor = (url: string, user: string, password: string): string => {
 
 const serve = (
   config: ServerConfig,
+  clusterKey: ClusterKey,
   catalog: ReadonlyArray<CatalogJob>,
   signalled: Effect.Effect<NodeJS.Signals>,
 ) =>
@@ -99,7 +112,7 @@ const serve = (
     )
     if (!claimed) return yield* Effect.logInfo("stopped before serving")
     yield* catalogStore.replaceCatalog(catalog)
-    const gateway = yield* makeGateway(gatewayConfigFrom(config))
+    const gateway = yield* makeGateway(gatewayConfigFrom(config, clusterKey))
     const running = yield* Effect.forkScoped(gateway.run)
     yield* Effect.logInfo(
       `server ${config.serverId} serving (${catalog.length} catalog jobs); Ctrl+C to stop`,
@@ -167,6 +180,7 @@ const withStore = <A, E>(
 /** A mistake in what the user asked for (flags, arguments, a catalog file), not a failure while doing it. */
 const isUsageError = (failure: unknown): boolean =>
   failure instanceof ConfigError ||
+  failure instanceof ClusterKeyError ||
   failure instanceof InvalidJob ||
   failure instanceof CatalogError ||
   failure instanceof ServerIdInUse
@@ -216,6 +230,10 @@ sharedOptions(cli.command("[start]", "Run the server (applies migrations first)"
     "--lease-ms <ms>",
     "An instance silent this long is taken for dead; others close its sessions (env PICUS_LEASE_MS, default 15000)",
   )
+  .option(
+    "--cluster-key-file <file>",
+    "The cluster key, mode 0600 (env PICUS_CLUSTER_KEY_FILE, or the key itself in PICUS_CLUSTER_KEY)",
+  )
   .example("PICUS_TOKENS=secret1,secret2 picus-server   # accept these enrollment tokens too")
   .action((_: unknown, flags: ServerFlags) =>
     runCommand(
@@ -223,15 +241,56 @@ sharedOptions(cli.command("[start]", "Run the server (applies migrations first)"
       firstSignal().pipe(
         Effect.flatMap((signalled) => {
           const config = resolveServerConfig(flags)
-          // A bad catalog refuses the start before anything connects.
+          // No cluster key, or a bad catalog, refuses the start before anything connects.
+          const clusterKey = requireClusterKey(config)
           return loadCatalog(config.catalogPath).pipe(
-            Effect.flatMap((catalog) => serve(config, catalog, signalled)),
+            Effect.flatMap((catalog) => serve(config, clusterKey, catalog, signalled)),
           )
         }),
         Effect.scoped,
       ),
     ),
   )
+
+cli
+  .command(
+    "cluster-key <action>",
+    "The key servers sign with and derive session tokens from: new [--out file], show",
+  )
+  .option("--out <file>", "new: write the key to this file (mode 0600) instead of printing it")
+  .option("--cluster-key-file <file>", "show: the key file (env PICUS_CLUSTER_KEY_FILE or PICUS_CLUSTER_KEY)")
+  .example("picus-server cluster-key new --out /etc/picus/cluster.key")
+  .action((action: string, flags: ServerFlags & { out?: string }) => {
+    switch (action) {
+      case "new":
+        return runCommand(
+          Effect.gen(function* () {
+            if (flags.out === undefined) {
+              // Printed once, on stdout alone, so that `> file` captures nothing else.
+              const key = newClusterKey()
+              yield* Console.log(Redacted.value(key.seed))
+              for (const line of describeClusterKey(key)) yield* Console.error(line)
+              return
+            }
+            const key = yield* Effect.try({
+              try: () => writeNewKeyFile(String(flags.out)),
+              catch: (error) => error,
+            })
+            yield* Console.log(`cluster key written to ${flags.out} (mode 0600)`)
+            for (const line of describeClusterKey(key)) yield* Console.log(line)
+          }),
+        )
+      case "show":
+        return runCommand(
+          Effect.gen(function* () {
+            const key = requireClusterKey(resolveServerConfig(flags))
+            for (const line of describeClusterKey(key)) yield* Console.log(line)
+          }),
+        )
+      default:
+        return runCommand(Effect.fail(new ConfigError(`unknown cluster-key action "${action}" (new, show)`)))
+    }
+  })
 
 sharedOptions(cli.command("migrate", "Apply pending database migrations and exit")).action(
   (flags: ServerFlags) =>
@@ -251,7 +310,7 @@ sharedOptions(
           return runCommand(
             Effect.suspend(() => {
               // Read before anything is written: a bad key refuses the command.
-              const clusterKey = clusterPublicKey()
+              const clusterKey = config.clusterKey?.publicKey
               return withStore(
                 config,
                 withRedisUsers(config, (users) =>

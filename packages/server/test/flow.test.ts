@@ -6,6 +6,7 @@ import { type Envelope, Protocol, Store, Transport } from "@picus/core"
 import { eventually } from "@picus/core/testing"
 import { Effect, Exit, Fiber, Option, Scope } from "effect"
 import { makeAgent, openStateFile } from "peer"
+import { newClusterKey } from "../src/clusterKey.ts"
 import { makeGateway } from "../src/gateway/index.ts"
 import { submitJobs } from "../src/submit.ts"
 import { enrollmentTokensFrom } from "../src/tokens.ts"
@@ -16,6 +17,7 @@ import { rawPeer } from "./support/rawPeer.ts"
 
 const gatewayConfig = {
   serverId: "test-server",
+  clusterKey: newClusterKey(),
   leaseMs: 3_000,
   deliveryDeadlineMs: 60_000,
   deadlineSlackMs: 30_000,
@@ -30,6 +32,8 @@ const gatewayConfig = {
 
 const agentConfig = (peerId: string, token: string) => ({
   token,
+  // The key the agent pins to check what the server signs.
+  clusterKey: { _tag: "Key" as const, key: gatewayConfig.clusterKey.publicKey },
   serverIp: "127.0.0.1",
   os: { os: "linux", distro: "debian", hostname: "test" },
   state: openStateFile(mkdtempSync(join(tmpdir(), "picus-peer-")), peerId),
@@ -351,7 +355,8 @@ describe.each(compositions)("server and peers in one process (%s)", (_name, laye
         const accepted = yield* next
         assert.strictEqual(accepted.status, "accepted")
         const job = yield* next
-        assert.deepStrictEqual(Object.keys(job).sort(), ["job", "msg", "peer_id", "ticket", "token"])
+        // The seed's fields, and the cluster's signature last, which a seed peer ignores.
+        assert.deepStrictEqual(Object.keys(job), ["msg", "ticket", "peer_id", "token", "job", "sig"])
         assert.strictEqual(job.msg, "register")
         assert.strictEqual((job.job as { name: string }).name, "Anywhere")
         yield* transport.sendUplink(

@@ -35,6 +35,7 @@ const REPO_MIGRATIONS = [
   "003_session_leases.sql",
   "004_ticket_close_reason.sql",
   "005_redis_users.sql",
+  "006_trust.sql",
   "007_counted_rejections.sql",
 ]
 
@@ -93,7 +94,6 @@ describe("migrate", () => {
           "registration_log",
           "server_instances",
           "sessions",
-          "cluster_keys",
           "redis_users",
           "schema_migrations",
         ]) {

@@ -4,6 +4,7 @@ import { deleteKeysWithPrefix, eventually, testKeyPrefix, testRedisUrl } from "@
 import { Cause, Context, Effect, Exit, Fiber, Layer, Option } from "effect"
 import { createPool, type DatabasePool, sql } from "slonik"
 import { PeerAccess } from "../src/access/PeerAccess.ts"
+import { newClusterKey } from "../src/clusterKey.ts"
 import { PgStore } from "../src/db/PgStore.ts"
 import { GatewayFailed, makeGateway, untilSignal } from "../src/gateway/index.ts"
 import { enrollmentTokensFrom } from "../src/tokens.ts"
@@ -15,6 +16,7 @@ import { rawPeer } from "./support/rawPeer.ts"
 
 const gatewayConfig = {
   serverId: "robust",
+  clusterKey: newClusterKey(),
   leaseMs: 3_000,
   deliveryDeadlineMs: 60_000,
   deadlineSlackMs: 30_000,

@@ -13,6 +13,7 @@ import {
 import { eventually } from "@picus/core/testing"
 import { Effect, Layer, Option } from "effect"
 import { PeerAccess } from "../src/access/PeerAccess.ts"
+import { newClusterKey } from "../src/clusterKey.ts"
 import { makeGateway } from "../src/gateway/index.ts"
 import { makeSessionRegistry } from "../src/gateway/SessionRegistry.ts"
 import { enrollmentTokensFrom } from "../src/tokens.ts"
@@ -123,6 +124,7 @@ describe("sessions and their Redis users", () => {
       const store = yield* Store
       const transport = yield* Transport
       const gateway = yield* makeGateway({
+        clusterKey: newClusterKey(),
         serverId: "a",
         leaseMs: 3_000,
         deliveryDeadlineMs: 60_000,

@@ -12,6 +12,7 @@ import {
   type Ticket,
 } from "../store/Store.ts"
 import { Transport, type TransportError } from "../transport/Transport.ts"
+import { checkMac } from "../trust/mac.ts"
 import { JobScheduler, type TicketQueue } from "./JobScheduler.ts"
 
 export interface SessionConfig {
@@ -41,6 +42,34 @@ export interface SessionConfig {
   readonly mailboxCapacity?: number
   /** How long a caller waits for the session's answer before giving up (AskTimeout). Default 30 s. */
   readonly askTimeoutMs?: number
+  /** The cluster's public key, told in every acceptance (the peer checks it against the one it pinned). */
+  readonly clusterKey?: string
+  /** The previous cluster key's endorsement of `clusterKey`, told in acceptances after a rotation. */
+  readonly keyEndorsement?: string
+  /**
+   * Checks turned off, only ever by tests, to show what each one stops. `mac`: a sealed session
+   * takes its peer's messages without checking their MAC.
+   */
+  readonly weakened?: { readonly mac?: boolean }
+}
+
+/**
+ * Whether a peer's message speaks for a session. An unsealed session's messages carry its secret
+ * token (compared in constant time). A sealed session's carry its id, which is no secret, and a MAC
+ * under the token over the whole payload: whoever reads Redis sees the id and the MACs, never the
+ * token, and cannot speak for the peer.
+ */
+export const sessionAuthenticator = (
+  session: { readonly sessionId: string; readonly token: string; readonly sealed: boolean },
+  options: { readonly checkMac?: boolean } = {},
+): ((token: string, payload: string) => boolean) => {
+  if (!session.sealed) {
+    const tokenHash = hashSecret(session.token)
+    return (token) => sameHash(hashSecret(token), tokenHash)
+  }
+  const macs = options.checkMac ?? true
+  return (token, payload) =>
+    token === session.sessionId && (!macs || checkMac(payload, session.token) === "valid")
 }
 
 /** The session's mailbox is full: the caller should retry later (the peer is flooding it, or it is stuck). */
@@ -65,10 +94,15 @@ export interface SessionStart {
   readonly distro: string | null
   readonly hostname: string | null
   readonly agentVersion: string | null
-  /** The registration's nonce, echoed in the acceptance. */
+  /** The registration's nonce, echoed in the acceptance (which then goes to its reply stream). */
   readonly nonce?: string | null
   /** The enrollment token it registered with, if one of the database's (revoking it ends the session). */
   readonly tokenId?: number | null
+  /**
+   * For a registration with a `box_key`: the session token (and the peer's Redis login) sealed to
+   * it, for the acceptance. The session is then a sealed one (see sessionAuthenticator).
+   */
+  readonly sealed?: string
 }
 
 /** What became of a result message. */
@@ -86,8 +120,8 @@ export interface PeerSession {
   readonly epoch: number
   /** When this instance started serving it (its login, or its takeover). */
   readonly openedAt: number
-  /** Constant-time check of a message's token against the session token. */
-  readonly authenticate: (token: string) => boolean
+  /** Whether a message (its token, and its raw payload for the MAC) speaks for this session. */
+  readonly authenticate: (token: string, payload: string) => boolean
   /**
    * Records a result; completes once it is durable (or refused). Fails with LeaseLost when this
    * instance no longer holds the session: the message belongs to whoever does now.
@@ -171,7 +205,13 @@ export const startPeerSession = Effect.fnUntraced(function* (
   const transport = yield* Transport
   const scheduler = yield* JobScheduler
   const { peerId, sessionId } = start
+  // Before the peer can hear it is accepted: a registration it sends after that is never taken
+  // for a copy of the one this session answers (see Registration).
+  const openedAt = yield* Clock.currentTimeMillis
   const token = sessionTokenOf(config.sessionKey, sessionId)
+  // Sealed: the token reaches the peer only sealed to its box key; the acceptance names the
+  // session by its id.
+  const sealed = start.sealed
 
   const { epoch, adopted } = yield* store.login({
     peerId,
@@ -184,6 +224,7 @@ export const startPeerSession = Effect.fnUntraced(function* (
     agentVersion: start.agentVersion,
     tokenId: start.tokenId ?? null,
     leaseMs: config.leaseMs,
+    sealed: sealed !== undefined,
   })
   // Once the login is written, a start that fails half-way still closes the session it opened.
   // The bunch of jobs is planned before the peer hears it is accepted: once it is told, its
@@ -197,19 +238,22 @@ export const startPeerSession = Effect.fnUntraced(function* (
       distro: start.distro,
       adopted,
     })
-    yield* transport.sendToPeer(
-      peerId,
-      Protocol.encodeMessage({
-        msg: "register",
-        peer_id: peerId,
-        token,
-        status: "accepted",
-        session_id: sessionId,
-        server_id: config.serverId,
-        heartbeat_ms: config.heartbeatMs,
-        ...(start.nonce ? { nonce: start.nonce } : {}),
-      }),
-    )
+    const accepted = Protocol.encodeMessage({
+      msg: "register",
+      peer_id: peerId,
+      token: sealed === undefined ? token : sessionId,
+      status: "accepted",
+      session_id: sessionId,
+      server_id: config.serverId,
+      heartbeat_ms: config.heartbeatMs,
+      ...(start.nonce ? { nonce: start.nonce } : {}),
+      ...(sealed === undefined ? {} : { sealed }),
+      ...(config.clusterKey === undefined ? {} : { cluster_key: config.clusterKey }),
+      ...(config.keyEndorsement === undefined ? {} : { key_endorsement: config.keyEndorsement }),
+    })
+    // A registration with a nonce is answered in its own reply stream (an enrolling peer can read
+    // nothing else); a seed peer's, in its inbox.
+    yield* start.nonce ? transport.sendReply(start.nonce, accepted) : transport.sendToPeer(peerId, accepted)
     return planned
   }).pipe(
     Effect.tapError(() =>
@@ -226,7 +270,17 @@ export const startPeerSession = Effect.fnUntraced(function* (
   )
   const session = yield* runSession(
     // A seed peer (no agent_version) never heartbeats: silence says nothing about it.
-    { peerId, sessionId, epoch, token, tickets, resumed: false, heartbeats: start.agentVersion !== null },
+    {
+      peerId,
+      sessionId,
+      epoch,
+      token,
+      sealed: sealed !== undefined,
+      tickets,
+      resumed: false,
+      heartbeats: start.agentVersion !== null,
+      openedAt,
+    },
     config,
   )
   yield* Effect.logInfo(
@@ -265,6 +319,7 @@ export const resumePeerSession = Effect.fnUntraced(function* (
       sessionId: taken.sessionId,
       epoch: taken.epoch,
       token: sessionTokenOf(config.sessionKey, taken.sessionId),
+      sealed: taken.sealed ?? false,
       tickets,
       resumed: true,
       heartbeats: taken.heartbeats ?? true,
@@ -292,11 +347,15 @@ interface Running {
   readonly sessionId: string
   readonly epoch: number
   readonly token: string
+  /** Opened with a sealed acceptance (see sessionAuthenticator). */
+  readonly sealed: boolean
   readonly tickets: TicketQueue
   /** Taken over from another instance (rather than opened by a login here). */
   readonly resumed: boolean
   /** The peer sends heartbeats, so its silence means it is gone (a seed peer's does not). */
   readonly heartbeats: boolean
+  /** When the session started here; default: when its actor starts. */
+  readonly openedAt?: number
 }
 
 const DEFAULT_MAILBOX_CAPACITY = 1024
@@ -315,15 +374,18 @@ const runSession = Effect.fnUntraced(function* (
   const transport = yield* Transport
   const clock = yield* Clock.Clock
   const now = () => clock.currentTimeMillisUnsafe()
-  const { peerId, sessionId, epoch, token, tickets } = running
+  const { peerId, sessionId, epoch, tickets } = running
   const lease = { sessionId, epoch }
-  const tokenHash = hashSecret(token)
+  // What this session's messages to the peer carry: a sealed session's secret token never goes on
+  // the wire again after its sealed acceptance, only its id.
+  const token = running.sealed ? sessionId : running.token
+  const authenticate = sessionAuthenticator(running, { checkMac: config.weakened?.mac !== true })
   const annotate = Effect.annotateLogs({ peer_id: peerId, session_id: sessionId })
   const at = { server_id: config.serverId, peer_id: peerId }
   const publish = (event: Protocol.FeedEvent) => transport.publish(Protocol.encodeFeedEvent(event))
   const askTimeoutMs = config.askTimeoutMs ?? DEFAULT_ASK_TIMEOUT_MS
 
-  const openedAt = now()
+  const openedAt = running.openedAt ?? now()
   // When the peer last heard from this session's holder. A session taken over starts at 0, so the
   // peer hears from its new holder at the first tick.
   let lastSentAt = running.resumed ? 0 : openedAt
@@ -675,7 +737,7 @@ const runSession = Effect.fnUntraced(function* (
     sessionId,
     epoch,
     openedAt,
-    authenticate: (candidate) => sameHash(hashSecret(candidate), tokenHash),
+    authenticate,
     // Once the actor is gone the result is someone else's to record (or no one's): say so, and the
     // gateway finds where it belongs.
     result: (message) =>

@@ -14,6 +14,11 @@ export interface Login {
   readonly agentVersion: string | null
   /** The enrollment token it registered with (absent or null: one of PICUS_TOKENS). */
   readonly tokenId?: number | null
+  /**
+   * The session was opened with a sealed acceptance: its peer's messages carry the session id and a
+   * MAC instead of the token. Kept with the session, so an instance taking it over checks the same.
+   */
+  readonly sealed?: boolean
 }
 
 /** A session this instance took over from a lost one, with what it needs to carry on. */
@@ -26,6 +31,8 @@ export interface TakenSession extends SessionLease {
   readonly tickets: ReadonlyArray<Ticket>
   /** Whether its peer sends heartbeats (a seed peer does not); absent: it does. */
   readonly heartbeats?: boolean
+  /** Whether it was opened sealed (see Login.sealed); absent: it was not. */
+  readonly sealed?: boolean
 }
 
 /** Who holds a peer's open session. */
@@ -33,7 +40,25 @@ export interface SessionOwner extends SessionLease {
   readonly ownerId: string
   /** The lease ran out: the session may be taken over. */
   readonly expired: boolean
+  /** Whether it was opened sealed (see Login.sealed); absent: it was not. */
+  readonly sealed?: boolean
 }
+
+/** What a registration says of its peer's identity, for `admitRegistration`. */
+export interface RegistrationClaim {
+  readonly peerId: string
+  /** The key the registration is signed by (its `peer_key`, the signature already checked); null: unsigned. */
+  readonly identityKey: string | null
+  /** The registration's own time (`ts`), for a signed one; null: not checked for replay. */
+  readonly ts: number | null
+  /** The server's clock now (epoch ms). */
+  readonly now: number
+  /** Registrations of one peer id are admitted at least this far apart (ms); 0: no limit. */
+  readonly minIntervalMs: number
+}
+
+/** The answer of `admitRegistration`. */
+export type Admission = "admitted" | "wrong_identity" | "replayed" | "too_many"
 
 /** A server instance's row, as `instanceStatus` reads it. */
 export interface InstanceStatus {
@@ -46,16 +71,22 @@ export interface InstanceStatus {
 }
 
 /**
- * Sessions: the registration log's writes, the session leases, the server instances that hold
- * them, and the cluster's session key. A login hands the peer's open tickets to the new session in
- * the same transaction, so it lives here whole.
+ * Sessions: the registration log's writes, the session leases and the server instances that hold
+ * them, and what binds a peer id to its identity key. A login hands the peer's open tickets to the
+ * new session in the same transaction, so it lives here whole. (The key session tokens derive from
+ * is the cluster key's, which never reaches the Store.)
  */
 export interface SessionStoreService {
   /**
-   * The cluster's session key (session tokens are derived from it): the stored one, or `proposed`
-   * stored as the key when there is none yet. Every instance gets the same answer.
+   * Decides, in one atomic step on the peer's row (made if there is none), whether a registration
+   * may open a session, and records it if so. In this order:
+   * - `wrong_identity`: the peer id is bound to an identity key and the claim is not by it;
+   * - `replayed`: the claim has a `ts` not newer than the last one admitted for the peer id;
+   * - `too_many`: a registration of the peer id was admitted less than `minIntervalMs` ago;
+   * - `admitted`: binds the id to the claim's key if it was bound to none, keeps its `ts` and `now`.
+   * Registrations of one peer id (on any instance) are decided one at a time.
    */
-  readonly sessionKey: (proposed: Uint8Array) => Effect.Effect<Uint8Array, StoreError>
+  readonly admitRegistration: (claim: RegistrationClaim) => Effect.Effect<Admission, StoreError>
 
   // Registration log and session leases.
   /**

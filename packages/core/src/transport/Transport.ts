@@ -200,10 +200,12 @@ export interface InboxFanOptions {
   readonly count?: number
 }
 
-/** New entries of one peer's inbox, in inbox order. */
+/** New entries of one peer's inbox (or of a reply stream it watches), in stream order. */
 export interface InboxBatch {
   readonly peerId: string
   readonly entries: ReadonlyArray<Envelope>
+  /** Set when the entries are of the reply stream of the peer's registration with this nonce. */
+  readonly nonce?: string
 }
 
 export interface InboxFan {
@@ -214,6 +216,16 @@ export interface InboxFan {
   readonly add: (peerIds: ReadonlyArray<string>) => Effect.Effect<void, TransportError>
   /** Stops reading these peers' inboxes. */
   readonly remove: (peerIds: ReadonlyArray<string>) => Effect.Effect<void>
+  /**
+   * Also reads the reply streams of these registrations, from their start (an answer written
+   * before is not missed), each entry given as its peer's with `nonce` set. A registering peer
+   * watches its registration's replies until it has its answer.
+   */
+  readonly addReplies: (
+    replies: ReadonlyArray<{ readonly nonce: string; readonly peerId: string }>,
+  ) => Effect.Effect<void, TransportError>
+  /** Stops reading these registrations' reply streams. */
+  readonly removeReplies: (nonces: ReadonlyArray<string>) => Effect.Effect<void>
   /**
    * Waits for news and returns all there is, each peer's entries in order and each entry once. A
    * failed read fails one `take` (once the entries read before it are taken); the fan keeps trying.

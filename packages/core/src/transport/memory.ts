@@ -235,6 +235,7 @@ export const makeMemoryTransport = Effect.gen(function* () {
         const id = nextId()
         inbox(replyBox(nonce)).push({ id, payload })
         inboxSignal.notify()
+        for (const listener of fanListeners) listener(replyBox(nonce))
         return id
       }),
     replyReader: (nonce) => Effect.succeed(streamReader(replyBox(nonce))),
@@ -257,15 +258,20 @@ export const makeMemoryTransport = Effect.gen(function* () {
     inboxFan: () =>
       Effect.gen(function* () {
         const queue = yield* Queue.unbounded<InboxBatch, TransportError>()
-        const cursors = new Map<string, string>()
-        const pull = (peerId: string) => {
-          const after = cursors.get(peerId)
-          if (after === undefined) return
-          const entries = readAfter(peerId, after, Number.POSITIVE_INFINITY)
+        /** By box (a peer's inbox, or a reply box): whose it is, and where its reading is. */
+        const watched = new Map<string, { peerId: string; cursor: string; nonce?: string }>()
+        const pull = (box: string) => {
+          const w = watched.get(box)
+          if (w === undefined) return
+          const entries = readAfter(box, w.cursor, Number.POSITIVE_INFINITY)
           const last = entries.at(-1)
           if (!last) return
-          cursors.set(peerId, last.id)
-          Queue.offerUnsafe(queue, { peerId, entries })
+          w.cursor = last.id
+          Queue.offerUnsafe(queue, {
+            peerId: w.peerId,
+            entries,
+            ...(w.nonce === undefined ? {} : { nonce: w.nonce }),
+          })
         }
         fanListeners.add(pull)
         yield* Effect.addFinalizer(() => Effect.sync(() => fanListeners.delete(pull)))
@@ -273,11 +279,25 @@ export const makeMemoryTransport = Effect.gen(function* () {
           add: (peerIds) =>
             Effect.sync(() => {
               for (const peerId of peerIds)
-                if (!cursors.has(peerId)) cursors.set(peerId, inbox(peerId).at(-1)?.id ?? "0-0")
+                if (!watched.has(peerId))
+                  watched.set(peerId, { peerId, cursor: inbox(peerId).at(-1)?.id ?? "0-0" })
             }),
           remove: (peerIds) =>
             Effect.sync(() => {
-              for (const peerId of peerIds) cursors.delete(peerId)
+              for (const peerId of peerIds) watched.delete(peerId)
+            }),
+          addReplies: (replies) =>
+            Effect.sync(() => {
+              for (const { nonce, peerId } of replies) {
+                const box = replyBox(nonce)
+                if (watched.has(box)) continue
+                watched.set(box, { peerId, cursor: "0-0", nonce })
+                pull(box)
+              }
+            }),
+          removeReplies: (nonces) =>
+            Effect.sync(() => {
+              for (const nonce of nonces) watched.delete(replyBox(nonce))
             }),
           take: Queue.takeAll(queue),
         }

@@ -523,6 +523,8 @@ export const makeRedisTransport = Effect.fnUntraced(function* (options: RedisTra
     interface Watched {
       readonly peerId: string
       cursor: string
+      /** A registration's reply stream rather than the peer's inbox. */
+      readonly nonce?: string
     }
     interface Shard {
       readonly inboxes: Map<string, Watched>
@@ -531,6 +533,7 @@ export const makeRedisTransport = Effect.fnUntraced(function* (options: RedisTra
     }
     const shards: Array<Shard> = []
     const shardOf = new Map<string, Shard>()
+    const replyShardOf = new Map<string, Shard>()
     let failed: TransportError | undefined
 
     const readLoop = (shard: Shard, reader: Redis) =>
@@ -576,7 +579,11 @@ export const makeRedisTransport = Effect.fnUntraced(function* (options: RedisTra
             const last = entries.at(-1)
             if (!last) continue
             watched.cursor = last.id
-            Queue.offerUnsafe(queue, { peerId: watched.peerId, entries })
+            Queue.offerUnsafe(queue, {
+              peerId: watched.peerId,
+              entries,
+              ...(watched.nonce === undefined ? {} : { nonce: watched.nonce }),
+            })
           }
         }
       }).pipe(
@@ -592,6 +599,14 @@ export const makeRedisTransport = Effect.fnUntraced(function* (options: RedisTra
       yield* Effect.forkIn(readLoop(shard, reader), scope)
       return shard
     }).pipe(Scope.provide(scope))
+
+    /** Best effort: a read that is not woken ends by itself within blockMs. */
+    const wake = (woken: ReadonlySet<Shard>) => {
+      for (const shard of woken) {
+        if (shard.blockedAs === undefined) continue
+        client.client("UNBLOCK", shard.blockedAs).catch(() => {})
+      }
+    }
 
     const fan: InboxFan = {
       add: (peerIds) =>
@@ -616,10 +631,27 @@ export const makeRedisTransport = Effect.fnUntraced(function* (options: RedisTra
             shardOf.set(peerId, shard)
             woken.add(shard)
           }
-          for (const shard of woken) {
-            if (shard.blockedAs === undefined) continue
-            // Best effort: a read that is not woken ends by itself within blockMs.
-            client.client("UNBLOCK", shard.blockedAs).catch(() => {})
+          wake(woken)
+        }),
+      addReplies: (replies) =>
+        Effect.gen(function* () {
+          const woken = new Set<Shard>()
+          for (const { nonce, peerId } of replies) {
+            if (replyShardOf.has(nonce)) continue
+            let shard = shards.find((s) => s.inboxes.size < keysPerRead)
+            if (!shard) shard = yield* openShard
+            // A reply stream is new: read from its start, so an answer already there is taken.
+            shard.inboxes.set(keys.reply(nonce), { peerId, cursor: "0-0", nonce })
+            replyShardOf.set(nonce, shard)
+            woken.add(shard)
+          }
+          wake(woken)
+        }),
+      removeReplies: (nonces) =>
+        Effect.sync(() => {
+          for (const nonce of nonces) {
+            replyShardOf.get(nonce)?.inboxes.delete(keys.reply(nonce))
+            replyShardOf.delete(nonce)
           }
         }),
       remove: (peerIds) =>

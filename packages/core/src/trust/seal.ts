@@ -44,15 +44,15 @@ const keyFor = (shared: Buffer, senderPublic: Buffer, recipientPublic: Buffer): 
 export const seal = (recipient: string, plaintext: string): string | undefined => {
   const recipientRaw = Buffer.from(recipient, "base64url")
   if (recipientRaw.length !== 32 || !/^[A-Za-z0-9_-]+$/.test(recipient)) return undefined
-  let recipientKey: KeyObject
+  const sender = generateKeyPairSync("x25519")
+  const senderRaw = Buffer.from(rawPublic(sender.publicKey), "base64url")
+  let shared: Buffer
   try {
-    recipientKey = publicFromRaw(recipientRaw)
+    // A low-order point is 32 bytes too, and its derivation fails: not a key to seal to.
+    shared = diffieHellman({ privateKey: sender.privateKey, publicKey: publicFromRaw(recipientRaw) })
   } catch {
     return undefined
   }
-  const sender = generateKeyPairSync("x25519")
-  const senderRaw = Buffer.from(rawPublic(sender.publicKey), "base64url")
-  const shared = diffieHellman({ privateKey: sender.privateKey, publicKey: recipientKey })
   const iv = randomBytes(12)
   const cipher = createCipheriv("aes-256-gcm", keyFor(shared, senderRaw, recipientRaw), iv)
   const body = Buffer.concat([cipher.update(plaintext, "utf8"), cipher.final()])

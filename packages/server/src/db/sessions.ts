@@ -6,8 +6,9 @@ import {
   leaseEnd,
   limitOf,
   NoRow,
+  NullableInt,
   NullableString,
-  OwnerRow,
+  OwnerFields,
   std,
   TicketRow,
   ticketColumns,
@@ -26,10 +27,18 @@ const TakenRow = std(
     distro: NullableString,
     fromServerId: Schema.String,
     heartbeats: Schema.Boolean,
+    sealed: Schema.Boolean,
+  }),
+)
+const SealedOwnerRow = std(Schema.Struct({ ...OwnerFields, sealed: Schema.Boolean }))
+const IdentityRow = std(
+  Schema.Struct({
+    identityKey: NullableString,
+    lastRegisterTs: NullableInt,
+    lastAdmittedAt: NullableInt,
   }),
 )
 const EndedRow = std(Schema.Struct({ peerId: Schema.String, sessionId: Schema.String }))
-const KeyRow = std(Schema.Struct({ key: Schema.Uint8Array }))
 const ServerIdRow = std(Schema.Struct({ serverId: Schema.String }))
 const InstanceRow = std(
   Schema.Struct({ aliveAgoMs: Schema.Finite, stopped: Schema.Boolean, beat: Schema.String }),
@@ -38,15 +47,32 @@ const InstanceRow = std(
 /** The SessionStore over a slonik pool. */
 export const makePgSessions = (pool: DatabasePool): SessionStoreService => {
   return SessionStore.of({
-    sessionKey: (proposed) =>
-      attempt("sessionKey", async () => {
-        await pool.query(sql.type(NoRow)`
-          insert into cluster_keys (name, key) values ('session', ${sql.binary(Buffer.from(proposed))})
-          on conflict (name) do nothing
-        `)
-        const { key } = await pool.one(sql.type(KeyRow)`select key from cluster_keys where name = 'session'`)
-        return new Uint8Array(key)
-      }),
+    admitRegistration: (claim) =>
+      attempt("admitRegistration", () =>
+        pool.transaction(async (tx) => {
+          await tx.query(sql.type(NoRow)`
+            insert into peers (peer_id) values (${claim.peerId}) on conflict (peer_id) do nothing
+          `)
+          // The row lock makes registrations of one peer id, on any instance, wait for each other.
+          const row = await tx.one(sql.type(IdentityRow)`
+            select identity_key as "identityKey", last_register_ts as "lastRegisterTs",
+              last_admitted_at as "lastAdmittedAt"
+            from peers where peer_id = ${claim.peerId} for update
+          `)
+          if (row.identityKey !== null && claim.identityKey !== row.identityKey) return "wrong_identity"
+          if (claim.ts !== null && row.lastRegisterTs !== null && claim.ts <= row.lastRegisterTs)
+            return "replayed"
+          if (row.lastAdmittedAt !== null && claim.now - row.lastAdmittedAt < claim.minIntervalMs)
+            return "too_many"
+          await tx.query(sql.type(NoRow)`
+            update peers set identity_key = coalesce(identity_key, ${claim.identityKey}),
+              last_register_ts = coalesce(${claim.ts}::bigint, last_register_ts),
+              last_admitted_at = ${claim.now}::bigint
+            where peer_id = ${claim.peerId}
+          `)
+          return "admitted"
+        }),
+      ),
 
     login: (login) =>
       attempt("login", () =>
@@ -71,8 +97,8 @@ export const makePgSessions = (pool: DatabasePool): SessionStoreService => {
             on conflict (session_id) where event = 'logout' do nothing
           `)
           await tx.query(sql.type(NoRow)`
-            insert into sessions (session_id, peer_id, os, distro, owner_id, lease_until, token_id)
-            values (${login.sessionId}::uuid, ${login.peerId}, ${login.os}, ${login.distro}, ${login.serverId}, ${leaseEnd(login.leaseMs)}, ${login.tokenId ?? null})
+            insert into sessions (session_id, peer_id, os, distro, owner_id, lease_until, token_id, sealed)
+            values (${login.sessionId}::uuid, ${login.peerId}, ${login.os}, ${login.distro}, ${login.serverId}, ${leaseEnd(login.leaseMs)}, ${login.tokenId ?? null}, ${login.sealed ?? false})
           `)
           await tx.query(sql.type(NoRow)`
             insert into registration_log (event, peer_id, session_id, server_id, server_ip)
@@ -239,7 +265,8 @@ export const makePgSessions = (pool: DatabasePool): SessionStoreService => {
             where s.session_id = c.session_id and p.peer_id = s.peer_id
             -- The peer's row is of its latest login, which is this open session's.
             returning s.session_id::text as "sessionId", s.peer_id as "peerId", s.epoch,
-              s.os, s.distro, c.owner_id as "fromServerId", p.agent_version is not null as "heartbeats"
+              s.os, s.distro, c.owner_id as "fromServerId", p.agent_version is not null as "heartbeats",
+              s.sealed
           `)
           if (taken.length === 0) return []
           const tickets = await tx.any(sql.type(TicketRow)`
@@ -257,9 +284,9 @@ export const makePgSessions = (pool: DatabasePool): SessionStoreService => {
     sessionOf: (peerId) =>
       attempt("sessionOf", async () =>
         Option.fromNullOr(
-          await pool.maybeOne(sql.type(OwnerRow)`
+          await pool.maybeOne(sql.type(SealedOwnerRow)`
             select session_id::text as "sessionId", owner_id as "ownerId", epoch,
-              lease_until < now() as "expired"
+              lease_until < now() as "expired", sealed
             from sessions where peer_id = ${peerId} and closed_at is null
             order by opened_at desc limit 1
           `),

@@ -25,14 +25,13 @@ export const TicketFields = {
   deliveredAt: NullableInt,
 }
 export const TicketRow = std(Schema.Struct(TicketFields))
-export const OwnerRow = std(
-  Schema.Struct({
-    sessionId: Schema.String,
-    ownerId: Schema.String,
-    epoch: Schema.Int,
-    expired: Schema.Boolean,
-  }),
-)
+export const OwnerFields = {
+  sessionId: Schema.String,
+  ownerId: Schema.String,
+  epoch: Schema.Int,
+  expired: Schema.Boolean,
+}
+export const OwnerRow = std(Schema.Struct(OwnerFields))
 
 export const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
 

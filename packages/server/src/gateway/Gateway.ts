@@ -1,5 +1,5 @@
-import { newKey, type SessionConfig, Store, Transport } from "@picus/core"
-import { Cause, Effect, Fiber, Schema, Semaphore } from "effect"
+import { type SessionConfig, Store, Transport, Trust } from "@picus/core"
+import { Cause, Effect, Fiber, Redacted, Schema, Semaphore } from "effect"
 import type { GatewayConfig } from "./config.ts"
 import { makeHearing } from "./Hearing.ts"
 import { makeLeaseKeeper } from "./LeaseKeeper.ts"
@@ -9,6 +9,7 @@ import { makeResultRecorder } from "./ResultRecorder.ts"
 import { makeRouter } from "./Router.ts"
 import { makeSessionRegistry } from "./SessionRegistry.ts"
 import { makeShutdown } from "./Shutdown.ts"
+import { signingTransport } from "./Signing.ts"
 import { makeUplinkPump, READ_BLOCK_MS } from "./UplinkPump.ts"
 
 /**
@@ -21,18 +22,40 @@ import { makeUplinkPump, READ_BLOCK_MS } from "./UplinkPump.ts"
  *
  * `run` serves until interrupted; it fails only on a defect of its own loops, so the process can
  * exit non-zero for a supervisor to restart it rather than live on serving nothing.
+ *
+ * Every part is built over a Transport that signs what it writes for peers (see Signing.ts).
  */
-export const makeGateway = Effect.fnUntraced(function* (config: GatewayConfig) {
+export const makeGateway = (config: GatewayConfig) =>
+  Effect.gen(function* () {
+    const given = yield* Transport
+    const signed =
+      config.weakened?.unsigned === true ? given : signingTransport(given, config.clusterKey.signing)
+    const gateway = yield* build(config).pipe(Effect.provideService(Transport, signed))
+    return {
+      ...gateway,
+      run: gateway.run.pipe(Effect.provideService(Transport, signed)),
+      shutdown: (reason: string) => gateway.shutdown(reason).pipe(Effect.provideService(Transport, signed)),
+    }
+  })
+
+const build = Effect.fnUntraced(function* (config: GatewayConfig) {
   const store = yield* Store
   const transport = yield* Transport
   const hearing = makeHearing({ readBlockMs: READ_BLOCK_MS, heartbeatMs: config.heartbeatMs })
-  const sessionKey = config.sessionKey ?? (yield* store.sessionKey(newKey()))
-  const sessionConfig: SessionConfig = { ...config, sessionKey, canHearPeers: hearing.canHear }
+  const sessionKey = Trust.sessionKeyOf(Redacted.value(config.clusterKey.seed))
+  const sessionConfig: SessionConfig = {
+    ...config,
+    sessionKey,
+    canHearPeers: hearing.canHear,
+    clusterKey: config.clusterKey.publicKey,
+    ...(config.clusterKey.previous ? { keyEndorsement: config.clusterKey.previous.endorsement } : {}),
+    weakened: { mac: config.weakened?.mac === true },
+  }
   const lifecycle: Lifecycle = { accepting: true }
   const batchLock = yield* Semaphore.make(1)
 
   const registry = yield* makeSessionRegistry(config.serverId, config.leaseMs, sessionConfig)
-  const registration = yield* makeRegistration(config, registry, lifecycle)
+  const registration = yield* makeRegistration(config, sessionKey, registry, lifecycle)
   const leaseKeeper = yield* makeLeaseKeeper(config, registry, batchLock)
   const recorder = yield* makeResultRecorder()
   const router = yield* makeRouter({

@@ -6,11 +6,14 @@ import {
   type SessionBusy,
   Store,
   type StoreError,
+  sessionAuthenticator,
   sessionTokenOf,
   Transport,
   type TransportError,
+  Trust,
 } from "@picus/core"
 import { Clock, Effect, Exit, Option, Result } from "effect"
+import type { AccessError } from "../access/PeerAccess.ts"
 import type { GatewayConfig } from "./config.ts"
 import { makeRateLimitedLog } from "./RateLimitedLog.ts"
 import type { Registration } from "./Registration.ts"
@@ -56,13 +59,21 @@ export const makeRouter = Effect.fnUntraced(function* (deps: {
   /**
    * A message for a session not held here, that no live Redis mark routes elsewhere. PostgreSQL
    * says who holds it: a live holder gets it forwarded; a session whose lease ran out is taken over
-   * here, then handles it. Only a message carrying the session's own token can trigger that.
+   * here, then handles it. Only a message carrying the session's own credentials (its token, or for
+   * a sealed session its id and a valid MAC) can trigger that.
    */
   const unheld = Effect.fnUntraced(function* (message: PeerMessage, entry: Delivery) {
     const open = yield* store.sessionOf(message.peer_id)
-    if (Option.isNone(open) || sessionTokenOf(sessionKey, open.value.sessionId) !== message.token) {
-      return false
-    }
+    if (Option.isNone(open)) return false
+    const speaksFor = sessionAuthenticator(
+      {
+        sessionId: open.value.sessionId,
+        token: sessionTokenOf(sessionKey, open.value.sessionId),
+        sealed: open.value.sealed ?? false,
+      },
+      { checkMac: config.weakened?.mac !== true },
+    )
+    if (!speaksFor(message.token, entry.payload)) return false
     const { sessionId, ownerId, expired } = open.value
     if (ownerId !== config.serverId && (!expired || !deps.mayTakeOver(yield* Clock.currentTimeMillis))) {
       yield* transport.forward(ownerId, entry.payload)
@@ -85,9 +96,9 @@ export const makeRouter = Effect.fnUntraced(function* (deps: {
   const handle = (
     message: Protocol.PeerMessage,
     entry: Delivery,
-  ): Effect.Effect<void, StoreError | TransportError | LeaseLost | SessionBusy> => {
+  ): Effect.Effect<void, StoreError | TransportError | AccessError | LeaseLost | SessionBusy> => {
     if (message.msg === "register") return registration.register(message, entry)
-    const session = registry.authenticated(message)
+    const session = registry.authenticated(message, entry.payload)
     if (session) return handleHeld(session, message)
     return Effect.gen(function* () {
       // Another instance owns the peer's session: hand the message over, once (never onwards).
@@ -97,7 +108,10 @@ export const makeRouter = Effect.fnUntraced(function* (deps: {
       if (yield* unheld(message, entry)) return
       yield* badInput(
         `refused:${message.msg}`,
-        `${message.msg} refused: no session for this peer and token (peer ${message.peer_id})`,
+        Trust.redactSecrets(
+          `${message.msg} refused: no session of peer ${message.peer_id} takes its token ` +
+            "(or, for a sealed session, its id with a valid MAC)",
+        ),
       )
       // A peer that thinks it is logged in (its session timed out, or was replaced) learns it must
       // register again.
@@ -157,7 +171,7 @@ export const makeRouter = Effect.fnUntraced(function* (deps: {
       }
       const message = decoded.success
       const list = byPeer.get(message.peer_id) ?? []
-      const session = message.msg === "result" ? registry.authenticated(message) : undefined
+      const session = message.msg === "result" ? registry.authenticated(message, entry.payload) : undefined
       if (session && message.msg === "result" && list.every(([m]) => m.msg === "heartbeat")) {
         together.push({ session, message, entry })
         continue

@@ -85,10 +85,13 @@ export const makeSessionRegistry = Effect.fnUntraced(function* (
     byId: (sessionId: string): PeerSession | undefined => byId.get(sessionId),
     all: (): ReadonlyArray<PeerSession> => [...byPeer.values()],
     size: (): number => byPeer.size,
-    /** The session a message speaks for, if its token is that session's (constant-time). */
-    authenticated: (message: { readonly peer_id: string; readonly token: string }) => {
+    /**
+     * The session a message speaks for, if it carries that session's credentials: its token
+     * (constant-time), or for a sealed session its id and a valid MAC over `payload`, the raw entry.
+     */
+    authenticated: (message: { readonly peer_id: string; readonly token: string }, payload: string) => {
       const session = byPeer.get(message.peer_id)
-      return session?.authenticate(message.token) ? session : undefined
+      return session?.authenticate(message.token, payload) ? session : undefined
     },
     /** A new login here: a session of this peer held here stops first (the login closes it as replaced). */
     start: Effect.fnUntraced(function* (start: SessionStart) {

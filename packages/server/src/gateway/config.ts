@@ -1,18 +1,44 @@
 import type { SessionConfig } from "@picus/core"
 import { Redacted } from "effect"
+import type { ClusterKey } from "../clusterKey.ts"
 import type { ServerConfig } from "../config.ts"
 import { type EnrollmentTokens, enrollmentTokensFrom } from "../tokens.ts"
 import type { RejectionRate } from "./RejectionLog.ts"
 
-export interface GatewayConfig extends Omit<SessionConfig, "sessionKey"> {
+/**
+ * Checks a test may turn off, to show the attack each one stops succeeding without it. Nothing
+ * outside tests sets them: no flag, variable or file reaches this.
+ */
+export interface Weakened {
+  /** Messages to peers go out unsigned. */
+  readonly unsigned?: boolean
+  /** Registrations' signatures, and the binding of peer ids to identity keys, are not checked. */
+  readonly identity?: boolean
+  /** A signed registration's `ts` is not checked (neither against the last one nor the clock). */
+  readonly replay?: boolean
+  /** A token bound to a peer id is taken for any peer id. */
+  readonly peerBinding?: boolean
+  /** A sealed session's messages are taken without their MAC. */
+  readonly mac?: boolean
+}
+
+export interface GatewayConfig
+  extends Omit<SessionConfig, "sessionKey" | "clusterKey" | "keyEndorsement" | "weakened"> {
   /**
    * How long this instance's session leases (and its marks on its peers in Redis) hold without
    * renewal; renewed every third of it. The sessions of an instance silent for this long are taken
    * over by the others, with their tickets; their peers keep their sessions.
    */
   readonly leaseMs: number
-  /** The cluster's session key; absent: the one kept in PostgreSQL (created by the first instance). */
-  readonly sessionKey?: Uint8Array | undefined
+  /** Signs every message to a peer; session tokens derive from it. The same on every instance. */
+  readonly clusterKey: ClusterKey
+  /**
+   * Registrations of one peer id are admitted at least this far apart (default 2 s): one credential
+   * cannot open sessions (each with its tickets and log rows) as fast as it can send.
+   */
+  readonly registerIntervalMs?: number
+  /** Tests only: see Weakened. */
+  readonly weakened?: Weakened
   /** A ticket not delivered by this long after its creation ends undeliverable. */
   readonly deliveryDeadlineMs: number
   readonly enrollment: EnrollmentTokens
@@ -40,11 +66,12 @@ export interface GatewayConfig extends Omit<SessionConfig, "sessionKey"> {
 /** The gateway a server process runs with its configuration; `extraTokens` are accepted too. */
 export const gatewayConfigFrom = (
   config: ServerConfig,
+  clusterKey: ClusterKey,
   extraTokens: ReadonlyArray<string> = [],
 ): GatewayConfig => ({
   serverId: config.serverId,
   leaseMs: config.leaseMs,
-  sessionKey: config.sessionKey,
+  clusterKey,
   deliveryDeadlineMs: config.deliveryDeadlineMs,
   deadlineSlackMs: 30_000,
   heartbeatMs: config.heartbeatMs,

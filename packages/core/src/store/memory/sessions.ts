@@ -5,17 +5,31 @@ import { SessionStore, type SessionStoreService } from "../SessionStore.ts"
 import type { MemoryState } from "./state.ts"
 
 export const makeMemorySessions = (memory: MemoryState): SessionStoreService => {
-  const { peers, log, sessions, instances, copy, openTicketsWhere, openSessionOf, holds } = memory
+  const { peers, log, sessions, instances, identities, copy, openTicketsWhere, openSessionOf, holds } = memory
   const append = (row: Omit<LogRow, "id" | "at" | "repeats"> & { readonly repeats?: number }) =>
     log.push({ ...row, repeats: row.repeats ?? 1, id: memory.nextLogId++, at: Date.now() })
   const isClosed = (sessionId: string | null) =>
     log.some((r) => r.event === "logout" && r.sessionId === sessionId)
 
   return SessionStore.of({
-    sessionKey: (proposed) =>
+    admitRegistration: (claim) =>
       Effect.sync(() => {
-        memory.sessionKey ??= proposed
-        return memory.sessionKey
+        const row = identities.get(claim.peerId) ?? {
+          identityKey: null,
+          lastRegisterTs: null,
+          lastAdmittedAt: null,
+        }
+        if (row.identityKey !== null && claim.identityKey !== row.identityKey) return "wrong_identity"
+        if (claim.ts !== null && row.lastRegisterTs !== null && claim.ts <= row.lastRegisterTs)
+          return "replayed"
+        if (row.lastAdmittedAt !== null && claim.now - row.lastAdmittedAt < claim.minIntervalMs)
+          return "too_many"
+        identities.set(claim.peerId, {
+          identityKey: row.identityKey ?? claim.identityKey,
+          lastRegisterTs: claim.ts ?? row.lastRegisterTs,
+          lastAdmittedAt: claim.now,
+        })
+        return "admitted"
       }),
     login: (l) =>
       Effect.sync(() => {
@@ -40,6 +54,7 @@ export const makeMemorySessions = (memory: MemoryState): SessionStoreService => 
           os: l.os,
           distro: l.distro,
           heartbeats: l.agentVersion !== null,
+          sealed: l.sealed ?? false,
           openedAt: Date.now(),
           tokenId: l.tokenId ?? null,
           ownerId: l.serverId,
@@ -170,6 +185,7 @@ export const makeMemorySessions = (memory: MemoryState): SessionStoreService => 
             os: s.os,
             distro: s.distro,
             heartbeats: s.heartbeats,
+            sealed: s.sealed,
             fromServerId,
             tickets: openTicketsWhere((t) => t.sessionId === sessionId).map(copy),
           }

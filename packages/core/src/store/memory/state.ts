@@ -16,6 +16,7 @@ export interface MemorySession {
   readonly os: string | null
   readonly distro: string | null
   readonly heartbeats: boolean
+  readonly sealed: boolean
   readonly openedAt: number
   readonly tokenId: number | null
   ownerId: string
@@ -41,7 +42,11 @@ export const makeMemoryState = () => {
       string,
       { startedAt: number; aliveAt: number; stoppedAt: number | null; beats: number }
     >(),
-    sessionKey: undefined as Uint8Array | undefined,
+    /** What binds each peer id to its identity key (peers.identity_key and the rest in PostgreSQL). */
+    identities: new Map<
+      string,
+      { identityKey: string | null; lastRegisterTs: number | null; lastAdmittedAt: number | null }
+    >(),
     nextTokenId: 1,
     nextLogId: 1,
     nextTicket: 100_000,
@@ -54,7 +59,13 @@ export const makeMemoryState = () => {
       const open = [...state.sessions].filter(([, s]) => s.peerId === peerId && !s.closed)
       const [sessionId, s] = open.sort(([, a], [, b]) => b.openedAt - a.openedAt)[0] ?? []
       if (sessionId === undefined || s === undefined) return undefined
-      return { sessionId, ownerId: s.ownerId, epoch: s.epoch, expired: s.leaseUntil < Date.now() }
+      return {
+        sessionId,
+        ownerId: s.ownerId,
+        epoch: s.epoch,
+        expired: s.leaseUntil < Date.now(),
+        sealed: s.sealed,
+      }
     },
     holds: (sessionId: string, epoch: number) => {
       const s = state.sessions.get(sessionId)

@@ -1,7 +1,7 @@
 import { assert, describe } from "@effect/vitest"
 import { Effect, Option } from "effect"
 import { TestClock } from "effect/testing"
-import { LeaseLost, type Login, Store } from "../../store/Store.ts"
+import { LeaseLost, type Login, type RegistrationClaim, Store } from "../../store/Store.ts"
 import { job, LEASE_MS, loginOf, newResult, type StoreIt, unique } from "./support.ts"
 
 /** Server instances, the session key and session leases. */
@@ -62,13 +62,84 @@ export const sessionContract = (it: StoreIt) => {
         assert.isTrue(Option.getOrThrow(yield* store.instanceStatus(id)).stopped)
       }),
     )
+  })
 
-    it.effect("the first proposed session key is everyone's", () =>
+  describe("registration admission", () => {
+    const claim = (peerId: string, over: Partial<RegistrationClaim> = {}): RegistrationClaim => ({
+      peerId,
+      identityKey: null,
+      ts: null,
+      now: 1_000_000,
+      minIntervalMs: 0,
+      ...over,
+    })
+
+    it.effect("binds a peer id to the first key it is admitted with, and refuses any other after", () =>
       Effect.gen(function* () {
         const store = yield* Store
-        const first = yield* store.sessionKey(new Uint8Array(32).fill(1))
-        const second = yield* store.sessionKey(new Uint8Array(32).fill(2))
-        assert.deepStrictEqual([...second], [...first])
+        const peerId = unique("bound")
+        assert.strictEqual(yield* store.admitRegistration(claim(peerId)), "admitted", "unsigned, unbound")
+        assert.strictEqual(
+          yield* store.admitRegistration(claim(peerId, { identityKey: "key-a", ts: 1 })),
+          "admitted",
+        )
+        assert.strictEqual(yield* store.admitRegistration(claim(peerId)), "wrong_identity", "unsigned")
+        assert.strictEqual(
+          yield* store.admitRegistration(claim(peerId, { identityKey: "key-b", ts: 2 })),
+          "wrong_identity",
+        )
+        assert.strictEqual(
+          yield* store.admitRegistration(claim(peerId, { identityKey: "key-a", ts: 3 })),
+          "admitted",
+        )
+      }),
+    )
+
+    it.effect("refuses a ts not newer than the last admitted one, and does not record a refusal", () =>
+      Effect.gen(function* () {
+        const store = yield* Store
+        const peerId = unique("replay")
+        const signed = (ts: number) => claim(peerId, { identityKey: "key-a", ts })
+        assert.strictEqual(yield* store.admitRegistration(signed(100)), "admitted")
+        assert.strictEqual(yield* store.admitRegistration(signed(100)), "replayed", "the same again")
+        assert.strictEqual(yield* store.admitRegistration(signed(99)), "replayed", "older")
+        assert.strictEqual(yield* store.admitRegistration(signed(101)), "admitted")
+        assert.strictEqual(
+          yield* store.admitRegistration(claim(peerId, { identityKey: "key-b", ts: 500 })),
+          "wrong_identity",
+        )
+        assert.strictEqual(yield* store.admitRegistration(signed(102)), "admitted", "the refusal kept no ts")
+      }),
+    )
+
+    it.effect("admits a peer id at most once per interval, counted from the last admission", () =>
+      Effect.gen(function* () {
+        const store = yield* Store
+        const peerId = unique("rate")
+        const at = (now: number) => claim(peerId, { now, minIntervalMs: 2_000 })
+        assert.strictEqual(yield* store.admitRegistration(at(10_000)), "admitted")
+        assert.strictEqual(yield* store.admitRegistration(at(11_999)), "too_many")
+        assert.strictEqual(yield* store.admitRegistration(at(12_000)), "admitted")
+        assert.strictEqual(yield* store.admitRegistration(at(13_000)), "too_many")
+        assert.strictEqual(
+          yield* store.admitRegistration(claim(unique("other"), { now: 13_000, minIntervalMs: 2_000 })),
+          "admitted",
+          "per peer id",
+        )
+      }),
+    )
+
+    it.effect("decides concurrent registrations of one peer id one at a time", () =>
+      Effect.gen(function* () {
+        const store = yield* Store
+        const peerId = unique("race")
+        const answers = yield* Effect.all(
+          Array.from({ length: 8 }, () =>
+            store.admitRegistration(claim(peerId, { identityKey: "key-a", ts: 7, minIntervalMs: 2_000 })),
+          ),
+          { concurrency: "unbounded" },
+        )
+        assert.strictEqual(answers.filter((a) => a === "admitted").length, 1)
       }),
     )
   })
@@ -255,6 +326,7 @@ export const sessionContract = (it: StoreIt) => {
           ownerId: taker,
           epoch: 2,
           expired: false,
+          sealed: false,
         })
         assert.deepStrictEqual(
           yield* store
@@ -290,6 +362,28 @@ export const sessionContract = (it: StoreIt) => {
         const heartbeats = new Map(taken.map((t) => [t.sessionId, t.heartbeats]))
         assert.strictEqual(heartbeats.get(agent.sessionId), true)
         assert.strictEqual(heartbeats.get(seed.sessionId), false)
+      }),
+    )
+
+    it.effect("a sealed session stays sealed: its owner and its taker are told so", () =>
+      Effect.gen(function* () {
+        const store = yield* Store
+        const lost = unique("lost")
+        const sealed = loginOf(unique("sealed"), { serverId: lost, leaseMs: SHORT_LEASE_MS, sealed: true })
+        const plain = loginOf(unique("plain"), { serverId: lost, leaseMs: SHORT_LEASE_MS })
+        yield* store.login(sealed)
+        yield* store.login(plain)
+        assert.isTrue(Option.getOrThrow(yield* store.sessionOf(sealed.peerId)).sealed)
+        assert.isFalse(Option.getOrThrow(yield* store.sessionOf(plain.peerId)).sealed ?? false)
+        yield* waitOut
+        const taken = yield* store.takeOverSessions({
+          serverId: unique("taker"),
+          leaseMs: LEASE_MS,
+          limit: 1_000,
+        })
+        const isSealed = new Map(taken.map((t) => [t.sessionId, t.sealed ?? false]))
+        assert.strictEqual(isSealed.get(sealed.sessionId), true)
+        assert.strictEqual(isSealed.get(plain.sessionId), false)
       }),
     )
 
