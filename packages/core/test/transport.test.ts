@@ -13,6 +13,7 @@ import {
   type Delivery,
   type InboxBatch,
   type InboxFan,
+  REPLY_TTL_MS,
   Transport,
   type UplinkReader,
 } from "../src/transport/Transport.ts"
@@ -689,4 +690,32 @@ describe("Redis transport", () => {
       Effect.provide(layerRedis({ url: "redis://127.0.0.1:1", prefix: testKeyPrefix() })),
     ),
   )
+
+  it.live("a notice to an inbox nobody has makes it expire; a session's acceptance lifts that", () => {
+    const prefix = testKeyPrefix()
+    return Effect.gen(function* () {
+      const t = yield* Transport
+      const ttlOf = (peerId: string) =>
+        Effect.promise(async () => {
+          const direct = new Redis(url)
+          try {
+            return await direct.pttl(`${prefix}:peer:${peerId}:inbox`)
+          } finally {
+            direct.disconnect()
+          }
+        })
+      yield* t.sendToPeer("made-up", "rejected", { lifetime: "notice" })
+      const ttl = yield* ttlOf("made-up")
+      assert.isTrue(ttl > 0 && ttl <= REPLY_TTL_MS, `a new inbox expires (pttl ${ttl})`)
+      yield* t.sendToPeer("real", "a job")
+      yield* t.sendToPeer("real", "rejected", { lifetime: "notice" })
+      assert.strictEqual(yield* ttlOf("real"), -1, "an inbox that was there keeps no expiry")
+      yield* t.sendToPeer("made-up", "accepted", { lifetime: "session" })
+      assert.strictEqual(yield* ttlOf("made-up"), -1, "a session's inbox does not expire")
+    }).pipe(
+      Effect.ensuring(Effect.promise(() => deleteKeysWithPrefix(url, prefix))),
+      Effect.scoped,
+      Effect.provide(layerRedis({ url, prefix })),
+    )
+  })
 })

@@ -253,7 +253,9 @@ export const startPeerSession = Effect.fnUntraced(function* (
     })
     // A registration with a nonce is answered in its own reply stream (an enrolling peer can read
     // nothing else); a seed peer's, in its inbox.
-    yield* start.nonce ? transport.sendReply(start.nonce, accepted) : transport.sendToPeer(peerId, accepted)
+    yield* start.nonce
+      ? transport.sendReply(start.nonce, accepted)
+      : transport.sendToPeer(peerId, accepted, { lifetime: "session" })
     return planned
   }).pipe(
     Effect.tapError(() =>

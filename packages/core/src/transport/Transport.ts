@@ -44,6 +44,15 @@ export interface DeadLetter {
   readonly at: number
 }
 
+export interface SendToPeerOptions {
+  /**
+   * `notice`: for an inbox that may be nobody's (a rejection of a registration without a nonce,
+   * `session_expired`): an inbox this creates expires after REPLY_TTL_MS. `session`: a session opens
+   * on this inbox (its acceptance): any such expiry is lifted. Absent: a plain append.
+   */
+  readonly lifetime?: "notice" | "session"
+}
+
 /** How long the reply to a registration is kept for its peer to read. */
 export const REPLY_TTL_MS = 10 * 60_000
 
@@ -107,7 +116,11 @@ export class Transport extends Context.Service<
     /** The instance that owns the peer's session, if one marked it and the mark has not expired. */
     readonly ownerOf: (peerId: string) => Effect.Effect<string | undefined, TransportError>
     /** Server -> peer: append to the peer's inbox. Returns the entry id. */
-    readonly sendToPeer: (peerId: string, payload: string) => Effect.Effect<string, TransportError>
+    readonly sendToPeer: (
+      peerId: string,
+      payload: string,
+      options?: SendToPeerOptions,
+    ) => Effect.Effect<string, TransportError>
     /**
      * Server -> a registering peer: the reply to a registration that carried a nonce, in a stream of
      * its own that expires after `REPLY_TTL_MS` (so a flood of registrations leaves nothing behind).

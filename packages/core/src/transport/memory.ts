@@ -220,6 +220,7 @@ export const makeMemoryTransport = Effect.gen(function* () {
         const owner = owners.get(peerId)
         return owner && owner.until > Date.now() ? owner.serverId : undefined
       }),
+    // Inboxes never expire here: `lifetime` changes nothing.
     sendToPeer: (peerId, payload) =>
       Effect.sync(() => {
         const id = nextId()

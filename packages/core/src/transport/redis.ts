@@ -196,6 +196,7 @@ const luaScript = (name: string): string =>
   readFileSync(fileURLToPath(new URL(`./lua/${name}.lua`, import.meta.url)), "utf8")
 const RENEW_OWNERS = luaScript("renewOwners")
 const RELEASE_OWNER = luaScript("releaseOwner")
+const INBOX_NOTICE = luaScript("inboxNotice")
 const INTAKE = luaScript("intake")
 const INTAKE_AGE = luaScript("intakeAge")
 
@@ -400,10 +401,12 @@ export const makeRedisTransport = Effect.fnUntraced(function* (options: RedisTra
   client.defineCommand("picusRenewOwners", { lua: RENEW_OWNERS })
   client.defineCommand("picusReleaseOwner", { numberOfKeys: 1, lua: RELEASE_OWNER })
   client.defineCommand("picusIntakeAge", { numberOfKeys: 2, lua: INTAKE_AGE })
+  client.defineCommand("picusInboxNotice", { numberOfKeys: 1, lua: INBOX_NOTICE })
   const scripts = client as unknown as {
     picusRenewOwners: (numKeys: number, ...args: Array<string | number>) => Promise<unknown>
     picusReleaseOwner: (key: string, serverId: string) => Promise<unknown>
     picusIntakeAge: (intake: string, since: string) => Promise<number>
+    picusInboxNotice: (inbox: string, field: string, payload: string, ttlMs: number) => Promise<unknown>
   }
 
   // Defined before any command goes out: an auto-pipelined connection knows only the commands
@@ -846,10 +849,23 @@ export const makeRedisTransport = Effect.fnUntraced(function* (options: RedisTra
         Effect.map((owner) => owner ?? undefined),
       ),
 
-    sendToPeer: (peerId, payload) =>
-      call("xadd inbox", () => client.xadd(keys.peerInbox(peerId), "*", PAYLOAD_FIELD, payload)).pipe(
-        Effect.map((id) => id ?? ""),
-      ),
+    sendToPeer: (peerId, payload, sendOptions) => {
+      const key = keys.peerInbox(peerId)
+      switch (sendOptions?.lifetime) {
+        case "notice":
+          return call("xadd inbox notice", () =>
+            scripts.picusInboxNotice(key, PAYLOAD_FIELD, payload, REPLY_TTL_MS),
+          ).pipe(Effect.map((id) => String(id ?? "")))
+        case "session":
+          return call("xadd inbox", () =>
+            client.multi().xadd(key, "*", PAYLOAD_FIELD, payload).persist(key).exec(),
+          ).pipe(Effect.map((replies) => String(replies?.[0]?.[1] ?? "")))
+        default:
+          return call("xadd inbox", () => client.xadd(key, "*", PAYLOAD_FIELD, payload)).pipe(
+            Effect.map((id) => id ?? ""),
+          )
+      }
+    },
 
     sendReply: (nonce, payload) =>
       call("xadd reply", () =>

@@ -66,7 +66,9 @@ export const makeRegistration = Effect.fnUntraced(function* (
       reason,
       ...(nonce === undefined ? {} : { nonce }),
     })
-    return nonce === undefined ? transport.sendToPeer(peerId, payload) : transport.sendReply(nonce, payload)
+    return nonce === undefined
+      ? transport.sendToPeer(peerId, payload, { lifetime: "notice" })
+      : transport.sendReply(nonce, payload)
   }
 
   /** Told to the peer, counted in the registration log (see RejectionLog), logged rate-limited. */

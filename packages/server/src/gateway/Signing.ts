@@ -15,6 +15,7 @@ export const signingTransport = (
   key: Trust.SigningKey,
 ): Transport["Service"] => ({
   ...transport,
-  sendToPeer: (peerId, payload) => transport.sendToPeer(peerId, Trust.signPayload(payload, key)),
+  sendToPeer: (peerId, payload, options) =>
+    transport.sendToPeer(peerId, Trust.signPayload(payload, key), options),
   sendReply: (nonce, payload) => transport.sendReply(nonce, Trust.signPayload(payload, key)),
 })
