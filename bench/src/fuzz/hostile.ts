@@ -1,6 +1,7 @@
-import { Protocol } from "@picus/core"
+import { Protocol, Trust } from "@picus/core"
 import { Arbitrary, Effect } from "effect"
 import fc from "fast-check"
+import { MAX_REGISTER_SKEW_MS } from "server"
 
 /**
  * Hostile uplink entries. Shapes come from fast-check and from the wire schemas' own arbitraries
@@ -22,12 +23,30 @@ export const KINDS = [
   "bad_enrollment",
   "valid_register",
   "replayed_register",
+  "wrong_identity",
+  "replayed_signed",
+  "skewed_ts",
+  "bad_mac",
+  "garbage_sig",
   "oversized",
 ] as const
 export type Kind = (typeof KINDS)[number]
 
-/** Kinds whose entries the server may accept: they open sessions. Kept a small fraction. */
+/**
+ * Kinds whose entries the server may accept: they open sessions. Kept a small fraction. (Every
+ * entry of the signed kinds must be refused: they forge for peers bound to a key they do not hold.)
+ */
 export const VALID_KINDS: ReadonlySet<Kind> = new Set(["valid_register", "replayed_register"])
+
+/** A peer enrolled with an identity key, in a sealed session: what the forgeries aim at. */
+export interface SignedIdentity {
+  readonly peerId: string
+  readonly sessionId: string
+  readonly sessionToken: string
+  readonly identity: Trust.SigningKey
+  /** Its signed registration, exactly as sent. */
+  readonly registration: string
+}
 
 /** What the good side of the run has shown so far. */
 export interface World {
@@ -42,6 +61,10 @@ export interface World {
   readonly registers: ReadonlyArray<string>
   /** Tickets submitted to the good peers, with their peer. */
   readonly tickets: ReadonlyArray<{ readonly ticket: string; readonly peerId: string }>
+  /** The peers bound to an identity key (their ids, keys and sealed sessions). */
+  readonly signed: ReadonlyArray<SignedIdentity>
+  /** The clock registrations' `ts` are made from (the server's, on the same machine). */
+  readonly now: () => number
 }
 
 export interface Hostile {
@@ -278,11 +301,25 @@ const arbitraries: ReadonlyArray<{
   {
     kind: "cross_peer_ticket",
     weight: 400,
-    arbitrary: fc.nat().map((n): [Kind, Build] => [
+    arbitrary: fc.tuple(fc.nat(), fc.boolean()).map(([n, sealed]): [Kind, Build] => [
       "cross_peer_ticket",
       (world) => {
-        // A good peer's own session, answering a ticket that is another peer's.
+        // A good peer's own session, answering a ticket that is another peer's; half of them a
+        // signed peer's sealed session, its MAC valid.
         const ticket = pick(world.tickets, n)
+        const signed = sealed ? world.signed.find((s) => s.peerId !== ticket?.peerId) : undefined
+        if (ticket !== undefined && signed !== undefined)
+          return Trust.macPayload(
+            JSON.stringify({
+              msg: "result",
+              ticket: ticket.ticket,
+              peer_id: signed.peerId,
+              token: signed.sessionId,
+              result: "forged",
+              status: "succeeded",
+            }),
+            signed.sessionToken,
+          )
         const peerId = world.peerIds.find((p) => p !== ticket?.peerId && world.sessions.has(p))
         if (ticket === undefined || peerId === undefined) return "{}"
         return JSON.stringify({
@@ -351,10 +388,231 @@ const arbitraries: ReadonlyArray<{
   },
 ]
 
+/** The attacker's own identity keys (fixed seeds: the same run, the same entries). */
+const attackerKeys: ReadonlyArray<Trust.SigningKey> = Array.from(
+  { length: 8 },
+  (_, i) => Trust.signingKeyOf(Buffer.alloc(32, i + 1).toString("base64url"))!,
+)
+const attacker = fc.nat({ max: attackerKeys.length - 1 })
+
+/** A signed registration's `ts` outside the server's window: minutes to a year off, either way. */
+const skew = fc
+  .tuple(fc.boolean(), fc.integer({ min: 1, max: 365 * 24 * 60 }))
+  .map(([late, minutes]) => (late ? -1 : 1) * (MAX_REGISTER_SKEW_MS + minutes * 60_000))
+
+/** Base64url text of `bytes` random bytes: signature- or MAC-shaped, and wrong. */
+const b64 = (min: number, max: number) =>
+  fc.uint8Array({ minLength: min, maxLength: max }).map((b) => Buffer.from(b).toString("base64url"))
+
+/** A registration in the signed dialect, made of its parts; `signer` signs it (none: unsigned). */
+const registerText = (
+  world: World,
+  fields: {
+    readonly peerId: string
+    readonly ts: number
+    readonly peerKey?: string
+    readonly nonce?: string
+  },
+): string =>
+  JSON.stringify({
+    msg: "register",
+    peer_id: fields.peerId,
+    token: world.token,
+    server_ip: "10.0.0.3",
+    os: "linux",
+    distro: "fuzz",
+    ...(fields.nonce === undefined ? {} : { nonce: fields.nonce }),
+    ts: Math.min(Math.max(0, Math.round(fields.ts)), Protocol.MAX_EPOCH_MILLIS),
+    ...(fields.peerKey === undefined ? {} : { peer_key: fields.peerKey }),
+  })
+
+/** A few of a signed peer's tickets if it has any, else anyone's: forged answers aim at these. */
+const ticketOf = (world: World, peerId: string, n: number): string => {
+  const own = world.tickets.filter((t) => t.peerId === peerId).slice(-64)
+  return (pick(own, n) ?? pick(world.tickets, n))?.ticket ?? String(n)
+}
+
+const signedArbitraries: ReadonlyArray<{
+  readonly kind: Kind
+  readonly weight: number
+  readonly arbitrary: fc.Arbitrary<[Kind, Build]>
+}> = [
+  {
+    // A registration for a peer id bound to an identity key, by someone without that key (but with
+    // a valid enrollment token): signed by another key, naming the bound key but mis-signed,
+    // unsigned, or naming the bound key and unsigned.
+    kind: "wrong_identity",
+    weight: 300,
+    arbitrary: fc
+      .tuple(fc.nat(), fc.nat({ max: 3 }), attacker, fc.boolean())
+      .map(([n, how, k, withNonce]): [Kind, Build] => [
+        "wrong_identity",
+        (world, serial) => {
+          const target = pick(world.signed, n)
+          if (target === undefined) return "{}"
+          const key = attackerKeys[k]!
+          const nonce = withNonce ? `fuzz-wi-${serial}` : undefined
+          const at = { peerId: target.peerId, ts: world.now(), ...(nonce === undefined ? {} : { nonce }) }
+          switch (how) {
+            case 0:
+              return Trust.signPayload(registerText(world, { ...at, peerKey: key.publicKey }), key)
+            case 1:
+              return Trust.signPayload(
+                registerText(world, { ...at, peerKey: target.identity.publicKey }),
+                key,
+              )
+            case 2:
+              return registerText(world, at)
+            default:
+              return registerText(world, { ...at, peerKey: target.identity.publicKey })
+          }
+        },
+      ]),
+  },
+  {
+    // A signed peer's own registration, sent again byte for byte.
+    kind: "replayed_signed",
+    weight: 150,
+    arbitrary: fc
+      .nat()
+      .map((n): [Kind, Build] => ["replayed_signed", (world) => pick(world.signed, n)?.registration ?? "{}"]),
+  },
+  {
+    // Validly signed, but its ts far from the server's clock: by a bound peer's own key (a clock
+    // gone wrong, or a registration kept for later) or by a key of a new id.
+    kind: "skewed_ts",
+    weight: 150,
+    arbitrary: fc
+      .tuple(fc.nat(), fc.boolean(), skew, attacker)
+      .map(([n, bound, offset, k]): [Kind, Build] => [
+        "skewed_ts",
+        (world, serial) => {
+          const target = bound ? pick(world.signed, n) : undefined
+          const key = target?.identity ?? attackerKeys[k]!
+          const peerId = target?.peerId ?? `fuzz-skew-${serial}`
+          return Trust.signPayload(
+            registerText(world, {
+              peerId,
+              ts: world.now() + offset,
+              peerKey: key.publicKey,
+              nonce: `fuzz-ts-${serial}`,
+            }),
+            key,
+          )
+        },
+      ]),
+  },
+  {
+    // A message of a signed peer's sealed session (its real session id as token) whose MAC is
+    // missing, made with a wrong key (anything, the session id itself, another session's token),
+    // valid for other text, or garbage.
+    kind: "bad_mac",
+    weight: 600,
+    arbitrary: fc
+      .tuple(
+        fc.constantFrom("result", "heartbeat", "logout"),
+        fc.nat(),
+        fc.nat({ max: 5 }),
+        fc.string({ minLength: 1, maxLength: 64 }),
+        fc.oneof(b64(12, 96), fc.constant("!!"), fc.string({ maxLength: 20 })),
+      )
+      .map(([msg, n, how, wrongKey, garbage]): [Kind, Build] => [
+        "bad_mac",
+        (world) => {
+          const target = pick(world.signed, n)
+          if (target === undefined) return "{}"
+          const make = (variant: string) =>
+            JSON.stringify(
+              msg === "result"
+                ? {
+                    msg,
+                    ticket: ticketOf(world, target.peerId, n),
+                    peer_id: target.peerId,
+                    token: target.sessionId,
+                    result: `forged${variant}`,
+                    exit_code: 0,
+                    status: "succeeded",
+                  }
+                : msg === "heartbeat"
+                  ? { msg, peer_id: target.peerId, token: target.sessionId, running: variant.length }
+                  : { msg, peer_id: target.peerId, token: target.sessionId, reason: `forged${variant}` },
+            )
+          const payload = make("")
+          switch (how) {
+            case 0:
+              return payload
+            case 1:
+              return Trust.macPayload(payload, wrongKey)
+            case 2:
+              return Trust.macPayload(payload, target.sessionId)
+            case 3: {
+              const other = world.signed.find((s) => s.peerId !== target.peerId)
+              return Trust.macPayload(payload, other?.sessionToken ?? wrongKey)
+            }
+            case 4: {
+              // The right MAC, of other text: the payload changed after it was made.
+              const mac = Protocol.splitTrailer(Trust.macPayload(make("!"), target.sessionToken), "mac")!
+              return Protocol.appendTrailer(payload, "mac", mac.value)
+            }
+            default:
+              return `${payload.slice(0, -1)},"mac":${JSON.stringify(garbage)}}`
+          }
+        },
+      ]),
+  },
+  {
+    // A `sig` trailer that is garbage: the right length and wrong, the wrong length, another
+    // payload's valid signature, text that is not base64url, or two of them; on registrations naming
+    // a key (a bound peer's or a new id's), and now and then on other messages.
+    kind: "garbage_sig",
+    weight: 300,
+    arbitrary: fc
+      .tuple(fc.nat(), fc.nat({ max: 5 }), fc.boolean(), b64(64, 64), b64(1, 120), attacker, notAToken)
+      .map(([n, how, bound, sig64, sigAny, k, token]): [Kind, Build] => [
+        "garbage_sig",
+        (world, serial) => {
+          const target = bound ? pick(world.signed, n) : undefined
+          const key = target?.identity ?? attackerKeys[k]!
+          const peerId = target?.peerId ?? `fuzz-sig-${serial}`
+          const payload =
+            n % 8 === 0
+              ? JSON.stringify({
+                  msg: "heartbeat",
+                  peer_id: pick(world.peerIds, n) ?? peerId,
+                  token,
+                  running: 0,
+                })
+              : registerText(world, {
+                  peerId,
+                  ts: world.now(),
+                  peerKey: key.publicKey,
+                  ...(n % 2 === 0 ? { nonce: `fuzz-sig-${serial}` } : {}),
+                })
+          switch (how) {
+            case 0:
+              return Protocol.appendTrailer(payload, "sig", sig64)
+            case 1:
+              return Protocol.appendTrailer(payload, "sig", sigAny)
+            case 2: {
+              const other = Trust.signPayload(`${payload.slice(0, -1)},"x":1}`, key)
+              return Protocol.appendTrailer(payload, "sig", Protocol.splitTrailer(other, "sig")!.value)
+            }
+            case 3:
+              return `${payload.slice(0, -1)},"sig":"not base64url!"}`
+            case 4:
+              return Protocol.appendTrailer(Protocol.appendTrailer(payload, "sig", sig64), "sig", sigAny)
+            default:
+              return `${payload.slice(0, -1)},"sig":${JSON.stringify(token)}}`
+          }
+        },
+      ]),
+  },
+]
+
 const PEER_KINDS = new Set<string>(Protocol.PEER_MSG_KINDS)
 
 const mix = (only?: ReadonlySet<Kind>): fc.Arbitrary<[Kind, Build]> => {
-  const chosen = arbitraries.filter((a) => only === undefined || only.has(a.kind))
+  const chosen = [...arbitraries, ...signedArbitraries].filter((a) => only === undefined || only.has(a.kind))
   if (chosen.length === 0) throw new Error(`no generated kind among ${[...(only ?? [])].join(", ")}`)
   return fc.oneof(...chosen.map((a) => ({ weight: a.weight, arbitrary: a.arbitrary })))
 }
@@ -380,6 +638,28 @@ export const oversized = (world: World, serial: number): Hostile => ({
     result: "y".repeat(Protocol.MAX_MESSAGE_BYTES + (serial % 7)),
   }),
 })
+
+/**
+ * A registration signed by a signed peer's own key, as if the key had leaked: it is valid, and
+ * replaces that peer's session. Not part of the mix: a test plants it to see the ledger fail.
+ */
+export const leakedKeyRegistration = (world: World): string => {
+  const target = world.signed[0]
+  if (target === undefined) return "{}"
+  return Trust.signPayload(
+    JSON.stringify({
+      msg: "register",
+      peer_id: target.peerId,
+      token: world.token,
+      server_ip: "10.0.0.4",
+      nonce: `leaked-${world.now()}`,
+      ts: world.now(),
+      peer_key: target.identity.publicKey,
+      box_key: Trust.newBoxKeyPair().publicKey,
+    }),
+    target.identity,
+  )
+}
 
 /** `count` hostile entries, deterministic for a seed (apart from what the world holds). */
 export const generate = (

@@ -8,4 +8,5 @@ export { defaultDataDir, EMBEDDED_POOL_SIZE, serveEmbedded } from "./db/embedded
 export { ensureDatabase } from "./db/ensureDatabase.ts"
 export { PgStore } from "./db/PgStore.ts"
 export { type Gateway, GatewayFailed, gatewayConfigFrom, makeGateway, untilSignal } from "./gateway/index.ts"
+export { MAX_REGISTER_SKEW_MS } from "./gateway/Registration.ts"
 export { InvalidJob, type Submission, submitJobs, validateSubmission } from "./submit.ts"
