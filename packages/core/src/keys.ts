@@ -20,7 +20,8 @@
  *   {p}:peer:{peerId}:inbox     stream   server -> one peer. accepted/rejected, jobs, shutdown.
  *                                        Read by that peer alone (XREAD from its last id), so a peer
  *                                        that was away briefly still finds its jobs; it trims what it
- *                                        has handled.
+ *                                        has handled. One that a notice (a rejection, session_expired)
+ *                                        created expires after REPLY_TTL_MS unless a session opens.
  *   {p}:server:{serverId}:inbox stream   server -> one server instance: peer messages forwarded by
  *                                        the instance that read them to the instance that owns the
  *                                        peer's session. Read by that instance (group "servers").

@@ -8,6 +8,7 @@ import {
   Store,
   StoreMemory,
   Transport,
+  TransportError,
   TransportMemory,
 } from "@picus/core"
 import { eventually } from "@picus/core/testing"
@@ -67,6 +68,36 @@ const releasedOnce = (released: ReadonlyArray<readonly [string, string]>, entry:
   )
 
 describe("sessions and their Redis users", () => {
+  it.live("a session that cannot start releases the user granted for it", () => {
+    const { released, layer } = recording()
+    // Its acceptance cannot be sent: the start fails after the login was written.
+    const refusing = Layer.effect(
+      Transport,
+      Effect.map(Transport, (t) =>
+        Transport.of({
+          ...t,
+          sendToPeer: () => Effect.fail(new TransportError({ operation: "xadd inbox", message: "refused" })),
+        }),
+      ),
+    ).pipe(Layer.provide(TransportMemory.layerMemory))
+    return Effect.gen(function* () {
+      const registry = yield* makeSessionRegistry("a", 60_000, sessionConfig(60_000))
+      const s = start("p0")
+      const exit = yield* Effect.exit(registry.start(s))
+      assert.isTrue(exit._tag === "Failure", "the start failed")
+      assert.deepStrictEqual(released, [[s.peerId, s.sessionId]])
+    }).pipe(
+      Effect.scoped,
+      Effect.provide(
+        JobScheduler.layer({ maxInFlight: 4 }).pipe(
+          Layer.provideMerge(StoreMemory.layerMemory),
+          Layer.provideMerge(refusing),
+          Layer.provideMerge(layer),
+        ),
+      ),
+    )
+  })
+
   it.live("a session that ends here releases its user", () => {
     const { released, layer } = recording()
     return Effect.gen(function* () {

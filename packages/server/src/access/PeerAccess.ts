@@ -1,7 +1,8 @@
 import { Context, Effect, Layer, Schema } from "effect"
 
 /** What a server without Redis users says at start, loudly. */
-export const OPEN_MODE_WARNING = "open mode: no Redis users, anyone who can reach Redis can command peers"
+export const OPEN_MODE_WARNING =
+  "open mode: no Redis users: anyone who can reach Redis can read, delay or drop every message, and a seed peer (which checks no signature) runs what it is sent"
 
 /** Redis credentials a peer logs in with for one session (sealed to it in the acceptance). */
 export interface RedisCredentials {

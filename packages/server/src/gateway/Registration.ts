@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto"
 import { type Admission, type Delivery, Protocol, Store, sessionTokenOf, Transport, Trust } from "@picus/core"
-import { Clock, Effect, Option } from "effect"
+import { Clock, Effect } from "effect"
 import { PeerAccess } from "../access/PeerAccess.ts"
 import { checkEnrollmentToken } from "../tokens.ts"
 import type { GatewayConfig } from "./config.ts"

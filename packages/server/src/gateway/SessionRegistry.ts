@@ -103,7 +103,10 @@ export const makeSessionRegistry = Effect.fnUntraced(function* (
       // Mark the peer as ours before it hears it is accepted: its first heartbeat may be read by
       // another instance, which must forward it here rather than call the session expired.
       yield* transport.claimPeers(serverId, [start.peerId], leaseMs, "take")
-      return yield* inOwnScope(startPeerSession(start, sessionConfig))
+      // A session that could not start takes the Redis user granted for it along.
+      return yield* inOwnScope(startPeerSession(start, sessionConfig)).pipe(
+        Effect.onError(() => access.release(start.peerId, start.sessionId)),
+      )
     }),
     /** Carries on sessions taken over from a lost instance. */
     adopt: Effect.fnUntraced(function* (taken: ReadonlyArray<TakenSession>) {
