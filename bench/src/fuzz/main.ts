@@ -1,3 +1,4 @@
+import { writeFileSync } from "node:fs"
 import { parseArgs } from "node:util"
 import { positiveFlag } from "../args.ts"
 import type { BenchEnv } from "../system.ts"
@@ -11,6 +12,7 @@ const usage = `Usage: pnpm fuzz [options]
   --signed N     good peers enrolled with an identity key, forged for (default ${defaultOptions.signedPeers})
   --only a,b     only these kinds (${KINDS.join(", ")})
   --json         print the report as JSON
+  --report FILE  also write the report as JSON to FILE
 Environment: BENCH_PG_URL (default postgres://postgres@127.0.0.1:5432/postgres), BENCH_REDIS_URL
 (default redis://127.0.0.1:6379). Exits 1 if a good peer's ticket did not end exactly once with its
 own result, a signed peer's session did not stay the same open one, an oversized entry was not
@@ -24,6 +26,7 @@ const { values } = parseArgs({
     signed: { type: "string" },
     only: { type: "string" },
     json: { type: "boolean", default: false },
+    report: { type: "string" },
     help: { type: "boolean", short: "h", default: false },
   },
 })
@@ -57,6 +60,7 @@ if (!values.json)
     `fuzz: ${options.messages} hostile entries, ${options.goodPeers} good peers, ${options.signedPeers} signed`,
   )
 const report = await runFuzz(env, options)
+if (values.report !== undefined) writeFileSync(values.report, `${JSON.stringify(report, null, 2)}\n`)
 if (values.json) console.log(JSON.stringify(report, null, 2))
 else {
   console.log(describe(report))
