@@ -428,8 +428,16 @@ const registerText = (
 
 /** A few of a signed peer's tickets if it has any, else anyone's: forged answers aim at these. */
 const ticketOf = (world: World, peerId: string, n: number): string => {
-  const own = world.tickets.filter((t) => t.peerId === peerId).slice(-64)
-  return (pick(own, n) ?? pick(world.tickets, n))?.ticket ?? String(n)
+  // Its recent ones, looked for from the end (the list grows all run long).
+  const own: string[] = []
+  for (
+    let i = world.tickets.length - 1;
+    i >= 0 && i >= world.tickets.length - 2_000 && own.length < 64;
+    i--
+  ) {
+    if (world.tickets[i]!.peerId === peerId) own.push(world.tickets[i]!.ticket)
+  }
+  return pick(own, n) ?? pick(world.tickets, n)?.ticket ?? String(n)
 }
 
 const signedArbitraries: ReadonlyArray<{
