@@ -3,7 +3,7 @@ import { loadavg } from "node:os"
 import { enrollAclRules, makeKeys, Transport } from "@picus/core"
 import { Effect } from "effect"
 import { Redis } from "ioredis"
-import { makeSimulatedFleet, type SimulatedFleet } from "loadgen"
+import { type Counters, makeSimulatedFleet, type SimulatedFleet } from "loadgen"
 import { submitJobs } from "server"
 import { sleep, wallNow } from "../clock.ts"
 import { startProcessSampler } from "../procstat.ts"
@@ -43,7 +43,10 @@ export interface FuzzOptions {
   readonly ticketEveryMs: number
   /** How long the server may take to drain the uplink after the last entry was sent. */
   readonly drainTimeoutMs: number
-  /** How long the good tickets may take to end after the drain. Default 60 s. */
+  /**
+   * After the drain, the good tickets are waited for while they keep ending (a long flood leaves a
+   * queue of them): until none is open, or none ended for this long (default 60 s), or 20 minutes.
+   */
   readonly settleMs?: number
   /** Only these kinds (all when undefined); for finding which kind costs the server most. */
   readonly only?: ReadonlySet<Kind>
@@ -75,6 +78,8 @@ export const TABLES = ["registration_log", "tickets", "job_results", "peers", "s
 export interface Ledger {
   readonly tickets: number
   readonly states: Readonly<Record<string, number>>
+  /** The same, for each good peer, with its tickets' latency (p50Ms, maxMs). */
+  readonly byPeer: Readonly<Record<string, Readonly<Record<string, number>>>>
   /** Tickets not in a terminal state when the run ended. */
   readonly open: ReadonlyArray<string>
   /** Tickets whose result row is missing, or is not the good peer's own answer. */
@@ -114,6 +119,8 @@ export interface FuzzReport {
   readonly validSent: number
   readonly sendMs: number
   readonly drainMs: number
+  /** From the drain until the good tickets had all ended (or the wait gave up). */
+  readonly settledMs: number
   readonly sentPerSecond: number
   readonly handledPerSecond: number
   readonly serverPeakRssBytes: number
@@ -138,6 +145,8 @@ export interface FuzzReport {
   readonly deadLetters: number
   readonly goodTickets: number
   readonly submitFailures: number
+  /** What the simulated peers counted (sessions expired, registrations resent, jobs ignored, ...). */
+  readonly fleet: Readonly<Counters>
   readonly ledger: Ledger
   readonly serverAlive: boolean
   readonly serverExit?: string
@@ -484,7 +493,10 @@ export const runFuzz = async (env: BenchEnv, options: FuzzOptions): Promise<Fuzz
     let afterFlood: string | undefined
     if (serverAlive()) afterFlood = await submit(good.peerIds[0]!).catch(() => undefined)
     const ours = tickets.map((t) => t.ticket)
-    const settleDeadline = wallNow() + (options.settleMs ?? 60_000)
+    const settleStart = wallNow()
+    let lastEnded = settleStart
+    let lastLogged = settleStart
+    let openBefore = Number.POSITIVE_INFINITY
     let states: Map<string, string> = new Map()
     for (;;) {
       const { rows } = await cluster.pool.query<{ ticket: string; state: string }>(
@@ -492,10 +504,21 @@ export const runFuzz = async (env: BenchEnv, options: FuzzOptions): Promise<Fuzz
         [ours],
       )
       states = new Map(rows.map((r) => [r.ticket, r.state]))
-      const open = ours.filter((t) => !TERMINAL.has(states.get(t) ?? ""))
-      if (open.length === 0 || !serverAlive() || wallNow() > settleDeadline) break
-      await sleep(50)
+      const open = ours.filter((t) => !TERMINAL.has(states.get(t) ?? "")).length
+      const now = wallNow()
+      if (open < openBefore) lastEnded = now
+      if (open > 0 && now - lastLogged > 10_000) {
+        lastLogged = now
+        log(
+          `  ${open} good ticket(s) still open ${((now - settleStart) / 1000).toFixed(0)} s after the drain`,
+        )
+      }
+      openBefore = Math.min(openBefore, open)
+      if (open === 0 || !serverAlive()) break
+      if (now - lastEnded > (options.settleMs ?? 60_000) || now - settleStart > 20 * 60_000) break
+      await sleep(open > 100 ? 1_000 : 50)
     }
+    const settledMs = wallNow() - settleStart
     const serverPeak = sampler.stop().maxRssBytes
 
     const { rows: results } = await cluster.pool.query<{ ticket: string; peer_id: string; output: string }>(
@@ -513,6 +536,13 @@ export const runFuzz = async (env: BenchEnv, options: FuzzOptions): Promise<Fuzz
              from job_results r join tickets t using (ticket) where t.ticket = any($1::text[])) as l`,
       [ours],
     )
+    const { rows: peerLatency } = await cluster.pool.query<{ peer_id: string; p50: number; max: number }>(
+      `select t.peer_id, percentile_cont(0.5) within group (order by ms) as p50, max(ms) as max
+       from (select t.peer_id, extract(epoch from r.received_at - t.created_at) * 1000 as ms
+             from job_results r join tickets t using (ticket) where t.ticket = any($1::text[])) as t
+       group by t.peer_id`,
+      [ours],
+    )
     const resultOf = new Map(results.map((r) => [r.ticket, r]))
     const peerOf = new Map(tickets.map((t) => [t.ticket, t.peerId]))
     const answerOf = (peerId: string | undefined) =>
@@ -523,9 +553,13 @@ export const runFuzz = async (env: BenchEnv, options: FuzzOptions): Promise<Fuzz
       return r === undefined || r.peer_id !== peerOf.get(t) || !r.output.startsWith(answerOf(peerOf.get(t)))
     })
     const stateCounts: Record<string, number> = {}
+    const byPeer: Record<string, Record<string, number>> = {}
     for (const t of ours) {
       const s = states.get(t) ?? "missing"
       stateCounts[s] = (stateCounts[s] ?? 0) + 1
+      const peer: Record<string, number> = byPeer[peerOf.get(t) ?? "?"] ?? {}
+      peer[s] = (peer[s] ?? 0) + 1
+      byPeer[peerOf.get(t) ?? "?"] = peer
     }
 
     // The signed peers' sessions: still open, the same ones, still bound to their own keys.
@@ -551,9 +585,16 @@ export const runFuzz = async (env: BenchEnv, options: FuzzOptions): Promise<Fuzz
       }
     })
 
+    for (const row of peerLatency) {
+      const peer = byPeer[row.peer_id] ?? {}
+      peer.p50Ms = Math.round(Number(row.p50))
+      peer.maxMs = Math.round(Number(row.max))
+      byPeer[row.peer_id] = peer
+    }
     const ledger: Ledger = {
       tickets: ours.length,
       states: stateCounts,
+      byPeer,
       open: ours.filter((t) => !TERMINAL.has(states.get(t) ?? "")),
       wrongResult,
       afterFlood,
@@ -626,6 +667,7 @@ export const runFuzz = async (env: BenchEnv, options: FuzzOptions): Promise<Fuzz
       validSent,
       sendMs,
       drainMs,
+      settledMs,
       sentPerSecond: (total * 1000) / sendMs,
       handledPerSecond: (total * 1000) / drainMs,
       serverPeakRssBytes: Math.max(serverPeak, rssBefore),
@@ -644,6 +686,7 @@ export const runFuzz = async (env: BenchEnv, options: FuzzOptions): Promise<Fuzz
       deadLetters,
       goodTickets: ours.length,
       submitFailures,
+      fleet: { ...good.counters },
       ledger,
       serverAlive: alive,
       ...(alive ? {} : { serverExit: String(server.exitCode ?? server.signalCode) }),
@@ -696,7 +739,17 @@ export const describe = (r: FuzzReport): string => {
     `Redis keys added: ${keys}`,
     `intake drops (over 1 MiB): ${r.intakeDropped}; dead letters: ${r.deadLetters}`,
     `good tickets: ${r.ledger.tickets} (${entries(r.ledger.states)}); submit failures ${r.submitFailures}; open ${r.ledger.open.length}, wrong or missing result ${r.ledger.wrongResult.length}; after the flood: ${r.ledger.afterFloodState ?? "none"}`,
-    `good ticket latency (submitted → result recorded): p50 ${r.ledger.latencyMs.p50.toFixed(0)} ms, p99 ${r.ledger.latencyMs.p99.toFixed(0)} ms, max ${r.ledger.latencyMs.max.toFixed(0)} ms`,
+    `good tickets ended ${(r.settledMs / 1000).toFixed(1)} s after the drain; latency (submitted → result recorded): p50 ${r.ledger.latencyMs.p50.toFixed(0)} ms, p99 ${r.ledger.latencyMs.p99.toFixed(0)} ms, max ${r.ledger.latencyMs.max.toFixed(0)} ms`,
+    `per peer: ${Object.entries(r.ledger.byPeer)
+      .map(
+        ([peer, c]) =>
+          `${peer} ${Object.entries(c)
+            .filter(([k]) => k !== "p50Ms" && k !== "maxMs")
+            .map(([k, n]) => `${k} ${n}`)
+            .join(", ")} (p50 ${c.p50Ms ?? "-"} ms, max ${c.maxMs ?? "-"} ms)`,
+      )
+      .join("; ")}`,
+    `simulated peers: ${r.fleet.sessionsExpired} sessions expired, ${r.fleet.accepted} acceptances, ${r.fleet.registrationsResent} registrations resent, ${r.fleet.jobsIgnored} jobs ignored (another session's)`,
     `signed peers: ${signed || "none"}`,
     `server: ${r.serverAlive ? "alive" : `died (${r.serverExit})`}`,
     r.failures.length === 0 ? "PASS" : `FAIL: ${r.failures.join("; ")}`,
