@@ -133,6 +133,9 @@ export interface FuzzReport {
     /** Rows standing for more than one refusal (counted beyond the log's rate). */
     readonly countedRows: number
     readonly rowsPerSecond: number
+    /** Of the rows, the refusals' (the rest are logins and logouts), and their rate over the run. */
+    readonly rejectedRows: number
+    readonly rejectedRowsPerSecond: number
     /** Registrations refused, by reason (counted ones included). */
     readonly refusedByReason: Readonly<Record<string, number>>
   }
@@ -170,6 +173,7 @@ interface LogCount {
   readonly rows: number
   readonly repeats: number
   readonly counted: number
+  readonly rejectedRows: number
   /** Refusals (the sum of `repeats` of `rejected` rows) by reason. */
   readonly reasons: Record<string, number>
 }
@@ -177,7 +181,8 @@ interface LogCount {
 const countLog = async (cluster: Cluster): Promise<LogCount> => {
   const { rows } = await cluster.pool.query<Omit<LogCount, "reasons">>(
     `select count(*)::int as rows, coalesce(sum(repeats), 0)::int as repeats,
-       (count(*) filter (where repeats > 1))::int as counted
+       (count(*) filter (where repeats > 1))::int as counted,
+       (count(*) filter (where event = 'rejected'))::int as "rejectedRows"
      from registration_log`,
   )
   const { rows: reasons } = await cluster.pool.query<{ reason: string; n: number }>(
@@ -678,6 +683,8 @@ export const runFuzz = async (env: BenchEnv, options: FuzzOptions): Promise<Fuzz
         repeats: logAfter.repeats - logBefore.repeats,
         countedRows: logAfter.counted - logBefore.counted,
         rowsPerSecond: ((logAfter.rows - logBefore.rows) * 1000) / drainMs,
+        rejectedRows: logAfter.rejectedRows - logBefore.rejectedRows,
+        rejectedRowsPerSecond: ((logAfter.rejectedRows - logBefore.rejectedRows) * 1000) / drainMs,
         refusedByReason: diff(logAfter.reasons, logBefore.reasons),
       },
       keysAdded,
@@ -734,7 +741,7 @@ export const describe = (r: FuzzReport): string => {
     `machine load (1 min): ${r.loadAvg.start.toFixed(1)} at the start, ${r.loadAvg.end.toFixed(1)} at the end`,
     `server RSS: ${mib(r.serverRssBeforeBytes)} before, peak ${mib(r.serverPeakRssBytes)}`,
     `PostgreSQL rows added: ${entries(r.rowsAdded)}`,
-    `registration_log: +${log.rows} rows (${log.rowsPerSecond.toFixed(1)}/s) standing for ${log.repeats} events; ${log.countedRows} of them counted rows`,
+    `registration_log: +${log.rows} rows (${log.rowsPerSecond.toFixed(1)}/s) standing for ${log.repeats} events; refusals ${log.rejectedRows} rows (${log.rejectedRowsPerSecond.toFixed(1)}/s), ${log.countedRows} of them counted rows`,
     `registrations refused: ${entries(log.refusedByReason)}`,
     `Redis keys added: ${keys}`,
     `intake drops (over 1 MiB): ${r.intakeDropped}; dead letters: ${r.deadLetters}`,
