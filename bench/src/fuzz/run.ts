@@ -398,8 +398,21 @@ export const runFuzz = async (env: BenchEnv, options: FuzzOptions): Promise<Fuzz
       for (const t of submission.tickets) tickets.push({ ticket: t.ticket, peerId })
       return submission.tickets[0]?.ticket
     }
-    // A few tickets first, so the forgeries have real ones to aim at.
+    // A few tickets first, so the forgeries have real ones to aim at; once they are done, every
+    // good peer's inbox exists, and the counts below start from there.
     for (const peerId of goodIds) await submit(peerId)
+    const first = tickets.map((t) => t.ticket)
+    const firstDone = async () => {
+      for (;;) {
+        const { rows } = await cluster.pool.query<{ n: number }>(
+          "select count(*)::int as n from tickets where ticket = any($1::text[]) and state = 'succeeded'",
+          [first],
+        )
+        if (rows[0]!.n === first.length) return
+        await sleep(50)
+      }
+    }
+    await withTimeout(firstDone(), 30_000, () => "the good peers' first tickets did not succeed")
 
     const rowsBefore = await countRows(cluster)
     const logBefore = await countLog(cluster)
