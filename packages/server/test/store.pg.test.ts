@@ -1,8 +1,9 @@
 import { createHash, randomUUID } from "node:crypto"
 import { assert, describe, it, layer } from "@effect/vitest"
 import { type CatalogJob, Store, StoreError } from "@picus/core"
-import { storeContract } from "@picus/core/testing"
-import { Context, Effect, Layer, Schema } from "effect"
+import { eventually, storeContract } from "@picus/core/testing"
+import { Context, Effect, Exit, Fiber, Layer, Schema } from "effect"
+import { TestClock } from "effect/testing"
 import { type DatabasePool, sql } from "slonik"
 import { migrate } from "../src/db/migrate.ts"
 import { makePgStore, layer as pgStoreLayer } from "../src/db/PgStore.ts"
@@ -255,6 +256,80 @@ layer(Layer.provideMerge(storeOverDb, dbLayer), { timeout: 60_000 })("PgStore on
       assert.deepStrictEqual(yield* store.revokeToken("99999999999999999999999"), [])
       const listed = (yield* store.listTokens).filter((t) => t.prefix === prefix)
       assert.isTrue(listed.every((t) => typeof t.revokedAt === "number" && t.revokedAt >= t.createdAt))
+    }),
+  )
+
+  // Found by the fuzz (deadlocks between lease renewals and deliveries, retried): every statement
+  // that locks several sessions locks them in session id order, the renewal too.
+  it.effect("a lease renewal does not deadlock with a delivery holding its sessions", () =>
+    Effect.gen(function* () {
+      const { pool } = yield* Db
+      const store = yield* Store
+      const [low, high] = [randomUUID(), randomUUID()].sort() as [string, string]
+      // The higher id first, on disk and in the renewal's list: an update in either order takes it first.
+      for (const sessionId of [high, low]) {
+        yield* store.login({
+          peerId: `peer-${sessionId}`,
+          sessionId,
+          serverId: "s",
+          serverIp: null,
+          os: "linux",
+          distro: "debian",
+          hostname: null,
+          agentVersion: null,
+          leaseMs: 60_000,
+        })
+      }
+      let renewalWaits: () => void = () => {}
+      const waiting = new Promise<void>((resolve) => {
+        renewalWaits = resolve
+      })
+      let holds: () => void = () => {}
+      const holding = new Promise<void>((resolve) => {
+        holds = resolve
+      })
+      // What a delivery or a result does: share locks on its sessions, in id order, one at a time.
+      // Its deadlock check runs first, so a deadlock makes it the one rolled back (and run again).
+      let deliveryRuns = 0
+      const delivery = pool.transaction(async (tx) => {
+        deliveryRuns++
+        await tx.query(sql.unsafe`set local deadlock_timeout = '50ms'`)
+        await tx.query(sql.unsafe`select 1 from sessions where session_id = ${low} for share`)
+        holds()
+        await waiting
+        await tx.query(sql.unsafe`select 1 from sessions where session_id = ${high} for share`)
+      })
+      yield* promise(() => holding)
+      const renewal = yield* store
+        .renewLeases({
+          serverId: "s",
+          leaseMs: 60_000,
+          sessions: [
+            { sessionId: high, epoch: 1 },
+            { sessionId: low, epoch: 1 },
+          ],
+        })
+        .pipe(Effect.forkChild)
+      // Once the renewal waits for the delivery's lock, the delivery takes its second one.
+      yield* TestClock.withLive(
+        eventually(
+          promise(() =>
+            pool.oneFirst(
+              sql.type(std(Schema.Struct({ n: Schema.Int })))`
+              select count(*)::int as n from pg_stat_activity
+              where datname = current_database() and wait_event_type = 'Lock' and query like '%lease_until%'
+            `,
+            ),
+          ).pipe(Effect.map((n) => (n === 1 ? true : undefined))),
+          "the renewal waiting for the delivery's lock",
+        ),
+      )
+      renewalWaits()
+      const delivered = yield* Effect.exit(promise(() => delivery))
+      const renewed = yield* Fiber.join(renewal)
+      assert.isTrue(Exit.isSuccess(delivered))
+      assert.strictEqual(deliveryRuns, 1, "the delivery was rolled back by a deadlock")
+      assert.deepStrictEqual([...renewed].sort(), [low, high])
     }),
   )
 

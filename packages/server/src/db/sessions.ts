@@ -222,14 +222,22 @@ export const makePgSessions = (pool: DatabasePool): SessionStoreService => {
         const held = entry.sessions.filter((l) => UUID.test(l.sessionId))
         if (held.length === 0) return []
         const renewed = new Set(
+          // Locked in session id order first, as deliveries and results lock theirs: an update in
+          // whatever order its join gives deadlocks with them.
           await pool.anyFirst(sql.type(SessionIdRow)`
+            with mine as materialized (
+              select s.session_id from sessions s
+              join ${sql.unnest(
+                held.map((l) => [l.sessionId, l.epoch]),
+                ["uuid", "int4"],
+              )} as l(session_id, epoch) on s.session_id = l.session_id and s.epoch = l.epoch
+              where s.owner_id = ${entry.serverId} and s.closed_at is null
+              order by s.session_id
+              for update of s
+            )
             update sessions s set lease_until = ${leaseEnd(entry.leaseMs)}
-            from ${sql.unnest(
-              held.map((l) => [l.sessionId, l.epoch]),
-              ["uuid", "int4"],
-            )} as l(session_id, epoch)
-            where s.session_id = l.session_id and s.epoch = l.epoch
-              and s.owner_id = ${entry.serverId} and s.closed_at is null
+            from mine m
+            where s.session_id = m.session_id
             returning s.session_id::text as "sessionId"
           `),
         )
