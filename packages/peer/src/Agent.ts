@@ -99,6 +99,8 @@ const redisBackoff = Schedule.min([Schedule.exponential("100 millis"), Schedule.
 export type AgentExit =
   | { readonly _tag: "Rejected"; readonly reason: string }
   | { readonly _tag: "Shutdown"; readonly reason: string }
+  /** Refused for now (too many registrations at once, a stale `ts`): register again after a wait. */
+  | { readonly _tag: "Retry"; readonly reason: string }
 
 interface Session {
   /** The acceptance's `token`: the session's public name, quoted by every message of it. */
@@ -485,10 +487,13 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
             : `registration rejected: ${reason}`,
         )
         yield* endRegistration
-        // "Not now" (the server is stopping, say) is a shutdown for this peer: back off and retry.
-        exit = Protocol.isRetryableRejection(reason)
-          ? { _tag: "Shutdown", reason }
-          : { _tag: "Rejected", reason }
+        // The server stopping is a shutdown for this peer; any other "not now" is only a wait, even
+        // for a peer told to exit after a shutdown.
+        exit = !Protocol.isRetryableRejection(reason)
+          ? { _tag: "Rejected", reason }
+          : reason === Protocol.RejectReason.shuttingDown
+            ? { _tag: "Shutdown", reason }
+            : { _tag: "Retry", reason }
       })
 
       /**
@@ -712,7 +717,7 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
       let attempt = 0
       while (true) {
         const exit = yield* cycle
-        if (exit._tag === "Rejected" || config.exitOnShutdown) return exit
+        if (exit._tag === "Rejected" || (exit._tag === "Shutdown" && config.exitOnShutdown)) return exit
         attempt++
         const ceiling = Math.min(config.reconnectMaxMs, config.reconnectBaseMs * 2 ** Math.min(attempt, 10))
         const wait = Math.round(ceiling / 2 + (yield* Random.nextBetween(0, ceiling / 2)))
