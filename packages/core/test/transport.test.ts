@@ -645,6 +645,28 @@ describe.each(layers)("Transport contract (%s)", (_name, layer) => {
     ),
   )
 
+  it.live("a peer's many messages land in its inbox in order, in one go", () =>
+    run(
+      layer,
+      Effect.gen(function* () {
+        const t = yield* Transport
+        const inbox = yield* t.inboxReader("p")
+        const payloads = Array.from({ length: 20 }, (_, i) => `job-${i}`)
+        const ids = yield* t.sendManyToPeer("p", payloads)
+        assert.strictEqual(new Set(ids).size, payloads.length)
+        const read = yield* inbox.read("0-0", { count: 100, blockMs: 0 })
+        assert.deepStrictEqual(
+          read.map((e) => e.payload),
+          payloads,
+        )
+        assert.deepStrictEqual(
+          read.map((e) => e.id),
+          ids,
+        )
+      }),
+    ),
+  )
+
   it.live("the feed reaches subscribers", () =>
     run(
       layer,
@@ -661,6 +683,34 @@ describe.each(layers)("Transport contract (%s)", (_name, layer) => {
 })
 
 describe("Redis transport", () => {
+  it.live("a lazy feed event is encoded only while the feed has listeners, also a listener elsewhere", () => {
+    const prefix = testKeyPrefix()
+    prefixes.push(prefix)
+    let encoded = 0
+    const event = (text: string) => () => {
+      encoded++
+      return text
+    }
+    return Effect.gen(function* () {
+      const t = yield* Transport
+      for (let i = 0; i < 50; i++) yield* t.publish(event("nobody hears this"))
+      assert.strictEqual(encoded, 0, "nothing encoded while nobody listens")
+      // A listener in another process: the publisher learns of it within a second.
+      const heard: Array<string> = []
+      const listener = new Redis(url)
+      yield* Effect.addFinalizer(() => Effect.sync(() => listener.disconnect()))
+      listener.on("message", (_channel: string, message: string) => heard.push(message))
+      yield* Effect.promise(() => listener.subscribe(makeKeys(prefix).events))
+      const deadline = Date.now() + 5_000
+      while (heard.length === 0 && Date.now() < deadline) {
+        yield* t.publish(event("now someone does"))
+        yield* Effect.sleep(50)
+      }
+      assert.include(heard, "now someone does")
+      assert.isAtLeast(encoded, 1)
+    }).pipe(Effect.scoped, Effect.provide(layerRedis({ url, prefix })))
+  })
+
   it.live("honours the database index in REDIS_URL", () => {
     const prefix = testKeyPrefix()
     const db9 = `${url.replace(/\/\d*$/, "")}/9`

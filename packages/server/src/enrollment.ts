@@ -86,7 +86,7 @@ export const revokeTokens = Effect.fnUntraced(function* (
   const transport = yield* Transport
   const at = yield* Clock.currentTimeMillis
   for (const s of ended)
-    yield* transport.publish(
+    yield* transport.publish(() =>
       Protocol.encodeFeedEvent({
         event: "logged_out",
         at,

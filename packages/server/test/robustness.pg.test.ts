@@ -227,6 +227,10 @@ describe("no input stops service (postgres+redis)", () => {
               peerId === "bomb" && payload.includes('"ticket"')
                 ? Effect.die(new Error("a bug while sending"))
                 : t.sendToPeer(peerId, payload),
+            sendManyToPeer: (peerId, payloads) =>
+              peerId === "bomb" && payloads.some((p) => p.includes('"ticket"'))
+                ? Effect.die(new Error("a bug while sending"))
+                : t.sendManyToPeer(peerId, payloads),
           })),
         ),
       ),

@@ -289,7 +289,7 @@ export const startPeerSession = Effect.fnUntraced(function* (
     `logged in (${start.os ?? "?"}/${start.distro ?? "?"}, ${tickets.waiting() + tickets.inFlight()} ticket(s)` +
       `${adopted.length > 0 ? `, ${adopted.length} carried over from earlier sessions` : ""})`,
   ).pipe(Effect.annotateLogs({ peer_id: peerId, session_id: sessionId }))
-  yield* transport.publish(
+  yield* transport.publish(() =>
     Protocol.encodeFeedEvent({
       event: "registered",
       at: Date.now(),
@@ -331,7 +331,7 @@ export const resumePeerSession = Effect.fnUntraced(function* (
   yield* Effect.logInfo(
     `took the session over from ${taken.fromServerId} (${tickets.inFlight()} ticket(s) in flight, ${tickets.waiting()} waiting)`,
   ).pipe(Effect.annotateLogs({ peer_id: taken.peerId, session_id: taken.sessionId }))
-  yield* transport.publish(
+  yield* transport.publish(() =>
     Protocol.encodeFeedEvent({
       event: "taken_over",
       at: Date.now(),
@@ -384,7 +384,7 @@ const runSession = Effect.fnUntraced(function* (
   const authenticate = sessionAuthenticator(running, { checkMac: config.weakened?.mac !== true })
   const annotate = Effect.annotateLogs({ peer_id: peerId, session_id: sessionId })
   const at = { server_id: config.serverId, peer_id: peerId }
-  const publish = (event: Protocol.FeedEvent) => transport.publish(Protocol.encodeFeedEvent(event))
+  const publish = (event: Protocol.FeedEvent) => transport.publish(() => Protocol.encodeFeedEvent(event))
   const askTimeoutMs = config.askTimeoutMs ?? DEFAULT_ASK_TIMEOUT_MS
 
   const openedAt = running.openedAt ?? now()
@@ -393,6 +393,14 @@ const runSession = Effect.fnUntraced(function* (
   let lastSentAt = running.resumed ? 0 : openedAt
   const sendToPeer = (payload: string) =>
     transport.sendToPeer(peerId, payload).pipe(
+      Effect.tap(() =>
+        Effect.sync(() => {
+          lastSentAt = now()
+        }),
+      ),
+    )
+  const sendManyToPeer = (payloads: ReadonlyArray<string>) =>
+    transport.sendManyToPeer(peerId, payloads).pipe(
       Effect.tap(() =>
         Effect.sync(() => {
           lastSentAt = now()
@@ -472,21 +480,26 @@ const runSession = Effect.fnUntraced(function* (
       )
       const stored = new Map(marked.map((t) => [t.ticket, t]))
       for (const t of ready) if (!stored.has(t.ticket)) tickets.settle(t.ticket)
-      const toSend = ready.flatMap((t) => stored.get(t.ticket) ?? [])
-      for (const [i, t] of toSend.entries()) {
-        const message = jobMessage(t)
-        if (Result.isFailure(message)) {
-          yield* unsendable(t, message.failure)
-          continue
-        }
-        const exit = yield* Effect.exit(sendToPeer(message.success))
-        if (Exit.isFailure(exit)) {
-          // Redis failing is retried; a defect is a bug, and fails the session (see crashed).
-          if (Cause.hasDies(exit.cause)) return yield* Effect.failCause(exit.cause)
-          return yield* onSendFailure(toSend.slice(i), exit.cause)
-        }
-        yield* onSent(t)
+      const toSend: Array<readonly [Ticket, string]> = []
+      for (const t of ready) {
+        const held = stored.get(t.ticket)
+        if (held === undefined) continue
+        const message = jobMessage(held)
+        if (Result.isFailure(message)) yield* unsendable(held, message.failure)
+        else toSend.push([held, message.success])
       }
+      if (toSend.length === 0) return
+      // All in one round trip: a window's jobs do not wait for each other's replies.
+      const exit = yield* Effect.exit(sendManyToPeer(toSend.map(([, message]) => message)))
+      if (Exit.isFailure(exit)) {
+        // Redis failing is retried; a defect is a bug, and fails the session (see crashed).
+        if (Cause.hasDies(exit.cause)) return yield* Effect.failCause(exit.cause)
+        return yield* onSendFailure(
+          toSend.map(([t]) => t),
+          exit.cause,
+        )
+      }
+      for (const [t] of toSend) yield* onSent(t)
     })
 
   /** Sends what the window allows; what fails to send goes back to wait for the next tick. */

@@ -122,6 +122,14 @@ export class Transport extends Context.Service<
       options?: SendToPeerOptions,
     ) => Effect.Effect<string, TransportError>
     /**
+     * Server -> peer: append these to the peer's inbox, in order, in one round trip. A failure fails
+     * them all, though some may have been added (a job that reaches a peer twice runs once).
+     */
+    readonly sendManyToPeer: (
+      peerId: string,
+      payloads: ReadonlyArray<string>,
+    ) => Effect.Effect<ReadonlyArray<string>, TransportError>
+    /**
      * Server -> a registering peer: the reply to a registration that carried a nonce, in a stream of
      * its own that expires after `REPLY_TTL_MS` (so a flood of registrations leaves nothing behind).
      */
@@ -158,8 +166,12 @@ export class Transport extends Context.Service<
     readonly retryDeadLetters: (ids: ReadonlyArray<string>) => Effect.Effect<number, TransportError>
     /** Deletes these dead letters; returns how many. */
     readonly dropDeadLetters: (ids: ReadonlyArray<string>) => Effect.Effect<number, TransportError>
-    /** Lossy broadcast on the operator feed; returns at once and never fails (lost is lost). */
-    readonly publish: (payload: string) => Effect.Effect<void>
+    /**
+     * Lossy broadcast on the operator feed; returns at once and never fails (lost is lost). A
+     * function is called only when the feed has listeners (known within a second): nobody pays for
+     * encoding events nobody reads.
+     */
+    readonly publish: (payload: string | (() => string)) => Effect.Effect<void>
     /** Subscribe to the operator feed; messages published while not subscribed are gone. */
     readonly subscribe: Stream.Stream<string, TransportError>
   }

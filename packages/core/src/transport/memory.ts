@@ -229,6 +229,17 @@ export const makeMemoryTransport = Effect.gen(function* () {
         for (const listener of fanListeners) listener(peerId)
         return id
       }),
+    sendManyToPeer: (peerId, payloads) =>
+      Effect.sync(() => {
+        const ids = payloads.map((payload) => {
+          const id = nextId()
+          inbox(peerId).push({ id, payload })
+          return id
+        })
+        inboxSignal.notify()
+        for (const listener of fanListeners) listener(peerId)
+        return ids
+      }),
     // Replies live beside the inboxes under a name no peer id can take (ids carry no NUL); they
     // do not expire here.
     sendReply: (nonce, payload) =>
@@ -331,7 +342,8 @@ export const makeMemoryTransport = Effect.gen(function* () {
         dead = dead.filter((d) => !ids.includes(d.id))
         return before - dead.length
       }),
-    publish: (payload) => PubSub.publish(feed, payload).pipe(Effect.asVoid),
+    publish: (payload) =>
+      PubSub.publish(feed, typeof payload === "string" ? payload : payload()).pipe(Effect.asVoid),
     subscribe: Stream.fromPubSub(feed),
   })
 })

@@ -1,7 +1,7 @@
 import { readFileSync } from "node:fs"
 import type { ConnectionOptions } from "node:tls"
 import { fileURLToPath } from "node:url"
-import { Effect, Layer, Queue, Scope, Stream } from "effect"
+import { Clock, Effect, Layer, Queue, Scope, Stream } from "effect"
 import { Redis, ReplyError } from "ioredis"
 import { type Keys, makeKeys, UPLINK_GROUP } from "../keys.ts"
 import { MAX_MESSAGE_BYTES } from "../protocol/limits.ts"
@@ -205,6 +205,8 @@ const MOVE_COUNT = 1000
 const MOVE_BYTES = 4 * 1024 * 1024
 /** The mover's blocking wait on the intake ends after this long (s) and starts again. */
 const INTAKE_WAIT_S = 5
+/** While the feed has no listeners, how often a lazy publish asks whether it has some now. */
+const FEED_CHECK_MS = 1_000
 
 /** What lua/intake.lua answers: moved, dropped, left on the intake, why an add was refused. */
 type MoveReply = [number, number, number, string]
@@ -388,6 +390,8 @@ export const makeRedisTransport = Effect.fnUntraced(function* (options: RedisTra
   // The shared connection sends the commands of one tick in one write: under load that is most of
   // the cost of talking to Redis (a system call per command otherwise).
   const client = yield* connect(to, { autoPipelining: true })
+  /** Listeners of the operator feed, as last heard (see `publish`). */
+  const feed = { listeners: 0, checkedAt: 0 }
 
   const ensureGroup = (stream: string) =>
     call("xgroup create", () => client.xgroup("CREATE", stream, UPLINK_GROUP, "0", "MKSTREAM")).pipe(
@@ -867,6 +871,15 @@ export const makeRedisTransport = Effect.fnUntraced(function* (options: RedisTra
       }
     },
 
+    // Issued together, so auto-pipelining sends them in one write, in order.
+    sendManyToPeer: (peerId, payloads) =>
+      payloads.length === 0
+        ? Effect.succeed([])
+        : call("xadd inbox", () => {
+            const key = keys.peerInbox(peerId)
+            return Promise.all(payloads.map((payload) => client.xadd(key, "*", PAYLOAD_FIELD, payload)))
+          }).pipe(Effect.map((ids) => ids.map((id) => id ?? ""))),
+
     sendReply: (nonce, payload) =>
       call("xadd reply", () =>
         client
@@ -940,13 +953,33 @@ export const makeRedisTransport = Effect.fnUntraced(function* (options: RedisTra
         : call("xdel dead letters", () => client.xdel(keys.deadLetters, ...ids)),
 
     // Fire and forget: the feed is lossy by design, and waiting for Redis would slow the hot path.
+    // What PUBLISH answers (how many heard it), or a PUBSUB NUMSUB once a second while nobody does,
+    // says whether a lazy event is worth encoding.
     publish: (payload) =>
-      Effect.sync(() => {
-        client.publish(keys.events, payload).catch(() => {})
+      Effect.map(Clock.currentTimeMillis, (now) => {
+        if (typeof payload !== "string" && feed.listeners === 0) {
+          if (now - feed.checkedAt < FEED_CHECK_MS) return
+          feed.checkedAt = now
+          client
+            .call("PUBSUB", "NUMSUB", keys.events)
+            .then((reply) => {
+              feed.listeners = Number((reply as Array<unknown>)[1] ?? 0)
+            })
+            .catch(() => {})
+          return
+        }
+        client
+          .publish(keys.events, typeof payload === "string" ? payload : payload())
+          .then((heard) => {
+            feed.listeners = heard
+            feed.checkedAt = now
+          })
+          .catch(() => {})
       }),
 
     subscribe: Stream.callback<string, TransportError>((queue) =>
       Effect.gen(function* () {
+        feed.listeners = Math.max(feed.listeners, 1)
         const subscriber = yield* connect(to)
         subscriber.on("message", (_channel: string, message: string) => {
           Queue.offerUnsafe(queue, message)

@@ -75,10 +75,11 @@ export const makeRegistration = Effect.fnUntraced(function* (
   const reject = Effect.fnUntraced(function* (message: Protocol.Register, reason: string, why?: string) {
     yield* rejections.record({ peerId: message.peer_id, reason, serverIp: message.server_ip })
     yield* sendRejection(message.peer_id, reason, message.nonce)
-    yield* transport.publish(
+    const at = yield* Clock.currentTimeMillis
+    yield* transport.publish(() =>
       Protocol.encodeFeedEvent({
         event: "rejected",
-        at: yield* Clock.currentTimeMillis,
+        at,
         server_id: config.serverId,
         peer_id: message.peer_id,
         reason,

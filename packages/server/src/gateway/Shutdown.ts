@@ -32,10 +32,11 @@ export const makeShutdown = Effect.fnUntraced(function* (deps: {
       )
     lifecycle.accepting = false
     yield* store.logShutdown({ serverId: config.serverId, reason })
-    yield* transport.publish(
+    const at = yield* Clock.currentTimeMillis
+    yield* transport.publish(() =>
       Protocol.encodeFeedEvent({
         event: "shutdown",
-        at: yield* Clock.currentTimeMillis,
+        at,
         server_id: config.serverId,
         reason,
       }),

@@ -17,5 +17,10 @@ export const signingTransport = (
   ...transport,
   sendToPeer: (peerId, payload, options) =>
     transport.sendToPeer(peerId, Trust.signPayload(payload, key), options),
+  sendManyToPeer: (peerId, payloads) =>
+    transport.sendManyToPeer(
+      peerId,
+      payloads.map((payload) => Trust.signPayload(payload, key)),
+    ),
   sendReply: (nonce, payload) => transport.sendReply(nonce, Trust.signPayload(payload, key)),
 })

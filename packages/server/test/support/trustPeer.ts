@@ -196,6 +196,10 @@ export const recording = (transport: Transport["Service"], sent: Array<string>):
   ...transport,
   sendToPeer: (peerId, payload) =>
     Effect.sync(() => sent.push(payload)).pipe(Effect.andThen(transport.sendToPeer(peerId, payload))),
+  sendManyToPeer: (peerId, payloads) =>
+    Effect.sync(() => sent.push(...payloads)).pipe(
+      Effect.andThen(transport.sendManyToPeer(peerId, payloads)),
+    ),
   sendReply: (nonce, payload) =>
     Effect.sync(() => sent.push(payload)).pipe(Effect.andThen(transport.sendReply(nonce, payload))),
 })

@@ -9,23 +9,32 @@
 -- Returns {moved, dropped, left on the intake, why Redis refused an add ("" if it did not)}.
 local most, limit, budget = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local moved, dropped, bytes, refused = 0, 0, 0, ""
--- The head is read, added, and only then popped: if Redis refuses the add (out of memory, say), the
--- entry stays where it was. LPOP, DEL and LLEN work even when Redis is out of memory.
-while moved + dropped < most and bytes < budget do
-  local entry = redis.call("LINDEX", KEYS[1], 0)
-  if not entry then break end
-  if #entry > limit then
-    dropped = dropped + 1
-  else
-    local added = redis.pcall("XADD", KEYS[2], "*", "m", entry)
-    if type(added) == "table" and added.err then
-      refused = added.err
-      break
+-- Read a few at a time (an entry may be huge: a hostile one is read once, never many together),
+-- added, and only then trimmed off the head: if Redis refuses an add (out of memory, say), that
+-- entry and those after it stay where they were. LTRIM, DEL and LLEN work even when Redis is out of
+-- memory.
+local CHUNK = 16
+while refused == "" and moved + dropped < most and bytes < budget do
+  local entries = redis.call("LRANGE", KEYS[1], 0, math.min(CHUNK, most - moved - dropped) - 1)
+  if #entries == 0 then break end
+  local taken = 0
+  for _, entry in ipairs(entries) do
+    if bytes >= budget then break end
+    if #entry > limit then
+      dropped = dropped + 1
+    else
+      local added = redis.pcall("XADD", KEYS[2], "*", "m", entry)
+      if type(added) == "table" and added.err then
+        refused = added.err
+        break
+      end
+      moved = moved + 1
+      bytes = bytes + #entry
     end
-    moved = moved + 1
-    bytes = bytes + #entry
+    taken = taken + 1
   end
-  redis.call("LPOP", KEYS[1])
+  if taken > 0 then redis.call("LTRIM", KEYS[1], taken, -1) end
+  if taken < #entries then break end
 end
 if dropped > 0 then redis.pcall("INCRBY", KEYS[3], dropped) end
 local left = redis.call("LLEN", KEYS[1])
