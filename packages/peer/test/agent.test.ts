@@ -267,25 +267,27 @@ describe("peer agent", () => {
 })
 
 describe("rejections that mean not now", () => {
-  it.live("too many registrations at once: even a peer that exits on shutdown waits and registers again", () =>
-    Effect.gen(function* () {
-      const { agent, server } = yield* setup()
-      const running = yield* Effect.forkScoped(agent.run)
-      const first = (yield* server.nextRegistration).register
-      yield* server.reply(first.nonce!, {
-        msg: "register",
-        peer_id: "p1",
-        token: "none",
-        status: "rejected",
-        reason: "too many registrations",
-        nonce: first.nonce!,
-      })
-      const again = (yield* server.nextRegistration).register
-      assert.notStrictEqual(again.nonce, first.nonce, "a new registration, not the old one sent again")
-      const s = yield* server.accept(again)
-      yield* server.toPeer({ msg: "shutdown", token: s.id, reason: "done" })
-      assert.deepStrictEqual(yield* Fiber.join(running), { _tag: "Shutdown", reason: "done" })
-    }).pipe(Effect.scoped, Effect.provide(TransportMemory.layerMemory)),
+  it.live(
+    "too many registrations at once: even a peer that exits on shutdown waits and registers again",
+    () =>
+      Effect.gen(function* () {
+        const { agent, server } = yield* setup()
+        const running = yield* Effect.forkScoped(agent.run)
+        const first = (yield* server.nextRegistration).register
+        yield* server.reply(first.nonce!, {
+          msg: "register",
+          peer_id: "p1",
+          token: "none",
+          status: "rejected",
+          reason: "too many registrations",
+          nonce: first.nonce!,
+        })
+        const again = (yield* server.nextRegistration).register
+        assert.notStrictEqual(again.nonce, first.nonce, "a new registration, not the old one sent again")
+        const s = yield* server.accept(again)
+        yield* server.toPeer({ msg: "shutdown", token: s.id, reason: "done" })
+        assert.deepStrictEqual(yield* Fiber.join(running), { _tag: "Shutdown", reason: "done" })
+      }).pipe(Effect.scoped, Effect.provide(TransportMemory.layerMemory)),
   )
 })
 
