@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto"
-import { type InboxFanOptions, Protocol, Transport, type TransportError } from "@picus/core"
+import { type InboxFanOptions, Protocol, Transport, type TransportError, Trust } from "@picus/core"
 import { Deferred, Effect, Result } from "effect"
 import {
   type Counters,
@@ -25,6 +25,11 @@ export interface FleetConfig {
   /** Sent at registration; undefined sends no os/distro: only catalog jobs marked any fit them. */
   readonly os: OsLabels | undefined
   readonly agentVersion: string
+  /**
+   * Register with a box key, as the real peer does: the session token comes sealed, and every
+   * message of the session carries a MAC under it (and the server MACs its own instead of signing).
+   */
+  readonly sealed?: boolean
   /** How long a job "runs" before its result is sent (0: answered at once). */
   readonly jobMs: number
   /** The first registrations are spread over this long (0: all at once). */
@@ -78,6 +83,9 @@ interface SimPeer {
    * reply stream, which may be read after the session's first jobs. Handled once it is accepted.
    */
   early: Array<string>
+  /** Sealed sessions: the registration's box key, and the session token it unsealed. */
+  box: Trust.BoxKeyPair | undefined
+  secret: string | undefined
 }
 
 interface Outgoing {
@@ -127,6 +135,8 @@ export const makeSimulatedFleet = Effect.fnUntraced(function* (config: FleetConf
     everAccepted: false,
     nonce: "",
     early: [],
+    box: undefined,
+    secret: undefined,
     running: 0,
   }))
   const byId = new Map(peers.map((p) => [p.id, p]))
@@ -136,8 +146,15 @@ export const makeSimulatedFleet = Effect.fnUntraced(function* (config: FleetConf
   // until the peer has its answer or registers again.
   const repliesWanted: Array<{ readonly nonce: string; readonly peerId: string }> = []
   const repliesDone: Array<string> = []
-  const send = (message: Protocol.PeerMessage) =>
-    outbox.push({ kind: message.msg, payload: Protocol.encodeMessage(message) })
+  const send = (message: Protocol.PeerMessage) => {
+    const payload = Protocol.encodeMessage(message)
+    // A sealed session's messages carry its id as their token and end with a MAC under its secret.
+    const secret = message.msg === "register" ? undefined : byId.get(message.peer_id)?.secret
+    outbox.push({
+      kind: message.msg,
+      payload: secret === undefined ? payload : Trust.macPayload(payload, secret),
+    })
+  }
 
   /** Results of jobs still "running"; every job runs jobMs, so they fall due in arrival order. */
   const delayed: Array<{ readonly at: number; readonly peer: SimPeer; readonly result: Protocol.Result }> = []
@@ -156,6 +173,8 @@ export const makeSimulatedFleet = Effect.fnUntraced(function* (config: FleetConf
     if (peer.nonce !== "") repliesDone.push(peer.nonce)
     peer.early = []
     peer.nonce = randomUUID()
+    peer.secret = undefined
+    peer.box = config.sealed === true ? Trust.newBoxKeyPair() : undefined
     repliesWanted.push({ nonce: peer.nonce, peerId: peer.id })
     send({
       msg: "register",
@@ -166,6 +185,7 @@ export const makeSimulatedFleet = Effect.fnUntraced(function* (config: FleetConf
       hostname: peer.id,
       agent_version: config.agentVersion,
       nonce: peer.nonce,
+      ...(peer.box === undefined ? {} : { box_key: peer.box.publicKey }),
     })
   }
 
@@ -211,6 +231,15 @@ export const makeSimulatedFleet = Effect.fnUntraced(function* (config: FleetConf
         // answers another registration in this peer's name.
         if (peer.state !== "registering" && peer.state !== "online") return
         if (m.nonce !== undefined && m.nonce !== peer.nonce) return
+        if (peer.box !== undefined) {
+          const opened = m.sealed === undefined ? undefined : Trust.unseal(peer.box, m.sealed)
+          const token = opened === undefined ? undefined : (JSON.parse(opened) as { token?: unknown }).token
+          if (typeof token !== "string") {
+            counters.malformed++
+            return `${peer.id}: an acceptance whose sealed part does not open`
+          }
+          peer.secret = token
+        }
         counters.accepted++
         if (peer.state === "registering") latency.record(now - peer.registerSentAt)
         setOnline(peer, "online")

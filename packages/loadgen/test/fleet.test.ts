@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Protocol, Transport, TransportMemory, TransportRedis } from "@picus/core"
+import { Protocol, Transport, TransportMemory, TransportRedis, Trust } from "@picus/core"
 import { deleteKeysWithPrefix, eventuallyTrue, testKeyPrefix, testRedisUrl } from "@picus/core/testing"
 import { Effect, Result } from "effect"
 import { afterAll } from "vitest"
@@ -44,6 +44,9 @@ const fakeServer = (options: FakeServerOptions) =>
       logouts: [] as Array<Protocol.Logout>,
       /** ticket -> the session token it was sent under */
       jobs: new Map<string, string>(),
+      /** Sealed sessions: session id -> its secret token; and each of their messages' MAC check. */
+      secrets: new Map<string, string>(),
+      macs: [] as Array<Trust.MacCheck>,
     }
     const reply = (peerId: string, message: Protocol.ServerMessage) =>
       t.sendToPeer(peerId, Protocol.encodeMessage(message))
@@ -70,12 +73,17 @@ const fakeServer = (options: FakeServerOptions) =>
         }
         const token = `sess-${m.peer_id}-${seen.registers.length}`
         seen.sessions.set(m.peer_id, token)
+        const secret = `secret-${token}`
+        if (m.box_key !== undefined) seen.secrets.set(token, secret)
         yield* answer(m, {
           msg: "register",
           peer_id: m.peer_id,
           token,
           status: "accepted",
           heartbeat_ms: options.heartbeatMs,
+          ...(m.box_key === undefined
+            ? {}
+            : { sealed: Trust.seal(m.box_key, JSON.stringify({ token: secret }))! }),
           ...(m.nonce === undefined ? {} : { nonce: m.nonce }),
         })
         for (let j = 0; j < options.jobsPerLogin; j++) {
@@ -99,6 +107,8 @@ const fakeServer = (options: FakeServerOptions) =>
           assert.isTrue(Result.isSuccess(decoded), "every uplink message decodes")
           if (Result.isFailure(decoded)) continue
           const m = decoded.success
+          const secret = m.msg === "register" ? undefined : seen.secrets.get(m.token)
+          if (secret !== undefined) seen.macs.push(Trust.checkMac(d.payload, secret))
           if (m.msg === "register") registers.push(m)
           else if (m.msg === "result") seen.results.push(m)
           else if (m.msg === "heartbeat") seen.heartbeats.push(m)
@@ -188,6 +198,28 @@ describe("SimulatedFleet (memory transport)", () => {
       assert.strictEqual(report.registerLatency.count, 52)
       assert.strictEqual(fleet.online(), 0)
     }).pipe(Effect.scoped, Effect.provide(TransportMemory.layerMemory)),
+  )
+
+  it.live(
+    "sealed: registers with a box key, unseals its session token, and MACs every message under it",
+    () =>
+      Effect.gen(function* () {
+        const server = yield* fakeServer({ heartbeatMs: 100, jobsPerLogin: 2 })
+        const fleet = yield* makeSimulatedFleet(config({ peers: 5, sealed: true }))
+        const { seen } = server
+        yield* fleet.allAccepted.pipe(Effect.timeout("5 seconds"))
+        assert.isTrue(seen.registers.every((r) => typeof r.box_key === "string"))
+        yield* waitFor(
+          "a result for every job, and heartbeats",
+          () => seen.results.length >= 10 && seen.heartbeats.length >= 5,
+        )
+        assert.isAtLeast(seen.macs.length, 15)
+        assert.deepStrictEqual(
+          new Set(seen.macs),
+          new Set(["valid"]),
+          "every message of a sealed session carries its MAC",
+        )
+      }).pipe(Effect.scoped, Effect.provide(TransportMemory.layerMemory)),
   )
 
   it.live("a simulated job takes --job-ms before its result goes out", () =>

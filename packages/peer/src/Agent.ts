@@ -503,7 +503,7 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
       const ofSession = (envelope: Envelope, token: string, what: string) =>
         Effect.gen(function* () {
           if (verify) {
-            const checked = checkServerMessage(envelope.payload, trusted, what)
+            const checked = checkServerMessage(envelope.payload, trusted, what, current?.secret)
             if (!checked.ok) {
               yield* refusals.refuse(checked.kind, checked.why)
               return undefined

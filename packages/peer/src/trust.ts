@@ -115,8 +115,26 @@ export type Verdict =
 
 const refuse = (kind: RefusalKind, why: string) => ({ ok: false, kind, why }) as const
 
-/** A server message other than an acceptance: signed by the pinned key, or refused. */
-export const checkServerMessage = (payload: string, trusted: Trusted, what: string): Verdict => {
+/**
+ * A server message other than an acceptance: signed by the pinned key, or refused. A message of a
+ * sealed session (`sessionSecret`, the unsealed token) may carry the server's MAC under it instead.
+ */
+export const checkServerMessage = (
+  payload: string,
+  trusted: Trusted,
+  what: string,
+  sessionSecret?: string,
+): Verdict => {
+  if (sessionSecret !== undefined) {
+    switch (Trust.checkMacFromServer(payload, sessionSecret)) {
+      case "valid":
+        return { ok: true }
+      case "invalid":
+        return refuse("mis-signed", `${what}: its MAC is not the session's`)
+      case "missing":
+        break
+    }
+  }
   if (trusted._tag !== "Pinned") {
     return refuse("unpinned", `${what}: no cluster key is pinned yet to check it with`)
   }

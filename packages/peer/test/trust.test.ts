@@ -139,32 +139,51 @@ const forgedJobs = (overrides: Overrides) =>
       server.cluster,
     ).replace("echo harmless", `touch ${marker("tampered")}`)
     yield* transport.sendToPeer("p1", tampered)
+    // A sealed session's jobs may carry the server's MAC under the session token instead: one under
+    // another token, and one made the way the peer MACs its own messages, are forgeries.
+    const maced = (ticket: string, command: string, mac: (payload: string) => string) =>
+      transport.sendToPeer("p1", mac(Protocol.encodeMessage(server.job(ticket, command, s))))
+    yield* maced("othermac", `touch ${marker("othermac")}`, (p) => Trust.macFromServer(p, `${s.secret}x`))
+    yield* maced("peermac", `touch ${marker("peermac")}`, (p) => Trust.macPayload(p, s.secret))
     yield* server.toPeer(server.job("genuine", "echo genuine", s))
-    const results = yield* server.results(overrides.verifySignatures === false ? 4 : 1)
+    yield* maced("genuine-mac", "echo genuine", (p) => Trust.macFromServer(p, s.secret))
+    const results = yield* server.results(overrides.verifySignatures === false ? 7 : 2)
     yield* Effect.sleep("200 millis")
     return {
-      ran: ["unsigned", "foreign", "tampered"].filter((name) => existsSync(marker(name))),
+      ran: ["unsigned", "foreign", "tampered", "othermac", "peermac"].filter((name) =>
+        existsSync(marker(name)),
+      ),
       results: results.map((r) => r.ticket).sort(),
       warned,
     }
   })
 
 describe("forged jobs", () => {
-  it.live("an unsigned job, one signed by another key, and one changed after signing are refused", () =>
-    Effect.gen(function* () {
-      const { ran, results, warned } = yield* forgedJobs({})
-      assert.deepStrictEqual(ran, [], "no forged command ran")
-      assert.deepStrictEqual(results, ["genuine"])
-      assert.isTrue(warned.some((line) => line.includes("(unsigned)")))
-      assert.isTrue(warned.some((line) => line.includes("(mis-signed)")))
-    }).pipe(Effect.scoped, memory),
+  it.live(
+    "an unsigned job, one signed by another key, one changed after signing, and MACs not the server's for this session are refused",
+    () =>
+      Effect.gen(function* () {
+        const { ran, results, warned } = yield* forgedJobs({})
+        assert.deepStrictEqual(ran, [], "no forged command ran")
+        assert.deepStrictEqual(results, ["genuine", "genuine-mac"])
+        assert.isTrue(warned.some((line) => line.includes("(unsigned)")))
+        assert.isTrue(warned.some((line) => line.includes("(mis-signed)")))
+      }).pipe(Effect.scoped, memory),
   )
 
   it.live("the attack: a peer that does not check signatures runs them all", () =>
     Effect.gen(function* () {
       const { ran, results } = yield* forgedJobs({ verifySignatures: false })
-      assert.deepStrictEqual(ran, ["unsigned", "foreign", "tampered"])
-      assert.deepStrictEqual(results, ["foreign", "genuine", "tampered", "unsigned"])
+      assert.deepStrictEqual(ran, ["unsigned", "foreign", "tampered", "othermac", "peermac"])
+      assert.deepStrictEqual(results, [
+        "foreign",
+        "genuine",
+        "genuine-mac",
+        "othermac",
+        "peermac",
+        "tampered",
+        "unsigned",
+      ])
     }).pipe(Effect.scoped, memory),
   )
 

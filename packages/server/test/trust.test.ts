@@ -109,7 +109,7 @@ const covered = compositions.filter(([name]) => name !== "embedded")
 
 describe.each(covered)("signatures and identity (%s)", (_name, layer) => {
   it.live(
-    "every message the server writes for a peer is signed by the cluster key; acceptances name it and endorse it after a rotation",
+    "every message the server writes for a peer is signed by the cluster key (a sealed session's own: MACed under its token); acceptances name it and endorse it after a rotation",
     () =>
       Effect.gen(function* () {
         const transport = yield* Transport
@@ -155,10 +155,22 @@ describe.each(covered)("signatures and identity (%s)", (_name, layer) => {
           "register_rejected",
           "shutdown",
         ])
+        // Signed by the cluster key, except the sealed session's own messages after its acceptance:
+        // those carry the server's MAC under that session's token, which only it and the cluster hold.
+        let maced = 0
         for (const payload of sent) {
+          const kind = Protocol.serverMessageKind(decodeServer(payload))
+          if (payload.includes(`"token":"${peer.sessionId}"`) && kind !== "register_accepted") {
+            assert.strictEqual(Trust.checkMacFromServer(payload, peer.sessionToken), "valid", payload)
+            assert.strictEqual(Trust.checkMacFromServer(payload, `${peer.sessionToken}x`), "invalid")
+            assert.strictEqual(Trust.checkMac(payload, peer.sessionToken), "invalid", "not a peer's MAC")
+            maced++
+            continue
+          }
           assert.strictEqual(Trust.checkSignature(payload, rotated.publicKey), "valid", payload)
           assert.strictEqual(Trust.checkSignature(payload, rotated.previous!.publicKey), "invalid")
         }
+        assert.isAtLeast(maced, 3, "the sealed session's jobs and shutdown")
         assert.strictEqual(peer.accepted.cluster_key, rotated.publicKey)
         assert.isTrue(
           Trust.verifyBytes(

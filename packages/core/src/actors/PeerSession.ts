@@ -391,8 +391,10 @@ const runSession = Effect.fnUntraced(function* (
   // When the peer last heard from this session's holder. A session taken over starts at 0, so the
   // peer hears from its new holder at the first tick.
   let lastSentAt = running.resumed ? 0 : openedAt
+  // A sealed session's messages are MACed under its token (see Transport's macKey); others signed.
+  const authenticated = running.sealed ? { macKey: running.token } : {}
   const sendToPeer = (payload: string) =>
-    transport.sendToPeer(peerId, payload).pipe(
+    transport.sendToPeer(peerId, payload, authenticated).pipe(
       Effect.tap(() =>
         Effect.sync(() => {
           lastSentAt = now()
@@ -400,7 +402,7 @@ const runSession = Effect.fnUntraced(function* (
       ),
     )
   const sendManyToPeer = (payloads: ReadonlyArray<string>) =>
-    transport.sendManyToPeer(peerId, payloads).pipe(
+    transport.sendManyToPeer(peerId, payloads, authenticated).pipe(
       Effect.tap(() =>
         Effect.sync(() => {
           lastSentAt = now()

@@ -51,6 +51,12 @@ export interface SendToPeerOptions {
    * on this inbox (its acceptance): any such expiry is lifted. Absent: a plain append.
    */
   readonly lifetime?: "notice" | "session"
+  /**
+   * A sealed session's token: the gateway's signing transport (server/gateway/Signing.ts)
+   * authenticates the payload with an HMAC under it (see trust/mac.ts) instead of signing it. Plain
+   * transports write the payload as it is.
+   */
+  readonly macKey?: string
 }
 
 /** How long the reply to a registration is kept for its peer to read. */
@@ -128,6 +134,7 @@ export class Transport extends Context.Service<
     readonly sendManyToPeer: (
       peerId: string,
       payloads: ReadonlyArray<string>,
+      options?: Pick<SendToPeerOptions, "macKey">,
     ) => Effect.Effect<ReadonlyArray<string>, TransportError>
     /**
      * Server -> a registering peer: the reply to a registration that carried a nonce, in a stream of
