@@ -1,10 +1,11 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Schema } from "effect"
+import { Context, Effect, Metric, Schema } from "effect"
 import { sql } from "slonik"
 import { migrate } from "../src/db/migrate.ts"
 import { makePool } from "../src/db/pool.ts"
 import {
   countersLine,
+  makeStatementCounter,
   type StatementCounts,
   statementCounts,
   statementKey,
@@ -80,16 +81,25 @@ describe("the statement counter of every pool", () => {
           Effect.promise(() => freshDatabase()),
           (db) => Effect.promise(() => db.drop()),
         )
-        const pool = yield* makePool(db.url, { maxPoolSize: 2 })
+        // Besides the counter every pool has (into the process's registry, which whatever else
+        // runs in this process may add to), one into a registry of this test's own: exact counts.
+        const registry = new Map()
+        const own = <A, E>(effect: Effect.Effect<A, E>) =>
+          effect.pipe(Effect.provideService(Metric.MetricRegistry, registry))
+        const pool = yield* makePool(db.url, {
+          maxPoolSize: 2,
+          interceptors: [makeStatementCounter(Context.make(Metric.MetricRegistry, registry))],
+        })
         const run = <A>(f: () => Promise<A>) => Effect.promise(f)
 
-        const beforeMigration = yield* statementCounts
+        const beforeMigration = yield* own(statementCounts)
         yield* migrate(pool)
-        const migrated = delta(beforeMigration, yield* statementCounts)
+        const migrated = delta(beforeMigration, yield* own(statementCounts))
         assert.isAbove(migrated.statements, 0)
         assert.isAbove(migrated.transactions, 0)
 
-        const before = yield* statementCounts
+        const before = yield* own(statementCounts)
+        const globalBefore = yield* statementCounts
         yield* run(() => pool.query(sql.type(NoRow)`select 1`))
         yield* run(() => pool.query(sql.type(NoRow)`insert into peers (peer_id) values ('p1')`))
         yield* run(() =>
@@ -116,7 +126,7 @@ describe("the statement counter of every pool", () => {
         // A statement PostgreSQL refuses was still sent.
         yield* Effect.exit(run(() => pool.query(sql.type(NoRow)`select * from no_such_table`)))
 
-        const counted = delta(before, yield* statementCounts)
+        const counted = delta(before, yield* own(statementCounts))
         assert.deepStrictEqual(counted, {
           statements: 7,
           transactions: 3,
@@ -128,9 +138,15 @@ describe("the statement counter of every pool", () => {
           },
         })
 
+        // makePool's own counter saw them too.
+        const global = delta(globalBefore, yield* statementCounts)
+        assert.isAtLeast(global.statements, 7)
+        assert.isAtLeast(global.transactions, 3)
+        assert.isAtLeast(global.byStatement["update peers"] ?? 0, 2)
+
         // The line the server prints on SIGUSR2 carries the same counts.
-        const line = yield* countersLine
-        const now = yield* statementCounts
+        const line = yield* own(countersLine)
+        const now = yield* own(statementCounts)
         assert.isTrue(line.startsWith("picus-counters {"))
         assert.deepStrictEqual(JSON.parse(line.slice("picus-counters ".length)), { pg: now })
       }).pipe(Effect.scoped),
