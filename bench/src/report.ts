@@ -255,8 +255,9 @@ const summaryMarkdown = (input: ReportInput, groups: ReadonlyArray<GroupSummary>
         "and the begin and commit of an explicit transaction), counted in the pools: the servers' (SIGUSR2) " +
         "and this process's. PG transactions and tuples: pg_stat_database of the run's database, the " +
         "bench's own reads taken out, read once every backend has published them (the baselines' " +
-        "connections are made to; for picus the bench waits 10.5 s at each edge, so they hold about 10 s " +
-        "of its servers' background work too). Redis commands and bytes: INFO commandstats and stats (the Redis " +
+        "connections are made to; for picus the bench waits 10.5 s at each edge: what its servers were " +
+        "counted sending in the second wait is taken out of the transactions, the rows it wrote, lease " +
+        "renewals, stay in the tuples). Redis commands and bytes: INFO commandstats and stats (the Redis " +
         "is assumed to serve nothing else meanwhile), commands run by Lua scripts included (Redis counts " +
         "them too; the scripts' own calls in parentheses). Loopback: bytes over `lo` (PostgreSQL, Redis and " +
         "anything else local). Per command and per table: report.json.",
