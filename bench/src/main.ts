@@ -3,12 +3,13 @@ import { join } from "node:path"
 import { parseArgs } from "node:util"
 import { positiveFlag } from "./args.ts"
 import { sleep } from "./clock.ts"
+import { costPerTicket, makeCostWindow } from "./counts.ts"
 import { startMachineSampler, startProcessSampler } from "./procstat.ts"
 import { type RealPeersResult, runRealPeers } from "./realPeers.ts"
 import { describeMachine, type RunFailure, type RunRecord, writeReport } from "./report.ts"
 import { median } from "./stats.ts"
 import { runStorm, type StormResult } from "./storm.ts"
-import type { BenchEnv, RunResult, SystemEntry } from "./system.ts"
+import type { BenchEnv, MeasuredWindow, RunResult, SystemEntry } from "./system.ts"
 import { bullmq, bullmqBatched } from "./systems/bullmq.ts"
 import { picus1, picus2 } from "./systems/picus.ts"
 import { streamsCeiling } from "./systems/streamsCeiling.ts"
@@ -98,32 +99,49 @@ const fmt = (r: RunResult): string =>
   `p50 ${r.latencyMs.p50.toFixed(1)} ms, p95 ${r.latencyMs.p95.toFixed(1)} ms, ` +
   `p99 ${r.latencyMs.p99.toFixed(1)} ms, max ${r.latencyMs.max.toFixed(1)} ms, errors ${r.errors}`
 
+const fmtCost = (c: ReturnType<typeof costPerTicket>): string =>
+  [
+    c.serverCpuMs === undefined ? undefined : `server ${c.serverCpuMs.toFixed(3)} ms CPU`,
+    `bench ${c.benchCpuMs.toFixed(3)} ms`,
+    `machine ${c.machineCpuMs.toFixed(3)} ms`,
+    `PG ${c.pgServerStatements === undefined ? "" : `${c.pgServerStatements.toFixed(2)} server + `}` +
+      `${c.pgBenchStatements.toFixed(2)} bench statements, ${c.pgTransactions.toFixed(2)} xacts`,
+    `Redis ${c.redisCommands.toFixed(2)} commands`,
+    `lo ${Math.round(c.loopbackBytes)} B`,
+  ]
+    .filter((x) => x !== undefined)
+    .join(", ")
+
 /** One run on a fresh instance: setup, measure, teardown (always). Failures are recorded, not fatal. */
 const runOnce = async (
   entry: SystemEntry,
   repeat: number,
   phase: string,
-  measure: (system: ReturnType<SystemEntry["create"]>) => Promise<RunResult>,
+  measure: (system: ReturnType<SystemEntry["create"]>, window: MeasuredWindow) => Promise<RunResult>,
 ): Promise<void> => {
   const label = `[${entry.name} · ${phase} · ${repeat}/${repeats}]`
   const system = entry.create(env)
+  const costs = makeCostWindow(env, system)
   try {
     await system.setup()
     const loadAvg1 = loadavg()[0] ?? 0
     const machine = startMachineSampler()
     const self = startProcessSampler(process.pid)
-    const result = await measure(system)
+    const result = await measure(system, costs.window)
     const cpu = { machineCores: machine.stop().meanCores, benchProcessCores: self.stop().meanCores, loadAvg1 }
-    runs.push({ ...result, repeat, phase, cpu })
+    const cost = costs.result()
+    runs.push({ ...result, repeat, phase, cpu, ...(cost === undefined ? {} : { cost }) })
     console.log(
       `${label} ${fmt(result)}; cores: machine ${cpu.machineCores.toFixed(2)}, ` +
         `bench ${cpu.benchProcessCores.toFixed(2)}; load ${loadAvg1.toFixed(1)}`,
     )
+    if (cost !== undefined) console.log(`    per ticket: ${fmtCost(costPerTicket(result.tickets, cost))}`)
   } catch (error) {
     const message = error instanceof Error ? error.message : String(error)
     failures.push({ system: entry.name, phase, repeat, error: message })
     console.log(`${label} FAILED: ${message}`)
   } finally {
+    await costs.close()
     await system
       .teardown()
       .catch((error: unknown) => console.log(`${label} teardown failed: ${String(error)}`))
@@ -143,7 +161,8 @@ console.log(
 
 // Systems take turns (A B C A B C ...) so slow drifts of the machine hit them alike.
 for (let rep = 1; rep <= repeats; rep++) {
-  for (const entry of chosen) await runOnce(entry, rep, "saturation", (s) => s.saturation(tickets, workers))
+  for (const entry of chosen)
+    await runOnce(entry, rep, "saturation", (s, w) => s.saturation(tickets, workers, w))
 }
 const halfRate = new Map<string, number>()
 for (const entry of chosen) {
@@ -152,14 +171,14 @@ for (const entry of chosen) {
 }
 for (let rep = 1; rep <= repeats; rep++) {
   for (const entry of chosen) {
-    await runOnce(entry, rep, `rate ${fixedRate}/s`, (s) => s.atRate(fixedRate, durationMs, workers))
+    await runOnce(entry, rep, `rate ${fixedRate}/s`, (s, w) => s.atRate(fixedRate, durationMs, workers, w))
   }
 }
 for (let rep = 1; rep <= repeats; rep++) {
   for (const entry of chosen) {
     const rate = halfRate.get(entry.name)
     if (rate === undefined) continue
-    await runOnce(entry, rep, `rate ${rate}/s`, (s) => s.atRate(rate, durationMs, workers))
+    await runOnce(entry, rep, `rate ${rate}/s`, (s, w) => s.atRate(rate, durationMs, workers, w))
   }
 }
 

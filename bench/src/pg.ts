@@ -1,5 +1,6 @@
 import { randomBytes } from "node:crypto"
 import pg from "pg"
+import { type StatementCounts, statementKey } from "server"
 
 /** The tables every baseline writes: tickets (when the system records them) and one result per ticket. */
 const schema = `
@@ -107,3 +108,53 @@ export const verifyResultCount = async (pool: pg.Pool, system: string, expected:
 /** The fake answer of every worker: what `echo hi` prints, without running a shell. */
 export const fakeAnswer = { status: "succeeded", exitCode: 0, output: "hi\n" } as const
 export const ticketCommand = "echo hi"
+
+/** Statements sent through pools, named as the server's counter names them (`statementKey`). */
+export class StatementTally {
+  #statements = 0
+  readonly #byStatement: Record<string, number> = {}
+
+  add(sql: string): void {
+    this.#statements++
+    const key = statementKey({ sql })
+    this.#byStatement[key] = (this.#byStatement[key] ?? 0) + 1
+  }
+
+  get statements(): number {
+    return this.#statements
+  }
+
+  /** The counts so far (these pools send no explicit transactions). */
+  snapshot(): StatementCounts {
+    return { statements: this.#statements, transactions: 0, byStatement: { ...this.#byStatement } }
+  }
+}
+
+/** Counts every `pool.query` of `pool` into `tally` (the baselines' only way of querying). */
+export const countQueries = (pool: pg.Pool, tally: StatementTally): void => {
+  const query = pool.query.bind(pool) as (...args: ReadonlyArray<unknown>) => unknown
+  const counted = (...args: ReadonlyArray<unknown>): unknown => {
+    const first = args[0]
+    tally.add(typeof first === "string" ? first : String((first as { text?: unknown }).text ?? ""))
+    return query(...args)
+  }
+  ;(pool as unknown as { query: typeof counted }).query = counted
+}
+
+/**
+ * Makes every connection of `pool` publish its PostgreSQL statistics now: a backend publishes them
+ * at most once a second, an idle one up to 10 s later. One statement per connection, into `tally`.
+ */
+export const flushPgStats = async (pool: pg.Pool, tally: StatementTally): Promise<void> => {
+  const clients = await Promise.all(Array.from({ length: pool.totalCount }, () => pool.connect()))
+  try {
+    await Promise.all(
+      clients.map((c) => {
+        tally.add("select pg_stat_force_next_flush()")
+        return c.query("select pg_stat_force_next_flush()")
+      }),
+    )
+  } finally {
+    for (const c of clients) c.release()
+  }
+}

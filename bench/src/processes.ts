@@ -2,6 +2,8 @@ import { type ChildProcess, spawn } from "node:child_process"
 import { join } from "node:path"
 import { Redis } from "ioredis"
 import pg from "pg"
+import type { StatementCounts } from "server"
+import { parseCountersLine } from "./counts.ts"
 
 /** The server processes the benchmark starts, the way an operator starts them. */
 
@@ -28,6 +30,34 @@ export const startServer = (id: string, env: Record<string, string>): Promise<Ch
     child.once("exit", (code) =>
       reject(new Error(`server ${id} exited (${code}) before serving:\n${output}`)),
     )
+  })
+
+/** Asks a server for its counters (SIGUSR2) and reads the line it prints on stdout. */
+export const requestCounters = (child: ChildProcess, timeoutMs = 10_000): Promise<StatementCounts> =>
+  new Promise((resolve, reject) => {
+    const stdout = child.stdout
+    if (stdout === null) return reject(new Error("the server's stdout is not piped"))
+    let pending = ""
+    const onData = (chunk: Buffer) => {
+      const lines = (pending + chunk.toString()).split("\n")
+      pending = lines.pop() ?? ""
+      for (const line of lines) {
+        const counters = parseCountersLine(line)
+        if (counters === undefined) continue
+        done()
+        return resolve(counters)
+      }
+    }
+    const timer = setTimeout(() => {
+      done()
+      reject(new Error(`server ${child.pid} printed no counters within ${timeoutMs} ms`))
+    }, timeoutMs)
+    const done = () => {
+      clearTimeout(timer)
+      stdout.off("data", onData)
+    }
+    stdout.on("data", onData)
+    child.kill("SIGUSR2")
   })
 
 /** SIGINT (a clean shutdown), SIGKILL if that takes longer than `killAfterMs`. */

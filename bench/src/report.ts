@@ -1,6 +1,7 @@
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs"
 import { cpus, hostname } from "node:os"
 import { join } from "node:path"
+import { type CostCounts, type CostPerTicket, costPerTicket } from "./counts.ts"
 import type { RealPeersResult } from "./realPeers.ts"
 import { spread } from "./stats.ts"
 import type { StormResult } from "./storm.ts"
@@ -21,6 +22,8 @@ export interface RunRecord extends RunResult {
     readonly benchProcessCores: number
     readonly loadAvg1: number
   }
+  /** What the run cost over its measured window, raw (counts.ts). */
+  readonly cost?: CostCounts
 }
 
 export interface RunFailure {
@@ -72,6 +75,20 @@ export interface GroupSummary {
   readonly max: ReturnType<typeof spread>
   readonly machineCores?: number
   readonly loadAvg1?: number
+  /** Medians over the repeats of each per-ticket cost. */
+  readonly costPerTicket?: CostPerTicket
+}
+
+/** Field by field, the median of the runs' per-ticket costs (a field some runs lack: of those that have it). */
+const medianCost = (costs: ReadonlyArray<CostPerTicket>): CostPerTicket | undefined => {
+  if (costs.length === 0) return undefined
+  const keys = [...new Set(costs.flatMap((c) => Object.keys(c)))] as Array<keyof CostPerTicket>
+  const out: Partial<Record<keyof CostPerTicket, number>> = {}
+  for (const k of keys) {
+    const xs = costs.flatMap((c) => (c[k] === undefined ? [] : [c[k]]))
+    if (xs.length > 0) out[k] = spread(xs).median
+  }
+  return out as CostPerTicket
 }
 
 export const summarize = (runs: ReadonlyArray<RunRecord>): GroupSummary[] => {
@@ -86,6 +103,9 @@ export const summarize = (runs: ReadonlyArray<RunRecord>): GroupSummary[] => {
     const first = g[0]!
     const cores = g.flatMap((r) => (r.cpu === undefined ? [] : [r.cpu.machineCores]))
     const loads = g.flatMap((r) => (r.cpu === undefined ? [] : [r.cpu.loadAvg1]))
+    const cost = medianCost(
+      g.flatMap((r) => (r.cost === undefined ? [] : [costPerTicket(r.tickets, r.cost)])),
+    )
     return {
       system: first.system,
       phase: first.phase,
@@ -100,6 +120,7 @@ export const summarize = (runs: ReadonlyArray<RunRecord>): GroupSummary[] => {
       max: spread(g.map((r) => r.latencyMs.max)),
       ...(cores.length === 0 ? {} : { machineCores: spread(cores).median }),
       ...(loads.length === 0 ? {} : { loadAvg1: spread(loads).median }),
+      ...(cost === undefined ? {} : { costPerTicket: cost }),
     }
   })
 }
@@ -218,6 +239,49 @@ const summaryMarkdown = (input: ReportInput, groups: ReadonlyArray<GroupSummary>
         row(`p50 at ${p.replace("rate ", "")}`, p, (g) => g.p50.median)
         row(`p99 at ${p.replace("rate ", "")}`, p, (g) => g.p99.median)
       }
+    }
+    lines.push("")
+  }
+
+  const costed = groups.filter((g) => g.costPerTicket !== undefined)
+  if (costed.length > 0) {
+    lines.push("## Cost per ticket", "")
+    lines.push(
+      "Counted over each run's measured window (first ticket submitted → last result committed), divided " +
+        "by its tickets; medians over repeats. CPU in ms: server = the picus server processes; bench = " +
+        "this process (the baselines' workers and producer; picus's simulated peers and submitter); " +
+        "Redis = the Redis server (INFO cpu); PG = the PostgreSQL backends of the run's database; " +
+        "machine = every process on the machine, anyone's. PG statements are round trips (a statement, " +
+        "and the begin and commit of an explicit transaction), counted in the pools: the servers' (SIGUSR2) " +
+        "and this process's. PG transactions and tuples: pg_stat_database of the run's database, the " +
+        "bench's own reads taken out, read once every backend has published them (the baselines' " +
+        "connections are made to; for picus the bench waits 10.5 s at each edge: what its servers were " +
+        "counted sending in the second wait is taken out of the transactions, the rows it wrote, lease " +
+        "renewals, stay in the tuples). Redis commands and bytes: INFO commandstats and stats (the Redis " +
+        "is assumed to serve nothing else meanwhile), commands run by Lua scripts included (Redis counts " +
+        "them too; the scripts' own calls in parentheses). Loopback: bytes over `lo` (PostgreSQL, Redis and " +
+        "anything else local). Per command and per table: report.json.",
+      "",
+    )
+    lines.push(
+      "| system | phase | server CPU | bench CPU | Redis CPU | PG CPU | machine CPU | PG stmts server | " +
+        "PG stmts bench | PG xacts | tuples ins | tuples upd | Redis cmds (scripts) | Redis in B | Redis out B | loopback B |",
+    )
+    lines.push("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    const sorted = [...costed].sort((a, b) => phaseOrder(a.phase) - phaseOrder(b.phase) || bySystem(a, b))
+    const f = (x: number | undefined, digits: number): string =>
+      x === undefined || !Number.isFinite(x) ? "-" : x.toFixed(digits)
+    const b = (x: number | undefined): string =>
+      x === undefined || !Number.isFinite(x) ? "-" : Math.round(x).toLocaleString("en-US")
+    for (const g of sorted) {
+      const c = g.costPerTicket!
+      lines.push(
+        `| ${g.system} | ${g.phase} | ${f(c.serverCpuMs, 3)} | ${f(c.benchCpuMs, 3)} | ${f(c.redisCpuMs, 3)} | ` +
+          `${f(c.pgCpuMs, 3)} | ${f(c.machineCpuMs, 3)} | ${f(c.pgServerStatements, 2)} | ` +
+          `${f(c.pgBenchStatements, 2)} | ${f(c.pgTransactions, 2)} | ${f(c.tuplesInserted, 2)} | ` +
+          `${f(c.tuplesUpdated, 2)} | ${f(c.redisCommands, 2)} (${f(c.redisScripts, 2)}) | ${b(c.redisInBytes)} | ${b(c.redisOutBytes)} | ` +
+          `${b(c.loopbackBytes)} |`,
+      )
     }
     lines.push("")
   }

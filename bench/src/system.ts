@@ -1,3 +1,34 @@
+import type { StatementCounts } from "server"
+
+/**
+ * The measured window of a run: the system calls `begin` once it is ready, right before its first
+ * ticket, and `end` once the last result is committed, before anything else it does. The costs of a
+ * run (counts.ts) are counted between the two.
+ */
+export interface MeasuredWindow {
+  readonly begin: () => Promise<void>
+  readonly end: () => Promise<void>
+}
+
+/** What a system tells of itself at each edge of the measured window (cumulative readings). */
+export interface SystemCounters {
+  /** The run's database, whose PostgreSQL statistics are read. */
+  readonly databaseUrl: string
+  /** CPU time so far of the system's server processes (picus), in ms. */
+  readonly serverCpuMs?: number
+  /** Statements counted in the pools of the system's server processes (picus). */
+  readonly serverStatements?: StatementCounts
+  /** Statements counted in this process's pools for the system (the baselines' workers, picus's submitter). */
+  readonly benchStatements?: StatementCounts
+  /** Statements the harness itself sent to the run's database (polls, flushes): taken out of its transactions. */
+  readonly harnessStatements: number
+  /**
+   * Whether every connection to the run's database has just published its statistics
+   * (pg_stat_force_next_flush); if not, the bench waits for them.
+   */
+  readonly pgStatsFlushed: boolean
+}
+
 /**
  * What every benchmarked system implements. main.ts creates one instance per run, calls setup, exactly
  * one of saturation / atRate, then teardown (always, even after a failure).
@@ -8,9 +39,16 @@ export interface BenchSystem {
   /** Fresh state for one run: a new PostgreSQL database, a new Redis key prefix / queue name, connections. */
   readonly setup: () => Promise<void>
   /** Submit `tickets` as fast as possible over `workers` workers and wait until every result is committed. */
-  readonly saturation: (tickets: number, workers: number) => Promise<RunResult>
+  readonly saturation: (tickets: number, workers: number, window?: MeasuredWindow) => Promise<RunResult>
   /** Submit `ratePerSecond` tickets/s for `durationMs`, then wait until every result is committed. */
-  readonly atRate: (ratePerSecond: number, durationMs: number, workers: number) => Promise<RunResult>
+  readonly atRate: (
+    ratePerSecond: number,
+    durationMs: number,
+    workers: number,
+    window?: MeasuredWindow,
+  ) => Promise<RunResult>
+  /** Its counters now, read at the edges of the measured window; without it, no costs are counted. */
+  readonly counters?: () => Promise<SystemCounters>
   /** Drop the database, delete the keys, close every connection. Safe to call after a failed setup. */
   readonly teardown: () => Promise<void>
 }

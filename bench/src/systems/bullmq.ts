@@ -5,15 +5,18 @@ import { Batcher } from "../batcher.ts"
 import { wallNow } from "../clock.ts"
 import { submitAtRate } from "../pace.ts"
 import {
+  countQueries,
   createBenchDatabase,
   fakeAnswer,
+  flushPgStats,
   insertResultSql,
   insertResults,
   type ResultRow,
+  StatementTally,
   ticketCommand,
   verifyResultCount,
 } from "../pg.ts"
-import type { BenchEnv, BenchSystem, RunResult, SystemEntry } from "../system.ts"
+import type { BenchEnv, BenchSystem, MeasuredWindow, RunResult, SystemEntry } from "../system.ts"
 import { Tracker } from "../tracker.ts"
 
 /**
@@ -46,7 +49,11 @@ const makeSystem = (name: string, batched: boolean, env: BenchEnv): BenchSystem 
   const connection = { host: redis.hostname, port: Number(redis.port || 6379) }
   let queueName = ""
   let pool: pg.Pool | undefined
+  let dbUrl = ""
   let dropDb: (() => Promise<void>) | undefined
+  /** The workers' statements, and the harness's own (flushing statistics). */
+  const tally = new StatementTally()
+  const harness = new StatementTally()
   let queue: Queue<TicketData> | undefined
   let worker: Worker<TicketData> | undefined
 
@@ -54,9 +61,11 @@ const makeSystem = (name: string, batched: boolean, env: BenchEnv): BenchSystem 
     queueName = `bench-${name}-${randomBytes(4).toString("hex")}`
     const db = await createBenchDatabase(env.pgAdminUrl, name)
     dropDb = db.drop
+    dbUrl = db.url
     pool = new pg.Pool({ connectionString: db.url, max: poolSize })
     // Dropping the database at teardown ends idle connections: not an error of the run.
     pool.on("error", () => {})
+    countQueries(pool, tally)
     queue = new Queue<TicketData>(queueName, { connection })
     await queue.waitUntilReady()
   }
@@ -67,6 +76,7 @@ const makeSystem = (name: string, batched: boolean, env: BenchEnv): BenchSystem 
     workers: number,
     produce: (tracker: Tracker, q: Queue<TicketData>) => Promise<number>,
     mode: RunResult["mode"],
+    window: MeasuredWindow | undefined,
     targetRate?: number,
   ): Promise<RunResult> => {
     const p = pool!
@@ -98,9 +108,11 @@ const makeSystem = (name: string, batched: boolean, env: BenchEnv): BenchSystem 
       errors++
     })
     await w.waitUntilReady()
+    await window?.begin()
     const total = await produce(tracker, q)
     await tracker.waitAll(total)
     await batcher.drain()
+    await window?.end()
     await verifyResultCount(p, name, total)
     return tracker.result(name, mode, total, errors, targetRate)
   }
@@ -110,7 +122,7 @@ const makeSystem = (name: string, batched: boolean, env: BenchEnv): BenchSystem 
     data: { ticket, command: ticketCommand, createdAt },
   })
 
-  const saturation = (tickets: number, workers: number): Promise<RunResult> =>
+  const saturation = (tickets: number, workers: number, window?: MeasuredWindow): Promise<RunResult> =>
     run(
       tickets,
       workers,
@@ -128,9 +140,15 @@ const makeSystem = (name: string, batched: boolean, env: BenchEnv): BenchSystem 
         return tickets
       },
       "saturation",
+      window,
     )
 
-  const atRate = (ratePerSecond: number, durationMs: number, workers: number): Promise<RunResult> =>
+  const atRate = (
+    ratePerSecond: number,
+    durationMs: number,
+    workers: number,
+    window?: MeasuredWindow,
+  ): Promise<RunResult> =>
     run(
       Math.max(1, Math.round((ratePerSecond * durationMs) / 1000)),
       workers,
@@ -146,8 +164,19 @@ const makeSystem = (name: string, batched: boolean, env: BenchEnv): BenchSystem 
           await Promise.all(adds)
         }),
       "rate",
+      window,
       ratePerSecond,
     )
+
+  const counters = async () => {
+    await flushPgStats(pool!, harness)
+    return {
+      databaseUrl: dbUrl,
+      benchStatements: tally.snapshot(),
+      harnessStatements: harness.statements,
+      pgStatsFlushed: true,
+    }
+  }
 
   const teardown = async (): Promise<void> => {
     await worker?.close()
@@ -163,7 +192,7 @@ const makeSystem = (name: string, batched: boolean, env: BenchEnv): BenchSystem 
     dropDb = undefined
   }
 
-  return { name, setup, saturation, atRate, teardown }
+  return { name, setup, saturation, atRate, teardown, counters }
 }
 
 export const bullmq: SystemEntry = { name: "bullmq", create: (env) => makeSystem("bullmq", false, env) }

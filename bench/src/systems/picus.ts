@@ -4,13 +4,15 @@ import { type Stores, type Transport, TransportRedis, Trust } from "@picus/core"
 import { type Context, Effect, Exit, Layer, Scope } from "effect"
 import { makeSimulatedFleet, type SimulatedFleet } from "loadgen"
 import pg from "pg"
-import { PgStore, submitJobs } from "server"
+import { PgStore, statementCounts, submitJobs } from "server"
 import { sleep } from "../clock.ts"
+import { addStatements, noStatements } from "../counts.ts"
 import { submitAtRate } from "../pace.ts"
-import { dropRun, startServer, stopProcess } from "../processes.ts"
-import { type Sampler, startProcessSampler } from "../procstat.ts"
+import { countQueries, StatementTally } from "../pg.ts"
+import { dropRun, requestCounters, startServer, stopProcess } from "../processes.ts"
+import { readProcess, type Sampler, startProcessSampler } from "../procstat.ts"
 import { percentiles } from "../stats.ts"
-import type { BenchEnv, BenchSystem, RunResult, SystemEntry } from "../system.ts"
+import type { BenchEnv, BenchSystem, MeasuredWindow, RunResult, SystemEntry } from "../system.ts"
 
 /**
  * This system, as an operator runs it: `instances` real server processes (`picus-server start`)
@@ -37,6 +39,8 @@ const makeSystem = (env: BenchEnv, instances: number): BenchSystem => {
   let context: Context.Context<Stores | Transport> | undefined
   let fleet: SimulatedFleet | undefined
   let pool: pg.Pool | undefined
+  /** The harness's own queries of the run's database (polling for results). */
+  const harness = new StatementTally()
   let sampler: Sampler | undefined
   let errors = 0
 
@@ -56,6 +60,7 @@ const makeSystem = (env: BenchEnv, instances: number): BenchSystem => {
     servers.push(await startServer(`${name}-a`, serverEnv))
     for (let i = 1; i < instances; i++) servers.push(await startServer(`${name}-${i}`, serverEnv))
     pool = new pg.Pool({ connectionString: dbUrl, max: 2 })
+    countQueries(pool, harness)
     // Dropping the database at teardown ends idle connections: not an error of the run.
     pool.on("error", () => {})
     scope = Effect.runSync(Scope.make())
@@ -110,13 +115,15 @@ const makeSystem = (env: BenchEnv, instances: number): BenchSystem => {
   const measure = async (
     mode: "saturation" | "rate",
     tickets: number,
-    targetRate?: number,
+    targetRate: number | undefined,
+    window: MeasuredWindow | undefined,
   ): Promise<RunResult> => {
     for (;;) {
       const { rows } = await pool!.query<{ n: number }>("select count(*)::int as n from job_results")
       if (rows[0]!.n >= tickets) break
       await sleep(50)
     }
+    await window?.end()
     const { rows } = await pool!.query<{ latency: number; created: number; received: number }>(`
       select extract(epoch from r.received_at - t.created_at) * 1000 as latency,
         extract(epoch from t.created_at) * 1000 as created, extract(epoch from r.received_at) * 1000 as received
@@ -147,9 +154,10 @@ const makeSystem = (env: BenchEnv, instances: number): BenchSystem => {
   return {
     name,
     setup,
-    saturation: async (tickets, workers) => {
+    saturation: async (tickets, workers, window) => {
       const f = await fleetOf(workers)
       const peers = f.peerIds
+      await window?.begin()
       sampler = startProcessSampler(servers.map((s) => s.pid!))
       // As a batch per peer, the way the baselines add theirs in bulk.
       await Promise.all(
@@ -158,16 +166,31 @@ const makeSystem = (env: BenchEnv, instances: number): BenchSystem => {
           return count > 0 ? submit(peerId, count) : Promise.resolve()
         }),
       )
-      return measure("saturation", tickets)
+      return measure("saturation", tickets, undefined, window)
     },
-    atRate: async (rate, durationMs, workers) => {
+    atRate: async (rate, durationMs, workers, window) => {
       const f = await fleetOf(workers)
+      await window?.begin()
       sampler = startProcessSampler(servers.map((s) => s.pid!))
       let next = 0
       const total = await submitAtRate(rate, durationMs, async (_first, count) => {
         for (let i = 0; i < count; i++) await submit(f.peerIds[next++ % f.peerIds.length]!, 1)
       })
-      return measure("rate", total, rate)
+      return measure("rate", total, rate, window)
+    },
+    counters: async () => {
+      const serverCpuMs = servers.reduce((ms, s) => ms + readProcess(s.pid!).cpuMs, 0)
+      const counts = await Promise.all(servers.map((s) => requestCounters(s)))
+      return {
+        databaseUrl: dbUrl,
+        serverCpuMs,
+        serverStatements: counts.reduce(addStatements, noStatements),
+        // The submitter's pool (PgStore) counts into this process's metrics.
+        benchStatements: Effect.runSync(statementCounts),
+        harnessStatements: harness.statements,
+        // The servers' connections publish their statistics when PostgreSQL lets them.
+        pgStatsFlushed: false,
+      }
     },
     teardown: async () => {
       if (fleet) await Effect.runPromise(fleet.stop("peer_shutdown", 2_000)).catch(() => {})

@@ -4,15 +4,18 @@ import pg from "pg"
 import { wallNow } from "../clock.ts"
 import { submitAtRate } from "../pace.ts"
 import {
+  countQueries,
   createBenchDatabase,
   fakeAnswer,
+  flushPgStats,
   insertResults,
   insertTickets,
   type ResultRow,
+  StatementTally,
   ticketCommand,
   verifyResultCount,
 } from "../pg.ts"
-import type { BenchEnv, BenchSystem, RunResult, SystemEntry } from "../system.ts"
+import type { BenchEnv, BenchSystem, MeasuredWindow, RunResult, SystemEntry } from "../system.ts"
 import { Tracker } from "../tracker.ts"
 
 /**
@@ -43,6 +46,10 @@ const makeSystem = (env: BenchEnv): BenchSystem => {
   const name = "streams-ceiling"
   let prefix = ""
   let pool: pg.Pool | undefined
+  let dbUrl = ""
+  /** The system's statements, and the harness's own (flushing statistics). */
+  const tally = new StatementTally()
+  const harness = new StatementTally()
   let dropDb: (() => Promise<void>) | undefined
   const clients: Redis[] = []
   const connect = (): Redis => {
@@ -55,9 +62,11 @@ const makeSystem = (env: BenchEnv): BenchSystem => {
     prefix = `bench:${name}:${randomBytes(4).toString("hex")}:`
     const db = await createBenchDatabase(env.pgAdminUrl, name)
     dropDb = db.drop
+    dbUrl = db.url
     pool = new pg.Pool({ connectionString: db.url, max: poolSize })
     // Dropping the database at teardown ends idle connections: not an error of the run.
     pool.on("error", () => {})
+    countQueries(pool, tally)
   }
 
   const run = async (
@@ -65,6 +74,7 @@ const makeSystem = (env: BenchEnv): BenchSystem => {
     workers: number,
     produce: (submit: (first: number, count: number) => Promise<void>) => Promise<number>,
     mode: RunResult["mode"],
+    window: MeasuredWindow | undefined,
     targetRate?: number,
   ): Promise<RunResult> => {
     const p = pool!
@@ -216,8 +226,10 @@ const makeSystem = (env: BenchEnv): BenchSystem => {
     }
 
     try {
+      await window?.begin()
       const total = await produce(submit)
       await tracker.waitAll(total)
+      await window?.end()
       await verifyResultCount(p, name, total)
       return tracker.result(name, mode, total, errors, targetRate)
     } finally {
@@ -226,7 +238,7 @@ const makeSystem = (env: BenchEnv): BenchSystem => {
     }
   }
 
-  const saturation = (tickets: number, workers: number): Promise<RunResult> =>
+  const saturation = (tickets: number, workers: number, window?: MeasuredWindow): Promise<RunResult> =>
     run(
       tickets,
       workers,
@@ -237,16 +249,33 @@ const makeSystem = (env: BenchEnv): BenchSystem => {
         return tickets
       },
       "saturation",
+      window,
     )
 
-  const atRate = (ratePerSecond: number, durationMs: number, workers: number): Promise<RunResult> =>
+  const atRate = (
+    ratePerSecond: number,
+    durationMs: number,
+    workers: number,
+    window?: MeasuredWindow,
+  ): Promise<RunResult> =>
     run(
       Math.max(1, Math.round((ratePerSecond * durationMs) / 1000)),
       workers,
       (submit) => submitAtRate(ratePerSecond, durationMs, submit),
       "rate",
+      window,
       ratePerSecond,
     )
+
+  const counters = async () => {
+    await flushPgStats(pool!, harness)
+    return {
+      databaseUrl: dbUrl,
+      benchStatements: tally.snapshot(),
+      harnessStatements: harness.statements,
+      pgStatsFlushed: true,
+    }
+  }
 
   const teardown = async (): Promise<void> => {
     const admin = clients[0]
@@ -260,7 +289,7 @@ const makeSystem = (env: BenchEnv): BenchSystem => {
     dropDb = undefined
   }
 
-  return { name, setup, saturation, atRate, teardown }
+  return { name, setup, saturation, atRate, teardown, counters }
 }
 
 export const streamsCeiling: SystemEntry = { name: "streams-ceiling", create: makeSystem }

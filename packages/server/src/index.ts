@@ -7,6 +7,13 @@ export { ConfigError, DEFAULT_SHUTDOWN_REASON, resolveServerConfig, type ServerC
 export { defaultDataDir, EMBEDDED_POOL_SIZE, serveEmbedded } from "./db/embedded.ts"
 export { ensureDatabase } from "./db/ensureDatabase.ts"
 export { PgStore } from "./db/PgStore.ts"
+export {
+  COUNTERS_LINE_PREFIX,
+  countersLine,
+  type StatementCounts,
+  statementCounts,
+  statementKey,
+} from "./db/statementCounter.ts"
 export { type Gateway, GatewayFailed, gatewayConfigFrom, makeGateway, untilSignal } from "./gateway/index.ts"
 export { MAX_REGISTER_SKEW_MS } from "./gateway/Registration.ts"
 export { InvalidJob, type Submission, submitJobs, validateSubmission } from "./submit.ts"

@@ -38,6 +38,7 @@ import { checkDatabase } from "./db/checkDatabase.ts"
 import { connectEmbedded, defaultDataDir, EMBEDDED_POOL_SIZE } from "./db/embedded.ts"
 import { ensureDatabase } from "./db/ensureDatabase.ts"
 import { PgStore } from "./db/PgStore.ts"
+import { countersLine } from "./db/statementCounter.ts"
 import { addSeedPeer, createToken, revokeTokens } from "./enrollment.ts"
 import { gatewayConfigFrom, makeGateway, untilSignal } from "./gateway/index.ts"
 import { printRows } from "./report.ts"
@@ -97,6 +98,16 @@ const redisUrlFor = (url: string, user: string, password: string): string => {
   return parsed.toString()
 }
 
+/** `kill -USR2 <pid>` prints the process's counters as one line on stdout (the bench reads them). */
+const countersOnSignal = Effect.acquireRelease(
+  Effect.sync(() => {
+    const print = () => Effect.runFork(Effect.flatMap(countersLine, Console.log))
+    process.on("SIGUSR2", print)
+    return print
+  }),
+  (print) => Effect.sync(() => process.removeListener("SIGUSR2", print)),
+)
+
 const serve = (
   config: ServerConfig,
   clusterKey: ClusterKey,
@@ -114,6 +125,7 @@ const serve = (
     yield* catalogStore.replaceCatalog(catalog)
     const gateway = yield* makeGateway(gatewayConfigFrom(config, clusterKey))
     const running = yield* Effect.forkScoped(gateway.run)
+    yield* countersOnSignal
     yield* Effect.logInfo(
       `server ${config.serverId} serving (${catalog.length} catalog jobs); Ctrl+C to stop`,
     )

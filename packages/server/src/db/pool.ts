@@ -17,6 +17,7 @@ import {
   type QueryResultRow,
   StatementTimeoutError,
 } from "slonik"
+import { statementCounter } from "./statementCounter.ts"
 import { databaseTlsOf } from "./tls.ts"
 
 /** The database could not be reached, or refused the pool's configuration. */
@@ -235,7 +236,8 @@ export const makePool = (
           connectionTimeout: options.connectionTimeoutMs ?? 5_000,
           statementTimeout: options.statementTimeoutMs ?? 30_000,
           idleInTransactionSessionTimeout: options.idleInTransactionSessionTimeoutMs ?? 60_000,
-          interceptors: [rowValidationInterceptor, ...(options.interceptors ?? [])],
+          // Counted into the process's metrics (db/statementCounter.ts).
+          interceptors: [rowValidationInterceptor, statementCounter, ...(options.interceptors ?? [])],
           typeParsers,
           // Slonik's default runs DISCARD ALL each time a connection goes back to the pool: one more
           // round trip (and commit) per query. Nothing here leaves session state behind (no SET, no
