@@ -121,6 +121,7 @@ export const makeFleet = (cluster: Cluster, peers: number, jobMs: number): Promi
       // No os, and the bench's servers have an empty catalog: no catalog jobs for these peers.
       os: undefined,
       agentVersion: "bench",
+      sealed: true,
       jobMs,
       rampMs: 0,
       registerTimeoutMs: 30_000,

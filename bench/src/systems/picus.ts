@@ -86,6 +86,7 @@ const makeSystem = (env: BenchEnv, instances: number): BenchSystem => {
         serverIp: "127.0.0.1",
         os: undefined,
         agentVersion: "bench",
+        sealed: true,
         jobMs: 0,
         rampMs: 0,
         registerTimeoutMs: 30_000,
