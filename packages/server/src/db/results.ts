@@ -73,18 +73,20 @@ export const makePgResults = (pool: DatabasePool): ResultStoreService => {
               ],
             )} as v(ord, ticket, peer_id, session_id, epoch, status, new_state, exit_code, output, truncated,
               started_ms, finished_ms, server_id)
+          -- Rows are found through their keys (= any of an array): an IN over the input let the planner
+          -- scan all of tickets and job_results once their statistics lagged, a cost that grew
+          -- with the tables.
           ), held as (
             select s.session_id, s.epoch from sessions s
-            where s.session_id in (select session_id from input) and s.closed_at is null
+            where s.session_id = any(array(select session_id from input)) and s.closed_at is null
             order by s.session_id
             for share
           ), locked as (
-            select t.ticket, t.peer_id, t.session_id, t.state,
-              exists (select 1 from job_results r where r.ticket = t.ticket) as has_result
-            from tickets t
-            where t.ticket in (select ticket from input)
+            select t.ticket, t.peer_id, t.session_id, t.state, r.ticket is not null as has_result
+            from tickets t left join job_results r on r.ticket = t.ticket
+            where t.ticket = any(array(select ticket from input))
             order by t.ticket
-            for update
+            for update of t
           ), checked as (
             select i.*,
               case
@@ -121,14 +123,13 @@ export const makePgResults = (pool: DatabasePool): ResultStoreService => {
             returning ticket
           ), updated as (
             update tickets t set state = j.new_state, finished_at = now()
-            from judged j
-            where j.outcome = 'recorded' and t.ticket = j.ticket and t.ticket in (select ticket from inserted)
+            from judged j join inserted i on i.ticket = j.ticket
+            where j.outcome = 'recorded' and t.ticket = j.ticket
           )
-          select ord,
-            case when outcome = 'recorded' and ticket not in (select ticket from inserted) then 'duplicate'
-              else outcome end as outcome
-          from judged
-          order by ord
+          select j.ord,
+            case when j.outcome = 'recorded' and i.ticket is null then 'duplicate' else j.outcome end as outcome
+          from judged j left join inserted i on i.ticket = j.ticket and j.outcome = 'recorded'
+          order by j.ord
         `)
         return rows.map((r) => r.outcome)
       }),
