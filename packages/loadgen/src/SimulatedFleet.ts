@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto"
 import { type InboxFanOptions, Protocol, Transport, type TransportError, Trust } from "@picus/core"
-import { Deferred, Effect, Result } from "effect"
+import { Deferred, Effect, Queue, Result } from "effect"
 import {
   type Counters,
   diffCounters,
@@ -97,6 +97,8 @@ interface Outgoing {
 const MAX_BATCH = 1_000
 const SCAN_MS = 100
 const FLUSH_MS = 5
+/** With nothing to send, the flusher still looks this often (for replies to watch or let go). */
+const FLUSH_IDLE_MS = 100
 /** Inbox entries kept per peer while it waits for its answer. */
 const MAX_EARLY = 256
 
@@ -142,6 +144,8 @@ export const makeSimulatedFleet = Effect.fnUntraced(function* (config: FleetConf
   const byId = new Map(peers.map((p) => [p.id, p]))
 
   const outbox: Array<Outgoing> = []
+  /** Wakes the flusher when there is something to send. */
+  const wake = yield* Queue.dropping<void>(1)
   // A registration with a nonce is answered in a reply stream of its own: the fan watches it
   // until the peer has its answer or registers again.
   const repliesWanted: Array<{ readonly nonce: string; readonly peerId: string }> = []
@@ -150,6 +154,7 @@ export const makeSimulatedFleet = Effect.fnUntraced(function* (config: FleetConf
     const payload = Protocol.encodeMessage(message)
     // A sealed session's messages carry its id as their token and end with a MAC under its secret.
     const secret = message.msg === "register" ? undefined : byId.get(message.peer_id)?.secret
+    Queue.offerUnsafe(wake, undefined)
     outbox.push({
       kind: message.msg,
       payload: secret === undefined ? payload : Trust.macPayload(payload, secret),
@@ -364,7 +369,8 @@ export const makeSimulatedFleet = Effect.fnUntraced(function* (config: FleetConf
     while (true) {
       yield* watchReplies
       while (outbox.length > 0) yield* flushOnce
-      yield* Effect.sleep(FLUSH_MS)
+      // Woken by the next message to send, not by a timer: no latency added, no idle polling.
+      yield* Queue.take(wake).pipe(Effect.timeoutOption(FLUSH_IDLE_MS))
     }
   })
 
