@@ -24,8 +24,9 @@ import {
   Semaphore,
 } from "effect"
 import { type ExecuteOptions, execute } from "./executor.ts"
+import type { KeptResult } from "./journal.ts"
 import type { OsInfo } from "./osInfo.ts"
-import type { KeptResult, StateFile } from "./state.ts"
+import type { StateFile } from "./state.ts"
 import {
   type ClusterKeyPin,
   checkAcceptance,
@@ -176,6 +177,7 @@ const shown = (text: string) => (text.length > 64 ? `${text.slice(0, 64)}…` : 
 export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
   const transport = yield* Transport
   const peerId = config.state.peerId
+  const journal = config.state.journal
   const say = config.say ?? ((line: string) => Console.log(line))
   const verify = config.verifySignatures ?? true
   const refusals = makeRefusalLog({
@@ -234,7 +236,7 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
       what,
     )
 
-  /** Sends a kept result until Redis takes it, then marks it delivered. */
+  /** Sends a kept result until Redis takes it, then marks it sent. */
   const deliver = (kept: KeptResult) =>
     Effect.suspend(() => {
       delivering.add(kept.ticket)
@@ -242,7 +244,7 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
         (token) => ({ ...kept, msg: "result", peer_id: peerId, token }),
         `result ${kept.ticket}`,
       ).pipe(
-        Effect.andThen(Effect.sync(() => config.state.markDelivered(kept.ticket))),
+        Effect.andThen(Effect.sync(() => journal.sent(kept.ticket))),
         Effect.ensuring(Effect.sync(() => delivering.delete(kept.ticket))),
       )
     })
@@ -266,13 +268,26 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
       timeoutMs: job.job.timeout_ms ?? config.defaultTimeoutMs,
       outputCapBytes: config.outputCapBytes,
     }
-    // Remembered on disk before it runs: a crash mid-job loses that result (the server times the
-    // ticket out), but a ticket never runs twice, even across a restart.
-    config.state.markRun(job.ticket)
+    // On disk before it runs: a crash mid-job loses that result (the server times the ticket
+    // out), but a ticket never runs twice, even across a restart.
+    const recorded = yield* journal.started(job.ticket).pipe(Effect.result)
+    if (Result.isFailure(recorded)) {
+      yield* Effect.logError(recorded.failure.message)
+      return yield* sendInCurrent(
+        (token) => ({
+          ...base,
+          token,
+          result: "not run: this peer cannot write its journal of started tickets",
+          status: "failed",
+          exit_code: null,
+        }),
+        `result ${job.ticket}`,
+      )
+    }
     const run = yield* execute(job.job.command, options)
     const status = run.timedOut ? "timed_out" : run.exitCode === 0 ? "succeeded" : "failed"
-    // Kept on disk before it is sent: if it cannot be sent before the peer stops, it is sent by
-    // the next run of the peer, and the same ticket delivered again is answered from it.
+    // On disk before it is sent: if it cannot be sent before the peer stops, it is sent by the
+    // next run of the peer, and the same ticket delivered again is answered from it.
     const kept: KeptResult = {
       ticket: job.ticket,
       result: run.output,
@@ -282,8 +297,11 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
       finished_at: run.finishedAt,
       truncated: run.truncated,
     }
-    config.state.keep(kept)
-    yield* deliver(kept)
+    const finished = yield* journal.finished(kept).pipe(Effect.result)
+    if (Result.isFailure(finished)) {
+      // Never sent unkept: the ticket stays started, and a re-delivery is told its outcome was lost.
+      yield* Effect.logError(`${finished.failure.message}: the result of ${job.ticket} is not sent`)
+    } else yield* deliver(kept)
     yield* say(
       `job ${job.ticket} "${job.job.name}": ${status}${run.exitCode === null ? "" : ` (exit ${run.exitCode})`}`,
     )
@@ -413,7 +431,7 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
           `registered as ${peerId} (session ${m.session_id ?? "?"}, server ${m.server_id ?? "?"}${credentials ? ", own Redis user" : ""})`,
         )
         // The outbox: results kept but not delivered (Redis was away, or the peer stopped).
-        const outbox = config.state.pending().filter((kept) => !delivering.has(kept.ticket))
+        const outbox = journal.pending().filter((kept) => !delivering.has(kept.ticket))
         if (outbox.length > 0) yield* Effect.logInfo(`sending ${outbox.length} kept result(s)`)
         for (const kept of outbox) yield* sendKept(kept)
       })
@@ -524,14 +542,14 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
         if (delivering.has(job.ticket)) {
           return yield* Effect.logInfo(`skipped job ${job.ticket}: delivered again, its result is being sent`)
         }
-        const kept = config.state.kept(job.ticket)
+        const kept = journal.kept(job.ticket)
         if (kept) {
           // Run before and its answer did not reach the server (or came too late): the same
           // answer again, for this session.
           yield* Effect.logInfo(`answering job ${job.ticket} from its kept result, without running it again`)
           return yield* sendKept(kept)
         }
-        if (config.state.hasRun(job.ticket)) {
+        if (journal.hasRun(job.ticket)) {
           // Started before, by a process that stopped before it kept the outcome: say so rather
           // than run a command twice.
           yield* Effect.logWarning(`not running job ${job.ticket} again: it was started before`)
