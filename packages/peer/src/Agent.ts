@@ -23,7 +23,7 @@ import {
   Scope,
   Semaphore,
 } from "effect"
-import { type ExecuteOptions, execute } from "./executor.ts"
+import { type ExecuteOptions, type Execution, execute } from "./executor.ts"
 import type { KeptResult } from "./journal.ts"
 import type { OsInfo } from "./osInfo.ts"
 import type { StateFile } from "./state.ts"
@@ -152,6 +152,9 @@ const SESSION_LINK_GRACE_MS = 5_000
 /** How long a read waits for news; a read that takes longer than this and a margin has hung. */
 const READ_BLOCK_MS = 1_000
 
+/** Inbox entries read before they are trimmed (a trim per read was a round trip per job). */
+const TRIM_EVERY = 32
+
 const bounded = <A>(command: Effect.Effect<A, TransportError>, operation: string, ms = COMMAND_TIMEOUT_MS) =>
   command.pipe(
     Effect.timeoutOrElse({
@@ -249,11 +252,15 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
       )
     })
 
-  const runJob = Effect.fnUntraced(function* (job: Protocol.Job) {
+  /**
+   * Runs a job's command, in a slot: the run to keep and send, or undefined when the job is
+   * already answered (refused, or not run).
+   */
+  const runCommand = Effect.fnUntraced(function* (job: Protocol.Job) {
     const base = { msg: "result", ticket: job.ticket, peer_id: peerId } as const
     if (!jobFitsPeer(job.job, config.os)) {
       yield* say(`refused job ${job.ticket} "${job.job.name}": it is for ${job.job.os}/${job.job.distro}`)
-      return yield* sendInCurrent(
+      yield* sendInCurrent(
         (token) => ({
           ...base,
           token,
@@ -263,6 +270,7 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
         }),
         `result ${job.ticket}`,
       )
+      return undefined
     }
     const options: ExecuteOptions = {
       timeoutMs: job.job.timeout_ms ?? config.defaultTimeoutMs,
@@ -273,7 +281,7 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
     const recorded = yield* journal.started(job.ticket).pipe(Effect.result)
     if (Result.isFailure(recorded)) {
       yield* Effect.logError(recorded.failure.message)
-      return yield* sendInCurrent(
+      yield* sendInCurrent(
         (token) => ({
           ...base,
           token,
@@ -283,8 +291,13 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
         }),
         `result ${job.ticket}`,
       )
+      return undefined
     }
-    const run = yield* execute(job.job.command, options)
+    return yield* execute(job.job.command, options)
+  })
+
+  /** Keeps a run's result, then sends it: out of the slot, which the next command may take meanwhile. */
+  const report = Effect.fnUntraced(function* (job: Protocol.Job, run: Execution) {
     const status = run.timedOut ? "timed_out" : run.exitCode === 0 ? "succeeded" : "failed"
     // On disk before it is sent: if it cannot be sent before the peer stops, it is sent by the
     // next run of the peer, and the same ticket delivered again is answered from it.
@@ -568,18 +581,18 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
         }
         inProgress.add(job.ticket)
         // A job still waiting for a slot when `shutdown` arrives is not started.
-        const whenSlotFree = Effect.suspend(() => (acceptingJobs ? runJob(job) : Effect.void))
-        const fiber = yield* slots.withPermits(1)(whenSlotFree).pipe(Effect.forkScoped)
-        running.add(fiber)
-        yield* Fiber.await(fiber).pipe(
-          Effect.andThen(
-            Effect.sync(() => {
-              running.delete(fiber)
-              inProgress.delete(job.ticket)
-            }),
-          ),
-          Effect.forkScoped,
+        const whenSlotFree = Effect.suspend(() =>
+          acceptingJobs ? runCommand(job) : Effect.succeed(undefined),
         )
+        const fiber = yield* slots
+          .withPermits(1)(whenSlotFree)
+          .pipe(
+            Effect.flatMap((run) => (run === undefined ? Effect.void : report(job, run))),
+            Effect.ensuring(Effect.sync(() => inProgress.delete(job.ticket))),
+            Effect.forkScoped,
+          )
+        running.add(fiber)
+        fiber.addObserver(() => running.delete(fiber))
       })
 
       const onShutdown = Effect.fnUntraced(function* (envelope: Envelope, m: Protocol.Shutdown) {
@@ -659,6 +672,8 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
           ),
         )
 
+      /** Inbox entries read since the last trim: trimmed in batches, or once a read finds none. */
+      let untrimmed = 0
       const loop = Effect.gen(function* () {
         while (exit === undefined) {
           const s = current
@@ -673,8 +688,13 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
               cursor = entry.id
               if (current !== s) break // the session ended: what follows was for it
             }
-            if (entries.length > 0)
+            untrimmed += entries.length
+            // Not over a connection that just failed: the trim would wait out its timeout.
+            const quiet = entries.length === 0 && !readFailing && current === s
+            if (untrimmed >= TRIM_EVERY || (quiet && untrimmed > 0)) {
+              untrimmed = 0
               yield* bounded(s.transport.trimInbox(peerId, cursor), "trim").pipe(Effect.ignore)
+            }
           } else if (r !== undefined) {
             const entries = yield* readOr(
               r.reader.read(r.cursor, { count: 16, blockMs: READ_BLOCK_MS }),

@@ -1,4 +1,4 @@
-import { chmodSync, closeSync, fsyncSync, openSync } from "node:fs"
+import { chmodSync, closeSync, fsync, fsyncSync, openSync } from "node:fs"
 import { dirname } from "node:path"
 import type { DatabaseSync, StatementSync } from "node:sqlite"
 import { Protocol } from "@picus/core"
@@ -38,8 +38,10 @@ export interface JournalOptions {
 /**
  * What makes "never run twice" hold across a restart: the tickets this peer started and the
  * results it finished, in SQLite (WAL) in the state folder. Each write joins the transaction of
- * its group: everything written in one turn of the event loop is committed together, with one
- * fsync (synchronous=FULL), and a write's effect succeeds only once its group is committed.
+ * its group: everything written by the code of one task of the event loop (the fibers run together
+ * by the scheduler, say) is committed together, then the
+ * WAL is fsynced off the event loop, one fsync for all the groups committed while the last one
+ * ran; a write's effect succeeds only once its group is on disk.
  */
 export interface Journal {
   readonly path: string
@@ -55,8 +57,8 @@ export interface Journal {
   readonly finished: (result: KeptResult) => Effect.Effect<void, JournalError>
   /**
    * The server's Redis took the result: it stays kept (for a re-delivery) but is no longer
-   * pending. Written in the next turn, with no fsync of its own and not waited for: a mark lost to
-   * a power cut only sends the result again, and the server records a result once.
+   * pending. Written with the open group, not waited for and with no fsync of its own: a mark lost
+   * to a power cut only sends the result again, and the server records a result once.
    */
   readonly sent: (ticket: string) => void
   /** Tickets started and results kept before the journal existed (peer.json), in their order; on disk when it returns. */
@@ -64,8 +66,8 @@ export interface Journal {
     started: ReadonlyArray<string>,
     results: ReadonlyArray<KeptResult & { readonly sent: boolean }>,
   ) => void
-  /** Groups committed so far by this process, one fsync each. */
-  readonly commits: () => number
+  /** Groups committed so far, and fsyncs of their WAL (groups committed close together share one). */
+  readonly stats: () => { readonly commits: number; readonly fsyncs: number }
   /** Commits what is waiting and closes the file (also done when the process exits). */
   readonly close: () => void
 }
@@ -147,10 +149,8 @@ const toParams = (r: KeptResult) =>
     r.truncated === undefined ? null : r.truncated ? 1 : 0,
   ] as const
 
-/** A new file made 0600 (SQLite gives its -wal and -shm files the same mode), its folder entry on disk. */
-const createPrivate = (path: string) => {
-  closeSync(openSync(path, "a", 0o600))
-  chmodSync(path, 0o600)
+/** The folder's entry of a file made in it, on disk. */
+const fsyncDir = (path: string) => {
   const dir = openSync(dirname(path), "r")
   try {
     fsyncSync(dir)
@@ -158,6 +158,15 @@ const createPrivate = (path: string) => {
     closeSync(dir)
   }
 }
+
+/** A new file made 0600 (SQLite gives its -wal and -shm files the same mode). */
+const createPrivate = (path: string) => {
+  closeSync(openSync(path, "a", 0o600))
+  chmodSync(path, 0o600)
+  fsyncDir(path)
+}
+
+type Waiter = (failure: JournalError | undefined) => void
 
 /** The closes of the journals open in this process: each is closed (its group committed) at exit. */
 const openJournals = new Set<() => void>()
@@ -184,7 +193,10 @@ export const openJournal = (path: string, peerId: string, options: JournalOption
   try {
     createPrivate(path)
     db = new (loadSqlite().DatabaseSync)(path)
-    db.exec("pragma journal_mode = wal; pragma synchronous = full;")
+    const mode = (db.prepare("pragma journal_mode = wal").get() as { journal_mode: string }).journal_mode
+    if (mode !== "wal") throw new Error(`SQLite keeps its ${mode} journal mode here, not WAL`)
+    // Commits write the WAL; the journal fsyncs it itself before it tells a write is done.
+    db.exec("pragma synchronous = normal")
     db.exec(SCHEMA)
   } catch (cause) {
     throw fail(cause, "open")
@@ -222,26 +234,31 @@ export const openJournal = (path: string, peerId: string, options: JournalOption
     setPeer: prepare("insert or replace into meta (key, value) values ('peer_id', ?)"),
   }
 
-  /** Whether a group's transaction is open; it is committed in the next turn of the event loop. */
+  /** Whether a group's transaction is open; it is committed once the code running now is done. */
   let inGroup = false
-  let waiting: Array<(failure: JournalError | undefined) => void> = []
-  /** Sent marks not written yet: they go with the next group. */
-  const sentLater = new Set<string>()
+  /** The durable writes of the open group: told once it is committed and then synced. */
+  let waiting: Array<Waiter> = []
+  /** Committed, waiting for an fsync that starts after their commit. */
+  let unsynced: Array<Waiter> = []
+  let syncing = false
+  /** The WAL file, for the fsyncs (opened once the first commit has made it). */
+  let walFd: number | undefined
   /** Rows in `results`, to know when to compact. */
   let resultRows = Number((q.count.get() as { n: number }).n)
   let closed = false
-  /** Set when the journal can no longer promise an fsync: every durable write fails. */
+  /** Set when the journal can no longer promise that a write is on disk: every durable write fails. */
   let broken: JournalError | undefined
   let commits = 0
+  let fsyncs = 0
+
+  const countRows = () => {
+    resultRows = Number((q.count.get() as { n: number }).n)
+  }
 
   const compact = () => {
     q.dropResults.run(keptResults, keptOutputBytes)
     q.dropStarted.run(rememberedTickets)
     countRows()
-  }
-
-  const countRows = () => {
-    resultRows = Number((q.count.get() as { n: number }).n)
   }
 
   const rollback = () => {
@@ -252,38 +269,70 @@ export const openJournal = (path: string, peerId: string, options: JournalOption
     }
   }
 
+  const wal = (): number => {
+    if (walFd !== undefined) return walFd
+    walFd = openSync(`${path}-wal`, "r+")
+    fsyncDir(path)
+    return walFd
+  }
+
+  /**
+   * One fsync of the WAL, off the event loop, for every group committed before it started: the
+   * groups committed meanwhile share the next one.
+   */
+  const sync = () => {
+    if (syncing || unsynced.length === 0) return
+    const batch = unsynced
+    unsynced = []
+    const done = (failure: JournalError | undefined) => {
+      syncing = false
+      fsyncs++
+      // After a failed fsync the kernel may have dropped the pages: nothing is promised any more.
+      if (failure !== undefined) broken ??= failure
+      for (const told of batch) told(failure)
+      if (closed) closeWal()
+      else sync()
+    }
+    let fd: number
+    try {
+      fd = wal()
+    } catch (cause) {
+      syncing = true
+      return done(fail(cause, "sync"))
+    }
+    syncing = true
+    fsync(fd, (error) => done(error === null ? undefined : fail(error, "sync")))
+  }
+
+  const closeWal = () => {
+    if (walFd === undefined || syncing) return
+    closeSync(walFd)
+    walFd = undefined
+  }
+
   const commit = () => {
     if (!inGroup) return
     inGroup = false
     const batch = waiting
     waiting = []
-    let failure: JournalError | undefined
     try {
       if (resultRows > keptResults + slack) compact()
       db.exec("commit")
       commits++
     } catch (cause) {
-      failure = fail(cause, "write")
+      const failure = fail(cause, "write")
       rollback()
       try {
         countRows()
       } catch {
         // Counted again at the next compaction.
       }
+      for (const told of batch) told(failure)
+      return
     }
-    for (const done of batch) done(failure)
-  }
-
-  /** Sent marks are a hint: one that cannot be written only has its result sent again. */
-  const writeMarks = () => {
-    for (const ticket of sentLater) {
-      try {
-        q.sent.run(ticket)
-      } catch {
-        // Sent again, then.
-      }
-    }
-    sentLater.clear()
+    if (batch.length === 0) return // sent marks only: no fsync of their own
+    unsynced.push(...batch)
+    sync()
   }
 
   const joinGroup = () => {
@@ -292,56 +341,31 @@ export const openJournal = (path: string, peerId: string, options: JournalOption
     if (inGroup) return
     db.exec("begin immediate")
     inGroup = true
-    setImmediate(commit)
-    writeMarks()
+    // Once the code running now is done: what it and the fibers run with it wrote is one group.
+    queueMicrotask(commit)
   }
 
-  /**
-   * Sent marks with no group to join: a commit of their own without an fsync (synchronous=NORMAL,
-   * still safe from a crash of the process; a power cut may only make them sent again).
-   */
-  let marksScheduled = false
-  const flushMarks = () => {
-    marksScheduled = false
-    if (closed || sentLater.size === 0) return
-    if (inGroup) return writeMarks()
-    try {
-      db.exec("pragma synchronous = normal; begin immediate")
-      writeMarks()
-      db.exec("commit")
-    } catch {
-      rollback()
-      sentLater.clear()
-    }
-    try {
-      db.exec("pragma synchronous = full")
-    } catch (cause) {
-      // Never leave the durable writes without their fsync: they fail from now on.
-      closed = true
-      broken = fail(cause, "set up")
-    }
-  }
-
-  /** Writes at once, in the open group; succeeds when the group is committed. */
+  /** Writes at once, in the open group; succeeds when the group is committed and synced. */
   const durable = (write: () => void, what: string): Effect.Effect<void, JournalError> =>
     Effect.callback<void, JournalError>((resume) => {
       try {
         joinGroup()
         write()
       } catch (cause) {
-        resume(Effect.fail(fail(cause, what)))
+        resume(Effect.fail(cause instanceof JournalError ? cause : fail(cause, what)))
         return
       }
       waiting.push((failure) => resume(failure === undefined ? Effect.void : Effect.fail(failure)))
     })
 
-  /** Writes in one transaction of its own, committed when it returns. */
+  /** Writes in a transaction of its own, on disk when it returns. */
   const now = (write: () => void) => {
     commit()
     try {
       db.exec("begin immediate")
       write()
       db.exec("commit")
+      fsyncSync(wal())
     } catch (cause) {
       rollback()
       throw fail(cause, "write")
@@ -368,10 +392,11 @@ export const openJournal = (path: string, peerId: string, options: JournalOption
     openJournals.delete(close)
     try {
       commit()
-      flushMarks()
     } finally {
       closed = true
+      // Closing checkpoints the WAL into the database file, synced.
       db.close()
+      closeWal()
     }
   }
   openJournals.add(close)
@@ -387,23 +412,19 @@ export const openJournal = (path: string, peerId: string, options: JournalOption
       const row = q.kept.get(ticket) as ResultRow | undefined
       return row && fromRow(row)
     },
-    pending: () =>
-      (q.pending.all() as unknown as ReadonlyArray<ResultRow>)
-        .filter((row) => !sentLater.has(row.ticket))
-        .map(fromRow),
+    pending: () => (q.pending.all() as unknown as ReadonlyArray<ResultRow>).map(fromRow),
     started: (ticket) => durable(() => q.start.run(ticket), "record the start of a ticket in"),
     finished: (result) =>
       durable(() => {
         q.finish.run(...toParams(result))
-        sentLater.delete(result.ticket)
         resultRows++
       }, "keep a result in"),
     sent: (ticket) => {
-      if (closed) return
-      sentLater.add(ticket)
-      if (!marksScheduled) {
-        marksScheduled = true
-        setImmediate(flushMarks)
+      try {
+        joinGroup()
+        q.sent.run(ticket)
+      } catch {
+        // A mark not written only has its result sent again.
       }
     },
     adopt: (started, results) =>
@@ -412,7 +433,7 @@ export const openJournal = (path: string, peerId: string, options: JournalOption
         for (const r of results) q.adoptResult.run(...toParams(r), r.sent ? 1 : 0)
         compact()
       }),
-    commits: () => commits,
+    stats: () => ({ commits, fsyncs }),
     close,
   }
 }

@@ -158,6 +158,40 @@ describe("peer agent", () => {
       }).pipe(Effect.scoped, Effect.provide(TransportMemory.layerMemory)),
   )
 
+  it.live("runs the next command while a finished one's result waits to be sent", () => {
+    const { control, layer } = flakyUplink()
+    return Effect.gen(function* () {
+      const { agent, dir, server } = yield* setup(undefined, { concurrency: 1 })
+      yield* Effect.forkScoped(agent.run)
+      const s = yield* server.acceptNext
+      control.down = true
+      yield* server.toPeer(server.job("31", `touch ${join(dir, "ran-31")}`, s))
+      yield* server.toPeer(server.job("32", `touch ${join(dir, "ran-32")}`, s))
+      // One slot: the second command runs once the first has finished, not once its result is sent.
+      yield* eventually(() => existsSync(join(dir, "ran-32")), "the second command run")
+      yield* eventually(() => pendingOnDisk(dir).length === 2, "both results kept, neither sent")
+      assert.deepStrictEqual(pendingOnDisk(dir).sort(), ["31", "32"])
+      control.down = false
+      const results = yield* server.results(2)
+      assert.deepStrictEqual(results.map((r) => r.ticket).sort(), ["31", "32"])
+    }).pipe(Effect.scoped, Effect.provide(layer))
+  })
+
+  it.live("trims its inbox of what it has read, once it has read all there was", () =>
+    Effect.gen(function* () {
+      const transport = yield* Transport
+      const { agent, server } = yield* setup()
+      yield* Effect.forkScoped(agent.run)
+      const s = yield* server.acceptNext
+      for (const t of ["21", "22", "23"]) yield* server.toPeer(server.job(t, `echo ${t}`, s))
+      yield* server.results(3)
+      yield* eventuallyTrue(
+        () => Effect.runSync(transport.inboxTail("p1")) === "0-0",
+        "the inbox trimmed of the jobs read",
+      )
+    }).pipe(Effect.scoped, Effect.provide(TransportMemory.layerMemory)),
+  )
+
   it.live("answers, without running it, a ticket that an earlier run of the peer started", () =>
     Effect.gen(function* () {
       // As if an earlier run of the peer had crashed while running ticket 7.

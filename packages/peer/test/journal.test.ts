@@ -124,19 +124,30 @@ describe("journal", () => {
     }),
   )
 
-  it.effect("makes one commit of the writes of one turn, and none is taken before its commit", () =>
+  it.effect("makes one commit and one fsync of the writes of one turn; none is done before", () =>
     Effect.gen(function* () {
       const path = freshPath()
       const journal = openJournal(path, "p1")
-      const before = journal.commits()
+      const before = journal.stats()
       const tickets = ["1", "2", "3", "4", "5", "6"]
       yield* Effect.all(
         tickets.map((t) => journal.started(t).pipe(Effect.andThen(journal.finished(result(t))))),
         { concurrency: "unbounded" },
       )
-      assert.strictEqual(journal.commits() - before, 2, "the starts in one commit, the results in another")
+      const after = journal.stats()
+      assert.strictEqual(
+        after.commits - before.commits,
+        2,
+        "the starts in one commit, the results in another",
+      )
+      assert.strictEqual(after.fsyncs - before.fsyncs, 2)
       assert.deepStrictEqual(onDisk(path).results, tickets)
       assert.deepStrictEqual(onDisk(path).pending, tickets)
+      // A sent mark rides with the next group, or commits alone with no fsync.
+      journal.sent("1")
+      yield* Effect.promise(() => new Promise((resolve) => setImmediate(resolve)))
+      assert.strictEqual(journal.stats().fsyncs, after.fsyncs)
+      assert.notInclude(onDisk(path).pending, "1")
 
       // Written in the open group, seen by the journal itself, but not committed yet.
       const waiting = Effect.runFork(journal.finished(result("7")))
