@@ -316,7 +316,13 @@ export const openJournal = (path: string, peerId: string, options: JournalOption
     const batch = waiting
     waiting = []
     try {
-      if (resultRows > keptResults + slack) compact()
+      if (resultRows > keptResults + slack) {
+        try {
+          compact()
+        } catch {
+          // A failed statement is undone alone: the group's own writes stand, compacted next time.
+        }
+      }
       db.exec("commit")
       commits++
     } catch (cause) {
@@ -392,9 +398,20 @@ export const openJournal = (path: string, peerId: string, options: JournalOption
     openJournals.delete(close)
     try {
       commit()
+      // Groups committed and still waiting for an fsync: one now (the one under way tells its own).
+      const batch = unsynced
+      unsynced = []
+      if (batch.length > 0) {
+        let failure: JournalError | undefined
+        try {
+          fsyncSync(wal())
+        } catch (cause) {
+          failure = fail(cause, "sync")
+        }
+        for (const told of batch) told(failure)
+      }
     } finally {
       closed = true
-      // Closing checkpoints the WAL into the database file, synced.
       db.close()
       closeWal()
     }
