@@ -15,7 +15,10 @@ import type { BenchEnv } from "./system.ts"
 /**
  * Real peers: P peer processes (the real CLI) run real shell jobs (`true`), against P simulated
  * peers that answer at once, on the same server. The difference is what running a job costs the
- * peer — a shell spawned per ticket — as opposed to the messaging both share.
+ * peer — a shell spawned per ticket — as opposed to the messaging both share. Beside them, in the
+ * same run, the spawn baseline: P Node processes spawning `sh -c true` the way the peer's executor
+ * does, with the same concurrency each, for as many jobs: the rate no peer on this machine can
+ * beat, since it spawns the same shells and does nothing else.
  */
 
 const repoRoot = join(import.meta.dirname, "..", "..")
@@ -28,12 +31,13 @@ export interface RealPeersOptions {
 }
 
 export interface RealPeersResult {
-  readonly kind: "real" | "simulated"
+  readonly kind: "real" | "simulated" | "spawn-baseline"
+  /** Peer processes (for the spawn baseline: Node processes spawning shells). */
   readonly peers: number
-  /** Jobs a real peer runs at once (PICUS_CONCURRENCY); undefined for the simulated peers. */
+  /** Jobs a real peer (or a baseline process) runs at once (PICUS_CONCURRENCY); undefined for the simulated peers. */
   readonly concurrency?: number
   readonly tickets: number
-  /** First ticket created → last result received, from PostgreSQL. */
+  /** First ticket created → last result received, from PostgreSQL (the baseline: first spawn → last exit). */
   readonly durationMs?: number
   readonly throughput?: number
   readonly latencyMs?: { readonly p50: number; readonly p99: number }
@@ -44,42 +48,59 @@ export interface RealPeersResult {
    * peers, the bench process, which also submits the tickets.
    */
   readonly peerCores?: number
-  /** Peer CPU per ticket, in ms. */
+  /** Peer CPU per ticket, in ms (real peers and the baseline: with their shells). */
   readonly peerCpuMsPerTicket?: number
+  /** Of which the peer processes' own (the rest is their shells'); real peers and the baseline. */
+  readonly peerOwnCpuMsPerTicket?: number
+  /** Throughput over the spawn baseline's in the same run. */
+  readonly vsSpawnBaseline?: number
   readonly machineCores?: number
   /** 1-minute load average when the row started. */
   readonly loadAvg1?: number
   readonly error?: string
 }
 
-/** A process's CPU time with that of the children it waited for (a peer's shells), in ms. */
-const cpuWithChildrenMs = (pid: number): number => readProcess(pid, { children: true }).cpuMs
+/** CPU time of processes, in ms: their own, and with that of the children they waited for (shells). */
+const cpuOf = (pids: ReadonlyArray<number>) =>
+  pids.reduce(
+    (a, pid) => ({
+      own: a.own + readProcess(pid).cpuMs,
+      all: a.all + readProcess(pid, { children: true }).cpuMs,
+    }),
+    { own: 0, all: 0 },
+  )
 
 /** Mean cores used by `pids` and their reaped children between start and stop; the pids must live. */
 const startTreeSampler = (pids: ReadonlyArray<number>) => {
-  const sum = () => pids.reduce((a, pid) => a + cpuWithChildrenMs(pid), 0)
   const startedAt = wallNow()
-  const first = sum()
+  const first = cpuOf(pids)
   return {
     stop: () => {
-      const cpuMs = sum() - first
-      return { cpuMs, meanCores: cpuMs / (wallNow() - startedAt) }
+      const last = cpuOf(pids)
+      const cpuMs = last.all - first.all
+      return { cpuMs, ownCpuMs: last.own - first.own, meanCores: cpuMs / (wallNow() - startedAt) }
     },
   }
 }
 
 const startPeer = (cluster: Cluster, peerId: string, stateDir: string): Promise<ChildProcess> =>
   new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [peerScript, "--peer-id", peerId, "--state-dir", stateDir], {
-      env: {
-        ...process.env,
-        PICUS_TOKEN: cluster.token,
-        PICUS_CLUSTER_PUBLIC_KEY: cluster.clusterPublicKey,
-        REDIS_URL: cluster.redisUrl,
-        PICUS_REDIS_PREFIX: cluster.prefix,
+    // BENCH_PEER_NODE_ARGS: Node options for the peers only (--cpu-prof, say).
+    const nodeArgs = process.env.BENCH_PEER_NODE_ARGS?.split(" ").filter(Boolean) ?? []
+    const child = spawn(
+      process.execPath,
+      [...nodeArgs, peerScript, "--peer-id", peerId, "--state-dir", stateDir],
+      {
+        env: {
+          ...process.env,
+          PICUS_TOKEN: cluster.token,
+          PICUS_CLUSTER_PUBLIC_KEY: cluster.clusterPublicKey,
+          REDIS_URL: cluster.redisUrl,
+          PICUS_REDIS_PREFIX: cluster.prefix,
+        },
+        stdio: ["ignore", "pipe", "pipe"],
       },
-      stdio: ["ignore", "pipe", "pipe"],
-    })
+    )
     let output = ""
     // Read to the end: the peer prints a line per job, and a full pipe would block it.
     const onData = (chunk: Buffer) => {
@@ -151,7 +172,112 @@ const measure = async (
   return { durationMs, throughput: (tickets * 1000) / durationMs, latencyMs: { p50: p50!, p99: p99! } }
 }
 
-/** The real-peer row, then the simulated one, on one server; each a result even when it fails. */
+/**
+ * One baseline process: waits for a line on stdin (so its start-up is not measured), spawns
+ * `count` shells, `concurrency` at a time, as the peer's executor does (a process group of its
+ * own, stdout and stderr piped and read), says "done" and waits to be told to exit (so its CPU time,
+ * with its reaped shells', can still be read).
+ */
+const baselineScript = `
+import { spawn } from "node:child_process"
+const [count, concurrency] = process.argv.slice(-2).map(Number)
+let started = 0
+let finished = 0
+const next = () => {
+  if (started >= count) {
+    if (finished === count) process.stdout.write("done\\n")
+    return
+  }
+  started++
+  const child = spawn("/bin/sh", ["-c", "true"], { detached: true, stdio: ["ignore", "pipe", "pipe"] })
+  const chunks = []
+  child.stdout.on("data", (chunk) => chunks.push(chunk))
+  child.stderr.on("data", (chunk) => chunks.push(chunk))
+  child.on("close", (code) => {
+    if (code !== 0) process.exit(3)
+    Buffer.concat(chunks).toString("utf8")
+    finished++
+    next()
+  })
+}
+process.stdout.write("ready\\n")
+let told = 0
+process.stdin.on("data", () => {
+  if (told++ > 0) process.exit(0)
+  for (let i = 0; i < Math.min(concurrency, count); i++) next()
+  if (count === 0) process.stdout.write("done\\n")
+})
+`
+
+/** A baseline process, once it is ready; `done` resolves when it has run its shells. */
+const startBaselineProcess = (count: number, concurrency: number) =>
+  new Promise<{ child: ChildProcess; done: Promise<void> }>((resolve, reject) => {
+    const child = spawn(
+      process.execPath,
+      ["--input-type=module", "-e", baselineScript, String(count), String(concurrency)],
+      { stdio: ["pipe", "pipe", "pipe"] },
+    )
+    let output = ""
+    let markDone: () => void = () => {}
+    let failDone: (error: Error) => void = () => {}
+    const done = new Promise<void>((res, rej) => {
+      markDone = res
+      failDone = rej
+    })
+    // Not awaited when the run fails before it starts.
+    done.catch(() => {})
+    const onData = (chunk: Buffer) => {
+      output = (output + chunk.toString()).slice(-20_000)
+      if (output.includes("ready\n")) resolve({ child, done })
+      if (output.includes("done\n")) markDone()
+    }
+    child.stdout.on("data", onData)
+    child.stderr.on("data", onData)
+    child.once("exit", (code) => {
+      const error = new Error(`a spawn baseline process exited (${code}):\n${output}`)
+      reject(error)
+      failDone(error)
+    })
+  })
+
+/** The spawn baseline: `processes` Node processes, `concurrency` shells at a time each, `jobs` in all. */
+const spawnBaseline = async (processes: number, concurrency: number, jobs: number, timeoutMs: number) => {
+  const started: Array<{ child: ChildProcess; done: Promise<void> }> = []
+  try {
+    for (let i = 0; i < processes; i++) {
+      const count = Math.floor(jobs / processes) + (i < jobs % processes ? 1 : 0)
+      started.push(
+        await withTimeout(startBaselineProcess(count, concurrency), 60_000, () => "spawn baseline"),
+      )
+    }
+    const cpu = startTreeSampler(started.map((s) => s.child.pid!))
+    const loadAvg1 = loadavg()[0] ?? 0
+    const machine = startMachineSampler()
+    const startedAt = wallNow()
+    for (const { child } of started) child.stdin!.write("go\n")
+    await withTimeout(Promise.all(started.map((s) => s.done)), timeoutMs, () => "spawn baseline")
+    const durationMs = wallNow() - startedAt
+    const used = cpu.stop()
+    return {
+      durationMs,
+      throughput: (jobs * 1000) / durationMs,
+      peerCores: used.meanCores,
+      peerCpuMsPerTicket: used.cpuMs / jobs,
+      peerOwnCpuMsPerTicket: used.ownCpuMs / jobs,
+      machineCores: machine.stop().meanCores,
+      loadAvg1,
+    }
+  } finally {
+    for (const { child } of started) {
+      if (child.exitCode === null && child.signalCode === null) {
+        child.stdin!.write("exit\n")
+        await stopProcess(child, 2_000)
+      }
+    }
+  }
+}
+
+/** The real-peer row, the spawn baseline, then the simulated peers, on one server; each a result even when it fails. */
 export const runRealPeers = async (env: BenchEnv, options: RealPeersOptions): Promise<RealPeersResult[]> => {
   const label = `[real-peers · ${options.peers} peers · ${options.tickets} tickets]`
   const concurrency = Number(process.env.PICUS_CONCURRENCY ?? 4)
@@ -170,10 +296,16 @@ export const runRealPeers = async (env: BenchEnv, options: RealPeersOptions): Pr
     try {
       const r: RealPeersResult = { ...base, ...(await body()) }
       results.push(r)
+      const latency =
+        r.latencyMs === undefined
+          ? ""
+          : `, p50 ${r.latencyMs.p50.toFixed(1)} ms, p99 ${r.latencyMs.p99.toFixed(1)} ms`
+      const server = r.serverCores === undefined ? "" : `server ${r.serverCores.toFixed(2)}, `
       console.log(
-        `${label} ${kind}: ${Math.round(r.throughput!)}/s, p50 ${r.latencyMs!.p50.toFixed(1)} ms, ` +
-          `p99 ${r.latencyMs!.p99.toFixed(1)} ms; cores: server ${r.serverCores!.toFixed(2)}, ` +
-          `peers ${r.peerCores!.toFixed(2)} (${r.peerCpuMsPerTicket!.toFixed(2)} ms/ticket), ` +
+        `${label} ${kind}: ${Math.round(r.throughput!)}/s${latency}; cores: ${server}` +
+          `${kind === "spawn-baseline" ? "spawners" : "peers"} ${r.peerCores!.toFixed(2)} ` +
+          `(${r.peerCpuMsPerTicket!.toFixed(2)} ms/ticket` +
+          `${r.peerOwnCpuMsPerTicket === undefined ? "" : `, own ${r.peerOwnCpuMsPerTicket.toFixed(2)}`}), ` +
           `machine ${r.machineCores!.toFixed(2)}`,
       )
     } catch (error) {
@@ -204,12 +336,18 @@ export const runRealPeers = async (env: BenchEnv, options: RealPeersOptions): Pr
         serverCores: server.stop().meanCores,
         peerCores: cpu.meanCores,
         peerCpuMsPerTicket: cpu.cpuMs / options.tickets,
+        peerOwnCpuMsPerTicket: cpu.ownCpuMs / options.tickets,
         machineCores: machine.stop().meanCores,
         loadAvg1,
       }
     })
-    // Out of the way of the simulated row.
+    // Out of the way of the next rows.
     await Promise.all(peers.map((p) => stopProcess(p, 5_000)))
+
+    await row("spawn-baseline", async () => ({
+      concurrency,
+      ...(await spawnBaseline(options.peers, concurrency, options.tickets, options.timeoutMs)),
+    }))
 
     await row("simulated", async () => {
       const fleet = await makeFleet(c, options.peers, 0)
@@ -241,5 +379,13 @@ export const runRealPeers = async (env: BenchEnv, options: RealPeersOptions): Pr
     rmSync(dir, { recursive: true, force: true })
     await sleep(500)
   }
-  return results
+  const baseline = results.find((r) => r.kind === "spawn-baseline" && r.throughput !== undefined)?.throughput
+  const real = results.find((r) => r.kind === "real")?.throughput
+  if (baseline !== undefined && real !== undefined)
+    console.log(`${label} real peers / spawn baseline: ${(real / baseline).toFixed(2)} (target at least 0.8)`)
+  return results.map((r) =>
+    baseline === undefined || r.throughput === undefined || r.kind === "spawn-baseline"
+      ? r
+      : { ...r, vsSpawnBaseline: r.throughput / baseline },
+  )
 }

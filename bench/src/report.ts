@@ -329,22 +329,27 @@ const summaryMarkdown = (input: ReportInput, groups: ReadonlyArray<GroupSummary>
     lines.push(
       "One server; real peer processes running the shell command `true` per ticket, against as many " +
         "simulated peers answering at once. Same submission (one batch per peer) and timings from " +
-        "PostgreSQL as the saturation runs. Peer cores: the real peer processes with their shells " +
-        "(utime+stime+cutime+cstime); for the simulated peers, the bench process, which also submits. " +
+        "PostgreSQL as the saturation runs. The spawn baseline, in the same run: as many Node processes " +
+        "spawning `sh -c true` the way the peer's executor does, as many at once each, for as many jobs " +
+        "(no server, no messages): what spawning alone allows on this machine. Peer cores: the real " +
+        "peer (or baseline) processes with their shells (utime+stime+cutime+cstime), and the processes' " +
+        "own share of it (utime+stime); for the simulated peers, the bench process, which also submits. " +
         "Run once, not repeated.",
       "",
     )
     lines.push(
-      "| peers | kind | concurrency | tickets | tickets/s | p50 ms | p99 ms | server cores | peer cores | " +
-        "peer CPU ms/ticket | machine cores | load | error |",
+      "| peers | kind | concurrency | tickets | tickets/s | ÷ spawn baseline | p50 ms | p99 ms | server cores | " +
+        "peer cores | peer CPU ms/ticket | of which own | machine cores | load | error |",
     )
-    lines.push("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    lines.push("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for (const r of input.realPeers) {
       lines.push(
         `| ${r.peers} | ${r.kind} | ${fmtNum(r.concurrency)} | ${r.tickets} | ${fmtRate(r.throughput ?? Number.NaN)} | ` +
+          `${fmtRatio(r.vsSpawnBaseline ?? Number.NaN)} | ` +
           `${fmtMs(r.latencyMs?.p50 ?? Number.NaN)} | ${fmtMs(r.latencyMs?.p99 ?? Number.NaN)} | ` +
           `${fmtNum(r.serverCores, 2)} | ${fmtNum(r.peerCores, 2)} | ${fmtNum(r.peerCpuMsPerTicket, 2)} | ` +
-          `${fmtNum(r.machineCores, 2)} | ${fmtNum(r.loadAvg1, 1)} | ${errorCell(r.error)} |`,
+          `${fmtNum(r.peerOwnCpuMsPerTicket, 2)} | ${fmtNum(r.machineCores, 2)} | ${fmtNum(r.loadAvg1, 1)} | ` +
+          `${errorCell(r.error)} |`,
       )
     }
     lines.push("")

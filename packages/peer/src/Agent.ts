@@ -23,9 +23,10 @@ import {
   Scope,
   Semaphore,
 } from "effect"
-import { type ExecuteOptions, execute } from "./executor.ts"
+import { type ExecuteOptions, type Execution, execute } from "./executor.ts"
+import type { KeptResult } from "./journal.ts"
 import type { OsInfo } from "./osInfo.ts"
-import type { KeptResult, StateFile } from "./state.ts"
+import type { StateFile } from "./state.ts"
 import {
   type ClusterKeyPin,
   checkAcceptance,
@@ -153,6 +154,9 @@ const SESSION_LINK_GRACE_MS = 5_000
 /** How long a read waits for news; a read that takes longer than this and a margin has hung. */
 const READ_BLOCK_MS = 1_000
 
+/** Inbox entries read before they are trimmed (a trim per read was a round trip per job). */
+const TRIM_EVERY = 32
+
 const bounded = <A>(command: Effect.Effect<A, TransportError>, operation: string, ms = COMMAND_TIMEOUT_MS) =>
   command.pipe(
     Effect.timeoutOrElse({
@@ -178,6 +182,7 @@ const shown = (text: string) => (text.length > 64 ? `${text.slice(0, 64)}…` : 
 export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
   const transport = yield* Transport
   const peerId = config.state.peerId
+  const journal = config.state.journal
   const say = config.say ?? ((line: string) => Console.log(line))
   const verify = config.verifySignatures ?? true
   const refusals = makeRefusalLog({
@@ -236,7 +241,7 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
       what,
     )
 
-  /** Sends a kept result until Redis takes it, then marks it delivered. */
+  /** Sends a kept result until Redis takes it, then marks it sent. */
   const deliver = (kept: KeptResult) =>
     Effect.suspend(() => {
       delivering.add(kept.ticket)
@@ -244,16 +249,20 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
         (token) => ({ ...kept, msg: "result", peer_id: peerId, token }),
         `result ${kept.ticket}`,
       ).pipe(
-        Effect.andThen(Effect.sync(() => config.state.markDelivered(kept.ticket))),
+        Effect.andThen(Effect.sync(() => journal.sent(kept.ticket))),
         Effect.ensuring(Effect.sync(() => delivering.delete(kept.ticket))),
       )
     })
 
-  const runJob = Effect.fnUntraced(function* (job: Protocol.Job) {
+  /**
+   * Runs a job's command, in a slot: the run to keep and send, or undefined when the job is
+   * already answered (refused, or not run).
+   */
+  const runCommand = Effect.fnUntraced(function* (job: Protocol.Job) {
     const base = { msg: "result", ticket: job.ticket, peer_id: peerId } as const
     if (!jobFitsPeer(job.job, config.os)) {
       yield* say(`refused job ${job.ticket} "${job.job.name}": it is for ${job.job.os}/${job.job.distro}`)
-      return yield* sendInCurrent(
+      yield* sendInCurrent(
         (token) => ({
           ...base,
           token,
@@ -263,18 +272,37 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
         }),
         `result ${job.ticket}`,
       )
+      return undefined
     }
     const options: ExecuteOptions = {
       timeoutMs: job.job.timeout_ms ?? config.defaultTimeoutMs,
       outputCapBytes: config.outputCapBytes,
     }
-    // Remembered on disk before it runs: a crash mid-job loses that result (the server times the
-    // ticket out), but a ticket never runs twice, even across a restart.
-    config.state.markRun(job.ticket)
-    const run = yield* execute(job.job.command, options)
+    // On disk before it runs: a crash mid-job loses that result (the server times the ticket
+    // out), but a ticket never runs twice, even across a restart.
+    const recorded = yield* journal.started(job.ticket).pipe(Effect.result)
+    if (Result.isFailure(recorded)) {
+      yield* Effect.logError(recorded.failure.message)
+      yield* sendInCurrent(
+        (token) => ({
+          ...base,
+          token,
+          result: "not run: this peer cannot write its journal of started tickets",
+          status: "failed",
+          exit_code: null,
+        }),
+        `result ${job.ticket}`,
+      )
+      return undefined
+    }
+    return yield* execute(job.job.command, options)
+  })
+
+  /** Keeps a run's result, then sends it: out of the slot, which the next command may take meanwhile. */
+  const report = Effect.fnUntraced(function* (job: Protocol.Job, run: Execution) {
     const status = run.timedOut ? "timed_out" : run.exitCode === 0 ? "succeeded" : "failed"
-    // Kept on disk before it is sent: if it cannot be sent before the peer stops, it is sent by
-    // the next run of the peer, and the same ticket delivered again is answered from it.
+    // On disk before it is sent: if it cannot be sent before the peer stops, it is sent by the
+    // next run of the peer, and the same ticket delivered again is answered from it.
     const kept: KeptResult = {
       ticket: job.ticket,
       result: run.output,
@@ -284,8 +312,11 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
       finished_at: run.finishedAt,
       truncated: run.truncated,
     }
-    config.state.keep(kept)
-    yield* deliver(kept)
+    const finished = yield* journal.finished(kept).pipe(Effect.result)
+    if (Result.isFailure(finished)) {
+      // Never sent unkept: the ticket stays started, and a re-delivery is told its outcome was lost.
+      yield* Effect.logError(`${finished.failure.message}: the result of ${job.ticket} is not sent`)
+    } else yield* deliver(kept)
     yield* say(
       `job ${job.ticket} "${job.job.name}": ${status}${run.exitCode === null ? "" : ` (exit ${run.exitCode})`}`,
     )
@@ -415,7 +446,7 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
           `registered as ${peerId} (session ${m.session_id ?? "?"}, server ${m.server_id ?? "?"}${credentials ? ", own Redis user" : ""})`,
         )
         // The outbox: results kept but not delivered (Redis was away, or the peer stopped).
-        const outbox = config.state.pending().filter((kept) => !delivering.has(kept.ticket))
+        const outbox = journal.pending().filter((kept) => !delivering.has(kept.ticket))
         if (outbox.length > 0) yield* Effect.logInfo(`sending ${outbox.length} kept result(s)`)
         for (const kept of outbox) yield* sendKept(kept)
       })
@@ -529,14 +560,14 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
         if (delivering.has(job.ticket)) {
           return yield* Effect.logInfo(`skipped job ${job.ticket}: delivered again, its result is being sent`)
         }
-        const kept = config.state.kept(job.ticket)
+        const kept = journal.kept(job.ticket)
         if (kept) {
           // Run before and its answer did not reach the server (or came too late): the same
           // answer again, for this session.
           yield* Effect.logInfo(`answering job ${job.ticket} from its kept result, without running it again`)
           return yield* sendKept(kept)
         }
-        if (config.state.hasRun(job.ticket)) {
+        if (journal.hasRun(job.ticket)) {
           // Started before, by a process that stopped before it kept the outcome: say so rather
           // than run a command twice.
           yield* Effect.logWarning(`not running job ${job.ticket} again: it was started before`)
@@ -555,18 +586,18 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
         }
         inProgress.add(job.ticket)
         // A job still waiting for a slot when `shutdown` arrives is not started.
-        const whenSlotFree = Effect.suspend(() => (acceptingJobs ? runJob(job) : Effect.void))
-        const fiber = yield* slots.withPermits(1)(whenSlotFree).pipe(Effect.forkScoped)
-        running.add(fiber)
-        yield* Fiber.await(fiber).pipe(
-          Effect.andThen(
-            Effect.sync(() => {
-              running.delete(fiber)
-              inProgress.delete(job.ticket)
-            }),
-          ),
-          Effect.forkScoped,
+        const whenSlotFree = Effect.suspend(() =>
+          acceptingJobs ? runCommand(job) : Effect.succeed(undefined),
         )
+        const fiber = yield* slots
+          .withPermits(1)(whenSlotFree)
+          .pipe(
+            Effect.flatMap((run) => (run === undefined ? Effect.void : report(job, run))),
+            Effect.ensuring(Effect.sync(() => inProgress.delete(job.ticket))),
+            Effect.forkScoped,
+          )
+        running.add(fiber)
+        fiber.addObserver(() => running.delete(fiber))
       })
 
       const onShutdown = Effect.fnUntraced(function* (envelope: Envelope, m: Protocol.Shutdown) {
@@ -646,6 +677,8 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
           ),
         )
 
+      /** Inbox entries read since the last trim: trimmed in batches, or once a read finds none. */
+      let untrimmed = 0
       const loop = Effect.gen(function* () {
         while (exit === undefined) {
           const s = current
@@ -660,8 +693,13 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
               cursor = entry.id
               if (current !== s) break // the session ended: what follows was for it
             }
-            if (entries.length > 0)
+            untrimmed += entries.length
+            // Not over a connection that just failed: the trim would wait out its timeout.
+            const quiet = entries.length === 0 && !readFailing && current === s
+            if (untrimmed >= TRIM_EVERY || (quiet && untrimmed > 0)) {
+              untrimmed = 0
               yield* bounded(s.transport.trimInbox(peerId, cursor), "trim").pipe(Effect.ignore)
+            }
           } else if (r !== undefined) {
             const entries = yield* readOr(
               r.reader.read(r.cursor, { count: 16, blockMs: READ_BLOCK_MS }),

@@ -1,5 +1,6 @@
 export * from "./Agent.ts"
 export * from "./executor.ts"
+export * from "./journal.ts"
 export * from "./osInfo.ts"
 export * from "./state.ts"
 export * from "./trust.ts"

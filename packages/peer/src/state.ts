@@ -11,41 +11,24 @@ import {
 } from "node:fs"
 import { homedir, hostname } from "node:os"
 import { join } from "node:path"
-import { Protocol, Trust } from "@picus/core"
+import { Trust } from "@picus/core"
 import { Schema } from "effect"
+import { type Journal, type JournalOptions, KeptResult, openJournal } from "./journal.ts"
 import type { PinnedClusterKey } from "./trust.ts"
 
-/**
- * The outcome of a job this peer ran: the fields of its `result` message except the token (a
- * result is sent with the token of the session that is current when it is sent).
- */
-export const KeptResult = Schema.Struct({
-  ticket: Protocol.Id,
-  result: Protocol.ResultText,
-  exit_code: Schema.NullOr(Protocol.ExitCode),
-  status: Protocol.ResultStatus,
-  started_at: Schema.optionalKey(Protocol.EpochMillis),
-  finished_at: Schema.optionalKey(Protocol.EpochMillis),
-  truncated: Schema.optionalKey(Schema.Boolean),
-})
-export type KeptResult = typeof KeptResult.Type
-
-/** A kept result, and whether Redis took it. */
+/** A kept result of a peer.json written before the journal, and whether Redis took it. */
 const StoredResult = Schema.Struct({ ...KeptResult.fields, delivered: Schema.Boolean })
-type StoredResult = typeof StoredResult.Type
 
 /**
- * What a peer keeps on disk between runs (`peer.json`): its id (stable across restarts), the
- * tickets it has started (so a ticket never runs twice, even across a restart) and the results of
- * the last jobs it ran, oldest first, each marked once Redis took it (`delivered`). A result not
- * yet delivered is the outbox: it is sent as soon as the peer has a session. A delivered one stays
- * to answer the same ticket delivered again. Also the cluster key it pinned (with the pin given
- * that led to it) and the `ts` of its last registration. Files written before `results` or the
- * trust fields existed still load.
+ * What a peer keeps in `peer.json`: its id (stable across restarts), the cluster key it pinned
+ * (with the pin given that led to it) and the `ts` of its last registration. The tickets it
+ * started and the results it kept are in the journal beside it (`journal.db`); a file written
+ * before the journal holds them here too (`completed`, `results`), and they move to the journal at
+ * the first start. Files written before `results` or the trust fields existed still load.
  */
 const PeerState = Schema.Struct({
   peer_id: Schema.String,
-  completed: Schema.Array(Schema.String),
+  completed: Schema.optionalKey(Schema.Array(Schema.String)),
   results: Schema.optionalKey(Schema.Array(StoredResult)),
   cluster_key: Schema.optionalKey(Schema.Struct({ key: Schema.String, pinned_from: Schema.String })),
   last_register_ts: Schema.optionalKey(Schema.Number),
@@ -55,36 +38,18 @@ type PeerState = typeof PeerState.Type
 const decodeState = Schema.decodeUnknownOption(Schema.fromJsonString(PeerState))
 const encodeState = Schema.encodeSync(Schema.fromJsonString(PeerState))
 
-/** How many started tickets are remembered. */
-const REMEMBERED_TICKETS = 10_000
+/** The journal of started tickets and kept results, beside `peer.json`. */
+const JOURNAL_FILE = "journal.db"
 
 /** The peer's identity key, beside `peer.json`: written once, never rewritten. */
 const IDENTITY_FILE = "identity.key"
 
-export interface StateFileOptions {
-  /** Results kept (delivered ones; one not yet delivered is never dropped). Default 1,000. */
-  readonly keptResults?: number
-  /**
-   * Bytes of output kept in all, so the file (rewritten whole on each change) stays small. The
-   * oldest delivered results go first. Default 8 MiB.
-   */
-  readonly keptOutputBytes?: number
-}
+export type StateFileOptions = JournalOptions
 
 export interface StateFile {
   readonly peerId: string
-  /** True when this peer (this run or an earlier one) started the ticket. */
-  readonly hasRun: (ticket: string) => boolean
-  /** Remembers, on disk, that the ticket is started: call it before running it. */
-  readonly markRun: (ticket: string) => void
-  /** Keeps a finished job's result on disk, not yet delivered: call it before sending it. */
-  readonly keep: (result: KeptResult) => void
-  /** The kept result of a ticket, delivered or not. */
-  readonly kept: (ticket: string) => KeptResult | undefined
-  /** Redis took the result: it stays kept (for a re-delivery) but is no longer pending. */
-  readonly markDelivered: (ticket: string) => void
-  /** Kept results not yet delivered, oldest first. */
-  readonly pending: () => ReadonlyArray<KeptResult>
+  /** The tickets this peer started and the results it kept (`journal.db`). */
+  readonly journal: Journal
   /**
    * This peer's identity key (an Ed25519 seed, base64url): made on its first run and kept in
    * `identity.key`, never rewritten. The server binds the peer id to its public key.
@@ -146,6 +111,13 @@ export const adoptLegacyState = (entry: {
     const identity = join(entry.legacyDir, IDENTITY_FILE)
     if (existsSync(identity) && !existsSync(join(entry.dir, IDENTITY_FILE))) {
       renameSync(identity, join(entry.dir, IDENTITY_FILE))
+    }
+    // So does its journal, if a peer of the new layout kept one there (the -shm file is rebuilt).
+    const journal = join(entry.legacyDir, JOURNAL_FILE)
+    if (existsSync(journal) && !existsSync(join(entry.dir, JOURNAL_FILE))) {
+      renameSync(journal, join(entry.dir, JOURNAL_FILE))
+      if (existsSync(`${journal}-wal`)) renameSync(`${journal}-wal`, join(entry.dir, `${JOURNAL_FILE}-wal`))
+      rmSync(`${journal}-shm`, { force: true })
     }
     renameSync(legacy, target)
     return true
@@ -268,8 +240,6 @@ export const lockStateDir = (dir: string): (() => void) => {
   return release
 }
 
-const withoutDelivered = ({ delivered: _, ...result }: StoredResult): KeptResult => result
-
 /** The identity key file cannot be read, or does not hold a key. */
 export class StateFileError extends Schema.TaggedError<StateFileError>()("StateFileError", {
   path: Schema.String,
@@ -319,11 +289,9 @@ export const openStateFile = (
   peerIdOverride: string | undefined,
   options: StateFileOptions = {},
 ): StateFile => {
-  const maxResults = options.keptResults ?? 1_000
-  const maxOutputBytes = options.keptOutputBytes ?? 8 * 1024 * 1024
   mkdirSync(dir, { recursive: true, mode: 0o700 })
   const path = join(dir, "peer.json")
-  let state: PeerState = { peer_id: "", completed: [] }
+  let state: PeerState = { peer_id: "" }
   try {
     const loaded = decodeState(readFileSync(path, "utf8"))
     if (loaded._tag === "Some") state = loaded.value
@@ -331,44 +299,24 @@ export const openStateFile = (
     // First run: no state yet.
   }
   const peerId = peerIdOverride ?? (state.peer_id || `${hostname()}-${randomUUID().slice(0, 8)}`)
-  const samePeer = state.peer_id === peerId
-  const completed = new Set(samePeer ? state.completed : [])
-  /** In the order they were kept (a Map iterates in insertion order). */
-  const results = new Map<string, StoredResult>()
-  let outputBytes = 0
-  const add = (stored: StoredResult) => {
-    const before = results.get(stored.ticket)
-    if (before) {
-      results.delete(stored.ticket)
-      outputBytes -= Buffer.byteLength(before.result)
-    }
-    results.set(stored.ticket, stored)
-    outputBytes += Buffer.byteLength(stored.result)
-  }
-  /** Drops the oldest delivered results beyond the bounds; pending ones are never dropped. */
-  const trim = () => {
-    if (results.size <= maxResults && outputBytes <= maxOutputBytes) return
-    for (const stored of [...results.values()]) {
-      if (results.size <= maxResults && outputBytes <= maxOutputBytes) return
-      if (!stored.delivered) continue
-      results.delete(stored.ticket)
-      outputBytes -= Buffer.byteLength(stored.result)
-    }
-  }
-  for (const stored of samePeer ? (state.results ?? []) : []) add(stored)
-  trim()
   // The trust fields belong to the host, not to the peer id: kept when the id changes.
   let clusterKey = state.cluster_key
   let lastRegisterTs = state.last_register_ts ?? 0
   const identityKey = identityKeyIn(dir)
+  const journal = openJournal(join(dir, JOURNAL_FILE), peerId, options)
+  if (state.peer_id === peerId && (state.completed !== undefined || state.results !== undefined)) {
+    // A file of before the journal: its tickets move there (on disk before peer.json drops them).
+    journal.adopt(
+      state.completed ?? [],
+      (state.results ?? []).map(({ delivered, ...result }) => ({ ...result, sent: delivered })),
+    )
+  }
 
   const save = () =>
     writePrivate(
       path,
       encodeState({
         peer_id: peerId,
-        completed: [...completed].slice(-REMEMBERED_TICKETS),
-        results: [...results.values()],
         ...(clusterKey === undefined ? {} : { cluster_key: clusterKey }),
         ...(lastRegisterTs > 0 ? { last_register_ts: lastRegisterTs } : {}),
       }),
@@ -376,31 +324,7 @@ export const openStateFile = (
   save()
   return {
     peerId,
-    hasRun: (ticket) => completed.has(ticket),
-    markRun: (ticket) => {
-      completed.add(ticket)
-      if (completed.size > REMEMBERED_TICKETS * 1.1) {
-        for (const t of [...completed].slice(0, completed.size - REMEMBERED_TICKETS)) completed.delete(t)
-      }
-      save()
-    },
-    keep: (result) => {
-      add({ ...result, delivered: false })
-      trim()
-      save()
-    },
-    kept: (ticket) => {
-      const stored = results.get(ticket)
-      return stored && withoutDelivered(stored)
-    },
-    markDelivered: (ticket) => {
-      const stored = results.get(ticket)
-      if (!stored || stored.delivered) return
-      results.set(ticket, { ...stored, delivered: true })
-      trim()
-      save()
-    },
-    pending: () => [...results.values()].filter((r) => !r.delivered).map(withoutDelivered),
+    journal,
     identityKey,
     pinnedClusterKey: () => clusterKey && { key: clusterKey.key, from: clusterKey.pinned_from },
     pinClusterKey: ({ key, from }) => {

@@ -1,6 +1,7 @@
 import { existsSync, mkdtempSync, readFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import { DatabaseSync } from "node:sqlite"
 import { assert, describe, it } from "@effect/vitest"
 import { type Protocol, Transport, TransportError, TransportMemory } from "@picus/core"
 import { eventuallyTrue } from "@picus/core/testing"
@@ -33,10 +34,13 @@ const makeTestAgent = (dir: string, overrides: Overrides = {}) =>
   })
 
 /** `before` runs on the state folder before the agent opens it. */
-const setup = (before: (dir: string) => void = () => {}, overrides: Overrides = {}) =>
+const setup = (
+  before: (dir: string) => Effect.Effect<void, unknown> = () => Effect.void,
+  overrides: Overrides = {},
+) =>
   Effect.gen(function* () {
     const dir = mkdtempSync(join(tmpdir(), "picus-agent-"))
-    before(dir)
+    yield* before(dir)
     const server = yield* makeFakeServer()
     const agent = yield* makeTestAgent(dir, {
       clusterKey: { _tag: "Key", key: server.cluster.publicKey },
@@ -63,13 +67,26 @@ const flakyUplink = () => {
   return { control, layer }
 }
 
-/** The tickets of the results in the state file that are not delivered yet. */
-const pendingOnDisk = (dir: string): Array<string> => {
-  const state = JSON.parse(readFileSync(join(dir, "peer.json"), "utf8")) as {
-    results?: Array<{ ticket: string; delivered: boolean }>
+/** The results committed to the journal (read beside the agent's own connection), and whether sent. */
+const resultsOnDisk = (dir: string): Array<{ ticket: string; sent: boolean }> => {
+  const db = new DatabaseSync(join(dir, "journal.db"), { readOnly: true })
+  try {
+    return (
+      db.prepare("select ticket, sent from results order by seq").all() as Array<{
+        ticket: string
+        sent: number
+      }>
+    ).map((r) => ({ ticket: r.ticket, sent: r.sent === 1 }))
+  } finally {
+    db.close()
   }
-  return (state.results ?? []).filter((r) => !r.delivered).map((r) => r.ticket)
 }
+
+/** The tickets of the results on disk that are not sent yet. */
+const pendingOnDisk = (dir: string): Array<string> =>
+  resultsOnDisk(dir)
+    .filter((r) => !r.sent)
+    .map((r) => r.ticket)
 
 const eventually = (check: () => boolean, what: string) => eventuallyTrue(check, what)
 
@@ -141,10 +158,47 @@ describe("peer agent", () => {
       }).pipe(Effect.scoped, Effect.provide(TransportMemory.layerMemory)),
   )
 
+  it.live("runs the next command while a finished one's result waits to be sent", () => {
+    const { control, layer } = flakyUplink()
+    return Effect.gen(function* () {
+      const { agent, dir, server } = yield* setup(undefined, { concurrency: 1 })
+      yield* Effect.forkScoped(agent.run)
+      const s = yield* server.acceptNext
+      control.down = true
+      yield* server.toPeer(server.job("31", `touch ${join(dir, "ran-31")}`, s))
+      yield* server.toPeer(server.job("32", `touch ${join(dir, "ran-32")}`, s))
+      // One slot: the second command runs once the first has finished, not once its result is sent.
+      yield* eventually(() => existsSync(join(dir, "ran-32")), "the second command run")
+      yield* eventually(() => pendingOnDisk(dir).length === 2, "both results kept, neither sent")
+      assert.deepStrictEqual(pendingOnDisk(dir).sort(), ["31", "32"])
+      control.down = false
+      const results = yield* server.results(2)
+      assert.deepStrictEqual(results.map((r) => r.ticket).sort(), ["31", "32"])
+    }).pipe(Effect.scoped, Effect.provide(layer))
+  })
+
+  it.live("trims its inbox of what it has read, once it has read all there was", () =>
+    Effect.gen(function* () {
+      const transport = yield* Transport
+      const { agent, server } = yield* setup()
+      yield* Effect.forkScoped(agent.run)
+      const s = yield* server.acceptNext
+      for (const t of ["21", "22", "23"]) yield* server.toPeer(server.job(t, `echo ${t}`, s))
+      yield* server.results(3)
+      yield* eventuallyTrue(
+        () => Effect.runSync(transport.inboxTail("p1")) === "0-0",
+        "the inbox trimmed of the jobs read",
+      )
+    }).pipe(Effect.scoped, Effect.provide(TransportMemory.layerMemory)),
+  )
+
   it.live("answers, without running it, a ticket that an earlier run of the peer started", () =>
     Effect.gen(function* () {
       // As if an earlier run of the peer had crashed while running ticket 7.
-      const { agent, dir, server } = yield* setup((dir) => openStateFile(dir, "p1").markRun("7"))
+      const { agent, dir, server } = yield* setup((dir) => {
+        const { journal } = openStateFile(dir, "p1")
+        return journal.started("7").pipe(Effect.ensuring(Effect.sync(() => journal.close())))
+      })
       yield* Effect.forkScoped(agent.run)
       const s = yield* server.acceptNext
       const marker = join(dir, "ran-again")
@@ -170,7 +224,7 @@ describe("peer agent", () => {
       assert.strictEqual(first?.exit_code, 3)
       assert.strictEqual(first?.result, "out\n")
       yield* eventually(() => pendingOnDisk(dir).length === 0, "the result kept and marked delivered")
-      assert.strictEqual(JSON.parse(readFileSync(join(dir, "peer.json"), "utf8")).results?.[0]?.ticket, "5")
+      assert.deepStrictEqual(resultsOnDisk(dir), [{ ticket: "5", sent: true }])
       // The server lost the session: the peer registers again, and the ticket, carried over to the
       // new session, is delivered again with the new session's id.
       yield* server.toPeer(sessionExpired)
@@ -315,13 +369,17 @@ describe("registering in another's name", () => {
 })
 
 describe("state file", () => {
-  it("keeps the peer id and the tickets run across restarts", () => {
-    const dir = mkdtempSync(join(tmpdir(), "picus-state-"))
-    const first = openStateFile(dir, undefined)
-    first.markRun("t1")
-    const second = openStateFile(dir, undefined)
-    assert.strictEqual(second.peerId, first.peerId)
-    assert.isTrue(second.hasRun("t1"))
-    assert.isFalse(second.hasRun("t2"))
-  })
+  it.effect("keeps the peer id and the tickets run across restarts", () =>
+    Effect.gen(function* () {
+      const dir = mkdtempSync(join(tmpdir(), "picus-state-"))
+      const first = openStateFile(dir, undefined)
+      yield* first.journal.started("t1")
+      const second = openStateFile(dir, undefined)
+      assert.strictEqual(second.peerId, first.peerId)
+      assert.isTrue(second.journal.hasRun("t1"))
+      assert.isFalse(second.journal.hasRun("t2"))
+      first.journal.close()
+      second.journal.close()
+    }),
+  )
 })

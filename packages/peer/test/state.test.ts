@@ -4,9 +4,10 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { assert, describe, it } from "@effect/vitest"
 import { Trust } from "@picus/core"
+import { Effect } from "effect"
+import type { KeptResult } from "../src/journal.ts"
 import {
   adoptLegacyState,
-  type KeptResult,
   lockStateDir,
   openStateFile,
   resolveStateDir,
@@ -26,83 +27,72 @@ const result = (ticket: string, output = `out ${ticket}\n`): KeptResult => ({
   truncated: false,
 })
 
-describe("state file: kept results", () => {
-  it("keeps results, delivered and pending, across a restart", () => {
-    const dir = freshDir()
-    const first = openStateFile(dir, "p1")
-    first.markRun("t1")
-    first.keep(result("t1"))
-    first.markDelivered("t1")
-    first.markRun("t2")
-    first.keep({ ...result("t2", ""), exit_code: null, status: "timed_out", truncated: true })
-    first.markRun("t3") // started, never finished: no kept result
+describe("state file: a peer.json of before the journal", () => {
+  it.effect("moves its tickets and results to the journal, and keeps the rest of the file", () =>
+    Effect.gen(function* () {
+      const dir = freshDir()
+      writeFileSync(
+        join(dir, "peer.json"),
+        JSON.stringify({
+          peer_id: "p1",
+          completed: ["t0", "t1", "t2", "t3"],
+          results: [
+            { ...result("t1"), delivered: true },
+            { ...result("t2", ""), exit_code: null, status: "timed_out", truncated: true, delivered: false },
+          ],
+          cluster_key: { key: "k".repeat(43), pinned_from: "first-use" },
+          last_register_ts: 1_000,
+        }),
+        { mode: 0o644 },
+      )
+      const state = openStateFile(dir, "p1")
+      const { journal } = state
+      assert.isTrue(journal.hasRun("t0"), "started, no result: known as run")
+      assert.isTrue(journal.hasRun("t3"))
+      assert.isUndefined(journal.kept("t0"))
+      assert.deepStrictEqual(journal.kept("t1"), result("t1"))
+      assert.deepStrictEqual(
+        journal.pending().map((r) => r.ticket),
+        ["t2"],
+        "the one not delivered is still to be sent",
+      )
+      assert.deepStrictEqual(JSON.parse(readFileSync(join(dir, "peer.json"), "utf8")), {
+        peer_id: "p1",
+        cluster_key: { key: "k".repeat(43), pinned_from: "first-use" },
+        last_register_ts: 1_000,
+      })
+      assert.strictEqual(statSync(join(dir, "peer.json")).mode & 0o777, 0o600)
+      assert.deepStrictEqual(state.pinnedClusterKey(), { key: "k".repeat(43), from: "first-use" })
+      assert.strictEqual(state.nextRegisterTs(500), 1_001)
 
-    const second = openStateFile(dir, "p1")
-    assert.deepStrictEqual(second.kept("t1"), result("t1"))
-    assert.deepStrictEqual(second.kept("t2"), {
-      ...result("t2", ""),
-      exit_code: null,
-      status: "timed_out",
-      truncated: true,
-    })
-    assert.isUndefined(second.kept("t3"))
-    assert.isTrue(second.hasRun("t3"))
-    assert.deepStrictEqual(
-      second.pending().map((r) => r.ticket),
-      ["t2"],
-    )
+      // Sent now; a restart does not move the old file's tickets again, nor forget them.
+      journal.sent("t2")
+      yield* journal.started("t4")
+      journal.close()
+      const again = openStateFile(dir, "p1").journal
+      assert.deepStrictEqual(again.pending(), [])
+      assert.isTrue(again.hasRun("t0"))
+      assert.isTrue(again.hasRun("t4"))
+      again.close()
+    }),
+  )
 
-    second.markDelivered("t2")
-    const third = openStateFile(dir, "p1")
-    assert.deepStrictEqual(third.pending(), [])
-    assert.deepStrictEqual(third.kept("t2")?.status, "timed_out", "a delivered result stays kept")
-  })
-
-  it("loads a state file written before results were kept", () => {
+  it("loads a file written before results were kept; another peer id's tickets are not taken", () => {
     const dir = freshDir()
     writeFileSync(join(dir, "peer.json"), JSON.stringify({ peer_id: "old-peer", completed: ["a", "b"] }))
     const state = openStateFile(dir, undefined)
     assert.strictEqual(state.peerId, "old-peer")
-    assert.isTrue(state.hasRun("b"))
-    assert.isUndefined(state.kept("b"))
-    assert.deepStrictEqual(state.pending(), [])
-    state.keep(result("c"))
-    const written = JSON.parse(readFileSync(join(dir, "peer.json"), "utf8"))
-    assert.deepStrictEqual(written.results, [{ ...result("c"), delivered: false }])
-  })
+    assert.isTrue(state.journal.hasRun("b"))
+    assert.isUndefined(state.journal.kept("b"))
+    assert.deepStrictEqual(state.journal.pending(), [])
+    state.journal.close()
 
-  it("drops the oldest delivered results beyond its bounds, never one not yet delivered", () => {
-    const dir = freshDir()
-    const state = openStateFile(dir, "p1", { keptResults: 3 })
-    state.keep(result("pending-1"))
-    for (const t of ["a", "b", "c", "d"]) {
-      state.keep(result(t))
-      state.markDelivered(t)
-    }
-    const reopened = openStateFile(dir, "p1", { keptResults: 3 })
-    assert.deepStrictEqual(
-      ["pending-1", "a", "b", "c", "d"].filter((t) => reopened.kept(t) !== undefined),
-      ["pending-1", "c", "d"],
-    )
-    assert.deepStrictEqual(
-      reopened.pending().map((r) => r.ticket),
-      ["pending-1"],
-    )
-
-    const small = openStateFile(freshDir(), "p1", { keptOutputBytes: 10 })
-    small.keep(result("x", "12345678"))
-    small.markDelivered("x")
-    small.keep(result("y", "12345678"))
-    assert.isUndefined(small.kept("x"), "over the byte budget: the delivered one goes")
-    assert.isDefined(small.kept("y"), "the pending one stays, even over the budget")
-  })
-
-  it("forgets the results of another peer id", () => {
-    const dir = freshDir()
-    openStateFile(dir, "p1").keep(result("t1"))
-    const other = openStateFile(dir, "p2")
-    assert.isUndefined(other.kept("t1"))
-    assert.deepStrictEqual(other.pending(), [])
+    const other = freshDir()
+    writeFileSync(join(other, "peer.json"), JSON.stringify({ peer_id: "someone", completed: ["a"] }))
+    const mine = openStateFile(other, "p2")
+    assert.isFalse(mine.journal.hasRun("a"))
+    assert.strictEqual(JSON.parse(readFileSync(join(other, "peer.json"), "utf8")).peer_id, "p2")
+    mine.journal.close()
   })
 })
 
@@ -121,6 +111,7 @@ describe("state file: what the peer trusts", () => {
     )
     assert.strictEqual(modeOf(join(dir, "identity.key")), 0o600)
     assert.strictEqual(modeOf(join(dir, "peer.json")), 0o600)
+    assert.strictEqual(modeOf(join(dir, "journal.db")), 0o600)
   })
 
   it("makes an older peer.json private when it rewrites it, and keeps what it held", () => {
@@ -129,7 +120,7 @@ describe("state file: what the peer trusts", () => {
       mode: 0o644,
     })
     const state = openStateFile(dir, undefined)
-    assert.isTrue(state.hasRun("a"))
+    assert.isTrue(state.journal.hasRun("a"))
     assert.isUndefined(state.pinnedClusterKey())
     assert.strictEqual(modeOf(join(dir, "peer.json")), 0o600)
   })
@@ -199,22 +190,41 @@ describe("state folder of an upgraded peer", () => {
   it("takes over the shared file of the old layout when it is its own", () => {
     const legacyDir = freshDir()
     const mine = join(legacyDir, "peers", "p1")
-    const before = openStateFile(legacyDir, "p1")
-    const identity = before.identityKey
-    before.markRun("t1")
-    before.keep(result("t1"))
+    writeFileSync(
+      join(legacyDir, "peer.json"),
+      JSON.stringify({ peer_id: "p1", completed: ["t1"], results: [{ ...result("t1"), delivered: false }] }),
+    )
+    writeFileSync(join(legacyDir, "identity.key"), `${Trust.newPrivateKey()}\n`)
+    const identity = readFileSync(join(legacyDir, "identity.key"), "utf8").trim()
     assert.isFalse(adoptLegacyState({ legacyDir, dir: join(legacyDir, "peers", "p2"), peerId: "p2" }))
     assert.isTrue(adoptLegacyState({ legacyDir, dir: mine, peerId: "p1" }))
     const after = openStateFile(mine, "p1")
-    assert.isTrue(after.hasRun("t1"))
+    assert.isTrue(after.journal.hasRun("t1"))
     assert.strictEqual(after.identityKey, identity, "its identity key moved with it")
     assert.deepStrictEqual(
-      after.pending().map((r) => r.ticket),
+      after.journal.pending().map((r) => r.ticket),
       ["t1"],
     )
     assert.isFalse(existsSync(join(legacyDir, "peer.json")), "moved, not copied")
     assert.isFalse(adoptLegacyState({ legacyDir, dir: mine, peerId: "p1" }), "once")
+    after.journal.close()
   })
+
+  it.effect("takes its journal along when the default folder's peer kept one", () =>
+    Effect.gen(function* () {
+      const legacyDir = freshDir()
+      const before = openStateFile(legacyDir, "p1")
+      yield* before.journal.started("t1")
+      yield* before.journal.finished(result("t1"))
+      before.journal.close()
+      const mine = join(legacyDir, "peers", "p1")
+      assert.isTrue(adoptLegacyState({ legacyDir, dir: mine, peerId: "p1" }))
+      const after = openStateFile(mine, "p1")
+      assert.deepStrictEqual(after.journal.kept("t1"), result("t1"))
+      assert.isFalse(existsSync(join(legacyDir, "journal.db")), "moved, not copied")
+      after.journal.close()
+    }),
+  )
 })
 
 describe("state folder lock", () => {

@@ -1,6 +1,7 @@
 import { existsSync, mkdtempSync, readFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import { DatabaseSync } from "node:sqlite"
 import { assert, describe, it } from "@effect/vitest"
 import { Protocol, Transport, TransportMemory, Trust } from "@picus/core"
 import { eventuallyTrue } from "@picus/core/testing"
@@ -62,11 +63,15 @@ const pinnedIn = (dir: string) =>
   (JSON.parse(readFileSync(join(dir, "peer.json"), "utf8")) as { cluster_key?: { key: string } }).cluster_key
     ?.key
 
-/** Results kept but not delivered, read without opening the state file (the agent has it open). */
-const pendingIn = (dir: string) =>
-  (
-    JSON.parse(readFileSync(join(dir, "peer.json"), "utf8")) as { results?: Array<{ delivered: boolean }> }
-  ).results?.filter((r) => !r.delivered).length ?? 0
+/** Results kept but not sent, read beside the agent's own connection to the journal. */
+const pendingIn = (dir: string) => {
+  const db = new DatabaseSync(join(dir, "journal.db"), { readOnly: true })
+  try {
+    return (db.prepare("select count(*) as n from results where sent = 0").get() as { n: number }).n
+  } finally {
+    db.close()
+  }
+}
 
 const memory = Effect.provide(TransportMemory.layerMemory)
 
