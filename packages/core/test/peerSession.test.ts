@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Fiber, Layer } from "effect"
+import { Effect, Fiber, Layer, Option } from "effect"
 import { TestClock } from "effect/testing"
 import {
   AskTimeout,
@@ -105,41 +105,54 @@ describe("PeerSession when PostgreSQL is away", () => {
     }),
   ).pipe(Layer.provideMerge(StoreMemory.layerMemory))
 
-  it.effect("jobs not marked delivered are sent at the next tick, not left waiting for their deadline", () =>
-    Effect.gen(function* () {
-      const store = yield* Store
-      const transport = yield* Transport
-      yield* store.replaceCatalog([
-        { job_id: "j", name: "J", os: "linux", distro: "debian", command: "true", timeout_ms: 1_000 },
-      ])
-      yield* startPeerSession(
-        {
-          peerId: "p",
-          sessionId: "0b0f5a4c-3f7e-4d61-9a8e-2a2f0c1d3e4f",
-          serverIp: null,
-          os: "linux",
-          distro: "debian",
-          hostname: null,
-          agentVersion: "test",
-        },
-        { ...config, heartbeatMs: 100, graceMs: 10_000 },
-      )
-      const reader = yield* transport.inboxReader("p")
-      const jobs = () =>
-        reader
-          .read("0-0", { count: 10, blockMs: 0 })
-          .pipe(Effect.map((entries) => entries.filter((e) => e.payload.includes('"ticket"')).length))
-      assert.strictEqual(yield* jobs(), 0, "the first send failed to mark the job")
-      yield* TestClock.adjust(100)
-      assert.strictEqual(yield* jobs(), 1, "sent at the next tick")
-    }).pipe(
-      Effect.scoped,
-      Effect.provide(
-        JobScheduler.layer({ maxInFlight: 4 }).pipe(
-          Layer.provideMerge(flaky),
-          Layer.provideMerge(TransportMemory.layerMemory),
+  it.effect(
+    "a job is sent though PostgreSQL could not mark it delivered, once, and marked at the next tick",
+    () =>
+      Effect.gen(function* () {
+        const store = yield* Store
+        const transport = yield* Transport
+        yield* store.replaceCatalog([
+          { job_id: "j", name: "J", os: "linux", distro: "debian", command: "true", timeout_ms: 1_000 },
+        ])
+        yield* startPeerSession(
+          {
+            peerId: "p",
+            sessionId: "0b0f5a4c-3f7e-4d61-9a8e-2a2f0c1d3e4f",
+            serverIp: null,
+            os: "linux",
+            distro: "debian",
+            hostname: null,
+            agentVersion: "test",
+          },
+          { ...config, heartbeatMs: 100, graceMs: 10_000 },
+        )
+        const reader = yield* transport.inboxReader("p")
+        const jobs = () =>
+          reader
+            .read("0-0", { count: 10, blockMs: 0 })
+            .pipe(Effect.map((entries) => entries.filter((e) => e.payload.includes('"ticket"')).length))
+        const [ticket] = yield* store.queuedTickets("0b0f5a4c-3f7e-4d61-9a8e-2a2f0c1d3e4f")
+        assert.strictEqual(yield* jobs(), 1, "sent without waiting for PostgreSQL")
+        assert.deepStrictEqual(
+          yield* store.ticketState(ticket!.ticket),
+          Option.some("queued"),
+          "not marked yet",
+        )
+        yield* TestClock.adjust(100)
+        assert.deepStrictEqual(
+          yield* store.ticketState(ticket!.ticket),
+          Option.some("delivered"),
+          "marked at the next tick",
+        )
+        assert.strictEqual(yield* jobs(), 1, "and not sent again")
+      }).pipe(
+        Effect.scoped,
+        Effect.provide(
+          JobScheduler.layer({ maxInFlight: 4 }).pipe(
+            Layer.provideMerge(flaky),
+            Layer.provideMerge(TransportMemory.layerMemory),
+          ),
         ),
       ),
-    ),
   )
 })

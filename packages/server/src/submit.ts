@@ -84,14 +84,7 @@ export const submitJobs = Effect.fnUntraced(function* (request: {
     yield* transport
       .forward(
         owner.ownerId,
-        Protocol.encodeServerNotice({
-          notice: "tickets_waiting",
-          session_id: owner.sessionId,
-          tickets: tickets.map((t) => ({
-            ticket: t.ticket,
-            job: { name: t.name, os: t.os, distro: t.distro, command: t.command, timeout_ms: t.timeoutMs },
-          })),
-        }),
+        Protocol.encodeServerNotice({ notice: "tickets_waiting", session_id: owner.sessionId }),
       )
       .pipe(Effect.ignore)
   }

@@ -214,6 +214,21 @@ layer(Layer.provideMerge(storeOverDb, dbLayer), { timeout: 60_000 })("PgStore on
       assert.strictEqual(row?.exitCode, 1)
       assert.isTrue(row?.truncated)
       assert.strictEqual(row?.output, "out\uFFFDput", "NUL, which PostgreSQL text cannot hold, is replaced")
+      // Its result came before its delivery was marked (a job is sent first): it counts as delivered
+      // once, and the late mark changes nothing.
+      const { pool } = yield* Db
+      const delivery = () =>
+        promise(() =>
+          pool.one(
+            sql.type(
+              std(Schema.Struct({ attempts: Schema.Int, delivered: Schema.Boolean, state: Schema.String })),
+            )`
+              select attempts, delivered_at is not null as delivered, state from tickets where ticket = ${ticket!.ticket}`,
+          ),
+        )
+      assert.deepStrictEqual(yield* delivery(), { attempts: 1, delivered: true, state: "failed" })
+      assert.deepStrictEqual(yield* a.markDelivered({ sessionId, epoch: 1 }, [ticket!.ticket]), [])
+      assert.strictEqual((yield* delivery()).attempts, 1)
     }),
   )
 

@@ -460,10 +460,46 @@ const runSession = Effect.fnUntraced(function* (
       yield* Effect.logError(`ticket ${t.ticket} failed: ${reason}`)
     })
 
+  /** Sent, not yet marked delivered (PostgreSQL was away): marked with the next ones. */
+  let unmarked: Array<Ticket> = []
+
   /**
-   * Sends tickets as PostgreSQL holds them: marks them delivered (fenced by the epoch, attempts + 1)
-   * and sends what that returns. One that closed meanwhile (its deadline passed) is dropped; one
-   * that fails to send is handed to `onSendFailure` with the rest.
+   * Marks sent tickets delivered (fenced by the epoch, attempts + 1), with any left unmarked
+   * before. One PostgreSQL no longer holds open for this session (answered already, or closed
+   * meanwhile) leaves the window. PostgreSQL away: they are marked next time; the peer has them.
+   */
+  const mark = (sent: ReadonlyArray<Ticket>) =>
+    Effect.gen(function* () {
+      const all = unmarked.length === 0 ? sent : [...unmarked, ...sent]
+      unmarked = []
+      if (all.length === 0) return
+      const marked = yield* store
+        .markDelivered(
+          lease,
+          all.map((t) => t.ticket),
+        )
+        .pipe(
+          Effect.catchIf(
+            (e): e is StoreError => e instanceof StoreError,
+            (e) =>
+              Effect.sync(() => {
+                unmarked = [...all]
+              }).pipe(
+                Effect.andThen(Effect.logWarning("could not mark jobs delivered; will retry", e)),
+                Effect.as(undefined),
+              ),
+          ),
+        )
+      if (marked === undefined) return
+      const held = new Set(marked.map((t) => t.ticket))
+      for (const t of all) if (!held.has(t.ticket)) tickets.settle(t.ticket)
+    })
+
+  /**
+   * Sends tickets, then marks them delivered. The send does not wait for PostgreSQL: the mark is
+   * for deadlines, attempts and a successor's view of what is in flight, not for safety (a
+   * ticket sent again, after a crash between the send and the mark, runs once: the peer keeps
+   * what it started). One that fails to send is handed to `onSendFailure` with the rest.
    */
   const deliver = (
     ready: ReadonlyArray<Ticket>,
@@ -474,23 +510,13 @@ const runSession = Effect.fnUntraced(function* (
     ) => Effect.Effect<void, TransportError>,
   ) =>
     Effect.gen(function* () {
-      if (ready.length === 0) return
-      // What is sent is what PostgreSQL holds for each ticket (a notice only named them).
-      const marked = yield* store.markDelivered(
-        lease,
-        ready.map((t) => t.ticket),
-      )
-      const stored = new Map(marked.map((t) => [t.ticket, t]))
-      for (const t of ready) if (!stored.has(t.ticket)) tickets.settle(t.ticket)
       const toSend: Array<readonly [Ticket, string]> = []
       for (const t of ready) {
-        const held = stored.get(t.ticket)
-        if (held === undefined) continue
-        const message = jobMessage(held)
-        if (Result.isFailure(message)) yield* unsendable(held, message.failure)
-        else toSend.push([held, message.success])
+        const message = jobMessage(t)
+        if (Result.isFailure(message)) yield* unsendable(t, message.failure)
+        else toSend.push([t, message.success])
       }
-      if (toSend.length === 0) return
+      if (toSend.length === 0) return yield* mark([])
       // All in one round trip: a window's jobs do not wait for each other's replies.
       const exit = yield* Effect.exit(sendManyToPeer(toSend.map(([, message]) => message)))
       if (Exit.isFailure(exit)) {
@@ -502,6 +528,7 @@ const runSession = Effect.fnUntraced(function* (
         )
       }
       for (const [t] of toSend) yield* onSent(t)
+      yield* mark(toSend.map(([t]) => t))
     })
 
   /** Sends what the window allows; what fails to send goes back to wait for the next tick. */
@@ -518,11 +545,8 @@ const runSession = Effect.fnUntraced(function* (
     ).pipe(
       Effect.catchIf(
         (e): e is StoreError => e instanceof StoreError,
-        // Not marked, so not sent: they wait for the next tick (PostgreSQL may be away).
-        (e) =>
-          Effect.sync(() => tickets.putBack(ready)).pipe(
-            Effect.andThen(Effect.logWarning("could not mark jobs delivered; will retry", e)),
-          ),
+        // A ticket the wire cannot carry whose failure could not be written: the reconciler ends it.
+        (e) => Effect.logWarning("could not close a ticket that cannot be sent", e),
       ),
     )
   }).pipe(

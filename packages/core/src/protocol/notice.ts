@@ -6,10 +6,10 @@ import { Result, Schema } from "effect"
 import { Id, JobSpec } from "./messages.ts"
 
 /**
- * Tickets were submitted for a session this instance holds. They are in PostgreSQL already; the
- * notice names them, so the holder need not look for them. What it sends is what PostgreSQL returns
- * when it marks them delivered, never the notice's copy. Without `tickets`, the holder reads the
- * session's queued tickets.
+ * Tickets were submitted for a session this instance holds. They are in PostgreSQL already: the
+ * holder reads the session's queued tickets from there and sends them (before it marks them
+ * delivered), so a notice only wakes it and never says what to run. `tickets`, which instances of
+ * an earlier version send, is ignored.
  */
 export const ServerNotice = Schema.Struct({
   notice: Schema.Literal("tickets_waiting"),

@@ -122,7 +122,9 @@ export const makePgResults = (pool: DatabasePool): ResultStoreService => {
             on conflict (ticket) do nothing
             returning ticket
           ), updated as (
-            update tickets t set state = j.new_state, finished_at = now()
+            -- A job is sent before its delivery is marked: a result may come first.
+            update tickets t set state = j.new_state, finished_at = now(),
+              delivered_at = coalesce(t.delivered_at, now()), attempts = greatest(t.attempts, 1)
             from judged j join inserted i on i.ticket = j.ticket
             where j.outcome = 'recorded' and t.ticket = j.ticket
           )

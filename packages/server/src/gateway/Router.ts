@@ -121,28 +121,14 @@ export const makeRouter = Effect.fnUntraced(function* (deps: {
     })
   }
 
-  /** Tickets were submitted for a session held here: it picks them up (what it sends comes from PostgreSQL). */
+  /**
+   * Tickets were submitted for a session held here: it reads them from PostgreSQL. Whatever a
+   * notice carries besides the session is ignored: a job is sent as PostgreSQL holds it.
+   */
   const notice = (n: Protocol.ServerNotice) =>
     Effect.gen(function* () {
       const session = registry.byId(n.session_id)
-      if (!session) return
-      yield* session.refill(
-        undefined,
-        n.tickets?.map((t) => ({
-          ticket: t.ticket,
-          peerId: session.peerId,
-          sessionId: session.sessionId,
-          jobId: null,
-          name: t.job.name,
-          os: t.job.os,
-          distro: t.job.distro,
-          command: t.job.command,
-          timeoutMs: t.job.timeout_ms ?? 30_000,
-          state: "queued" as const,
-          attempts: 0,
-          deliveredAt: null,
-        })),
-      )
+      if (session) yield* session.refill()
     })
 
   /** Handles a batch; the outcome of every entry. */

@@ -18,6 +18,9 @@ export const makeMemoryResults = (memory: MemoryState): ResultStoreService => {
       if (results.has(r.ticket)) return Effect.succeed("duplicate" as const)
       if (isTerminal(t.state)) return Effect.succeed("ticket_closed" as const)
       t.state = ticketStateOf(r.status)
+      // A job is sent before its delivery is marked: a result may come first.
+      t.deliveredAt ??= Date.now()
+      t.attempts = Math.max(t.attempts, 1)
       results.set(r.ticket, {
         ticket: r.ticket,
         peerId: r.peerId,
