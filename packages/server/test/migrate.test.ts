@@ -37,6 +37,7 @@ const REPO_MIGRATIONS = [
   "005_redis_users.sql",
   "006_trust.sql",
   "007_counted_rejections.sql",
+  "008_instance_leases.sql",
 ]
 
 const TableRow = std(Schema.Struct({ table_name: Schema.String, table_type: Schema.String }))
