@@ -277,10 +277,15 @@ export const makePgSessions = (pool: DatabasePool): SessionStoreService => {
                   select server_id, run from server_instances
                   where not (lease_until < now() and server_id <> ${entry.serverId})
                 ), candidates as (
-                  select s.session_id, s.owner_id from owners o
-                  join sessions s on s.owner_id = o.server_id and s.owner_run < o.below and s.closed_at is null
+                  -- Lateral, so each owner's range is an index scan: a plain join may read every row.
+                  select c.session_id, c.owner_id from owners o
+                  cross join lateral (
+                    select s.session_id, s.owner_id from sessions s
+                    where s.owner_id = o.server_id and s.owner_run < o.below and s.closed_at is null
+                    limit ${limit}
+                    for update skip locked
+                  ) c
                   limit ${limit}
-                  for update of s skip locked
                 )`
             : // Asked for one session by a message of its peer: the caller does not hold it in memory,
               // so a session in the caller's own name is from an earlier run of it, or was let go
