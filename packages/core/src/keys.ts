@@ -29,7 +29,8 @@
  *                                        carried this nonce (random, chosen by the peer, so only it can
  *                                        name the key). Expires after REPLY_TTL_MS.
  *   {p}:peer:{peerId}:owner     string   which instance owns the peer's session: a hint mirrored from
- *                                        the owner's memory, set with a TTL and renewed while it lives.
+ *                                        the owner's memory, set with a long TTL (thirty leases) and
+ *                                        renewed a slice at a time while it lives.
  *   {p}:deadletters             stream   uplink entries no instance could handle (a permanent refusal,
  *                                        or too many attempts), each with its reason, attempts and
  *                                        where it came from; operators list, retry or drop them. Capped

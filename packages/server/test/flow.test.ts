@@ -557,4 +557,40 @@ describe.each(shared)("several server instances (%s)", (_name, layer) => {
       }).pipe(Effect.scoped, Effect.provide(layer())),
     30_000,
   )
+
+  it.live(
+    "an instance started again under its id takes its earlier run's sessions back, a silent peer's too",
+    () =>
+      Effect.gen(function* () {
+        const store = yield* Store
+        const transport = yield* Transport
+        const a = yield* startInstance("a")
+        yield* transport.sendUplink(
+          JSON.stringify({ msg: "register", peer_id: "seed", token: "good-token", server_ip: "10.0.0.5" }),
+        )
+        yield* waitFor(
+          store
+            .sessionOf("seed")
+            .pipe(Effect.map((o) => (Option.getOrUndefined(o)?.epoch === 1 ? true : undefined))),
+          "the seed peer's session, on a",
+        )
+        yield* a.die // and started again at once: its first run's lease still holds
+        const again = yield* startInstance("a")
+        // The peer never says a word: nothing but the restart's takeover brings its session back.
+        yield* waitFor(
+          store.sessionOf("seed").pipe(
+            Effect.map((o) => {
+              const owner = Option.getOrUndefined(o)
+              return owner?.ownerId === "a" && owner.epoch === 2 && !owner.expired ? true : undefined
+            }),
+          ),
+          "the new run of a to take the session back",
+          15_000,
+        )
+        assert.strictEqual((yield* again.gateway.status).sessions, 1)
+        const [session] = yield* store.sessions({ peerId: "seed", limit: 1 })
+        assert.isNull(session!.logoutReason, "the same session, carried on")
+      }).pipe(Effect.scoped, Effect.provide(layer())),
+    30_000,
+  )
 })

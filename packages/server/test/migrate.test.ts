@@ -1,10 +1,11 @@
-import { cp, mkdtemp, rm, unlink, writeFile } from "node:fs/promises"
+import { cp, mkdtemp, readFile, rm, unlink, writeFile } from "node:fs/promises"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Exit, Schema } from "effect"
 import { type DatabasePool, sql } from "slonik"
 import { defaultSqlDir, MigrationError, migrate } from "../src/db/migrate.ts"
+import { makePgStore } from "../src/db/PgStore.ts"
 import { makePool, PoolError } from "../src/db/pool.ts"
 import { freshDatabase } from "./support/database.ts"
 
@@ -37,6 +38,7 @@ const REPO_MIGRATIONS = [
   "005_redis_users.sql",
   "006_trust.sql",
   "007_counted_rejections.sql",
+  "008_instance_leases.sql",
 ]
 
 const TableRow = std(Schema.Struct({ table_name: Schema.String, table_type: Schema.String }))
@@ -243,5 +245,88 @@ describe("migrate", () => {
       assert.instanceOf(error, MigrationError)
       assert.include(error.message, "picus-no-such-dir")
     }),
+  )
+
+  it.live(
+    "008: open sessions stay held, their owner's row carries the lease, and tickets keep their state",
+    () =>
+      Effect.gen(function* () {
+        const db = yield* database
+        const dir = yield* sqlDirCopy
+        const leases = "008_instance_leases.sql"
+        const text = yield* query(() => readFile(join(dir, leases), "utf8"))
+        yield* query(() => unlink(join(dir, leases)))
+        const pool = yield* makePool(db.url)
+        yield* migrate(pool, { dir })
+        // As 007 left them: per-session leases, one live instance, one lost, one never seen.
+        for (const statement of [
+          sql.unsafe`insert into server_instances (server_id, alive_at) values ('live', now()), ('gone', now() - interval '1 hour')`,
+          sql.unsafe`insert into peers (peer_id) values ('p1'), ('p2'), ('p3'), ('p4')`,
+          sql.unsafe`insert into sessions (session_id, peer_id, owner_id, lease_until, closed_at) values
+            ('00000000-0000-4000-8000-000000000001', 'p1', 'live', now() + interval '10 minutes', null),
+            ('00000000-0000-4000-8000-000000000002', 'p2', 'live', now() + interval '5 minutes', null),
+            ('00000000-0000-4000-8000-000000000003', 'p3', 'gone', now() - interval '50 minutes', null),
+            ('00000000-0000-4000-8000-000000000004', 'p4', 'unseen', now() + interval '10 minutes', null)`,
+          sql.unsafe`insert into tickets (peer_id, session_id, job_name, os, distro, command, timeout_ms, server_id, state, finished_at)
+            values
+            ('p1', '00000000-0000-4000-8000-000000000001', 'a', 'l', 'd', 'true', 1000, 'live', 'delivered', null),
+            ('p1', '00000000-0000-4000-8000-000000000001', 'b', 'l', 'd', 'true', 1000, 'live', 'cancelled', null)`,
+        ]) {
+          yield* query(() => pool.query(statement))
+        }
+        yield* query(() => writeFile(join(dir, leases), text))
+        assert.deepStrictEqual((yield* migrate(pool, { dir })).applied, [leases])
+
+        const LeaseRow = std(Schema.Struct({ server_id: Schema.String, minutes: Schema.Number }))
+        const rows = yield* query(() =>
+          pool.any(sql.type(LeaseRow)`
+          select server_id, round(extract(epoch from lease_until - now()) / 60)::float8 as minutes
+          from server_instances order by server_id
+        `),
+        )
+        assert.deepStrictEqual(
+          rows.map((r) => [r.server_id, r.minutes]),
+          [
+            ["gone", -50],
+            ["live", 10],
+            ["unseen", 10],
+          ],
+          "each owner's longest lease",
+        )
+        const store = makePgStore(pool)
+        const expired = (peerId: string) =>
+          store.sessionOf(peerId).pipe(Effect.map((o) => (o._tag === "Some" ? o.value.expired : undefined)))
+        assert.deepStrictEqual(yield* Effect.forEach(["p1", "p2", "p3", "p4"], expired), [
+          false,
+          false,
+          true,
+          false,
+        ])
+        const held = yield* store.renewLease({
+          serverId: "live",
+          leaseMs: 60_000,
+          sessions: [
+            { sessionId: "00000000-0000-4000-8000-000000000001", epoch: 1 },
+            { sessionId: "00000000-0000-4000-8000-000000000002", epoch: 1 },
+          ],
+        })
+        assert.strictEqual(held.length, 2, "the live instance's next renewal carries its sessions on")
+        const TicketRow = std(
+          Schema.Struct({ job_name: Schema.String, state: Schema.String, finished: Schema.Boolean }),
+        )
+        assert.deepStrictEqual(
+          yield* query(() =>
+            pool.any(
+              sql.type(
+                TicketRow,
+              )`select job_name, state, finished_at is not null as finished from tickets order by job_name`,
+            ),
+          ),
+          [
+            { job_name: "a", state: "delivered", finished: false },
+            { job_name: "b", state: "cancelled", finished: true },
+          ],
+        )
+      }),
   )
 })

@@ -378,7 +378,7 @@ describe("tokens with Redis users", () => {
         assert.include(Array.from(yield* Fiber.join(feed))[0], '"reason":"revoked"')
         // Its holder, at its next keep-alive, no longer holds it.
         assert.deepStrictEqual(
-          yield* sessions.renewLeases({
+          yield* sessions.renewLease({
             serverId: "s1",
             leaseMs: 60_000,
             sessions: [{ sessionId: s1, epoch: 1 }],

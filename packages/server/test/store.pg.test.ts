@@ -2,7 +2,7 @@ import { createHash, randomUUID } from "node:crypto"
 import { assert, describe, it, layer } from "@effect/vitest"
 import { type CatalogJob, Store, StoreError } from "@picus/core"
 import { eventually, storeContract } from "@picus/core/testing"
-import { Context, Effect, Exit, Fiber, Layer, Schema } from "effect"
+import { Context, Effect, Fiber, Layer, Schema } from "effect"
 import { TestClock } from "effect/testing"
 import { type DatabasePool, sql } from "slonik"
 import { migrate } from "../src/db/migrate.ts"
@@ -274,77 +274,152 @@ layer(Layer.provideMerge(storeOverDb, dbLayer), { timeout: 60_000 })("PgStore on
     }),
   )
 
-  // Found by the fuzz (deadlocks between lease renewals and deliveries, retried): every statement
-  // that locks several sessions locks them in session id order, the renewal too.
-  it.effect("a lease renewal does not deadlock with a delivery holding its sessions", () =>
+  /** Logs in `count` sessions held by `serverId`, with a lease of `leaseMs` for a new instance. */
+  const sessionsOf = (serverId: string, count: number, leaseMs = 60_000) =>
     Effect.gen(function* () {
-      const { pool } = yield* Db
       const store = yield* Store
-      const [low, high] = [randomUUID(), randomUUID()].sort() as [string, string]
-      // The higher id first, on disk and in the renewal's list: an update in either order takes it first.
-      for (const sessionId of [high, low]) {
+      const ids = Array.from({ length: count }, () => randomUUID()).sort()
+      for (const sessionId of ids) {
         yield* store.login({
           peerId: `peer-${sessionId}`,
           sessionId,
-          serverId: "s",
+          serverId,
           serverIp: null,
           os: "linux",
           distro: "debian",
           hostname: null,
           agentVersion: null,
-          leaseMs: 60_000,
+          leaseMs,
         })
       }
-      let renewalWaits: () => void = () => {}
-      const waiting = new Promise<void>((resolve) => {
-        renewalWaits = resolve
+      return ids
+    })
+
+  /** A transaction holding these sessions' rows locked (`mode`) until `release` is called. */
+  const holdSessions = (pool: DatabasePool, ids: ReadonlyArray<string>, mode: "share" | "update") => {
+    let release: () => void = () => {}
+    const released = new Promise<void>((resolve) => {
+      release = resolve
+    })
+    let locked: () => void = () => {}
+    const holding = new Promise<void>((resolve) => {
+      locked = resolve
+    })
+    const done = pool.transaction(async (tx) => {
+      await tx.query(
+        mode === "share"
+          ? sql.unsafe`select 1 from sessions where session_id = any(${sql.array(ids, "uuid")}) order by session_id for share`
+          : sql.unsafe`select 1 from sessions where session_id = any(${sql.array(ids, "uuid")}) order by session_id for update`,
+      )
+      locked()
+      await released
+    })
+    return { holding, release, done }
+  }
+
+  const XminRow = std(Schema.Struct({ xmin: Schema.String }))
+  const xminsOf = (pool: DatabasePool, ids: ReadonlyArray<string>) =>
+    promise(() =>
+      pool.anyFirst(
+        sql.type(
+          XminRow,
+        )`select xmin::text as xmin from sessions where session_id = any(${sql.array(ids, "uuid")}) order by session_id`,
+      ),
+    )
+
+  // The per-session renewal it replaces locked every session (and once deadlocked with deliveries,
+  // found by the fuzz). The instance's renewal locks none: it cannot wait for a delivery, a result
+  // or a takeover holding them, nor deadlock with one.
+  it.effect("a lease renewal locks and writes no session row: it ends while others hold them all", () =>
+    Effect.gen(function* () {
+      const { pool } = yield* Db
+      const store = yield* Store
+      const serverId = `renewing-${randomUUID()}`
+      const ids = yield* sessionsOf(serverId, 3)
+      const before = yield* xminsOf(pool, ids)
+      const held = holdSessions(pool, ids, "update")
+      yield* promise(() => held.holding)
+      const renewed = yield* store.renewLease({
+        serverId,
+        leaseMs: 60_000,
+        sessions: ids.map((sessionId) => ({ sessionId, epoch: 1 })),
       })
-      let holds: () => void = () => {}
-      const holding = new Promise<void>((resolve) => {
-        holds = resolve
+      held.release()
+      yield* promise(() => held.done)
+      assert.sameMembers([...renewed], ids)
+      assert.deepStrictEqual(yield* xminsOf(pool, ids), before, "no session row was written")
+    }),
+  )
+
+  it.effect("a takeover skips the sessions a delivery holds, without waiting, and takes them once free", () =>
+    Effect.gen(function* () {
+      const { pool } = yield* Db
+      const store = yield* Store
+      const [busy, free] = yield* sessionsOf(`lost-${randomUUID()}`, 2, 1)
+      yield* TestClock.withLive(Effect.sleep("50 millis"))
+      const delivery = holdSessions(pool, [busy!], "share")
+      yield* promise(() => delivery.holding)
+      const ours = (taken: ReadonlyArray<{ readonly sessionId: string }>) =>
+        taken.map((t) => t.sessionId).filter((id) => id === busy || id === free)
+      const taker = `taker-${randomUUID()}`
+      const first = yield* store.takeOverSessions({ serverId: taker, leaseMs: 60_000, limit: 1_000 })
+      delivery.release()
+      yield* promise(() => delivery.done)
+      assert.deepStrictEqual(ours(first), [free!])
+      const second = yield* store.takeOverSessions({ serverId: taker, leaseMs: 60_000, limit: 1_000 })
+      assert.deepStrictEqual(ours(second), [busy!])
+    }),
+  )
+
+  it.effect("a renewal waits for a takeover holding its instance's row, and then tells what it took", () =>
+    Effect.gen(function* () {
+      const { pool } = yield* Db
+      const store = yield* Store
+      const serverId = `paused-${randomUUID()}`
+      const ids = yield* sessionsOf(serverId, 2, 1)
+      yield* TestClock.withLive(Effect.sleep("50 millis"))
+      // What a takeover's statement holds while its transaction is open: the lapsed row, for share.
+      let commit: () => void = () => {}
+      const committing = new Promise<void>((resolve) => {
+        commit = resolve
       })
-      // What a delivery or a result does: share locks on its sessions, in id order, one at a time.
-      // Its deadlock check runs first, so a deadlock makes it the one rolled back (and run again).
-      let deliveryRuns = 0
-      const delivery = pool.transaction(async (tx) => {
-        deliveryRuns++
-        await tx.query(sql.unsafe`set local deadlock_timeout = '50ms'`)
-        await tx.query(sql.unsafe`select 1 from sessions where session_id = ${low} for share`)
-        holds()
-        await waiting
-        await tx.query(sql.unsafe`select 1 from sessions where session_id = ${high} for share`)
+      let lockedRow: () => void = () => {}
+      const rowLocked = new Promise<void>((resolve) => {
+        lockedRow = resolve
       })
-      yield* promise(() => holding)
+      const takeover = pool.transaction(async (tx) => {
+        await tx.query(sql.unsafe`select 1 from server_instances where server_id = ${serverId} for share`)
+        await tx.query(
+          sql.unsafe`update sessions set owner_id = 'taker', epoch = epoch + 1 where session_id = ${ids[0]!}::uuid`,
+        )
+        lockedRow()
+        await committing
+      })
+      yield* promise(() => rowLocked)
       const renewal = yield* store
-        .renewLeases({
-          serverId: "s",
+        .renewLease({
+          serverId,
           leaseMs: 60_000,
-          sessions: [
-            { sessionId: high, epoch: 1 },
-            { sessionId: low, epoch: 1 },
-          ],
+          sessions: ids.map((sessionId) => ({ sessionId, epoch: 1 })),
         })
         .pipe(Effect.forkChild)
-      // Once the renewal waits for the delivery's lock, the delivery takes its second one.
       yield* TestClock.withLive(
         eventually(
           promise(() =>
             pool.oneFirst(
               sql.type(std(Schema.Struct({ n: Schema.Int })))`
-              select count(*)::int as n from pg_stat_activity
-              where datname = current_database() and wait_event_type = 'Lock' and query like '%lease_until%'
-            `,
+                select count(*)::int as n from pg_stat_activity
+                where datname = current_database() and wait_event_type = 'Lock'
+                  and query like '%insert into server_instances%'
+              `,
             ),
           ).pipe(Effect.map((n) => (n === 1 ? true : undefined))),
-          "the renewal waiting for the delivery's lock",
+          "the renewal waiting for the takeover's lock",
         ),
       )
-      renewalWaits()
-      const delivered = yield* Effect.exit(promise(() => delivery))
-      const renewed = yield* Fiber.join(renewal)
-      assert.isTrue(Exit.isSuccess(delivered))
-      assert.strictEqual(deliveryRuns, 1, "the delivery was rolled back by a deadlock")
-      assert.deepStrictEqual([...renewed].sort(), [low, high])
+      commit()
+      yield* promise(() => takeover)
+      assert.deepStrictEqual([...(yield* Fiber.join(renewal))], [ids[1]])
     }),
   )
 

@@ -1,12 +1,13 @@
 import { Schema } from "effect"
 
 /**
- * The fencing rule. A session is held by one instance at a time through a lease row in PostgreSQL;
- * its `epoch` goes up by one whenever the session changes hands (taken over from a lost instance)
- * or is closed by another (replaced by a newer login of its peer). Every write its holder makes for
- * the session names the epoch it holds, and the database refuses it once the epoch has moved on: an
- * instance paused past its lease cannot write over its successor. The epoch is compared in the
- * statement that writes (it locks the lease row), never read first and trusted later.
+ * The fencing rule. A session is held by one instance at a time, while that instance's own lease
+ * (its row in PostgreSQL) holds; its `epoch` goes up by one whenever the session changes hands
+ * (taken over from a lost instance) or is closed by another (replaced by a newer login of its
+ * peer). Every write its holder makes for the session names the epoch it holds, and the database
+ * refuses it once the epoch has moved on: an instance paused past its lease cannot write over its
+ * successor. The epoch is compared in the statement that writes (it locks the session's row), never
+ * read first and trusted later.
  */
 
 /** The session and the epoch an owner holds it at: the fencing token of its writes. */

@@ -38,7 +38,7 @@ export interface TakenSession extends SessionLease {
 /** Who holds a peer's open session. */
 export interface SessionOwner extends SessionLease {
   readonly ownerId: string
-  /** The lease ran out: the session may be taken over. */
+  /** Its holder is lost (its lease ran out, or it started again since): it may be taken over. */
   readonly expired: boolean
   /** Whether it was opened sealed (see Login.sealed); absent: it was not. */
   readonly sealed?: boolean
@@ -71,7 +71,7 @@ export interface InstanceStatus {
 }
 
 /**
- * Sessions: the registration log's writes, the session leases and the server instances that hold
+ * Sessions: the registration log's writes, the sessions and the server instances whose leases hold
  * them, and what binds a peer id to its identity key. A login hands the peer's open tickets to the
  * new session in the same transaction, so it lives here whole. (The key session tokens derive from
  * is the cluster key's, which never reaches the Store.)
@@ -88,12 +88,13 @@ export interface SessionStoreService {
    */
   readonly admitRegistration: (claim: RegistrationClaim) => Effect.Effect<Admission, StoreError>
 
-  // Registration log and session leases.
+  // Registration log and sessions.
   /**
    * In one transaction: records the peer, closes its other open sessions (logout `replaced`,
-   * fencing their owners), opens `sessionId` with a lease held by `serverId` at epoch 1, writes the
-   * login row, and hands the new session every open ticket of the peer (oldest first): what its
-   * earlier sessions left unanswered goes on here.
+   * fencing their owners), opens `sessionId` held by `serverId`'s current run at epoch 1, writes
+   * the login row, and hands the new session every open ticket of the peer (oldest first): what its
+   * earlier sessions left unanswered goes on here. An instance with no row yet gets one with a
+   * lease of `leaseMs`; an existing instance's lease is its own to renew.
    */
   readonly login: (
     login: Login & { readonly leaseMs: number },
@@ -135,10 +136,18 @@ export interface SessionStoreService {
     readonly reason: string
   }) => Effect.Effect<void, StoreError>
 
-  // Server instances: each says it is alive; their session leases are renewed separately.
-  /** Records that this instance is alive now (database clock); creates its row on first call. */
+  // Server instances and their leases. An instance holds every session it owns (opened, or took
+  // over) while its own lease holds: one row renewed per instance, however many sessions it has.
+  // A session is lost once its owner's lease has run out or its owner has started again since it
+  // got the session (that earlier run is gone); then a live instance may take it over. The epoch
+  // stays each session's fencing token: every write names it and is refused once it moved on.
+  /**
+   * This instance starts (again): says it is alive now (database clock) and begins a new run of
+   * its id, so the sessions an earlier run held are lost from now on (any live instance, this one
+   * too, takes them over). Creates its row on first call. Leaves its lease as it was (`renewLease`).
+   */
   readonly instanceAlive: (serverId: string) => Effect.Effect<void, StoreError>
-  /** Records that this instance stopped cleanly (its sessions are already logged out). */
+  /** Records that this instance stopped cleanly (its sessions are logged out); its lease ends. */
   readonly instanceStopped: (serverId: string) => Effect.Effect<void, StoreError>
   /** The row of an instance, if it ever said it was alive. */
   readonly instanceStatus: (serverId: string) => Effect.Effect<Option.Option<InstanceStatus>, StoreError>
@@ -148,18 +157,26 @@ export interface SessionStoreService {
     readonly byServerId: string
   }) => Effect.Effect<ReadonlyArray<string>, StoreError>
   /**
-   * Extends the leases `serverId` holds on these sessions (at these epochs) by `leaseMs`; returns
-   * the session ids it still holds. A session missing from the answer was closed or taken over.
+   * Renews this instance's lease for `leaseMs` from now (database clock), which holds every
+   * session of its current run, and says it is alive (one row written, whatever the number of
+   * sessions). Creates its row if there is none. Then returns which of `sessions` (at these epochs)
+   * it still holds: one missing from the answer was closed, replaced or taken over. A renewal
+   * never waits for a session's lock, and one that races a takeover of this instance waits for it,
+   * so the answer includes what that takeover took.
    */
-  readonly renewLeases: (entry: {
+  readonly renewLease: (entry: {
     readonly serverId: string
     readonly leaseMs: number
     readonly sessions: ReadonlyArray<SessionLease>
   }) => Effect.Effect<ReadonlyArray<string>, StoreError>
   /**
-   * Takes over open sessions whose lease has run out (at most `limit`, or just `sessionId`): the
-   * lease goes to `serverId` and the epoch up by one, which fences the old owner. Concurrent takers
-   * never take the same session.
+   * Takes over lost open sessions (at most `limit`, or just `sessionId`): those of instances
+   * (other than `serverId`) whose lease ran out, and those held by an earlier run of any instance,
+   * this one too. Each goes to `serverId`'s current run with its epoch up by one, which fences the
+   * old owner. Concurrent takers never take the same session; a session another statement has
+   * locked is left for a later call. Asked for `sessionId`, a session of `serverId`'s own name is
+   * taken back at once (the caller does not hold it in memory). A taker with no row yet gets one
+   * with a lease of `leaseMs`.
    */
   readonly takeOverSessions: (entry: {
     readonly serverId: string

@@ -9,6 +9,7 @@ import {
   NullableInt,
   NullableString,
   OwnerFields,
+  ownerLost,
   std,
   TicketRow,
   ticketColumns,
@@ -78,6 +79,12 @@ export const makePgSessions = (pool: DatabasePool): SessionStoreService => {
       attempt("login", () =>
         pool.transaction(async (tx) => {
           await tx.query(sql.type(NoRow)`
+            -- An instance without a row yet (one that never said it was alive) gets its first lease.
+            with instance as (
+              insert into server_instances (server_id, lease_until)
+              values (${login.serverId}, ${leaseEnd(login.leaseMs)})
+              on conflict (server_id) do nothing
+            )
             insert into peers (peer_id, os, distro, hostname, agent_version)
             values (${login.peerId}, ${login.os}, ${login.distro}, ${login.hostname}, ${login.agentVersion})
             on conflict (peer_id) do update set
@@ -97,8 +104,10 @@ export const makePgSessions = (pool: DatabasePool): SessionStoreService => {
             on conflict (session_id) where event = 'logout' do nothing
           `)
           await tx.query(sql.type(NoRow)`
-            insert into sessions (session_id, peer_id, os, distro, owner_id, lease_until, token_id, sealed)
-            values (${login.sessionId}::uuid, ${login.peerId}, ${login.os}, ${login.distro}, ${login.serverId}, ${leaseEnd(login.leaseMs)}, ${login.tokenId ?? null}, ${login.sealed ?? false})
+            insert into sessions (session_id, peer_id, os, distro, owner_id, owner_run, token_id, sealed)
+            values (${login.sessionId}::uuid, ${login.peerId}, ${login.os}, ${login.distro}, ${login.serverId},
+              (select run from server_instances where server_id = ${login.serverId}),
+              ${login.tokenId ?? null}, ${login.sealed ?? false})
           `)
           await tx.query(sql.type(NoRow)`
             insert into registration_log (event, peer_id, session_id, server_id, server_ip)
@@ -107,7 +116,7 @@ export const makePgSessions = (pool: DatabasePool): SessionStoreService => {
           const adopted = await tx.any(sql.type(TicketRow)`
             with adopted as (
               update tickets set session_id = ${login.sessionId}::uuid
-              where peer_id = ${login.peerId} and state in ('queued', 'delivered')
+              where peer_id = ${login.peerId} and finished_at is null and state in ('queued', 'delivered')
               returning *
             )
             select ${ticketColumns} from adopted order by ${ticketOrder}
@@ -173,14 +182,14 @@ export const makePgSessions = (pool: DatabasePool): SessionStoreService => {
 
     instanceAlive: (serverId) =>
       attempt("instanceAlive", async () => {
-        // An instance that had stopped cleanly and says it is alive again has restarted.
+        // A new run: the sessions of the one before (owner_run below it) are lost from now on.
         await pool.query(sql.type(NoRow)`
           insert into server_instances (server_id) values (${serverId})
           on conflict (server_id) do update set
             alive_at = now(),
             stopped_at = null,
-            started_at = case when server_instances.stopped_at is null
-              then server_instances.started_at else now() end
+            started_at = now(),
+            run = server_instances.run + 1
         `)
       }),
 
@@ -188,7 +197,8 @@ export const makePgSessions = (pool: DatabasePool): SessionStoreService => {
       attempt("instanceStopped", async () => {
         await pool.query(sql.type(NoRow)`
           insert into server_instances (server_id, stopped_at) values (${serverId}, now())
-          on conflict (server_id) do update set stopped_at = now()
+          on conflict (server_id) do update set stopped_at = now(),
+            lease_until = least(server_instances.lease_until, now())
         `)
       }),
 
@@ -217,28 +227,26 @@ export const makePgSessions = (pool: DatabasePool): SessionStoreService => {
         `)
       }),
 
-    renewLeases: (entry) =>
-      attempt("renewLeases", async () => {
+    renewLease: (entry) =>
+      attempt("renewLease", async () => {
+        // One row, whatever the number of sessions. No session is locked, so it never waits for a
+        // delivery or a result; a takeover of this instance holds the row for share, so a renewal
+        // racing one waits for it and the read below sees what it took.
+        await pool.query(sql.type(NoRow)`
+          insert into server_instances (server_id, lease_until) values (${entry.serverId}, ${leaseEnd(entry.leaseMs)})
+          on conflict (server_id) do update set alive_at = now(), lease_until = excluded.lease_until
+        `)
         const held = entry.sessions.filter((l) => UUID.test(l.sessionId))
         if (held.length === 0) return []
         const renewed = new Set(
-          // Locked in session id order first, as deliveries and results lock theirs: an update in
-          // whatever order its join gives deadlocks with them.
           await pool.anyFirst(sql.type(SessionIdRow)`
-            with mine as materialized (
-              select s.session_id from sessions s
-              join ${sql.unnest(
-                held.map((l) => [l.sessionId, l.epoch]),
-                ["uuid", "int4"],
-              )} as l(session_id, epoch) on s.session_id = l.session_id and s.epoch = l.epoch
-              where s.owner_id = ${entry.serverId} and s.closed_at is null
-              order by s.session_id
-              for update of s
-            )
-            update sessions s set lease_until = ${leaseEnd(entry.leaseMs)}
-            from mine m
-            where s.session_id = m.session_id
-            returning s.session_id::text as "sessionId"
+            select s.session_id::text as "sessionId" from sessions s
+            join ${sql.unnest(
+              held.map((l) => [l.sessionId, l.epoch]),
+              ["uuid", "int4"],
+            )} as l(session_id, epoch) on s.session_id = l.session_id and s.epoch = l.epoch
+            join server_instances i on i.server_id = s.owner_id and i.run = s.owner_run
+            where s.owner_id = ${entry.serverId} and s.closed_at is null
           `),
         )
         return [...new Set(entry.sessions.map((l) => l.sessionId))].filter((id) =>
@@ -251,24 +259,60 @@ export const makePgSessions = (pool: DatabasePool): SessionStoreService => {
         if (entry.sessionId !== undefined && !UUID.test(entry.sessionId)) return []
         const limit = limitOf(entry.limit)
         if (limit === 0) return []
-        // Asked for one session by a message of its peer: the caller does not hold it in memory, so a
-        // lease in the caller's own name is from an earlier run of it and may be taken back at once.
-        const which =
+        const candidates =
           entry.sessionId === undefined
-            ? sql.fragment`lease_until < now() and owner_id <> ${entry.serverId}`
-            : sql.fragment`session_id = ${entry.sessionId}::uuid
-                and (lease_until < now() or owner_id = ${entry.serverId})`
+            ? // Per instance, a range of sessions_open_owner: all the sessions of one whose lease ran
+              // out (owner_run below run + 1), those of earlier runs (below run) of any other. The
+              // lapsed rows are locked for share: a renewal of one of them waits for this takeover,
+              // and one that committed first is seen (a locked row is read again, so its new lease
+              // drops it here and the snapshot's old one drops it from the other branch).
+              sql.fragment`
+                lapsed as materialized (
+                  select server_id, run + 1 as below from server_instances
+                  where lease_until < now() and server_id <> ${entry.serverId}
+                  for share
+                ), owners as (
+                  select server_id, below from lapsed
+                  union all
+                  select server_id, run from server_instances
+                  where not (lease_until < now() and server_id <> ${entry.serverId})
+                ), candidates as (
+                  -- Lateral, so each owner's range is an index scan: a plain join may read every row.
+                  select c.session_id, c.owner_id from owners o
+                  cross join lateral (
+                    select s.session_id, s.owner_id from sessions s
+                    where s.owner_id = o.server_id and s.owner_run < o.below and s.closed_at is null
+                    limit ${limit}
+                    for update skip locked
+                  ) c
+                  limit ${limit}
+                )`
+            : // Asked for one session by a message of its peer: the caller does not hold it in memory,
+              // so a session in the caller's own name is from an earlier run of it, or was let go
+              // half-way, and is taken back at once. The owner's row is locked for share, as above.
+              sql.fragment`
+                candidates as (
+                  select s.session_id, s.owner_id from sessions s
+                  join server_instances i on i.server_id = s.owner_id
+                  where s.session_id = ${entry.sessionId}::uuid and s.closed_at is null
+                    and (s.owner_id = ${entry.serverId} or s.owner_run < i.run or i.lease_until < now())
+                  for update of s skip locked
+                  for share of i
+                )`
         return pool.transaction(async (tx) => {
           const taken = await tx.any(sql.type(TakenRow)`
-            with candidates as (
-              select session_id, owner_id from sessions
-              where closed_at is null and ${which}
-              order by lease_until
-              limit ${limit}
-              for update skip locked
-            )
-            update sessions s set owner_id = ${entry.serverId}, epoch = s.epoch + 1,
-              lease_until = ${leaseEnd(entry.leaseMs)}
+            with me as (
+              insert into server_instances (server_id, lease_until) values (${entry.serverId}, ${leaseEnd(entry.leaseMs)})
+              on conflict (server_id) do nothing
+              returning run
+            ), my_run as (
+              select coalesce(
+                (select run from me),
+                (select run from server_instances where server_id = ${entry.serverId})
+              ) as run
+            ), ${candidates}
+            update sessions s set owner_id = ${entry.serverId}, owner_run = (select run from my_run),
+              epoch = s.epoch + 1
             from candidates c, peers p
             where s.session_id = c.session_id and p.peer_id = s.peer_id
             -- The peer's row is of its latest login, which is this open session's.
@@ -282,7 +326,7 @@ export const makePgSessions = (pool: DatabasePool): SessionStoreService => {
             where session_id = any(${sql.array(
               taken.map((t) => t.sessionId),
               "uuid",
-            )}) and state in ('queued', 'delivered')
+            )}) and finished_at is null and state in ('queued', 'delivered')
             order by ${ticketOrder}
           `)
           return taken.map((t) => ({ ...t, tickets: tickets.filter((k) => k.sessionId === t.sessionId) }))
@@ -293,9 +337,9 @@ export const makePgSessions = (pool: DatabasePool): SessionStoreService => {
       attempt("sessionOf", async () =>
         Option.fromNullOr(
           await pool.maybeOne(sql.type(SealedOwnerRow)`
-            select session_id::text as "sessionId", owner_id as "ownerId", epoch,
-              lease_until < now() as "expired", sealed
-            from sessions where peer_id = ${peerId} and closed_at is null
+            select s.session_id::text as "sessionId", s.owner_id as "ownerId", s.epoch,
+              ${ownerLost("s")} as "expired", s.sealed
+            from sessions s where s.peer_id = ${peerId} and s.closed_at is null
             order by opened_at desc limit 1
           `),
         ),

@@ -42,6 +42,17 @@ export const ticketColumns = sql.fragment`
 /** Oldest first; ticket ids are numbers in text, so the shorter one is older. */
 export const ticketOrder = sql.fragment`created_at, length(ticket), ticket`
 
+/**
+ * Whether the session (alias `s`) is lost: no longer held by its owner's current run under a live
+ * lease (its owner's lease ran out, or its owner started again since it got the session).
+ */
+export const ownerLost = (alias: string) =>
+  sql.fragment`not exists (
+    select 1 from server_instances i
+    where i.server_id = ${sql.identifier([alias, "owner_id"])} and i.run = ${sql.identifier([alias, "owner_run"])}
+      and i.lease_until >= now()
+  )`
+
 /** `now()` plus a lease, as a timestamptz. */
 export const leaseEnd = (leaseMs: number) =>
   sql.fragment`now() + ${leaseMs}::float8 * interval '1 millisecond'`

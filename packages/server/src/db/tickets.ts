@@ -16,6 +16,7 @@ import {
   NullableInt,
   NullableString,
   OwnerRow,
+  ownerLost,
   std,
   TicketFields,
   TicketRow,
@@ -54,12 +55,16 @@ const DeliveredRow = std(
 const CountRow = std(Schema.Struct({ sessionId: Schema.String, count: Schema.Int }))
 const StateRow = std(Schema.Struct({ state: TicketState }))
 
-/** The TicketStore over a slonik pool. */
+/** `now()` less `ms` as a timestamptz, for an index range (clamped to some 300 years either way). */
+const msAgo = (ms: number) =>
+  sql.fragment`to_timestamp(extract(epoch from now()) - ${Math.max(-1e13, Math.min(ms, 1e13))}::float8 / 1000)`
+
 /** A ticket (alias `t`) that no open session carries. */
 const stray = (alias: string) =>
   sql.fragment`(${sql.identifier([alias, "session_id"])} is null or not exists (
     select 1 from sessions o where o.session_id = ${sql.identifier([alias, "session_id"])} and o.closed_at is null))`
 
+/** The TicketStore over a slonik pool. */
 export const makePgTickets = (pool: DatabasePool): TicketStoreService => {
   // Deliveries asked for in the same turn of the event loop (every session that sends its next
   // jobs after one batch of results, say) are marked in one statement: one round trip, not one per
@@ -152,9 +157,9 @@ export const makePgTickets = (pool: DatabasePool): TicketStoreService => {
       attempt("submitTickets", async () => {
         if (entry.jobs.length === 0) {
           const owner = await pool.maybeOne(sql.type(OwnerRow)`
-            select session_id::text as "sessionId", owner_id as "ownerId", epoch, lease_until < now() as "expired"
-            from sessions where peer_id = ${entry.peerId} and closed_at is null
-            order by opened_at desc limit 1
+            select s.session_id::text as "sessionId", s.owner_id as "ownerId", s.epoch, ${ownerLost("s")} as "expired"
+            from sessions s where s.peer_id = ${entry.peerId} and s.closed_at is null
+            order by s.opened_at desc limit 1
           `)
           return { tickets: [], owner: owner ?? undefined }
         }
@@ -164,10 +169,10 @@ export const makePgTickets = (pool: DatabasePool): TicketStoreService => {
           with peer as (
             select os, distro from peers where peer_id = ${entry.peerId}
           ), owner as (
-            select session_id, owner_id, epoch, lease_until < now() as expired from sessions
-            where peer_id = ${entry.peerId} and closed_at is null
-            order by opened_at desc limit 1
-            for share
+            select s.session_id, s.owner_id, s.epoch, ${ownerLost("s")} as expired from sessions s
+            where s.peer_id = ${entry.peerId} and s.closed_at is null
+            order by s.opened_at desc limit 1
+            for share of s
           ), inserted as (
             insert into tickets (peer_id, session_id, job_name, os, distro, command, timeout_ms, server_id)
             select ${entry.peerId}, (select session_id from owner), j.name,
@@ -214,11 +219,11 @@ export const makePgTickets = (pool: DatabasePool): TicketStoreService => {
                 update tickets t set session_id = s.session_id
                 from sessions s
                 where s.session_id = ${sessionId}::uuid and s.closed_at is null
-                  and t.peer_id = s.peer_id and t.state = 'queued' and ${stray("t")}
+                  and t.peer_id = s.peer_id and t.finished_at is null and t.state = 'queued' and ${stray("t")}
               `)
               return tx.any(sql.type(TicketRow)`
                 select ${ticketColumns} from tickets
-                where session_id = ${sessionId}::uuid and state = 'queued'
+                where session_id = ${sessionId}::uuid and finished_at is null and state = 'queued'
                 order by ${ticketOrder}
               `)
             })
@@ -233,7 +238,8 @@ export const makePgTickets = (pool: DatabasePool): TicketStoreService => {
         // that raced a login replacing the session it named): the holder picks those up too.
         const rows = await pool.any(sql.type(CountRow)`
           select s.session_id::text as "sessionId", count(*)::int as count
-          from sessions s join tickets t on t.peer_id = s.peer_id and t.state = 'queued'
+          from sessions s
+          join tickets t on t.peer_id = s.peer_id and t.finished_at is null and t.state = 'queued'
           where s.session_id = any(${sql.array(valid, "uuid")}) and s.closed_at is null
             and (t.session_id = s.session_id or ${stray("t")})
           group by s.session_id
@@ -259,15 +265,17 @@ export const makePgTickets = (pool: DatabasePool): TicketStoreService => {
         }
         const undeliverable = await pool.anyFirst(sql.type(TicketIdRow)`
           update tickets set state = 'undeliverable', finished_at = now()
-          where state = 'queued'
-            and extract(epoch from created_at) * 1000
-              < extract(epoch from now()) * 1000 - ${entry.deliveryDeadlineMs}::float8
+          where finished_at is null and state = 'queued'
+            and created_at < ${msAgo(entry.deliveryDeadlineMs)}
           returning ticket
         `)
-        // A delivered ticket of an open session is its owner's to re-send or give up.
+        // A delivered ticket of an open session is its owner's to re-send or give up. One sent
+        // after it was created is due no sooner than the slack after that: the bound reads the
+        // open tickets' index by created_at (none is kept by delivered_at, so a delivery stays HOT).
         const timedOut = await pool.anyFirst(sql.type(TicketIdRow)`
           update tickets t set state = 'timed_out', finished_at = now()
-          where t.state = 'delivered'
+          where t.finished_at is null and t.state = 'delivered'
+            and t.created_at < ${msAgo(entry.executionSlackMs)}
             and extract(epoch from t.delivered_at) * 1000 + 2.0 * t.timeout_ms + ${entry.executionSlackMs}::float8
               < extract(epoch from now()) * 1000
             and not exists (
@@ -284,7 +292,8 @@ export const makePgTickets = (pool: DatabasePool): TicketStoreService => {
             if (ids.length === 0) return []
             const closed = await pool.any(sql.type(TicketIdRow)`
               update tickets set state = ${state}, finished_at = now(), close_reason = ${reason ?? null}
-              where ticket = any(${sql.array([...ids], "text")}) and state in ('queued', 'delivered')
+              where ticket = any(${sql.array([...ids], "text")}) and finished_at is null
+                and state in ('queued', 'delivered')
                 and (${peerId ?? null}::text is null or peer_id = ${peerId ?? null})
               returning ticket
             `)

@@ -11,6 +11,7 @@ import {
 } from "@picus/core"
 import { Effect, Exit, Option, Scope } from "effect"
 import { PeerAccess } from "../access/PeerAccess.ts"
+import { ownerMarkMs } from "./LeaseKeeper.ts"
 
 /**
  * The sessions this instance holds, by peer and by session id. Each session's actor runs in a
@@ -102,7 +103,7 @@ export const makeSessionRegistry = Effect.fnUntraced(function* (
       }
       // Mark the peer as ours before it hears it is accepted: its first heartbeat may be read by
       // another instance, which must forward it here rather than call the session expired.
-      yield* transport.claimPeers(serverId, [start.peerId], leaseMs, "take")
+      yield* transport.claimPeers(serverId, [start.peerId], ownerMarkMs(leaseMs), "take")
       // A session that could not start takes the Redis user granted for it along.
       return yield* inOwnScope(startPeerSession(start, sessionConfig)).pipe(
         Effect.onError(() => access.release(start.peerId, start.sessionId)),
@@ -114,7 +115,7 @@ export const makeSessionRegistry = Effect.fnUntraced(function* (
       yield* transport.claimPeers(
         serverId,
         taken.map((t) => t.peerId),
-        leaseMs,
+        ownerMarkMs(leaseMs),
         "take",
       )
       for (const t of taken) {

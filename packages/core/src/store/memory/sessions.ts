@@ -5,7 +5,8 @@ import { SessionStore, type SessionStoreService } from "../SessionStore.ts"
 import type { MemoryState } from "./state.ts"
 
 export const makeMemorySessions = (memory: MemoryState): SessionStoreService => {
-  const { peers, log, sessions, instances, identities, copy, openTicketsWhere, openSessionOf, holds } = memory
+  const { peers, log, sessions, instances, identities, copy, openTicketsWhere, openSessionOf, holds, lost } =
+    memory
   const append = (row: Omit<LogRow, "id" | "at" | "repeats"> & { readonly repeats?: number }) =>
     log.push({ ...row, repeats: row.repeats ?? 1, id: memory.nextLogId++, at: Date.now() })
   const isClosed = (sessionId: string | null) =>
@@ -58,8 +59,8 @@ export const makeMemorySessions = (memory: MemoryState): SessionStoreService => 
           openedAt: Date.now(),
           tokenId: l.tokenId ?? null,
           ownerId: l.serverId,
+          ownerRun: memory.instance(l.serverId, l.leaseMs).run,
           epoch: 1,
-          leaseUntil: Date.now() + l.leaseMs,
           closed: false,
         })
         append({
@@ -114,20 +115,23 @@ export const makeMemorySessions = (memory: MemoryState): SessionStoreService => 
       Effect.sync(() => {
         const now = Date.now()
         const instance = instances.get(serverId)
-        // An instance that had stopped cleanly and says it is alive again has restarted.
-        const startedAt = instance === undefined || instance.stoppedAt !== null ? now : instance.startedAt
+        // A new run: the sessions of the one before are lost from now on. The lease stays.
         instances.set(serverId, {
-          startedAt,
+          startedAt: now,
           aliveAt: now,
           stoppedAt: null,
           beats: (instance?.beats ?? 0) + 1,
+          run: (instance?.run ?? 0) + 1,
+          leaseUntil: instance?.leaseUntil ?? now,
         })
       }),
     instanceStopped: (serverId) =>
       Effect.sync(() => {
         const now = Date.now()
-        const instance = instances.get(serverId)
-        instances.set(serverId, { startedAt: now, aliveAt: now, beats: 0, ...instance, stoppedAt: now })
+        const instance = memory.instance(serverId, 0)
+        instance.stoppedAt = now
+        // Run out already (PostgreSQL's now() moves on within a millisecond; Date.now() does not).
+        instance.leaseUntil = Math.min(instance.leaseUntil, now - 1)
       }),
     instanceStatus: (serverId) =>
       Effect.sync(() => {
@@ -148,36 +152,41 @@ export const makeMemorySessions = (memory: MemoryState): SessionStoreService => 
           .map(([serverId]) => serverId)
           .sort()
       }),
-    renewLeases: ({ serverId, leaseMs, sessions: held }) =>
-      Effect.sync(() =>
-        held
-          .filter(
-            ({ sessionId, epoch }) =>
-              holds(sessionId, epoch) && sessions.get(sessionId)!.ownerId === serverId,
+    renewLease: ({ serverId, leaseMs, sessions: held }) =>
+      Effect.sync(() => {
+        const now = Date.now()
+        const instance = memory.instance(serverId, leaseMs)
+        instance.aliveAt = now
+        instance.beats++
+        instance.leaseUntil = now + leaseMs
+        return [...new Set(held.map((l) => l.sessionId))].filter((sessionId) => {
+          const s = sessions.get(sessionId)
+          return (
+            s !== undefined &&
+            held.some((l) => l.sessionId === sessionId && holds(sessionId, l.epoch)) &&
+            s.ownerId === serverId &&
+            s.ownerRun === instance.run
           )
-          .map(({ sessionId }) => {
-            sessions.get(sessionId)!.leaseUntil = Date.now() + leaseMs
-            return sessionId
-          }),
-      ),
+        })
+      }),
     takeOverSessions: ({ serverId, leaseMs, limit, sessionId: only }) =>
       Effect.sync(() => {
         const now = Date.now()
+        const taker = memory.instance(serverId, leaseMs)
         const candidates = [...sessions]
-          .filter(([id, s]) =>
-            s.closed
-              ? false
-              : only === undefined
-                ? s.leaseUntil < now && s.ownerId !== serverId
-                : id === only && (s.leaseUntil < now || s.ownerId === serverId),
-          )
-          .sort(([, a], [, b]) => a.leaseUntil - b.leaseUntil)
+          .filter(([id, s]) => {
+            if (s.closed) return false
+            const owner = instances.get(s.ownerId)
+            if (only !== undefined) return id === only && (s.ownerId === serverId || lost(s))
+            if (owner === undefined) return false
+            return s.ownerRun < owner.run || (owner.leaseUntil < now && s.ownerId !== serverId)
+          })
           .slice(0, Math.max(0, limit))
         return candidates.map(([sessionId, s]) => {
           const fromServerId = s.ownerId
           s.ownerId = serverId
+          s.ownerRun = taker.run
           s.epoch++
-          s.leaseUntil = now + leaseMs
           return {
             sessionId,
             epoch: s.epoch,

@@ -20,9 +20,21 @@ export interface MemorySession {
   readonly openedAt: number
   readonly tokenId: number | null
   ownerId: string
+  /** The run of its owner that holds it (see MemoryInstance.run). */
+  ownerRun: number
   epoch: number
-  leaseUntil: number
   closed: boolean
+}
+
+export interface MemoryInstance {
+  startedAt: number
+  aliveAt: number
+  stoppedAt: number | null
+  beats: number
+  /** One more at each start: the sessions of an earlier run are lost. */
+  run: number
+  /** Its lease: it holds its current run's sessions until then. */
+  leaseUntil: number
 }
 
 /**
@@ -38,10 +50,7 @@ export const makeMemoryState = () => {
     tickets: new Map<string, MemoryTicket>(),
     sessions: new Map<string, MemorySession>(),
     results: new Map<string, ResultRow>(),
-    instances: new Map<
-      string,
-      { startedAt: number; aliveAt: number; stoppedAt: number | null; beats: number }
-    >(),
+    instances: new Map<string, MemoryInstance>(),
     /** What binds each peer id to its identity key (peers.identity_key and the rest in PostgreSQL). */
     identities: new Map<
       string,
@@ -63,9 +72,30 @@ export const makeMemoryState = () => {
         sessionId,
         ownerId: s.ownerId,
         epoch: s.epoch,
-        expired: s.leaseUntil < Date.now(),
+        expired: state.lost(s),
         sealed: s.sealed,
       }
+    },
+    /** No longer held: its owner's lease ran out, or its owner started again since it got it. */
+    lost: (s: MemorySession): boolean => {
+      const owner = state.instances.get(s.ownerId)
+      return owner === undefined || owner.run !== s.ownerRun || owner.leaseUntil < Date.now()
+    },
+    /** The instance's row, made with a lease of `leaseMs` if it had none (as PostgreSQL's). */
+    instance: (serverId: string, leaseMs: number): MemoryInstance => {
+      const now = Date.now()
+      const found = state.instances.get(serverId)
+      if (found !== undefined) return found
+      const made = {
+        startedAt: now,
+        aliveAt: now,
+        stoppedAt: null,
+        beats: 1,
+        run: 1,
+        leaseUntil: now + leaseMs,
+      }
+      state.instances.set(serverId, made)
+      return made
     },
     holds: (sessionId: string, epoch: number) => {
       const s = state.sessions.get(sessionId)

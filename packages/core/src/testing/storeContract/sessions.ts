@@ -1,7 +1,7 @@
 import { assert, describe } from "@effect/vitest"
 import { Effect, Option } from "effect"
 import { TestClock } from "effect/testing"
-import { LeaseLost, type Login, type RegistrationClaim, Store } from "../../store/Store.ts"
+import { LeaseLost, type Login, type RegistrationClaim, Store, type TakenSession } from "../../store/Store.ts"
 import { job, LEASE_MS, loginOf, newResult, type StoreIt, unique } from "./support.ts"
 
 /** Server instances, the session key and session leases. */
@@ -144,7 +144,7 @@ export const sessionContract = (it: StoreIt) => {
     )
   })
 
-  describe("session leases", () => {
+  describe("sessions and instance leases", () => {
     const SHORT_LEASE_MS = 50
     const waitOut = TestClock.withLive(Effect.sleep("120 millis"))
     const distro = unique("lease-distro")
@@ -193,7 +193,7 @@ export const sessionContract = (it: StoreIt) => {
         assert.instanceOf(late, LeaseLost)
         assert.isFalse(yield* store.logout({ ...lease, peerId, reason: "timeout", serverId: "server-a" }))
         assert.deepStrictEqual(
-          yield* store.renewLeases({ serverId: "server-a", leaseMs: LEASE_MS, sessions: [lease] }),
+          yield* store.renewLease({ serverId: "server-a", leaseMs: LEASE_MS, sessions: [lease] }),
           [],
         )
         assert.strictEqual(
@@ -236,7 +236,7 @@ export const sessionContract = (it: StoreIt) => {
         assert.isNull(yield* reasonOf(other))
         assert.isNull(yield* reasonOf(noToken))
         assert.deepStrictEqual(
-          yield* store.renewLeases({
+          yield* store.renewLease({
             serverId: "server-a",
             leaseMs: LEASE_MS,
             sessions: [a, other].map((l) => ({ sessionId: l.sessionId, epoch: 1 })),
@@ -251,7 +251,7 @@ export const sessionContract = (it: StoreIt) => {
       }),
     )
 
-    it.effect("renews only the leases its holder has at their epoch", () =>
+    it.effect("a renewal answers only the sessions its instance holds at their epoch", () =>
       Effect.gen(function* () {
         const store = yield* Store
         const a = loginOf(unique("peer"), { serverId: "server-a" })
@@ -259,7 +259,7 @@ export const sessionContract = (it: StoreIt) => {
         const closed = loginOf(unique("peer"), { serverId: "server-a" })
         for (const l of [a, b, closed]) yield* store.login(l)
         yield* store.logout({ ...closed, epoch: 1, reason: "timeout" })
-        const held = yield* store.renewLeases({
+        const held = yield* store.renewLease({
           serverId: "server-a",
           leaseMs: LEASE_MS,
           sessions: [
@@ -384,6 +384,231 @@ export const sessionContract = (it: StoreIt) => {
         const isSealed = new Map(taken.map((t) => [t.sessionId, t.sealed ?? false]))
         assert.strictEqual(isSealed.get(sealed.sessionId), true)
         assert.strictEqual(isSealed.get(plain.sessionId), false)
+      }),
+    )
+
+    it.effect("renewing an instance's one row keeps every session it holds", () =>
+      Effect.gen(function* () {
+        const store = yield* Store
+        const kept = unique("kept")
+        const silent = unique("silent")
+        const logins = [kept, kept, kept, silent].map((serverId) =>
+          loginOf(unique("peer"), { serverId, leaseMs: SHORT_LEASE_MS }),
+        )
+        for (const l of logins) yield* store.login(l)
+        const leases = logins.slice(0, 3).map((l) => ({ sessionId: l.sessionId, epoch: 1 }))
+        assert.sameMembers(
+          [...(yield* store.renewLease({ serverId: kept, leaseMs: LEASE_MS, sessions: leases }))],
+          leases.map((l) => l.sessionId),
+        )
+        yield* waitOut
+        const owners = yield* Effect.forEach(logins, (l) =>
+          store.sessionOf(l.peerId).pipe(Effect.map((o) => Option.getOrThrow(o).expired)),
+        )
+        assert.deepStrictEqual(owners, [false, false, false, true], "the renewed lease holds all three")
+        const taken = yield* store.takeOverSessions({
+          serverId: unique("taker"),
+          leaseMs: LEASE_MS,
+          limit: 1_000,
+        })
+        const ours = new Set(logins.map((l) => l.sessionId))
+        assert.deepStrictEqual(
+          taken.filter((t) => ours.has(t.sessionId)).map((t) => t.sessionId),
+          [logins[3]!.sessionId],
+          "only the silent instance's session",
+        )
+      }),
+    )
+
+    it.effect(
+      "a lost instance's sessions are taken over in bulk, once each, epoch + 1, by concurrent takers",
+      () =>
+        Effect.gen(function* () {
+          const store = yield* Store
+          const lost = unique("lost")
+          const live = unique("live")
+          const logins = Array.from({ length: 12 }, () =>
+            loginOf(unique("peer"), { serverId: lost, leaseMs: SHORT_LEASE_MS }),
+          )
+          for (const l of logins) yield* store.login(l)
+          const [closed, replaced, ...open] = logins
+          yield* store.logout({ ...closed!, epoch: 1, reason: "timeout" })
+          yield* store.login(loginOf(replaced!.peerId, { serverId: live }))
+          const [ticket] = yield* withTickets(open[0]!, 1)
+          yield* waitOut
+
+          const ours = new Set(logins.map((l) => l.sessionId))
+          // Each taker takes batches of 3 until one brings none of these.
+          const taker = (serverId: string) =>
+            Effect.gen(function* () {
+              const got: Array<TakenSession> = []
+              for (;;) {
+                const batch = yield* store.takeOverSessions({ serverId, leaseMs: LEASE_MS, limit: 3 })
+                const mine = batch.filter((t) => ours.has(t.sessionId))
+                if (mine.length === 0) return got
+                got.push(...mine)
+              }
+            })
+          const takers = [unique("taker"), unique("taker"), unique("taker")]
+          const rounds = yield* Effect.all(takers.map(taker), { concurrency: "unbounded" })
+          const taken = rounds.flat()
+          assert.sameMembers(
+            taken.map((t) => t.sessionId),
+            open.map((l) => l.sessionId),
+            "every open session, each once; neither the closed nor the replaced one",
+          )
+          assert.isTrue(taken.every((t) => t.epoch === 2 && t.fromServerId === lost))
+          for (const [i, round] of rounds.entries()) {
+            for (const t of round) {
+              const owner = Option.getOrThrow(yield* store.sessionOf(t.peerId))
+              assert.deepStrictEqual([owner.ownerId, owner.epoch, owner.expired], [takers[i], 2, false])
+            }
+          }
+
+          const first = open[0]!
+          const old = { sessionId: first.sessionId, epoch: 1 }
+          assert.instanceOf(yield* Effect.flip(store.markDelivered(old, [ticket!.ticket])), LeaseLost)
+          assert.instanceOf(
+            yield* Effect.flip(
+              store.recordResult(newResult(ticket!.ticket, first.peerId, first.sessionId, 1)),
+            ),
+            LeaseLost,
+          )
+          assert.isFalse(
+            yield* store.logout({ ...old, peerId: first.peerId, reason: "timeout", serverId: lost }),
+          )
+          assert.deepStrictEqual(
+            yield* store.renewLease({ serverId: lost, leaseMs: LEASE_MS, sessions: [old] }),
+            [],
+            "its renewal, late, holds none of them",
+          )
+          assert.strictEqual(
+            yield* store.recordResult(newResult(ticket!.ticket, first.peerId, first.sessionId, 2)),
+            "recorded",
+            "the new epoch writes",
+          )
+          const again = yield* store.takeOverSessions({
+            serverId: unique("late"),
+            leaseMs: LEASE_MS,
+            limit: 1_000,
+          })
+          assert.isFalse(
+            again.some((t) => ours.has(t.sessionId)),
+            "taken once only",
+          )
+        }),
+    )
+
+    it.effect("a renewal racing takers: what it holds and what they took are apart and make up all", () =>
+      Effect.gen(function* () {
+        const store = yield* Store
+        const paused = unique("paused")
+        const logins = Array.from({ length: 20 }, () =>
+          loginOf(unique("peer"), { serverId: paused, leaseMs: SHORT_LEASE_MS }),
+        )
+        for (const l of logins) yield* store.login(l)
+        yield* waitOut
+        const ours = new Set(logins.map((l) => l.sessionId))
+        const taker = unique("taker")
+        const [held, taken] = yield* Effect.all(
+          [
+            store.renewLease({
+              serverId: paused,
+              leaseMs: LEASE_MS,
+              sessions: logins.map((l) => ({ sessionId: l.sessionId, epoch: 1 })),
+            }),
+            Effect.gen(function* () {
+              const got: Array<string> = []
+              for (let i = 0; i < 10; i++) {
+                const batch = yield* store.takeOverSessions({ serverId: taker, leaseMs: LEASE_MS, limit: 2 })
+                got.push(...batch.map((t) => t.sessionId).filter((id) => ours.has(id)))
+              }
+              return got
+            }),
+          ],
+          { concurrency: "unbounded" },
+        )
+        assert.deepStrictEqual(
+          held.filter((id) => taken.includes(id)),
+          [],
+          "no session both held and taken",
+        )
+        assert.sameMembers([...held, ...taken], [...ours])
+        const late = yield* store.takeOverSessions({
+          serverId: unique("late"),
+          leaseMs: LEASE_MS,
+          limit: 1_000,
+        })
+        assert.isFalse(
+          late.some((t) => ours.has(t.sessionId)),
+          "once renewed, held",
+        )
+      }),
+    )
+
+    it.effect("an instance that starts again loses its earlier run's sessions, to others or to itself", () =>
+      Effect.gen(function* () {
+        const store = yield* Store
+        const serverId = unique("restarting")
+        yield* store.renewLease({ serverId, leaseMs: LEASE_MS, sessions: [] })
+        yield* store.instanceAlive(serverId)
+        const before = loginOf(unique("peer"), { serverId })
+        const other = loginOf(unique("peer"), { serverId })
+        yield* store.login(before)
+        yield* store.login(other)
+        yield* store.instanceAlive(serverId) // killed, then started again under the same id
+        const after = loginOf(unique("peer"), { serverId })
+        yield* store.login(after)
+        const leases = [before, other, after].map((l) => ({ sessionId: l.sessionId, epoch: 1 }))
+        assert.deepStrictEqual(
+          yield* store.renewLease({ serverId, leaseMs: LEASE_MS, sessions: leases }),
+          [after.sessionId],
+          "the new run holds only its own, lease renewed or not",
+        )
+        assert.isTrue(Option.getOrThrow(yield* store.sessionOf(before.peerId)).expired)
+        assert.isFalse(Option.getOrThrow(yield* store.sessionOf(after.peerId)).expired)
+        const ours = new Set(leases.map((l) => l.sessionId))
+        const byOther = (yield* store.takeOverSessions({
+          serverId: unique("other"),
+          leaseMs: LEASE_MS,
+          limit: 1,
+        }))
+          .map((t) => t.sessionId)
+          .filter((id) => ours.has(id))
+        const bySelf = (yield* store.takeOverSessions({ serverId, leaseMs: LEASE_MS, limit: 1_000 }))
+          .map((t) => t.sessionId)
+          .filter((id) => ours.has(id))
+        assert.sameMembers([...byOther, ...bySelf], [before.sessionId, other.sessionId])
+        assert.deepStrictEqual(
+          yield* store.renewLease({
+            serverId,
+            leaseMs: LEASE_MS,
+            sessions: bySelf.map((sessionId) => ({ sessionId, epoch: 2 })),
+          }),
+          bySelf,
+          "what it took back from its earlier run it holds now",
+        )
+      }),
+    )
+
+    it.effect("an instance that stops cleanly ends its lease: a session it left open is taken at once", () =>
+      Effect.gen(function* () {
+        const store = yield* Store
+        const serverId = unique("stopping")
+        const left = loginOf(unique("peer"), { serverId })
+        yield* store.login(left)
+        assert.isFalse(Option.getOrThrow(yield* store.sessionOf(left.peerId)).expired)
+        yield* store.instanceStopped(serverId)
+        assert.isTrue(Option.getOrThrow(yield* store.sessionOf(left.peerId)).expired)
+        const taken = yield* store.takeOverSessions({
+          serverId: unique("taker"),
+          leaseMs: LEASE_MS,
+          limit: 1_000,
+        })
+        assert.include(
+          taken.map((t) => t.sessionId),
+          left.sessionId,
+        )
       }),
     )
 
