@@ -12,7 +12,6 @@ import {
   attempt,
   Fenced,
   fenced,
-  NoRow,
   NullableInt,
   NullableString,
   OwnerRow,
@@ -213,20 +212,25 @@ export const makePgTickets = (pool: DatabasePool): TicketStoreService => {
     queuedTickets: (sessionId) =>
       attempt("queuedTickets", async () =>
         UUID.test(sessionId)
-          ? pool.transaction(async (tx) => {
-              // The peer's queued tickets no open session carries become this session's first.
-              await tx.query(sql.type(NoRow)`
+          ? // One statement (a holder reads these at every notice): the peer's queued tickets no open
+            // session carries become this session's first, and come back beside its own (the
+            // statement's snapshot shows them under their old session, so never twice).
+            pool.any(sql.type(TicketRow)`
+              with adopted as (
                 update tickets t set session_id = s.session_id
                 from sessions s
                 where s.session_id = ${sessionId}::uuid and s.closed_at is null
                   and t.peer_id = s.peer_id and t.finished_at is null and t.state = 'queued' and ${stray("t")}
-              `)
-              return tx.any(sql.type(TicketRow)`
-                select ${ticketColumns} from tickets
+                returning t.*
+              )
+              select ${ticketColumns} from (
+                select * from tickets
                 where session_id = ${sessionId}::uuid and finished_at is null and state = 'queued'
-                order by ${ticketOrder}
-              `)
-            })
+                union all
+                select * from adopted
+              ) q
+              order by ${ticketOrder}
+            `)
           : [],
       ),
 
