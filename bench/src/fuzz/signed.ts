@@ -156,7 +156,12 @@ export const startSignedPeer = async (options: {
   })()
 
   const handle = async (payload: string): Promise<void> => {
-    if (Trust.checkSignature(payload, clusterPublicKey) !== "valid") {
+    // As the real peer: the session's own messages carry the server's MAC under its token, anything
+    // else the cluster key's signature.
+    const authentic =
+      Trust.checkMacFromServer(payload, sessionToken) === "valid" ||
+      Trust.checkSignature(payload, clusterPublicKey) === "valid"
+    if (!authentic) {
       counts.misSigned++
       return
     }
