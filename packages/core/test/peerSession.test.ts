@@ -5,12 +5,14 @@ import {
   AskTimeout,
   JobScheduler,
   MailboxFull,
+  makeTicketQueue,
   newKey,
   type Protocol,
   Store,
   StoreError,
   StoreMemory,
   startPeerSession,
+  type Ticket,
   Transport,
   TransportMemory,
 } from "../src/index.ts"
@@ -155,4 +157,37 @@ describe("PeerSession when PostgreSQL is away", () => {
         ),
       ),
   )
+})
+
+describe("the ticket queue", () => {
+  const ticket = (id: string): Ticket => ({
+    ticket: id,
+    peerId: "p",
+    sessionId: "s",
+    jobId: null,
+    name: `job ${id}`,
+    os: "linux",
+    distro: "debian",
+    command: "true",
+    timeoutMs: 1_000,
+    state: "queued",
+    attempts: 0,
+    deliveredAt: null,
+  })
+
+  it("knows the newest ticket it has had (9 < 10 < 11, as ids from one sequence), and skips known ones", () => {
+    const queue = makeTicketQueue([ticket("9")], 2, [ticket("10")])
+    assert.strictEqual(queue.newest(), "10")
+    assert.strictEqual(queue.add([ticket("9"), ticket("10"), ticket("11"), ticket("8")]), 2)
+    assert.strictEqual(queue.newest(), "11")
+    assert.strictEqual(queue.waiting(), 3)
+    assert.deepStrictEqual(
+      queue.takeReady(0).map((t) => t.ticket),
+      ["9"],
+      "one place left beside the ticket in flight",
+    )
+    assert.strictEqual(queue.settle("11")?.ticket, undefined, "not in flight")
+    assert.strictEqual(queue.waiting(), 1, "but no longer waiting")
+    assert.strictEqual(queue.add([ticket("11")]), 1, "a settled ticket is news again only if it comes back")
+  })
 })

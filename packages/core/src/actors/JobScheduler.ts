@@ -43,7 +43,13 @@ export interface TicketQueue {
   readonly deliveries: (ticket: string) => number
   /** Records that an in-flight ticket was sent again at `now` (its deadline starts over). */
   readonly resent: (ticket: string, now: number) => void
+  /** The newest ticket it has had (ids come from one sequence): newer ones are news. */
+  readonly newest: () => string | undefined
 }
+
+/** Ticket ids are numbers in text: the longer is newer, then the greater. */
+const newerOf = (a: string | undefined, b: string): string =>
+  a === undefined || b.length > a.length || (b.length === a.length && b > a) ? b : a
 
 /**
  * A queue over open tickets. Delivered ones (`inFlight`) keep the time and count of their earlier
@@ -55,6 +61,14 @@ export const makeTicketQueue = (
   inFlightAlready: ReadonlyArray<Ticket> = [],
 ): TicketQueue => {
   const waiting = [...queued]
+  // Membership apart from the order, so a large backlog costs no scan per ticket added or settled.
+  const waitingIds = new Set(queued.map((t) => t.ticket))
+  let newest: string | undefined
+  const saw = (ts: ReadonlyArray<Ticket>) => {
+    for (const t of ts) newest = newerOf(newest, t.ticket)
+  }
+  saw(queued)
+  saw(inFlightAlready)
   const inFlight = new Map<string, Ticket>()
   const sentAt = new Map<string, number>()
   const sends = new Map<string, number>()
@@ -63,11 +77,12 @@ export const makeTicketQueue = (
     sentAt.set(t.ticket, t.deliveredAt ?? Date.now())
     sends.set(t.ticket, Math.max(1, t.attempts))
   }
-  const known = (ticket: string) => inFlight.has(ticket) || waiting.some((t) => t.ticket === ticket)
+  const known = (ticket: string) => inFlight.has(ticket) || waitingIds.has(ticket)
   return {
     takeReady: (now) => {
       const ready = waiting.splice(0, Math.max(0, maxInFlight - inFlight.size))
       for (const t of ready) {
+        waitingIds.delete(t.ticket)
         inFlight.set(t.ticket, t)
         sentAt.set(t.ticket, now)
         sends.set(t.ticket, (sends.get(t.ticket) ?? t.attempts) + 1)
@@ -75,12 +90,17 @@ export const makeTicketQueue = (
       return ready
     },
     putBack: (ts) => {
-      for (const t of ts) inFlight.delete(t.ticket)
+      for (const t of ts) {
+        inFlight.delete(t.ticket)
+        waitingIds.add(t.ticket)
+      }
       waiting.unshift(...ts)
     },
     add: (ts) => {
       const fresh = ts.filter((t) => !known(t.ticket))
+      for (const t of fresh) waitingIds.add(t.ticket)
       waiting.push(...fresh)
+      saw(ts)
       return fresh.length
     },
     settle: (ticket) => {
@@ -88,8 +108,11 @@ export const makeTicketQueue = (
       inFlight.delete(ticket)
       sentAt.delete(ticket)
       sends.delete(ticket)
-      const queuedAt = waiting.findIndex((w) => w.ticket === ticket)
-      if (queuedAt >= 0) waiting.splice(queuedAt, 1)
+      if (waitingIds.delete(ticket))
+        waiting.splice(
+          waiting.findIndex((w) => w.ticket === ticket),
+          1,
+        )
       return t
     },
     deliveries: (ticket) => sends.get(ticket) ?? 0,
@@ -103,6 +126,7 @@ export const makeTicketQueue = (
     inFlightTickets: () => [...inFlight.values()],
     inFlight: () => inFlight.size,
     waiting: () => waiting.length,
+    newest: () => newest,
   }
 }
 

@@ -422,6 +422,8 @@ const runSession = Effect.fnUntraced(function* (
   const mailbox = yield* Queue.bounded<Command>(config.mailboxCapacity ?? DEFAULT_MAILBOX_CAPACITY)
   const ended = yield* Deferred.make<void>()
   let lastSeen = now()
+  /** A read of new tickets is asked for and not yet begun (see `refill`). */
+  let newsAsked = false
   let closed = false
   let shuttingDown = false
 
@@ -693,8 +695,14 @@ const runSession = Effect.fnUntraced(function* (
         return lose("released")
       case "Refill":
         return Effect.gen(function* () {
+          const news = command.queued === undefined && command.given === undefined
+          if (news) newsAsked = false
           if (command.queued !== undefined && command.queued <= tickets.waiting()) return
-          const added = tickets.add(command.given ?? (yield* store.queuedTickets(sessionId)))
+          // News (a notice): only tickets newer than any it has. A keep-alive's count: all, which
+          // also finds one whose submission committed after a newer one's notice was read.
+          const read =
+            command.given ?? (yield* store.queuedTickets(sessionId, news ? tickets.newest() : undefined))
+          const added = tickets.add(read)
           if (added > 0) yield* Effect.logDebug(`${added} new ticket(s)`)
           yield* dispatch
         }).pipe(Effect.catch((e) => Effect.logWarning("could not pick up new tickets", e)))
@@ -802,7 +810,14 @@ const runSession = Effect.fnUntraced(function* (
         orElse: () => Effect.logError("the session did not stop in time; it is let go"),
       }),
     ),
-    refill: (queued, given) => tell({ _tag: "Refill", queued, given }),
+    refill: (queued, given) => {
+      // Notices of one session coalesce: one read takes every ticket they announce.
+      if (queued === undefined && given === undefined) {
+        if (newsAsked) return Effect.void
+        newsAsked = true
+      }
+      return tell({ _tag: "Refill", queued, given })
+    },
     resendInFlight: tell({ _tag: "Resend" }),
     inFlight: ask<number, never>("InFlight", (reply) => ({ _tag: "InFlight", reply }), Effect.succeed(0)),
     ended: Deferred.await(ended),

@@ -52,10 +52,15 @@ export interface TicketStoreService {
     StoreError
   >
   /**
-   * The session's queued tickets, oldest first. Queued tickets of its peer that no open session
-   * carries (a submission that raced a login replacing the session it named) become its own first.
+   * The session's queued tickets, oldest first; with `after`, only those newer than that ticket
+   * (ids come from one sequence: what a holder has not seen yet). Queued tickets of its peer that no
+   * open session carries (a submission that raced a login replacing the session it named) become
+   * its own first, and come back whatever their ids.
    */
-  readonly queuedTickets: (sessionId: string) => Effect.Effect<ReadonlyArray<Ticket>, StoreError>
+  readonly queuedTickets: (
+    sessionId: string,
+    after?: string,
+  ) => Effect.Effect<ReadonlyArray<Ticket>, StoreError>
   /**
    * How many tickets each of these open sessions has queued, counting its peer's tickets that no open
    * session carries (sessions with none are left out).

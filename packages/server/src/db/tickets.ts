@@ -209,7 +209,7 @@ export const makePgTickets = (pool: DatabasePool): TicketStoreService => {
         }
       }),
 
-    queuedTickets: (sessionId) =>
+    queuedTickets: (sessionId, after) =>
       attempt("queuedTickets", async () =>
         UUID.test(sessionId)
           ? // One statement (a holder reads these at every notice): the peer's queued tickets no open
@@ -226,6 +226,7 @@ export const makePgTickets = (pool: DatabasePool): TicketStoreService => {
               select ${ticketColumns} from (
                 select * from tickets
                 where session_id = ${sessionId}::uuid and finished_at is null and state = 'queued'
+                  ${after === undefined ? sql.fragment`` : sql.fragment`and (length(ticket), ticket) > (length(${after}), ${after})`}
                 union all
                 select * from adopted
               ) q

@@ -73,12 +73,22 @@ export const makeMemoryTickets = (memory: MemoryState): TicketStoreService => {
         )
         return Effect.succeed({ tickets: created, owner })
       }),
-    queuedTickets: (sessionId) =>
+    queuedTickets: (sessionId, after) =>
       Effect.sync(() => {
         const session = sessions.get(sessionId)
-        if (session && !session.closed) for (const t of strays(session.peerId)) t.sessionId = sessionId
+        const adopted = new Set<string>()
+        if (session && !session.closed)
+          for (const t of strays(session.peerId)) {
+            t.sessionId = sessionId
+            adopted.add(t.ticket)
+          }
         return [...tickets.values()]
-          .filter((t) => t.sessionId === sessionId && t.state === "queued")
+          .filter(
+            (t) =>
+              t.sessionId === sessionId &&
+              t.state === "queued" &&
+              (after === undefined || adopted.has(t.ticket) || Number(t.ticket) > Number(after)),
+          )
           .sort(oldestFirst)
           .map(copy)
       }),

@@ -28,10 +28,17 @@ export const ticketContract = (it: StoreIt) => {
             ["two", "linux", "debian", first.sessionId, "queued", null],
           ],
         )
+        const queued = yield* store.queuedTickets(first.sessionId)
         assert.deepStrictEqual(
-          (yield* store.queuedTickets(first.sessionId)).map((t) => t.name),
+          queued.map((t) => t.name),
           ["one", "two"],
         )
+        assert.deepStrictEqual(
+          (yield* store.queuedTickets(first.sessionId, queued[0]!.ticket)).map((t) => t.name),
+          ["two"],
+          "only those newer than the one given",
+        )
+        assert.deepStrictEqual(yield* store.queuedTickets(first.sessionId, queued[1]!.ticket), [])
         assert.deepStrictEqual(
           [...(yield* store.queuedCounts([first.sessionId, randomUUID(), "nope"]))],
           [[first.sessionId, 2]],
