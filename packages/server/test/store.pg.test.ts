@@ -2,7 +2,7 @@ import { createHash, randomUUID } from "node:crypto"
 import { assert, describe, it, layer } from "@effect/vitest"
 import { type CatalogJob, Store, StoreError } from "@picus/core"
 import { eventually, storeContract } from "@picus/core/testing"
-import { Context, Effect, Fiber, Layer, Schema } from "effect"
+import { Context, Effect, Exit, Fiber, Layer, Schema } from "effect"
 import { TestClock } from "effect/testing"
 import { type DatabasePool, sql } from "slonik"
 import { migrate } from "../src/db/migrate.ts"
@@ -230,6 +230,70 @@ layer(Layer.provideMerge(storeOverDb, dbLayer), { timeout: 60_000 })("PgStore on
       assert.deepStrictEqual(yield* a.markDelivered({ sessionId, epoch: 1 }, [ticket!.ticket]), [])
       assert.strictEqual((yield* delivery()).attempts, 1)
     }),
+  )
+
+  it.effect(
+    "submissions made at once share a statement: each gets its own tickets, in order; an unknown peer fails alone",
+    () =>
+      Effect.gen(function* () {
+        const { url } = yield* Db
+        const store = makePgStore(yield* makePool(url, { maxPoolSize: 2 }))
+        const peers = [`peer-${randomUUID()}`, `peer-${randomUUID()}`]
+        for (const peerId of peers) {
+          yield* store.login({
+            peerId,
+            sessionId: randomUUID(),
+            serverId: "a",
+            serverIp: null,
+            os: "linux",
+            distro: "debian",
+            hostname: null,
+            agentVersion: null,
+            leaseMs: 60_000,
+          })
+        }
+        const jobs = (names: ReadonlyArray<string>) =>
+          names.map((name) => ({ name, command: "true", timeoutMs: 1_000 }))
+        const [first, second, unknown, third] = yield* Effect.all(
+          [
+            store.submitTickets({ peerId: peers[0]!, serverId: "cli", jobs: jobs(["a1", "a2", "a3"]) }),
+            store.submitTickets({ peerId: peers[1]!, serverId: "cli", jobs: jobs(["b1"]) }),
+            Effect.exit(store.submitTickets({ peerId: "never-seen", serverId: "cli", jobs: jobs(["x"]) })),
+            store.submitTickets({ peerId: peers[0]!, serverId: "cli", jobs: jobs(["a4"]) }),
+          ],
+          { concurrency: "unbounded" },
+        )
+        assert.deepStrictEqual(
+          first.tickets.map((t) => [t.name, t.peerId, t.os]),
+          [
+            ["a1", peers[0], "linux"],
+            ["a2", peers[0], "linux"],
+            ["a3", peers[0], "linux"],
+          ],
+        )
+        assert.deepStrictEqual(
+          second.tickets.map((t) => [t.name, t.peerId]),
+          [["b1", peers[1]]],
+        )
+        assert.deepStrictEqual(
+          third.tickets.map((t) => t.name),
+          ["a4"],
+        )
+        assert.isTrue(Exit.isFailure(unknown), "a submission for a peer that never registered fails")
+        assert.strictEqual(first.owner?.sessionId, third.owner?.sessionId)
+        assert.notStrictEqual(first.owner?.sessionId, second.owner?.sessionId)
+        const ids = [...first.tickets, ...third.tickets].map((t) => Number(t.ticket))
+        assert.deepStrictEqual(
+          ids,
+          [...ids].sort((x, y) => x - y),
+          "ids in the order submitted",
+        )
+        const queued = yield* store.queuedTickets(first.owner!.sessionId)
+        assert.deepStrictEqual(
+          queued.map((t) => t.name),
+          ["a1", "a2", "a3", "a4"],
+        )
+      }),
   )
 
   it.effect("replaceCatalog keeps disabled jobs (tickets still point at them) and re-enables them", () =>

@@ -1,6 +1,8 @@
 import {
   isTerminal,
+  type SessionOwner,
   StoreError,
+  type SubmittedJob,
   type Ticket,
   TicketState,
   TicketStore,
@@ -25,8 +27,9 @@ import {
 } from "./shared.ts"
 
 const TicketIdRow = std(Schema.Struct({ ticket: Schema.String }))
-const SubmittedRow = std(
+const BatchSubmittedRow = std(
   Schema.Struct({
+    req: Schema.Int,
     ...TicketFields,
     ownerId: NullableString,
     ownerEpoch: NullableInt,
@@ -74,6 +77,99 @@ export const makePgTickets = (pool: DatabasePool): TicketStoreService => {
     readonly resolve: (marked: ReadonlyArray<Ticket>) => void
     readonly reject: (error: unknown) => void
   }> = []
+  let submissions: Array<{
+    readonly entry: {
+      readonly peerId: string
+      readonly serverId: string
+      readonly jobs: ReadonlyArray<SubmittedJob>
+    }
+    readonly resolve: (submitted: { tickets: ReadonlyArray<Ticket>; owner: SessionOwner | undefined }) => void
+    readonly reject: (error: unknown) => void
+  }> = []
+  const flushSubmissions = async () => {
+    const batch = submissions
+    submissions = []
+    try {
+      // Each peer's open session (if any) is locked for share, so a login replacing it waits for
+      // these tickets and then carries them over. Ticket ids are drawn in the order of the
+      // submissions and their jobs, so each submission's tickets are in its order.
+      const rows = await pool.any(sql.type(BatchSubmittedRow)`
+        with req as (
+          select * from ${sql.unnest(
+            batch.flatMap(({ entry }, r) =>
+              entry.jobs.map((job, i) => [
+                r,
+                i,
+                entry.peerId,
+                entry.serverId,
+                job.name,
+                job.command,
+                job.timeoutMs,
+              ]),
+            ),
+            ["int4", "int4", "text", "text", "text", "text", "int4"],
+          )} as j(req, ord, peer_id, server_id, name, command, timeout_ms)
+        ), peer as (
+          select p.peer_id, p.os, p.distro from peers p
+          where p.peer_id = any(array(select distinct peer_id from req))
+        ), owner as (
+          select o.* from (select distinct peer_id from req) rp
+          cross join lateral (
+            select s.peer_id, s.session_id, s.owner_id, s.epoch, ${ownerLost("s")} as expired from sessions s
+            where s.peer_id = rp.peer_id and s.closed_at is null
+            order by s.opened_at desc limit 1
+            for share of s
+          ) o
+        ), numbered as (
+          select nextval('ticket_seq')::text as ticket, x.* from (
+            select j.*, p.os, p.distro from req j join peer p on p.peer_id = j.peer_id order by j.req, j.ord
+          ) x
+        ), inserted as (
+          insert into tickets (ticket, peer_id, session_id, job_name, os, distro, command, timeout_ms, server_id)
+          select n.ticket, n.peer_id, o.session_id, n.name, coalesce(n.os, ''), coalesce(n.distro, ''),
+            n.command, n.timeout_ms, n.server_id
+          from numbered n left join owner o on o.peer_id = n.peer_id
+          returning *
+        )
+        select n.req, i.ticket, i.peer_id as "peerId", i.session_id::text as "sessionId", i.job_id as "jobId",
+          i.job_name as "name", i.os, i.distro, i.command, i.timeout_ms as "timeoutMs", i.state, i.attempts,
+          i.delivered_at as "deliveredAt", o.owner_id as "ownerId", o.epoch as "ownerEpoch",
+          o.expired as "ownerExpired"
+        from inserted i join numbered n on n.ticket = i.ticket left join owner o on o.peer_id = i.peer_id
+        order by n.req, n.ord
+      `)
+      const byRequest = new Map<number, Array<(typeof rows)[number]>>()
+      for (const row of rows) byRequest.set(row.req, [...(byRequest.get(row.req) ?? []), row])
+      for (const [r, { entry, resolve, reject }] of batch.entries()) {
+        const mine = byRequest.get(r) ?? []
+        const [first] = mine
+        if (first === undefined) {
+          reject(new Error(`no peer ${entry.peerId} has ever registered`))
+          continue
+        }
+        const owner =
+          first.sessionId &&
+          first.ownerId !== null &&
+          first.ownerEpoch !== null &&
+          first.ownerExpired !== null
+            ? {
+                sessionId: first.sessionId,
+                ownerId: first.ownerId,
+                epoch: first.ownerEpoch,
+                expired: first.ownerExpired,
+              }
+            : undefined
+        resolve({
+          tickets: mine.map(
+            ({ req: _r, ownerId: _o, ownerEpoch: _e, ownerExpired: _x, ...ticket }) => ticket,
+          ),
+          owner,
+        })
+      }
+    } catch (error) {
+      for (const { reject } of batch) reject(error)
+    }
+  }
   const flushDeliveries = async () => {
     const batch = deliveries
     deliveries = []
@@ -162,51 +258,14 @@ export const makePgTickets = (pool: DatabasePool): TicketStoreService => {
           `)
           return { tickets: [], owner: owner ?? undefined }
         }
-        // One statement: the open session (if any) is locked for share, so a login replacing it
-        // waits for these tickets and then carries them over.
-        const rows = await pool.any(sql.type(SubmittedRow)`
-          with peer as (
-            select os, distro from peers where peer_id = ${entry.peerId}
-          ), owner as (
-            select s.session_id, s.owner_id, s.epoch, ${ownerLost("s")} as expired from sessions s
-            where s.peer_id = ${entry.peerId} and s.closed_at is null
-            order by s.opened_at desc limit 1
-            for share of s
-          ), inserted as (
-            insert into tickets (peer_id, session_id, job_name, os, distro, command, timeout_ms, server_id)
-            select ${entry.peerId}, (select session_id from owner), j.name,
-              coalesce((select os from peer), ''), coalesce((select distro from peer), ''),
-              j.command, j.timeout_ms, ${entry.serverId}
-            from ${sql.unnest(
-              entry.jobs.map((job, i) => [i, job.name, job.command, job.timeoutMs]),
-              ["int4", "text", "text", "int4"],
-            )} as j(ord, name, command, timeout_ms)
-            where exists (select 1 from peer)
-            order by j.ord
-            returning *
-          )
-          select ${ticketColumns}, (select owner_id from owner) as "ownerId",
-            (select epoch from owner) as "ownerEpoch", (select expired from owner) as "ownerExpired"
-          from inserted order by ${ticketOrder}
-        `)
-        if (rows.length === 0) throw new Error(`no peer ${entry.peerId} has ever registered`)
-        const [first] = rows
-        const owner =
-          first?.sessionId &&
-          first.ownerId !== null &&
-          first.ownerEpoch !== null &&
-          first.ownerExpired !== null
-            ? {
-                sessionId: first.sessionId,
-                ownerId: first.ownerId,
-                epoch: first.ownerEpoch,
-                expired: first.ownerExpired,
-              }
-            : undefined
-        return {
-          tickets: rows.map(({ ownerId: _o, ownerEpoch: _e, ownerExpired: _x, ...ticket }) => ticket),
-          owner,
-        }
+        // Submissions made close together (in one turn of the event loop: a tool submitting to many
+        // peers at once) share one statement, and one commit.
+        return await new Promise<{ tickets: ReadonlyArray<Ticket>; owner: SessionOwner | undefined }>(
+          (resolve, reject) => {
+            if (submissions.length === 0) setImmediate(() => void flushSubmissions())
+            submissions.push({ entry, resolve, reject })
+          },
+        )
       }),
 
     queuedTickets: (sessionId, after) =>
