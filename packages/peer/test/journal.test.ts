@@ -5,19 +5,12 @@ import { join } from "node:path"
 import { DatabaseSync } from "node:sqlite"
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Fiber } from "effect"
-import { type KeptResult, openJournal, withoutSqliteWarning } from "../src/journal.ts"
+import { openJournal, withoutSqliteWarning } from "../src/journal.ts"
+import { keptResult } from "./support/keptResult.ts"
 
 const freshPath = () => join(mkdtempSync(join(tmpdir(), "picus-journal-")), "journal.db")
 
-const result = (ticket: string, output = `out ${ticket}\n`): KeptResult => ({
-  ticket,
-  result: output,
-  exit_code: 0,
-  status: "succeeded",
-  started_at: 1_767_225_600_000,
-  finished_at: 1_767_225_600_420,
-  truncated: false,
-})
+const result = keptResult
 
 /** What another connection sees: only what was committed. */
 const onDisk = (path: string) => {

@@ -5,7 +5,6 @@ import { join } from "node:path"
 import { assert, describe, it } from "@effect/vitest"
 import { Trust } from "@picus/core"
 import { Effect } from "effect"
-import type { KeptResult } from "../src/journal.ts"
 import {
   adoptLegacyState,
   lockStateDir,
@@ -14,18 +13,11 @@ import {
   StateDirLocked,
   StateFileError,
 } from "../src/state.ts"
+import { keptResult } from "./support/keptResult.ts"
 
 const freshDir = () => mkdtempSync(join(tmpdir(), "picus-state-"))
 
-const result = (ticket: string, output = `out ${ticket}\n`): KeptResult => ({
-  ticket,
-  result: output,
-  exit_code: 0,
-  status: "succeeded",
-  started_at: 1_767_225_600_000,
-  finished_at: 1_767_225_600_420,
-  truncated: false,
-})
+const result = keptResult
 
 describe("state file: a peer.json of before the journal", () => {
   it.effect("moves its tickets and results to the journal, and keeps the rest of the file", () =>
