@@ -5,6 +5,7 @@ import { catalogContract } from "./catalog.ts"
 import { compositionContract } from "./composition.ts"
 import { reportContract } from "./reports.ts"
 import { resultContract } from "./results.ts"
+import { retentionContract } from "./retention.ts"
 import { sessionContract } from "./sessions.ts"
 import { ticketContract } from "./tickets.ts"
 import { tokenContract } from "./tokens.ts"
@@ -15,6 +16,7 @@ export {
   compositionContract,
   reportContract,
   resultContract,
+  retentionContract,
   sessionContract,
   ticketContract,
   tokenContract,
@@ -34,4 +36,6 @@ export const storeContract = (name: string, storeLayer: Layer.Layer<Stores, unkn
     ticketContract(it)
     resultContract(it)
     compositionContract(it)
+    // Last: it prunes what the others left behind.
+    retentionContract(it)
   })
