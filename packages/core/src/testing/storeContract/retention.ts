@@ -1,6 +1,5 @@
 import { assert, describe } from "@effect/vitest"
 import { Effect, Option } from "effect"
-import { Store } from "../../store/Store.ts"
 import { loginOf, newResult, type StoreIt, ticketsSetup } from "./support.ts"
 
 /** Pruning for retention: what ended before the cutoff goes, whole; what is open stays. */
