@@ -16,4 +16,5 @@ export {
 } from "./db/statementCounter.ts"
 export { type Gateway, GatewayFailed, gatewayConfigFrom, makeGateway, untilSignal } from "./gateway/index.ts"
 export { MAX_REGISTER_SKEW_MS } from "./gateway/Registration.ts"
+export { advanceRuns, notifyHolders, startRun, sweepRuns } from "./runs.ts"
 export { InvalidJob, type Submission, submitJobs, validateSubmission } from "./submit.ts"

@@ -2,6 +2,7 @@ import { Effect, Layer } from "effect"
 import { makeMemoryCatalog } from "./memory/catalog.ts"
 import { makeMemoryReports } from "./memory/reports.ts"
 import { makeMemoryResults } from "./memory/results.ts"
+import { makeMemoryRuns } from "./memory/runs.ts"
 import { makeMemorySessions } from "./memory/sessions.ts"
 import { makeMemoryState } from "./memory/state.ts"
 import { makeMemoryTickets } from "./memory/tickets.ts"
@@ -22,6 +23,7 @@ export const makeMemoryStores = Effect.sync((): StoreParts => {
     tickets: makeMemoryTickets(memory),
     results: makeMemoryResults(memory),
     reports: makeMemoryReports(memory),
+    runs: makeMemoryRuns(memory),
   }
 })
 

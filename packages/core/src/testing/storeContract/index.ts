@@ -5,6 +5,7 @@ import { catalogContract } from "./catalog.ts"
 import { compositionContract } from "./composition.ts"
 import { reportContract } from "./reports.ts"
 import { resultContract } from "./results.ts"
+import { runContract } from "./runs.ts"
 import { sessionContract } from "./sessions.ts"
 import { ticketContract } from "./tickets.ts"
 import { tokenContract } from "./tokens.ts"
@@ -15,6 +16,7 @@ export {
   compositionContract,
   reportContract,
   resultContract,
+  runContract,
   sessionContract,
   ticketContract,
   tokenContract,
@@ -33,5 +35,6 @@ export const storeContract = (name: string, storeLayer: Layer.Layer<Stores, unkn
     sessionContract(it)
     ticketContract(it)
     resultContract(it)
+    runContract(it)
     compositionContract(it)
   })
