@@ -94,24 +94,23 @@ export const Token = Text.check(isNonEmpty, isMaxCodePoints(MAX_TOKEN_LENGTH))
 /** `server_ip`, `os`, `distro`, `hostname`, `agent_version`, job `name`: at most `MAX_LABEL_LENGTH` code points. */
 export const Label = Text.check(isMaxCodePoints(MAX_LABEL_LENGTH))
 
-/** A label's key: `LABEL_KEY_PATTERN` (lower-case letters, digits, `_.-/`, 1 to 63). */
-export const LabelKey = Schema.String.check(
-  Schema.makeFilter<string>(
-    (key) =>
-      LABEL_KEY_PATTERN.test(key) ||
-      `expected a label key of 1 to 63 lower-case letters, digits, "_", ".", "-" or "/", got ${JSON.stringify(key.slice(0, 80))}`,
-    { expected: "a label key of 1 to 63 of [a-z0-9_./-]" },
-  ),
-)
-
-/** A peer's labels (`role: "web"`): at most `MAX_LABELS`, each value a `Label`. */
-export const Labels = Schema.Record(LabelKey, Label).check(
+/**
+ * A peer's labels (`role: "web"`): at most `MAX_LABELS`, each key `LABEL_KEY_PATTERN` (lower-case
+ * letters, digits, `_.-/`, 1 to 63), each value a `Label`. The keys are checked with the count: a
+ * record's key schema does not refine the keys it decodes.
+ */
+export const Labels = Schema.Record(Schema.String, Label).check(
   Schema.makeFilter<Readonly<Record<string, string>>>(
     (labels) => {
-      const count = Object.keys(labels).length
-      return count <= MAX_LABELS || `expected at most ${MAX_LABELS} labels, got ${count}`
+      const keys = Object.keys(labels)
+      if (keys.length > MAX_LABELS) return `expected at most ${MAX_LABELS} labels, got ${keys.length}`
+      const bad = keys.find((key) => !LABEL_KEY_PATTERN.test(key))
+      return (
+        bad === undefined ||
+        `expected label keys of 1 to 63 lower-case letters, digits, "_", ".", "-" or "/", got ${JSON.stringify(bad.slice(0, 80))}`
+      )
     },
-    { expected: `at most ${MAX_LABELS} labels` },
+    { expected: `at most ${MAX_LABELS} labels with keys of [a-z0-9_./-]{1,63}` },
   ),
 )
 export type Labels = typeof Labels.Type
