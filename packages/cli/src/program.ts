@@ -4,6 +4,7 @@ import { registerClusterKey } from "./commands/clusterKey.ts"
 import { registerDeadLetters } from "./commands/deadletters.ts"
 import { registerMigrate } from "./commands/migrate.ts"
 import { registerReports } from "./commands/reports.ts"
+import { registerRuns } from "./commands/runs.ts"
 import { registerSeedPeers } from "./commands/seedPeers.ts"
 import { registerSubmit } from "./commands/submit.ts"
 import { registerTokens } from "./commands/tokens.ts"
@@ -17,6 +18,7 @@ export const operatorProgram = (name: string) => {
   registerSeedPeers(cli)
   registerSubmit(cli)
   registerReports(cli)
+  registerRuns(cli)
   registerDeadLetters(cli)
   registerClusterKey(cli)
   registerMigrate(cli)

@@ -45,4 +45,5 @@ export {
 } from "./layers.ts"
 export { serve, serverProgram } from "./program.ts"
 export { printRows } from "./report.ts"
+export { advanceRuns, notifyHolders, startRun, sweepRuns } from "./runs.ts"
 export { InvalidJob, type Submission, submitJobs, validateSubmission } from "./submit.ts"

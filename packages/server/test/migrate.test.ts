@@ -40,6 +40,7 @@ const REPO_MIGRATIONS = [
   "007_counted_rejections.sql",
   "008_instance_leases.sql",
   "009_ticket_peer_key.sql",
+  "010_runs.sql",
   "012_retention.sql",
 ]
 

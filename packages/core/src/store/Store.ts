@@ -3,6 +3,7 @@ import { CatalogStore, type CatalogStoreService } from "./CatalogStore.ts"
 import { ReportStore, type ReportStoreService } from "./ReportStore.ts"
 import { ResultStore, type ResultStoreService } from "./ResultStore.ts"
 import { RetentionStore, type RetentionStoreService } from "./RetentionStore.ts"
+import { RunStore, type RunStoreService } from "./RunStore.ts"
 import { SessionStore, type SessionStoreService } from "./SessionStore.ts"
 import { TicketStore, type TicketStoreService } from "./TicketStore.ts"
 import { TokenStore, type TokenStoreService } from "./TokenStore.ts"
@@ -21,6 +22,7 @@ export * from "./CatalogStore.ts"
 export * from "./ReportStore.ts"
 export * from "./ResultStore.ts"
 export * from "./RetentionStore.ts"
+export * from "./RunStore.ts"
 export * from "./SessionStore.ts"
 export * from "./StoreError.ts"
 export * from "./TicketStore.ts"
@@ -34,7 +36,8 @@ export interface StoreService
     TicketStoreService,
     ResultStoreService,
     ReportStoreService,
-    RetentionStoreService {}
+    RetentionStoreService,
+    RunStoreService {}
 
 /**
  * The system of record. Every decision the server makes is written here before it is acted on
@@ -53,6 +56,7 @@ export type Stores =
   | ResultStore
   | ReportStore
   | RetentionStore
+  | RunStore
 
 /** One implementation per domain, as a store layer is built from. */
 export interface StoreParts {
@@ -63,6 +67,7 @@ export interface StoreParts {
   readonly results: ResultStoreService
   readonly reports: ReportStoreService
   readonly retention: RetentionStoreService
+  readonly runs: RunStoreService
 }
 
 /** The Store made of its domain parts. */
@@ -75,6 +80,7 @@ export const composeStore = (parts: StoreParts): StoreService =>
     ...parts.results,
     ...parts.reports,
     ...parts.retention,
+    ...parts.runs,
   })
 
 /** The Store and each narrow store, all over the same parts. */
@@ -87,6 +93,7 @@ export const storesContext = (parts: StoreParts): Context.Context<Stores> =>
     Context.add(ResultStore, parts.results),
     Context.add(ReportStore, parts.reports),
     Context.add(RetentionStore, parts.retention),
+    Context.add(RunStore, parts.runs),
   )
 
 /** A layer providing the Store and each narrow store over the same parts. */

@@ -16,6 +16,7 @@ import { makePgRedisUsers } from "./redisUsers.ts"
 import { makePgReports } from "./reports.ts"
 import { makePgResults } from "./results.ts"
 import { makePgRetention } from "./retention.ts"
+import { makePgRuns } from "./runs.ts"
 import { makePgSessions } from "./sessions.ts"
 import { makePgTickets } from "./tickets.ts"
 import { makePgTokens } from "./tokens.ts"
@@ -29,6 +30,7 @@ export const makePgStores = (pool: DatabasePool): StoreParts => ({
   results: makePgResults(pool),
   reports: makePgReports(pool),
   retention: makePgRetention(pool),
+  runs: makePgRuns(pool),
 })
 
 /** The whole Store over a slonik pool. */

@@ -331,6 +331,8 @@ export const makePgTickets = (pool: DatabasePool): TicketStoreService => {
           update tickets set state = 'undeliverable', finished_at = now()
           where finished_at is null and state = 'queued'
             and created_at < ${msAgo(entry.deliveryDeadlineMs)}
+            -- A run's tickets wait for their run's deadline instead (see sweepRuns).
+            and run_id is null
           returning ticket
         `)
         // A delivered ticket of an open session is its owner's to re-send or give up. One sent
@@ -357,7 +359,7 @@ export const makePgTickets = (pool: DatabasePool): TicketStoreService => {
             const closed = await pool.any(sql.type(TicketIdRow)`
               update tickets set state = ${state}, finished_at = now(), close_reason = ${reason ?? null}
               where ticket = any(${sql.array([...ids], "text")}) and finished_at is null
-                and state in ('queued', 'delivered')
+                and state in ('pending', 'queued', 'delivered')
                 and (${peerId ?? null}::text is null or peer_id = ${peerId ?? null})
               returning ticket
             `)

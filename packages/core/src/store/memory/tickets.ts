@@ -114,7 +114,13 @@ export const makeMemoryTickets = (memory: MemoryState): TicketStoreService => {
         const marked: Array<Ticket> = []
         for (const id of new Set(ids)) {
           const t = tickets.get(id)
-          if (t === undefined || isTerminal(t.state) || t.sessionId !== lease.sessionId) continue
+          if (
+            t === undefined ||
+            isTerminal(t.state) ||
+            t.state === "pending" ||
+            t.sessionId !== lease.sessionId
+          )
+            continue
           t.state = "delivered"
           t.attempts++
           t.deliveredAt = Date.now()
@@ -128,7 +134,8 @@ export const makeMemoryTickets = (memory: MemoryState): TicketStoreService => {
         let undeliverable = 0
         let timedOut = 0
         for (const t of tickets.values()) {
-          if (t.state === "queued" && t.createdAt < now - deliveryDeadlineMs) {
+          // A run's tickets wait for their run's deadline instead (see sweepRuns).
+          if (t.state === "queued" && t.runId == null && t.createdAt < now - deliveryDeadlineMs) {
             t.state = "undeliverable"
             undeliverable++
           } else if (

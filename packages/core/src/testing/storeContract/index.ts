@@ -6,6 +6,7 @@ import { compositionContract } from "./composition.ts"
 import { reportContract } from "./reports.ts"
 import { resultContract } from "./results.ts"
 import { retentionContract } from "./retention.ts"
+import { runContract } from "./runs.ts"
 import { sessionContract } from "./sessions.ts"
 import { ticketContract } from "./tickets.ts"
 import { tokenContract } from "./tokens.ts"
@@ -17,6 +18,7 @@ export {
   reportContract,
   resultContract,
   retentionContract,
+  runContract,
   sessionContract,
   ticketContract,
   tokenContract,
@@ -35,6 +37,7 @@ export const storeContract = (name: string, storeLayer: Layer.Layer<Stores, unkn
     sessionContract(it)
     ticketContract(it)
     resultContract(it)
+    runContract(it)
     compositionContract(it)
     // Last: it prunes what the others left behind.
     retentionContract(it)
