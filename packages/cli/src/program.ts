@@ -3,6 +3,7 @@ import { cac } from "cac"
 import { registerClusterKey } from "./commands/clusterKey.ts"
 import { registerDeadLetters } from "./commands/deadletters.ts"
 import { registerMigrate } from "./commands/migrate.ts"
+import { registerOperatorTokens } from "./commands/operatorTokens.ts"
 import { registerReports } from "./commands/reports.ts"
 import { registerRuns } from "./commands/runs.ts"
 import { registerSeedPeers } from "./commands/seedPeers.ts"
@@ -15,6 +16,7 @@ export const operatorProgram = (name: string) => {
   cli.command("server", "Run a server instance (see picus server --help)").allowUnknownOptions()
   cli.command("peer", "Run a peer on this machine (see picus peer --help)").allowUnknownOptions()
   registerTokens(cli)
+  registerOperatorTokens(cli)
   registerSeedPeers(cli)
   registerSubmit(cli)
   registerReports(cli)

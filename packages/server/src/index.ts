@@ -43,6 +43,7 @@ export {
   withRedisUsers,
   withStore,
 } from "./layers.ts"
+export { authenticateOperator, createOperatorToken, OPERATOR_TOKEN_KIND } from "./operatorTokens.ts"
 export { serve, serverProgram } from "./program.ts"
 export { printRows } from "./report.ts"
 export { advanceRuns, notifyHolders, startRun, sweepRuns } from "./runs.ts"

@@ -1,5 +1,6 @@
 import { Context, Layer } from "effect"
 import { CatalogStore, type CatalogStoreService } from "./CatalogStore.ts"
+import { OperatorTokenStore, type OperatorTokenStoreService } from "./OperatorTokenStore.ts"
 import { ReportStore, type ReportStoreService } from "./ReportStore.ts"
 import { ResultStore, type ResultStoreService } from "./ResultStore.ts"
 import { RetentionStore, type RetentionStoreService } from "./RetentionStore.ts"
@@ -19,6 +20,7 @@ export {
   ticketStateOf,
 } from "../domain/ticket.ts"
 export * from "./CatalogStore.ts"
+export * from "./OperatorTokenStore.ts"
 export * from "./ReportStore.ts"
 export * from "./ResultStore.ts"
 export * from "./RetentionStore.ts"
@@ -37,7 +39,8 @@ export interface StoreService
     ResultStoreService,
     ReportStoreService,
     RetentionStoreService,
-    RunStoreService {}
+    RunStoreService,
+    OperatorTokenStoreService {}
 
 /**
  * The system of record. Every decision the server makes is written here before it is acted on
@@ -57,6 +60,7 @@ export type Stores =
   | ReportStore
   | RetentionStore
   | RunStore
+  | OperatorTokenStore
 
 /** One implementation per domain, as a store layer is built from. */
 export interface StoreParts {
@@ -68,6 +72,7 @@ export interface StoreParts {
   readonly reports: ReportStoreService
   readonly retention: RetentionStoreService
   readonly runs: RunStoreService
+  readonly operatorTokens: OperatorTokenStoreService
 }
 
 /** The Store made of its domain parts. */
@@ -81,6 +86,7 @@ export const composeStore = (parts: StoreParts): StoreService =>
     ...parts.reports,
     ...parts.retention,
     ...parts.runs,
+    ...parts.operatorTokens,
   })
 
 /** The Store and each narrow store, all over the same parts. */
@@ -94,6 +100,7 @@ export const storesContext = (parts: StoreParts): Context.Context<Stores> =>
     Context.add(ReportStore, parts.reports),
     Context.add(RetentionStore, parts.retention),
     Context.add(RunStore, parts.runs),
+    Context.add(OperatorTokenStore, parts.operatorTokens),
   )
 
 /** A layer providing the Store and each narrow store over the same parts. */

@@ -1,5 +1,6 @@
 import { Effect, Layer } from "effect"
 import { makeMemoryCatalog } from "./memory/catalog.ts"
+import { makeMemoryOperatorTokens } from "./memory/operatorTokens.ts"
 import { makeMemoryReports } from "./memory/reports.ts"
 import { makeMemoryResults } from "./memory/results.ts"
 import { makeMemoryRetention } from "./memory/retention.ts"
@@ -26,6 +27,7 @@ export const makeMemoryStores = Effect.sync((): StoreParts => {
     reports: makeMemoryReports(memory),
     retention: makeMemoryRetention(memory),
     runs: makeMemoryRuns(memory),
+    operatorTokens: makeMemoryOperatorTokens(memory),
   }
 })
 

@@ -11,6 +11,7 @@ import type { DatabasePool } from "slonik"
 import { RedisUserStore } from "../access/RedisUsers.ts"
 import { makePgCatalog } from "./catalog.ts"
 import { type MigrationError, migrate } from "./migrate.ts"
+import { makePgOperatorTokens } from "./operatorTokens.ts"
 import { makePool, type PoolError, type PoolOptions } from "./pool.ts"
 import { makePgRedisUsers } from "./redisUsers.ts"
 import { makePgReports } from "./reports.ts"
@@ -31,6 +32,7 @@ export const makePgStores = (pool: DatabasePool): StoreParts => ({
   reports: makePgReports(pool),
   retention: makePgRetention(pool),
   runs: makePgRuns(pool),
+  operatorTokens: makePgOperatorTokens(pool),
 })
 
 /** The whole Store over a slonik pool. */

@@ -1,6 +1,7 @@
 import { holds } from "../../domain/lease.ts"
 import { isTerminal } from "../../domain/ticket.ts"
 import type { CatalogJob } from "../CatalogStore.ts"
+import type { OperatorTokenInfo } from "../OperatorTokenStore.ts"
 import type { LogRow, ResultRow } from "../ReportStore.ts"
 import type { RunTarget } from "../RunStore.ts"
 import type { SessionOwner } from "../SessionStore.ts"
@@ -61,6 +62,7 @@ export interface MemoryInstance {
 export const makeMemoryState = () => {
   const state = {
     tokens: [] as Array<TokenInfo & { readonly hash: string }>,
+    operatorTokens: [] as Array<OperatorTokenInfo & { readonly hash: string }>,
     catalog: new Map<string, CatalogJob & { enabled: boolean }>(),
     peers: new Map<
       string,
@@ -84,6 +86,7 @@ export const makeMemoryState = () => {
       { identityKey: string | null; lastRegisterTs: number | null; lastAdmittedAt: number | null }
     >(),
     nextTokenId: 1,
+    nextOperatorTokenId: 1,
     nextLogId: 1,
     nextTicket: 100_000,
 

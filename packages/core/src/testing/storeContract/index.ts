@@ -3,6 +3,7 @@ import type { Layer } from "effect"
 import type { Stores } from "../../store/Store.ts"
 import { catalogContract } from "./catalog.ts"
 import { compositionContract } from "./composition.ts"
+import { operatorTokenContract } from "./operatorTokens.ts"
 import { reportContract } from "./reports.ts"
 import { resultContract } from "./results.ts"
 import { retentionContract } from "./retention.ts"
@@ -15,6 +16,7 @@ export type { StoreIt } from "./support.ts"
 export {
   catalogContract,
   compositionContract,
+  operatorTokenContract,
   reportContract,
   resultContract,
   retentionContract,
@@ -32,6 +34,7 @@ export {
 export const storeContract = (name: string, storeLayer: Layer.Layer<Stores, unknown>) =>
   layer(storeLayer, { timeout: 60_000 })(`Store contract (${name})`, (it) => {
     tokenContract(it)
+    operatorTokenContract(it)
     catalogContract(it)
     reportContract(it)
     sessionContract(it)
