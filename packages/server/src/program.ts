@@ -55,7 +55,9 @@ export const serve = (
           readWithinMs: 3 * READ_BLOCK_MS + 1_000,
         }),
       )
-      yield* Effect.logInfo(`HTTP on ${config.http.host}:${config.http.port} (/healthz, /readyz, /metrics)`)
+      yield* Effect.logInfo(
+        `HTTP on ${config.http.host}:${config.http.port} (/healthz, /readyz, /metrics, /api/, the dashboard at /)`,
+      )
     }
     yield* countersOnSignal
     yield* Effect.logInfo(
@@ -116,7 +118,7 @@ export const serverProgram = (name: string) => {
     )
     .option(
       "--http <host:port>",
-      "Serve /healthz, /readyz and /metrics there (env PICUS_HTTP; a bare port binds 127.0.0.1; default off)",
+      "Serve /healthz, /readyz, /metrics, the API (/api/) and the dashboard (/) there (env PICUS_HTTP; a bare port binds 127.0.0.1; default off)",
     )
     .option(
       "--cluster-key-file <file>",

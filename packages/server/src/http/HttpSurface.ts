@@ -1,7 +1,8 @@
 /**
  * The instance's HTTP side (`--http host:port`): `GET /healthz` (the process is up), `GET /readyz`
  * (PostgreSQL and Redis answer, the uplink is read, not shutting down: 200 or 503 with why) and
- * `GET /metrics` (Prometheus text; gauges set when scraped). Built on Effect's HTTP server.
+ * `GET /metrics` (Prometheus text; gauges set when scraped), the JSON API under `/api/` (operator
+ * tokens) and the dashboard at `/`. Built on Effect's HTTP server.
  */
 import { createServer } from "node:http"
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
@@ -9,7 +10,9 @@ import { MAX_DEAD_LETTERS, Metrics, Transport } from "@picus/core"
 import { Clock, Effect, Layer, Metric } from "effect"
 import { HttpRouter, HttpServerResponse } from "effect/http"
 import { PrometheusMetrics } from "effect/observability"
+import { apiRoutes } from "./Api.ts"
 import type { HttpAddress } from "./address.ts"
+import { addDashboardRoutes } from "./Dashboard.ts"
 import { type GatewayStatus, readinessOf } from "./health.ts"
 
 export interface HttpSurfaceOptions {
@@ -52,11 +55,13 @@ const routes = (options: HttpSurfaceOptions) =>
           })
         }),
       )
+      yield* addDashboardRoutes(router)
     }),
   )
 
 /** Serves the routes at `address` while the layer lives. */
 export const layerHttpSurface = (address: HttpAddress, options: HttpSurfaceOptions) =>
-  HttpRouter.serve(routes(options), { disableLogger: true, disableListenLog: true }).pipe(
-    Layer.provide(NodeHttpServer.layer(createServer, { host: address.host, port: address.port })),
-  )
+  HttpRouter.serve(Layer.mergeAll(routes(options), apiRoutes), {
+    disableLogger: true,
+    disableListenLog: true,
+  }).pipe(Layer.provide(NodeHttpServer.layer(createServer, { host: address.host, port: address.port })))
