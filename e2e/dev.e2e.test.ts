@@ -3,20 +3,25 @@ import { mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterEach, describe, expect, it } from "vitest"
+import { freePort } from "./support/ports.ts"
 import { killAll, repoRoot, runPicus } from "./support/processes.ts"
 
 // `make dev` as a newcomer runs it: the whole system in one process on the embedded layers.
 
 afterEach(killAll)
 
-const embeddedEnv = (dataDir: string) => {
-  const env: Record<string, string> = { PICUS_DATA_DIR: dataDir, PICUS_SHUTDOWN_REASON: "end of the demo" }
+const embeddedEnv = (dataDir: string, extra: Record<string, string> = {}) => {
+  const env: Record<string, string> = {
+    PICUS_DATA_DIR: dataDir,
+    PICUS_SHUTDOWN_REASON: "end of the demo",
+    ...extra,
+  }
   return env
 }
 
 /** `make dev` with DATABASE_URL and REDIS_URL removed, so it must use the embedded layers. */
-const startMakeDev = (dataDir: string) => {
-  const env: NodeJS.ProcessEnv = { ...process.env, ...embeddedEnv(dataDir), FORCE_COLOR: "0" }
+const startMakeDev = (dataDir: string, extra: Record<string, string>) => {
+  const env: NodeJS.ProcessEnv = { ...process.env, ...embeddedEnv(dataDir, extra), FORCE_COLOR: "0" }
   delete env.DATABASE_URL
   delete env.REDIS_URL
   const child = spawn("make", ["dev"], {
@@ -31,7 +36,9 @@ const startMakeDev = (dataDir: string) => {
 describe("make dev", () => {
   it("runs a server and two peers on the embedded layers, and Ctrl+C leaves the log in the embedded database", async () => {
     const dataDir = mkdtempSync(join(tmpdir(), "picus-dev-"))
-    const child = startMakeDev(dataDir)
+    // Its HTTP side on a port of the test's own (8080 by default).
+    const port = await freePort()
+    const child = startMakeDev(dataDir, { PICUS_HTTP: `127.0.0.1:${port}` })
     let output = ""
     child.stdout.on("data", (d: Buffer) => {
       output += d.toString()
@@ -50,6 +57,18 @@ describe("make dev", () => {
     expect(resultsFrom("peer-1"), output).toBeGreaterThan(0)
     expect(resultsFrom("peer-2"), output).toBeGreaterThan(0)
     expect(output).toMatch(/peer-intruder\s+rejected/)
+    // The dashboard and the API, with the read token it printed.
+    const printed = new RegExp(
+      `Dashboard: http://127\\.0\\.0\\.1:${port}/ +\\(operator token, read: (\\S+)\\)`,
+    ).exec(output)
+    expect(printed, output).not.toBeNull()
+    const api = await fetch(`http://127.0.0.1:${port}/api/peers`, {
+      headers: { authorization: `Bearer ${printed![1]}` },
+    })
+    expect(api.status).toBe(200)
+    const { peers } = (await api.json()) as { peers: Array<{ peer_id: string }> }
+    expect(peers.map((p) => p.peer_id).sort()).toEqual(expect.arrayContaining(["peer-1", "peer-2"]))
+    expect((await fetch(`http://127.0.0.1:${port}/`)).status).toBe(200)
 
     process.kill(-child.pid!, "SIGINT")
     const code = await exited

@@ -12,6 +12,7 @@ import {
 import { Cause, Console, Effect, Exit, Fiber, Layer, References, Stream } from "effect"
 import { detectOs, makeAgent, openStateFile } from "peer"
 import {
+  createOperatorToken,
   DEFAULT_SHUTDOWN_REASON,
   defaultDataDir,
   EMBEDDED_POOL_SIZE,
@@ -40,7 +41,11 @@ import { summarize } from "./summary.ts"
 const env = process.env
 const useRealServices = Boolean(env.DATABASE_URL && env.REDIS_URL)
 const dataDir = env.PICUS_DATA_DIR ?? defaultDataDir
-const config = resolveServerConfig({ serverId: env.PICUS_SERVER_ID ?? "dev-server" })
+// The HTTP side is on by default here (PICUS_HTTP=off turns it off, PICUS_HTTP=host:port moves it).
+const config = resolveServerConfig({
+  serverId: env.PICUS_SERVER_ID ?? "dev-server",
+  http: env.PICUS_HTTP ?? "127.0.0.1:8080",
+})
 const render = makeLiveView({ color: stdoutWantsColor() })
 const peerNames = ["peer-1", "peer-2"]
 
@@ -87,6 +92,21 @@ const run = (signalled: Effect.Effect<NodeJS.Signals>) =>
     const clusterKey = config.clusterKey ?? keyFileOrNew(join(dataDir, "cluster.key"))
     const gateway = yield* makeGateway(gatewayConfigFrom(config, clusterKey, [devToken]))
     const server = yield* Effect.forkScoped(gateway.run)
+    if (config.http !== undefined) {
+      const { layerHttpSurface, READY_READ_WITHIN_MS } = yield* Effect.promise(() => import("server/http"))
+      yield* Layer.build(
+        layerHttpSurface(config.http, {
+          status: gateway.status,
+          leaseMs: config.leaseMs,
+          readWithinMs: READY_READ_WITHIN_MS,
+        }),
+      )
+      // A read token for the page, good while this runs (revoked at the end).
+      const { secret, info } = yield* createOperatorToken("make dev", "read")
+      yield* Effect.addFinalizer(() => store.revokeOperatorToken(String(info.tokenId)).pipe(Effect.ignore))
+      const url = `http://${config.http.host.includes(":") ? `[${config.http.host}]` : config.http.host}:${config.http.port}/`
+      yield* Console.log(`Dashboard: ${url}  (operator token, read: ${secret})\n`)
+    }
 
     // What the peers pin: the cluster key the dev server signs with.
     const pin = { clusterKey: { _tag: "Key" as const, key: clusterKey.publicKey } }

@@ -15,7 +15,6 @@ import type { ClusterKey } from "./clusterKey.ts"
 import { requireClusterKey, resolveServerConfig, type ServerConfig, type ServerFlags } from "./config.ts"
 import { countersLine } from "./db/statementCounter.ts"
 import { gatewayConfigFrom, makeGateway, untilSignal } from "./gateway/index.ts"
-import { READ_BLOCK_MS } from "./gateway/UplinkPump.ts"
 import { isUsageError, peerAccessLayer, redisOf, sharedOptions, storeLayer } from "./layers.ts"
 
 /** `kill -USR2 <pid>` prints the process's counters as one line on stdout (the bench reads them). */
@@ -47,12 +46,14 @@ export const serve = (
     const running = yield* Effect.forkScoped(gateway.run)
     if (config.http !== undefined) {
       // Loaded only when asked for: the HTTP server's modules weigh on every command's start.
-      const { layerHttpSurface } = yield* Effect.promise(() => import("./http/HttpSurface.ts"))
+      const { layerHttpSurface, READY_READ_WITHIN_MS } = yield* Effect.promise(
+        () => import("./http/HttpSurface.ts"),
+      )
       yield* Layer.build(
         layerHttpSurface(config.http, {
           status: gateway.status,
           leaseMs: config.leaseMs,
-          readWithinMs: 3 * READ_BLOCK_MS + 1_000,
+          readWithinMs: READY_READ_WITHIN_MS,
         }),
       )
       yield* Effect.logInfo(

@@ -10,6 +10,7 @@ import { MAX_DEAD_LETTERS, Metrics, Transport } from "@picus/core"
 import { Clock, Effect, Layer, Metric } from "effect"
 import { HttpRouter, HttpServerResponse } from "effect/http"
 import { PrometheusMetrics } from "effect/observability"
+import { READ_BLOCK_MS } from "../gateway/UplinkPump.ts"
 import { apiRoutes } from "./Api.ts"
 import type { HttpAddress } from "./address.ts"
 import { addDashboardRoutes } from "./Dashboard.ts"
@@ -58,6 +59,9 @@ const routes = (options: HttpSurfaceOptions) =>
       yield* addDashboardRoutes(router)
     }),
   )
+
+/** How long without a read of the uplink makes an instance not ready: a read blocks for a few seconds. */
+export const READY_READ_WITHIN_MS = 3 * READ_BLOCK_MS + 1_000
 
 /** Serves the routes at `address` while the layer lives. */
 export const layerHttpSurface = (address: HttpAddress, options: HttpSurfaceOptions) =>
