@@ -65,6 +65,12 @@ export const runCommand = (
   })
 }
 
+/** The flag as it was typed, for a parsed option's camelCase key. */
+const rawFlag = (args: ReadonlyArray<string>, key: string): string => {
+  const kebab = key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)
+  return args.find((a) => a.replace(/^-+(no-)?/, "").split("=")[0] === kebab)?.split("=")[0] ?? `--${kebab}`
+}
+
 const commandNames = (cli: CAC): ReadonlyArray<string> =>
   cli.commands.filter((c) => c.name !== "").flatMap((c) => [c.name, ...c.aliasNames])
 
@@ -107,12 +113,22 @@ export const runProgram = (
     // No command matched, or the default one got a word it takes no argument for: a typo.
     if (command === undefined || (command.name === "" && command.args.length === 0 && cli.args.length > 0)) {
       if (cli.args[0] !== undefined) unknown(String(cli.args[0]))
+      // cac checks flags against a matched command only: `picus --bogus` is checked here.
+      const known = new Set(cli.globalCommand.options.flatMap((o) => o.names))
+      const stray = Object.keys(cli.options).find((key) => key !== "--" && !known.has(key))
+      if (stray !== undefined)
+        exitWith(EXIT_USAGE, `unknown option "${rawFlag(beforeDashes, stray)}" (see ${cli.name} --help)`)
       cli.outputHelp()
       process.exit(0)
     }
     cli.runMatchedCommand()
   } catch (error) {
-    const message = error instanceof Error ? error.message : String(error)
+    const said = error instanceof Error ? error.message : String(error)
+    // cac names an unknown flag camelCased (`--bogusFlag`): name it as it was typed.
+    const message = said.replace(
+      /^Unknown option `-*([^`]+)`/,
+      (_, key: string) => `unknown option \`${rawFlag(beforeDashes, key)}\``,
+    )
     const command = cli.matchedCommandName ? `${cli.name} ${cli.matchedCommandName}` : cli.name
     exitWith(EXIT_USAGE, `${message.replace(/`/g, '"')} (see ${command} --help)`)
   }

@@ -1,0 +1,107 @@
+import { randomBytes } from "node:crypto"
+import { createPool, sql } from "slonik"
+import { afterAll, describe, expect, it } from "vitest"
+import { operatorProgram } from "../packages/cli/src/program.ts"
+import { peerProgram } from "../packages/peer/src/program.ts"
+import { serverProgram } from "../packages/server/src/program.ts"
+import { adminUrl, withDatabase } from "../packages/server/test/support/database.ts"
+import { killAll, runPicus } from "./support/processes.ts"
+
+// Every command of the three programs, read from their cac objects so that a command added later is
+// covered without editing this test: --help and --version answer, a typo or an unknown flag exits 2
+// and starts nothing.
+
+afterAll(killAll)
+
+/** `./picus` argv prefixes of every command: the operator's, and the server's and peer's own. */
+const everyCommand = (): ReadonlyArray<ReadonlyArray<string>> => {
+  const named = (cli: { commands: ReadonlyArray<{ name: string }> }) =>
+    cli.commands.map((c) => c.name).filter((n) => n !== "")
+  const operator = named(operatorProgram("picus")).filter((n) => n !== "server" && n !== "peer")
+  return [
+    [],
+    ...operator.map((n) => [n]),
+    ["server"],
+    ...named(serverProgram("picus server")).map((n) => ["server", n]),
+    ["peer"],
+    ...named(peerProgram("picus peer")).map((n) => ["peer", n]),
+  ]
+}
+
+/** A database name that must never appear: any command that starts anything would create it. */
+const untouched = `picus_never_${randomBytes(6).toString("hex")}`
+const env = {
+  DATABASE_URL: withDatabase(adminUrl(), untouched),
+  // Nothing listens there: a command that reached for Redis would fail, not pass unnoticed.
+  REDIS_URL: "redis://127.0.0.1:1",
+  PICUS_REDIS_PREFIX: `never-${untouched}`,
+}
+
+/** Runs every argv list, a few processes at a time (the machine is shared). */
+const runAll = async (argvs: ReadonlyArray<ReadonlyArray<string>>, width = 4) => {
+  const results: Array<Awaited<ReturnType<typeof runPicus>>> = []
+  let next = 0
+  await Promise.all(
+    Array.from({ length: width }, async () => {
+      while (next < argvs.length) {
+        const index = next++
+        results[index] = await runPicus(argvs[index]!, env)
+      }
+    }),
+  )
+  return results
+}
+
+const databaseExists = async (name: string) => {
+  const pool = await createPool(adminUrl(), { maxPoolSize: 1 })
+  try {
+    return await pool.exists(sql.unsafe`select 1 from pg_database where datname = ${name}`)
+  } finally {
+    await pool.end()
+  }
+}
+
+describe("every command of ./picus", () => {
+  const commands = everyCommand()
+
+  it("enumerates the programs' commands (the operator's, the server, the peer)", () => {
+    const flat = commands.map((c) => c.join(" "))
+    for (const expected of ["", "token", "migrate", "server", "peer", "completion"])
+      expect(flat).toContain(expected)
+  })
+
+  it("answers --help (usage, exit 0) and --version (exit 0) on every command", async () => {
+    const help = await runAll(commands.map((c) => [...c, "--help"]))
+    const version = await runAll(commands.map((c) => [...c, "--version"]))
+    commands.forEach((command, i) => {
+      const name = ["picus", ...command].join(" ")
+      expect(help[i]?.code, `${name} --help:\n${help[i]?.output}`).toBe(0)
+      expect(help[i]?.stdout, `${name} --help`).toMatch(/Usage:/)
+      // The usage line names the command itself.
+      expect(help[i]?.stdout, `${name} --help`).toContain(`$ ${name}`)
+      expect(version[i]?.code, `${name} --version:\n${version[i]?.output}`).toBe(0)
+      expect(version[i]?.stdout).toMatch(/^picus( server| peer)? \d+\.\d+\.\d+$/)
+    })
+  })
+
+  it("refuses an unknown command (with a suggestion) and an unknown flag: exit 2, nothing started", async () => {
+    const typos = [
+      { argv: ["tokn", "list"], hint: 'did you mean "picus token"?' },
+      { argv: ["server", "sesions"], hint: 'did you mean "picus sessions"?' },
+      { argv: ["peer", "bogus"], hint: "unknown command" },
+      { argv: ["nothing-like-it"], hint: 'unknown command "nothing-like-it"' },
+    ]
+    const flagged = commands.map((c) => [...c, "--bogus-flag"])
+    const results = await runAll([...typos.map((t) => t.argv), ...flagged])
+    typos.forEach((typo, i) => {
+      expect(results[i]?.code, results[i]?.output).toBe(2)
+      expect(results[i]?.output).toContain(typo.hint)
+    })
+    flagged.forEach((argv, i) => {
+      const result = results[typos.length + i]
+      expect(result?.code, `picus ${argv.join(" ")}:\n${result?.output}`).toBe(2)
+      expect(result?.output).toContain('unknown option "--bogus-flag"')
+    })
+    expect(await databaseExists(untouched)).toBe(false)
+  })
+})
