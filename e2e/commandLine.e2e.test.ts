@@ -1,10 +1,14 @@
 import { randomBytes } from "node:crypto"
+import { mkdtempSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
 import { createPool, sql } from "slonik"
 import { afterAll, describe, expect, it } from "vitest"
 import { operatorProgram } from "../packages/cli/src/program.ts"
 import { peerProgram } from "../packages/peer/src/program.ts"
 import { serverProgram } from "../packages/server/src/program.ts"
 import { adminUrl, withDatabase } from "../packages/server/test/support/database.ts"
+import { freePort } from "./support/ports.ts"
 import { killAll, runPicus } from "./support/processes.ts"
 
 // Every command of the three programs, read from their cac objects so that a command added later is
@@ -103,5 +107,46 @@ describe("every command of ./picus", () => {
       expect(result?.output).toContain('unknown option "--bogus-flag"')
     })
     expect(await databaseExists(untouched)).toBe(false)
+  })
+
+  it("--config (or PICUS_CONFIG): flags win over the environment, which wins over the file", async () => {
+    const [inFile, inEnv, typed] = await Promise.all([freePort(), freePort(), freePort()])
+    const dir = mkdtempSync(join(tmpdir(), "picus-config-"))
+    const config = join(dir, "picus.yaml")
+    // Keys of the server and the peer are allowed in the operator's file, and skipped.
+    writeFileSync(
+      config,
+      `database-url: postgres://postgres@127.0.0.1:${inFile}/picus\nlog-format: json\nconcurrency: 2\n`,
+    )
+    const { DATABASE_URL: _unset, ...noDatabase } = env
+    const reached = (port: number) => `cannot reach PostgreSQL at 127.0.0.1:${port}, database picus`
+    const [fromFile, fromEnv, fromFlag, bad] = await Promise.all([
+      runPicus(["token", "list", "--config", config], noDatabase),
+      runPicus(["token", "list"], {
+        ...noDatabase,
+        PICUS_CONFIG: config,
+        DATABASE_URL: `postgres://postgres@127.0.0.1:${inEnv}/picus`,
+      }),
+      runPicus(
+        ["migrate", "--database-url", `postgres://postgres@127.0.0.1:${typed}/picus`, "--config", config],
+        {
+          ...noDatabase,
+          DATABASE_URL: `postgres://postgres@127.0.0.1:${inEnv}/picus`,
+        },
+      ),
+      (async () => {
+        const broken = join(dir, "broken.yaml")
+        writeFileSync(broken, "# fleet\nredis-url: redis://x\nredis-prefx: p\n")
+        return runPicus(["server", "--config", broken], env)
+      })(),
+    ])
+    expect(fromFile.code, fromFile.output).toBe(1)
+    expect(fromFile.output).toContain(reached(inFile))
+    expect(fromEnv.output).toContain(reached(inEnv))
+    expect(fromFlag.output).toContain(reached(typed))
+    expect(bad.code, bad.output).toBe(2)
+    expect(bad.output).toContain(
+      `config file ${join(dir, "broken.yaml")} line 3: key "redis-prefx" is not a flag of picus; did you mean "redis-prefix"?`,
+    )
   })
 })

@@ -16,11 +16,15 @@ const argvOf = (args: ReadonlyArray<string>) => [
   ...args,
 ]
 const operator = operatorProgram("picus")
+const server = serverProgram("picus server")
+const peer = peerProgram("picus peer")
+// One config file may serve all three programs: each skips the keys of the others.
+const siblings = [operator, server, peer]
 const elsewhere = {
   program: "picus",
   commands: operator.commands.map((c) => c.name).filter((n) => n !== "server" && n !== "peer"),
 }
 
-if (first === "server") runProgram(serverProgram("picus server"), argvOf(rest), { elsewhere })
-else if (first === "peer") runProgram(peerProgram("picus peer"), argvOf(rest), { elsewhere })
-else runProgram(operator, process.argv)
+if (first === "server") runProgram(server, argvOf(rest), { elsewhere, siblings })
+else if (first === "peer") runProgram(peer, argvOf(rest), { elsewhere, siblings })
+else runProgram(operator, process.argv, { siblings })

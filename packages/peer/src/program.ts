@@ -1,5 +1,6 @@
 /** The peer's command line: `picus peer` (and `pnpm --filter peer start`) runs one peer. */
 import {
+  explainSource,
   firstSignal,
   type Logging,
   type LoggingFlags,
@@ -39,7 +40,7 @@ interface PeerFlags extends LoggingFlags {
 let tell = (message: string) => console.error(`error: ${message}`)
 
 const fail = (message: string): never => {
-  tell(message)
+  tell(explainSource(message))
   process.exit(2)
 }
 

@@ -5,6 +5,10 @@
  */
 import type { CAC } from "cac"
 import { Cause, Effect, Exit } from "effect"
+import { applyConfigFile, ConfigFileError, explainSource, longFlagsOf } from "./configFile.ts"
+import { suggest } from "./suggest.ts"
+
+export { suggest }
 
 export const PICUS_VERSION = "0.1.0"
 
@@ -17,35 +21,9 @@ export class UsageError extends Error {
   override readonly name = "UsageError"
 }
 
-/** Levenshtein distance, for "did you mean". */
-const distance = (a: string, b: string): number => {
-  const row = Array.from({ length: b.length + 1 }, (_, j) => j)
-  for (let i = 1; i <= a.length; i++) {
-    let diagonal = row[0]!
-    row[0] = i
-    for (let j = 1; j <= b.length; j++) {
-      const above = row[j]!
-      row[j] = Math.min(above + 1, row[j - 1]! + 1, diagonal + (a[i - 1] === b[j - 1] ? 0 : 1))
-      diagonal = above
-    }
-  }
-  return row[b.length]!
-}
-
-/** The closest of `candidates` to a mistyped `word`, when one is close enough to be meant. */
-export const suggest = (word: string, candidates: ReadonlyArray<string>): string | undefined => {
-  let best: { readonly name: string; readonly d: number } | undefined
-  for (const name of candidates) {
-    const d = name.startsWith(word) && word.length >= 2 ? 1 : distance(word, name)
-    if (d <= Math.max(1, Math.floor(name.length / 3)) && (best === undefined || d < best.d))
-      best = { name, d }
-  }
-  return best?.name
-}
-
 /** Prints `error: message` on stderr and exits with `code`. */
 export const exitWith = (code: number, message?: string): never => {
-  if (message !== undefined) console.error(`error: ${message}`)
+  if (message !== undefined) console.error(`error: ${explainSource(message)}`)
   process.exit(code)
 }
 
@@ -62,7 +40,7 @@ export const runCommand = (
   Effect.runPromiseExit(effect).then((exit) => {
     if (Exit.isSuccess(exit)) process.exit(typeof exit.value === "number" ? exit.value : 0)
     const failure = Cause.squash(exit.cause)
-    tell(failure instanceof Error ? failure.message : String(failure))
+    tell(explainSource(failure instanceof Error ? failure.message : String(failure)))
     process.exit(isUsage(failure) ? EXIT_USAGE : EXIT_FAILED)
   })
 }
@@ -80,13 +58,16 @@ const commandNames = (cli: CAC): ReadonlyArray<string> =>
  * Parses `argv` (`process.argv` shaped) with `cli` and runs the matched command. `--version` is
  * answered on every command; `--help` by cac; an unknown command, an unknown flag or a stray
  * argument exits 2 with what to type instead. `elsewhere` names commands of another program
- * (`picus sessions` when `picus server sesions` was typed), suggested too.
+ * (`picus sessions` when `picus server sesions` was typed), suggested too. Every command takes
+ * `--config <file>` (see configFile.ts).
  */
 export const runProgram = (
   cli: CAC,
   argv: ReadonlyArray<string>,
   options: {
     readonly elsewhere?: { readonly program: string; readonly commands: ReadonlyArray<string> }
+    /** The programs that may share a config file with this one: their flags are known keys too. */
+    readonly siblings?: ReadonlyArray<CAC>
   } = {},
 ): void => {
   const args = argv.slice(2)
@@ -95,6 +76,10 @@ export const runProgram = (
     console.log(`${cli.name} ${PICUS_VERSION}`)
     process.exit(0)
   }
+  cli.option(
+    "--config <file>",
+    "Read flags from this YAML or JSON file, keys named as the long flags (env PICUS_CONFIG)",
+  )
   cli.help()
   const names = commandNames(cli)
   const unknown = (word: string): never => {
@@ -122,6 +107,12 @@ export const runProgram = (
         exitWith(EXIT_USAGE, `unknown option "${rawFlag(beforeDashes, stray)}" (see ${cli.name} --help)`)
       cli.outputHelp()
       process.exit(0)
+    }
+    try {
+      applyConfigFile(cli, beforeDashes, (options.siblings ?? []).flatMap(longFlagsOf))
+    } catch (error) {
+      if (error instanceof ConfigFileError) exitWith(EXIT_USAGE, error.message)
+      throw error
     }
     cli.runMatchedCommand()
   } catch (error) {

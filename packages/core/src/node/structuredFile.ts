@@ -35,6 +35,15 @@ const positionOf = (text: string, offset: number) => {
   return { line: before.length, column: (before.at(-1)?.length ?? 0) + 1 }
 }
 
+/** Where the YAML parser, held to JSON's schema, finds the first mistake of `text`. */
+const jsonErrorPosition = (text: string) => {
+  const lines = new LineCounter()
+  const first = parseDocument(text, { schema: "json", lineCounter: lines, prettyErrors: false }).errors[0]
+  if (first === undefined) return undefined
+  const { line, col } = lines.linePos(first.pos[0])
+  return { line, column: col }
+}
+
 const isJsonPath = (path: string) => path.toLowerCase().endsWith(".json")
 
 /**
@@ -50,13 +59,14 @@ export const parseStructured = (
       JSON.parse(text)
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error)
-      // V8 says "... in JSON at position N (line L column C)"; the position is enough.
+      // V8 says "... in JSON at position N (line L column C)" for most mistakes; for the others the
+      // YAML parser, held to JSON's schema, finds the place.
       const at = /at position (\d+)/.exec(message)
       const where = at
         ? positionOf(text, Number(at[1]))
         : /end of JSON input/.test(message)
           ? positionOf(text, text.length)
-          : undefined
+          : jsonErrorPosition(text)
       const reason = message
         .replace(/\s*(in JSON )?at position \d+.*$/, "")
         .replace(/^Unexpected end of JSON input$/, "the JSON ends too soon")
