@@ -1,3 +1,4 @@
+import { spawnSync } from "node:child_process"
 import { randomBytes } from "node:crypto"
 import { mkdtempSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
@@ -148,5 +149,58 @@ describe("every command of ./picus", () => {
     expect(bad.output).toContain(
       `config file ${join(dir, "broken.yaml")} line 3: key "redis-prefx" is not a flag of picus; did you mean "redis-prefix"?`,
     )
+  })
+
+  it("picus completion bash, sourced in bash, completes every command and each command's flags", async () => {
+    const [bash, zsh, wrong] = await runAll([
+      ["completion", "bash"],
+      ["completion", "zsh"],
+      ["completion", "fish"],
+    ])
+    expect(bash?.code, bash?.output).toBe(0)
+    expect(zsh?.code, zsh?.output).toBe(0)
+    expect(zsh?.stdout).toContain("compdef _picus picus")
+    expect(wrong?.code).toBe(2)
+    const dir = mkdtempSync(join(tmpdir(), "picus-completion-"))
+    const script = join(dir, "picus.bash")
+    writeFileSync(script, bash?.stdout ?? "")
+    // Each case: the words typed so far, the last one being completed.
+    const cases: Array<ReadonlyArray<string>> = [
+      ["picus", "tok"],
+      ["picus", "token", "--na"],
+    ]
+    const operator = operatorProgram("picus")
+    const programs = [
+      { words: [] as ReadonlyArray<string>, cli: operator },
+      { words: ["server"], cli: serverProgram("picus server") },
+      { words: ["peer"], cli: peerProgram("picus peer") },
+    ]
+    const expected: Array<ReadonlyArray<string>> = [["token"], ["--name"]]
+    for (const { words, cli } of programs)
+      for (const command of cli.commands) {
+        const path = [...words, ...(command.name === "" ? [] : [command.name])]
+        // A command completes from its first two letters; its flags from "--".
+        if (command.name !== "") {
+          cases.push(["picus", ...words, command.name.slice(0, 2)])
+          expected.push([command.name])
+        }
+        if (words.length === 0 && (command.name === "server" || command.name === "peer")) continue
+        cases.push(["picus", ...path, "--"])
+        expected.push(command.options.map((o) => /--([a-z0-9-]+)/.exec(o.rawName)?.[1]).map((n) => `--${n}`))
+      }
+    const body = cases
+      .map(
+        (words) =>
+          `COMP_WORDS=(${words.map((w) => `'${w}'`).join(" ")}); COMP_CWORD=${words.length - 1}; _picus; echo "\${COMPREPLY[*]}"`,
+      )
+      .join("\n")
+    const completed = spawnSync("bash", ["--norc", "-c", `source ${script}\n${body}`], { encoding: "utf8" })
+    expect(completed.status, completed.stderr).toBe(0)
+    const lines = completed.stdout.split("\n")
+    cases.forEach((words, i) => {
+      const offered = (lines[i] ?? "").split(" ")
+      for (const word of expected[i] ?? []) expect(offered, `${words.join(" ")}<TAB>`).toContain(word)
+    })
+    expect(lines[0]).toBe("token")
   })
 })

@@ -1,6 +1,9 @@
 /** The operator's program: every command of `./picus` but the server and the peer themselves. */
 import { cac } from "cac"
+import { peerProgram } from "peer"
+import { serverProgram } from "server"
 import { registerClusterKey } from "./commands/clusterKey.ts"
+import { registerCompletion } from "./commands/completion.ts"
 import { registerDeadLetters } from "./commands/deadletters.ts"
 import { registerMigrate } from "./commands/migrate.ts"
 import { registerReports } from "./commands/reports.ts"
@@ -20,5 +23,10 @@ export const operatorProgram = (name: string) => {
   registerDeadLetters(cli)
   registerClusterKey(cli)
   registerMigrate(cli)
+  registerCompletion(cli, () => [
+    { words: [], cli },
+    { words: ["server"], cli: serverProgram("picus server") },
+    { words: ["peer"], cli: peerProgram("picus peer") },
+  ])
   return cli
 }
