@@ -260,7 +260,10 @@ export const peerProgram = (name: string) => {
       "--state-dir <dir>",
       "Where the peer keeps its id, identity key, pinned cluster key, run tickets and kept results (env PICUS_STATE_DIR; default ~/.local/state/picus/peers/<peer id>); one peer at a time",
     )
-    .option("--exit-on-shutdown", "Exit 0 when the server shuts down, instead of registering again")
+    .option(
+      "--exit-on-shutdown",
+      "Exit 0 when the server shuts down, instead of registering again (env PICUS_EXIT_ON_SHUTDOWN=1)",
+    )
     .option("--concurrency <n>", "Jobs run at once (env PICUS_CONCURRENCY, default 4)")
     .option("--output-cap <bytes>", "Output kept per job (env PICUS_OUTPUT_CAP, default 65536)")
     .action((flags: PeerFlags) => run(flags))

@@ -87,7 +87,7 @@ export const serverProgram = (name: string) => {
   const cli = cac(name)
   loggingOptions(sharedOptions(cli.command("", "Run a server instance (applies migrations first)")))
     .option("--server-id <id>", "This instance's name (env PICUS_SERVER_ID, default host-pid)")
-    .option("--catalog <file>", "Job catalog JSON replacing the built-in one (env PICUS_CATALOG)")
+    .option("--catalog <file>", "Job catalog, JSON or YAML, replacing the built-in one (env PICUS_CATALOG)")
     .option("--shutdown-reason <text>", "Reason sent to peers on Ctrl+C (env PICUS_SHUTDOWN_REASON)")
     .option("--heartbeat-ms <ms>", "Heartbeat interval asked of peers (env PICUS_HEARTBEAT_MS, default 5000)")
     .option(
