@@ -1,6 +1,7 @@
 /** The operator's program: every command of `./picus` but the server and the peer themselves. */
 import { cac } from "cac"
 import { registerClusterKey } from "./commands/clusterKey.ts"
+import { registerCompletion } from "./commands/completion.ts"
 import { registerDeadLetters } from "./commands/deadletters.ts"
 import { registerMigrate } from "./commands/migrate.ts"
 import { registerReports } from "./commands/reports.ts"
@@ -22,5 +23,10 @@ export const operatorProgram = (name: string) => {
   registerDeadLetters(cli)
   registerClusterKey(cli)
   registerMigrate(cli)
+  registerCompletion(cli, async () => [
+    { words: [], cli },
+    { words: ["server"], cli: (await import("server/program")).serverProgram("picus server") },
+    { words: ["peer"], cli: (await import("peer/program")).peerProgram("picus peer") },
+  ])
   return cli
 }
