@@ -4,9 +4,9 @@ import { registerClusterKey } from "./commands/clusterKey.ts"
 import { registerCompletion } from "./commands/completion.ts"
 import { registerDeadLetters } from "./commands/deadletters.ts"
 import { registerMigrate } from "./commands/migrate.ts"
+import { registerPeers } from "./commands/peers.ts"
 import { registerReports } from "./commands/reports.ts"
 import { registerRuns } from "./commands/runs.ts"
-import { registerSeedPeers } from "./commands/seedPeers.ts"
 import { registerSubmit } from "./commands/submit.ts"
 import { registerTokens } from "./commands/tokens.ts"
 
@@ -16,7 +16,7 @@ export const operatorProgram = (name: string) => {
   cli.command("server", "Run a server instance (see picus server --help)").allowUnknownOptions()
   cli.command("peer", "Run a peer on this machine (see picus peer --help)").allowUnknownOptions()
   registerTokens(cli)
-  registerSeedPeers(cli)
+  registerPeers(cli)
   registerSubmit(cli)
   registerReports(cli)
   registerRuns(cli)

@@ -503,39 +503,4 @@ export const registerRuns = (cli: CAC): void => {
           }),
         ),
     )
-
-  sharedOptions(
-    cli.command("peers", "Every peer: os, distro, labels, online, last seen, which instance holds it"),
-  )
-    .option("--json", "Machine-readable output")
-    .action((flags: ServerFlags & { json?: boolean }) =>
-      run(
-        withStore(
-          resolveServerConfig(flags),
-          Effect.gen(function* () {
-            const peers = yield* (yield* RunStore).peerViews()
-            printRows(
-              peers.map((p) =>
-                flags.json === true
-                  ? { ...p, online: p.heldBy !== null }
-                  : {
-                      peer: p.peerId,
-                      os: p.os,
-                      distro: p.distro,
-                      labels: Object.entries(p.labels)
-                        .map(([k, v]) => `${k}=${v}`)
-                        .join(","),
-                      online: p.heldBy !== null,
-                      "last seen": iso(p.lastSeenAt),
-                      "held by": p.heldBy,
-                    },
-              ),
-              flags.json === true,
-            )
-          }),
-          false,
-          true,
-        ),
-      ),
-    )
 }
