@@ -40,6 +40,7 @@ const REPO_MIGRATIONS = [
   "007_counted_rejections.sql",
   "008_instance_leases.sql",
   "009_ticket_peer_key.sql",
+  "011_cancel.sql",
 ]
 
 const TableRow = std(Schema.Struct({ table_name: Schema.String, table_type: Schema.String }))
@@ -133,7 +134,7 @@ describe("migrate", () => {
       const dir = yield* sqlDirCopy
       // A slow second migration keeps the first migrator inside its transaction while the other waits.
       yield* query(() =>
-        writeFile(join(dir, "010_slow.sql"), "select pg_sleep(0.3);\ncreate table slow (x int);\n"),
+        writeFile(join(dir, "900_slow.sql"), "select pg_sleep(0.3);\ncreate table slow (x int);\n"),
       )
       const a = yield* makePool(db.url)
       const b = yield* makePool(db.url)
@@ -141,11 +142,11 @@ describe("migrate", () => {
         concurrency: "unbounded",
       })
       const all = [...ra.applied, ...rb.applied].sort()
-      assert.deepStrictEqual(all, [...REPO_MIGRATIONS, "010_slow.sql"])
+      assert.deepStrictEqual(all, [...REPO_MIGRATIONS, "900_slow.sql"])
       assert.isTrue(ra.applied.length === 0 || rb.applied.length === 0, "one migrator applied everything")
       assert.deepStrictEqual(
         (yield* applied(a)).map((r) => r.version),
-        [...REPO_MIGRATIONS.map((name) => Number(name.slice(0, 3))), 10],
+        [...REPO_MIGRATIONS.map((name) => Number(name.slice(0, 3))), 900],
       )
     }),
   )
@@ -155,12 +156,12 @@ describe("migrate", () => {
       const db = yield* database
       const dir = yield* sqlDirCopy
       yield* query(() =>
-        writeFile(join(dir, "010_broken.sql"), "create table fine (x int);\nselect * from nope;\n"),
+        writeFile(join(dir, "900_broken.sql"), "create table fine (x int);\nselect * from nope;\n"),
       )
       const pool = yield* makePool(db.url)
       const error = yield* Effect.flip(migrate(pool, { dir }))
       assert.instanceOf(error, MigrationError)
-      assert.include(error.message, "010_broken.sql")
+      assert.include(error.message, "900_broken.sql")
       assert.include(error.message, "nope")
       const found = yield* tables(pool)
       assert.deepStrictEqual(found, [], "nothing of any migration remains, not even schema_migrations")
@@ -176,7 +177,7 @@ describe("migrate", () => {
       yield* query(() =>
         writeFile(join(dir, "001_init.sql"), "create table changed (x int);\n", { flag: "a" }),
       )
-      yield* query(() => writeFile(join(dir, "010_next.sql"), "create table next (x int);\n"))
+      yield* query(() => writeFile(join(dir, "900_next.sql"), "create table next (x int);\n"))
       const error = yield* Effect.flip(migrate(pool, { dir }))
       assert.instanceOf(error, MigrationError)
       assert.include(error.message, "001_init.sql")
@@ -204,12 +205,12 @@ describe("migrate", () => {
     Effect.gen(function* () {
       const db = yield* database
       const dir = yield* sqlDirCopy
-      yield* query(() => writeFile(join(dir, "011_later.sql"), "create table later (x int);\n"))
+      yield* query(() => writeFile(join(dir, "902_later.sql"), "create table later (x int);\n"))
       const pool = yield* makePool(db.url)
       yield* migrate(pool, { dir })
-      yield* query(() => writeFile(join(dir, "010_between.sql"), "create table between_ (x int);\n"))
+      yield* query(() => writeFile(join(dir, "901_between.sql"), "create table between_ (x int);\n"))
       const error = yield* Effect.flip(migrate(pool, { dir }))
-      assert.include(error.message, "010_between.sql")
+      assert.include(error.message, "901_between.sql")
     }),
   )
 
@@ -258,9 +259,11 @@ describe("migrate", () => {
         const text = yield* query(() => readFile(join(dir, leases), "utf8"))
         yield* query(() => unlink(join(dir, leases)))
         // The migrations after it wait too: they come after it.
-        const after = "009_ticket_peer_key.sql"
-        const afterText = yield* query(() => readFile(join(dir, after), "utf8"))
-        yield* query(() => unlink(join(dir, after)))
+        const after = REPO_MIGRATIONS.slice(REPO_MIGRATIONS.indexOf(leases) + 1)
+        const afterText = yield* Effect.forEach(after, (name) =>
+          query(() => readFile(join(dir, name), "utf8")),
+        )
+        yield* Effect.forEach(after, (name) => query(() => unlink(join(dir, name))))
         const pool = yield* makePool(db.url)
         yield* migrate(pool, { dir })
         // As 007 left them: per-session leases, one live instance, one lost, one never seen.
@@ -280,8 +283,8 @@ describe("migrate", () => {
           yield* query(() => pool.query(statement))
         }
         yield* query(() => writeFile(join(dir, leases), text))
-        yield* query(() => writeFile(join(dir, after), afterText))
-        assert.deepStrictEqual((yield* migrate(pool, { dir })).applied, [leases, after])
+        yield* Effect.forEach(after, (name, i) => query(() => writeFile(join(dir, name), afterText[i]!)))
+        assert.deepStrictEqual((yield* migrate(pool, { dir })).applied, [leases, ...after])
 
         const LeaseRow = std(Schema.Struct({ server_id: Schema.String, minutes: Schema.Number }))
         const rows = yield* query(() =>

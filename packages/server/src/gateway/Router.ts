@@ -53,6 +53,8 @@ export const makeRouter = Effect.fnUntraced(function* (deps: {
         return session.heartbeat
       case "logout":
         return session.end(message.reason ?? Protocol.LogoutReason.peerShutdown)
+      case "output":
+        return session.relayOutput(message)
     }
   }
 
@@ -128,7 +130,9 @@ export const makeRouter = Effect.fnUntraced(function* (deps: {
   const notice = (n: Protocol.ServerNotice) =>
     Effect.gen(function* () {
       const session = registry.byId(n.session_id)
-      if (session) yield* session.refill()
+      if (session === undefined) return
+      if (n.notice === "cancel_requested") yield* session.cancelRequested(n.tickets)
+      else yield* session.refill()
     })
 
   /** Handles a batch; the outcome of every entry. */

@@ -1,6 +1,7 @@
 import { layer } from "@effect/vitest"
 import type { Layer } from "effect"
 import type { Stores } from "../../store/Store.ts"
+import { cancelContract } from "./cancel.ts"
 import { catalogContract } from "./catalog.ts"
 import { compositionContract } from "./composition.ts"
 import { reportContract } from "./reports.ts"
@@ -11,6 +12,7 @@ import { tokenContract } from "./tokens.ts"
 
 export type { StoreIt } from "./support.ts"
 export {
+  cancelContract,
   catalogContract,
   compositionContract,
   reportContract,
@@ -33,5 +35,6 @@ export const storeContract = (name: string, storeLayer: Layer.Layer<Stores, unkn
     sessionContract(it)
     ticketContract(it)
     resultContract(it)
+    cancelContract(it)
     compositionContract(it)
   })
