@@ -18,7 +18,7 @@ chaos:
 # database, or of DATABASE_URL when it is set).
 EMBEDDED := $(if $(DATABASE_URL),,--embedded)
 sessions:
-	@scripts/toolchain.sh pnpm --silent --filter server start sessions $(EMBEDDED)
+	@./picus sessions $(EMBEDDED)
 
 results:
-	@scripts/toolchain.sh pnpm --silent --filter server start results $(EMBEDDED)
+	@./picus results $(EMBEDDED)

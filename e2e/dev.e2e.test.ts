@@ -3,7 +3,7 @@ import { mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterEach, describe, expect, it } from "vitest"
-import { killAll, repoRoot, runPnpm } from "./support/processes.ts"
+import { killAll, repoRoot, runPicus } from "./support/processes.ts"
 
 // `make dev` as a newcomer runs it: the whole system in one process on the embedded layers.
 
@@ -61,10 +61,7 @@ describe("make dev", () => {
     expect(output).toMatch(/Summary/)
     expect(output).toMatch(/peer-1\s+[\d.]+s\s+server_shutdown/)
 
-    const read = await runPnpm(
-      ["--silent", "--filter", "server", "start", "sessions", "--embedded", "--json"],
-      embeddedEnv(dataDir),
-    )
+    const read = await runPicus(["sessions", "--embedded", "--json"], embeddedEnv(dataDir))
     expect(read.code, read.output).toBe(0)
     const sessions = JSON.parse(read.stdout) as Array<{
       peer_id: string

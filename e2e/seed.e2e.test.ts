@@ -4,7 +4,7 @@ import { sql } from "slonik"
 import { afterEach, beforeEach, describe, expect, it } from "vitest"
 import { detectOs } from "../packages/peer/src/osInfo.ts"
 import { makeWorld, type World, writeCatalog } from "./support/env.ts"
-import { eventually, killAll, runPnpm, startPnpm } from "./support/processes.ts"
+import { eventually, killAll, runPicus, startPnpm } from "./support/processes.ts"
 
 // The brief, end to end: a server and two peers started with the commands a user types, over
 // the real Redis and PostgreSQL, running real shell commands.
@@ -48,10 +48,7 @@ const startPeer = (peerId: string, token: string, ...flags: Array<string>) =>
   )
 
 const createToken = async (name: string) => {
-  const created = await runPnpm(
-    ["--filter", "server", "start", "token", "create", "--name", name, "--json"],
-    world.env,
-  )
+  const created = await runPicus(["token", "create", "--name", name, "--json"], world.env)
   expect(created.code).toBe(0)
   const line = created.stdout.split("\n").find((l) => l.startsWith("{"))
   return JSON.parse(line!) as { token: string; id: number }
@@ -206,7 +203,7 @@ describe("the seed, end to end", () => {
     await server.waitForLine(/serving/)
     const first = startPeer("peer-r", token, "--exit-on-shutdown")
     await first.waitForLine(/registered as peer-r/)
-    const revoked = await runPnpm(["--filter", "server", "start", "token", "revoke", String(id)], world.env)
+    const revoked = await runPicus(["token", "revoke", String(id)], world.env)
     expect(revoked.code).toBe(0)
     // Its session's Redis user is gone: the peer registers again, and is told the token is revoked.
     expect(await first.exited, first.output()).toBe(1)
@@ -220,24 +217,14 @@ describe("the seed, end to end", () => {
     expect(sessions.map((s) => s.logout_reason)).toEqual(["revoked"])
   })
 
-  it("an operator submits a command to a peer with picus-server submit; it runs there and is recorded", async () => {
+  it("an operator submits a command to a peer with picus submit; it runs there and is recorded", async () => {
     const { token } = await createToken("e2e")
     const server = startServer()
     await server.waitForLine(/serving/)
     const peer = startPeer("peer-s", token)
     await peer.waitForLine(/registered as peer-s/)
-    const submitted = await runPnpm(
-      [
-        "--filter",
-        "server",
-        "start",
-        "submit",
-        "peer-s",
-        "echo submitted-$((20 + 1))",
-        "--name",
-        "adhoc",
-        "--json",
-      ],
+    const submitted = await runPicus(
+      ["submit", "peer-s", "echo submitted-$((20 + 1))", "--name", "adhoc", "--json"],
       world.env,
     )
     expect(submitted.code, submitted.stdout).toBe(0)
@@ -255,7 +242,7 @@ describe("the seed, end to end", () => {
       15_000,
     )
     expect(row).toEqual({ status: "succeeded", output: "submitted-21\n" })
-    const unknown = await runPnpm(["--filter", "server", "start", "submit", "nobody", "true"], world.env)
+    const unknown = await runPicus(["submit", "nobody", "true"], world.env)
     expect(unknown.code).toBe(1)
     expect(unknown.output).toMatch(/no peer nobody has ever registered/)
   })

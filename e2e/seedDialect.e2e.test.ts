@@ -8,7 +8,7 @@ import {
   eventually,
   killAll,
   repoRoot,
-  runPnpm,
+  runPicus,
   sleep,
   startPnpm,
   startProcess,
@@ -42,10 +42,7 @@ const anyJobs = (
 ).jobs.filter((j) => j.os === "any" && j.distro === "any")
 
 const createToken = async () => {
-  const created = await runPnpm(
-    ["--filter", "server", "start", "token", "create", "--name", "seed", "--json"],
-    world.env,
-  )
+  const created = await runPicus(["token", "create", "--name", "seed", "--json"], world.env)
   expect(created.code).toBe(0)
   return (JSON.parse(created.stdout.split("\n").find((l) => l.startsWith("{"))!) as { token: string }).token
 }

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { detectOs } from "../packages/peer/src/osInfo.ts"
 import { attempt, authAs, type Enrolled, enroll, loginAs } from "./support/attacker.ts"
 import { makeWorld, type World, writeCatalog } from "./support/env.ts"
-import { eventually, killAll, type Running, runPnpm, startPnpm } from "./support/processes.ts"
+import { eventually, killAll, type Running, runPicus, startPnpm } from "./support/processes.ts"
 import { type PrivateRedis, startPrivateRedis } from "./support/redis.ts"
 
 // Every attack of the trust issue, tried with the attacker's real credentials against a real server
@@ -64,10 +64,7 @@ beforeAll(async () => {
     { id: "hello", name: "Hello", os: here.os, distro: here.distro, command: "echo hello" },
     { id: "slow", name: "Slow", os: here.os, distro: here.distro, command: "sleep 4; echo real answer" },
   ])
-  const created = await runPnpm(
-    ["--silent", "--filter", "server", "start", "token", "create", "--name", "fleet", "--json"],
-    world.env,
-  )
+  const created = await runPicus(["token", "create", "--name", "fleet", "--json"], world.env)
   expect(created.code, created.output).toBe(0)
   enrollment = JSON.parse(created.stdout.split("\n").find((l) => l.startsWith("{"))!).enrollment
   server = startPnpm("server", ["--filter", "server", "start"], { ...world.env, PICUS_CATALOG: catalog })
@@ -320,10 +317,7 @@ describe("no usable secret at rest or in logs", () => {
 
 describe("revoking a token", () => {
   it("ends its sessions at once with reason revoked and drops their Redis users", async () => {
-    const revoked = await runPnpm(
-      ["--silent", "--filter", "server", "start", "token", "revoke", "1"],
-      world.env,
-    )
+    const revoked = await runPicus(["token", "revoke", "1"], world.env)
     expect(revoked.code, revoked.output).toBe(0)
     const reasons = await eventually("three revoked sessions", async () => {
       const rows = await world.query<{ peer_id: string; logout_reason: string }>(sql.unsafe`

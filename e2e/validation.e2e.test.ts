@@ -3,7 +3,7 @@ import { join } from "node:path"
 import { sql } from "slonik"
 import { afterEach, beforeEach, describe, expect, it } from "vitest"
 import { makeWorld, type World, writeCatalog } from "./support/env.ts"
-import { killAll, runPnpm } from "./support/processes.ts"
+import { killAll, runPicus, runPnpm } from "./support/processes.ts"
 
 // What a user types that the wire cannot carry is refused with exit code 2 before anything is
 // written; a failure while running still exits 1.
@@ -17,16 +17,15 @@ afterEach(async () => {
   await world.close()
 })
 
-// `pnpm --filter` reports any failing script as exit code 1; `pnpm -C` passes the CLI's own code on.
-const server = (...args: ReadonlyArray<string>) =>
-  runPnpm(["-C", "packages/server", "start", ...args], world.env)
+// `./picus` passes each command's own exit code on (2 for a usage mistake).
+const picus = (...args: ReadonlyArray<string>) => runPicus(args, world.env)
 
 const ticketCount = async () =>
   Number((await world.query<{ n: number }>(sql.unsafe`select count(*)::int as n from tickets`))[0]?.n)
 
-describe("picus-server refuses what the wire cannot carry", () => {
+describe("picus refuses what the wire cannot carry", () => {
   it("submit: an empty or oversized command, a bad name or timeout exits 2 and writes no ticket", async () => {
-    expect((await server("migrate")).code).toBe(0)
+    expect((await picus("migrate")).code).toBe(0)
     await world.query(
       sql.unsafe`insert into peers (peer_id, os, distro) values ('peer-1', 'linux', 'debian')`,
     )
@@ -44,17 +43,17 @@ describe("picus-server refuses what the wire cannot carry", () => {
       ],
     ]
     for (const [args, message] of cases) {
-      const refused = await server("submit", ...args)
+      const refused = await picus("submit", ...args)
       expect(refused.code, refused.output).toBe(2)
       expect(refused.output).toContain(`error: ${message}`)
       expect(await ticketCount()).toBe(0)
     }
     // The same peer takes a valid job: the refusals above were the validation, not the setup.
-    const accepted = await server("submit", "peer-1", "true")
+    const accepted = await picus("submit", "peer-1", "true")
     expect(accepted.code, accepted.output).toBe(0)
     expect(await ticketCount()).toBe(1)
     // A runtime failure (no such peer) still exits 1.
-    const unknown = await server("submit", "nobody", "true")
+    const unknown = await picus("submit", "nobody", "true")
     expect(unknown.code).toBe(1)
     expect(unknown.output).toMatch(/no peer nobody has ever registered/)
   })
@@ -64,7 +63,7 @@ describe("picus-server refuses what the wire cannot carry", () => {
       { id: "ok", name: "Ok", os: "linux", distro: "debian", command: "true" },
       { id: "big", name: "Big", os: "linux", distro: "debian", command: "x".repeat(9 * 1024) },
     ])
-    const refused = await server("--catalog", path)
+    const refused = await picus("server", "--catalog", path)
     expect(refused.code, refused.output).toBe(2)
     expect(refused.output).toContain(
       `error: catalog ${path}: job 1 (id "big"): command: expected at most 8192 UTF-8 bytes, got 9216`,
@@ -79,16 +78,13 @@ describe("picus-server refuses what the wire cannot carry", () => {
     const none = await runPnpm(["-C", "packages/server", "start"], withoutKey)
     expect(none.code, none.output).toBe(2)
     expect(none.output).toContain("error: no cluster key: set PICUS_CLUSTER_KEY_FILE")
-    expect(none.output).toContain("picus-server cluster-key new --out <file>")
+    expect(none.output).toContain("picus cluster-key new --out <file>")
 
     const file = join(world.dir, "cluster.key")
-    const made = await runPnpm(
-      ["-C", "packages/server", "start", "cluster-key", "new", "--out", file],
-      withoutKey,
-    )
+    const made = await runPicus(["cluster-key", "new", "--out", file], withoutKey)
     expect(made.code, made.output).toBe(0)
     expect(statSync(file).mode & 0o777).toBe(0o600)
-    const shown = await runPnpm(["-C", "packages/server", "start", "cluster-key", "show"], {
+    const shown = await runPicus(["cluster-key", "show"], {
       ...withoutKey,
       PICUS_CLUSTER_KEY_FILE: file,
     })

@@ -36,5 +36,5 @@ if [ ! -f "$stamp" ] || [ "$root/pnpm-lock.yaml" -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
-cd "$root"
+[ "${PICUS_KEEP_CWD:-}" = 1 ] || cd "$root"
 exec "$@"

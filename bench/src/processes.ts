@@ -12,7 +12,7 @@ const serverScript = join(repoRoot, "packages", "server", "src", "main.ts")
 // The built-in catalog has jobs for any os, which every peer gets; a run measures its own jobs only.
 const emptyCatalog = join(repoRoot, "bench", "empty-catalog.json")
 
-/** Starts `picus-server start` with this environment (an empty catalog unless it names one). */
+/** Starts `./picus server` with this environment (an empty catalog unless it names one). */
 export const startServer = (id: string, env: Record<string, string>): Promise<ChildProcess> =>
   new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [serverScript, "start"], {

@@ -125,6 +125,22 @@ export const runPnpm = async (
   return { code, stdout, output: r.output() }
 }
 
+/** Starts `./picus <args>` the way an operator types it. */
+export const startPicus = (name: string, args: ReadonlyArray<string>, env: Record<string, string>): Running =>
+  startProcess(name, `${repoRoot}picus`, args, env)
+
+/** Runs `./picus <args>` to completion: its own exit code, stdout alone, and all its output. */
+export const runPicus = async (
+  args: ReadonlyArray<string>,
+  env: Record<string, string>,
+): Promise<{ code: number | string; stdout: string; output: string }> => {
+  const r = startPicus(`picus ${args.join(" ")}`, args, env)
+  const out: Array<string> = []
+  r.child.stdout?.on("data", (chunk: Buffer) => out.push(chunk.toString("utf8")))
+  const code = await r.exited
+  return { code, stdout: out.join("").trimEnd(), output: r.output() }
+}
+
 export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
 /** Polls until `check` returns a value, or fails after timeoutMs; `what` may be computed late. */

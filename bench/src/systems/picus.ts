@@ -15,7 +15,7 @@ import { percentiles } from "../stats.ts"
 import type { BenchEnv, BenchSystem, MeasuredWindow, RunResult, SystemEntry } from "../system.ts"
 
 /**
- * This system, as an operator runs it: `instances` real server processes (`picus-server start`)
+ * This system, as an operator runs it: `instances` real server processes (`./picus server`)
  * on one Redis and one PostgreSQL, and `workers` simulated peers (the load generator's fleet, real
  * protocol peers over Redis that answer jobs in-process). Tickets are submitted the way an
  * operator's tool does (`submitJobs`: written to PostgreSQL, then the holding instance told).

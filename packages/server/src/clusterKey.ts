@@ -45,7 +45,7 @@ const signingOf = (seed: Redacted.Redacted<string>, where: string): Trust.Signin
   const signing = Trust.signingKeyOf(Redacted.value(seed))
   if (signing === undefined) {
     throw new ClusterKeyError(
-      `${where} must hold a base64url 32-byte key (make one with \`picus-server cluster-key new\`)`,
+      `${where} must hold a base64url 32-byte key (make one with \`picus cluster-key new\`)`,
     )
   }
   return signing

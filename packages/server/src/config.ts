@@ -195,7 +195,7 @@ export const requireClusterKey = (config: ServerConfig): ClusterKey => {
   if (config.clusterKey !== undefined) return config.clusterKey
   throw new ConfigError(
     "no cluster key: set PICUS_CLUSTER_KEY_FILE to a file made by " +
-      "`picus-server cluster-key new --out <file>` (or PICUS_CLUSTER_KEY to its contents); " +
+      "`picus cluster-key new --out <file>` (or PICUS_CLUSTER_KEY to its contents); " +
       "every instance of the cluster needs the same key",
   )
 }

@@ -3,8 +3,22 @@
 export { OPEN_MODE_WARNING, PeerAccess } from "./access/PeerAccess.ts"
 export { cancelTickets } from "./cancel.ts"
 export { CatalogError, loadCatalog } from "./catalog.ts"
-export { type ClusterKey, keyFileOrNew, newClusterKey } from "./clusterKey.ts"
-export { ConfigError, DEFAULT_SHUTDOWN_REASON, resolveServerConfig, type ServerConfig } from "./config.ts"
+export {
+  type ClusterKey,
+  ClusterKeyError,
+  describeClusterKey,
+  keyFileOrNew,
+  newClusterKey,
+  writeNewKeyFile,
+} from "./clusterKey.ts"
+export {
+  ConfigError,
+  DEFAULT_SHUTDOWN_REASON,
+  requireClusterKey,
+  resolveServerConfig,
+  type ServerConfig,
+  type ServerFlags,
+} from "./config.ts"
 export { defaultDataDir, EMBEDDED_POOL_SIZE, serveEmbedded } from "./db/embedded.ts"
 export { ensureDatabase } from "./db/ensureDatabase.ts"
 export { PgStore } from "./db/PgStore.ts"
@@ -15,6 +29,21 @@ export {
   statementCounts,
   statementKey,
 } from "./db/statementCounter.ts"
+export { addSeedPeer, createToken, OPERATOR, revokeTokens } from "./enrollment.ts"
 export { type Gateway, GatewayFailed, gatewayConfigFrom, makeGateway, untilSignal } from "./gateway/index.ts"
 export { MAX_REGISTER_SKEW_MS } from "./gateway/Registration.ts"
+export {
+  isUsageError,
+  readOnlyStoreLayer,
+  redisDbOf,
+  redisOf,
+  redisUrlFor,
+  sharedOptions,
+  storeLayer,
+  transportLayer,
+  withRedisUsers,
+  withStore,
+} from "./layers.ts"
+export { serve, serverProgram } from "./program.ts"
+export { printRows } from "./report.ts"
 export { InvalidJob, type Submission, submitJobs, validateSubmission } from "./submit.ts"

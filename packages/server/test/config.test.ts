@@ -59,7 +59,7 @@ describe("the cluster key", () => {
     )
     expect(requireClusterKey(resolveServerConfig({ clusterKeyFile: path }, {})).publicKey).toBe(key.publicKey)
     expect(() => requireClusterKey(resolveServerConfig({}, {}))).toThrow(
-      /no cluster key: set PICUS_CLUSTER_KEY_FILE .*picus-server cluster-key new/,
+      /no cluster key: set PICUS_CLUSTER_KEY_FILE .*picus cluster-key new/,
     )
     expect(() => resolveServerConfig({}, { PICUS_CLUSTER_KEY: seed, PICUS_CLUSTER_KEY_FILE: path })).toThrow(
       /not both/,

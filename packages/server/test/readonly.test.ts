@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto"
 import { createPool, sql } from "slonik"
 import { afterAll, describe, expect, it } from "vitest"
-import { runPnpm } from "../../../e2e/support/processes.ts"
+import { runPicus } from "../../../e2e/support/processes.ts"
 import { adminUrl, type FreshDatabase, freshDatabase, withDatabase } from "./support/database.ts"
 
 // The read-only commands as a user runs them, against the shared PostgreSQL: they read what is
@@ -27,7 +27,7 @@ const tableExists = async (url: string, table: string) => {
 
 const readOnly = [["sessions"], ["results"], ["token", "list"]] as const
 const server = (args: ReadonlyArray<string>, databaseUrl: string) =>
-  runPnpm(["--silent", "--filter", "server", "start", ...args], { DATABASE_URL: databaseUrl })
+  runPicus(args, { DATABASE_URL: databaseUrl })
 
 const databases: Array<FreshDatabase> = []
 afterAll(async () => {

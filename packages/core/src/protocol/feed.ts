@@ -1,6 +1,6 @@
 /**
  * The live event feed: what servers publish on the `{p}:events` pub/sub channel for people watching
- * (the live view of `make dev`, `picus-server watch`). At-most-once by nature: nothing depends on
+ * (the live view of `make dev`, `./picus watch`). At-most-once by nature: nothing depends on
  * these, and PostgreSQL holds the record of everything they say. Never carries a token.
  */
 import { Result, Schema } from "effect"

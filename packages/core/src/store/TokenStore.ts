@@ -15,7 +15,7 @@ export interface NewToken {
   readonly name: string
   readonly prefix: string
   readonly hash: Uint8Array
-  /** Binds the token to this peer id (`picus-server peer add`). */
+  /** Binds the token to this peer id (`./picus peers add`). */
   readonly peerId?: string | null
 }
 

@@ -12,7 +12,7 @@ export class DatabaseNotReady extends Schema.TaggedError<DatabaseNotReady>()("Da
 }) {}
 
 const MigratedRow = Schema.toStandardSchemaV1(Schema.Struct({ migrated: Schema.Boolean }))
-const WHAT_TO_DO = "start the server once, or run `picus-server migrate`"
+const WHAT_TO_DO = "start the server once, or run `./picus migrate`"
 
 /** PostgreSQL's invalid_catalog_name, somewhere in an error's chain of causes. */
 const isMissingDatabase = (error: unknown): boolean => {

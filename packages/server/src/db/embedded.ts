@@ -13,7 +13,7 @@ import { PoolError } from "./pool.ts"
  *
  * PGlite is one backend: the pool over it must have one connection (see EMBEDDED_POOL_SIZE). It
  * does not lock its folder, so the process that opens it records its port in `embedded.json`;
- * another process (e.g. `picus-server sessions --embedded`) connects to that port while the owner
+ * another process (e.g. `./picus sessions --embedded`) connects to that port while the owner
  * lives, and opens the folder itself only when nobody does.
  */
 
