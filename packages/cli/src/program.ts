@@ -1,12 +1,15 @@
 /** The operator's program: every command of `./picus` but the server and the peer themselves. */
 import { cac } from "cac"
+import { registerCancel } from "./commands/cancel.ts"
 import { registerClusterKey } from "./commands/clusterKey.ts"
 import { registerDeadLetters } from "./commands/deadletters.ts"
+import { registerTicket } from "./commands/follow.ts"
 import { registerMigrate } from "./commands/migrate.ts"
 import { registerReports } from "./commands/reports.ts"
 import { registerSeedPeers } from "./commands/seedPeers.ts"
 import { registerSubmit } from "./commands/submit.ts"
 import { registerTokens } from "./commands/tokens.ts"
+import { registerWatch } from "./commands/watch.ts"
 
 export const operatorProgram = (name: string) => {
   const cli = cac(name)
@@ -16,6 +19,9 @@ export const operatorProgram = (name: string) => {
   registerTokens(cli)
   registerSeedPeers(cli)
   registerSubmit(cli)
+  registerCancel(cli)
+  registerTicket(cli)
+  registerWatch(cli)
   registerReports(cli)
   registerDeadLetters(cli)
   registerClusterKey(cli)

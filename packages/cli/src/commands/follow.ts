@@ -1,0 +1,170 @@
+/**
+ * Following tickets live: their output as their peers send it (relayed on the feed, never
+ * stored), then each one's final status from PostgreSQL. `picus ticket <id> --follow` follows one;
+ * `followTickets` follows many (a run's), each line prefixed with its peer's id.
+ */
+import {
+  isTerminal,
+  Protocol,
+  type StoreError,
+  type TicketInfo,
+  TicketStore,
+  Transport,
+  type TransportError,
+  TransportRedis,
+} from "@picus/core"
+import type { CAC } from "cac"
+import { Effect, Fiber, Option, Stream } from "effect"
+import { resolveServerConfig, type ServerFlags, sharedOptions, withStore } from "server"
+import { run } from "../support.ts"
+
+export interface FollowOptions {
+  /** Prefix each line with the ticket's peer id (for many tickets at once). */
+  readonly prefix?: boolean
+  /** Where output goes, as it comes (default: stdout). */
+  readonly write?: (text: string) => void
+  /** How often PostgreSQL is asked whether the tickets ended (default 250 ms). */
+  readonly pollMs?: number
+}
+
+/** What was shown of a ticket's output so far. */
+interface Shown {
+  text: string
+  next: number
+  /** Chunks lost or bytes dropped on the way: the live text is not the whole output. */
+  gaps: boolean
+  /** A line not yet ended (prefixed output is written a whole line at a time). */
+  partial: string
+}
+
+/**
+ * Follows tickets until each has ended: prints the output their peers relay while they run, and,
+ * once a ticket has ended, what of its stored output was not shown live (all of it when nothing
+ * came live: a short job, a peer that does not stream, a feed that lost it). Returns each ticket's
+ * final record; a ticket unknown to PostgreSQL is left out.
+ */
+export const followTickets = Effect.fnUntraced(function* (
+  tickets: ReadonlyArray<string>,
+  options: FollowOptions = {},
+): Effect.fn.Return<ReadonlyMap<string, TicketInfo>, StoreError | TransportError, TicketStore | Transport> {
+  const store = yield* TicketStore
+  const transport = yield* Transport
+  const write = options.write ?? ((text: string) => void process.stdout.write(text))
+  const wanted = new Set(tickets)
+  const shown = new Map<string, Shown>()
+  const peers = new Map<string, string>()
+  const ended = new Map<string, TicketInfo>()
+
+  /** Writes output of a ticket; prefixed, a whole line at a time (`flush`: and the last, unended). */
+  const emit = (ticket: string, text: string, flush = false) => {
+    if (!options.prefix) return text.length > 0 ? write(text) : undefined
+    const s = stateOf(ticket)
+    const lines = (s.partial + text).split("\n")
+    s.partial = lines.pop() ?? ""
+    if (flush && s.partial.length > 0) lines.push(s.partial)
+    if (flush) s.partial = ""
+    const peer = peers.get(ticket) ?? "?"
+    for (const line of lines) write(`${peer}: ${line}\n`)
+  }
+  const stateOf = (ticket: string) => {
+    let s = shown.get(ticket)
+    if (s === undefined) {
+      s = { text: "", next: 0, gaps: false, partial: "" }
+      shown.set(ticket, s)
+    }
+    return s
+  }
+
+  // Subscribed before the first look at PostgreSQL, so nothing falls between the two.
+  const listening = yield* transport.subscribe.pipe(
+    Stream.runForEach((payload) =>
+      Effect.sync(() => {
+        const event = Protocol.decodeFeedEvent(payload)
+        if (event?.event !== "output" || !wanted.has(event.ticket) || ended.has(event.ticket)) return
+        peers.set(event.ticket, event.peer_id)
+        const s = stateOf(event.ticket)
+        if (event.seq !== s.next || (event.dropped ?? 0) > 0) s.gaps = true
+        s.next = event.seq + 1
+        s.text += event.data
+        emit(event.ticket, event.data)
+      }),
+    ),
+    Effect.forkChild,
+  )
+  let open = [...wanted]
+  while (open.length > 0) {
+    for (const ticket of open) {
+      const info = yield* store.ticketInfo(ticket)
+      if (Option.isNone(info)) {
+        wanted.delete(ticket)
+        continue
+      }
+      peers.set(ticket, info.value.peerId)
+      if (!isTerminal(info.value.state)) continue
+      ended.set(ticket, info.value)
+      const s = stateOf(ticket)
+      const output = info.value.result?.output ?? ""
+      // The stored output is the whole of it: what was not shown live follows.
+      if (output.startsWith(s.text)) emit(ticket, output.slice(s.text.length))
+      else if (s.gaps) write(`(some live output of ticket ${ticket} was lost on the way)\n`)
+      emit(ticket, "", true)
+    }
+    open = open.filter((t) => wanted.has(t) && !ended.has(t))
+    if (open.length > 0) yield* Effect.sleep(options.pollMs ?? 250)
+  }
+  yield* Fiber.interrupt(listening)
+  return ended
+})
+
+/** One line on a ticket's end: its state, exit code and why when it did not end by a result. */
+export const endLine = (info: TicketInfo): string => {
+  const exit = info.result?.exitCode
+  const why = info.closeReason === null ? "" : `: ${info.closeReason}`
+  return `ticket ${info.ticket} (${info.peerId}) ${info.state}${exit === undefined || exit === null ? "" : ` (exit ${exit})`}${why}`
+}
+
+type TicketFlags = ServerFlags & { follow?: boolean; json?: boolean }
+
+export const registerTicket = (cli: CAC): void => {
+  sharedOptions(cli.command("ticket <id>", "A ticket: its state, exit code and output"))
+    .option("--follow", "Print its output as it comes, until it ends; exit 0 if it succeeded, else 1")
+    .option("--json", "Machine-readable output")
+    .example("picus ticket 1234 --follow")
+    .action((id: string, flags: TicketFlags) => {
+      const config = resolveServerConfig(flags)
+      const ticket = String(id)
+      return run(
+        withStore(
+          config,
+          Effect.gen(function* () {
+            const store = yield* TicketStore
+            const info = flags.follow
+              ? (yield* followTickets([ticket])).get(ticket)
+              : Option.getOrUndefined(yield* store.ticketInfo(ticket))
+            if (info === undefined) return yield* Effect.fail(new Error(`no ticket ${ticket}`))
+            if (flags.json) {
+              console.log(
+                JSON.stringify({
+                  ticket: info.ticket,
+                  peer_id: info.peerId,
+                  name: info.name,
+                  state: info.state,
+                  close_reason: info.closeReason,
+                  exit_code: info.result?.exitCode ?? null,
+                  ...(flags.follow ? {} : { output: info.result?.output ?? null }),
+                }),
+              )
+            } else {
+              if (!flags.follow && info.result !== undefined) process.stdout.write(info.result.output)
+              console.error(endLine(info))
+            }
+            return info.state === "succeeded" ? 0 : 1
+          }).pipe(
+            Effect.provide(TransportRedis.layerRedis({ url: config.redisUrl, prefix: config.redisPrefix })),
+          ),
+          false,
+          true,
+        ),
+      )
+    })
+}
