@@ -23,6 +23,8 @@ export interface FollowOptions {
   readonly prefix?: boolean
   /** Where output goes, as it comes (default: stdout). */
   readonly write?: (text: string) => void
+  /** Where notes about the output go (default: stderr), apart from the output itself. */
+  readonly note?: (line: string) => void
   /** How often PostgreSQL is asked whether the tickets ended (default 250 ms). */
   readonly pollMs?: number
 }
@@ -50,6 +52,7 @@ export const followTickets = Effect.fnUntraced(function* (
   const store = yield* TicketStore
   const transport = yield* Transport
   const write = options.write ?? ((text: string) => void process.stdout.write(text))
+  const note = options.note ?? ((line: string) => void process.stderr.write(`${line}\n`))
   const wanted = new Set(tickets)
   const shown = new Map<string, Shown>()
   const peers = new Map<string, string>()
@@ -104,10 +107,14 @@ export const followTickets = Effect.fnUntraced(function* (
       ended.set(ticket, info.value)
       const s = stateOf(ticket)
       const output = info.value.result?.output ?? ""
-      // The stored output is the whole of it: what was not shown live follows.
+      // The stored output is the whole of it: what was not shown live follows. Following that
+      // began after the job's first output (pub/sub keeps nothing) shows the rest, and says so.
+      const after = s.text.length === 0 ? 0 : output.lastIndexOf(s.text)
       if (output.startsWith(s.text)) emit(ticket, output.slice(s.text.length))
-      else if (s.gaps) write(`(some live output of ticket ${ticket} was lost on the way)\n`)
+      else if (after >= 0) emit(ticket, output.slice(after + s.text.length))
       emit(ticket, "", true)
+      if (s.gaps || after > 0)
+        note(`(not all of ticket ${ticket}'s output was shown live: picus ticket ${ticket} shows it whole)`)
     }
     open = open.filter((t) => wanted.has(t) && !ended.has(t))
     if (open.length > 0) yield* Effect.sleep(options.pollMs ?? 250)
