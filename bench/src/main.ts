@@ -4,6 +4,7 @@ import { parseArgs } from "node:util"
 import { positiveFlag } from "./args.ts"
 import { sleep } from "./clock.ts"
 import { costPerTicket, makeCostWindow } from "./counts.ts"
+import { type FanoutResult, runFanout } from "./fanout.ts"
 import { startMachineSampler, startProcessSampler } from "./procstat.ts"
 import { type RealPeersResult, runRealPeers } from "./realPeers.ts"
 import { describeMachine, type RunFailure, type RunRecord, writeReport } from "./report.ts"
@@ -17,7 +18,7 @@ import { streamsCeiling } from "./systems/streamsCeiling.ts"
 /** Every system `pnpm bench` knows, in the order they take turns. Add new ones here. */
 const systems: ReadonlyArray<SystemEntry> = [picus1, picus2, bullmq, bullmqBatched, streamsCeiling]
 /** Phases of picus alone, run after the systems' phases: with the picus systems, or named in --only. */
-const extras = ["storm", "real-peers"] as const
+const extras = ["storm", "real-peers", "fanout"] as const
 
 const usage = `Usage: pnpm bench [options]
   --repeats N      repeats of every measurement (default 3; 1 with --quick)
@@ -30,6 +31,7 @@ const usage = `Usage: pnpm bench [options]
   --storm-peers N  simulated peers registering at once in the storm phase (default 10000; 1000 with --quick)
   --storm-idle S   seconds the storm's fleet idles, heartbeating, after it (default 20; 5 with --quick)
   --real-peers P   real peer processes in the real-peers phase (default 4)
+  --fanout-peers F real peers in the fan-out phase (default 20; 5 with --quick)
   --real-tickets K tickets (the command true) in the real-peers phase (default 400; 100 with --quick)
   --quick          small numbers, for a smoke run
   --out DIR        where to write the report (default bench/results/<timestamp>)
@@ -47,6 +49,7 @@ const { values } = parseArgs({
     "storm-idle": { type: "string" },
     "real-peers": { type: "string" },
     "real-tickets": { type: "string" },
+    "fanout-peers": { type: "string" },
     only: { type: "string" },
     quick: { type: "boolean", default: false },
     out: { type: "string" },
@@ -69,6 +72,7 @@ const stormPeers = Math.round(int("storm-peers", values["storm-peers"], quick ? 
 const stormIdleMs = int("storm-idle", values["storm-idle"], quick ? 5 : 20) * 1000
 const realPeers = Math.round(int("real-peers", values["real-peers"], 4))
 const realTickets = Math.round(int("real-tickets", values["real-tickets"], quick ? 100 : 400))
+const fanoutPeers = Math.round(int("fanout-peers", values["fanout-peers"], quick ? 5 : 20))
 const only = values.only?.split(",").map((s) => s.trim())
 const unknown =
   only?.filter((n) => !systems.some((s) => s.name === n) && !(extras as ReadonlyArray<string>).includes(n)) ??
@@ -210,6 +214,18 @@ if (extraChosen("real-peers")) {
   }
 }
 
+let fanout: FanoutResult | undefined
+if (extraChosen("fanout")) {
+  fanout = await runFanout(env, { peers: fanoutPeers, repeats: quick ? 3 : 5 })
+  if (fanout.error !== undefined)
+    failures.push({ system: "fanout", phase: `${fanoutPeers} peers`, repeat: 1, error: fanout.error })
+  else
+    console.log(
+      `[fanout · ${fanoutPeers} peers] median ${(fanout.medianWallMs! / 1000).toFixed(3)} s, ` +
+        `${fanout.medianMachineCpuS!.toFixed(2)} machine CPU-s`,
+    )
+}
+
 const summary = writeReport(outDir, {
   machine: describeMachine(),
   options: {
@@ -222,12 +238,14 @@ const summary = writeReport(outDir, {
     systems: chosen.map((s) => s.name),
     ...(extraChosen("storm") ? { stormPeers, stormIdleMs } : {}),
     ...(extraChosen("real-peers") ? { realPeers, realTickets } : {}),
+    ...(extraChosen("fanout") ? { fanoutPeers } : {}),
   },
   systems: chosen.map((s) => s.name),
   runs,
   failures,
   storms,
   realPeers: realPeerRuns,
+  ...(fanout === undefined ? {} : { fanout }),
   wallMs: Date.now() - startedAt.getTime(),
 })
 console.log(`\n${summary}`)

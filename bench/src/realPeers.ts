@@ -83,7 +83,7 @@ const startTreeSampler = (pids: ReadonlyArray<number>) => {
   }
 }
 
-const startPeer = (cluster: Cluster, peerId: string, stateDir: string): Promise<ChildProcess> =>
+export const startPeer = (cluster: Cluster, peerId: string, stateDir: string): Promise<ChildProcess> =>
   new Promise((resolve, reject) => {
     // BENCH_PEER_NODE_ARGS: Node options for the peers only (--cpu-prof, say).
     const nodeArgs = process.env.BENCH_PEER_NODE_ARGS?.split(" ").filter(Boolean) ?? []

@@ -2,6 +2,7 @@ import { mkdirSync, readFileSync, writeFileSync } from "node:fs"
 import { cpus, hostname } from "node:os"
 import { join } from "node:path"
 import { type CostCounts, type CostPerTicket, costPerTicket } from "./counts.ts"
+import type { FanoutResult } from "./fanout.ts"
 import type { RealPeersResult } from "./realPeers.ts"
 import { spread } from "./stats.ts"
 import type { StormResult } from "./storm.ts"
@@ -151,6 +152,8 @@ export interface ReportInput {
   readonly storms?: ReadonlyArray<StormResult>
   /** Real peer processes against simulated ones on one server (absent when not run). */
   readonly realPeers?: ReadonlyArray<RealPeersResult>
+  /** The fan-out phase (absent when not run). */
+  readonly fanout?: FanoutResult
   readonly wallMs: number
 }
 
@@ -353,6 +356,29 @@ const summaryMarkdown = (input: ReportInput, groups: ReadonlyArray<GroupSummary>
       )
     }
     lines.push("")
+  }
+
+  if (input.fanout !== undefined) {
+    const f = input.fanout
+    lines.push("## Fan-out", "")
+    lines.push(
+      `One server and ${f.peers} real peers; \`./picus run --all -- echo hi\` from the command to its ` +
+        "exit (it waits for every result), after one run not counted. Machine CPU: every process on the " +
+        "machine meanwhile (the command, the server, the peers and their shells, PostgreSQL, Redis). " +
+        "Reference from the issue, same kind of machine: Salt 3006 with 20 minions, " +
+        "`salt '*' cmd.run 'echo hi'`, 1.9 s and 3.5 CPU-seconds.",
+      "",
+    )
+    if (f.error !== undefined) lines.push(`Failed: ${f.error}`, "")
+    else {
+      lines.push("| run | wall s | machine CPU s |", "|---:|---:|---:|")
+      for (const [i, r] of f.runs.entries())
+        lines.push(`| ${i + 1} | ${fmtNum(r.wallMs / 1000, 3)} | ${fmtNum(r.machineCpuS, 2)} |`)
+      lines.push(
+        `| median | ${fmtNum((f.medianWallMs ?? Number.NaN) / 1000, 3)} | ${fmtNum(f.medianMachineCpuS, 2)} |`,
+        "",
+      )
+    }
   }
 
   if (input.failures.length > 0) {

@@ -27,6 +27,8 @@ export interface Cluster {
   readonly clusterPublicKey: string
   readonly prefix: string
   readonly redisUrl: string
+  /** The run's own database, for the operator's commands. */
+  readonly databaseUrl: string
   readonly servers: ReadonlyArray<ChildProcess>
   readonly pool: pg.Pool
   readonly run: <A, E>(effect: Effect.Effect<A, E, Stores | Transport | Scope.Scope>) => Promise<A>
@@ -89,6 +91,7 @@ export const startCluster = async (
       clusterPublicKey: Trust.signingKeyOf(clusterKey)!.publicKey,
       prefix,
       redisUrl: env.redisUrl,
+      databaseUrl: dbUrl,
       servers,
       pool,
       // Fleets made here live until the cluster stops.

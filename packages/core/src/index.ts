@@ -1,6 +1,7 @@
 export * from "./actors/JobScheduler.ts"
 export * from "./actors/PeerSession.ts"
 export * from "./keys.ts"
+export * as Metrics from "./metrics.ts"
 export * from "./node/commandLine.ts"
 export * from "./node/signals.ts"
 export * as Protocol from "./protocol/index.ts"

@@ -3,6 +3,7 @@ import { TransportRedis } from "@picus/core"
 import { Config, ConfigProvider, Effect, Exit, Option, type Redacted, Schema } from "effect"
 import { defaultCatalogPath } from "./catalog.ts"
 import { type ClusterKey, ClusterKeyError, clusterKeyOf, readKeyFile } from "./clusterKey.ts"
+import { type HttpAddress, parseHttpAddress } from "./http/address.ts"
 
 /** Defaults shared with compose.yaml and the README: local PostgreSQL and Redis on their usual ports. */
 export const DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/picus"
@@ -38,6 +39,8 @@ export interface ServerConfig {
    * it (see requireClusterKey).
    */
   readonly clusterKey: ClusterKey | undefined
+  /** PICUS_HTTP: where to serve health, readiness and metrics (`host:port`); off when unset. */
+  readonly http: HttpAddress | undefined
 }
 
 /** Command-line options as cac gives them (camelCase); each wins over its environment variable. */
@@ -56,6 +59,7 @@ export interface ServerFlags {
   readonly deliveryDeadlineMs?: number | string
   readonly redisUsers?: string
   readonly clusterKeyFile?: string
+  readonly http?: string
 }
 
 export class ConfigError extends Error {
@@ -110,6 +114,7 @@ const settings = {
   leaseMs: positive("leaseMs", "PICUS_LEASE_MS"),
   deliveryDeadlineMs: positive("deliveryDeadlineMs", "PICUS_DELIVERY_DEADLINE_MS"),
   redisUsers: onOff("redisUsers", "PICUS_REDIS_USERS"),
+  http: text("http", "PICUS_HTTP"),
   environmentTokens: secret("PICUS_TOKENS"),
   clusterKey: secret("PICUS_CLUSTER_KEY"),
   clusterKeyFile: text("clusterKeyFile", "PICUS_CLUSTER_KEY_FILE"),
@@ -236,5 +241,16 @@ export const resolveServerConfig = (
     redisUsers: get(settings.redisUsers, "on") === "on",
     redisTls: TransportRedis.redisTlsFromEnv(env),
     clusterKey: clusterKeyFrom((setting) => read(provider, setting, flags, env)),
+    http: httpOf(Option.getOrUndefined(read(provider, settings.http, flags, env))),
   }
+}
+
+const httpOf = (text: string | undefined): HttpAddress | undefined => {
+  if (text === undefined || text === "" || text === "off") return undefined
+  const address = parseHttpAddress(text)
+  if (address === undefined)
+    throw new ConfigError(
+      `--http (or PICUS_HTTP) must be host:port or a port, e.g. 127.0.0.1:8080; got "${text}"`,
+    )
+  return address
 }

@@ -15,6 +15,8 @@ import type { ClusterKey } from "./clusterKey.ts"
 import { requireClusterKey, resolveServerConfig, type ServerConfig, type ServerFlags } from "./config.ts"
 import { countersLine } from "./db/statementCounter.ts"
 import { gatewayConfigFrom, makeGateway, untilSignal } from "./gateway/index.ts"
+import { READ_BLOCK_MS } from "./gateway/UplinkPump.ts"
+import { layerHttpSurface } from "./http/HttpSurface.ts"
 import { isUsageError, peerAccessLayer, redisOf, sharedOptions, storeLayer } from "./layers.ts"
 
 /** `kill -USR2 <pid>` prints the process's counters as one line on stdout (the bench reads them). */
@@ -44,6 +46,16 @@ export const serve = (
     yield* catalogStore.replaceCatalog(catalog)
     const gateway = yield* makeGateway(gatewayConfigFrom(config, clusterKey))
     const running = yield* Effect.forkScoped(gateway.run)
+    if (config.http !== undefined) {
+      yield* Layer.build(
+        layerHttpSurface(config.http, {
+          status: gateway.status,
+          leaseMs: config.leaseMs,
+          readWithinMs: 3 * READ_BLOCK_MS + 1_000,
+        }),
+      )
+      yield* Effect.logInfo(`HTTP on ${config.http.host}:${config.http.port} (/healthz, /readyz, /metrics)`)
+    }
     yield* countersOnSignal
     yield* Effect.logInfo(
       `server ${config.serverId} serving (${catalog.length} catalog jobs); Ctrl+C to stop`,
@@ -96,6 +108,10 @@ export const serverProgram = (name: string) => {
     .option(
       "--lease-ms <ms>",
       "An instance silent this long is taken for dead; others close its sessions (env PICUS_LEASE_MS, default 15000)",
+    )
+    .option(
+      "--http <host:port>",
+      "Serve /healthz, /readyz and /metrics there (env PICUS_HTTP; a bare port binds 127.0.0.1; default off)",
     )
     .option(
       "--cluster-key-file <file>",

@@ -39,6 +39,8 @@ export interface TicketQueue {
    * was lost. (Twice the timeout, because a job may wait for a free slot on the peer first.)
    */
   readonly overdue: (now: number, slackMs: number) => ReadonlyArray<Ticket>
+  /** When an in-flight ticket was last sent; undefined when it is not in flight. */
+  readonly sentAt: (ticket: string) => number | undefined
   /** How many times an in-flight ticket has been sent, in all sessions (1 after the first send). */
   readonly deliveries: (ticket: string) => number
   /** Records that an in-flight ticket was sent again at `now` (its deadline starts over). */
@@ -115,6 +117,7 @@ export const makeTicketQueue = (
         )
       return t
     },
+    sentAt: (ticket) => sentAt.get(ticket),
     deliveries: (ticket) => sends.get(ticket) ?? 0,
     resent: (ticket, now) => {
       if (!inFlight.has(ticket)) return

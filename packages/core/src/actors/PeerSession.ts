@@ -1,5 +1,18 @@
-import { Cause, Clock, Deferred, Effect, Exit, Option, Queue, Result, Schema, type Scope } from "effect"
-import { isTerminal } from "../domain/ticket.ts"
+import {
+  Cause,
+  Clock,
+  Deferred,
+  Effect,
+  Exit,
+  Metric,
+  Option,
+  Queue,
+  Result,
+  Schema,
+  type Scope,
+} from "effect"
+import { isTerminal, ticketStateOf } from "../domain/ticket.ts"
+import * as Metrics from "../metrics.ts"
 import * as Protocol from "../protocol/index.ts"
 import { hashSecret, sameHash, sessionTokenOf } from "../secrets.ts"
 import {
@@ -560,6 +573,7 @@ const runSession = Effect.fnUntraced(function* (
           ),
         )
       if (marked === undefined) return
+      yield* Metric.update(Metric.withAttributes(Metrics.ticketsTotal, { state: "delivered" }), marked.length)
       const held = new Set(marked.map((t) => t.ticket))
       const gone = all.filter((t) => !held.has(t.ticket))
       for (const t of gone) tickets.settle(t.ticket)
@@ -668,6 +682,7 @@ const runSession = Effect.fnUntraced(function* (
     const wrote = yield* store.logout({ peerId, sessionId, epoch, reason, serverId: config.serverId })
     if (!wrote) return yield* lose("it was closed or taken over elsewhere before its logout")
     closed = true
+    yield* Metric.update(Metric.withAttributes(Metrics.logoutsTotal, { reason }), 1)
     yield* publish({ event: "logged_out", at: now(), ...at, reason })
     const open = tickets.inFlight() + tickets.waiting()
     yield* Effect.logInfo(
@@ -694,8 +709,16 @@ const runSession = Effect.fnUntraced(function* (
   const settle = (m: Protocol.Result, verdict: RecordOutcome) =>
     Effect.gen(function* () {
       lastSeen = now()
+      const sent = tickets.sentAt(m.ticket)
       const ticket = verdict === "unknown_ticket" ? undefined : tickets.settle(m.ticket)
       if (verdict === "recorded") {
+        yield* Metric.update(Metrics.resultsRecordedTotal, 1)
+        yield* Metric.update(
+          Metric.withAttributes(Metrics.ticketsTotal, { state: ticketStateOf(statusOf(m)) }),
+          1,
+        )
+        if (sent !== undefined)
+          yield* Metric.update(Metrics.ticketResultSeconds, Math.max(0, now() - sent) / 1000)
         yield* publish({
           event: "result",
           at: now(),

@@ -1,3 +1,4 @@
+import { Metrics } from "@picus/core"
 import { Context, Effect, Metric } from "effect"
 import type { Interceptor, Query } from "slonik"
 
@@ -82,6 +83,11 @@ export const makeStatementCounter = (context: Context.Context<never>): Intercept
         openTransactions.set(queryContext.connectionId, tx)
         transactions.updateUnsafe(1, context)
       }
+      return null
+    },
+    afterQueryExecution: (queryContext) => {
+      const elapsedNs = process.hrtime.bigint() - BigInt(queryContext.queryInputTime)
+      Metrics.pgStatementSeconds.updateUnsafe(Number(elapsedNs) / 1e9, context)
       return null
     },
     beforePoolConnectionRelease: (connectionContext) => {

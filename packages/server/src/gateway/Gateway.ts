@@ -96,8 +96,14 @@ const build = Effect.fnUntraced(function* (config: GatewayConfig) {
     ).pipe(Effect.tapCause((cause) => Effect.logError("the gateway failed", cause))),
     shutdown: (reason: string) =>
       shutdown(reason).pipe(Effect.ensuring(registration.flushRejections.pipe(Effect.ignore))),
-    /** For tests and status: sessions held, entries waiting to be tried again. */
-    status: Effect.sync(() => ({ sessions: registry.size(), retrying: pump.retrying() })),
+    /** For tests, health and metrics: what this instance holds and whether its parts answer. */
+    status: Effect.sync(() => ({
+      sessions: registry.size(),
+      retrying: pump.retrying(),
+      accepting: lifecycle.accepting,
+      leaseRenewedAt: leaseKeeper.renewedAt(),
+      ...pump.reading(),
+    })),
   }
 })
 

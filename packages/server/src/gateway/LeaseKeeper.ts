@@ -47,6 +47,7 @@ export const makeLeaseKeeper = Effect.fnUntraced(function* (
   let takeOverNotBefore = 0
   let cutOff = false
   let rounds = 0
+  let renewedAt: number | undefined
   /** Lost instances whose own stream the pump should drain next. */
   let drainDue: ReadonlyArray<string> = []
   const markMs = ownerMarkMs(config.leaseMs)
@@ -90,6 +91,7 @@ export const makeLeaseKeeper = Effect.fnUntraced(function* (
           ),
         ),
     )
+    renewedAt = yield* Clock.currentTimeMillis
     if (cutOff) {
       cutOff = false
       takeOverNotBefore = (yield* Clock.currentTimeMillis) + config.leaseMs
@@ -121,6 +123,8 @@ export const makeLeaseKeeper = Effect.fnUntraced(function* (
   return {
     round,
     mayTakeOver: (now: number) => now >= takeOverNotBefore,
+    /** When PostgreSQL last renewed this instance's lease (undefined before the first round). */
+    renewedAt: (): number | undefined => renewedAt,
     /** The lost instances to drain, once each round. */
     takeDrainDue: (): ReadonlyArray<string> => {
       const due = drainDue

@@ -1,6 +1,15 @@
 import { randomUUID } from "node:crypto"
-import { type Admission, type Delivery, Protocol, Store, sessionTokenOf, Transport, Trust } from "@picus/core"
-import { Clock, Effect } from "effect"
+import {
+  type Admission,
+  type Delivery,
+  Metrics,
+  Protocol,
+  Store,
+  sessionTokenOf,
+  Transport,
+  Trust,
+} from "@picus/core"
+import { Clock, Effect, Metric } from "effect"
 import { PeerAccess } from "../access/PeerAccess.ts"
 import { checkEnrollmentToken } from "../tokens.ts"
 import type { GatewayConfig } from "./config.ts"
@@ -73,6 +82,10 @@ export const makeRegistration = Effect.fnUntraced(function* (
 
   /** Told to the peer, counted in the registration log (see RejectionLog), logged rate-limited. */
   const reject = Effect.fnUntraced(function* (message: Protocol.Register, reason: string, why?: string) {
+    yield* Metric.update(
+      Metric.withAttributes(Metrics.registrationsTotal, { outcome: "rejected", reason }),
+      1,
+    )
     yield* rejections.record({ peerId: message.peer_id, reason, serverIp: message.server_ip })
     yield* sendRejection(message.peer_id, reason, message.nonce)
     const at = yield* Clock.currentTimeMillis
@@ -182,6 +195,10 @@ export const makeRegistration = Effect.fnUntraced(function* (
       tokenId: verdict.accepted ? verdict.tokenId : null,
       ...(sealed === undefined ? {} : { sealed }),
     })
+    yield* Metric.update(
+      Metric.withAttributes(Metrics.registrationsTotal, { outcome: "accepted", reason: "" }),
+      1,
+    )
   })
 
   return {

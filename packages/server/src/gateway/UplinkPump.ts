@@ -131,6 +131,8 @@ export const makeUplinkPump = Effect.fnUntraced(function* (deps: {
     return taken.filter((d) => !inHand.has(d.id))
   }
 
+  let lastReadAt: number | undefined
+  let lagMs = 0
   const turn = Effect.gen(function* () {
     const start = yield* Clock.currentTimeMillis
     hearing.readStarted(start)
@@ -139,6 +141,7 @@ export const makeUplinkPump = Effect.fnUntraced(function* (deps: {
       blockMs: retrying.size > 0 ? 200 : READ_BLOCK_MS,
     })
     const lastRead = yield* Clock.currentTimeMillis
+    lastReadAt = lastRead
     if (hearing.readSucceeded(lastRead) || redisEmptied) {
       yield* Effect.logInfo(`Redis is back: ${registry.size()} session(s) get a fresh grace period`)
       yield* everySession((s) => s.heartbeat)
@@ -159,6 +162,7 @@ export const makeUplinkPump = Effect.fnUntraced(function* (deps: {
       backlogCheckedAt = lastRead
       sharedLag = yield* transport.uplinkBacklogMs.pipe(Effect.orElseSucceed(() => 0))
     }
+    lagMs = Math.max(ownLag, sharedLag)
     if (hearing.behind(ownLag, sharedLag)) {
       // Caught up: every session gets a full grace period from now, as after a Redis outage.
       yield* everySession((s) => s.heartbeat)
@@ -194,5 +198,10 @@ export const makeUplinkPump = Effect.fnUntraced(function* (deps: {
     ),
   )
 
-  return { turn, retrying: () => retrying.size }
+  return {
+    turn,
+    retrying: () => retrying.size,
+    /** When the uplink last answered a read, and how far behind the newest entry it was then. */
+    reading: () => ({ lastReadAt, lagMs }),
+  }
 })
