@@ -162,7 +162,12 @@ export const makeRouter = Effect.fnUntraced(function* (deps: {
       const message = decoded.success
       const list = byPeer.get(message.peer_id) ?? []
       const session = message.msg === "result" ? registry.authenticated(message, entry.payload) : undefined
-      if (session && message.msg === "result" && list.every(([m]) => m.msg === "heartbeat")) {
+      // Live output need not keep its place before a result: a follower reads the stored output.
+      if (
+        session &&
+        message.msg === "result" &&
+        list.every(([m]) => m.msg === "heartbeat" || m.msg === "output")
+      ) {
         together.push({ session, message, entry })
         continue
       }
