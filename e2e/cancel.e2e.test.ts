@@ -5,7 +5,15 @@ import { sql } from "slonik"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { detectOs } from "../packages/peer/src/osInfo.ts"
 import { makeWorld, type World, writeCatalog } from "./support/env.ts"
-import { eventually, killAll, type Running, runPicus, startPicus } from "./support/processes.ts"
+import {
+  eventually,
+  killAll,
+  type Running,
+  repoRoot,
+  runPicus,
+  startPicus,
+  startProcess,
+} from "./support/processes.ts"
 
 // Cancel, live output and the feed, with a real server, a real peer and ./picus as an operator
 // types it.
@@ -36,8 +44,8 @@ const stateOf = async (ticket: string) =>
   (await world.query<{ state: string }>(sql.unsafe`select state from tickets where ticket = ${ticket}`))[0]
     ?.state
 
-const submit = async (command: string): Promise<string> => {
-  const submitted = await runPicus(["submit", "p1", command, "--json", "--timeout-ms", "60000"], world.env)
+const submit = async (command: string, peer = "p1"): Promise<string> => {
+  const submitted = await runPicus(["submit", peer, command, "--json", "--timeout-ms", "60000"], world.env)
   expect(submitted.code, submitted.output).toBe(0)
   return String(JSON.parse(submitted.stdout).ticket)
 }
@@ -160,5 +168,32 @@ describe("picus cancel", () => {
     const unknown = await runPicus(["cancel", "999999999"], world.env)
     expect(unknown.code, unknown.output).toBe(1)
     expect(unknown.stdout).toContain("no such ticket")
+  })
+
+  it("a peer of the seed's protocol ignores it: its ticket ends with its real result", async () => {
+    const seed = startProcess("seed-peer", "bash", [join(repoRoot, "e2e/support/seed-peer.sh")], {
+      REDIS_URL: world.env.REDIS_URL!,
+      PREFIX: world.prefix,
+      PEER_ID: "seed",
+      TOKEN: "tok",
+    })
+    await seed.waitForLine(/^accepted$/)
+    const ticket = await submit("sleep 2; echo real", "seed")
+    await eventually("the seed peer got the job", async () =>
+      (await stateOf(ticket)) === "delivered" ? true : undefined,
+    )
+    const asked = await runPicus(["cancel", ticket, "--no-wait", "--json"], world.env)
+    expect(asked.code, asked.output).toBe(0)
+    expect(JSON.parse(asked.stdout)).toMatchObject({ ticket, outcome: "requested" })
+    const [row] = await eventually("the real result", async () => {
+      const rows = await world.query<{ state: string; close_reason: string | null; output: string }>(
+        sql.unsafe`select t.state, t.close_reason, r.output
+          from tickets t join job_results r using (ticket) where t.ticket = ${ticket}`,
+      )
+      return rows.length > 0 ? rows : undefined
+    })
+    expect(row).toEqual({ state: "succeeded", close_reason: null, output: "real\n" })
+    await seed.waitForLine(/^received .*"msg":"cancel"/)
+    expect(seed.child.exitCode, seed.output()).toBeNull()
   })
 })
