@@ -156,6 +156,35 @@ describe("picus cancel", () => {
     )
   })
 
+  it("cancels a run: its running job is killed, and the run closes", async () => {
+    const marker = `30.${randomInt(1e9, 1e10 - 1)}`
+    const started = await runPicus(["run", "--peer", "p1", "--no-wait", "--", `sleep ${marker}`], world.env)
+    expect(started.code, started.output).toBe(0)
+    const runId = started.stdout.trim()
+    expect(runId).toMatch(/^r\d+$/)
+    await eventually("the run's sleep running", async () => (sleepsWith(marker) === 1 ? true : undefined))
+    const cancelled = await runPicus(["cancel", runId, "--by", "bob", "--reason", "rollback"], world.env)
+    expect(cancelled.code, cancelled.output).toBe(0)
+    expect(cancelled.stdout).toMatch(/\(p1\): cancelled/)
+    const rows = await world.query<{ state: string; close_reason: string }>(
+      sql.unsafe`select state, close_reason from tickets where run_id = ${runId}`,
+    )
+    expect(rows).toEqual([{ state: "cancelled", close_reason: "cancelled by bob: rollback" }])
+    await eventually("no sleep left behind", async () => (sleepsWith(marker) === 0 ? true : undefined), 5_000)
+    await eventually("the run closed", async () => {
+      const [run] = await world.query<{ closed: boolean }>(
+        sql.unsafe`select closed_at is not null as closed from runs where run_id = ${runId}`,
+      )
+      return run?.closed ? true : undefined
+    })
+    const again = await runPicus(["cancel", runId], world.env)
+    expect(again.code, again.output).toBe(0)
+    expect(again.stdout).toContain(`run ${runId}: no open ticket; nothing to cancel`)
+    const unknown = await runPicus(["cancel", "r999999999"], world.env)
+    expect(unknown.code, unknown.output).toBe(1)
+    expect(unknown.stdout).toContain("no such run")
+  })
+
   it("says a ticket that had ended has nothing to cancel, and exits 1", async () => {
     const ticket = await submit("echo quick")
     await eventually("the ticket ended", async () =>

@@ -3,9 +3,9 @@ import { cac } from "cac"
 import { registerCancel } from "./commands/cancel.ts"
 import { registerClusterKey } from "./commands/clusterKey.ts"
 import { registerDeadLetters } from "./commands/deadletters.ts"
-import { registerTicket } from "./commands/follow.ts"
 import { registerMigrate } from "./commands/migrate.ts"
 import { registerReports } from "./commands/reports.ts"
+import { registerRuns } from "./commands/runs.ts"
 import { registerSeedPeers } from "./commands/seedPeers.ts"
 import { registerSubmit } from "./commands/submit.ts"
 import { registerTokens } from "./commands/tokens.ts"
@@ -20,9 +20,9 @@ export const operatorProgram = (name: string) => {
   registerSeedPeers(cli)
   registerSubmit(cli)
   registerCancel(cli)
-  registerTicket(cli)
   registerWatch(cli)
   registerReports(cli)
+  registerRuns(cli)
   registerDeadLetters(cli)
   registerClusterKey(cli)
   registerMigrate(cli)

@@ -47,3 +47,6 @@ export const pgStatementSeconds = Metric.histogram("picus_pg_statement_seconds",
   description: "PostgreSQL statement time",
   boundaries: latencyBoundaries,
 })
+
+/** Rows pruned for retention, by table. */
+export const prunedRowsTotal = counter("picus_pruned_rows_total", "Rows removed by retention, by table")

@@ -69,6 +69,8 @@ export interface AgentConfig {
   readonly warn?: (line: string) => Effect.Effect<void>
   readonly serverIp: string
   readonly os: OsInfo
+  /** Sent at registration (only when there are some: a seed server knows no labels). */
+  readonly labels?: Readonly<Record<string, string>>
   readonly state: StateFile
   readonly agentVersion: string
   /** Jobs run at once. */
@@ -413,6 +415,9 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
             distro: config.os.distro,
             hostname: config.os.hostname,
             agent_version: config.agentVersion,
+            ...(config.labels !== undefined && Object.keys(config.labels).length > 0
+              ? { labels: config.labels }
+              : {}),
             nonce,
             ts,
             peer_key: identity.publicKey,

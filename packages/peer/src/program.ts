@@ -3,6 +3,7 @@ import { firstSignal, PICUS_VERSION, Protocol, redisPasswordOf, TransportRedis, 
 import { cac } from "cac"
 import { Cause, Effect, Exit, Fiber, Result } from "effect"
 import { type AgentExit, makeAgent } from "./Agent.ts"
+import { parseLabels } from "./labels.ts"
 import { detectOs } from "./osInfo.ts"
 import { adoptLegacyState, lockStateDir, openStateFile, resolveStateDir, type StateFile } from "./state.ts"
 import { type ClusterKeyPin, parseClusterKeyPin, resolveTrust } from "./trust.ts"
@@ -22,6 +23,8 @@ interface PeerFlags {
   readonly exitOnShutdown?: boolean
   readonly concurrency?: number | string
   readonly outputCap?: number | string
+  readonly label?: string | ReadonlyArray<string>
+  readonly osRelease?: string
 }
 
 const fail = (message: string): never => {
@@ -139,6 +142,9 @@ const run = (flags: PeerFlags) => {
   })
   if (Result.isFailure(trust)) fail(trust.failure.message)
   const prefix = flags.redisPrefix ?? env.PICUS_REDIS_PREFIX ?? "picus"
+  const labels = parseLabels(flags.label, env.PICUS_LABELS)
+  if (Result.isFailure(labels)) fail(labels.failure)
+  const osRelease = given(flags.osRelease) ?? given(env.PICUS_OS_RELEASE)
   const onConnection = (event: TransportRedis.RedisConnectionEvent) =>
     console.log(TransportRedis.describeConnection(event, "set REDIS_URL or --redis-url"))
   const program = Effect.gen(function* () {
@@ -165,7 +171,8 @@ const run = (flags: PeerFlags) => {
             ),
         }),
       serverIp: flags.serverIp ?? env.PICUS_SERVER_IP ?? parsedUrl.hostname,
-      os: detectOs(),
+      os: detectOs(osRelease),
+      labels: Result.isSuccess(labels) ? labels.success : {},
       state,
       agentVersion: AGENT_VERSION,
       concurrency: positiveInt("--concurrency", flags.concurrency ?? env.PICUS_CONCURRENCY, 4),
@@ -240,6 +247,14 @@ export const peerProgram = (name: string) => {
     .option("--exit-on-shutdown", "Exit 0 when the server shuts down, instead of registering again")
     .option("--concurrency <n>", "Jobs run at once (env PICUS_CONCURRENCY, default 4)")
     .option("--output-cap <bytes>", "Output kept per job (env PICUS_OUTPUT_CAP, default 65536)")
+    .option(
+      "--label <key=value>",
+      "A label to target runs by, e.g. role=web (repeatable; env PICUS_LABELS=role=web,zone=a); keys are [a-z0-9_./-], at most 32",
+    )
+    .option(
+      "--os-release <file>",
+      "Where to read the distro from (env PICUS_OS_RELEASE, default /etc/os-release): for containers and tests",
+    )
     .action((flags: PeerFlags) => run(flags))
   return cli
 }

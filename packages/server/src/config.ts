@@ -26,6 +26,8 @@ export interface ServerConfig {
   readonly leaseMs: number
   /** A ticket not delivered by this long after its creation ends undeliverable. */
   readonly deliveryDeadlineMs: number
+  /** PICUS_RETAIN_DAYS: results, terminal tickets and log rows older than this are pruned; 0 keeps all. */
+  readonly retainDays: number
   /**
    * PICUS_REDIS_USERS (on, the default, or off): each peer gets Redis users of its own, limited to
    * what it needs (docs/security.md). Off is the open mode: every party shares one Redis login.
@@ -57,6 +59,7 @@ export interface ServerFlags {
   readonly maxInFlight?: number | string
   readonly leaseMs?: number | string
   readonly deliveryDeadlineMs?: number | string
+  readonly retainDays?: number | string
   readonly redisUsers?: string
   readonly clusterKeyFile?: string
   readonly http?: string
@@ -88,6 +91,12 @@ const positive = (flag: keyof ServerFlags, env: string): Setting<Option.Option<n
   config: (name) => Config.option(Config.schema(PositiveInt, name)),
   expected: "a positive whole number",
 })
+const wholeNumber = (flag: keyof ServerFlags, env: string): Setting<Option.Option<number>> => ({
+  flag,
+  env,
+  config: (name) => Config.option(Config.schema(Schema.Int.check(Schema.isGreaterThanOrEqualTo(0)), name)),
+  expected: "a whole number, 0 or more",
+})
 const onOff = (flag: keyof ServerFlags, env: string): Setting<Option.Option<"on" | "off">> => ({
   flag,
   env,
@@ -113,6 +122,7 @@ const settings = {
   maxInFlight: positive("maxInFlight", "PICUS_MAX_IN_FLIGHT"),
   leaseMs: positive("leaseMs", "PICUS_LEASE_MS"),
   deliveryDeadlineMs: positive("deliveryDeadlineMs", "PICUS_DELIVERY_DEADLINE_MS"),
+  retainDays: wholeNumber("retainDays", "PICUS_RETAIN_DAYS"),
   redisUsers: onOff("redisUsers", "PICUS_REDIS_USERS"),
   http: text("http", "PICUS_HTTP"),
   environmentTokens: secret("PICUS_TOKENS"),
@@ -238,6 +248,7 @@ export const resolveServerConfig = (
     maxInFlight: get(settings.maxInFlight, 8),
     leaseMs: get(settings.leaseMs, 15_000),
     deliveryDeadlineMs: get(settings.deliveryDeadlineMs, 3_600_000),
+    retainDays: get(settings.retainDays, 30),
     redisUsers: get(settings.redisUsers, "on") === "on",
     redisTls: TransportRedis.redisTlsFromEnv(env),
     clusterKey: clusterKeyFrom((setting) => read(provider, setting, flags, env)),

@@ -1,7 +1,7 @@
 // What other packages (the load generator, the benchmark, the `make dev` harness) use of the
 // server, with the errors and types their signatures name.
 export { OPEN_MODE_WARNING, PeerAccess } from "./access/PeerAccess.ts"
-export { cancelTickets } from "./cancel.ts"
+export { cancelRun, cancelTickets } from "./cancel.ts"
 export { CatalogError, loadCatalog } from "./catalog.ts"
 export {
   type ClusterKey,
@@ -46,4 +46,5 @@ export {
 } from "./layers.ts"
 export { serve, serverProgram } from "./program.ts"
 export { printRows } from "./report.ts"
+export { advanceRuns, notifyHolders, startRun, sweepRuns } from "./runs.ts"
 export { InvalidJob, type Submission, submitJobs, validateSubmission } from "./submit.ts"

@@ -110,6 +110,10 @@ export const serverProgram = (name: string) => {
       "An instance silent this long is taken for dead; others close its sessions (env PICUS_LEASE_MS, default 15000)",
     )
     .option(
+      "--retain-days <days>",
+      "Keep results, finished tickets and log rows this many days (env PICUS_RETAIN_DAYS, default 30; 0 keeps all)",
+    )
+    .option(
       "--http <host:port>",
       "Serve /healthz, /readyz and /metrics there (env PICUS_HTTP; a bare port binds 127.0.0.1; default off)",
     )

@@ -40,7 +40,9 @@ const REPO_MIGRATIONS = [
   "007_counted_rejections.sql",
   "008_instance_leases.sql",
   "009_ticket_peer_key.sql",
+  "010_runs.sql",
   "011_cancel.sql",
+  "012_retention.sql",
 ]
 
 const TableRow = std(Schema.Struct({ table_name: Schema.String, table_type: Schema.String }))
@@ -177,7 +179,7 @@ describe("migrate", () => {
       yield* query(() =>
         writeFile(join(dir, "001_init.sql"), "create table changed (x int);\n", { flag: "a" }),
       )
-      yield* query(() => writeFile(join(dir, "900_next.sql"), "create table next (x int);\n"))
+      yield* query(() => writeFile(join(dir, "901_next.sql"), "create table next (x int);\n"))
       const error = yield* Effect.flip(migrate(pool, { dir }))
       assert.instanceOf(error, MigrationError)
       assert.include(error.message, "001_init.sql")
@@ -205,12 +207,12 @@ describe("migrate", () => {
     Effect.gen(function* () {
       const db = yield* database
       const dir = yield* sqlDirCopy
-      yield* query(() => writeFile(join(dir, "902_later.sql"), "create table later (x int);\n"))
+      yield* query(() => writeFile(join(dir, "903_later.sql"), "create table later (x int);\n"))
       const pool = yield* makePool(db.url)
       yield* migrate(pool, { dir })
-      yield* query(() => writeFile(join(dir, "901_between.sql"), "create table between_ (x int);\n"))
+      yield* query(() => writeFile(join(dir, "902_between.sql"), "create table between_ (x int);\n"))
       const error = yield* Effect.flip(migrate(pool, { dir }))
-      assert.include(error.message, "901_between.sql")
+      assert.include(error.message, "902_between.sql")
     }),
   )
 
@@ -256,14 +258,13 @@ describe("migrate", () => {
         const db = yield* database
         const dir = yield* sqlDirCopy
         const leases = "008_instance_leases.sql"
-        const text = yield* query(() => readFile(join(dir, leases), "utf8"))
-        yield* query(() => unlink(join(dir, leases)))
-        // The migrations after it wait too: they come after it.
-        const after = REPO_MIGRATIONS.slice(REPO_MIGRATIONS.indexOf(leases) + 1)
-        const afterText = yield* Effect.forEach(after, (name) =>
-          query(() => readFile(join(dir, name), "utf8")),
-        )
-        yield* Effect.forEach(after, (name) => query(() => unlink(join(dir, name))))
+        // It and the migrations after it wait: the database is as 007 left it.
+        const waiting = REPO_MIGRATIONS.filter((name) => name >= leases)
+        const texts = new Map<string, string>()
+        for (const name of waiting) {
+          texts.set(name, yield* query(() => readFile(join(dir, name), "utf8")))
+          yield* query(() => unlink(join(dir, name)))
+        }
         const pool = yield* makePool(db.url)
         yield* migrate(pool, { dir })
         // As 007 left them: per-session leases, one live instance, one lost, one never seen.
@@ -282,9 +283,8 @@ describe("migrate", () => {
         ]) {
           yield* query(() => pool.query(statement))
         }
-        yield* query(() => writeFile(join(dir, leases), text))
-        yield* Effect.forEach(after, (name, i) => query(() => writeFile(join(dir, name), afterText[i]!)))
-        assert.deepStrictEqual((yield* migrate(pool, { dir })).applied, [leases, ...after])
+        for (const [name, text] of texts) yield* query(() => writeFile(join(dir, name), text))
+        assert.deepStrictEqual((yield* migrate(pool, { dir })).applied, waiting)
 
         const LeaseRow = std(Schema.Struct({ server_id: Schema.String, minutes: Schema.Number }))
         const rows = yield* query(() =>

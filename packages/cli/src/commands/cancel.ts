@@ -3,7 +3,14 @@ import { userInfo } from "node:os"
 import { type CancelOutcome, isTerminal, type TicketState, TicketStore, TransportRedis } from "@picus/core"
 import type { CAC } from "cac"
 import { Clock, Console, Effect, Option } from "effect"
-import { cancelTickets, resolveServerConfig, type ServerFlags, sharedOptions, withStore } from "server"
+import {
+  cancelRun,
+  cancelTickets,
+  resolveServerConfig,
+  type ServerFlags,
+  sharedOptions,
+  withStore,
+} from "server"
 import { run } from "../support.ts"
 
 type CancelFlags = ServerFlags & {
@@ -13,6 +20,8 @@ type CancelFlags = ServerFlags & {
   waitMs: number
   json?: boolean
 }
+
+const RUN_ID = /^r\d+$/
 
 /** Who cancels, by default: the operator's login name. */
 const operator = () => {
@@ -43,8 +52,8 @@ const describe = (o: CancelOutcome, final: TicketState | undefined): string => {
 export const registerCancel = (cli: CAC): void => {
   sharedOptions(
     cli.command(
-      "cancel <ticket> [...more]",
-      "Cancel tickets: queued ones end cancelled now, running ones are killed on their peer",
+      "cancel <run|ticket> [...more]",
+      "Cancel a run's open tickets, or tickets: queued ones end cancelled now, running ones are killed on their peer",
     ),
   )
     .option("--reason <text>", "Why, recorded with the ticket", { default: "cancelled by the operator" })
@@ -53,20 +62,29 @@ export const registerCancel = (cli: CAC): void => {
     .option("--wait-ms <ms>", "How long to wait for running jobs to stop", { default: 15_000 })
     .option("--json", "One JSON object per ticket")
     .example('picus cancel 1234 --reason "wrong host"')
+    .example("picus cancel r1002")
     .action((ticket: string, more: ReadonlyArray<string>, flags: CancelFlags) => {
       const config = resolveServerConfig(flags)
-      const tickets = [String(ticket), ...more.map(String)]
+      const named = [String(ticket), ...more.map(String)]
+      // Run ids are `r` and a number (runs.run_id); ticket ids are numbers.
+      const runs = named.filter((id) => RUN_ID.test(id))
+      const tickets = named.filter((id) => !RUN_ID.test(id))
       const by = flags.by === undefined ? operator() : String(flags.by)
+      const reason = String(flags.reason)
       return run(
         withStore(
           config,
           Effect.gen(function* () {
-            const outcomes = yield* cancelTickets({
-              tickets,
-              by,
-              reason: String(flags.reason),
-              serverId: "cli",
-            })
+            const outcomes: Array<CancelOutcome> = []
+            /** Run ids with what became of their open tickets; none for a run that does not exist. */
+            const ofRuns = new Map<string, ReadonlyArray<CancelOutcome> | undefined>()
+            for (const runId of runs) {
+              const done = yield* cancelRun({ runId, by, reason, serverId: "cli" })
+              ofRuns.set(runId, Option.getOrUndefined(done))
+              if (Option.isSome(done)) outcomes.push(...done.value)
+            }
+            if (tickets.length > 0)
+              outcomes.push(...(yield* cancelTickets({ tickets, by, reason, serverId: "cli" })))
             const store = yield* TicketStore
             const final = new Map<string, TicketState>()
             const asked = outcomes.filter((o) => o.outcome === "requested").map((o) => o.ticket)
@@ -87,11 +105,24 @@ export const registerCancel = (cli: CAC): void => {
                 yield* Effect.sleep("200 millis")
               }
             }
+            const runOf = new Map<string, string>()
+            for (const [runId, done] of ofRuns) for (const o of done ?? []) runOf.set(o.ticket, runId)
+            for (const [runId, done] of ofRuns) {
+              if (done === undefined)
+                yield* Console.log(
+                  flags.json
+                    ? JSON.stringify({ run_id: runId, outcome: "unknown" })
+                    : `run ${runId}: no such run`,
+                )
+              else if (done.length === 0 && !flags.json)
+                yield* Console.log(`run ${runId}: no open ticket; nothing to cancel`)
+            }
             for (const o of outcomes) {
               if (flags.json) {
                 yield* Console.log(
                   JSON.stringify({
                     ticket: o.ticket,
+                    ...(runOf.has(o.ticket) ? { run_id: runOf.get(o.ticket) } : {}),
                     outcome: o.outcome,
                     ...(o.outcome === "unknown" ? {} : { peer_id: o.peerId }),
                     ...(o.outcome === "closed" ? { state: o.state } : {}),
@@ -100,8 +131,12 @@ export const registerCancel = (cli: CAC): void => {
                 )
               } else yield* Console.log(describe(o, final.get(o.ticket)))
             }
-            // Exit 1 when a ticket named could not be cancelled: it is unknown, or had ended.
-            return outcomes.some((o) => o.outcome === "closed" || o.outcome === "unknown") ? 1 : 0
+            // Exit 1 when something named could not be cancelled: an unknown run or ticket, or a
+            // ticket named that had ended. A run's ended tickets are no error: it cancels what is open.
+            const missed = outcomes.some(
+              (o) => !runOf.has(o.ticket) && (o.outcome === "closed" || o.outcome === "unknown"),
+            )
+            return missed || [...ofRuns.values()].includes(undefined) ? 1 : 0
           }).pipe(
             Effect.provide(TransportRedis.layerRedis({ url: config.redisUrl, prefix: config.redisPrefix })),
           ),

@@ -1,7 +1,7 @@
 /**
  * Following tickets live: their output as their peers send it (relayed on the feed, never
- * stored), then each one's final status from PostgreSQL. `picus ticket <id> --follow` follows one;
- * `followTickets` follows many (a run's), each line prefixed with its peer's id.
+ * stored), then each one's final status from PostgreSQL. `picus ticket <id> --follow` follows one
+ * (`followTicket`); `followTickets` follows many (a run's), each line prefixed with its peer's id.
  */
 import {
   isTerminal,
@@ -12,11 +12,11 @@ import {
   Transport,
   type TransportError,
   TransportRedis,
+  UsageError,
 } from "@picus/core"
-import type { CAC } from "cac"
 import { Effect, Fiber, Option, Stream } from "effect"
-import { resolveServerConfig, type ServerFlags, sharedOptions, withStore } from "server"
-import { run } from "../support.ts"
+import type { ServerConfig } from "server"
+import { withStore } from "server"
 
 export interface FollowOptions {
   /** Prefix each line with the ticket's peer id (for many tickets at once). */
@@ -130,48 +130,19 @@ export const endLine = (info: TicketInfo): string => {
   return `ticket ${info.ticket} (${info.peerId}) ${info.state}${exit === undefined || exit === null ? "" : ` (exit ${exit})`}${why}`
 }
 
-type TicketFlags = ServerFlags & { follow?: boolean; json?: boolean }
-
-export const registerTicket = (cli: CAC): void => {
-  sharedOptions(cli.command("ticket <id>", "A ticket: its state, exit code and output"))
-    .option("--follow", "Print its output as it comes, until it ends; exit 0 if it succeeded, else 1")
-    .option("--json", "Machine-readable output")
-    .example("picus ticket 1234 --follow")
-    .action((id: string, flags: TicketFlags) => {
-      const config = resolveServerConfig(flags)
-      const ticket = String(id)
-      return run(
-        withStore(
-          config,
-          Effect.gen(function* () {
-            const store = yield* TicketStore
-            const info = flags.follow
-              ? (yield* followTickets([ticket])).get(ticket)
-              : Option.getOrUndefined(yield* store.ticketInfo(ticket))
-            if (info === undefined) return yield* Effect.fail(new Error(`no ticket ${ticket}`))
-            if (flags.json) {
-              console.log(
-                JSON.stringify({
-                  ticket: info.ticket,
-                  peer_id: info.peerId,
-                  name: info.name,
-                  state: info.state,
-                  close_reason: info.closeReason,
-                  exit_code: info.result?.exitCode ?? null,
-                  ...(flags.follow ? {} : { output: info.result?.output ?? null }),
-                }),
-              )
-            } else {
-              if (!flags.follow && info.result !== undefined) process.stdout.write(info.result.output)
-              console.error(endLine(info))
-            }
-            return info.state === "succeeded" ? 0 : 1
-          }).pipe(
-            Effect.provide(TransportRedis.layerRedis({ url: config.redisUrl, prefix: config.redisPrefix })),
-          ),
-          false,
-          true,
-        ),
-      )
-    })
-}
+/**
+ * `picus ticket <id> --follow`: the ticket's output as it comes, then its end on stderr; the exit
+ * code is 0 if it succeeded, else 1.
+ */
+export const followTicket = (ticket: string, config: ServerConfig) =>
+  withStore(
+    config,
+    Effect.gen(function* () {
+      const info = (yield* followTickets([ticket])).get(ticket)
+      if (info === undefined) return yield* Effect.fail(new UsageError(`no ticket ${ticket}`))
+      console.error(endLine(info))
+      return info.state === "succeeded" ? 0 : 1
+    }).pipe(Effect.provide(TransportRedis.layerRedis({ url: config.redisUrl, prefix: config.redisPrefix }))),
+    false,
+    true,
+  )

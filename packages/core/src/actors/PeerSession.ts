@@ -108,6 +108,8 @@ export interface SessionStart {
   readonly distro: string | null
   readonly hostname: string | null
   readonly agentVersion: string | null
+  /** The registration's labels, kept on the peer's row to target runs by. */
+  readonly labels?: Readonly<Record<string, string>> | null
   /** The registration's nonce, echoed in the acceptance (which then goes to its reply stream). */
   readonly nonce?: string | null
   /** The enrollment token it registered with, if one of the database's (revoking it ends the session). */
@@ -248,6 +250,7 @@ export const startPeerSession = Effect.fnUntraced(function* (
     distro: start.distro,
     hostname: start.hostname,
     agentVersion: start.agentVersion,
+    labels: start.labels ?? null,
     tokenId: start.tokenId ?? null,
     leaseMs: config.leaseMs,
     sealed: sealed !== undefined,

@@ -1,8 +1,12 @@
 import { Schema } from "effect"
 
 /**
- * A ticket's life, on one page. A ticket is created `queued` and ends in exactly one terminal state:
+ * A ticket's life, on one page. A ticket is created `queued` (or `pending`, held back by its run's
+ * rollout) and ends in exactly one terminal state:
  *
+ *   pending ──promoted──▶ queued   a run's ticket let go by its rollout (max concurrency)
+ *     ├──▶ cancelled       its run stopped (max errors exceeded)
+ *     └──▶ undeliverable   its run's deadline passed first
  *   queued ──mark delivered──▶ delivered ──result──▶ succeeded | failed | timed_out
  *     │                          │  ▲ sent again (a lost job or answer)
  *     │                          └──┘
@@ -17,6 +21,7 @@ import { Schema } from "effect"
  * Terminal states never change again; a result for a closed ticket is told `ticket_closed`.
  */
 export const TicketState = Schema.Literals([
+  "pending",
   "queued",
   "delivered",
   "succeeded",
@@ -27,7 +32,7 @@ export const TicketState = Schema.Literals([
 ])
 export type TicketState = typeof TicketState.Type
 
-export const OPEN_TICKET_STATES: ReadonlyArray<TicketState> = ["queued", "delivered"]
+export const OPEN_TICKET_STATES: ReadonlyArray<TicketState> = ["pending", "queued", "delivered"]
 export const TERMINAL_TICKET_STATES: ReadonlyArray<TicketState> = [
   "succeeded",
   "failed",
@@ -39,6 +44,7 @@ export const TERMINAL_TICKET_STATES: ReadonlyArray<TicketState> = [
 export const isTerminal = (state: TicketState): boolean => TERMINAL_TICKET_STATES.includes(state)
 
 const transitions: Record<TicketState, ReadonlyArray<TicketState>> = {
+  pending: ["queued", "cancelled", "undeliverable"],
   queued: ["delivered", "undeliverable", "failed", "cancelled"],
   delivered: ["delivered", "succeeded", "failed", "timed_out", "cancelled"],
   succeeded: [],

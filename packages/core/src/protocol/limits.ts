@@ -21,6 +21,12 @@ export const MAX_TOKEN_LENGTH = 512
 /** `server_ip`, `os`, `distro`, `hostname`, `agent_version` and the job's `name`: at most this many code points. */
 export const MAX_LABEL_LENGTH = 256
 
+/** A peer's `labels` (register): at most this many. */
+export const MAX_LABELS = 32
+
+/** A label's key: 1 to 63 of lower-case letters, digits, `_`, `.`, `-` and `/`. */
+export const LABEL_KEY_PATTERN = /^[a-z0-9_./-]{1,63}$/
+
 /** `reason` (logout, rejection, shutdown): at most this many code points. */
 export const MAX_REASON_LENGTH = 1024
 

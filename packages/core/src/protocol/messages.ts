@@ -9,11 +9,13 @@
  */
 import { Order, Schema, SchemaGetter } from "effect"
 import {
+  LABEL_KEY_PATTERN,
   MAX_COMMAND_BYTES,
   MAX_EPOCH_MILLIS,
   MAX_EXIT_CODE,
   MAX_ID_LENGTH,
   MAX_LABEL_LENGTH,
+  MAX_LABELS,
   MAX_OUTPUT_CHUNK_BYTES,
   MAX_OUTPUT_SEQ,
   MAX_REASON_LENGTH,
@@ -94,6 +96,27 @@ export const Token = Text.check(isNonEmpty, isMaxCodePoints(MAX_TOKEN_LENGTH))
 /** `server_ip`, `os`, `distro`, `hostname`, `agent_version`, job `name`: at most `MAX_LABEL_LENGTH` code points. */
 export const Label = Text.check(isMaxCodePoints(MAX_LABEL_LENGTH))
 
+/**
+ * A peer's labels (`role: "web"`): at most `MAX_LABELS`, each key `LABEL_KEY_PATTERN` (lower-case
+ * letters, digits, `_.-/`, 1 to 63), each value a `Label`. The keys are checked with the count: a
+ * record's key schema does not refine the keys it decodes.
+ */
+export const Labels = Schema.Record(Schema.String, Label).check(
+  Schema.makeFilter<Readonly<Record<string, string>>>(
+    (labels) => {
+      const keys = Object.keys(labels)
+      if (keys.length > MAX_LABELS) return `expected at most ${MAX_LABELS} labels, got ${keys.length}`
+      const bad = keys.find((key) => !LABEL_KEY_PATTERN.test(key))
+      return (
+        bad === undefined ||
+        `expected label keys of 1 to 63 lower-case letters, digits, "_", ".", "-" or "/", got ${JSON.stringify(bad.slice(0, 80))}`
+      )
+    },
+    { expected: `at most ${MAX_LABELS} labels with keys of [a-z0-9_./-]{1,63}` },
+  ),
+)
+export type Labels = typeof Labels.Type
+
 /** `reason`: at most `MAX_REASON_LENGTH` code points. */
 export const ReasonText = Text.check(isMaxCodePoints(MAX_REASON_LENGTH))
 
@@ -159,6 +182,8 @@ export const Register = Schema.Struct({
   distro: Schema.optionalKey(Label),
   hostname: Schema.optionalKey(Label),
   agent_version: Schema.optionalKey(Label),
+  /** What the operator said of the peer (`--label role=web`), to target runs by; replaces the last. */
+  labels: Schema.optionalKey(Labels),
   /**
    * Chosen by the peer for this registration and echoed in the reply, so the peer can tell the
    * answer to its own registration from one a registration in its name by someone else drew.

@@ -45,6 +45,17 @@ export interface ResultStoreService {
   readonly recordResults: (
     results: ReadonlyArray<NewResult>,
   ) => Effect.Effect<ReadonlyArray<RecordOutcome | "lease_lost">, StoreError>
+  /**
+   * As recordResults, and which runs the recorded results' tickets belong to (each once), so their
+   * rollout can go on. Tickets of no run cost nothing more.
+   */
+  readonly recordResultBatch: (results: ReadonlyArray<NewResult>) => Effect.Effect<
+    {
+      readonly outcomes: ReadonlyArray<RecordOutcome | "lease_lost">
+      readonly runs: ReadonlyArray<string>
+    },
+    StoreError
+  >
 }
 
 export class ResultStore extends Context.Service<ResultStore, ResultStoreService>()(

@@ -12,6 +12,8 @@ export interface Login {
   readonly distro: string | null
   readonly hostname: string | null
   readonly agentVersion: string | null
+  /** What the peer said of itself (`register`'s labels): absent or null, none. */
+  readonly labels?: Readonly<Record<string, string>> | null
   /** The enrollment token it registered with (absent or null: one of PICUS_TOKENS). */
   readonly tokenId?: number | null
   /**

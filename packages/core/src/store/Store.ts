@@ -2,6 +2,8 @@ import { Context, Layer } from "effect"
 import { CatalogStore, type CatalogStoreService } from "./CatalogStore.ts"
 import { ReportStore, type ReportStoreService } from "./ReportStore.ts"
 import { ResultStore, type ResultStoreService } from "./ResultStore.ts"
+import { RetentionStore, type RetentionStoreService } from "./RetentionStore.ts"
+import { RunStore, type RunStoreService } from "./RunStore.ts"
 import { SessionStore, type SessionStoreService } from "./SessionStore.ts"
 import { TicketStore, type TicketStoreService } from "./TicketStore.ts"
 import { TokenStore, type TokenStoreService } from "./TokenStore.ts"
@@ -19,6 +21,8 @@ export {
 export * from "./CatalogStore.ts"
 export * from "./ReportStore.ts"
 export * from "./ResultStore.ts"
+export * from "./RetentionStore.ts"
+export * from "./RunStore.ts"
 export * from "./SessionStore.ts"
 export * from "./StoreError.ts"
 export * from "./TicketStore.ts"
@@ -31,7 +35,9 @@ export interface StoreService
     SessionStoreService,
     TicketStoreService,
     ResultStoreService,
-    ReportStoreService {}
+    ReportStoreService,
+    RetentionStoreService,
+    RunStoreService {}
 
 /**
  * The system of record. Every decision the server makes is written here before it is acted on
@@ -49,6 +55,8 @@ export type Stores =
   | TicketStore
   | ResultStore
   | ReportStore
+  | RetentionStore
+  | RunStore
 
 /** One implementation per domain, as a store layer is built from. */
 export interface StoreParts {
@@ -58,6 +66,8 @@ export interface StoreParts {
   readonly tickets: TicketStoreService
   readonly results: ResultStoreService
   readonly reports: ReportStoreService
+  readonly retention: RetentionStoreService
+  readonly runs: RunStoreService
 }
 
 /** The Store made of its domain parts. */
@@ -69,6 +79,8 @@ export const composeStore = (parts: StoreParts): StoreService =>
     ...parts.tickets,
     ...parts.results,
     ...parts.reports,
+    ...parts.retention,
+    ...parts.runs,
   })
 
 /** The Store and each narrow store, all over the same parts. */
@@ -80,6 +92,8 @@ export const storesContext = (parts: StoreParts): Context.Context<Stores> =>
     Context.add(TicketStore, parts.tickets),
     Context.add(ResultStore, parts.results),
     Context.add(ReportStore, parts.reports),
+    Context.add(RetentionStore, parts.retention),
+    Context.add(RunStore, parts.runs),
   )
 
 /** A layer providing the Store and each narrow store over the same parts. */

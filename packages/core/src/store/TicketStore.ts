@@ -158,6 +158,15 @@ export interface TicketStoreService {
     readonly reason: string
   }) => Effect.Effect<ReadonlyArray<CancelOutcome>, StoreError>
   /**
+   * Cancels a run's open tickets as cancelTickets does, in one transaction that locks the run
+   * first (so none of its pending tickets is let go meanwhile). None: no such run.
+   */
+  readonly cancelRun: (request: {
+    readonly runId: string
+    readonly by: string
+    readonly reason: string
+  }) => Effect.Effect<Option.Option<ReadonlyArray<CancelOutcome>>, StoreError>
+  /**
    * For a holder told of cancels (a notice names the tickets, and only wakes it): of these tickets
    * of the session, each one's state and its cancel request (null when none was made).
    */

@@ -2,6 +2,8 @@ import { Effect, Layer } from "effect"
 import { makeMemoryCatalog } from "./memory/catalog.ts"
 import { makeMemoryReports } from "./memory/reports.ts"
 import { makeMemoryResults } from "./memory/results.ts"
+import { makeMemoryRetention } from "./memory/retention.ts"
+import { makeMemoryRuns } from "./memory/runs.ts"
 import { makeMemorySessions } from "./memory/sessions.ts"
 import { makeMemoryState } from "./memory/state.ts"
 import { makeMemoryTickets } from "./memory/tickets.ts"
@@ -22,6 +24,8 @@ export const makeMemoryStores = Effect.sync((): StoreParts => {
     tickets: makeMemoryTickets(memory),
     results: makeMemoryResults(memory),
     reports: makeMemoryReports(memory),
+    retention: makeMemoryRetention(memory),
+    runs: makeMemoryRuns(memory),
   }
 })
 

@@ -15,6 +15,8 @@ import { makePool, type PoolError, type PoolOptions } from "./pool.ts"
 import { makePgRedisUsers } from "./redisUsers.ts"
 import { makePgReports } from "./reports.ts"
 import { makePgResults } from "./results.ts"
+import { makePgRetention } from "./retention.ts"
+import { makePgRuns } from "./runs.ts"
 import { makePgSessions } from "./sessions.ts"
 import { makePgTickets } from "./tickets.ts"
 import { makePgTokens } from "./tokens.ts"
@@ -27,6 +29,8 @@ export const makePgStores = (pool: DatabasePool): StoreParts => ({
   tickets: makePgTickets(pool),
   results: makePgResults(pool),
   reports: makePgReports(pool),
+  retention: makePgRetention(pool),
+  runs: makePgRuns(pool),
 })
 
 /** The whole Store over a slonik pool. */

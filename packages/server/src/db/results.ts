@@ -20,6 +20,7 @@ const OutcomeRow = std(
       "ticket_closed",
       "lease_lost",
     ]),
+    runId: Schema.NullOr(Schema.String),
   }),
 )
 
@@ -37,9 +38,11 @@ export const makePgResults = (pool: DatabasePool): ResultStoreService => {
           ),
         ),
 
-    recordResults: (results) =>
+    recordResults: (results) => Effect.map(self.recordResultBatch(results), ({ outcomes }) => outcomes),
+
+    recordResultBatch: (results) =>
       attempt("recordResults", async () => {
-        if (results.length === 0) return []
+        if (results.length === 0) return { outcomes: [], runs: [] }
         // One statement, so one round trip for a whole batch, with the same checks as recordIn: the
         // sessions' leases held at the results' epochs (locked against a takeover until commit),
         // the tickets locked, then one insert and one update. A copy recorded concurrently loses
@@ -88,13 +91,13 @@ export const makePgResults = (pool: DatabasePool): ResultStoreService => {
             order by s.session_id
             for share
           ), locked as (
-            select t.ticket, t.peer_id, t.session_id, t.state, r.ticket is not null as has_result
+            select t.ticket, t.peer_id, t.session_id, t.state, t.run_id, r.ticket is not null as has_result
             from tickets t left join job_results r on r.ticket = t.ticket
             where t.ticket = any(array(select ticket from input))
             order by t.ticket
             for update of t
           ), checked as (
-            select i.*,
+            select i.*, l.run_id,
               case
                 when h.session_id is null then 'lease_lost'
                 when l.ticket is null then 'unknown_ticket'
@@ -138,11 +141,14 @@ export const makePgResults = (pool: DatabasePool): ResultStoreService => {
             where j.outcome = 'recorded' and t.ticket = j.ticket
           )
           select j.ord,
-            case when j.outcome = 'recorded' and i.ticket is null then 'duplicate' else j.outcome end as outcome
+            case when j.outcome = 'recorded' and i.ticket is null then 'duplicate' else j.outcome end as outcome,
+            case when i.ticket is not null then j.run_id end as "runId"
           from judged j left join inserted i on i.ticket = j.ticket and j.outcome = 'recorded'
           order by j.ord
         `)
-        return rows.map((r) => r.outcome)
+        const runs = new Set<string>()
+        for (const row of rows) if (row.runId !== null) runs.add(row.runId)
+        return { outcomes: rows.map((r) => r.outcome), runs: [...runs] }
       }),
   })
   return self

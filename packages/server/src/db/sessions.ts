@@ -85,10 +85,11 @@ export const makePgSessions = (pool: DatabasePool): SessionStoreService => {
               values (${login.serverId}, ${leaseEnd(login.leaseMs)})
               on conflict (server_id) do nothing
             )
-            insert into peers (peer_id, os, distro, hostname, agent_version)
-            values (${login.peerId}, ${login.os}, ${login.distro}, ${login.hostname}, ${login.agentVersion})
+            insert into peers (peer_id, os, distro, hostname, agent_version, labels)
+            values (${login.peerId}, ${login.os}, ${login.distro}, ${login.hostname}, ${login.agentVersion},
+              ${JSON.stringify(login.labels ?? {})}::jsonb)
             on conflict (peer_id) do update set
-              os = excluded.os, distro = excluded.distro, hostname = excluded.hostname,
+              os = excluded.os, distro = excluded.distro, hostname = excluded.hostname, labels = excluded.labels,
               agent_version = excluded.agent_version, last_seen_at = now()
           `)
           // The peer's older sessions end here; moving their epoch on fences whoever holds them.

@@ -6,6 +6,7 @@ import { makeLeaseKeeper } from "./LeaseKeeper.ts"
 import { reconcile } from "./Reconciler.ts"
 import { type Lifecycle, makeRegistration } from "./Registration.ts"
 import { makeResultRecorder } from "./ResultRecorder.ts"
+import { retentionLoop } from "./Retention.ts"
 import { makeRouter } from "./Router.ts"
 import { makeSessionRegistry } from "./SessionRegistry.ts"
 import { makeShutdown } from "./Shutdown.ts"
@@ -89,6 +90,7 @@ const build = Effect.fnUntraced(function* (config: GatewayConfig) {
         Effect.forever(pump.turn),
         everyThirdOfLease(leaseKeeper.round),
         everyThirdOfLease(reconcile(config).pipe(Effect.provideService(Store, store))),
+        retentionLoop(config.retainDays).pipe(Effect.provideService(Store, store)),
         // A failed write keeps its counts for the next round.
         registration.flushRejections.pipe(Effect.ignore, Effect.delay("10 seconds"), Effect.forever),
       ],

@@ -1,5 +1,6 @@
-import { Store } from "@picus/core"
+import { RunStore, Store, Transport } from "@picus/core"
 import { Effect } from "effect"
+import { sweepRuns } from "../runs.ts"
 import type { GatewayConfig } from "./config.ts"
 
 /**
@@ -10,6 +11,12 @@ import type { GatewayConfig } from "./config.ts"
 export const reconcile = (config: GatewayConfig) =>
   Effect.gen(function* () {
     const store = yield* Store
+    const transport = yield* Transport
+    yield* sweepRuns.pipe(
+      Effect.provideService(RunStore, store),
+      Effect.provideService(Transport, transport),
+      Effect.catch((error) => Effect.logError(`reconciler: runs: ${error.message}`)),
+    )
     const expired = yield* store.expireTickets({
       deliveryDeadlineMs: config.deliveryDeadlineMs,
       executionSlackMs: config.deadlineSlackMs,

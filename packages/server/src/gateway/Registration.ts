@@ -191,6 +191,7 @@ export const makeRegistration = Effect.fnUntraced(function* (
       distro: message.distro ?? null,
       hostname: message.hostname ?? null,
       agentVersion: message.agent_version ?? null,
+      labels: message.labels ?? null,
       nonce: message.nonce ?? null,
       tokenId: verdict.accepted ? verdict.tokenId : null,
       ...(sealed === undefined ? {} : { sealed }),

@@ -5,11 +5,14 @@ import {
   type PeerSession,
   type Protocol,
   type RecordOutcome,
+  RunStore,
   Store,
   type StoreError,
   storeFailureKind,
+  Transport,
 } from "@picus/core"
 import { Effect, Exit, Scope } from "effect"
+import { advanceRuns } from "../runs.ts"
 
 export interface HeldResult {
   readonly session: PeerSession
@@ -28,13 +31,28 @@ export type EntryOutcome = Exit.Exit<void, unknown>
  */
 export const makeResultRecorder = Effect.fnUntraced(function* () {
   const store = yield* Store
+  const transport = yield* Transport
   const scope = yield* Scope.Scope
+  /** Runs whose tickets ended in a batch go on (once per batch, beside it: acknowledgments need not wait). */
+  const advance = (runs: ReadonlyArray<string>) =>
+    runs.length === 0
+      ? Effect.void
+      : advanceRuns(runs).pipe(
+          Effect.provideService(RunStore, store),
+          Effect.provideService(Transport, transport),
+          Effect.catch((error) =>
+            Effect.logWarning(`runs: advance failed (the sweep retries): ${error.message}`),
+          ),
+          Effect.forkIn(scope),
+          Effect.asVoid,
+        )
 
   const recordSplitting = (
     rows: ReadonlyArray<NewResult>,
   ): Effect.Effect<ReadonlyArray<Exit.Exit<RecordOutcome | "lease_lost", StoreError>>> =>
-    store.recordResults(rows).pipe(
-      Effect.map((verdicts) => verdicts.map((v) => Exit.succeed(v))),
+    store.recordResultBatch(rows).pipe(
+      Effect.tap(({ runs }) => advance(runs)),
+      Effect.map(({ outcomes }) => outcomes.map((v) => Exit.succeed(v))),
       Effect.catch((error) => {
         if (rows.length === 1 || storeFailureKind(error) === "unavailable") {
           return Effect.succeed(rows.map(() => Exit.fail(error)))

@@ -41,6 +41,8 @@ export interface GatewayConfig
   readonly weakened?: Weakened
   /** A ticket not delivered by this long after its creation ends undeliverable. */
   readonly deliveryDeadlineMs: number
+  /** Days kept of results, terminal tickets and log rows (see Retention.ts); 0 or absent keeps all. */
+  readonly retainDays?: number
   readonly enrollment: EnrollmentTokens
   /** Uplink entries per read. */
   readonly batchSize: number
@@ -73,6 +75,7 @@ export const gatewayConfigFrom = (
   leaseMs: config.leaseMs,
   clusterKey,
   deliveryDeadlineMs: config.deliveryDeadlineMs,
+  retainDays: config.retainDays,
   deadlineSlackMs: 30_000,
   heartbeatMs: config.heartbeatMs,
   graceMs: config.graceMs,

@@ -22,7 +22,7 @@ export const makeMemoryResults = (memory: MemoryState): ResultStoreService => {
       if (t.peerId !== r.peerId || t.sessionId !== r.sessionId)
         return Effect.succeed("foreign_ticket" as const)
       if (results.has(r.ticket)) return Effect.succeed("duplicate" as const)
-      if (isTerminal(t.state)) return Effect.succeed("ticket_closed" as const)
+      if (isTerminal(t.state) || t.state === "pending") return Effect.succeed("ticket_closed" as const)
       t.state = ticketStateOf(r.status)
       if (t.state === "cancelled") t.closeReason = t.cancelReason ?? CANCELLED_ON_PEER
       // A job is sent before its delivery is marked: a result may come first.
@@ -41,11 +41,24 @@ export const makeMemoryResults = (memory: MemoryState): ResultStoreService => {
       return Effect.succeed("recorded" as const)
     })
 
+  const recordAll = (rs: ReadonlyArray<NewResult>) =>
+    Effect.forEach(rs, (r) =>
+      record(r).pipe(Effect.catchTag("LeaseLost", () => Effect.succeed("lease_lost" as const))),
+    )
   return ResultStore.of({
     recordResult: (r) => record(r),
-    recordResults: (rs) =>
-      Effect.forEach(rs, (r) =>
-        record(r).pipe(Effect.catchTag("LeaseLost", () => Effect.succeed("lease_lost" as const))),
-      ),
+    recordResults: recordAll,
+    recordResultBatch: (rs) =>
+      Effect.map(recordAll(rs), (outcomes) => ({
+        outcomes,
+        runs: [
+          ...new Set(
+            rs.flatMap((r, i) => {
+              const runId = outcomes[i] === "recorded" ? tickets.get(r.ticket)?.runId : undefined
+              return runId == null ? [] : [runId]
+            }),
+          ),
+        ],
+      })),
   })
 }

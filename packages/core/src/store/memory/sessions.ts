@@ -34,7 +34,7 @@ export const makeMemorySessions = (memory: MemoryState): SessionStoreService => 
       }),
     login: (l) =>
       Effect.sync(() => {
-        peers.set(l.peerId, { lastSeenAt: Date.now(), os: l.os, distro: l.distro })
+        peers.set(l.peerId, { lastSeenAt: Date.now(), os: l.os, distro: l.distro, labels: { ...l.labels } })
         for (const [sessionId, s] of sessions) {
           if (s.peerId !== l.peerId || s.closed) continue
           s.closed = true

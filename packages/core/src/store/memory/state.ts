@@ -2,6 +2,7 @@ import { holds } from "../../domain/lease.ts"
 import { isTerminal } from "../../domain/ticket.ts"
 import type { CatalogJob } from "../CatalogStore.ts"
 import type { LogRow, ResultRow } from "../ReportStore.ts"
+import type { RunTarget } from "../RunStore.ts"
 import type { SessionOwner } from "../SessionStore.ts"
 import type { Ticket } from "../TicketStore.ts"
 import type { TokenInfo } from "../TokenStore.ts"
@@ -11,6 +12,22 @@ export type MemoryTicket = { -readonly [K in keyof Ticket]: Ticket[K] } & {
   closeReason?: string | null
   /** An operator's cancel of it while delivered: who and why (tickets.cancel_reason). */
   cancelReason?: string | null
+  runId?: string | null
+  finishedAt?: number | null
+}
+
+export interface MemoryRun {
+  readonly runId: string
+  readonly createdAt: number
+  readonly createdBy: string
+  readonly name: string
+  readonly command: string
+  readonly timeoutMs: number
+  readonly target: RunTarget
+  readonly maxConcurrency: number | null
+  readonly maxErrors: number | null
+  readonly deliverBy: number
+  closedAt: number | null
 }
 
 export interface MemorySession {
@@ -47,11 +64,21 @@ export const makeMemoryState = () => {
   const state = {
     tokens: [] as Array<TokenInfo & { readonly hash: string }>,
     catalog: new Map<string, CatalogJob & { enabled: boolean }>(),
-    peers: new Map<string, { lastSeenAt: number; os: string | null; distro: string | null }>(),
+    peers: new Map<
+      string,
+      {
+        lastSeenAt: number
+        os: string | null
+        distro: string | null
+        labels: Readonly<Record<string, string>>
+      }
+    >(),
     log: [] as Array<LogRow>,
     tickets: new Map<string, MemoryTicket>(),
     sessions: new Map<string, MemorySession>(),
     results: new Map<string, ResultRow>(),
+    runs: new Map<string, MemoryRun>(),
+    nextRun: 1000,
     instances: new Map<string, MemoryInstance>(),
     /** What binds each peer id to its identity key (peers.identity_key and the rest in PostgreSQL). */
     identities: new Map<
@@ -62,7 +89,13 @@ export const makeMemoryState = () => {
     nextLogId: 1,
     nextTicket: 100_000,
 
-    copy: ({ createdAt: _createdAt, ...t }: Ticket & { createdAt: number }): Ticket => ({ ...t }),
+    copy: ({
+      createdAt: _createdAt,
+      closeReason: _closeReason,
+      runId: _runId,
+      finishedAt: _finishedAt,
+      ...t
+    }: MemoryTicket): Ticket => ({ ...t }),
     oldestFirst: (a: { ticket: string }, b: { ticket: string }) => Number(a.ticket) - Number(b.ticket),
     openTicketsWhere: (match: (t: Ticket) => boolean) =>
       [...state.tickets.values()].filter((t) => !isTerminal(t.state) && match(t)).sort(state.oldestFirst),

@@ -48,6 +48,24 @@ export const makeMemoryTickets = (memory: MemoryState): TicketStoreService => {
         (t.sessionId === null || sessions.get(t.sessionId)?.closed !== false),
     )
 
+  /** Cancels tickets (see TicketStore.cancelTickets). */
+  const cancel = (ids: ReadonlyArray<string>, by: string, reason: string) =>
+    ids.map((id): CancelOutcome => {
+      const t = tickets.get(id)
+      if (t === undefined) return { ticket: id, outcome: "unknown" }
+      if (isTerminal(t.state)) return { ticket: id, outcome: "closed", peerId: t.peerId, state: t.state }
+      const owner = ownerOf(t)
+      const why = cancelReasonOf(by, reason)
+      if (t.state === "delivered" && owner !== undefined) {
+        t.cancelReason = why
+        return { ticket: id, outcome: "requested", peerId: t.peerId, owner }
+      }
+      t.state = "cancelled"
+      t.closeReason = why
+      t.finishedAt = Date.now()
+      return { ticket: id, outcome: "cancelled", peerId: t.peerId, owner }
+    })
+
   return TicketStore.of({
     createTickets: ({ peerId, sessionId, jobs }) =>
       Effect.sync(() =>
@@ -132,7 +150,13 @@ export const makeMemoryTickets = (memory: MemoryState): TicketStoreService => {
         const marked: Array<Ticket> = []
         for (const id of new Set(ids)) {
           const t = tickets.get(id)
-          if (t === undefined || isTerminal(t.state) || t.sessionId !== lease.sessionId) continue
+          if (
+            t === undefined ||
+            isTerminal(t.state) ||
+            t.state === "pending" ||
+            t.sessionId !== lease.sessionId
+          )
+            continue
           t.state = "delivered"
           t.attempts++
           t.deliveredAt = Date.now()
@@ -146,7 +170,8 @@ export const makeMemoryTickets = (memory: MemoryState): TicketStoreService => {
         let undeliverable = 0
         let timedOut = 0
         for (const t of tickets.values()) {
-          if (t.state === "queued" && t.createdAt < now - deliveryDeadlineMs) {
+          // A run's tickets wait for their run's deadline instead (see sweepRuns).
+          if (t.state === "queued" && t.runId == null && t.createdAt < now - deliveryDeadlineMs) {
             t.state = "undeliverable"
             undeliverable++
           } else if (
@@ -171,23 +196,16 @@ export const makeMemoryTickets = (memory: MemoryState): TicketStoreService => {
         }),
       ),
     ticketState: (ticket) => Effect.sync(() => Option.fromNullishOr(tickets.get(ticket)?.state)),
-    cancelTickets: ({ tickets: ids, by, reason }) =>
-      Effect.sync(() =>
-        ids.map((id): CancelOutcome => {
-          const t = tickets.get(id)
-          if (t === undefined) return { ticket: id, outcome: "unknown" }
-          if (isTerminal(t.state)) return { ticket: id, outcome: "closed", peerId: t.peerId, state: t.state }
-          const owner = ownerOf(t)
-          const why = cancelReasonOf(by, reason)
-          if (t.state === "delivered" && owner !== undefined) {
-            t.cancelReason = why
-            return { ticket: id, outcome: "requested", peerId: t.peerId, owner }
-          }
-          t.state = "cancelled"
-          t.closeReason = why
-          return { ticket: id, outcome: "cancelled", peerId: t.peerId, owner }
-        }),
-      ),
+    cancelTickets: ({ tickets: ids, by, reason }) => Effect.sync(() => cancel([...new Set(ids)], by, reason)),
+    cancelRun: ({ runId, by, reason }) =>
+      Effect.sync(() => {
+        if (!memory.runs.has(runId)) return Option.none()
+        const open = [...tickets.values()]
+          .filter((t) => t.runId === runId && !isTerminal(t.state))
+          .sort(oldestFirst)
+          .map((t) => t.ticket)
+        return Option.some(cancel(open, by, reason))
+      }),
     cancelRequests: (sessionId, ids) =>
       Effect.sync(() =>
         ids.flatMap((id) => {

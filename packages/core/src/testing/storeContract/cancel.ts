@@ -124,5 +124,52 @@ export const cancelContract = (it: StoreIt) => {
         assert.deepStrictEqual(next.adopted, [], "a cancelled ticket is not carried over")
       }),
     )
+
+    it.effect("a run: pending and queued end cancelled, delivered get a request, ended ones are left", () =>
+      Effect.gen(function* () {
+        const store = yield* Store
+        const peerIds = [unique("a"), unique("b"), unique("c"), unique("d")]
+        const logins = peerIds.map((peerId) => loginOf(peerId))
+        const epochs: Array<number> = []
+        for (const login of logins) epochs.push((yield* store.login(login)).epoch)
+        const created = yield* store.createRun({
+          target: { peers: peerIds },
+          name: "long",
+          command: "sleep 30",
+          timeoutMs: 60_000,
+          maxConcurrency: { count: 3 },
+          deliverWithinMs: 60_000,
+          createdBy: "test",
+        })
+        const runId = created.runId!
+        const open = created.tickets.filter((t) => t.state === "queued").map((t) => t.ticket)
+        const [done, running, queued] = open as [string, string, string]
+        assert.strictEqual(open.length, 3)
+        assert.strictEqual(created.tickets.filter((t) => t.state === "pending").length, 1, "the fourth waits")
+        const at = (t: string) => created.tickets.findIndex((x) => x.ticket === t)
+        yield* store.markDelivered({ sessionId: logins[at(done)]!.sessionId, epoch: epochs[at(done)]! }, [
+          done,
+        ])
+        yield* store.markDelivered(
+          { sessionId: logins[at(running)]!.sessionId, epoch: epochs[at(running)]! },
+          [running],
+        )
+        yield* store.recordResult(
+          newResult(done, peerIds[at(done)]!, logins[at(done)]!.sessionId, epochs[at(done)]),
+        )
+
+        const outcomes = Option.getOrThrow(yield* store.cancelRun({ runId, by: "dave", reason: "stop" }))
+        const byOutcome = (o: string) => outcomes.filter((x) => x.outcome === o).length
+        assert.strictEqual(outcomes.length, 3, "its open tickets only")
+        assert.strictEqual(byOutcome("requested"), 1)
+        assert.strictEqual(byOutcome("cancelled"), 2, "the queued one and the pending one")
+        assert.strictEqual(outcomes.find((o) => o.outcome === "requested")?.ticket, running)
+        assert.strictEqual(Option.getOrThrow(yield* store.ticketState(queued)), "cancelled")
+        assert.strictEqual(Option.getOrThrow(yield* store.ticketState(done)), "succeeded")
+        const info = yield* store.runInfo(runId)
+        assert.deepStrictEqual(info?.counts, { succeeded: 1, delivered: 1, cancelled: 2 })
+        assert.isTrue(Option.isNone(yield* store.cancelRun({ runId: "r999999999", by: "dave", reason: "x" })))
+      }),
+    )
   })
 }

@@ -6,6 +6,8 @@ import { catalogContract } from "./catalog.ts"
 import { compositionContract } from "./composition.ts"
 import { reportContract } from "./reports.ts"
 import { resultContract } from "./results.ts"
+import { retentionContract } from "./retention.ts"
+import { runContract } from "./runs.ts"
 import { sessionContract } from "./sessions.ts"
 import { ticketContract } from "./tickets.ts"
 import { tokenContract } from "./tokens.ts"
@@ -17,6 +19,8 @@ export {
   compositionContract,
   reportContract,
   resultContract,
+  retentionContract,
+  runContract,
   sessionContract,
   ticketContract,
   tokenContract,
@@ -35,6 +39,9 @@ export const storeContract = (name: string, storeLayer: Layer.Layer<Stores, unkn
     sessionContract(it)
     ticketContract(it)
     resultContract(it)
+    runContract(it)
     cancelContract(it)
     compositionContract(it)
+    // Last: it prunes what the others left behind.
+    retentionContract(it)
   })

@@ -1,0 +1,157 @@
+import { writeFileSync } from "node:fs"
+import { join } from "node:path"
+import { afterEach, beforeEach, describe, expect, it } from "vitest"
+import { makeWorld, type World, writeCatalog } from "./support/env.ts"
+import { eventually, killAll, runPicus, startPicus } from "./support/processes.ts"
+
+// Runs across the fleet with real processes: a server, peers of two distros (each reads its own
+// os-release), and `./picus run` as an operator types it.
+
+let world: World
+beforeEach(async () => {
+  world = await makeWorld({ PICUS_HEARTBEAT_MS: "300", PICUS_GRACE_MS: "1500", PICUS_DRAIN_MS: "2000" })
+})
+afterEach(async () => {
+  await killAll()
+  await world.close()
+})
+
+const osRelease = (distro: string) => {
+  const path = join(world.dir, `os-release-${distro}`)
+  writeFileSync(path, `ID=${distro}\nNAME="${distro}"\n`)
+  return path
+}
+
+const createToken = async () => {
+  const created = await runPicus(["token", "create", "--name", "runs", "--json"], world.env)
+  expect(created.code, created.output).toBe(0)
+  return (JSON.parse(created.stdout.split("\n").find((l) => l.startsWith("{"))!) as { token: string }).token
+}
+
+/** The server and one peer per distro given, all logged in. */
+const fleet = async (distros: ReadonlyArray<string>) => {
+  const token = await createToken()
+  const server = startPicus("server", ["server"], {
+    ...world.env,
+    PICUS_CATALOG: writeCatalog(world.dir, []),
+  })
+  await server.waitForLine(/serving/)
+  const ids = distros.map((distro, i) => `${distro}-${i}`)
+  for (const [i, distro] of distros.entries()) {
+    startPicus(
+      ids[i]!,
+      ["peer", "--peer-id", ids[i]!, "--state-dir", join(world.dir, ids[i]!), "--label", `role=r${i % 2}`],
+      { ...world.env, PICUS_TOKEN: token, PICUS_OS_RELEASE: osRelease(distro) },
+    )
+  }
+  await eventually("every peer online", async () => {
+    const peers = await runPicus(["peers", "--json"], world.env)
+    const rows = JSON.parse(peers.stdout) as ReadonlyArray<{
+      peerId: string
+      online: boolean
+      distro: string
+    }>
+    return rows.filter((r) => r.online).length === distros.length ? rows : undefined
+  })
+  return ids
+}
+
+interface TicketLine {
+  readonly peer_id: string
+  readonly state: string
+  readonly exit_code: number | null
+  readonly output: string | null
+  readonly close_reason: string | null
+}
+const linesOf = (stdout: string) => stdout.split("\n").map((l) => JSON.parse(l) as Record<string, unknown>)
+
+describe("picus run", () => {
+  it("reaches exactly the peers of a distro, and its exit codes tell the outcome", async () => {
+    const ids = await fleet(["alpine", "debian", "alpine"])
+    const peers = await runPicus(["peers", "--json"], world.env)
+    const rows = JSON.parse(peers.stdout) as ReadonlyArray<{ peerId: string; labels: Record<string, string> }>
+    expect(Object.fromEntries(rows.map((r) => [r.peerId, r.labels.role]))).toEqual({
+      [ids[0]!]: "r0",
+      [ids[1]!]: "r1",
+      [ids[2]!]: "r0",
+    })
+
+    const dry = await runPicus(
+      ["run", "--distro", "alpine", "--dry-run", "--json", "--", "echo hi"],
+      world.env,
+    )
+    expect(dry.code, dry.output).toBe(0)
+    expect((JSON.parse(dry.stdout) as ReadonlyArray<{ peer: string }>).map((p) => p.peer)).toEqual([
+      ids[0],
+      ids[2],
+    ])
+
+    const ok = await runPicus(
+      ["run", "--distro", "alpine", "--json", "--", "echo hi from $PICUS_PEER_ID"],
+      world.env,
+    )
+    expect(ok.code, ok.output).toBe(0)
+    const lines = linesOf(ok.stdout)
+    const tickets = lines.filter((l) => "ticket" in l) as unknown as ReadonlyArray<TicketLine>
+    expect(tickets.map((t) => t.peer_id).sort()).toEqual([ids[0], ids[2]])
+    expect(tickets.every((t) => t.state === "succeeded" && t.exit_code === 0)).toBe(true)
+    expect(lines.at(-1)).toMatchObject({ summary: { total: 2, succeeded: 2, failed: 0 } })
+
+    const failing = await runPicus(["run", "--label", "role=r1", "--", "exit 4"], world.env)
+    expect(failing.code, failing.output).toBe(1)
+    expect(failing.stdout).toContain(ids[1])
+
+    const nobody = await runPicus(["run", "--distro", "gentoo", "--", "echo never"], world.env)
+    expect(nobody.code, nobody.output).toBe(3)
+    expect(nobody.output).toContain("no peer matches")
+
+    const usage = await runPicus(["run", "--", "echo no target"], world.env)
+    expect(usage.code, usage.output).toBe(2)
+
+    const recent = await runPicus(["runs", "--json"], world.env)
+    expect((JSON.parse(recent.stdout) as ReadonlyArray<unknown>).length).toBe(2)
+  })
+
+  it("--max-errors 0 with --max-concurrency 1 stops the run after the first failure", async () => {
+    const ids = await fleet(["debian", "debian", "debian"])
+    const result = await runPicus(
+      ["run", "--all", "--max-concurrency", "1", "--max-errors", "0", "--json", "--", "echo nope; exit 1"],
+      world.env,
+    )
+    expect(result.code, result.output).toBe(1)
+    const tickets = linesOf(result.stdout).filter(
+      (l) => "ticket" in l,
+    ) as unknown as ReadonlyArray<TicketLine>
+    expect(tickets.length).toBe(3)
+    const byState = tickets.map((t) => [t.state, t.close_reason])
+    expect(byState.filter(([s]) => s === "failed")).toEqual([["failed", null]])
+    expect(byState.filter(([s]) => s === "cancelled")).toEqual([
+      ["cancelled", "max errors exceeded (1 > 0)"],
+      ["cancelled", "max errors exceeded (1 > 0)"],
+    ])
+    expect(ids.length).toBe(3)
+  })
+
+  it("offline peers' tickets end undeliverable at the run's deadline: exit 3; --no-wait returns the run id", async () => {
+    await fleet(["debian"])
+    const queued = await runPicus(["run", "--all", "--no-wait", "--", "true"], world.env)
+    expect(queued.code, queued.output).toBe(0)
+    expect(queued.stdout).toMatch(/^r\d+$/)
+    const shown = await eventually("the run to end", async () => {
+      const show = await runPicus(["run", "show", queued.stdout, "--json"], world.env)
+      const body = JSON.parse(show.stdout) as { succeeded: number }
+      return body.succeeded === 1 ? body : undefined
+    })
+    expect(shown).toMatchObject({ total: 1, succeeded: 1 })
+    await killAll()
+    // The server and peer are gone: start only the server, so the peer stays offline.
+    const server = startPicus("server-2", ["server"], {
+      ...world.env,
+      PICUS_CATALOG: writeCatalog(world.dir, []),
+    })
+    await server.waitForLine(/serving/)
+    const late = await runPicus(["run", "--all", "--timeout", "1s", "--json", "--", "true"], world.env)
+    expect(late.code, late.output).toBe(3)
+    expect(linesOf(late.stdout)[0]).toMatchObject({ state: "undeliverable" })
+  })
+})
