@@ -119,6 +119,21 @@ describe("picus ticket --follow", () => {
     expect(follow.output()).toMatch(new RegExp(`ticket ${ticket} \\(p1\\) succeeded \\(exit 0\\)`))
   })
 
+  it("picus run --follow prints the run's output as it comes, each line prefixed with its peer", async () => {
+    const follow = startPicus(
+      "run --follow",
+      ["run", "--peer", "p1", "--follow", "--", "for i in 1 2 3; do echo step $i; sleep 1; done"],
+      world.env,
+    )
+    await follow.waitForLine(/^p1: step 2$/)
+    const [open] = await world.query<{ count: number }>(
+      sql.unsafe`select count(*)::int as count from tickets where command like 'for i in 1 2 3%' and finished_at is null`,
+    )
+    expect(open?.count, "seen while the job still runs").toBe(1)
+    expect(await follow.exited, follow.output()).toBe(0)
+    expect(follow.lines).toContain("p1: step 3")
+  })
+
   it("exits 1 when the job failed", async () => {
     const ticket = await submit("echo oops; exit 3")
     const follow = await runPicus(["ticket", ticket, "--follow"], world.env)

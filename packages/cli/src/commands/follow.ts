@@ -146,3 +146,36 @@ export const followTicket = (ticket: string, config: ServerConfig) =>
     false,
     true,
   )
+
+/**
+ * Prints the live output of the tickets `follows` accepts, a whole line at a time, each prefixed
+ * with its peer's id, until interrupted (then the lines left unended). For a run's many tickets:
+ * it reads nothing from PostgreSQL, only the feed.
+ */
+export const printLiveOutput = (
+  follows: (ticket: string) => boolean,
+  write: (line: string) => void = (line) => void process.stdout.write(line),
+): Effect.Effect<never, TransportError, Transport> =>
+  Effect.gen(function* () {
+    const transport = yield* Transport
+    const partial = new Map<string, { readonly peer: string; text: string }>()
+    yield* transport.subscribe.pipe(
+      Stream.runForEach((payload) =>
+        Effect.sync(() => {
+          const event = Protocol.decodeFeedEvent(payload)
+          if (event?.event !== "output" || !follows(event.ticket)) return
+          const open = partial.get(event.ticket) ?? { peer: event.peer_id, text: "" }
+          const lines = (open.text + event.data).split("\n")
+          open.text = lines.pop() ?? ""
+          partial.set(event.ticket, open)
+          for (const line of lines) write(`${event.peer_id}: ${line}\n`)
+        }),
+      ),
+      Effect.ensuring(
+        Effect.sync(() => {
+          for (const { peer, text } of partial.values()) if (text.length > 0) write(`${peer}: ${text}\n`)
+        }),
+      ),
+    )
+    return yield* Effect.never
+  })

@@ -14,7 +14,7 @@ import {
   UsageError,
 } from "@picus/core"
 import type { CAC } from "cac"
-import { Clock, Effect } from "effect"
+import { Clock, Effect, Fiber } from "effect"
 import {
   printRows,
   resolveServerConfig,
@@ -25,7 +25,7 @@ import {
   withStore,
 } from "server"
 import { run } from "../support.ts"
-import { followTicket } from "./follow.ts"
+import { followTicket, printLiveOutput } from "./follow.ts"
 
 /** Exit code of a run that reached no peer (all undeliverable or skipped, or none matched). */
 export const EXIT_UNREACHED = 3
@@ -88,6 +88,7 @@ type RunFlags = ServerFlags & {
   readonly name?: string
   readonly json?: boolean
   readonly wait?: boolean
+  readonly follow?: boolean
   readonly "--"?: ReadonlyArray<string>
 }
 
@@ -294,7 +295,20 @@ const runCommandLine = (flags: RunFlags, words: ReadonlyArray<string>) => {
           `run ${created.runId}: ${created.tickets.length} peer(s)${offline > 0 ? `, ${offline} offline` : ""}${created.skipped.length > 0 ? `, ${created.skipped.length} skipped (offline)` : ""}\n`,
         )
       }
-      return yield* waitFor(created, json, jobTimeoutMs)
+      if (flags.follow !== true || json) return yield* waitFor(created, json, jobTimeoutMs)
+      // The run's tickets as they are now: a pending one let go later comes back under a new id.
+      const ids = new Set(created.tickets.map((t) => t.ticket))
+      const runStore = yield* RunStore
+      const refresh = runStore.runTickets(created.runId!).pipe(
+        Effect.tap((ts) => Effect.sync(() => ts.forEach((t) => ids.add(t.ticket)))),
+        Effect.ignore,
+        Effect.andThen(Effect.sleep("1 second")),
+        Effect.forever,
+      )
+      const live = yield* Effect.forkChild(
+        Effect.all([printLiveOutput((t) => ids.has(t)), refresh], { concurrency: 2 }),
+      )
+      return yield* waitFor(created, json, jobTimeoutMs).pipe(Effect.ensuring(Fiber.interrupt(live)))
     }).pipe(
       Effect.catchIf(
         (error): error is NoMatchingPeers => error instanceof NoMatchingPeers,
@@ -374,6 +388,7 @@ export const registerRuns = (cli: CAC): void => {
     .option("--job-timeout <duration>", "Each command's timeout on its peer", { default: "30s" })
     .option("--name <name>", "A name for the run (default: the command)")
     .option("--no-wait", "Print the run id and return at once")
+    .option("--follow", "Print the jobs' output as it comes, each line prefixed with its peer")
     .option("--json", "One JSON object per ticket as each ends, then a summary")
     .example("picus run --distro debian --max-concurrency 10% --max-errors 1 -- apt-get -s upgrade")
     .example("picus run show r1000")
