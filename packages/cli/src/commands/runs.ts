@@ -300,7 +300,11 @@ const runCommandLine = (flags: RunFlags, words: ReadonlyArray<string>) => {
       const ids = new Set(created.tickets.map((t) => t.ticket))
       const runStore = yield* RunStore
       const refresh = runStore.runTickets(created.runId!).pipe(
-        Effect.tap((ts) => Effect.sync(() => ts.forEach((t) => ids.add(t.ticket)))),
+        Effect.tap((ts) =>
+          Effect.sync(() => {
+            for (const t of ts) ids.add(t.ticket)
+          }),
+        ),
         Effect.ignore,
         Effect.andThen(Effect.sleep("1 second")),
         Effect.forever,
