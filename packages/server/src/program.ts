@@ -16,7 +16,6 @@ import { requireClusterKey, resolveServerConfig, type ServerConfig, type ServerF
 import { countersLine } from "./db/statementCounter.ts"
 import { gatewayConfigFrom, makeGateway, untilSignal } from "./gateway/index.ts"
 import { READ_BLOCK_MS } from "./gateway/UplinkPump.ts"
-import { layerHttpSurface } from "./http/HttpSurface.ts"
 import { isUsageError, peerAccessLayer, redisOf, sharedOptions, storeLayer } from "./layers.ts"
 
 /** `kill -USR2 <pid>` prints the process's counters as one line on stdout (the bench reads them). */
@@ -47,6 +46,8 @@ export const serve = (
     const gateway = yield* makeGateway(gatewayConfigFrom(config, clusterKey))
     const running = yield* Effect.forkScoped(gateway.run)
     if (config.http !== undefined) {
+      // Loaded only when asked for: the HTTP server's modules weigh on every command's start.
+      const { layerHttpSurface } = yield* Effect.promise(() => import("./http/HttpSurface.ts"))
       yield* Layer.build(
         layerHttpSurface(config.http, {
           status: gateway.status,

@@ -4,7 +4,7 @@
  * `GET /metrics` (Prometheus text; gauges set when scraped). Built on Effect's HTTP server.
  */
 import { createServer } from "node:http"
-import { NodeHttpServer } from "@effect/platform-node"
+import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import { MAX_DEAD_LETTERS, Metrics, Transport } from "@picus/core"
 import { Clock, Effect, Layer, Metric } from "effect"
 import { HttpRouter, HttpServerResponse } from "effect/http"
