@@ -1,5 +1,6 @@
 /** The operator's program: every command of `./picus` but the server and the peer themselves. */
 import { cac } from "cac"
+import { registerCancel } from "./commands/cancel.ts"
 import { registerClusterKey } from "./commands/clusterKey.ts"
 import { registerCompletion } from "./commands/completion.ts"
 import { registerDeadLetters } from "./commands/deadletters.ts"
@@ -9,6 +10,7 @@ import { registerReports } from "./commands/reports.ts"
 import { registerRuns } from "./commands/runs.ts"
 import { registerSubmit } from "./commands/submit.ts"
 import { registerTokens } from "./commands/tokens.ts"
+import { registerWatch } from "./commands/watch.ts"
 
 export const operatorProgram = (name: string) => {
   const cli = cac(name)
@@ -18,6 +20,8 @@ export const operatorProgram = (name: string) => {
   registerTokens(cli)
   registerPeers(cli)
   registerSubmit(cli)
+  registerCancel(cli)
+  registerWatch(cli)
   registerReports(cli)
   registerRuns(cli)
   registerDeadLetters(cli)

@@ -41,6 +41,7 @@ const REPO_MIGRATIONS = [
   "008_instance_leases.sql",
   "009_ticket_peer_key.sql",
   "010_runs.sql",
+  "011_cancel.sql",
   "012_retention.sql",
 ]
 

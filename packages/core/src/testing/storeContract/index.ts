@@ -1,6 +1,7 @@
 import { layer } from "@effect/vitest"
 import type { Layer } from "effect"
 import type { Stores } from "../../store/Store.ts"
+import { cancelContract } from "./cancel.ts"
 import { catalogContract } from "./catalog.ts"
 import { compositionContract } from "./composition.ts"
 import { reportContract } from "./reports.ts"
@@ -13,6 +14,7 @@ import { tokenContract } from "./tokens.ts"
 
 export type { StoreIt } from "./support.ts"
 export {
+  cancelContract,
   catalogContract,
   compositionContract,
   reportContract,
@@ -38,6 +40,7 @@ export const storeContract = (name: string, storeLayer: Layer.Layer<Stores, unkn
     ticketContract(it)
     resultContract(it)
     runContract(it)
+    cancelContract(it)
     compositionContract(it)
     // Last: it prunes what the others left behind.
     retentionContract(it)
