@@ -153,35 +153,97 @@ describe("the JSON API", () => {
     })
     expect((await call("/api/tickets/open", reader.token)).body.tickets).toEqual([])
 
+    // Cancel: admin only; a running job is stopped on its peer and its ticket ends cancelled.
+    const long = await call("/api/runs", admin.token, {
+      method: "POST",
+      body: JSON.stringify({ command: "sleep 20", target: { peers: ["api-1"] } }),
+    })
+    expect(long.status).toBe(201)
+    const longRun = long.body.run_id as string
+    const running = await eventually("the long job delivered", async () => {
+      const { body } = await call(`/api/tickets/open?run_id=${longRun}`, reader.token)
+      return body.tickets?.[0]?.state === "delivered" ? body.tickets[0] : undefined
+    })
+    const notAdmin = await call(`/api/runs/${longRun}/cancel`, reader.token, { method: "POST", body: "{}" })
+    expect(notAdmin.status).toBe(403)
+    const badReason = await call(`/api/runs/${longRun}/cancel`, admin.token, {
+      method: "POST",
+      body: JSON.stringify({ reason: 7 }),
+    })
+    expect(badReason).toMatchObject({ status: 400, body: { field: "reason" } })
+    expect((await call("/api/runs/r999999/cancel", admin.token, { method: "POST", body: "{}" })).status).toBe(
+      404,
+    )
+    const cancelled = await call(`/api/runs/${longRun}/cancel`, admin.token, {
+      method: "POST",
+      body: JSON.stringify({ reason: "wrong command" }),
+    })
+    expect(cancelled.status, JSON.stringify(cancelled.body)).toBe(200)
+    expect(cancelled.body.outcomes).toEqual([
+      { ticket: running.ticket, outcome: "requested", peer_id: "api-1" },
+    ])
+    const ended = await eventually("the long job cancelled", async () => {
+      const { body } = await call(`/api/tickets/${running.ticket}`, reader.token)
+      return body.ticket?.state === "cancelled" ? body.ticket : undefined
+    })
+    expect(ended.close_reason).toContain("wrong command")
+    const again = await call(`/api/tickets/${running.ticket}/cancel`, admin.token, { method: "POST" })
+    expect(again.body.outcomes, JSON.stringify(again)).toEqual([
+      { ticket: running.ticket, outcome: "closed", peer_id: "api-1", state: "cancelled" },
+    ])
+
     // The event stream: the peer's logout arrives as a feed event.
     const events = await fetch(`${base}/api/events`, { headers: { authorization: `Bearer ${reader.token}` } })
     expect(events.status).toBe(200)
     expect(events.headers.get("content-type")).toContain("text/event-stream")
     const reading = events.body!.getReader()
     const decoder = new TextDecoder()
-    let seen = ""
-    const first = await reading.read()
-    seen += decoder.decode(first.value)
+    let buffer = ""
+    const seen: Array<Record<string, unknown>> = []
+    // Reads the stream until an event matches, for at most `ms` (a read may wait for the keep-alive).
+    const until = async (match: (event: Record<string, unknown>) => boolean, ms: number) => {
+      const deadline = Date.now() + ms
+      for (;;) {
+        const found = seen.find(match)
+        if (found !== undefined) return found
+        const left = deadline - Date.now()
+        if (left <= 0) return undefined
+        const chunk = await Promise.race([
+          reading.read(),
+          new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), left)),
+        ])
+        if (chunk === undefined) continue
+        if (chunk.done) throw new Error("the stream ended")
+        buffer += decoder.decode(chunk.value, { stream: true })
+        const frames = buffer.split("\n\n")
+        buffer = frames.pop() ?? ""
+        for (const frame of frames)
+          for (const line of frame.split("\n"))
+            if (line.startsWith("data: ")) seen.push(JSON.parse(line.slice(6)) as Record<string, unknown>)
+      }
+    }
+    // The feed is lossy while a subscription starts: a job's result seen on the stream shows it is heard.
+    let heard: Record<string, unknown> | undefined
+    for (let attempt = 0; attempt < 10 && heard === undefined; attempt++) {
+      const probe = await call("/api/runs", admin.token, {
+        method: "POST",
+        body: JSON.stringify({ command: "echo probe", target: { peers: ["api-1"] } }),
+      })
+      expect(probe.status).toBe(201)
+      heard = await until((e) => e.event === "result" && e.name === "echo probe", 3_000)
+    }
+    expect(heard).toMatchObject({ peer_id: "api-1", status: "succeeded", first_line: "probe" })
     peer.signalGroup("SIGINT")
     await peer.exited
-    const loggedOut = await eventually("the logout on the event stream", async () => {
-      const { value, done: ended } = await reading.read()
-      if (ended) throw new Error("the stream ended")
-      seen += decoder.decode(value)
-      return seen
-        .split("\n")
-        .filter((line) => line.startsWith("data: "))
-        .map((line) => JSON.parse(line.slice(6)))
-        .find((event) => event.event === "logged_out")
-    })
+    const loggedOut = await until((e) => e.event === "logged_out", 20_000)
     expect(loggedOut).toMatchObject({ peer_id: "api-1", reason: "peer_shutdown" })
     await reading.cancel()
 
-    const ended = await eventually("the session's logout", async () => {
+    const loggedOff = await eventually("the session's logout", async () => {
       const { body } = await call("/api/sessions", reader.token)
       return body.sessions[0]?.logout_reason === "peer_shutdown" ? body.sessions[0] : undefined
     })
-    expect(ended.duration_ms).toBeGreaterThan(0)
+    expect(loggedOff.duration_ms).toBeGreaterThan(0)
     expect(server.output()).not.toContain(reader.token)
     expect(server.output()).not.toContain(admin.token)
     server.signalGroup("SIGINT")

@@ -14,15 +14,20 @@ const argvOf = (args: ReadonlyArray<string>) => [
   ...args,
 ]
 const operator = async () => (await import("./program.ts")).operatorProgram("picus")
+const serverOf = async () => (await import("server/program")).serverProgram("picus server")
+const peerOf = async () => (await import("peer/program")).peerProgram("picus peer")
 const elsewhere = async () => ({
   program: "picus",
   commands: (await operator()).commands.map((c) => c.name).filter((n) => n !== "server" && n !== "peer"),
 })
 
-if (first === "server") {
-  const { serverProgram } = await import("server/program")
-  runProgram(serverProgram("picus server"), argvOf(rest), { elsewhere: await elsewhere() })
-} else if (first === "peer") {
-  const { peerProgram } = await import("peer/program")
-  runProgram(peerProgram("picus peer"), argvOf(rest), { elsewhere: await elsewhere() })
-} else runProgram(await operator(), process.argv)
+// One config file may serve all three programs: each skips the keys of the others. Loaded only
+// when there is a config file, so that a command without one starts with its own program alone.
+const configGiven =
+  process.argv.some((a) => a === "--config" || a.startsWith("--config=")) || !!process.env.PICUS_CONFIG
+const siblings = configGiven ? await Promise.all([operator(), serverOf(), peerOf()]) : []
+
+if (first === "server") runProgram(await serverOf(), argvOf(rest), { elsewhere: await elsewhere(), siblings })
+else if (first === "peer")
+  runProgram(await peerOf(), argvOf(rest), { elsewhere: await elsewhere(), siblings })
+else runProgram(await operator(), process.argv, { siblings })

@@ -232,17 +232,54 @@ describe("round trips", () => {
   it.effect("the derived arbitraries produce every kind", () =>
     Effect.gen(function* () {
       const peer = yield* Arbitrary.sampleEffect(Arbitrary.schema(PeerMessageSchema), { count: 200, seed: 1 })
-      assert.sameMembers([...new Set(peer.map((m) => m.msg))], ["register", "result", "heartbeat", "logout"])
+      assert.sameMembers(
+        [...new Set(peer.map((m) => m.msg))],
+        ["register", "result", "heartbeat", "logout", "output"],
+      )
       const server = yield* Arbitrary.sampleEffect(Arbitrary.schema(ServerMessageSchema), {
         count: 200,
         seed: 1,
       })
       assert.sameMembers(
         [...new Set(server.map(serverMessageKind))],
-        ["register_accepted", "register_rejected", "job", "shutdown", "heartbeat"],
+        ["register_accepted", "register_rejected", "job", "shutdown", "heartbeat", "cancel"],
       )
     }),
   )
+
+  it("decodes cancel, output and a cancelled result as docs/protocol.md shows them", () => {
+    const cancel = decodeServerMessage(
+      '{"msg":"cancel","ticket":"126743","peer_id":"web-01","token":"sess-8d41e0","reason":"cancelled by alice: wrong host"}',
+    )
+    assert.isTrue(Result.isSuccess(cancel))
+    if (Result.isSuccess(cancel)) assert.strictEqual(serverMessageKind(cancel.success), "cancel")
+    const output = decodePeerMessage(
+      '{"msg":"output","ticket":"126743","peer_id":"web-01","token":"sess-8d41e0","seq":0,"stream":"stdout","data":"start ","dropped":12}',
+    )
+    assert.isTrue(Result.isSuccess(output))
+    const cancelled = decodePeerMessage(
+      '{"msg":"result","ticket":"126743","peer_id":"web-01","token":"sess-8d41e0","result":"start ","exit_code":null,"status":"cancelled"}',
+    )
+    assert.isTrue(Result.isSuccess(cancelled))
+    const tooBig = decodePeerMessage(
+      JSON.stringify({
+        msg: "output",
+        ticket: "1",
+        peer_id: "p",
+        token: "t",
+        seq: 0,
+        stream: "stdout",
+        data: "a".repeat(4097),
+      }),
+    )
+    assert.isTrue(Result.isFailure(tooBig))
+    if (Result.isFailure(tooBig))
+      assert.include(tooBig.failure.message, "output.data: expected at most 4096 UTF-8 bytes")
+    const badStream = decodePeerMessage(
+      '{"msg":"output","ticket":"1","peer_id":"p","token":"t","seq":0,"stream":"stdin","data":""}',
+    )
+    assert.isTrue(Result.isFailure(badStream))
+  })
 
   it("encoding drops fields the schema does not know", () => {
     const job = {

@@ -48,6 +48,16 @@ export const makeLiveView = ({ color }: LiveViewOptions) => {
         return line(event.at, event.peer_id, "magenta", "logout", event.reason)
       case "shutdown":
         return line(event.at, event.server_id, "magenta", "shutdown", event.reason)
+      case "output":
+        return line(event.at, event.peer_id, "dim", event.stream, `#${event.ticket} ${event.data.trimEnd()}`)
+      case "cancelled":
+        return line(
+          event.at,
+          event.peer_id,
+          "yellow",
+          event.requested ? "cancel" : "cancelled",
+          `#${event.ticket} ${event.reason}`,
+        )
     }
   }
 }

@@ -112,7 +112,7 @@ const fakeServer = (options: FakeServerOptions) =>
           if (m.msg === "register") registers.push(m)
           else if (m.msg === "result") seen.results.push(m)
           else if (m.msg === "heartbeat") seen.heartbeats.push(m)
-          else seen.logouts.push(m)
+          else if (m.msg === "logout") seen.logouts.push(m)
         }
         yield* Effect.forEach(registers, onRegister, { concurrency: 64, discard: true })
         yield* reader.ack(deliveries)

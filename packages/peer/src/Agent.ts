@@ -25,6 +25,7 @@ import {
 } from "effect"
 import { type ExecuteOptions, type Execution, execute } from "./executor.ts"
 import type { KeptResult } from "./journal.ts"
+import { makeLiveOutput } from "./liveOutput.ts"
 import type { OsInfo } from "./osInfo.ts"
 import type { StateFile } from "./state.ts"
 import {
@@ -93,6 +94,13 @@ export interface AgentConfig {
   readonly serverSilenceMs?: number
   /** Where the agent tells its person what happens (default: stdout). */
   readonly say?: (line: string) => Effect.Effect<void>
+  /**
+   * How often a running job's new output goes out as an `output` chunk (default 250 ms: at most
+   * four a second per job); a job done sooner sends none, its result carries it all.
+   */
+  readonly liveOutputMs?: number
+  /** How long a cancelled job has after SIGTERM before its process group is killed (default 2 s). */
+  readonly killGraceMs?: number
 }
 
 /** Retries of Redis commands while Redis is away: quickly at first, then every 5 seconds. */
@@ -232,6 +240,8 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
   const inProgress = new Set<string>()
   /** Tickets whose kept result is being sent. */
   const delivering = new Set<string>()
+  /** How to stop each ticket in progress, and why it was stopped (a `cancel` from the server). */
+  const stoppers = new Map<string, { readonly controller: AbortController; reason?: string }>()
 
   /**
    * Sends a message of the session open at the time of each try: a result that waited out a
@@ -297,12 +307,48 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
       )
       return undefined
     }
-    return yield* execute(job.job.command, options)
+    const stopper = stoppers.get(job.ticket)
+    const live = makeLiveOutput({ capBytes: config.outputCapBytes })
+    // Best effort, never retried: the result carries the whole output anyway.
+    const sendLive = Effect.suspend(() => {
+      const chunk = live.take()
+      const s = current
+      if (chunk === undefined || s === undefined) return Effect.succeed(false)
+      const { dropped, ...rest } = chunk
+      return sendIn(s, {
+        msg: "output",
+        ticket: job.ticket,
+        peer_id: peerId,
+        token: s.id,
+        ...rest,
+        ...(dropped > 0 ? { dropped } : {}),
+      }).pipe(Effect.ignore, Effect.as(true))
+    })
+    const relay = yield* Effect.sleep(config.liveOutputMs ?? 250).pipe(
+      Effect.andThen(sendLive),
+      Effect.forever,
+      Effect.forkChild,
+    )
+    const run = yield* execute(job.job.command, {
+      ...options,
+      onOutput: live.push,
+      ...(stopper === undefined ? {} : { cancel: stopper.controller.signal }),
+      ...(config.killGraceMs === undefined ? {} : { killGraceMs: config.killGraceMs }),
+    }).pipe(Effect.ensuring(Fiber.interrupt(relay)))
+    // A job that streamed sends its last output before its result (the same uplink, in order).
+    if (live.taken() > 0) while (yield* sendLive) {}
+    return run
   })
 
   /** Keeps a run's result, then sends it: out of the slot, which the next command may take meanwhile. */
   const report = Effect.fnUntraced(function* (job: Protocol.Job, run: Execution) {
-    const status = run.timedOut ? "timed_out" : run.exitCode === 0 ? "succeeded" : "failed"
+    const status = run.cancelled
+      ? "cancelled"
+      : run.timedOut
+        ? "timed_out"
+        : run.exitCode === 0
+          ? "succeeded"
+          : "failed"
     // On disk before it is sent: if it cannot be sent before the peer stops, it is sent by the
     // next run of the peer, and the same ticket delivered again is answered from it.
     const kept: KeptResult = {
@@ -590,19 +636,60 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
           )
         }
         inProgress.add(job.ticket)
-        // A job still waiting for a slot when `shutdown` arrives is not started.
+        const stopper: { readonly controller: AbortController; reason?: string } = {
+          controller: new AbortController(),
+        }
+        stoppers.set(job.ticket, stopper)
+        // A job still waiting for a slot when `shutdown` arrives is not started; one cancelled
+        // meanwhile is reported cancelled, never run.
         const whenSlotFree = Effect.suspend(() =>
-          acceptingJobs ? runCommand(job) : Effect.succeed(undefined),
+          stopper.controller.signal.aborted
+            ? Clock.currentTimeMillis.pipe(
+                Effect.map(
+                  (at): Execution => ({
+                    exitCode: null,
+                    output: "",
+                    truncated: false,
+                    timedOut: false,
+                    cancelled: true,
+                    startedAt: at,
+                    finishedAt: at,
+                  }),
+                ),
+              )
+            : acceptingJobs
+              ? runCommand(job)
+              : Effect.succeed(undefined),
         )
         const fiber = yield* slots
           .withPermits(1)(whenSlotFree)
           .pipe(
             Effect.flatMap((run) => (run === undefined ? Effect.void : report(job, run))),
-            Effect.ensuring(Effect.sync(() => inProgress.delete(job.ticket))),
+            Effect.ensuring(
+              Effect.sync(() => {
+                inProgress.delete(job.ticket)
+                stoppers.delete(job.ticket)
+              }),
+            ),
             Effect.forkScoped,
           )
         running.add(fiber)
         fiber.addObserver(() => running.delete(fiber))
+      })
+
+      /**
+       * The server asks to stop a job: its process group is killed and it is reported `cancelled`
+       * (its output so far kept), or, still waiting for a slot, never started. A ticket not in
+       * progress here (finished, or never received) is left alone: its result stands.
+       */
+      const onCancel = Effect.fnUntraced(function* (envelope: Envelope, m: Protocol.Cancel) {
+        const s = yield* ofSession(envelope, m.token, `a cancel of ${shown(m.ticket)}`)
+        if (s === undefined) return
+        const stopper = stoppers.get(m.ticket)
+        if (stopper === undefined || stopper.controller.signal.aborted) return
+        stopper.reason = m.reason
+        stopper.controller.abort()
+        yield* say(`job ${m.ticket}: cancelled (${shown(m.reason)})`)
       })
 
       const onShutdown = Effect.fnUntraced(function* (envelope: Envelope, m: Protocol.Shutdown) {
@@ -645,6 +732,8 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
               return yield* onJob(envelope, message as Protocol.Job)
             case "shutdown":
               return yield* onShutdown(envelope, message as Protocol.Shutdown)
+            case "cancel":
+              return yield* onCancel(envelope, message as Protocol.Cancel)
           }
         })
 

@@ -1,5 +1,17 @@
 /** The peer's command line: `picus peer` (and `pnpm --filter peer start`) runs one peer. */
-import { firstSignal, PICUS_VERSION, Protocol, redisPasswordOf, TransportRedis, Trust } from "@picus/core"
+import {
+  explainSource,
+  firstSignal,
+  type Logging,
+  type LoggingFlags,
+  loggingFrom,
+  loggingOptions,
+  PICUS_VERSION,
+  Protocol,
+  redisPasswordOf,
+  TransportRedis,
+  Trust,
+} from "@picus/core"
 import { cac } from "cac"
 import { Cause, Effect, Exit, Fiber, Result } from "effect"
 import { type AgentExit, makeAgent } from "./Agent.ts"
@@ -10,7 +22,7 @@ import { type ClusterKeyPin, parseClusterKeyPin, resolveTrust } from "./trust.ts
 
 const AGENT_VERSION = PICUS_VERSION
 
-interface PeerFlags {
+interface PeerFlags extends LoggingFlags {
   readonly enroll?: string
   readonly token?: string
   readonly clusterKey?: string
@@ -27,8 +39,11 @@ interface PeerFlags {
   readonly osRelease?: string
 }
 
+/** How a mistake is told: set once the logging is known (a JSON line with --log-format json). */
+let tell = (message: string) => console.error(`error: ${message}`)
+
 const fail = (message: string): never => {
-  console.error(`error: ${message}`)
+  tell(explainSource(message))
   process.exit(2)
 }
 
@@ -95,6 +110,8 @@ const enrollingFrom = (flags: PeerFlags, env: NodeJS.ProcessEnv): Enrolling => {
 
 const run = (flags: PeerFlags) => {
   const env = process.env
+  const logging: Logging = loggingFrom(flags, env)
+  tell = logging.fail
   const enrolling = enrollingFrom(flags, env)
   const trustOnFirstUse = flags.trustOnFirstUse === true || env.PICUS_TRUST_ON_FIRST_USE === "1"
   const givenUrl = flags.redisUrl ?? env.REDIS_URL ?? "redis://127.0.0.1:6379"
@@ -127,7 +144,7 @@ const run = (flags: PeerFlags) => {
   if (peerId !== undefined && !explicitDir) {
     const legacyDir = resolveStateDir({ stateDir: undefined, peerId: undefined })
     if (adoptLegacyState({ legacyDir, dir: stateDir, peerId }))
-      console.log(`moved this peer's state from ${legacyDir} to ${stateDir}`)
+      logging.say(`moved this peer's state from ${legacyDir} to ${stateDir}`)
   }
   let state: StateFile
   try {
@@ -145,8 +162,12 @@ const run = (flags: PeerFlags) => {
   const labels = parseLabels(flags.label, env.PICUS_LABELS)
   if (Result.isFailure(labels)) fail(labels.failure)
   const osRelease = given(flags.osRelease) ?? given(env.PICUS_OS_RELEASE)
+  const levelOf = (event: TransportRedis.RedisConnectionEvent) =>
+    event._tag === "Unreachable" ? ("warn" as const) : ("info" as const)
   const onConnection = (event: TransportRedis.RedisConnectionEvent) =>
-    console.log(TransportRedis.describeConnection(event, "set REDIS_URL or --redis-url"))
+    logging.say(TransportRedis.describeConnection(event, TransportRedis.REDIS_HINT), {
+      level: levelOf(event),
+    })
   const program = Effect.gen(function* () {
     const signalled = yield* firstSignal()
     const agent = yield* makeAgent({
@@ -163,11 +184,12 @@ const run = (flags: PeerFlags) => {
           ...tlsOption,
           prefix,
           onConnection: (event) =>
-            console.log(
+            logging.say(
               TransportRedis.describeConnection(
                 event,
                 "as this session's own Redis user; refused for long, the peer registers again",
               ),
+              { level: levelOf(event) },
             ),
         }),
       serverIp: flags.serverIp ?? env.PICUS_SERVER_IP ?? parsedUrl.hostname,
@@ -180,6 +202,7 @@ const run = (flags: PeerFlags) => {
       defaultTimeoutMs: 60_000,
       exitOnShutdown: flags.exitOnShutdown === true || env.PICUS_EXIT_ON_SHUTDOWN === "1",
       registerTimeoutMs: 30_000,
+      say: logging.sayEffect,
       reconnectBaseMs: 1_000,
       reconnectMaxMs: 30_000,
     })
@@ -192,7 +215,7 @@ const run = (flags: PeerFlags) => {
       // While the session (and its connection) is still open.
       yield* agent.logout(Protocol.LogoutReason.peerShutdown).pipe(Effect.timeout("5 seconds"), Effect.ignore)
       yield* Fiber.interrupt(serving)
-      console.log("logged out; bye")
+      logging.say("logged out; bye")
       return 0
     }
     return outcome._tag === "Rejected" ? 1 : 0
@@ -201,13 +224,14 @@ const run = (flags: PeerFlags) => {
     Effect.provide(
       TransportRedis.layerRedis({ url: givenUrl, ...enrollLogin, ...tlsOption, prefix, onConnection }),
     ),
+    Effect.provide(logging.layer),
   )
 
-  console.log(`peer ${state.peerId} starting (state in ${stateDir})`)
+  logging.say(`peer ${state.peerId} starting (state in ${stateDir})`)
   Effect.runPromiseExit(program).then((exit) => {
     if (Exit.isSuccess(exit)) process.exit(exit.value)
     const failure = Cause.squash(exit.cause)
-    console.error(`error: ${failure instanceof Error ? failure.message : String(failure)}`)
+    logging.fail(failure instanceof Error ? failure.message : String(failure))
     process.exit(1)
   })
 }
@@ -215,8 +239,7 @@ const run = (flags: PeerFlags) => {
 /** The peer's program, named `name` in its help. */
 export const peerProgram = (name: string) => {
   const cli = cac(name)
-  cli
-    .command("", "Register with the server and run the jobs it sends")
+  loggingOptions(cli.command("", "Register with the server and run the jobs it sends"))
     .option(
       "--enroll <string>",
       "The enrollment string the operator gave (env PICUS_ENROLL; prefer the env: flags show in ps): the token, the cluster key and the Redis user",
@@ -244,7 +267,10 @@ export const peerProgram = (name: string) => {
       "--state-dir <dir>",
       "Where the peer keeps its id, identity key, pinned cluster key, run tickets and kept results (env PICUS_STATE_DIR; default ~/.local/state/picus/peers/<peer id>); one peer at a time",
     )
-    .option("--exit-on-shutdown", "Exit 0 when the server shuts down, instead of registering again")
+    .option(
+      "--exit-on-shutdown",
+      "Exit 0 when the server shuts down, instead of registering again (env PICUS_EXIT_ON_SHUTDOWN=1)",
+    )
     .option("--concurrency <n>", "Jobs run at once (env PICUS_CONCURRENCY, default 4)")
     .option("--output-cap <bytes>", "Output kept per job (env PICUS_OUTPUT_CAP, default 65536)")
     .option(

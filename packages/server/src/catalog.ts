@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs"
 import { fileURLToPath } from "node:url"
-import { type CatalogJob, Protocol } from "@picus/core"
+import { type CatalogJob, Protocol, parseStructured } from "@picus/core"
 import { Effect, Predicate, Result, Schema } from "effect"
 
 /** The catalog shipped with the server: the brief's jobs and a set for common distributions. */
@@ -50,8 +50,9 @@ const jobLabel = (index: number, raw: unknown): { readonly label: string; readon
 }
 
 /**
- * Reads and validates a catalog file (JSON: `{ "jobs": [{ id, name, os, distro, command, timeout_ms? }] }`).
- * An error names the file, the job (position and id), the field and the limit it breaks.
+ * Reads and validates a catalog file (JSON, or YAML unless it is named *.json:
+ * `{ "jobs": [{ id, name, os, distro, command, timeout_ms? }] }`). A syntax error names the file,
+ * line and column; a bad job the file, the job (position and id), the field and the limit it breaks.
  */
 export const loadCatalog = (path: string): Effect.Effect<ReadonlyArray<CatalogJob>, CatalogError> =>
   Effect.gen(function* () {
@@ -60,13 +61,21 @@ export const loadCatalog = (path: string): Effect.Effect<ReadonlyArray<CatalogJo
       catch: (e) =>
         new CatalogError({ path, message: `catalog ${path}: ${e instanceof Error ? e.message : String(e)}` }),
     })
-    const file = Schema.decodeUnknownResult(Schema.fromJsonString(CatalogFile))(text)
+    const parsed = parseStructured(path, text)
+    if (Result.isFailure(parsed)) {
+      const { line, column, reason } = parsed.failure
+      return yield* new CatalogError({
+        path,
+        message: `catalog ${path}${line === undefined ? "" : ` line ${line}${column === undefined ? "" : ` column ${column}`}`}: ${reason}`,
+      })
+    }
+    const file = Schema.decodeUnknownResult(CatalogFile)(parsed.success.value)
     if (Result.isFailure(file)) {
       const { field, message } = issuesOf(file.failure)
       return yield* new CatalogError({
         path,
         ...(field === "" ? {} : { field }),
-        message: `catalog ${path}: ${field === "" ? `expected a JSON object { "jobs": [...] } (${message})` : message}`,
+        message: `catalog ${path}: ${field === "" ? `expected an object { "jobs": [...] } (${message.replace(/^: /, "")})` : message}`,
       })
     }
     const decodeJob = Schema.decodeUnknownResult(CatalogFileJob, { errors: "all" })

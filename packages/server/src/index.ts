@@ -1,6 +1,7 @@
 // What other packages (the load generator, the benchmark, the `make dev` harness) use of the
 // server, with the errors and types their signatures name.
 export { OPEN_MODE_WARNING, PeerAccess } from "./access/PeerAccess.ts"
+export { cancelRun, cancelTickets } from "./cancel.ts"
 export { CatalogError, loadCatalog } from "./catalog.ts"
 export {
   type ClusterKey,

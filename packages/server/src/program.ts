@@ -4,6 +4,10 @@ import {
   CatalogStore,
   firstSignal,
   JobScheduler,
+  type Logging,
+  type LoggingFlags,
+  loggingFrom,
+  loggingOptions,
   runCommand,
   TransportRedis,
 } from "@picus/core"
@@ -32,6 +36,7 @@ export const serve = (
   clusterKey: ClusterKey,
   catalog: ReadonlyArray<CatalogJob>,
   signalled: Effect.Effect<NodeJS.Signals>,
+  logging?: Pick<Logging, "say">,
 ) =>
   Effect.gen(function* () {
     const catalogStore = yield* CatalogStore
@@ -79,8 +84,12 @@ export const serve = (
             Layer.provideMerge(
               TransportRedis.layerRedis({
                 ...redisOf(config),
-                onConnection: (event) =>
-                  console.error(TransportRedis.describeConnection(event, "set REDIS_URL or --redis-url")),
+                onConnection: (event) => {
+                  const line = TransportRedis.describeConnection(event, TransportRedis.REDIS_HINT)
+                  const level = event._tag === "Unreachable" ? "warn" : "info"
+                  if (logging) logging.say(line, { level, stderr: true })
+                  else console.error(line)
+                },
               }),
             ),
           ),
@@ -92,9 +101,9 @@ export const serve = (
 /** The server's program, named `name` in its help. */
 export const serverProgram = (name: string) => {
   const cli = cac(name)
-  sharedOptions(cli.command("", "Run a server instance (applies migrations first)"))
+  loggingOptions(sharedOptions(cli.command("", "Run a server instance (applies migrations first)")))
     .option("--server-id <id>", "This instance's name (env PICUS_SERVER_ID, default host-pid)")
-    .option("--catalog <file>", "Job catalog JSON replacing the built-in one (env PICUS_CATALOG)")
+    .option("--catalog <file>", "Job catalog, JSON or YAML, replacing the built-in one (env PICUS_CATALOG)")
     .option("--shutdown-reason <text>", "Reason sent to peers on Ctrl+C (env PICUS_SHUTDOWN_REASON)")
     .option("--heartbeat-ms <ms>", "Heartbeat interval asked of peers (env PICUS_HEARTBEAT_MS, default 5000)")
     .option(
@@ -126,7 +135,8 @@ export const serverProgram = (name: string) => {
       "The cluster key, mode 0600 (env PICUS_CLUSTER_KEY_FILE, or the key itself in PICUS_CLUSTER_KEY)",
     )
     .example(`PICUS_TOKENS=secret1,secret2 ${name}   # accept these enrollment tokens too`)
-    .action((flags: ServerFlags) =>
+    .action((flags: ServerFlags & LoggingFlags) => {
+      const logging = loggingFrom(flags)
       runCommand(
         // Listen for Ctrl+C before anything starts, so a signal during start-up still stops cleanly.
         firstSignal().pipe(
@@ -135,13 +145,15 @@ export const serverProgram = (name: string) => {
             // No cluster key, or a bad catalog, refuses the start before anything connects.
             const clusterKey = requireClusterKey(config)
             return loadCatalog(config.catalogPath).pipe(
-              Effect.flatMap((catalog) => serve(config, clusterKey, catalog, signalled)),
+              Effect.flatMap((catalog) => serve(config, clusterKey, catalog, signalled, logging)),
             )
           }),
           Effect.scoped,
+          Effect.provide(logging.layer),
         ),
         isUsageError,
-      ),
-    )
+        logging.fail,
+      )
+    })
   return cli
 }

@@ -105,9 +105,27 @@ describe("loadCatalog", () => {
       const twice = yield* refused({ jobs: [good, { ...good, name: "Again" }] })
       assert.include(twice.message, `job 1 (id "uptime"): id: appears twice`)
       assert.include((yield* refused({ job: [] })).message, "jobs: missing")
-      assert.include((yield* refused("{ not json")).message, `expected a JSON object { "jobs": [...] }`)
+      assert.include((yield* refused("{ not json")).message, "line 1 column 3: not valid JSON")
+      assert.include((yield* refused("[1]")).message, `expected an object { "jobs": [...] }`)
       const absent = join(dir, "absent.json")
       assert.include((yield* Effect.flip(loadCatalog(absent))).message, `catalog ${absent}: ENOENT`)
+    }),
+  )
+
+  it.effect("broken JSON and YAML name the line and column; a YAML catalog reads as its JSON twin", () =>
+    Effect.gen(function* () {
+      const json = yield* refused('{"jobs": [\n  {"id": "a",}\n]}\n')
+      assert.include(json.message, "line 2 column 14: not valid JSON")
+      const yamlPath = join(dir, "broken.yaml")
+      writeFileSync(yamlPath, "jobs:\n  - id: a\n    name: [\n")
+      const yaml = yield* Effect.flip(loadCatalog(yamlPath))
+      assert.include(yaml.message, `catalog ${yamlPath} line 4 column 1: not valid YAML`)
+      const goodPath = join(dir, "good.yml")
+      writeFileSync(
+        goodPath,
+        "jobs:\n  - id: uptime\n    name: Uptime\n    os: linux\n    distro: debian\n    command: uptime\n",
+      )
+      assert.deepStrictEqual(yield* loadCatalog(goodPath), yield* loadCatalog(write({ jobs: [good] })))
     }),
   )
 })

@@ -41,7 +41,9 @@ const REPO_MIGRATIONS = [
   "008_instance_leases.sql",
   "009_ticket_peer_key.sql",
   "010_runs.sql",
+  "011_cancel.sql",
   "012_retention.sql",
+  "013_operator_tokens.sql",
 ]
 
 const TableRow = std(Schema.Struct({ table_name: Schema.String, table_type: Schema.String }))

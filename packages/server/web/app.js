@@ -11,9 +11,10 @@ const groups = new vis.DataSet()
 const items = new vis.DataSet()
 let openSessions = []
 let shownRun
+let scope = "read"
 
-const api = async (path) => {
-  const response = await fetch(path, { headers: { authorization: `Bearer ${token}` } })
+const api = async (path, init = {}) => {
+  const response = await fetch(path, { ...init, headers: { authorization: `Bearer ${token}` } })
   if (response.status === 401) {
     signOut("That token is unknown or revoked.")
     throw new Error("unauthorized")
@@ -177,11 +178,12 @@ const showRun = async (runId) => {
   const { run, tickets } = await api(`/api/runs/${encodeURIComponent(runId)}`)
   $("#run-detail").hidden = false
   $("#run-title").textContent = `${run.run_id}: ${run.command}`
+  $("#cancel-run").hidden = scope !== "admin" || run.closed_at !== null
   $("#tickets tbody").replaceChildren(
     ...tickets.map((t) =>
       el(
         "tr",
-        {},
+        { "data-ticket": t.ticket },
         el("td", {}, t.ticket),
         el("td", {}, t.peer_id),
         el("td", {}, t.state),
@@ -225,6 +227,8 @@ const describe = (e) => {
       return `${e.peer_id} #${e.ticket} ${e.name}: ${e.status}${e.exit_code === null ? "" : ` exit ${e.exit_code}`} ${e.first_line}`
     case "logged_out":
       return `${e.peer_id} logged out: ${e.reason}`
+    case "cancelled":
+      return `${e.peer_id} #${e.ticket} ${e.requested ? "asked to stop" : "cancelled"}: ${e.reason}`
     case "shutdown":
       return `${e.server_id} shutting down: ${e.reason}`
     default:
@@ -253,6 +257,12 @@ const follow = async () => {
           const data = frame.split("\n").find((line) => line.startsWith("data: "))
           if (data === undefined) continue
           const event = JSON.parse(data.slice(6))
+          if (event.event === "output") {
+            // A running job's output, as it comes: onto its row of the run shown, not the list.
+            const pre = document.querySelector(`#tickets tr[data-ticket="${CSS.escape(event.ticket)}"] pre`)
+            if (pre !== null) pre.textContent += event.data
+            continue
+          }
           $("#events").prepend(el("li", {}, `${new Date(event.at).toLocaleTimeString()}  ${describe(event)}`))
           while ($("#events").childElementCount > 200) $("#events").lastChild.remove()
           refreshSoon()
@@ -274,6 +284,7 @@ const start = async () => {
   $("#board").hidden = false
   $("#sign-out").hidden = false
   $("#who").textContent = `${me.name} (${me.scope})`
+  scope = me.scope
   $("#legend").replaceChildren(
     ...[...REASONS, "other"].map((r) =>
       el("span", {}, el("i", { className: `reason-${r}` }), r === "open" ? "online" : r),
@@ -299,6 +310,11 @@ $("#login").addEventListener("submit", (event) => {
   })
 })
 $("#sign-out").addEventListener("click", () => signOut())
+$("#cancel-run").addEventListener("click", async () => {
+  if (shownRun === undefined || !confirm(`Cancel run ${shownRun}?`)) return
+  await api(`/api/runs/${encodeURIComponent(shownRun)}/cancel`, { method: "POST" }).catch(() => {})
+  refreshSoon()
+})
 
 if (token === null) signOut()
 else start().catch(() => {})

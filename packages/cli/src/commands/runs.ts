@@ -14,7 +14,7 @@ import {
   UsageError,
 } from "@picus/core"
 import type { CAC } from "cac"
-import { Clock, Effect } from "effect"
+import { Clock, Effect, Fiber } from "effect"
 import {
   printRows,
   resolveServerConfig,
@@ -25,6 +25,7 @@ import {
   withStore,
 } from "server"
 import { run } from "../support.ts"
+import { followTicket, printLiveOutput } from "./follow.ts"
 
 /** Exit code of a run that reached no peer (all undeliverable or skipped, or none matched). */
 export const EXIT_UNREACHED = 3
@@ -87,6 +88,7 @@ type RunFlags = ServerFlags & {
   readonly name?: string
   readonly json?: boolean
   readonly wait?: boolean
+  readonly follow?: boolean
   readonly "--"?: ReadonlyArray<string>
 }
 
@@ -293,7 +295,24 @@ const runCommandLine = (flags: RunFlags, words: ReadonlyArray<string>) => {
           `run ${created.runId}: ${created.tickets.length} peer(s)${offline > 0 ? `, ${offline} offline` : ""}${created.skipped.length > 0 ? `, ${created.skipped.length} skipped (offline)` : ""}\n`,
         )
       }
-      return yield* waitFor(created, json, jobTimeoutMs)
+      if (flags.follow !== true || json) return yield* waitFor(created, json, jobTimeoutMs)
+      // The run's tickets as they are now: a pending one let go later comes back under a new id.
+      const ids = new Set(created.tickets.map((t) => t.ticket))
+      const runStore = yield* RunStore
+      const refresh = runStore.runTickets(created.runId!).pipe(
+        Effect.tap((ts) =>
+          Effect.sync(() => {
+            for (const t of ts) ids.add(t.ticket)
+          }),
+        ),
+        Effect.ignore,
+        Effect.andThen(Effect.sleep("1 second")),
+        Effect.forever,
+      )
+      const live = yield* Effect.forkChild(
+        Effect.all([printLiveOutput((t) => ids.has(t)), refresh], { concurrency: 2 }),
+      )
+      return yield* waitFor(created, json, jobTimeoutMs).pipe(Effect.ensuring(Fiber.interrupt(live)))
     }).pipe(
       Effect.catchIf(
         (error): error is NoMatchingPeers => error instanceof NoMatchingPeers,
@@ -373,6 +392,7 @@ export const registerRuns = (cli: CAC): void => {
     .option("--job-timeout <duration>", "Each command's timeout on its peer", { default: "30s" })
     .option("--name <name>", "A name for the run (default: the command)")
     .option("--no-wait", "Print the run id and return at once")
+    .option("--follow", "Print the jobs' output as it comes, each line prefixed with its peer")
     .option("--json", "One JSON object per ticket as each ends, then a summary")
     .example("picus run --distro debian --max-concurrency 10% --max-errors 1 -- apt-get -s upgrade")
     .example("picus run show r1000")
@@ -424,37 +444,41 @@ export const registerRuns = (cli: CAC): void => {
     cli.command("ticket <id>", "One ticket: full output, exit code, timings, attempts, run, why it ended"),
   )
     .option("--json", "Machine-readable output")
-    .action((id: string, flags: ServerFlags & { json?: boolean }) =>
+    .option("--follow", "Print its output as it comes, until it ends; exit 0 if it succeeded, else 1")
+    .example("picus ticket 1234 --follow")
+    .action((id: string, flags: ServerFlags & { json?: boolean; follow?: boolean }) =>
       run(
-        withStore(
-          resolveServerConfig(flags),
-          Effect.gen(function* () {
-            const t = yield* (yield* RunStore).ticketView(String(id))
-            if (t === undefined) throw new UsageError(`no ticket ${id}`)
-            if (flags.json === true) return console.log(JSON.stringify(ticketJson(t), null, 2))
-            for (const [k, v] of Object.entries({
-              ticket: t.ticket,
-              run: t.runId,
-              peer: `${t.peerId}${t.online ? " (online)" : " (offline)"}`,
-              name: t.name,
-              command: t.command,
-              state: t.state,
-              "close reason": t.closeReason,
-              "exit code": t.exitCode,
-              attempts: t.attempts,
-              created: iso(t.createdAt),
-              delivered: iso(t.deliveredAt),
-              started: iso(t.startedAt),
-              ended: iso(t.endedAt ?? t.finishedAt),
-              duration: durationOf(t),
-              truncated: t.truncated ? "yes" : null,
-            }))
-              if (v !== null) console.log(`${`${k}:`.padEnd(14)}${v}`)
-            if (t.output !== null) console.log(`output:\n${t.output}`)
-          }),
-          false,
-          true,
-        ),
+        flags.follow === true
+          ? followTicket(String(id), resolveServerConfig(flags))
+          : withStore(
+              resolveServerConfig(flags),
+              Effect.gen(function* () {
+                const t = yield* (yield* RunStore).ticketView(String(id))
+                if (t === undefined) throw new UsageError(`no ticket ${id}`)
+                if (flags.json === true) return console.log(JSON.stringify(ticketJson(t), null, 2))
+                for (const [k, v] of Object.entries({
+                  ticket: t.ticket,
+                  run: t.runId,
+                  peer: `${t.peerId}${t.online ? " (online)" : " (offline)"}`,
+                  name: t.name,
+                  command: t.command,
+                  state: t.state,
+                  "close reason": t.closeReason,
+                  "exit code": t.exitCode,
+                  attempts: t.attempts,
+                  created: iso(t.createdAt),
+                  delivered: iso(t.deliveredAt),
+                  started: iso(t.startedAt),
+                  ended: iso(t.endedAt ?? t.finishedAt),
+                  duration: durationOf(t),
+                  truncated: t.truncated ? "yes" : null,
+                }))
+                  if (v !== null) console.log(`${`${k}:`.padEnd(14)}${v}`)
+                if (t.output !== null) console.log(`output:\n${t.output}`)
+              }),
+              false,
+              true,
+            ),
       ),
     )
 
@@ -502,40 +526,5 @@ export const registerRuns = (cli: CAC): void => {
             )
           }),
         ),
-    )
-
-  sharedOptions(
-    cli.command("peers", "Every peer: os, distro, labels, online, last seen, which instance holds it"),
-  )
-    .option("--json", "Machine-readable output")
-    .action((flags: ServerFlags & { json?: boolean }) =>
-      run(
-        withStore(
-          resolveServerConfig(flags),
-          Effect.gen(function* () {
-            const peers = yield* (yield* RunStore).peerViews()
-            printRows(
-              peers.map((p) =>
-                flags.json === true
-                  ? { ...p, online: p.heldBy !== null }
-                  : {
-                      peer: p.peerId,
-                      os: p.os,
-                      distro: p.distro,
-                      labels: Object.entries(p.labels)
-                        .map(([k, v]) => `${k}=${v}`)
-                        .join(","),
-                      online: p.heldBy !== null,
-                      "last seen": iso(p.lastSeenAt),
-                      "held by": p.heldBy,
-                    },
-              ),
-              flags.json === true,
-            )
-          }),
-          false,
-          true,
-        ),
-      ),
     )
 }

@@ -1,5 +1,17 @@
-import { Cause, Clock, Deferred, Effect, Exit, Metric, Queue, Result, Schema, type Scope } from "effect"
-import { ticketStateOf } from "../domain/ticket.ts"
+import {
+  Cause,
+  Clock,
+  Deferred,
+  Effect,
+  Exit,
+  Metric,
+  Option,
+  Queue,
+  Result,
+  Schema,
+  type Scope,
+} from "effect"
+import { isTerminal, ticketStateOf } from "../domain/ticket.ts"
 import * as Metrics from "../metrics.ts"
 import * as Protocol from "../protocol/index.ts"
 import { hashSecret, sameHash, sessionTokenOf } from "../secrets.ts"
@@ -154,6 +166,17 @@ export interface PeerSession {
    * (unless `queued`, the Store's count, says none are new).
    */
   readonly refill: (queued?: number, given?: ReadonlyArray<Ticket>) => Effect.Effect<void>
+  /**
+   * Tickets of the session were cancelled (a notice names them, and only wakes the session): it
+   * reads them from the Store, drops the closed ones it has not sent, and asks the peer to stop
+   * the delivered ones PostgreSQL says are to be cancelled.
+   */
+  readonly cancelRequested: (tickets: ReadonlyArray<string>) => Effect.Effect<void>
+  /**
+   * Relays a chunk of a running job's output to the feed, never to PostgreSQL, within the
+   * session's bound (chunks and bytes a second); beyond it, chunks are dropped and counted.
+   */
+  readonly relayOutput: (message: Protocol.Output) => Effect.Effect<void>
   /** Sends the in-flight tickets again: the transport may have lost them (Redis came back empty). */
   readonly resendInFlight: Effect.Effect<void>
   readonly inFlight: Effect.Effect<number, SessionBusy>
@@ -185,6 +208,7 @@ type Command =
       readonly given: ReadonlyArray<Ticket> | undefined
     }
   | { readonly _tag: "Resend" }
+  | { readonly _tag: "Cancel"; readonly tickets: ReadonlyArray<string> }
   | { readonly _tag: "Tick" }
   | { readonly _tag: "InFlight"; readonly reply: Deferred.Deferred<number> }
 
@@ -369,6 +393,16 @@ const DEFAULT_MAILBOX_CAPACITY = 1024
 const DEFAULT_ASK_TIMEOUT_MS = 30_000
 
 /**
+ * What a session relays of its peer's live output each second: a peer sends at most a few chunks a
+ * second per job, so this is room for several jobs; a peer that floods is cut here, not the feed.
+ */
+export const OUTPUT_CHUNKS_PER_SECOND = 16
+export const OUTPUT_BYTES_PER_SECOND = 64 * 1024
+
+/** Why a ticket closed before its delivery was marked is told to the peer, in case it runs it. */
+const CLOSED_BEFORE_DELIVERY = "the ticket was closed before its delivery was recorded"
+
+/**
  * The actor itself, for a session this instance holds at `epoch`. It is supervised: a defect in it
  * is logged and ends this session alone (logout `server_error`; its open tickets wait for the peer's
  * next session), and whoever waits on it is answered.
@@ -467,6 +501,50 @@ const runSession = Effect.fnUntraced(function* (
       yield* Effect.logError(`ticket ${t.ticket} failed: ${reason}`)
     })
 
+  /** Asks the peer to stop these tickets' jobs (best effort: the request stays in PostgreSQL). */
+  const stopOnPeer = (which: ReadonlyArray<readonly [string, string]>) =>
+    which.length === 0
+      ? Effect.void
+      : sendManyToPeer(
+          which.map(([ticket, reason]) =>
+            Protocol.encodeMessage({ msg: "cancel", ticket, peer_id: peerId, token, reason }),
+          ),
+        ).pipe(Effect.catch((e) => Effect.logWarning("could not ask the peer to stop a job", e)))
+
+  /** The session's output bound: chunks and bytes relayed in the current second, and what it dropped. */
+  const outputBound = { second: -1, chunks: 0, bytes: 0, dropped: 0 }
+  const relayOutput = (m: Protocol.Output) =>
+    Effect.suspend(() => {
+      const second = Math.floor(now() / 1000)
+      if (second !== outputBound.second) {
+        outputBound.second = second
+        outputBound.chunks = 0
+        outputBound.bytes = 0
+      }
+      const bytes = Buffer.byteLength(m.data)
+      if (
+        outputBound.chunks + 1 > OUTPUT_CHUNKS_PER_SECOND ||
+        outputBound.bytes + bytes > OUTPUT_BYTES_PER_SECOND
+      ) {
+        outputBound.dropped += bytes + (m.dropped ?? 0)
+        return Effect.void
+      }
+      outputBound.chunks++
+      outputBound.bytes += bytes
+      const dropped = (m.dropped ?? 0) + outputBound.dropped
+      outputBound.dropped = 0
+      return publish({
+        event: "output",
+        at: now(),
+        ...at,
+        ticket: m.ticket,
+        seq: m.seq,
+        stream: m.stream,
+        data: m.data,
+        ...(dropped > 0 ? { dropped } : {}),
+      })
+    })
+
   /** Sent, not yet marked delivered (PostgreSQL was away): marked with the next ones. */
   let unmarked: Array<Ticket> = []
 
@@ -500,7 +578,11 @@ const runSession = Effect.fnUntraced(function* (
       if (marked === undefined) return
       yield* Metric.update(Metric.withAttributes(Metrics.ticketsTotal, { state: "delivered" }), marked.length)
       const held = new Set(marked.map((t) => t.ticket))
-      for (const t of all) if (!held.has(t.ticket)) tickets.settle(t.ticket)
+      const gone = all.filter((t) => !held.has(t.ticket))
+      for (const t of gone) tickets.settle(t.ticket)
+      // Answered already, or cancelled meanwhile: a peer running it stops (one that finished it,
+      // or does not know `cancel`, ignores this).
+      if (gone.length > 0) yield* stopOnPeer(gone.map((t) => [t.ticket, CLOSED_BEFORE_DELIVERY] as const))
     })
 
   /**
@@ -650,6 +732,12 @@ const runSession = Effect.fnUntraced(function* (
           exit_code: m.exit_code ?? null,
           first_line: Protocol.firstLine(m.result),
         })
+        if (m.status === "cancelled") {
+          // Who and why are the cancel request's, kept in PostgreSQL.
+          const info = yield* store.ticketInfo(m.ticket).pipe(Effect.orElseSucceed(() => Option.none()))
+          const reason = (Option.isSome(info) ? info.value.closeReason : null) ?? "cancelled"
+          yield* publish({ event: "cancelled", at: now(), ...at, ticket: m.ticket, reason })
+        }
       } else {
         yield* Effect.logWarning(`result for ticket ${m.ticket} not recorded: ${verdict}`)
       }
@@ -721,6 +809,22 @@ const runSession = Effect.fnUntraced(function* (
           if (added > 0) yield* Effect.logDebug(`${added} new ticket(s)`)
           yield* dispatch
         }).pipe(Effect.catch((e) => Effect.logWarning("could not pick up new tickets", e)))
+      case "Cancel":
+        return Effect.gen(function* () {
+          const rows = yield* store.cancelRequests(sessionId, command.tickets)
+          const stop: Array<readonly [string, string]> = []
+          for (const row of rows) {
+            if (isTerminal(row.state)) {
+              // Closed before this session sent it: it is never sent. One sent whose delivery was
+              // not marked yet may be running on the peer: it is asked to stop too.
+              const wasInFlight = tickets.settle(row.ticket) !== undefined
+              if (wasInFlight && row.state === "cancelled") stop.push([row.ticket, row.reason ?? "cancelled"])
+            } else if (row.state === "delivered" && row.reason !== null) stop.push([row.ticket, row.reason])
+          }
+          yield* stopOnPeer(stop)
+          if (stop.length > 0) yield* Effect.logInfo(`asked the peer to stop ${stop.length} job(s)`)
+          yield* dispatch
+        }).pipe(Effect.catch((e) => Effect.logWarning("could not pass cancels on to the peer", e)))
       case "Resend":
         return resend(tickets.inFlightTickets()).pipe(
           orLose,
@@ -834,6 +938,8 @@ const runSession = Effect.fnUntraced(function* (
       return tell({ _tag: "Refill", queued, given })
     },
     resendInFlight: tell({ _tag: "Resend" }),
+    cancelRequested: (ids) => tell({ _tag: "Cancel", tickets: ids }),
+    relayOutput,
     inFlight: ask<number, never>("InFlight", (reply) => ({ _tag: "InFlight", reply }), Effect.succeed(0)),
     ended: Deferred.await(ended),
   }

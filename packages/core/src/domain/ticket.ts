@@ -15,7 +15,8 @@ import { Schema } from "effect"
  *     └──▶ cancelled
  *   delivered ──▶ timed_out   no answer after the last try, or its session ended and none carried it on
  *   delivered ──▶ failed      its result was refused by the database (a dead letter), or cannot be sent
- *   delivered ──▶ cancelled
+ *   delivered ──▶ cancelled   at once when no session carries it; else its peer kills the job and
+ *                             reports `cancelled` (a result that came first keeps its real outcome)
  *
  * Terminal states never change again; a result for a closed ticket is told `ticket_closed`.
  */
@@ -57,9 +58,9 @@ const transitions: Record<TicketState, ReadonlyArray<TicketState>> = {
 export const canMove = (from: TicketState, to: TicketState): boolean => transitions[from].includes(to)
 
 /** How a job ended, as its peer reports it. */
-export const ResultStatus = Schema.Literals(["succeeded", "failed", "timed_out", "refused"])
+export const ResultStatus = Schema.Literals(["succeeded", "failed", "timed_out", "refused", "cancelled"])
 export type ResultStatus = typeof ResultStatus.Type
 
 /** The terminal ticket state a result status leads to (a peer's refusal is a failure). */
 export const ticketStateOf = (status: ResultStatus): TicketState =>
-  status === "succeeded" ? "succeeded" : status === "timed_out" ? "timed_out" : "failed"
+  status === "succeeded" || status === "timed_out" || status === "cancelled" ? status : "failed"

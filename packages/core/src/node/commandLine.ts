@@ -5,6 +5,10 @@
  */
 import type { CAC } from "cac"
 import { Cause, Effect, Exit } from "effect"
+import { applyConfigFile, ConfigFileError, explainSource, longFlagsOf } from "./configFile.ts"
+import { suggest } from "./suggest.ts"
+
+export { suggest }
 
 export const PICUS_VERSION = "0.1.0"
 
@@ -17,52 +21,34 @@ export class UsageError extends Error {
   override readonly name = "UsageError"
 }
 
-/** Levenshtein distance, for "did you mean". */
-const distance = (a: string, b: string): number => {
-  const row = Array.from({ length: b.length + 1 }, (_, j) => j)
-  for (let i = 1; i <= a.length; i++) {
-    let diagonal = row[0]!
-    row[0] = i
-    for (let j = 1; j <= b.length; j++) {
-      const above = row[j]!
-      row[j] = Math.min(above + 1, row[j - 1]! + 1, diagonal + (a[i - 1] === b[j - 1] ? 0 : 1))
-      diagonal = above
-    }
-  }
-  return row[b.length]!
-}
-
-/** The closest of `candidates` to a mistyped `word`, when one is close enough to be meant. */
-export const suggest = (word: string, candidates: ReadonlyArray<string>): string | undefined => {
-  let best: { readonly name: string; readonly d: number } | undefined
-  for (const name of candidates) {
-    const d = name.startsWith(word) && word.length >= 2 ? 1 : distance(word, name)
-    if (d <= Math.max(1, Math.floor(name.length / 3)) && (best === undefined || d < best.d))
-      best = { name, d }
-  }
-  return best?.name
-}
-
 /** Prints `error: message` on stderr and exits with `code`. */
 export const exitWith = (code: number, message?: string): never => {
-  if (message !== undefined) console.error(`error: ${message}`)
+  if (message !== undefined) console.error(`error: ${explainSource(message)}`)
   process.exit(code)
 }
 
 /**
  * Runs a command's effect and exits with its outcome: the number it succeeds with (0 when none),
- * 2 for a usage mistake (`isUsage`), 1 for any other failure. Failures are printed, not thrown.
+ * 2 for a usage mistake (`isUsage`), 1 for any other failure. Failures are told (`tell`), not thrown.
  */
 export const runCommand = (
   effect: Effect.Effect<unknown, unknown>,
   isUsage: (failure: unknown) => boolean = (failure) => failure instanceof UsageError,
+  /** How the failure is told (a JSON log line with --log-format json). */
+  tell: (message: string) => void = (message) => console.error(`error: ${message}`),
 ): void => {
   Effect.runPromiseExit(effect).then((exit) => {
     if (Exit.isSuccess(exit)) process.exit(typeof exit.value === "number" ? exit.value : 0)
     const failure = Cause.squash(exit.cause)
-    console.error(`error: ${failure instanceof Error ? failure.message : String(failure)}`)
+    tell(explainSource(failure instanceof Error ? failure.message : String(failure)))
     process.exit(isUsage(failure) ? EXIT_USAGE : EXIT_FAILED)
   })
+}
+
+/** The flag as it was typed, for a parsed option's camelCase key. */
+const rawFlag = (args: ReadonlyArray<string>, key: string): string => {
+  const kebab = key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)
+  return args.find((a) => a.replace(/^-+(no-)?/, "").split("=")[0] === kebab)?.split("=")[0] ?? `--${kebab}`
 }
 
 const commandNames = (cli: CAC): ReadonlyArray<string> =>
@@ -72,13 +58,16 @@ const commandNames = (cli: CAC): ReadonlyArray<string> =>
  * Parses `argv` (`process.argv` shaped) with `cli` and runs the matched command. `--version` is
  * answered on every command; `--help` by cac; an unknown command, an unknown flag or a stray
  * argument exits 2 with what to type instead. `elsewhere` names commands of another program
- * (`picus sessions` when `picus server sesions` was typed), suggested too.
+ * (`picus sessions` when `picus server sesions` was typed), suggested too. Every command takes
+ * `--config <file>` (see configFile.ts).
  */
 export const runProgram = (
   cli: CAC,
   argv: ReadonlyArray<string>,
   options: {
     readonly elsewhere?: { readonly program: string; readonly commands: ReadonlyArray<string> }
+    /** The programs that may share a config file with this one: their flags are known keys too. */
+    readonly siblings?: ReadonlyArray<CAC>
   } = {},
 ): void => {
   const args = argv.slice(2)
@@ -87,6 +76,10 @@ export const runProgram = (
     console.log(`${cli.name} ${PICUS_VERSION}`)
     process.exit(0)
   }
+  cli.option(
+    "--config <file>",
+    "Read flags from this YAML or JSON file, keys named as the long flags (env PICUS_CONFIG)",
+  )
   cli.help()
   const names = commandNames(cli)
   const unknown = (word: string): never => {
@@ -107,12 +100,28 @@ export const runProgram = (
     // No command matched, or the default one got a word it takes no argument for: a typo.
     if (command === undefined || (command.name === "" && command.args.length === 0 && cli.args.length > 0)) {
       if (cli.args[0] !== undefined) unknown(String(cli.args[0]))
+      // cac checks flags against a matched command only: `picus --bogus` is checked here.
+      const known = new Set(cli.globalCommand.options.flatMap((o) => o.names))
+      const stray = Object.keys(cli.options).find((key) => key !== "--" && !known.has(key))
+      if (stray !== undefined)
+        exitWith(EXIT_USAGE, `unknown option "${rawFlag(beforeDashes, stray)}" (see ${cli.name} --help)`)
       cli.outputHelp()
       process.exit(0)
     }
+    try {
+      applyConfigFile(cli, beforeDashes, (options.siblings ?? []).flatMap(longFlagsOf))
+    } catch (error) {
+      if (error instanceof ConfigFileError) exitWith(EXIT_USAGE, error.message)
+      throw error
+    }
     cli.runMatchedCommand()
   } catch (error) {
-    const message = error instanceof Error ? error.message : String(error)
+    const said = error instanceof Error ? error.message : String(error)
+    // cac names an unknown flag camelCased (`--bogusFlag`): name it as it was typed.
+    const message = said.replace(
+      /^Unknown option `-*([^`]+)`/,
+      (_, key: string) => `unknown option \`${rawFlag(beforeDashes, key)}\``,
+    )
     const command = cli.matchedCommandName ? `${cli.name} ${cli.matchedCommandName}` : cli.name
     exitWith(EXIT_USAGE, `${message.replace(/`/g, '"')} (see ${command} --help)`)
   }

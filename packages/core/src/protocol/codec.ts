@@ -24,6 +24,7 @@ const peerDecoders: Record<Messages.PeerMessage["msg"], Decoder<Messages.PeerMes
   result: decoder(Messages.Result),
   heartbeat: decoder(Messages.Heartbeat),
   logout: decoder(Messages.Logout),
+  output: decoder(Messages.Output),
 }
 
 const decodeJob = decoder(Messages.Job)
@@ -47,6 +48,7 @@ const decodeRegisterReply: Decoder<Messages.ServerMessage> = (input) =>
   )
 const decodeShutdown = decoder(Messages.Shutdown)
 const decodeHeartbeat = decoder(Messages.Heartbeat)
+const decodeCancel = decoder(Messages.Cancel)
 
 /**
  * A server `"register"` is a job when it carries a `job` field (the seed's alias), otherwise an accepted
@@ -64,6 +66,8 @@ const selectServerDecoder = (
       return decodeShutdown
     case "heartbeat":
       return decodeHeartbeat
+    case "cancel":
+      return decodeCancel
     case "register":
       if (Object.hasOwn(message, "job")) return decodeJob
       if (message.status === "accepted") return decodeAccepted
@@ -272,6 +276,8 @@ const encoders = {
   logout: encoder(Messages.Logout),
   job: encoder(Messages.Job),
   shutdown: encoder(Messages.Shutdown),
+  output: encoder(Messages.Output),
+  cancel: encoder(Messages.Cancel),
 }
 
 const selectEncoder = (message: Messages.Message): Decoder<unknown> | undefined => {
@@ -284,6 +290,8 @@ const selectEncoder = (message: Messages.Message): Decoder<unknown> | undefined 
     case "logout":
     case "job":
     case "shutdown":
+    case "output":
+    case "cancel":
       return encoders[message.msg]
     default:
       return undefined

@@ -4,7 +4,8 @@
  * these, and PostgreSQL holds the record of everything they say. Never carries a token.
  */
 import { Result, Schema } from "effect"
-import { EpochMillis, Id, Label, ReasonText } from "./messages.ts"
+import { MAX_OUTPUT_CHUNK_BYTES } from "./limits.ts"
+import { EpochMillis, Id, Label, OutputStream, ReasonText, Text } from "./messages.ts"
 
 const Common = { at: EpochMillis, server_id: Id }
 
@@ -39,6 +40,32 @@ export const FeedEvent = Schema.Union([
     first_line: Schema.String,
   }),
   Schema.Struct({ event: Schema.Literal("logged_out"), ...Common, peer_id: Id, reason: ReasonText }),
+  /**
+   * A chunk of a running job's output, relayed as its peer sent it (never stored). `dropped`: bytes
+   * left out before it, by the peer (its rate and cap) or by the server (the session's bound).
+   */
+  Schema.Struct({
+    event: Schema.Literal("output"),
+    ...Common,
+    peer_id: Id,
+    ticket: Id,
+    seq: Schema.Int,
+    stream: OutputStream,
+    data: Text.check(Schema.isMaxLength(MAX_OUTPUT_CHUNK_BYTES)),
+    dropped: Schema.optionalKey(Schema.Int),
+  }),
+  /**
+   * A ticket ended `cancelled` (at once when it was not running; or its peer reported the job
+   * killed), or its running job was asked to stop (`requested`). `reason` names who and why.
+   */
+  Schema.Struct({
+    event: Schema.Literal("cancelled"),
+    ...Common,
+    peer_id: Id,
+    ticket: Id,
+    reason: ReasonText,
+    requested: Schema.optionalKey(Schema.Boolean),
+  }),
   Schema.Struct({ event: Schema.Literal("shutdown"), ...Common, reason: ReasonText }),
 ])
 export type FeedEvent = typeof FeedEvent.Type

@@ -52,6 +52,12 @@ export const MAX_TIMEOUT_MS = 2_147_483_647
  */
 export const MAX_EPOCH_MILLIS = 8_640_000_000_000_000
 
+/** An `output` chunk's `data`: at most 4 KiB of UTF-8 (a peer sends at most a few a second per job). */
+export const MAX_OUTPUT_CHUNK_BYTES = 4 * 1024
+
+/** An `output` chunk's `seq` and `dropped`: plain counters, kept within a 32-bit column's range. */
+export const MAX_OUTPUT_SEQ = 2_147_483_647
+
 /** No wire string may contain this character: PostgreSQL `text` cannot store it. */
 export const NUL = "\u0000"
 

@@ -16,6 +16,8 @@ import {
   MAX_ID_LENGTH,
   MAX_LABEL_LENGTH,
   MAX_LABELS,
+  MAX_OUTPUT_CHUNK_BYTES,
+  MAX_OUTPUT_SEQ,
   MAX_REASON_LENGTH,
   MAX_RESULT_BYTES,
   MAX_TIMEOUT_MS,
@@ -206,7 +208,7 @@ export const Register = Schema.Struct({
 export type Register = typeof Register.Type
 
 /** How a job ended, as seen by the peer. */
-export const ResultStatus = Schema.Literals(["succeeded", "failed", "timed_out", "refused"])
+export const ResultStatus = Schema.Literals(["succeeded", "failed", "timed_out", "refused", "cancelled"])
 export type ResultStatus = typeof ResultStatus.Type
 
 /** A peer reports the output of the job identified by `ticket`. */
@@ -252,8 +254,30 @@ export const Logout = Schema.Struct({
 })
 export type Logout = typeof Logout.Type
 
+/** Which stream of a running job an `output` chunk comes from. */
+export const OutputStream = Schema.Literals(["stdout", "stderr"])
+export type OutputStream = typeof OutputStream.Type
+
+/**
+ * A chunk of a running job's output, for people watching (never stored: the `result` carries the
+ * whole output, once). Optional: a peer that never sends one works as before.
+ */
+export const Output = Schema.Struct({
+  msg: Schema.Literal("output"),
+  ticket: Id,
+  peer_id: Id,
+  token: Token,
+  /** 0, 1, 2, … per ticket: a gap says a chunk was lost on the way. */
+  seq: intBetween(0, MAX_OUTPUT_SEQ),
+  stream: OutputStream,
+  data: Text.check(isMaxUtf8Bytes(MAX_OUTPUT_CHUNK_BYTES)),
+  /** Bytes the peer left out before this chunk (over its rate or its output cap). */
+  dropped: Schema.optionalKey(intBetween(0, MAX_OUTPUT_SEQ)),
+})
+export type Output = typeof Output.Type
+
 /** Every message a peer sends to the server. */
-export const PeerMessage = Schema.Union([Register, Result, Heartbeat, Logout])
+export const PeerMessage = Schema.Union([Register, Result, Heartbeat, Logout, Output])
 export type PeerMessage = typeof PeerMessage.Type
 
 // ---------------------------------------------------------------------------------------------------
@@ -341,10 +365,30 @@ export const Shutdown = Schema.Struct({
 export type Shutdown = typeof Shutdown.Type
 
 /**
+ * The server asks a peer to stop the job of `ticket` (its whole process group) and report it
+ * `cancelled`. Optional: a peer that does not know it ignores it, and its job ends as it ends.
+ */
+export const Cancel = Schema.Struct({
+  msg: Schema.Literal("cancel"),
+  ticket: Id,
+  peer_id: Id,
+  token: Token,
+  reason: ReasonText,
+})
+export type Cancel = typeof Cancel.Type
+
+/**
  * Every message the server sends to a peer. `Job` comes first so that a `"register"` message carrying
  * a `job` field is a job, as in the codec.
  */
-export const ServerMessage = Schema.Union([Job, RegisterAccepted, RegisterRejected, Shutdown, Heartbeat])
+export const ServerMessage = Schema.Union([
+  Job,
+  RegisterAccepted,
+  RegisterRejected,
+  Shutdown,
+  Heartbeat,
+  Cancel,
+])
 export type ServerMessage = typeof ServerMessage.Type
 
 /** Any wire message, in either direction. */
@@ -355,14 +399,15 @@ export type Message = PeerMessage | ServerMessage
 // ---------------------------------------------------------------------------------------------------
 
 /** The `msg` values a peer may send. */
-export const PEER_MSG_KINDS = ["register", "result", "heartbeat", "logout"] as const
+export const PEER_MSG_KINDS = ["register", "result", "heartbeat", "logout", "output"] as const
 /** The `msg` values the server may send (`"register"` covers accepted, rejected and the seed's job alias). */
-export const SERVER_MSG_KINDS = ["register", "job", "shutdown", "heartbeat"] as const
+export const SERVER_MSG_KINDS = ["register", "job", "shutdown", "heartbeat", "cancel"] as const
 
 export const isRegister = (message: PeerMessage): message is Register => message.msg === "register"
 export const isResult = (message: PeerMessage): message is Result => message.msg === "result"
 export const isHeartbeat = (message: PeerMessage): message is Heartbeat => message.msg === "heartbeat"
 export const isLogout = (message: PeerMessage): message is Logout => message.msg === "logout"
+export const isOutput = (message: PeerMessage): message is Output => message.msg === "output"
 
 export const isRegisterAccepted = (message: ServerMessage): message is RegisterAccepted =>
   message.msg === "register" && message.status === "accepted"
@@ -370,9 +415,16 @@ export const isRegisterRejected = (message: ServerMessage): message is RegisterR
   message.msg === "register" && message.status === "rejected"
 export const isJob = (message: ServerMessage): message is Job => message.msg === "job"
 export const isShutdown = (message: ServerMessage): message is Shutdown => message.msg === "shutdown"
+export const isCancel = (message: ServerMessage): message is Cancel => message.msg === "cancel"
 
 /** The kind of a server message, telling apart the two `"register"` replies (e.g. for logs and metrics). */
-export type ServerMessageKind = "register_accepted" | "register_rejected" | "job" | "shutdown" | "heartbeat"
+export type ServerMessageKind =
+  | "register_accepted"
+  | "register_rejected"
+  | "job"
+  | "shutdown"
+  | "heartbeat"
+  | "cancel"
 
 export const serverMessageKind = (message: ServerMessage): ServerMessageKind => {
   switch (message.msg) {
@@ -384,6 +436,8 @@ export const serverMessageKind = (message: ServerMessage): ServerMessageKind => 
       return "shutdown"
     case "heartbeat":
       return "heartbeat"
+    case "cancel":
+      return "cancel"
   }
 }
 

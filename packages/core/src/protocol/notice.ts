@@ -11,11 +11,28 @@ import { Id, JobSpec } from "./messages.ts"
  * delivered), so a notice only wakes it and never says what to run. `tickets`, which instances of
  * an earlier version send, is ignored.
  */
-export const ServerNotice = Schema.Struct({
+export const TicketsWaiting = Schema.Struct({
   notice: Schema.Literal("tickets_waiting"),
   session_id: Id,
   tickets: Schema.optionalKey(Schema.Array(Schema.Struct({ ticket: Id, job: JobSpec }))),
 })
+
+/** Most tickets one `cancel_requested` notice names; more go in several notices. */
+export const MAX_NOTICE_TICKETS = 1000
+
+/**
+ * An operator cancelled tickets of a session this instance holds. Like `tickets_waiting`, it only
+ * wakes the holder: it reads those tickets' states and cancel requests from PostgreSQL, drops the
+ * closed ones it had not sent yet, and asks the peer to stop the delivered ones that PostgreSQL
+ * says are to be cancelled. A forged one costs a read.
+ */
+export const CancelRequested = Schema.Struct({
+  notice: Schema.Literal("cancel_requested"),
+  session_id: Id,
+  tickets: Schema.Array(Id).check(Schema.isMaxLength(MAX_NOTICE_TICKETS)),
+})
+
+export const ServerNotice = Schema.Union([TicketsWaiting, CancelRequested])
 export type ServerNotice = typeof ServerNotice.Type
 
 const json = Schema.fromJsonString(ServerNotice)

@@ -18,6 +18,9 @@ export interface NewResult {
   readonly finishedAt: number | null
 }
 
+/** The close_reason of a ticket its peer reported cancelled when no operator asked (never by this project's peer). */
+export const CANCELLED_ON_PEER = "cancelled on its peer"
+
 /**
  * What became of a result:
  * - recorded: written, and its ticket reached its terminal state;

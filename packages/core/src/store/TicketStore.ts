@@ -1,6 +1,6 @@
 import { Context, type Effect, type Option } from "effect"
 import type { LeaseLost, SessionLease } from "../domain/lease.ts"
-import type { TicketState } from "../domain/ticket.ts"
+import type { ResultStatus, TicketState } from "../domain/ticket.ts"
 import type { CatalogJob } from "./CatalogStore.ts"
 import type { SessionOwner } from "./SessionStore.ts"
 import type { StoreError } from "./StoreError.ts"
@@ -28,6 +28,55 @@ export interface SubmittedJob {
   readonly name: string
   readonly command: string
   readonly timeoutMs: number
+}
+
+/**
+ * What a cancel did to one ticket:
+ * - cancelled: it was not running (queued, or delivered with no session to carry it) and ended
+ *   `cancelled` now;
+ * - requested: it is delivered to a session: the request is recorded, and `owner`, the instance
+ *   holding that session, is to tell its peer to stop the job (asked again, it is told again);
+ * - closed: it had ended already (`state` says how), nothing changed;
+ * - unknown: no such ticket.
+ */
+export type CancelOutcome =
+  | {
+      readonly ticket: string
+      readonly outcome: "cancelled"
+      readonly peerId: string
+      /** The session it was waiting in, and who holds it: to drop it from what it is about to send. */
+      readonly owner: SessionOwner | undefined
+    }
+  | {
+      readonly ticket: string
+      readonly outcome: "requested"
+      readonly peerId: string
+      readonly owner: SessionOwner
+    }
+  | {
+      readonly ticket: string
+      readonly outcome: "closed"
+      readonly peerId: string
+      readonly state: TicketState
+    }
+  | { readonly ticket: string; readonly outcome: "unknown" }
+
+/** A ticket as an operator reads it, with its result if it has one. */
+export interface TicketInfo {
+  readonly ticket: string
+  readonly peerId: string
+  readonly name: string
+  readonly state: TicketState
+  readonly closeReason: string | null
+  readonly cancelReason: string | null
+  readonly result:
+    | {
+        readonly status: ResultStatus
+        readonly exitCode: number | null
+        readonly output: string
+        readonly truncated: boolean
+      }
+    | undefined
 }
 
 /** Tickets: created, handed to the transport, and ended without a result. */
@@ -98,7 +147,41 @@ export interface TicketStoreService {
     peerId?: string,
   ) => Effect.Effect<ReadonlyArray<string>, StoreError>
   readonly ticketState: (ticket: string) => Effect.Effect<Option.Option<TicketState>, StoreError>
+  /**
+   * Cancels tickets, in one transaction: those not running end `cancelled` with close_reason
+   * `cancelled by <by>: <reason>`; delivered ones of an open session get that request recorded,
+   * for their holder to pass on. One outcome per ticket given, in order.
+   */
+  readonly cancelTickets: (request: {
+    readonly tickets: ReadonlyArray<string>
+    readonly by: string
+    readonly reason: string
+  }) => Effect.Effect<ReadonlyArray<CancelOutcome>, StoreError>
+  /**
+   * Cancels a run's open tickets as cancelTickets does, in one transaction that locks the run
+   * first (so none of its pending tickets is let go meanwhile). None: no such run.
+   */
+  readonly cancelRun: (request: {
+    readonly runId: string
+    readonly by: string
+    readonly reason: string
+  }) => Effect.Effect<Option.Option<ReadonlyArray<CancelOutcome>>, StoreError>
+  /**
+   * For a holder told of cancels (a notice names the tickets, and only wakes it): of these tickets
+   * of the session, each one's state and its cancel request (null when none was made).
+   */
+  readonly cancelRequests: (
+    sessionId: string,
+    tickets: ReadonlyArray<string>,
+  ) => Effect.Effect<
+    ReadonlyArray<{ readonly ticket: string; readonly state: TicketState; readonly reason: string | null }>,
+    StoreError
+  >
+  readonly ticketInfo: (ticket: string) => Effect.Effect<Option.Option<TicketInfo>, StoreError>
 }
+
+/** The close_reason of a cancelled ticket: who and why. */
+export const cancelReasonOf = (by: string, reason: string): string => `cancelled by ${by}: ${reason}`
 
 export class TicketStore extends Context.Service<TicketStore, TicketStoreService>()(
   "@picus/core/TicketStore",

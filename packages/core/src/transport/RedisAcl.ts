@@ -1,6 +1,6 @@
 import { Context, Effect, Layer, Schema } from "effect"
 import type { Redis } from "ioredis"
-import { openRedisConnection, type RedisTransportOptions } from "./redis.ts"
+import { describeRedisFailure, openRedisConnection, type RedisTransportOptions } from "./redis.ts"
 
 /** Redis refused to create, drop or list users (the login may lack `+acl`), or is away. */
 export class AclError extends Schema.TaggedError<AclError>()("AclError", {
@@ -63,7 +63,7 @@ export const makeRedisAcl = Effect.fnUntraced(function* (options: RedisTransport
       catch: (cause) =>
         new AclError({
           operation,
-          message: cause instanceof Error ? cause.message : String(cause),
+          message: describeRedisFailure(client, cause),
           cause,
         }),
     })

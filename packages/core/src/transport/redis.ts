@@ -84,7 +84,15 @@ export interface RedisTransportOptions {
   readonly onConnection?: (event: RedisConnectionEvent) => void
   /** Default 30 s. */
   readonly remindEveryMs?: number
+  /**
+   * What a command that gave up waiting for Redis tells the user to check, after where Redis was
+   * sought and why it did not answer (default REDIS_HINT).
+   */
+  readonly unreachableHint?: string
 }
+
+/** Where the Redis URL is set, for every program of the project. */
+export const REDIS_HINT = "set REDIS_URL or --redis-url"
 
 export type RedisConnectionEvent =
   | {
@@ -163,6 +171,8 @@ const watchConnections = (options: RedisTransportOptions) => {
   let down: { readonly since: number; reason: string; toldAt: number } | undefined
   return {
     address,
+    hint: options.unreachableHint ?? REDIS_HINT,
+    lastReason: () => lastReason,
     error: (error: unknown) => {
       lastReason = reasonOf(error, options.url)
     },
@@ -218,16 +228,32 @@ type IntakeScripts = {
 const replyCode = (cause: unknown): string | undefined =>
   cause instanceof ReplyError ? (cause as Error).message.split(" ", 1)[0] : undefined
 
-/** A command failed: a command that gave up waiting for a connection says where Redis was sought. */
-const failAt = (address: string) => (operation: string) => (cause: unknown) =>
+/** A command gave up waiting for a connection (ioredis's MaxRetriesPerRequestError). */
+const gaveUp = (cause: unknown): boolean =>
+  cause instanceof Error && cause.name === "MaxRetriesPerRequestError"
+
+/** The watch of each connection, for `describeRedisFailure`. */
+const watches = new WeakMap<Redis, ConnectionWatch>()
+
+/**
+ * A failed command's message: one that gave up waiting for Redis says where Redis was sought, why
+ * it did not answer and what to set (`cannot reach Redis at host:port (connection refused); set
+ * REDIS_URL or --redis-url`); any other says what Redis said.
+ */
+export const describeRedisFailure = (client: Redis, cause: unknown): string =>
+  failureMessage(watches.get(client), cause)
+
+const failureMessage = (watch: ConnectionWatch | undefined, cause: unknown): string => {
+  if (gaveUp(cause) && watch !== undefined)
+    return `cannot reach Redis at ${watch.address} (${watch.lastReason()}); ${watch.hint}`
+  return cause instanceof Error ? cause.message : String(cause)
+}
+
+/** A command of a transport failed (see describeRedisFailure); its connections share one watch. */
+const failAt = (watch: ConnectionWatch) => (operation: string) => (cause: unknown) =>
   new TransportError({
     operation,
-    message:
-      cause instanceof Error && cause.name === "MaxRetriesPerRequestError"
-        ? `Redis at ${address} is not reachable`
-        : cause instanceof Error
-          ? cause.message
-          : String(cause),
+    message: failureMessage(watch, cause),
     ...(replyCode(cause) === "NOGROUP" ? { reason: "no_group" as const } : {}),
     cause,
   })
@@ -369,6 +395,7 @@ const connect = (to: Connecting, options: { readonly autoPipelining?: boolean } 
       client.on("error", watch.error)
       client.on("reconnecting", watch.reconnecting)
       client.on("ready", watch.ready)
+      watches.set(client, watch)
       return client
     }),
     (client) => Effect.sync(() => client.disconnect()),
@@ -384,7 +411,7 @@ export const openRedisConnection = (options: RedisTransportOptions) =>
 export const makeRedisTransport = Effect.fnUntraced(function* (options: RedisTransportOptions) {
   const keys: Keys = makeKeys(options.prefix)
   const to = yield* connectingTo(options)
-  const fail = failAt(to.watch.address)
+  const fail = failAt(to.watch)
   const call = <A>(operation: string, run: () => Promise<A>) =>
     Effect.tryPromise({ try: run, catch: fail(operation) })
   // The shared connection sends the commands of one tick in one write: under load that is most of

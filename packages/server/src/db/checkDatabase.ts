@@ -1,6 +1,6 @@
 import { Effect, Schema } from "effect"
 import { createPool, sql } from "slonik"
-import { describeError, PoolError } from "./pool.ts"
+import { describeDatabaseFailure, PoolError } from "./pool.ts"
 import { databaseTlsOf } from "./tls.ts"
 
 /** The database a read-only command was pointed at does not exist, or has no tables yet. */
@@ -58,7 +58,7 @@ export const checkDatabase = (databaseUrl: string): Effect.Effect<void, Database
       catch: (error) =>
         isMissingDatabase(error)
           ? notReady(`does not exist on ${where.host}:${where.port}`)
-          : new PoolError({ message: `Cannot reach the database: ${describeError(error, databaseUrl)}` }),
+          : new PoolError({ message: describeDatabaseFailure(error, databaseUrl) }),
     })
     if (!migrated) return yield* notReady(`on ${where.host}:${where.port} has no picus tables`)
   })

@@ -1,6 +1,6 @@
 import { Effect, Schema } from "effect"
 import { createPool, sql } from "slonik"
-import { describeError, PoolError } from "./pool.ts"
+import { describeDatabaseFailure, PoolError } from "./pool.ts"
 import { databaseTlsOf } from "./tls.ts"
 
 const NoRow = Schema.toStandardSchemaV1(Schema.Struct({}))
@@ -37,6 +37,6 @@ export const ensureDatabase = (databaseUrl: string): Effect.Effect<void, PoolErr
         await pool.end()
       }
     },
-    catch: (error) =>
-      new PoolError({ message: `Cannot create the database: ${describeError(error, databaseUrl)}` }),
+    // Named after the database meant, not the maintenance one it is created through.
+    catch: (error) => new PoolError({ message: describeDatabaseFailure(error, databaseUrl) }),
   })

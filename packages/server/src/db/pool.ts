@@ -204,6 +204,65 @@ export const classifyError = (error: unknown): StoreFailureKind => {
   return "unknown"
 }
 
+/** Where the database URL is set, for every program of the project. */
+export const DATABASE_HINT = "set DATABASE_URL or --database-url"
+
+const SOCKET_REASONS: Readonly<Record<string, string>> = {
+  ECONNREFUSED: "connection refused",
+  ECONNRESET: "connection reset",
+  ETIMEDOUT: "timed out",
+  EHOSTUNREACH: "host unreachable",
+  ENETUNREACH: "network unreachable",
+  ENOTFOUND: "host not found",
+  EAI_AGAIN: "host name lookup failed",
+}
+
+/** The first code (errno or SQLSTATE) in an error's chain of causes, with the error carrying it. */
+const codeOf = (error: unknown): { readonly code: string; readonly error: unknown } | undefined => {
+  let current = error
+  for (let depth = 0; depth < 6 && current instanceof Error; depth++) {
+    const code = (current as { readonly code?: unknown }).code
+    if (typeof code === "string") return { code, error: current }
+    current = current.cause
+  }
+  return undefined
+}
+
+/** host:port and database of a PostgreSQL URL, without credentials. */
+export const databaseWhere = (databaseUrl: string) => {
+  try {
+    const url = new URL(databaseUrl)
+    return {
+      address: `${decodeURIComponent(url.hostname) || "localhost"}:${url.port || "5432"}`,
+      database: decodeURIComponent(url.pathname.replace(/^\//, "")) || "postgres",
+      user: decodeURIComponent(url.username) || "postgres",
+    }
+  } catch {
+    return { address: "(an unreadable database URL)", database: "?", user: "?" }
+  }
+}
+
+/**
+ * Why PostgreSQL could not be used, as one line that names the server, the database and what to
+ * set: unreachable (with the socket's reason), a refused login, a missing database, or else what
+ * PostgreSQL said. `database` names the database meant when the URL is the maintenance one.
+ */
+export const describeDatabaseFailure = (error: unknown, databaseUrl: string, database?: string): string => {
+  const where = databaseWhere(databaseUrl)
+  const name = database ?? where.database
+  const found = codeOf(error)
+  const said = redact(found?.error instanceof Error ? found.error.message : describeError(error), databaseUrl)
+  const code = found?.code ?? ""
+  if (SOCKET_REASONS[code] !== undefined || /timed? ?out/i.test(said))
+    return `cannot reach PostgreSQL at ${where.address}, database ${name} (${SOCKET_REASONS[code] ?? "timed out"}); ${DATABASE_HINT}`
+  // invalid_authorization_specification (no such role, pg_hba refused) and invalid_password.
+  if (code === "28000" || code === "28P01")
+    return `PostgreSQL at ${where.address} refused user ${where.user} for database ${name} (${said}); ${DATABASE_HINT}`
+  if (code === "3D000")
+    return `database ${name} does not exist on PostgreSQL at ${where.address}; ${DATABASE_HINT}`
+  return `PostgreSQL at ${where.address}, database ${name}: ${describeError(error, databaseUrl)}`
+}
+
 /** The message of an error and of its causes, without secrets. */
 export const describeError = (error: unknown, databaseUrl?: string): string => {
   const parts: Array<string> = []
@@ -251,7 +310,7 @@ export const makePool = (
       },
       catch: (error) =>
         new PoolError({
-          message: `Cannot open a pool to the database: ${describeError(error, databaseUrl)}`,
+          message: describeDatabaseFailure(error, databaseUrl),
         }),
     }),
     (pool) => Effect.tryPromise(() => pool.end()).pipe(Effect.ignore),

@@ -1,4 +1,10 @@
-import { LeaseLost, ResultStore, type ResultStoreService, ticketStateOf } from "@picus/core"
+import {
+  CANCELLED_ON_PEER,
+  LeaseLost,
+  ResultStore,
+  type ResultStoreService,
+  ticketStateOf,
+} from "@picus/core"
 import { Effect, Schema } from "effect"
 import { type DatabasePool, sql } from "slonik"
 import { attempt, std, UUID } from "./shared.ts"
@@ -126,7 +132,10 @@ export const makePgResults = (pool: DatabasePool): ResultStoreService => {
             returning ticket
           ), updated as (
             -- A job is sent before its delivery is marked: a result may come first.
+            -- A job its peer reports cancelled ends with who and why, as its cancel request said.
             update tickets t set state = j.new_state, finished_at = now(),
+              close_reason = case when j.new_state = 'cancelled'
+                then coalesce(t.cancel_reason, ${CANCELLED_ON_PEER}) else t.close_reason end,
               delivered_at = coalesce(t.delivered_at, now()), attempts = greatest(t.attempts, 1)
             from judged j join inserted i on i.ticket = j.ticket
             where j.outcome = 'recorded' and t.ticket = j.ticket

@@ -1,5 +1,8 @@
 import {
+  type CancelOutcome,
+  cancelReasonOf,
   isTerminal,
+  ResultStatus,
   type SessionOwner,
   StoreError,
   type SubmittedJob,
@@ -9,7 +12,7 @@ import {
   type TicketStoreService,
 } from "@picus/core"
 import { Effect, Option, Schema } from "effect"
-import { type DatabasePool, sql } from "slonik"
+import { type CommonQueryMethods, type DatabasePool, sql } from "slonik"
 import {
   attempt,
   Fenced,
@@ -56,6 +59,35 @@ const DeliveredRow = std(
 )
 const CountRow = std(Schema.Struct({ sessionId: Schema.String, count: Schema.Int }))
 const StateRow = std(Schema.Struct({ state: TicketState }))
+const CancelRow = std(
+  Schema.Struct({
+    ticket: Schema.String,
+    outcome: Schema.Literals(["cancelled", "requested", "closed", "unknown"]),
+    peerId: NullableString,
+    state: Schema.NullOr(TicketState),
+    sessionId: NullableString,
+    ownerId: NullableString,
+    epoch: NullableInt,
+    expired: Schema.NullOr(Schema.Boolean),
+  }),
+)
+const CancelRequestRow = std(
+  Schema.Struct({ ticket: Schema.String, state: TicketState, reason: NullableString }),
+)
+const TicketInfoRow = std(
+  Schema.Struct({
+    ticket: Schema.String,
+    peerId: Schema.String,
+    name: Schema.String,
+    state: TicketState,
+    closeReason: NullableString,
+    cancelReason: NullableString,
+    status: Schema.NullOr(ResultStatus),
+    exitCode: NullableInt,
+    output: NullableString,
+    truncated: Schema.NullOr(Schema.Boolean),
+  }),
+)
 
 /** `now()` less `ms` as a timestamptz, for an index range (clamped to some 300 years either way). */
 const msAgo = (ms: number) =>
@@ -218,6 +250,64 @@ export const makePgTickets = (pool: DatabasePool): TicketStoreService => {
     }
   }
 
+  /** Cancels these tickets (one statement; see cancelTickets), over a pool or a transaction. */
+  const cancelIn = async (
+    db: CommonQueryMethods,
+    ids: ReadonlyArray<string>,
+    why: string,
+  ): Promise<ReadonlyArray<CancelOutcome>> => {
+    if (ids.length === 0) return []
+    // The tickets locked (a result recorded at the same time waits, or wins and the ticket keeps
+    // its real outcome), each judged against its session, then the update.
+    const rows = await db.any(sql.type(CancelRow)`
+          with req as (
+            select * from unnest(${sql.array([...ids], "text")}::text[]) with ordinality as r(ticket, ord)
+          ), locked as (
+            select t.ticket, t.peer_id, t.session_id, t.state from tickets t
+            where t.ticket = any(${sql.array([...ids], "text")})
+            order by t.ticket
+            for update of t
+          ), owner as (
+            select s.session_id, s.owner_id, s.epoch, ${ownerLost("s")} as expired from sessions s
+            where s.session_id = any(array(select session_id from locked)) and s.closed_at is null
+          ), judged as (
+            select r.ord, r.ticket, l.peer_id, l.state, o.session_id, o.owner_id, o.epoch, o.expired,
+              case
+                when l.ticket is null then 'unknown'
+                when l.state not in ('pending', 'queued', 'delivered') then 'closed'
+                when l.state = 'delivered' and o.session_id is not null then 'requested'
+                else 'cancelled'
+              end as outcome
+            from req r left join locked l on l.ticket = r.ticket left join owner o on o.session_id = l.session_id
+          ), updated as (
+            update tickets t set
+              state = case when j.outcome = 'cancelled' then 'cancelled' else t.state end,
+              finished_at = case when j.outcome = 'cancelled' then now() else t.finished_at end,
+              close_reason = case when j.outcome = 'cancelled' then ${why} else t.close_reason end,
+              cancel_requested_at = case when j.outcome = 'requested' then now() else t.cancel_requested_at end,
+              cancel_reason = case when j.outcome = 'requested' then ${why} else t.cancel_reason end
+            from judged j
+            where t.ticket = j.ticket and j.outcome in ('cancelled', 'requested')
+          )
+          select j.ticket, j.outcome, j.peer_id as "peerId", j.state, j.session_id::text as "sessionId",
+            j.owner_id as "ownerId", j.epoch, j.expired
+          from judged j order by j.ord
+        `)
+    return rows.map((row): CancelOutcome => {
+      const owner =
+        row.sessionId !== null && row.ownerId !== null && row.epoch !== null && row.expired !== null
+          ? { sessionId: row.sessionId, ownerId: row.ownerId, epoch: row.epoch, expired: row.expired }
+          : undefined
+      if (row.outcome === "unknown" || row.peerId === null || row.state === null)
+        return { ticket: row.ticket, outcome: "unknown" }
+      if (row.outcome === "closed")
+        return { ticket: row.ticket, outcome: "closed", peerId: row.peerId, state: row.state }
+      if (row.outcome === "requested" && owner !== undefined)
+        return { ticket: row.ticket, outcome: "requested", peerId: row.peerId, owner }
+      return { ticket: row.ticket, outcome: "cancelled", peerId: row.peerId, owner }
+    })
+  }
+
   return TicketStore.of({
     createTickets: (entry) =>
       attempt("createTickets", async () => {
@@ -372,6 +462,56 @@ export const makePgTickets = (pool: DatabasePool): TicketStoreService => {
               kind: "rejected",
             }),
           ),
+
+    cancelTickets: ({ tickets: given, by, reason }) =>
+      attempt("cancelTickets", () => cancelIn(pool, [...new Set(given)], cancelReasonOf(by, reason))),
+
+    cancelRun: ({ runId, by, reason }) =>
+      attempt("cancelRun", () =>
+        pool.transaction(async (tx) => {
+          // The run locked first, as an advance locks it: no pending ticket of it is let go meanwhile.
+          const run = await tx.maybeOne(
+            sql.type(TicketIdRow)`select run_id as ticket from runs where run_id = ${runId} for update`,
+          )
+          if (run === null) return Option.none()
+          const open = await tx.anyFirst(sql.type(TicketIdRow)`
+            select ticket from tickets where run_id = ${runId} and finished_at is null
+            order by length(ticket), ticket
+          `)
+          return Option.some(await cancelIn(tx, open, cancelReasonOf(by, reason)))
+        }),
+      ),
+
+    cancelRequests: (sessionId, ids) =>
+      attempt("cancelRequests", async () =>
+        UUID.test(sessionId) && ids.length > 0
+          ? pool.any(sql.type(CancelRequestRow)`
+              select ticket, state,
+                coalesce(cancel_reason, case when state = 'cancelled' then close_reason end) as reason
+              from tickets
+              where ticket = any(${sql.array([...ids], "text")}) and session_id = ${sessionId}::uuid
+            `)
+          : [],
+      ),
+
+    ticketInfo: (ticket) =>
+      attempt("ticketInfo", async () => {
+        const row = await pool.maybeOne(sql.type(TicketInfoRow)`
+          select t.ticket, t.peer_id as "peerId", t.job_name as "name", t.state, t.close_reason as "closeReason",
+            t.cancel_reason as "cancelReason", r.status, r.exit_code as "exitCode", r.output, r.truncated
+          from tickets t left join job_results r on r.ticket = t.ticket
+          where t.ticket = ${ticket}
+        `)
+        if (row === null) return Option.none()
+        const { status, exitCode, output, truncated, ...rest } = row
+        return Option.some({
+          ...rest,
+          result:
+            status === null || output === null
+              ? undefined
+              : { status, exitCode, output, truncated: truncated ?? false },
+        })
+      }),
 
     ticketState: (ticket) =>
       attempt("ticketState", async () => {

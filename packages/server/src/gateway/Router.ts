@@ -53,6 +53,8 @@ export const makeRouter = Effect.fnUntraced(function* (deps: {
         return session.heartbeat
       case "logout":
         return session.end(message.reason ?? Protocol.LogoutReason.peerShutdown)
+      case "output":
+        return session.relayOutput(message)
     }
   }
 
@@ -128,7 +130,9 @@ export const makeRouter = Effect.fnUntraced(function* (deps: {
   const notice = (n: Protocol.ServerNotice) =>
     Effect.gen(function* () {
       const session = registry.byId(n.session_id)
-      if (session) yield* session.refill()
+      if (session === undefined) return
+      if (n.notice === "cancel_requested") yield* session.cancelRequested(n.tickets)
+      else yield* session.refill()
     })
 
   /** Handles a batch; the outcome of every entry. */
@@ -158,7 +162,12 @@ export const makeRouter = Effect.fnUntraced(function* (deps: {
       const message = decoded.success
       const list = byPeer.get(message.peer_id) ?? []
       const session = message.msg === "result" ? registry.authenticated(message, entry.payload) : undefined
-      if (session && message.msg === "result" && list.every(([m]) => m.msg === "heartbeat")) {
+      // Live output need not keep its place before a result: a follower reads the stored output.
+      if (
+        session &&
+        message.msg === "result" &&
+        list.every(([m]) => m.msg === "heartbeat" || m.msg === "output")
+      ) {
         together.push({ session, message, entry })
         continue
       }

@@ -1,10 +1,11 @@
 /**
  * The JSON API under `/api/`: what the operator's command line reads and does, for the dashboard
  * and scripts. Every route asks for `Authorization: Bearer <operator token>`: a `read` token reads,
- * an `admin` token also submits runs. Inputs are decoded with schemas; a bad one is a 400 naming
+ * an `admin` token also submits and cancels runs and tickets. Inputs are decoded with schemas; a bad one is a 400 naming
  * the field. The output's fields are snake_case, as the wire's and `--json`'s are.
  */
 import {
+  type CancelOutcome,
   type LogRow,
   NoMatchingPeers,
   type OperatorScope,
@@ -18,11 +19,13 @@ import {
   RunStore,
   type SessionRow,
   type StoreError,
+  type TicketStore,
   type TicketView,
   Transport,
 } from "@picus/core"
 import { Duration, Effect, Option, Schedule, Schema, Stream } from "effect"
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
+import { cancelRun, cancelTickets } from "../cancel.ts"
 import { authenticateOperator } from "../operatorTokens.ts"
 import { startRun } from "../runs.ts"
 import { InvalidJob } from "../submit.ts"
@@ -143,6 +146,18 @@ export const SubmitRun = Schema.Struct({
   allow_empty: Schema.optional(Schema.Boolean),
 })
 
+/** `POST /api/runs/:id/cancel`, `POST /api/tickets/:id/cancel`: why (optional). */
+export const CancelBody = Schema.Struct({ reason: Schema.optional(Schema.String) })
+
+const decodeCancelBody = Schema.decodeUnknownEffect(Schema.fromJsonString(CancelBody))
+
+export const outcomeJson = (o: CancelOutcome) =>
+  o.outcome === "unknown"
+    ? { ticket: o.ticket, outcome: o.outcome }
+    : o.outcome === "closed"
+      ? { ticket: o.ticket, outcome: o.outcome, peer_id: o.peerId, state: o.state }
+      : { ticket: o.ticket, outcome: o.outcome, peer_id: o.peerId }
+
 // The JSON shapes, snake_case like the wire's and the command line's --json.
 export const peerJson = (p: PeerView) => ({
   peer_id: p.peerId,
@@ -223,7 +238,7 @@ export const apiRoutes = HttpRouter.use((router) =>
     const runs = yield* RunStore
     const transport = yield* Transport
     // The handlers run with the services the routes were built with.
-    const services = yield* Effect.context<OperatorTokenStore | RunStore | Transport>()
+    const services = yield* Effect.context<OperatorTokenStore | RunStore | TicketStore | Transport>()
     const guarded = <R>(
       needs: OperatorScope,
       body: (token: OperatorTokenInfo) => Effect.Effect<HttpServerResponse.HttpServerResponse, Failures, R>,
@@ -406,6 +421,59 @@ export const apiRoutes = HttpRouter.use((router) =>
             },
             { status: 201 },
           )
+        }),
+      ),
+    )
+    // An empty body gives no reason; anything else must be the JSON object.
+    const cancelBody = Effect.gen(function* () {
+      const request = yield* HttpServerRequest.HttpServerRequest
+      const text = yield* request.text.pipe(
+        Effect.mapError(() => new ApiFailure({ status: 400, error: "the body could not be read" })),
+      )
+      if (text.trim() === "") return { reason: undefined }
+      return yield* decodeCancelBody(text).pipe(Effect.mapError((error) => schemaIssue(error, "body")))
+    })
+    const invalid = (error: InvalidJob) =>
+      new ApiFailure({ status: 400, error: error.message, field: error.field })
+    yield* router.add(
+      "POST",
+      "/api/runs/:id/cancel",
+      guarded("admin", (token) =>
+        Effect.gen(function* () {
+          const { id } = yield* HttpRouter.schemaPathParams(IdParams).pipe(
+            Effect.mapError((error) => schemaIssue(error, "path")),
+          )
+          const body = yield* cancelBody
+          const outcomes = yield* cancelRun({
+            runId: id,
+            by: `api:${token.name}`,
+            reason: body.reason ?? "cancelled by the operator",
+            serverId: "api",
+          }).pipe(Effect.catchTag("InvalidJob", (error) => Effect.fail(invalid(error))))
+          if (Option.isNone(outcomes))
+            return yield* new ApiFailure({ status: 404, error: `no run ${id}`, field: "id" })
+          return json({ run_id: id, outcomes: outcomes.value.map(outcomeJson) })
+        }),
+      ),
+    )
+    yield* router.add(
+      "POST",
+      "/api/tickets/:id/cancel",
+      guarded("admin", (token) =>
+        Effect.gen(function* () {
+          const { id } = yield* HttpRouter.schemaPathParams(IdParams).pipe(
+            Effect.mapError((error) => schemaIssue(error, "path")),
+          )
+          const body = yield* cancelBody
+          const outcomes = yield* cancelTickets({
+            tickets: [id],
+            by: `api:${token.name}`,
+            reason: body.reason ?? "cancelled by the operator",
+            serverId: "api",
+          }).pipe(Effect.catchTag("InvalidJob", (error) => Effect.fail(invalid(error))))
+          if (outcomes.every((o) => o.outcome === "unknown"))
+            return yield* new ApiFailure({ status: 404, error: `no ticket ${id}`, field: "id" })
+          return json({ outcomes: outcomes.map(outcomeJson) })
         }),
       ),
     )

@@ -1,7 +1,13 @@
 import { Effect } from "effect"
 import { LeaseLost } from "../../domain/lease.ts"
 import { isTerminal, ticketStateOf } from "../../domain/ticket.ts"
-import { type NewResult, type RecordOutcome, ResultStore, type ResultStoreService } from "../ResultStore.ts"
+import {
+  CANCELLED_ON_PEER,
+  type NewResult,
+  type RecordOutcome,
+  ResultStore,
+  type ResultStoreService,
+} from "../ResultStore.ts"
 import type { MemoryState } from "./state.ts"
 
 export const makeMemoryResults = (memory: MemoryState): ResultStoreService => {
@@ -18,6 +24,7 @@ export const makeMemoryResults = (memory: MemoryState): ResultStoreService => {
       if (results.has(r.ticket)) return Effect.succeed("duplicate" as const)
       if (isTerminal(t.state) || t.state === "pending") return Effect.succeed("ticket_closed" as const)
       t.state = ticketStateOf(r.status)
+      if (t.state === "cancelled") t.closeReason = t.cancelReason ?? CANCELLED_ON_PEER
       // A job is sent before its delivery is marked: a result may come first.
       t.deliveredAt ??= Date.now()
       t.attempts = Math.max(t.attempts, 1)

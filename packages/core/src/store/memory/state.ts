@@ -11,6 +11,8 @@ import type { TokenInfo } from "../TokenStore.ts"
 export type MemoryTicket = { -readonly [K in keyof Ticket]: Ticket[K] } & {
   createdAt: number
   closeReason?: string | null
+  /** An operator's cancel of it while delivered: who and why (tickets.cancel_reason). */
+  cancelReason?: string | null
   runId?: string | null
   finishedAt?: number | null
 }

@@ -2,11 +2,29 @@ import { Effect, Option } from "effect"
 import { LeaseLost } from "../../domain/lease.ts"
 import { isTerminal, type TicketState } from "../../domain/ticket.ts"
 import { StoreError } from "../StoreError.ts"
-import { type Ticket, TicketStore, type TicketStoreService } from "../TicketStore.ts"
+import {
+  type CancelOutcome,
+  cancelReasonOf,
+  type Ticket,
+  TicketStore,
+  type TicketStoreService,
+} from "../TicketStore.ts"
 import type { MemoryState } from "./state.ts"
 
 export const makeMemoryTickets = (memory: MemoryState): TicketStoreService => {
-  const { peers, tickets, sessions, copy, oldestFirst, openSessionOf, holds } = memory
+  const { peers, tickets, sessions, results, copy, oldestFirst, openSessionOf, holds } = memory
+  /** The open session a ticket waits in, and who holds it. */
+  const ownerOf = (t: { readonly sessionId: string | null }) => {
+    const session = t.sessionId === null ? undefined : sessions.get(t.sessionId)
+    if (t.sessionId === null || session === undefined || session.closed) return undefined
+    return {
+      sessionId: t.sessionId,
+      ownerId: session.ownerId,
+      epoch: session.epoch,
+      expired: memory.lost(session),
+      sealed: session.sealed,
+    }
+  }
   /** A new queued ticket with the next id; returns a copy. */
   const addTicket = (fields: Omit<Ticket, "ticket" | "state" | "attempts" | "deliveredAt">): Ticket => {
     const ticket = {
@@ -29,6 +47,24 @@ export const makeMemoryTickets = (memory: MemoryState): TicketStoreService => {
         t.state === "queued" &&
         (t.sessionId === null || sessions.get(t.sessionId)?.closed !== false),
     )
+
+  /** Cancels tickets (see TicketStore.cancelTickets). */
+  const cancel = (ids: ReadonlyArray<string>, by: string, reason: string) =>
+    ids.map((id): CancelOutcome => {
+      const t = tickets.get(id)
+      if (t === undefined) return { ticket: id, outcome: "unknown" }
+      if (isTerminal(t.state)) return { ticket: id, outcome: "closed", peerId: t.peerId, state: t.state }
+      const owner = ownerOf(t)
+      const why = cancelReasonOf(by, reason)
+      if (t.state === "delivered" && owner !== undefined) {
+        t.cancelReason = why
+        return { ticket: id, outcome: "requested", peerId: t.peerId, owner }
+      }
+      t.state = "cancelled"
+      t.closeReason = why
+      t.finishedAt = Date.now()
+      return { ticket: id, outcome: "cancelled", peerId: t.peerId, owner }
+    })
 
   return TicketStore.of({
     createTickets: ({ peerId, sessionId, jobs }) =>
@@ -160,5 +196,42 @@ export const makeMemoryTickets = (memory: MemoryState): TicketStoreService => {
         }),
       ),
     ticketState: (ticket) => Effect.sync(() => Option.fromNullishOr(tickets.get(ticket)?.state)),
+    cancelTickets: ({ tickets: ids, by, reason }) => Effect.sync(() => cancel([...new Set(ids)], by, reason)),
+    cancelRun: ({ runId, by, reason }) =>
+      Effect.sync(() => {
+        if (!memory.runs.has(runId)) return Option.none()
+        const open = [...tickets.values()]
+          .filter((t) => t.runId === runId && !isTerminal(t.state))
+          .sort(oldestFirst)
+          .map((t) => t.ticket)
+        return Option.some(cancel(open, by, reason))
+      }),
+    cancelRequests: (sessionId, ids) =>
+      Effect.sync(() =>
+        ids.flatMap((id) => {
+          const t = tickets.get(id)
+          if (t === undefined || t.sessionId !== sessionId) return []
+          const closed = t.state === "cancelled" ? (t.closeReason ?? null) : null
+          return [{ ticket: id, state: t.state, reason: t.cancelReason ?? closed }]
+        }),
+      ),
+    ticketInfo: (ticket) =>
+      Effect.sync(() => {
+        const t = tickets.get(ticket)
+        if (t === undefined) return Option.none()
+        const r = results.get(ticket)
+        return Option.some({
+          ticket,
+          peerId: t.peerId,
+          name: t.name,
+          state: t.state,
+          closeReason: t.closeReason ?? null,
+          cancelReason: t.cancelReason ?? null,
+          result:
+            r === undefined
+              ? undefined
+              : { status: r.status, exitCode: r.exitCode, output: r.output, truncated: r.truncated },
+        })
+      }),
   })
 }

@@ -1,6 +1,7 @@
 import { layer } from "@effect/vitest"
 import type { Layer } from "effect"
 import type { Stores } from "../../store/Store.ts"
+import { cancelContract } from "./cancel.ts"
 import { catalogContract } from "./catalog.ts"
 import { compositionContract } from "./composition.ts"
 import { operatorTokenContract } from "./operatorTokens.ts"
@@ -14,6 +15,7 @@ import { tokenContract } from "./tokens.ts"
 
 export type { StoreIt } from "./support.ts"
 export {
+  cancelContract,
   catalogContract,
   compositionContract,
   operatorTokenContract,
@@ -41,6 +43,7 @@ export const storeContract = (name: string, storeLayer: Layer.Layer<Stores, unkn
     ticketContract(it)
     resultContract(it)
     runContract(it)
+    cancelContract(it)
     compositionContract(it)
     // Last: it prunes what the others left behind.
     retentionContract(it)

@@ -1,11 +1,15 @@
-/** `picus peers add <id>`: provision a seed peer (a token for that id alone, and its Redis user). */
-import { Protocol } from "@picus/core"
+/**
+ * `picus peers`: every peer (os, distro, labels, online, last seen, the instance holding it); `picus
+ * peers add <id>` provisions a seed peer (a token for that id alone, and its Redis user).
+ */
+import { Protocol, RunStore } from "@picus/core"
 import type { CAC } from "cac"
 import { Console, Effect } from "effect"
 import {
   addSeedPeer,
   ConfigError,
   OPEN_MODE_WARNING,
+  printRows,
   redisUrlFor,
   resolveServerConfig,
   type ServerFlags,
@@ -15,17 +19,50 @@ import {
 } from "server"
 import { run } from "../support.ts"
 
-export const registerSeedPeers = (cli: CAC): void => {
+const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString())
+
+const list = (flags: ServerFlags & { json?: boolean }) =>
+  withStore(
+    resolveServerConfig(flags),
+    Effect.gen(function* () {
+      const peers = yield* (yield* RunStore).peerViews()
+      printRows(
+        peers.map((p) =>
+          flags.json === true
+            ? { ...p, online: p.heldBy !== null }
+            : {
+                peer: p.peerId,
+                os: p.os,
+                distro: p.distro,
+                labels: Object.entries(p.labels)
+                  .map(([k, v]) => `${k}=${v}`)
+                  .join(","),
+                online: p.heldBy !== null,
+                "last seen": iso(p.lastSeenAt),
+                "held by": p.heldBy,
+              },
+        ),
+        flags.json === true,
+      )
+    }),
+    false,
+    true,
+  )
+
+export const registerPeers = (cli: CAC): void => {
   sharedOptions(
     cli.command(
-      "peers <action> <id>",
-      "Seed peers: add <id> provisions one (a token for that id alone, and its Redis user)",
+      "peers [action] [id]",
+      "Every peer: os, distro, labels, online, last seen, which instance holds it; add <id> provisions a seed peer",
     ),
   )
     .option("--json", "Machine-readable output")
     .example("picus peers add web-7   # prints the token and Redis login once")
-    .action((action: string, id: string, flags: ServerFlags & { json?: boolean }) => {
-      if (action !== "add") return run(Effect.fail(new ConfigError(`unknown peers action "${action}" (add)`)))
+    .action((action: string | undefined, id: string | undefined, flags: ServerFlags & { json?: boolean }) => {
+      if (action === undefined || action === "list") return run(list(flags))
+      if (action !== "add")
+        return run(Effect.fail(new ConfigError(`unknown peers action "${action}" (list, add)`)))
+      if (id === undefined) return run(Effect.fail(new ConfigError("peers add needs the new peer's id")))
       const peerId = String(id)
       if (peerId === "" || [...peerId].length > Protocol.MAX_ID_LENGTH)
         return run(
