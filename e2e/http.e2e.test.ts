@@ -58,6 +58,7 @@ describe("--http", () => {
     expect(sample(metrics, "picus_sessions_open")).toBe(1)
     expect(sample(metrics, 'picus_tickets_total{state="succeeded"}')).toBe(1)
     expect(sample(metrics, "picus_ticket_result_seconds_count")).toBe(1)
+    expect(sample(metrics, "picus_ticket_sent_seconds_count")).toBe(1)
     expect(sample(metrics, "picus_pg_statement_seconds_count")).toBeGreaterThan(0)
     expect(sample(metrics, "picus_dead_letters")).toBe(0)
     expect(await get(port, "/nothing-here")).toMatchObject({ status: 404 })

@@ -36,6 +36,12 @@ export const deadLetters = Metric.gauge("picus_dead_letters", {
 /** Seconds, from 1 ms to about 65 s. */
 const latencyBoundaries = Metric.exponentialBoundaries({ start: 0.001, factor: 2, count: 17 })
 
+/** A ticket first handed to the transport, counted from its creation. */
+export const ticketSentSeconds = Metric.histogram("picus_ticket_sent_seconds", {
+  description: "From a ticket's creation to its first sending",
+  boundaries: latencyBoundaries,
+})
+
 /** A ticket's result committed, counted from when it was handed to the transport. */
 export const ticketResultSeconds = Metric.histogram("picus_ticket_result_seconds", {
   description: "From a ticket's sending to its result committed",

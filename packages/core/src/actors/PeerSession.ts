@@ -627,7 +627,13 @@ const runSession = Effect.fnUntraced(function* (
     const ready = tickets.takeReady(now())
     return deliver(
       ready,
-      (t) => publish({ event: "job_sent", at: now(), ...at, ticket: t.ticket, name: t.name }),
+      (t) =>
+        Effect.andThen(
+          t.attempts === 0 && t.createdAt !== undefined
+            ? Metric.update(Metrics.ticketSentSeconds, Math.max(0, now() - t.createdAt) / 1000)
+            : Effect.void,
+          publish({ event: "job_sent", at: now(), ...at, ticket: t.ticket, name: t.name }),
+        ),
       (rest, cause) =>
         Effect.sync(() => tickets.putBack(rest)).pipe(
           Effect.andThen(Effect.logWarning("could not send jobs; will retry", cause)),

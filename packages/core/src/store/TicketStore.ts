@@ -21,6 +21,8 @@ export interface Ticket {
   readonly attempts: number
   /** When it was last handed to the transport. */
   readonly deliveredAt: number | null
+  /** When it was created (what the stores read back; for the latency metrics). */
+  readonly createdAt?: number
 }
 
 /** A job submitted by an operator (not from the catalog); os and distro default to the peer's. */

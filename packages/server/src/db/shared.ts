@@ -23,6 +23,7 @@ export const TicketFields = {
   state: TicketState,
   attempts: Schema.Int,
   deliveredAt: NullableInt,
+  createdAt: Schema.optionalKey(Schema.Int),
 }
 export const TicketRow = std(Schema.Struct(TicketFields))
 export const OwnerFields = {
@@ -37,7 +38,8 @@ export const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{1
 
 export const ticketColumns = sql.fragment`
   ticket, peer_id as "peerId", session_id::text as "sessionId", job_id as "jobId", job_name as "name", os,
-  distro, command, timeout_ms as "timeoutMs", state, attempts, delivered_at as "deliveredAt"
+  distro, command, timeout_ms as "timeoutMs", state, attempts, delivered_at as "deliveredAt",
+  created_at as "createdAt"
 `
 /** Oldest first; ticket ids are numbers in text, so the shorter one is older. */
 export const ticketOrder = sql.fragment`created_at, length(ticket), ticket`

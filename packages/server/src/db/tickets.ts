@@ -55,6 +55,7 @@ const DeliveredRow = std(
     state: Schema.NullOr(TicketState),
     attempts: NullableInt,
     deliveredAt: NullableInt,
+    createdAt: NullableInt,
   }),
 )
 const CountRow = std(Schema.Struct({ sessionId: Schema.String, count: Schema.Int }))
@@ -165,7 +166,8 @@ export const makePgTickets = (pool: DatabasePool): TicketStoreService => {
         )
         select n.req, i.ticket, i.peer_id as "peerId", i.session_id::text as "sessionId", i.job_id as "jobId",
           i.job_name as "name", i.os, i.distro, i.command, i.timeout_ms as "timeoutMs", i.state, i.attempts,
-          i.delivered_at as "deliveredAt", o.owner_id as "ownerId", o.epoch as "ownerEpoch",
+          i.delivered_at as "deliveredAt", i.created_at as "createdAt", o.owner_id as "ownerId",
+          o.epoch as "ownerEpoch",
           o.expired as "ownerExpired"
         from inserted i join numbered n on n.ticket = i.ticket left join owner o on o.peer_id = i.peer_id
         order by n.req, n.ord
@@ -233,10 +235,23 @@ export const makePgTickets = (pool: DatabasePool): TicketStoreService => {
       const held = new Set(rows[0]?.held ?? [])
       const marked = new Map<string, Ticket>()
       for (const { held: _held, ...t } of rows) {
-        const { ticket, peerId, name, os, distro, command, timeoutMs, state, attempts } = t
+        const { ticket, peerId, name, os, distro, command, timeoutMs, state, attempts, createdAt, ...rest } =
+          t
         if (ticket === null || peerId === null || name === null || os === null || distro === null) continue
         if (command === null || timeoutMs === null || state === null || attempts === null) continue
-        marked.set(ticket, { ...t, ticket, peerId, name, os, distro, command, timeoutMs, state, attempts })
+        marked.set(ticket, {
+          ...rest,
+          ticket,
+          peerId,
+          name,
+          os,
+          distro,
+          command,
+          timeoutMs,
+          state,
+          attempts,
+          ...(createdAt === null ? {} : { createdAt }),
+        })
       }
       for (const { lease, tickets, resolve, reject } of batch) {
         if (!held.has(`${lease.sessionId.toLowerCase()}/${lease.epoch}`)) {
