@@ -33,17 +33,21 @@ export const startNode = (
   env: Record<string, string>,
 ): Running => startProcess(name, process.execPath, [script, ...args], env)
 
-/** Starts any program the same way (a client that shares no code with the project, say). */
+/**
+ * Starts any program the same way (a client that shares no code with the project, say).
+ * `isolated`: in `cwd`, with `env` alone (not this process's), as on a machine without the repository.
+ */
 export const startProcess = (
   name: string,
   command: string,
   args: ReadonlyArray<string>,
   env: Record<string, string>,
+  isolated?: { readonly cwd: string },
 ): Running => {
   const child = spawn(command, [...args], {
-    cwd: repoRoot,
+    cwd: isolated?.cwd ?? repoRoot,
     detached: true,
-    env: { ...process.env, ...env, FORCE_COLOR: "0" },
+    env: isolated === undefined ? { ...process.env, ...env, FORCE_COLOR: "0" } : env,
     stdio: ["ignore", "pipe", "pipe"],
   })
   const lines: Array<string> = []

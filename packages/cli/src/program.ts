@@ -3,6 +3,7 @@ import { cac } from "cac"
 import { registerClusterKey } from "./commands/clusterKey.ts"
 import { registerDeadLetters } from "./commands/deadletters.ts"
 import { registerMigrate } from "./commands/migrate.ts"
+import { registerPackage } from "./commands/package.ts"
 import { registerReports } from "./commands/reports.ts"
 import { registerRuns } from "./commands/runs.ts"
 import { registerSeedPeers } from "./commands/seedPeers.ts"
@@ -22,5 +23,6 @@ export const operatorProgram = (name: string) => {
   registerDeadLetters(cli)
   registerClusterKey(cli)
   registerMigrate(cli)
+  registerPackage(cli)
   return cli
 }
