@@ -17,6 +17,8 @@ const bundle = await rolldown({
   input: join(root, "packages", "cli", "src", "main.ts"),
   platform: "node",
   logLevel: "silent",
+  // Build tools of `picus package`, loaded from node_modules when that command runs.
+  external: ["rolldown", "postject"],
   plugins: [
     {
       name: "source-import-meta-url",

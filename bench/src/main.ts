@@ -5,6 +5,7 @@ import { positiveFlag } from "./args.ts"
 import { sleep } from "./clock.ts"
 import { costPerTicket, makeCostWindow } from "./counts.ts"
 import { type FanoutResult, runFanout } from "./fanout.ts"
+import { type FootprintResult, runFootprint } from "./footprint.ts"
 import { startMachineSampler, startProcessSampler } from "./procstat.ts"
 import { type RealPeersResult, runRealPeers } from "./realPeers.ts"
 import { describeMachine, type RunFailure, type RunRecord, writeReport } from "./report.ts"
@@ -18,7 +19,7 @@ import { streamsCeiling } from "./systems/streamsCeiling.ts"
 /** Every system `pnpm bench` knows, in the order they take turns. Add new ones here. */
 const systems: ReadonlyArray<SystemEntry> = [picus1, picus2, bullmq, bullmqBatched, streamsCeiling]
 /** Phases of picus alone, run after the systems' phases: with the picus systems, or named in --only. */
-const extras = ["storm", "real-peers", "fanout"] as const
+const extras = ["storm", "real-peers", "fanout", "footprint"] as const
 
 const usage = `Usage: pnpm bench [options]
   --repeats N      repeats of every measurement (default 3; 1 with --quick)
@@ -35,6 +36,7 @@ const usage = `Usage: pnpm bench [options]
   --real-tickets K tickets (the command true) in the real-peers phase (default 400; 100 with --quick)
   --quick          small numbers, for a smoke run
   --out DIR        where to write the report (default bench/results/<timestamp>)
+Footprint phase: an idle peer, packaged (./picus package; BENCH_PEER_EXECUTABLE to give one) and from source.
 Environment: BENCH_PG_URL (default postgres://postgres@127.0.0.1:5432/postgres), BENCH_REDIS_URL
 (default redis://127.0.0.1:6379).`
 
@@ -226,6 +228,19 @@ if (extraChosen("fanout")) {
     )
 }
 
+let footprint: FootprintResult | undefined
+if (extraChosen("footprint")) {
+  footprint = await runFootprint(env, { idleMs: quick ? 10_000 : 30_000 })
+  const failed = [footprint.error, ...footprint.rows.map((r) => r.error)].filter((e) => e !== undefined)
+  for (const error of failed) failures.push({ system: "footprint", phase: "idle peer", repeat: 1, error })
+  for (const r of footprint.rows)
+    if (r.error === undefined)
+      console.log(
+        `[footprint · ${r.kind} peer] idle ${(r.rssBytes! / 2 ** 20).toFixed(1)} MiB RSS, ` +
+          `${r.cores!.toFixed(4)} cores; registered in ${r.registeredMs!.toFixed(0)} ms`,
+      )
+}
+
 const summary = writeReport(outDir, {
   machine: describeMachine(),
   options: {
@@ -246,6 +261,7 @@ const summary = writeReport(outDir, {
   storms,
   realPeers: realPeerRuns,
   ...(fanout === undefined ? {} : { fanout }),
+  ...(footprint === undefined ? {} : { footprint }),
   wallMs: Date.now() - startedAt.getTime(),
 })
 console.log(`\n${summary}`)

@@ -3,6 +3,7 @@ import { cpus, hostname } from "node:os"
 import { join } from "node:path"
 import { type CostCounts, type CostPerTicket, costPerTicket } from "./counts.ts"
 import type { FanoutResult } from "./fanout.ts"
+import type { FootprintResult } from "./footprint.ts"
 import type { RealPeersResult } from "./realPeers.ts"
 import { spread } from "./stats.ts"
 import type { StormResult } from "./storm.ts"
@@ -154,6 +155,7 @@ export interface ReportInput {
   readonly realPeers?: ReadonlyArray<RealPeersResult>
   /** The fan-out phase (absent when not run). */
   readonly fanout?: FanoutResult
+  readonly footprint?: FootprintResult
   readonly wallMs: number
 }
 
@@ -378,6 +380,36 @@ const summaryMarkdown = (input: ReportInput, groups: ReadonlyArray<GroupSummary>
         `| median | ${fmtNum((f.medianWallMs ?? Number.NaN) / 1000, 3)} | ${fmtNum(f.medianMachineCpuS, 2)} |`,
         "",
       )
+    }
+  }
+
+  if (input.footprint !== undefined) {
+    const f = input.footprint
+    lines.push("## Footprint of an idle peer", "")
+    lines.push(
+      `One peer on one server, heartbeats only, measured ${fmtNum(f.idleMs / 1000, 0)} s after it registered ` +
+        "and settled 5 s: VmRSS of /proc/<pid>/status, Pss of /proc/<pid>/smaps_rollup, and utime + stime of " +
+        "/proc/<pid>/stat read that far apart (any ps or top shows the same). Packaged: the single executable " +
+        "of `./picus package`; source: `node packages/peer/src/main.ts`. Target: at most 60 MiB RSS and " +
+        "0.001 cores, registered within a second. Reference from the issue, same kind of machine: a Salt " +
+        "3006 minion, about 58 MiB and 0.001 cores.",
+      "",
+    )
+    if (f.error !== undefined) lines.push(`Failed: ${f.error}`, "")
+    else {
+      lines.push(
+        "| peer | RSS MiB | PSS MiB | peak RSS MiB | cores | --version ms | registered ms |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+      )
+      const mib = (b: number | undefined) => fmtNum((b ?? Number.NaN) / 2 ** 20, 1)
+      for (const r of f.rows)
+        lines.push(
+          r.error !== undefined
+            ? `| ${r.kind} | ${errorCell(r.error)} | | | | | |`
+            : `| ${r.kind} | ${mib(r.rssBytes)} | ${mib(r.pssBytes)} | ${mib(r.rssPeakBytes)} | ` +
+                `${fmtNum(r.cores, 4)} | ${fmtNum(r.versionMs, 0)} | ${fmtNum(r.registeredMs, 0)} |`,
+        )
+      lines.push("")
     }
   }
 

@@ -33,17 +33,24 @@ export const startNode = (
   env: Record<string, string>,
 ): Running => startProcess(name, process.execPath, [script, ...args], env)
 
-/** Starts any program the same way (a client that shares no code with the project, say). */
+/**
+ * Starts any program the same way (a client that shares no code with the project, say).
+ * `isolated`: in `cwd`, with `env` alone (not this process's), as on a machine without the repository,
+ * and as another user if given (`uid`, `gid`; needs root).
+ */
 export const startProcess = (
   name: string,
   command: string,
   args: ReadonlyArray<string>,
   env: Record<string, string>,
+  isolated?: { readonly cwd: string; readonly uid?: number; readonly gid?: number },
 ): Running => {
   const child = spawn(command, [...args], {
-    cwd: repoRoot,
+    cwd: isolated?.cwd ?? repoRoot,
     detached: true,
-    env: { ...process.env, ...env, FORCE_COLOR: "0" },
+    env: isolated === undefined ? { ...process.env, ...env, FORCE_COLOR: "0" } : env,
+    ...(isolated?.uid === undefined ? {} : { uid: isolated.uid }),
+    ...(isolated?.gid === undefined ? {} : { gid: isolated.gid }),
     stdio: ["ignore", "pipe", "pipe"],
   })
   const lines: Array<string> = []
@@ -58,6 +65,11 @@ export const startProcess = (
     })
   }
   const exited = new Promise<number | string>((resolve) => {
+    // A program that cannot start (not found, not executable) says so among its lines.
+    child.on("error", (error) => {
+      lines.push(`${name}: ${error.message}`)
+      resolve(error.message)
+    })
     child.on("exit", (code, signal) => {
       for (const w of watchers) w()
       resolve(code ?? signal ?? "unknown")

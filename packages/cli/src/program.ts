@@ -6,6 +6,7 @@ import { registerCompletion } from "./commands/completion.ts"
 import { registerDeadLetters } from "./commands/deadletters.ts"
 import { registerMigrate } from "./commands/migrate.ts"
 import { registerOperatorTokens } from "./commands/operatorTokens.ts"
+import { registerPackage } from "./commands/package.ts"
 import { registerPeers } from "./commands/peers.ts"
 import { registerReports } from "./commands/reports.ts"
 import { registerRuns } from "./commands/runs.ts"
@@ -34,5 +35,6 @@ export const operatorProgram = (name: string) => {
     { words: ["server"], cli: (await import("server/program")).serverProgram("picus server") },
     { words: ["peer"], cli: (await import("peer/program")).peerProgram("picus peer") },
   ])
+  registerPackage(cli)
   return cli
 }

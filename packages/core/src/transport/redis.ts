@@ -1,10 +1,10 @@
 import { readFileSync } from "node:fs"
 import type { ConnectionOptions } from "node:tls"
-import { fileURLToPath } from "node:url"
 import { Clock, Effect, Layer, Queue, Scope, Stream } from "effect"
 import { Redis, ReplyError } from "ioredis"
 import { type Keys, makeKeys, UPLINK_GROUP } from "../keys.ts"
 import { MAX_MESSAGE_BYTES } from "../protocol/limits.ts"
+import { luaScript } from "./luaScripts.ts"
 import {
   type DeadLetter,
   type Delivery,
@@ -201,9 +201,6 @@ type StreamReply = Array<[string, Array<[string, Array<string>]>]> | null
 
 const PAYLOAD_FIELD = "m"
 
-/** A Lua script of `./lua/`, each headed by a comment naming its KEYS and ARGV. */
-const luaScript = (name: string): string =>
-  readFileSync(fileURLToPath(new URL(`./lua/${name}.lua`, import.meta.url)), "utf8")
 const RENEW_OWNERS = luaScript("renewOwners")
 const RELEASE_OWNER = luaScript("releaseOwner")
 const INBOX_NOTICE = luaScript("inboxNotice")
