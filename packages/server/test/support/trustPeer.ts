@@ -30,10 +30,15 @@ export interface RegisterOptions {
   readonly seed?: boolean
 }
 
+/** The last `ts` given: as a real peer's, each registration's is greater than the one before. */
+let lastTs = 0
+
 /** A registration's payload as the peer would send it. */
 export const registerPayload = (options: RegisterOptions) =>
   Effect.gen(function* () {
-    const ts = options.ts ?? (yield* Clock.currentTimeMillis)
+    // Two registrations within a millisecond (the memory transport is that fast) must not share one.
+    const ts = options.ts ?? Math.max(yield* Clock.currentTimeMillis, lastTs + 1)
+    if (options.ts === undefined) lastTs = ts
     const nonce = options.nonce === undefined ? randomUUID() : options.nonce
     const identity = options.identity
     const body = Protocol.encodeMessage({
