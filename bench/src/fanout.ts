@@ -4,7 +4,7 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { wallNow } from "./clock.ts"
 import { stopProcess } from "./processes.ts"
-import { startMachineSampler } from "./procstat.ts"
+import { readProcess, startMachineSampler } from "./procstat.ts"
 import { startPeer } from "./realPeers.ts"
 import { median } from "./stats.ts"
 import { type Cluster, startCluster, withTimeout } from "./storm.ts"
@@ -26,6 +26,11 @@ export interface FanoutOptions {
 export interface FanoutRun {
   readonly wallMs: number
   readonly machineCpuS: number
+  /**
+   * CPU of this system's own processes alone: the command (reaped by the bench: its cutime), the
+   * server, the peers with their shells. Not PostgreSQL's or Redis's; not what else the machine ran.
+   */
+  readonly ownCpuS: number
   readonly exitCode: number | string
   /** Tickets of the run that succeeded, from PostgreSQL. */
   readonly succeeded: number
@@ -36,10 +41,18 @@ export interface FanoutResult {
   readonly runs: ReadonlyArray<FanoutRun>
   readonly medianWallMs?: number
   readonly medianMachineCpuS?: number
+  readonly medianOwnCpuS?: number
   readonly error?: string
 }
 
-const runOnce = async (cluster: Cluster): Promise<FanoutRun> => {
+/** CPU ms of the given processes with their reaped children. */
+const treeCpuMs = (pids: ReadonlyArray<number>): number =>
+  pids.reduce((sum, pid) => sum + readProcess(pid, { children: true }).cpuMs, 0)
+
+const runOnce = async (cluster: Cluster, peerPids: ReadonlyArray<number>): Promise<FanoutRun> => {
+  const pids = [process.pid, ...cluster.servers.map((s) => s.pid!), ...peerPids]
+  // The bench's own CPU is not the command's: only its reaped children's (cutime + cstime).
+  const ownBefore = treeCpuMs(pids) - readProcess(process.pid).cpuMs
   const machine = startMachineSampler()
   const startedAt = wallNow()
   const child = spawn(picus, ["run", "--all", "--json", "--", "echo hi"], {
@@ -62,12 +75,19 @@ const runOnce = async (cluster: Cluster): Promise<FanoutRun> => {
   )
   const wallMs = wallNow() - startedAt
   const { wallMs: sampledMs, meanCores } = machine.stop()
+  const ownCpuMs = treeCpuMs(pids) - readProcess(process.pid).cpuMs - ownBefore
   if (exitCode !== 0) throw new Error(`picus run exited ${exitCode}:\n${output}`)
   const { rows } = await cluster.pool.query<{ n: number }>(
     `select count(*)::int as n from tickets where state = 'succeeded'
        and run_id = (select run_id from runs order by created_at desc limit 1)`,
   )
-  return { wallMs, machineCpuS: (meanCores * sampledMs) / 1000, exitCode, succeeded: rows[0]?.n ?? 0 }
+  return {
+    wallMs,
+    machineCpuS: (meanCores * sampledMs) / 1000,
+    ownCpuS: ownCpuMs / 1000,
+    exitCode,
+    succeeded: rows[0]?.n ?? 0,
+  }
 }
 
 export const runFanout = async (env: BenchEnv, options: FanoutOptions): Promise<FanoutResult> => {
@@ -86,10 +106,11 @@ export const runFanout = async (env: BenchEnv, options: FanoutOptions): Promise<
         ),
       )
     // One run first, not counted: the command's compiled code is cached from then on, as for an operator.
-    await runOnce(started)
+    const peerPids = peers.map((p) => p.pid!)
+    await runOnce(started, peerPids)
     const runs: Array<FanoutRun> = []
     for (let i = 0; i < options.repeats; i++) {
-      const run = await runOnce(started)
+      const run = await runOnce(started, peerPids)
       if (run.succeeded !== options.peers)
         throw new Error(`run ${i + 1}: ${run.succeeded} of ${options.peers} peers succeeded`)
       runs.push(run)
@@ -99,6 +120,7 @@ export const runFanout = async (env: BenchEnv, options: FanoutOptions): Promise<
       runs,
       medianWallMs: median(runs.map((r) => r.wallMs)),
       medianMachineCpuS: median(runs.map((r) => r.machineCpuS)),
+      medianOwnCpuS: median(runs.map((r) => r.ownCpuS)),
     }
   } catch (error) {
     return { peers: options.peers, runs: [], error: error instanceof Error ? error.message : String(error) }

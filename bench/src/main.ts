@@ -224,7 +224,7 @@ if (extraChosen("fanout")) {
   else
     console.log(
       `[fanout · ${fanoutPeers} peers] median ${(fanout.medianWallMs! / 1000).toFixed(3)} s, ` +
-        `${fanout.medianMachineCpuS!.toFixed(2)} machine CPU-s`,
+        `${fanout.medianMachineCpuS!.toFixed(2)} machine CPU-s, ${fanout.medianOwnCpuS!.toFixed(2)} own CPU-s`,
     )
 }
 

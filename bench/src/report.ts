@@ -366,18 +366,23 @@ const summaryMarkdown = (input: ReportInput, groups: ReadonlyArray<GroupSummary>
     lines.push(
       `One server and ${f.peers} real peers; \`./picus run --all -- echo hi\` from the command to its ` +
         "exit (it waits for every result), after one run not counted. Machine CPU: every process on the " +
-        "machine meanwhile (the command, the server, the peers and their shells, PostgreSQL, Redis). " +
+        "machine meanwhile (the command, the server, the peers and their shells, PostgreSQL, Redis, and " +
+        "whatever else the machine ran); own CPU: the command, the server and the peers with their " +
+        "shells alone, from /proc. " +
         "Reference from the issue, same kind of machine: Salt 3006 with 20 minions, " +
         "`salt '*' cmd.run 'echo hi'`, 1.9 s and 3.5 CPU-seconds.",
       "",
     )
     if (f.error !== undefined) lines.push(`Failed: ${f.error}`, "")
     else {
-      lines.push("| run | wall s | machine CPU s |", "|---:|---:|---:|")
+      lines.push("| run | wall s | machine CPU s | own CPU s |", "|---:|---:|---:|---:|")
       for (const [i, r] of f.runs.entries())
-        lines.push(`| ${i + 1} | ${fmtNum(r.wallMs / 1000, 3)} | ${fmtNum(r.machineCpuS, 2)} |`)
+        lines.push(
+          `| ${i + 1} | ${fmtNum(r.wallMs / 1000, 3)} | ${fmtNum(r.machineCpuS, 2)} | ${fmtNum(r.ownCpuS, 2)} |`,
+        )
       lines.push(
-        `| median | ${fmtNum((f.medianWallMs ?? Number.NaN) / 1000, 3)} | ${fmtNum(f.medianMachineCpuS, 2)} |`,
+        `| median | ${fmtNum((f.medianWallMs ?? Number.NaN) / 1000, 3)} | ${fmtNum(f.medianMachineCpuS, 2)} | ` +
+          `${fmtNum(f.medianOwnCpuS, 2)} |`,
         "",
       )
     }

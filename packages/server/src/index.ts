@@ -41,6 +41,7 @@ export {
   sharedOptions,
   storeLayer,
   transportLayer,
+  withExistingStore,
   withRedisUsers,
   withStore,
 } from "./layers.ts"

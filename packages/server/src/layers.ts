@@ -85,7 +85,7 @@ export const readOnlyStoreLayer = (config: ServerConfig) =>
 
 /**
  * The Store a command works on: the configured database (created and migrated when needed, unless
- * `readOnly`), or `make dev`'s embedded one.
+ * `readOnly`: then it must exist and be migrated already), or `make dev`'s embedded one.
  */
 export const withStore = <A, E>(
   config: ServerConfig,
@@ -126,3 +126,13 @@ export const sharedOptions = (command: Command) =>
       "--redis-users <on|off>",
       "A Redis user per peer, limited to what it needs (env PICUS_REDIS_USERS, default on; off: open mode)",
     )
+
+/**
+ * The Store of a command that works on a cluster already set up (run, submit, cancel): the database
+ * must exist and be migrated (the servers do that); it is neither created nor migrated, which also
+ * spares every such command the migrations' lock and checks.
+ */
+export const withExistingStore = <A, E>(
+  config: ServerConfig,
+  body: Effect.Effect<A, E, Stores | RedisUserStore>,
+) => withStore(config, body, false, true)

@@ -9,7 +9,7 @@ import {
   resolveServerConfig,
   type ServerFlags,
   sharedOptions,
-  withStore,
+  withExistingStore,
 } from "server"
 import { run } from "../support.ts"
 
@@ -72,7 +72,7 @@ export const registerCancel = (cli: CAC): void => {
       const by = flags.by === undefined ? operator() : String(flags.by)
       const reason = String(flags.reason)
       return run(
-        withStore(
+        withExistingStore(
           config,
           Effect.gen(function* () {
             const outcomes: Array<CancelOutcome> = []

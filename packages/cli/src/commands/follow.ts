@@ -16,7 +16,7 @@ import {
 } from "@picus/core"
 import { Effect, Fiber, Option, Stream } from "effect"
 import type { ServerConfig } from "server"
-import { withStore } from "server"
+import { withExistingStore } from "server"
 
 export interface FollowOptions {
   /** Prefix each line with the ticket's peer id (for many tickets at once). */
@@ -135,7 +135,7 @@ export const endLine = (info: TicketInfo): string => {
  * code is 0 if it succeeded, else 1.
  */
 export const followTicket = (ticket: string, config: ServerConfig) =>
-  withStore(
+  withExistingStore(
     config,
     Effect.gen(function* () {
       const info = (yield* followTickets([ticket])).get(ticket)
@@ -143,8 +143,6 @@ export const followTicket = (ticket: string, config: ServerConfig) =>
       console.error(endLine(info))
       return info.state === "succeeded" ? 0 : 1
     }).pipe(Effect.provide(TransportRedis.layerRedis({ url: config.redisUrl, prefix: config.redisPrefix }))),
-    false,
-    true,
   )
 
 /**

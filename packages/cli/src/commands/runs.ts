@@ -22,6 +22,7 @@ import {
   sharedOptions,
   startRun,
   transportLayer,
+  withExistingStore,
   withStore,
 } from "server"
 import { run } from "../support.ts"
@@ -265,7 +266,7 @@ const runCommandLine = (flags: RunFlags, words: ReadonlyArray<string>) => {
   }
   const json = flags.json === true
   const config = resolveServerConfig(flags)
-  return withStore(
+  return withExistingStore(
     config,
     Effect.gen(function* () {
       const created = yield* startRun(spec)

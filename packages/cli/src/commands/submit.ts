@@ -8,7 +8,7 @@ import {
   sharedOptions,
   submitJobs,
   validateSubmission,
-  withStore,
+  withExistingStore,
 } from "server"
 import { run } from "../support.ts"
 
@@ -39,7 +39,7 @@ export const registerSubmit = (cli: CAC): void => {
           // Checked before the database is even opened: what the wire cannot carry is never written.
           validateSubmission(request).pipe(
             Effect.andThen(
-              withStore(
+              withExistingStore(
                 config,
                 Effect.gen(function* () {
                   const { tickets, ownerId } = yield* submitJobs(request)
