@@ -31,6 +31,8 @@ export interface FanoutRun {
    * server, the peers with their shells. Not PostgreSQL's or Redis's; not what else the machine ran.
    */
   readonly ownCpuS: number
+  /** Of which the command's, the server's and the peers' (with their shells). */
+  readonly split: { readonly command: number; readonly server: number; readonly peers: number }
   readonly exitCode: number | string
   /** Tickets of the run that succeeded, from PostgreSQL. */
   readonly succeeded: number
@@ -50,9 +52,10 @@ const treeCpuMs = (pids: ReadonlyArray<number>): number =>
   pids.reduce((sum, pid) => sum + readProcess(pid, { children: true }).cpuMs, 0)
 
 const runOnce = async (cluster: Cluster, peerPids: ReadonlyArray<number>): Promise<FanoutRun> => {
-  const pids = [process.pid, ...cluster.servers.map((s) => s.pid!), ...peerPids]
+  const serverPids = cluster.servers.map((s) => s.pid!)
   // The bench's own CPU is not the command's: only its reaped children's (cutime + cstime).
-  const ownBefore = treeCpuMs(pids) - readProcess(process.pid).cpuMs
+  const commandCpuMs = () => treeCpuMs([process.pid]) - readProcess(process.pid).cpuMs
+  const before = { command: commandCpuMs(), server: treeCpuMs(serverPids), peers: treeCpuMs(peerPids) }
   const machine = startMachineSampler()
   const startedAt = wallNow()
   const child = spawn(picus, ["run", "--all", "--json", "--", "echo hi"], {
@@ -75,7 +78,11 @@ const runOnce = async (cluster: Cluster, peerPids: ReadonlyArray<number>): Promi
   )
   const wallMs = wallNow() - startedAt
   const { wallMs: sampledMs, meanCores } = machine.stop()
-  const ownCpuMs = treeCpuMs(pids) - readProcess(process.pid).cpuMs - ownBefore
+  const split = {
+    command: (commandCpuMs() - before.command) / 1000,
+    server: (treeCpuMs(serverPids) - before.server) / 1000,
+    peers: (treeCpuMs(peerPids) - before.peers) / 1000,
+  }
   if (exitCode !== 0) throw new Error(`picus run exited ${exitCode}:\n${output}`)
   const { rows } = await cluster.pool.query<{ n: number }>(
     `select count(*)::int as n from tickets where state = 'succeeded'
@@ -84,7 +91,8 @@ const runOnce = async (cluster: Cluster, peerPids: ReadonlyArray<number>): Promi
   return {
     wallMs,
     machineCpuS: (meanCores * sampledMs) / 1000,
-    ownCpuS: ownCpuMs / 1000,
+    ownCpuS: split.command + split.server + split.peers,
+    split,
     exitCode,
     succeeded: rows[0]?.n ?? 0,
   }

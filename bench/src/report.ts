@@ -375,14 +375,18 @@ const summaryMarkdown = (input: ReportInput, groups: ReadonlyArray<GroupSummary>
     )
     if (f.error !== undefined) lines.push(`Failed: ${f.error}`, "")
     else {
-      lines.push("| run | wall s | machine CPU s | own CPU s |", "|---:|---:|---:|---:|")
+      lines.push(
+        "| run | wall s | machine CPU s | own CPU s | command | server | peers |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+      )
       for (const [i, r] of f.runs.entries())
         lines.push(
-          `| ${i + 1} | ${fmtNum(r.wallMs / 1000, 3)} | ${fmtNum(r.machineCpuS, 2)} | ${fmtNum(r.ownCpuS, 2)} |`,
+          `| ${i + 1} | ${fmtNum(r.wallMs / 1000, 3)} | ${fmtNum(r.machineCpuS, 2)} | ${fmtNum(r.ownCpuS, 2)} | ` +
+            `${fmtNum(r.split.command, 2)} | ${fmtNum(r.split.server, 2)} | ${fmtNum(r.split.peers, 2)} |`,
         )
       lines.push(
         `| median | ${fmtNum((f.medianWallMs ?? Number.NaN) / 1000, 3)} | ${fmtNum(f.medianMachineCpuS, 2)} | ` +
-          `${fmtNum(f.medianOwnCpuS, 2)} |`,
+          `${fmtNum(f.medianOwnCpuS, 2)} | | | |`,
         "",
       )
     }

@@ -12,7 +12,6 @@ import { CatalogError } from "./catalog.ts"
 import { ServerIdInUse } from "./claimServerId.ts"
 import { ClusterKeyError } from "./clusterKey.ts"
 import { ConfigError, type ServerConfig } from "./config.ts"
-import { checkDatabase } from "./db/checkDatabase.ts"
 import { connectEmbedded, defaultDataDir, EMBEDDED_POOL_SIZE } from "./db/embedded.ts"
 import { ensureDatabase } from "./db/ensureDatabase.ts"
 import { PgStore } from "./db/PgStore.ts"
@@ -77,11 +76,7 @@ export const redisUrlFor = (url: string, user: string, password: string): string
  * neither created nor migrated (a mistyped name must not leave a new database behind).
  */
 export const readOnlyStoreLayer = (config: ServerConfig) =>
-  Layer.unwrap(
-    checkDatabase(config.databaseUrl).pipe(
-      Effect.as(PgStore.layer(config.databaseUrl, { migrate: false, maxPoolSize: 2 })),
-    ),
-  )
+  PgStore.layer(config.databaseUrl, { requireMigrated: true, maxPoolSize: 2 })
 
 /**
  * The Store a command works on: the configured database (created and migrated when needed, unless

@@ -10,6 +10,7 @@ import { Context, Effect, Layer } from "effect"
 import type { DatabasePool } from "slonik"
 import { RedisUserStore } from "../access/RedisUsers.ts"
 import { makePgCatalog } from "./catalog.ts"
+import { checkMigrated, type DatabaseNotReady, missingAsNotReady } from "./checkDatabase.ts"
 import { type MigrationError, migrate } from "./migrate.ts"
 import { makePgOperatorTokens } from "./operatorTokens.ts"
 import { makePool, type PoolError, type PoolOptions } from "./pool.ts"
@@ -46,6 +47,8 @@ export interface PgStoreOptions extends PoolOptions {
   readonly migrate?: boolean
   /** Where the migrations are (default: the repository's `sql/`). */
   readonly migrationsDir?: string
+  /** Without migrating: fail with DatabaseNotReady unless the database exists and is migrated. */
+  readonly requireMigrated?: boolean
 }
 
 /**
@@ -55,11 +58,16 @@ export interface PgStoreOptions extends PoolOptions {
 export const layer = (
   databaseUrl: string,
   options: PgStoreOptions = {},
-): Layer.Layer<Stores | RedisUserStore, PoolError | MigrationError> =>
+): Layer.Layer<Stores | RedisUserStore, PoolError | MigrationError | DatabaseNotReady> =>
   Layer.effectContext(
     Effect.gen(function* () {
-      const pool = yield* makePool(databaseUrl, options)
-      if (options.migrate !== false) {
+      const pool = yield* makePool(databaseUrl, options).pipe(
+        Effect.mapError((error) =>
+          options.requireMigrated === true ? missingAsNotReady(error, databaseUrl) : error,
+        ),
+      )
+      if (options.requireMigrated === true) yield* checkMigrated(pool, databaseUrl)
+      else if (options.migrate !== false) {
         yield* migrate(pool, options.migrationsDir === undefined ? {} : { dir: options.migrationsDir })
       }
       return Context.add(storesContext(makePgStores(pool)), RedisUserStore, makePgRedisUsers(pool))

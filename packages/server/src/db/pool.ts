@@ -23,6 +23,7 @@ import { databaseTlsOf } from "./tls.ts"
 /** The database could not be reached, or refused the pool's configuration. */
 export class PoolError extends Schema.TaggedError<PoolError>()("PoolError", {
   message: Schema.String,
+  cause: Schema.optionalKey(Schema.Defect()),
 }) {}
 
 /** A row that does not fit the schema its query was typed with (`sql.type(schema)`). */
@@ -311,6 +312,7 @@ export const makePool = (
       catch: (error) =>
         new PoolError({
           message: describeDatabaseFailure(error, databaseUrl),
+          cause: error,
         }),
     }),
     (pool) => Effect.tryPromise(() => pool.end()).pipe(Effect.ignore),
