@@ -2,7 +2,7 @@ import { spawn } from "node:child_process"
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { wallNow } from "./clock.ts"
+import { sleep, wallNow } from "./clock.ts"
 import { stopProcess } from "./processes.ts"
 import { readProcess, startMachineSampler } from "./procstat.ts"
 import { startPeer } from "./realPeers.ts"
@@ -26,6 +26,8 @@ export interface FanoutOptions {
 export interface FanoutRun {
   readonly wallMs: number
   readonly machineCpuS: number
+  /** The machine's CPU in the 0.5 s before the command (nothing of this system running), per second. */
+  readonly backgroundCores: number
   /**
    * CPU of this system's own processes alone: the command (reaped by the bench: its cutime), the
    * server, the peers with their shells. Not PostgreSQL's or Redis's; not what else the machine ran.
@@ -55,6 +57,9 @@ const runOnce = async (cluster: Cluster, peerPids: ReadonlyArray<number>): Promi
   const serverPids = cluster.servers.map((s) => s.pid!)
   // The bench's own CPU is not the command's: only its reaped children's (cutime + cstime).
   const commandCpuMs = () => treeCpuMs([process.pid]) - readProcess(process.pid).cpuMs
+  const idle = startMachineSampler()
+  await sleep(500)
+  const backgroundCores = idle.stop().meanCores
   const before = { command: commandCpuMs(), server: treeCpuMs(serverPids), peers: treeCpuMs(peerPids) }
   const machine = startMachineSampler()
   const startedAt = wallNow()
@@ -91,6 +96,7 @@ const runOnce = async (cluster: Cluster, peerPids: ReadonlyArray<number>): Promi
   return {
     wallMs,
     machineCpuS: (meanCores * sampledMs) / 1000,
+    backgroundCores,
     ownCpuS: split.command + split.server + split.peers,
     split,
     exitCode,

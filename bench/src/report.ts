@@ -368,7 +368,8 @@ const summaryMarkdown = (input: ReportInput, groups: ReadonlyArray<GroupSummary>
         "exit (it waits for every result), after one run not counted. Machine CPU: every process on the " +
         "machine meanwhile (the command, the server, the peers and their shells, PostgreSQL, Redis, and " +
         "whatever else the machine ran); own CPU: the command, the server and the peers with their " +
-        "shells alone, from /proc. " +
+        "shells alone, from /proc; background: the machine's cores busy in the 0.5 s before each command " +
+        "(none of this system's work, e.g. other processes of the machine). " +
         "Reference from the issue, same kind of machine: Salt 3006 with 20 minions, " +
         "`salt '*' cmd.run 'echo hi'`, 1.9 s and 3.5 CPU-seconds.",
       "",
@@ -376,17 +377,18 @@ const summaryMarkdown = (input: ReportInput, groups: ReadonlyArray<GroupSummary>
     if (f.error !== undefined) lines.push(`Failed: ${f.error}`, "")
     else {
       lines.push(
-        "| run | wall s | machine CPU s | own CPU s | command | server | peers |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| run | wall s | machine CPU s | background cores | own CPU s | command | server | peers |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
       )
       for (const [i, r] of f.runs.entries())
         lines.push(
-          `| ${i + 1} | ${fmtNum(r.wallMs / 1000, 3)} | ${fmtNum(r.machineCpuS, 2)} | ${fmtNum(r.ownCpuS, 2)} | ` +
+          `| ${i + 1} | ${fmtNum(r.wallMs / 1000, 3)} | ${fmtNum(r.machineCpuS, 2)} | ` +
+            `${fmtNum(r.backgroundCores, 2)} | ${fmtNum(r.ownCpuS, 2)} | ` +
             `${fmtNum(r.split.command, 2)} | ${fmtNum(r.split.server, 2)} | ${fmtNum(r.split.peers, 2)} |`,
         )
       lines.push(
         `| median | ${fmtNum((f.medianWallMs ?? Number.NaN) / 1000, 3)} | ${fmtNum(f.medianMachineCpuS, 2)} | ` +
-          `${fmtNum(f.medianOwnCpuS, 2)} | | | |`,
+          `| ${fmtNum(f.medianOwnCpuS, 2)} | | | |`,
         "",
       )
     }
