@@ -17,7 +17,11 @@ export const logoutsTotal = counter("picus_logouts_total", "Sessions logged out,
 /** Results committed to PostgreSQL. */
 export const resultsRecordedTotal = counter("picus_results_recorded_total", "Results committed to PostgreSQL")
 
-/** Ticket transitions this instance made, by the state entered (delivered, succeeded, failed, ...). */
+/**
+ * Ticket transitions this instance made, by the state entered: delivered, the states results lead
+ * to (succeeded, failed, timed_out, cancelled), and the deadlines its sweeps ended (undeliverable,
+ * timed_out).
+ */
 export const ticketsTotal = counter("picus_tickets_total", "Ticket transitions, by the state entered")
 
 export const sessionsOpen = Metric.gauge("picus_sessions_open", {

@@ -1,5 +1,5 @@
-import { RunStore, Store, Transport } from "@picus/core"
-import { Effect } from "effect"
+import { Metrics, RunStore, Store, Transport } from "@picus/core"
+import { Effect, Metric } from "effect"
 import { sweepRuns } from "../runs.ts"
 import type { GatewayConfig } from "./config.ts"
 
@@ -21,6 +21,11 @@ export const reconcile = (config: GatewayConfig) =>
       deliveryDeadlineMs: config.deliveryDeadlineMs,
       executionSlackMs: config.deadlineSlackMs,
     })
+    for (const [state, n] of [
+      ["undeliverable", expired.undeliverable],
+      ["timed_out", expired.timedOut],
+    ] as const)
+      if (n > 0) yield* Metric.update(Metric.withAttributes(Metrics.ticketsTotal, { state }), n)
     if (expired.undeliverable + expired.timedOut > 0) {
       yield* Effect.logWarning(
         `deadlines passed: ${expired.undeliverable} ticket(s) undeliverable, ${expired.timedOut} timed out`,
