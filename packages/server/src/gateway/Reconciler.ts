@@ -8,7 +8,7 @@ import type { GatewayConfig } from "./config.ts"
  * end undeliverable; tickets delivered to a session that no longer carries them end timed_out.
  * PostgreSQL decides, so even a Redis that lost everything loses no ticket.
  */
-export const reconcile = (config: GatewayConfig) =>
+export const reconcile = (config: Pick<GatewayConfig, "deliveryDeadlineMs" | "deadlineSlackMs">) =>
   Effect.gen(function* () {
     const store = yield* Store
     const transport = yield* Transport
