@@ -93,20 +93,16 @@ export const startPeer = (cluster: Cluster, peerId: string, stateDir: string): P
       executable === undefined || executable === ""
         ? [process.execPath, [...nodeArgs, peerScript]]
         : [executable, nodeArgs]
-    const child = spawn(
-      command,
-      [...args, "--peer-id", peerId, "--state-dir", stateDir],
-      {
-        env: {
-          ...process.env,
-          PICUS_TOKEN: cluster.token,
-          PICUS_CLUSTER_PUBLIC_KEY: cluster.clusterPublicKey,
-          REDIS_URL: cluster.redisUrl,
-          PICUS_REDIS_PREFIX: cluster.prefix,
-        },
-        stdio: ["ignore", "pipe", "pipe"],
+    const child = spawn(command, [...args, "--peer-id", peerId, "--state-dir", stateDir], {
+      env: {
+        ...process.env,
+        PICUS_TOKEN: cluster.token,
+        PICUS_CLUSTER_PUBLIC_KEY: cluster.clusterPublicKey,
+        REDIS_URL: cluster.redisUrl,
+        PICUS_REDIS_PREFIX: cluster.prefix,
       },
-    )
+      stdio: ["ignore", "pipe", "pipe"],
+    })
     let output = ""
     // Read to the end: the peer prints a line per job, and a full pipe would block it.
     const onData = (chunk: Buffer) => {
