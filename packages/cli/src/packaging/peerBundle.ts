@@ -36,7 +36,7 @@ export const LAZY_BUILTINS: ReadonlyArray<string> = ["tls", "assert"]
 const LAZY_PREFIX = "\0lazy-builtin:"
 
 /** The stand-in for built-in `name`: a callable whose every member and call loads the module. */
-const lazyBuiltinModule = (name: string): string =>
+export const lazyBuiltinModule = (name: string): string =>
   [
     "let loaded",
     `const load = () => (loaded ??= process.getBuiltinModule(${JSON.stringify(`node:${name}`)}))`,
