@@ -230,7 +230,7 @@ if (extraChosen("fanout")) {
 
 let footprint: FootprintResult | undefined
 if (extraChosen("footprint")) {
-  footprint = await runFootprint(env, { idleMs: quick ? 10_000 : 30_000 })
+  footprint = await runFootprint(env, { idleMs: quick ? 10_000 : 60_000 })
   const failed = [footprint.error, ...footprint.rows.map((r) => r.error)].filter((e) => e !== undefined)
   for (const error of failed) failures.push({ system: "footprint", phase: "idle peer", repeat: 1, error })
   for (const r of footprint.rows)

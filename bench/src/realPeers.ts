@@ -85,22 +85,25 @@ const startTreeSampler = (pids: ReadonlyArray<number>) => {
 
 export const startPeer = (cluster: Cluster, peerId: string, stateDir: string): Promise<ChildProcess> =>
   new Promise((resolve, reject) => {
-    // BENCH_PEER_NODE_ARGS: Node options for the peers only (--cpu-prof, say).
+    // BENCH_PEER_NODE_ARGS: Node options for the peers only (--cpu-prof, say); BENCH_REAL_PEER_EXECUTABLE:
+    // a packaged peer (./picus package) in place of the sources, to see what its V8 flags cost (its
+    // arguments are the peer's own, so the Node options do not apply to it).
     const nodeArgs = process.env.BENCH_PEER_NODE_ARGS?.split(" ").filter(Boolean) ?? []
-    const child = spawn(
-      process.execPath,
-      [...nodeArgs, peerScript, "--peer-id", peerId, "--state-dir", stateDir],
-      {
-        env: {
-          ...process.env,
-          PICUS_TOKEN: cluster.token,
-          PICUS_CLUSTER_PUBLIC_KEY: cluster.clusterPublicKey,
-          REDIS_URL: cluster.redisUrl,
-          PICUS_REDIS_PREFIX: cluster.prefix,
-        },
-        stdio: ["ignore", "pipe", "pipe"],
+    const executable = process.env.BENCH_REAL_PEER_EXECUTABLE
+    const [command, args] =
+      executable === undefined || executable === ""
+        ? [process.execPath, [...nodeArgs, peerScript]]
+        : [executable, []]
+    const child = spawn(command, [...args, "--peer-id", peerId, "--state-dir", stateDir], {
+      env: {
+        ...process.env,
+        PICUS_TOKEN: cluster.token,
+        PICUS_CLUSTER_PUBLIC_KEY: cluster.clusterPublicKey,
+        REDIS_URL: cluster.redisUrl,
+        PICUS_REDIS_PREFIX: cluster.prefix,
       },
-    )
+      stdio: ["ignore", "pipe", "pipe"],
+    })
     let output = ""
     // Read to the end: the peer prints a line per job, and a full pipe would block it.
     const onData = (chunk: Buffer) => {

@@ -401,7 +401,8 @@ const summaryMarkdown = (input: ReportInput, groups: ReadonlyArray<GroupSummary>
       `One peer on one server, heartbeats only, measured ${fmtNum(f.idleMs / 1000, 0)} s after it registered ` +
         "and settled 5 s: VmRSS of /proc/<pid>/status, Pss of /proc/<pid>/smaps_rollup, and utime + stime of " +
         "/proc/<pid>/stat read that far apart (any ps or top shows the same). Packaged: the single executable " +
-        "of `./picus package`; source: `node packages/peer/src/main.ts`. Target: at most 60 MiB RSS and " +
+        "of `./picus package`, started from disk (dropped from the page cache first, as after a boot); source: " +
+        "`node packages/peer/src/main.ts`. Target: at most 60 MiB RSS and " +
         "0.001 cores, registered within a second. Reference from the issue, same kind of machine: a Salt " +
         "3006 minion, about 58 MiB and 0.001 cores.",
       "",

@@ -161,8 +161,18 @@ const COMMAND_TIMEOUT_MS = 10_000
  */
 const SESSION_LINK_GRACE_MS = 5_000
 
-/** How long a read waits for news; a read that takes longer than this and a margin has hung. */
+/**
+ * How long a read waits for news; a read that takes longer than this and a margin has hung. A
+ * registration's answer is read in short blocks (its resend is due within registerTimeoutMs).
+ */
 const READ_BLOCK_MS = 1_000
+
+/**
+ * How long a session's inbox read waits for news: news wakes it at once, so this only sets how
+ * often an idle peer wakes up with nothing to do (a wake-up each second was half its idle CPU). Cut
+ * short when the server's silence is due to be noticed sooner.
+ */
+const IDLE_READ_BLOCK_MS = 10_000
 
 /** Inbox entries read before they are trimmed (a trim per read was a round trip per job). */
 const TRIM_EVERY = 32
@@ -741,8 +751,19 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
       let readFailing = false
       /** When a read last succeeded (on the session's connection, once the session opened). */
       let lastGoodRead = 0
-      const readOr = (read: Effect.Effect<ReadonlyArray<Envelope>, TransportError>, what: string) =>
-        bounded(read, "read", READ_BLOCK_MS + SESSION_LINK_GRACE_MS - 1_000).pipe(
+      /** In an outage of the session's connection: when its link was last known good. */
+      let linkGoodAt = 0
+      const hung = new TransportError({ operation: "read", message: "no answer from Redis" })
+      const readOr = (
+        read: (blockMs: number) => Effect.Effect<ReadonlyArray<Envelope>, TransportError>,
+        blockMs: number,
+        what: string,
+      ) =>
+        read(blockMs).pipe(
+          Effect.timeoutOrElse({
+            duration: blockMs + SESSION_LINK_GRACE_MS - 1_000,
+            orElse: () => Effect.fail(hung),
+          }),
           Effect.tap(() =>
             Effect.gen(function* () {
               readFailing = false
@@ -752,18 +773,25 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
           Effect.catch((e) =>
             Effect.gen(function* () {
               const now = yield* Clock.currentTimeMillis
+              const why =
+                e === hung
+                  ? `no answer from Redis in ${(blockMs + SESSION_LINK_GRACE_MS - 1_000) / 1000}s`
+                  : e.message
               if (current !== undefined && current.transport !== transport) {
+                // Fixed at the outage's first failure. A hung read says nothing since the last good
+                // one; a read refused after blocking a while had a good link until about a short
+                // block ago (it would have been refused then had the link been gone).
+                if (!readFailing)
+                  linkGoodAt = e === hung ? lastGoodRead : Math.max(lastGoodRead, now - READ_BLOCK_MS)
                 // The session's own user: Redis drops it when the session ends (revoked, replaced,
                 // timed out), and the peer registers again over the enrollment connection.
-                if (accessGone(e) || now - Math.max(lastGoodRead, lastHeard) >= SESSION_LINK_GRACE_MS) {
-                  yield* registerAgain(
-                    `the session's Redis connection fails (${e.message}): registering again`,
-                  )
+                if (accessGone(e) || now - Math.max(linkGoodAt, lastHeard) >= SESSION_LINK_GRACE_MS) {
+                  yield* registerAgain(`the session's Redis connection fails (${why}): registering again`)
                   return [] as ReadonlyArray<Envelope>
                 }
               }
               if (!readFailing)
-                yield* Effect.logWarning(`cannot read ${what} (${e.message}); retrying every second`)
+                yield* Effect.logWarning(`cannot read ${what} (${why}); retrying every second`)
               readFailing = true
               yield* Effect.sleep("1 second")
               return [] as ReadonlyArray<Envelope>
@@ -778,8 +806,14 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
           const s = current
           const r = registration
           if (s !== undefined) {
+            // Short while entries wait to be trimmed (a quiet read trims them), and never past
+            // the moment the server's silence is to be noticed.
+            const now = yield* Clock.currentTimeMillis
+            const untilSilent = lastHeard + (config.serverSilenceMs ?? 60_000) - now
+            const blockMs = untrimmed > 0 ? READ_BLOCK_MS : Math.min(IDLE_READ_BLOCK_MS, untilSilent)
             const entries = yield* readOr(
-              s.reader.read(cursor, { count: 64, blockMs: READ_BLOCK_MS }),
+              (ms) => s.reader.read(cursor, { count: 64, blockMs: ms }),
+              Math.max(READ_BLOCK_MS, blockMs),
               "the inbox",
             )
             for (const entry of entries) {
@@ -796,7 +830,8 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
             }
           } else if (r !== undefined) {
             const entries = yield* readOr(
-              r.reader.read(r.cursor, { count: 16, blockMs: READ_BLOCK_MS }),
+              (blockMs) => r.reader.read(r.cursor, { count: 16, blockMs }),
+              READ_BLOCK_MS,
               "the answer to the registration",
             )
             for (const entry of entries) {

@@ -1,4 +1,3 @@
-import { spawn } from "node:child_process"
 import { Effect } from "effect"
 
 export interface Execution {
@@ -39,6 +38,9 @@ export const execute = (command: string, options: ExecuteOptions): Effect.Effect
     let timedOut = false
     let cancelled = false
     let graceTimer: ReturnType<typeof setTimeout> | undefined
+    // Loaded with the first job, not at start: an idle peer never needs node:child_process, and
+    // loading it (with the dgram and stream modules it brings) costs the packaged peer about 1 MiB.
+    const { spawn } = process.getBuiltinModule("node:child_process")
     const child = spawn(options.shell ?? "/bin/sh", ["-c", command], {
       detached: true,
       stdio: ["ignore", "pipe", "pipe"],

@@ -67,6 +67,27 @@ const flakyUplink = () => {
   return { control, layer }
 }
 
+/** The memory transport, noting how long each read of an inbox may block. */
+const inboxBlocks = () => {
+  const blocks: Array<number> = []
+  const layer = Layer.effect(
+    Transport,
+    Effect.map(TransportMemory.makeMemoryTransport, (transport) =>
+      Transport.of({
+        ...transport,
+        inboxReader: (peerId) =>
+          Effect.map(transport.inboxReader(peerId), (reader) => ({
+            read: (afterId: string, options: { count: number; blockMs: number }) => {
+              blocks.push(options.blockMs)
+              return reader.read(afterId, options)
+            },
+          })),
+      }),
+    ),
+  )
+  return { blocks, layer }
+}
+
 /** The results committed to the journal (read beside the agent's own connection), and whether sent. */
 const resultsOnDisk = (dir: string): Array<{ ticket: string; sent: boolean }> => {
   const db = new DatabaseSync(join(dir, "journal.db"), { readOnly: true })
@@ -176,6 +197,34 @@ describe("peer agent", () => {
       assert.deepStrictEqual(results.map((r) => r.ticket).sort(), ["31", "32"])
     }).pipe(Effect.scoped, Effect.provide(layer))
   })
+
+  it.live(
+    "an idle session's inbox read blocks long, and no longer than until the server's silence is due",
+    () =>
+      Effect.gen(function* () {
+        const quiet = inboxBlocks()
+        const idle = yield* Effect.gen(function* () {
+          const { agent, server } = yield* setup()
+          yield* Effect.forkScoped(agent.run)
+          yield* server.acceptNext
+          yield* Effect.sleep("1500 millis")
+          return [...quiet.blocks]
+        }).pipe(Effect.scoped, Effect.provide(quiet.layer))
+        // One read, waiting for news: not a wake-up each second.
+        assert.deepStrictEqual(idle, [10_000])
+        const soon = inboxBlocks()
+        const silent = yield* Effect.gen(function* () {
+          const { agent, server } = yield* setup(undefined, { serverSilenceMs: 3_000 })
+          yield* Effect.forkScoped(agent.run)
+          yield* server.acceptNext
+          yield* Effect.sleep("500 millis")
+          return [...soon.blocks]
+        }).pipe(Effect.scoped, Effect.provide(soon.layer))
+        assert.lengthOf(silent, 1)
+        assert.isAtMost(silent[0] ?? 0, 3_000, "blocks no longer than the server may stay silent")
+        assert.isAtLeast(silent[0] ?? 0, 2_000)
+      }),
+  )
 
   it.live("trims its inbox of what it has read, once it has read all there was", () =>
     Effect.gen(function* () {

@@ -33,8 +33,15 @@ const SEA_FUSE = "NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2"
  * V8 and Node flags the executable starts with. An idle peer keeps a few MiB of live objects: a
  * small young generation (semi-space) and a capped old one keep the heap near that instead of
  * growing it for throughput; a job's output is capped (--output-cap), so a peer never needs much.
+ * `--lite-mode` (no optimizing compilers, feedback allocated lazily, no WebAssembly, which the
+ * bundle never uses) takes about 5 MiB off an idle peer and costs a job nothing measurable: a
+ * peer's own work per job is a few messages, the shell it spawns is the rest (docs/performance.md).
  */
-export const PEER_EXEC_ARGV: ReadonlyArray<string> = ["--max-semi-space-size=1", "--max-old-space-size=64"]
+export const PEER_EXEC_ARGV: ReadonlyArray<string> = [
+  "--max-semi-space-size=1",
+  "--max-old-space-size=64",
+  "--lite-mode",
+]
 
 export class PackagingError extends Error {
   override readonly name = "PackagingError"
