@@ -126,7 +126,7 @@ export const makePgTickets = (pool: DatabasePool): TicketStoreService => {
       // Each peer's open session (if any) is locked for share, so a login replacing it waits for
       // these tickets and then carries them over. Ticket ids are drawn in the order of the
       // submissions and their jobs, so each submission's tickets are in its order.
-      const rows = await pool.any(sql.type(BatchSubmittedRow)`
+      const rows = await pool.any(sql.prepared("submit tickets", BatchSubmittedRow)`
         with req as (
           select * from ${sql.unnest(
             batch.flatMap(({ entry }, r) =>
@@ -208,7 +208,7 @@ export const makePgTickets = (pool: DatabasePool): TicketStoreService => {
     const batch = deliveries
     deliveries = []
     try {
-      const rows = await pool.any(sql.type(DeliveredRow)`
+      const rows = await pool.any(sql.prepared("mark delivered", DeliveredRow)`
         with req as (
           select * from ${sql.unnest(
             batch.flatMap(({ lease, tickets }) =>
@@ -379,7 +379,7 @@ export const makePgTickets = (pool: DatabasePool): TicketStoreService => {
           ? // One statement (a holder reads these at every notice): the peer's queued tickets no open
             // session carries become this session's first, and come back beside its own (the
             // statement's snapshot shows them under their old session, so never twice).
-            pool.any(sql.type(TicketRow)`
+            pool.any(sql.prepared(after === undefined ? "queued tickets" : "queued tickets after", TicketRow)`
               with adopted as (
                 update tickets t set session_id = s.session_id
                 from sessions s
