@@ -227,10 +227,13 @@ export const makePgTickets = (pool: DatabasePool): TicketStoreService => {
           where t.ticket = r.ticket and t.session_id = r.session_id and t.state in ('queued', 'delivered')
           returning t.*
         )
+        -- The mark is not what keeps a ticket safe (a ticket sent again runs once: the peer keeps what
+        -- it started), so its commit does not wait for the WAL to reach the disk: a crash loses at
+        -- most marks no later commit flushed, as if it came between the send and the mark.
         select
           coalesce((select array_agg(session_id::text || '/' || epoch) from held), '{}') as held,
           ${ticketColumns}
-        from (select 1) as one left join marked on true
+        from (select set_config('synchronous_commit', 'off', true)) as one left join marked on true
       `)
       const held = new Set(rows[0]?.held ?? [])
       const marked = new Map<string, Ticket>()
