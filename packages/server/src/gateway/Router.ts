@@ -229,8 +229,5 @@ export const makeRouter = Effect.fnUntraced(function* (deps: {
     return outcomes
   })
 
-  /** Handles a batch; the outcome of every entry. */
-  const route = (batch: ReadonlyArray<Delivery>) => prepare(batch).run
-
-  return { prepare, route }
+  return { prepare }
 })
