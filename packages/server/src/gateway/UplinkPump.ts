@@ -157,6 +157,10 @@ export const makeUplinkPump = Effect.fnUntraced(function* (deps: {
   let lastReadAt: number | undefined
   let lagMs = 0
   const turn = Effect.gen(function* () {
+    // A batch that died (a defect) fails the pump now, not at the next batch, which may be long.
+    const before = inFlight?.fiber
+    const ended = before?.pollUnsafe()
+    if (before !== undefined && ended !== undefined && Exit.isFailure(ended)) yield* Fiber.join(before)
     const start = yield* Clock.currentTimeMillis
     hearing.readStarted(start)
     let batch = yield* reader.read({
