@@ -34,6 +34,8 @@ const usage = `Usage: pnpm bench [options]
   --real-peers P   real peer processes in the real-peers phase (default 4)
   --fanout-peers F real peers in the fan-out phase (default 20; 5 with --quick)
   --real-tickets K tickets (the command true) in the real-peers phase (default 400; 100 with --quick)
+  --phases a,b     only these phases (known: saturation, rate, half, and the extra phases); half
+                   needs saturation. Default: all
   --quick          small numbers, for a smoke run
   --out DIR        where to write the report (default bench/results/<timestamp>)
 Footprint phase: an idle peer, packaged (./picus package; BENCH_PEER_EXECUTABLE to give one) and from source.
@@ -53,6 +55,7 @@ const { values } = parseArgs({
     "real-tickets": { type: "string" },
     "fanout-peers": { type: "string" },
     only: { type: "string" },
+    phases: { type: "string" },
     quick: { type: "boolean", default: false },
     out: { type: "string" },
     help: { type: "boolean", short: "h", default: false },
@@ -83,9 +86,22 @@ if (unknown.length > 0) {
   console.error(`unknown system(s): ${unknown.join(", ")}\n\n${usage}`)
   process.exit(2)
 }
+const mainPhases = ["saturation", "rate", "half"] as const
+const phases = values.phases?.split(",").map((s) => s.trim())
+const unknownPhases =
+  phases?.filter(
+    (p) =>
+      !(mainPhases as ReadonlyArray<string>).includes(p) && !(extras as ReadonlyArray<string>).includes(p),
+  ) ?? []
+if (unknownPhases.length > 0) {
+  console.error(`unknown phase(s): ${unknownPhases.join(", ")}\n\n${usage}`)
+  process.exit(2)
+}
+const phaseChosen = (name: string): boolean => phases === undefined || phases.includes(name)
 const chosen = only === undefined ? systems : systems.filter((s) => only.includes(s.name))
 const withPicus = chosen.some((s) => s.name.startsWith("picus-"))
-const extraChosen = (name: (typeof extras)[number]): boolean => withPicus || (only?.includes(name) ?? false)
+const extraChosen = (name: (typeof extras)[number]): boolean =>
+  phaseChosen(name) && (withPicus || (only?.includes(name) ?? false))
 
 const env: BenchEnv = {
   pgAdminUrl: process.env.BENCH_PG_URL ?? "postgres://postgres@127.0.0.1:5432/postgres",
@@ -166,7 +182,7 @@ console.log(
 )
 
 // Systems take turns (A B C A B C ...) so slow drifts of the machine hit them alike.
-for (let rep = 1; rep <= repeats; rep++) {
+for (let rep = 1; rep <= repeats && phaseChosen("saturation"); rep++) {
   for (const entry of chosen)
     await runOnce(entry, rep, "saturation", (s, w) => s.saturation(tickets, workers, w))
 }
@@ -175,12 +191,12 @@ for (const entry of chosen) {
   const sat = runs.filter((r) => r.system === entry.name && r.phase === "saturation").map((r) => r.throughput)
   if (sat.length > 0) halfRate.set(entry.name, Math.max(1, Math.round(median(sat) / 2)))
 }
-for (let rep = 1; rep <= repeats; rep++) {
+for (let rep = 1; rep <= repeats && phaseChosen("rate"); rep++) {
   for (const entry of chosen) {
     await runOnce(entry, rep, `rate ${fixedRate}/s`, (s, w) => s.atRate(fixedRate, durationMs, workers, w))
   }
 }
-for (let rep = 1; rep <= repeats; rep++) {
+for (let rep = 1; rep <= repeats && phaseChosen("half"); rep++) {
   for (const entry of chosen) {
     const rate = halfRate.get(entry.name)
     if (rate === undefined) continue

@@ -15,7 +15,9 @@ const emptyCatalog = join(repoRoot, "bench", "empty-catalog.json")
 /** Starts `./picus server` with this environment (an empty catalog unless it names one). */
 export const startServer = (id: string, env: Record<string, string>): Promise<ChildProcess> =>
   new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [serverScript], {
+    // BENCH_SERVER_NODE_ARGS: Node options for the servers only (--cpu-prof, say).
+    const nodeArgs = process.env.BENCH_SERVER_NODE_ARGS?.split(" ").filter(Boolean) ?? []
+    const child = spawn(process.execPath, [...nodeArgs, serverScript], {
       env: { ...process.env, PICUS_CATALOG: emptyCatalog, ...env, PICUS_SERVER_ID: id },
       stdio: ["ignore", "pipe", "pipe"],
     })

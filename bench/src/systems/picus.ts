@@ -125,12 +125,30 @@ const makeSystem = (env: BenchEnv, instances: number): BenchSystem => {
       await sleep(50)
     }
     await window?.end()
-    const { rows } = await pool!.query<{ latency: number; created: number; received: number }>(`
+    const { rows } = await pool!.query<{
+      latency: number
+      created: number
+      received: number
+      toPeer: number | null
+      back: number | null
+    }>(`
       select extract(epoch from r.received_at - t.created_at) * 1000 as latency,
-        extract(epoch from t.created_at) * 1000 as created, extract(epoch from r.received_at) * 1000 as received
+        extract(epoch from t.created_at) * 1000 as created, extract(epoch from r.received_at) * 1000 as received,
+        extract(epoch from r.started_at - t.created_at) * 1000 as "toPeer",
+        extract(epoch from r.received_at - r.started_at) * 1000 as "back"
       from job_results r join tickets t using (ticket)`)
     if (rows.length !== tickets) throw new Error(`${name}: ${rows.length} results for ${tickets} tickets`)
     const latencies = rows.map((r) => Number(r.latency))
+    // Where a ticket's time went: created -> the simulated peer has its job (its started_at, this
+    // process's clock) -> its result's statement begins. The machine's one clock serves both.
+    const stage = (values: ReadonlyArray<number | null>) => {
+      const [a, b] = percentiles(values.filter((v) => v !== null).map(Number), [50, 99])
+      return `p50 ${a!.toFixed(1)} / p99 ${b!.toFixed(1)} ms`
+    }
+    console.log(
+      `    ${name} stages: created -> at the peer ${stage(rows.map((r) => r.toPeer))}; ` +
+        `at the peer -> result recorded ${stage(rows.map((r) => r.back))}`,
+    )
     const first = Math.min(...rows.map((r) => Number(r.created)))
     const last = Math.max(...rows.map((r) => Number(r.received)))
     const [p50, p95, p99, max] = percentiles(latencies, [50, 95, 99, 100])

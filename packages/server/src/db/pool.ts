@@ -301,7 +301,8 @@ export const makePool = (
           typeParsers,
           // Slonik's default runs DISCARD ALL each time a connection goes back to the pool: one more
           // round trip (and commit) per query. Nothing here leaves session state behind (no SET, no
-          // temporary tables, no named statements), so there is nothing to discard.
+          // temporary tables) but the named prepared statements of the hot path (`sql.prepared`),
+          // which are meant to outlive the query: planned once per connection, not at every call.
           resetConnection: async () => {},
         })
         // Query errors reach their callers through the rejected promise; without a listener the

@@ -47,7 +47,8 @@ export const makePgResults = (pool: DatabasePool): ResultStoreService => {
         // sessions' leases held at the results' epochs (locked against a takeover until commit),
         // the tickets locked, then one insert and one update. A copy recorded concurrently loses
         // on the primary key and is told `duplicate`.
-        const rows = await pool.any(sql.type(OutcomeRow)`
+        // Prepared (named): planned once per connection, not at every batch (see db/pool.ts).
+        const rows = await pool.any(sql.prepared("record results", OutcomeRow)`
           with input as (
             select * from ${sql.unnest(
               results.map((r, i) => [

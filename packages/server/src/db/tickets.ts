@@ -126,7 +126,7 @@ export const makePgTickets = (pool: DatabasePool): TicketStoreService => {
       // Each peer's open session (if any) is locked for share, so a login replacing it waits for
       // these tickets and then carries them over. Ticket ids are drawn in the order of the
       // submissions and their jobs, so each submission's tickets are in its order.
-      const rows = await pool.any(sql.type(BatchSubmittedRow)`
+      const rows = await pool.any(sql.prepared("submit tickets", BatchSubmittedRow)`
         with req as (
           select * from ${sql.unnest(
             batch.flatMap(({ entry }, r) =>
@@ -208,7 +208,7 @@ export const makePgTickets = (pool: DatabasePool): TicketStoreService => {
     const batch = deliveries
     deliveries = []
     try {
-      const rows = await pool.any(sql.type(DeliveredRow)`
+      const rows = await pool.any(sql.prepared("mark delivered", DeliveredRow)`
         with req as (
           select * from ${sql.unnest(
             batch.flatMap(({ lease, tickets }) =>
@@ -227,10 +227,13 @@ export const makePgTickets = (pool: DatabasePool): TicketStoreService => {
           where t.ticket = r.ticket and t.session_id = r.session_id and t.state in ('queued', 'delivered')
           returning t.*
         )
+        -- The mark is not what keeps a ticket safe (a ticket sent again runs once: the peer keeps what
+        -- it started), so its commit does not wait for the WAL to reach the disk: a crash loses at
+        -- most marks no later commit flushed, as if it came between the send and the mark.
         select
           coalesce((select array_agg(session_id::text || '/' || epoch) from held), '{}') as held,
           ${ticketColumns}
-        from (select 1) as one left join marked on true
+        from (select set_config('synchronous_commit', 'off', true)) as one left join marked on true
       `)
       const held = new Set(rows[0]?.held ?? [])
       const marked = new Map<string, Ticket>()
@@ -379,7 +382,7 @@ export const makePgTickets = (pool: DatabasePool): TicketStoreService => {
           ? // One statement (a holder reads these at every notice): the peer's queued tickets no open
             // session carries become this session's first, and come back beside its own (the
             // statement's snapshot shows them under their old session, so never twice).
-            pool.any(sql.type(TicketRow)`
+            pool.any(sql.prepared(after === undefined ? "queued tickets" : "queued tickets after", TicketRow)`
               with adopted as (
                 update tickets t set session_id = s.session_id
                 from sessions s

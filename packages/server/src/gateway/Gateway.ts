@@ -11,7 +11,7 @@ import { makeRouter } from "./Router.ts"
 import { makeSessionRegistry } from "./SessionRegistry.ts"
 import { makeShutdown } from "./Shutdown.ts"
 import { signingTransport } from "./Signing.ts"
-import { makeUplinkPump, READ_BLOCK_MS } from "./UplinkPump.ts"
+import { BATCHES_IN_FLIGHT, makeUplinkPump, READ_BLOCK_MS } from "./UplinkPump.ts"
 
 /**
  * The server's front door, one way through:
@@ -53,7 +53,7 @@ const build = Effect.fnUntraced(function* (config: GatewayConfig) {
     weakened: { mac: config.weakened?.mac === true },
   }
   const lifecycle: Lifecycle = { accepting: true }
-  const batchLock = yield* Semaphore.make(1)
+  const batchLock = yield* Semaphore.make(BATCHES_IN_FLIGHT)
 
   const registry = yield* makeSessionRegistry(config.serverId, config.leaseMs, sessionConfig)
   const registration = yield* makeRegistration(config, sessionKey, registry, lifecycle)
@@ -76,7 +76,7 @@ const build = Effect.fnUntraced(function* (config: GatewayConfig) {
     hearing,
     registry,
     leaseKeeper,
-    route: router.route,
+    prepare: router.prepare,
     batchLock,
   })
   const shutdown = yield* makeShutdown({ config, registry, lifecycle, batchLock })

@@ -2,6 +2,7 @@ import { Store, Transport } from "@picus/core"
 import { Clock, Effect, type Semaphore } from "effect"
 import type { GatewayConfig } from "./config.ts"
 import type { SessionRegistry } from "./SessionRegistry.ts"
+import { BATCHES_IN_FLIGHT } from "./UplinkPump.ts"
 
 /** Sessions taken over per statement, at most: a round takes batches until none is full. */
 const TAKE_OVER_BATCH = 500
@@ -55,7 +56,7 @@ export const makeLeaseKeeper = Effect.fnUntraced(function* (
   yield* store.renewLease({ serverId: config.serverId, leaseMs: config.leaseMs, sessions: [] })
 
   /** One batch: committed and adopted with no batch of the pump in between. */
-  const takeOverBatch = batchLock.withPermits(1)(
+  const takeOverBatch = batchLock.withPermits(BATCHES_IN_FLIGHT)(
     Effect.gen(function* () {
       // Between the takeover's commit and the adoption, PostgreSQL says the session is this
       // instance's but the registry does not have it yet: a message of it handled then would take

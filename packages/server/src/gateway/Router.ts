@@ -22,6 +22,20 @@ import type { SessionRegistry } from "./SessionRegistry.ts"
 
 type PeerMessage = Exclude<Protocol.PeerMessage, Protocol.Register>
 
+/** An entry of a batch, decoded. */
+type Item =
+  | { readonly entry: Delivery; readonly notice: Protocol.ServerNotice }
+  | { readonly entry: Delivery; readonly message: Protocol.PeerMessage }
+  | { readonly entry: Delivery; readonly malformed: Protocol.ProtocolError }
+
+/** A batch decoded: the peers it speaks for, and its handling (the outcome of each entry). */
+export interface PreparedBatch {
+  readonly peers: ReadonlySet<string>
+  /** It has registrations or logouts: sessions open or close, so it runs beside no other batch. */
+  readonly exclusive: boolean
+  readonly run: Effect.Effect<ReadonlyMap<Delivery, EntryOutcome>>
+}
+
 /**
  * Where each uplink entry goes: a result or heartbeat of a session held here to that session; one of
  * a session held by another live instance is forwarded there (once, never onwards); one of a session
@@ -135,31 +149,56 @@ export const makeRouter = Effect.fnUntraced(function* (deps: {
       else yield* session.refill()
     })
 
-  /** Handles a batch; the outcome of every entry. */
-  const route = Effect.fnUntraced(function* (batch: ReadonlyArray<Delivery>) {
+  /**
+   * Decodes a batch and says which peers it speaks for; `run` handles it and gives the outcome of
+   * every entry. The pump lets a batch run beside the one before when they share no peer: each
+   * peer's messages stay in order.
+   */
+  const prepare = (batch: ReadonlyArray<Delivery>): PreparedBatch => {
+    const items: Array<Item> = []
+    const peers = new Set<string>()
+    let exclusive = false
+    for (const entry of batch) {
+      const n = entry.forwarded ? Protocol.decodeServerNotice(entry.payload) : undefined
+      if (n !== undefined) {
+        items.push({ entry, notice: n })
+        continue
+      }
+      const decoded = Protocol.decodePeerMessage(entry.payload)
+      if (Result.isFailure(decoded)) {
+        items.push({ entry, malformed: decoded.failure })
+        continue
+      }
+      peers.add(decoded.success.peer_id)
+      if (decoded.success.msg === "register" || decoded.success.msg === "logout") exclusive = true
+      items.push({ entry, message: decoded.success })
+    }
+    return { peers, exclusive, run: run(items) }
+  }
+
+  const run = Effect.fnUntraced(function* (items: ReadonlyArray<Item>) {
     const outcomes = new Map<Delivery, EntryOutcome>()
     const byPeer = new Map<string, Array<[Protocol.PeerMessage, Delivery]>>()
     // Results for sessions held here are recorded together, in one transaction, ahead of the rest:
     // those of a peer that come before any registration or logout of it in this batch.
     const together: Array<HeldResult> = []
-    for (const entry of batch) {
-      const n = entry.forwarded ? Protocol.decodeServerNotice(entry.payload) : undefined
-      if (n !== undefined) {
-        yield* notice(n)
+    for (const item of items) {
+      const { entry } = item
+      if ("notice" in item) {
+        yield* notice(item.notice)
         outcomes.set(entry, Exit.void)
         continue
       }
-      const decoded = Protocol.decodePeerMessage(entry.payload)
-      if (Result.isFailure(decoded)) {
+      if ("malformed" in item) {
         // Garbage is refused, not retried: nothing it asks for could ever be done.
         yield* badInput(
-          `malformed:${decoded.failure.reason}`,
-          `dropped a malformed message (${decoded.failure.reason}): ${decoded.failure.message}`,
+          `malformed:${item.malformed.reason}`,
+          `dropped a malformed message (${item.malformed.reason}): ${item.malformed.message}`,
         )
         outcomes.set(entry, Exit.void)
         continue
       }
-      const message = decoded.success
+      const message = item.message
       const list = byPeer.get(message.peer_id) ?? []
       const session = message.msg === "result" ? registry.authenticated(message, entry.payload) : undefined
       // Live output need not keep its place before a result: a follower reads the stored output.
@@ -190,5 +229,5 @@ export const makeRouter = Effect.fnUntraced(function* (deps: {
     return outcomes
   })
 
-  return { route }
+  return { prepare }
 })

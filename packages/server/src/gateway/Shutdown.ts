@@ -3,6 +3,7 @@ import { Clock, Effect, type Semaphore } from "effect"
 import type { GatewayConfig } from "./config.ts"
 import type { Lifecycle } from "./Registration.ts"
 import type { SessionRegistry } from "./SessionRegistry.ts"
+import { BATCHES_IN_FLIGHT } from "./UplinkPump.ts"
 
 /**
  * Graceful shutdown: refuse new registrations, log the shutdown with its reason, send every peer
@@ -21,9 +22,9 @@ export const makeShutdown = Effect.fnUntraced(function* (deps: {
   const askTimeoutMs = config.askTimeoutMs ?? 30_000
 
   return Effect.fnUntraced(function* (reason: string) {
-    // Wait out the batch in hand, so a session it is opening is among those told and logged out.
+    // Wait out the batches in hand, so a session they are opening is among those told and logged out.
     yield* deps.batchLock
-      .withPermits(1)(Effect.void)
+      .withPermits(BATCHES_IN_FLIGHT)(Effect.void)
       .pipe(
         Effect.timeoutOrElse({
           duration: askTimeoutMs,

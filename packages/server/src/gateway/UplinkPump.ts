@@ -1,15 +1,22 @@
 import { type Delivery, Protocol, Store, Transport, type UplinkReader } from "@picus/core"
-import { Cause, Clock, Effect, Exit, Result, Scope, type Semaphore } from "effect"
+import { Cause, Clock, Effect, Exit, Fiber, Result, Scope, type Semaphore } from "effect"
 import type { GatewayConfig } from "./config.ts"
 import type { Hearing } from "./Hearing.ts"
 import type { LeaseKeeper } from "./LeaseKeeper.ts"
 import { judge } from "./Poison.ts"
 import { makeRateLimitedLog } from "./RateLimitedLog.ts"
 import type { EntryOutcome } from "./ResultRecorder.ts"
+import type { PreparedBatch } from "./Router.ts"
 import type { SessionRegistry } from "./SessionRegistry.ts"
 
 /** A read blocks at most this long when Redis answers. */
 export const READ_BLOCK_MS = 1_000
+
+/**
+ * Batches in hand at once: the next is read and handled while the last one's statement runs, when
+ * the two share no peer. A takeover or a shutdown takes every permit of the batch lock.
+ */
+export const BATCHES_IN_FLIGHT = 2
 
 interface Retrying {
   readonly delivery: Delivery
@@ -33,8 +40,11 @@ export const makeUplinkPump = Effect.fnUntraced(function* (deps: {
   readonly hearing: Hearing
   readonly registry: SessionRegistry
   readonly leaseKeeper: LeaseKeeper
-  readonly route: (batch: ReadonlyArray<Delivery>) => Effect.Effect<ReadonlyMap<Delivery, EntryOutcome>>
-  /** Held while a batch is handled: shutdown takes it to see every session a batch may be opening. */
+  readonly prepare: (batch: ReadonlyArray<Delivery>) => PreparedBatch
+  /**
+   * One permit held while a batch is handled (BATCHES_IN_FLIGHT in all): shutdown takes them all to
+   * see every session a batch may be opening.
+   */
   readonly batchLock: Semaphore.Semaphore
 }) {
   const { config, reader, hearing, registry, leaseKeeper } = deps
@@ -125,15 +135,32 @@ export const makeUplinkPump = Effect.fnUntraced(function* (deps: {
     }
   })
 
-  /** Entries already in hand (retrying, or in this batch) are not taken a second time. */
+  /** The batch being handled while the next is read, if any: its peers, its entries, its fiber. */
+  let inFlight:
+    | {
+        readonly peers: ReadonlySet<string>
+        readonly exclusive: boolean
+        readonly ids: ReadonlySet<string>
+        readonly fiber: Fiber.Fiber<void>
+      }
+    | undefined
+
+  /** The batch still being handled, if one is. */
+  const handling = () => (inFlight?.fiber.pollUnsafe() === undefined ? inFlight : undefined)
+
+  /** Entries already in hand (retrying, in this batch, or in the one still handled) are not taken a second time. */
   const fresh = (taken: ReadonlyArray<Delivery>, batch: ReadonlyArray<Delivery>) => {
-    const inHand = new Set([...retrying.keys(), ...batch.map((d) => d.id)])
+    const inHand = new Set([...retrying.keys(), ...batch.map((d) => d.id), ...(handling()?.ids ?? [])])
     return taken.filter((d) => !inHand.has(d.id))
   }
 
   let lastReadAt: number | undefined
   let lagMs = 0
   const turn = Effect.gen(function* () {
+    // A batch that died (a defect) fails the pump now, not at the next batch, which may be long.
+    const before = inFlight?.fiber
+    const ended = before?.pollUnsafe()
+    if (before !== undefined && ended !== undefined && Exit.isFailure(ended)) yield* Fiber.join(before)
     const start = yield* Clock.currentTimeMillis
     hearing.readStarted(start)
     let batch = yield* reader.read({
@@ -184,7 +211,28 @@ export const makeUplinkPump = Effect.fnUntraced(function* (deps: {
       }
     }
     if (batch.length === 0) return
-    yield* settle(yield* deps.batchLock.withPermits(1)(deps.route(batch)))
+    const prepared = deps.prepare(batch)
+    const previous = handling()
+    // A peer's messages in order: a batch that shares a peer with the one in hand waits for it; so
+    // does any batch beside one that opens or closes sessions (a notice for a session being opened
+    // must find it).
+    if (
+      previous !== undefined &&
+      (previous.exclusive || prepared.exclusive || [...prepared.peers].some((p) => previous.peers.has(p)))
+    ) {
+      yield* Fiber.join(previous.fiber)
+    }
+    const fiber = yield* deps.batchLock
+      .withPermits(1)(prepared.run)
+      .pipe(Effect.flatMap(settle), Effect.forkIn(scope))
+    inFlight = {
+      peers: prepared.peers,
+      exclusive: prepared.exclusive,
+      ids: new Set(batch.map((d) => d.id)),
+      fiber,
+    }
+    // At most two in hand: the next read waits for the one before this.
+    if (previous !== undefined) yield* Fiber.join(previous.fiber)
   }).pipe(
     Effect.catch((error) =>
       Effect.gen(function* () {
