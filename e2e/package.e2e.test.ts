@@ -123,8 +123,13 @@ describe("picus package", () => {
 
 const debOf = (a: "amd64" | "arm64") => join(out, `picus-peer_0.1.0_${a}.deb`)
 const hostDebArch = hostArch === "arm64" ? "arm64" : "amd64"
+/** dpkg and its maintainer scripts need the system's sbin folders (ldconfig, useradd), as root's PATH has. */
+const withSbin = {
+  ...process.env,
+  PATH: [process.env.PATH ?? "/usr/bin:/bin", "/usr/local/sbin", "/usr/sbin", "/sbin"].join(":"),
+}
 const sh = (command: string, args: ReadonlyArray<string>) =>
-  execFileSync(command, [...args], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] })
+  execFileSync(command, [...args], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], env: withSbin })
 
 /** An empty system to install into: dpkg's admin folder and a passwd with root alone. */
 const emptyRoot = (): string => {
@@ -301,9 +306,7 @@ const readUnit = (): string =>
       "-",
       debOf(hostDebArch),
     ],
-    {
-      encoding: "utf8",
-    },
+    { encoding: "utf8", env: withSbin },
   )
 
 /**
@@ -329,7 +332,7 @@ const verifyUnit = (installed: string) => {
     const result = execFileSync(
       "sh",
       ["-c", 'systemd-analyze verify --root="$1" picus-peer.service 2>&1', "-", root],
-      { encoding: "utf8" },
+      { encoding: "utf8", env: withSbin },
     )
     expect(result).toBe("")
   } finally {
