@@ -1,6 +1,7 @@
 import { randomUUID } from "node:crypto"
 import { assert, describe, it } from "@effect/vitest"
 import { Metrics, Store, StoreMemory, TransportMemory } from "@picus/core"
+import { loginOf } from "@picus/core/testing"
 import { Effect, Layer, Metric } from "effect"
 import { reconcile } from "../src/gateway/Reconciler.ts"
 
@@ -12,17 +13,7 @@ describe("the deadline sweep", () => {
       const store = yield* Store
       const peerId = `peer-${randomUUID().slice(0, 8)}`
       const sessionId = randomUUID()
-      yield* store.login({
-        leaseMs: 60_000,
-        peerId,
-        sessionId,
-        serverId: "server-a",
-        serverIp: "10.0.0.1",
-        os: "linux",
-        distro: "debian",
-        hostname: "host",
-        agentVersion: "test",
-      })
+      yield* store.login(loginOf(peerId, { sessionId }))
       yield* store.logout({ peerId, sessionId, epoch: 1, reason: "peer_logout", serverId: "server-a" })
       const { tickets } = yield* store.submitTickets({
         peerId,

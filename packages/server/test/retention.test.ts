@@ -1,6 +1,7 @@
 import { randomUUID } from "node:crypto"
 import { assert, describe, it } from "@effect/vitest"
 import { Metrics, Store, StoreMemory } from "@picus/core"
+import { loginOf } from "@picus/core/testing"
 import { Effect, Metric } from "effect"
 import { TestClock } from "effect/testing"
 import { pruneRound } from "../src/gateway/Retention.ts"
@@ -12,17 +13,7 @@ const endedSession = Effect.gen(function* () {
   const store = yield* Store
   const peerId = `peer-${randomUUID().slice(0, 8)}`
   const sessionId = randomUUID()
-  yield* store.login({
-    leaseMs: 60_000,
-    peerId,
-    sessionId,
-    serverId: "server-a",
-    serverIp: "10.0.0.1",
-    os: "linux",
-    distro: "debian",
-    hostname: "host",
-    agentVersion: "test",
-  })
+  yield* store.login(loginOf(peerId, { sessionId }))
   yield* store.logout({ peerId, sessionId, epoch: 1, reason: "peer_logout", serverId: "server-a" })
   return peerId
 })

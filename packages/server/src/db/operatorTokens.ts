@@ -6,7 +6,7 @@ import {
 } from "@picus/core"
 import { Option, Schema } from "effect"
 import { type DatabasePool, sql } from "slonik"
-import { attempt, NullableInt, std } from "./shared.ts"
+import { attempt, NullableInt, std, tokenMatch } from "./shared.ts"
 
 const OperatorTokenRow = std(
   Schema.Struct({
@@ -20,8 +20,6 @@ const OperatorTokenRow = std(
   }),
 )
 const TokenIdRow = std(Schema.Struct({ tokenId: Schema.Int }))
-
-const BIGINT_MAX = 9_223_372_036_854_775_807n
 
 const columns = sql.fragment`
   token_id as "tokenId", name, scope, prefix, created_at as "createdAt", revoked_at as "revokedAt",
@@ -46,11 +44,8 @@ export const makePgOperatorTokens = (pool: DatabasePool): OperatorTokenStoreServ
 
     revokeOperatorToken: (idOrPrefix) =>
       attempt("revokeOperatorToken", async () => {
-        const byId = /^\d+$/.test(idOrPrefix)
-        if (byId && BigInt(idOrPrefix) > BIGINT_MAX) return []
-        const match = byId
-          ? sql.fragment`token_id = ${idOrPrefix}::bigint`
-          : sql.fragment`prefix = ${idOrPrefix}`
+        const match = tokenMatch(idOrPrefix)
+        if (match === undefined) return []
         return pool.anyFirst(sql.type(TokenIdRow)`
           update operator_tokens set revoked_at = now()
           where ${match} and revoked_at is null

@@ -92,3 +92,15 @@ export class Fenced extends Error {
     this.lease = lease
   }
 }
+
+const BIGINT_MAX = 9_223_372_036_854_775_807n
+
+/**
+ * Which token rows `idOrPrefix` names, for a revoke: a whole number is an id, anything else a
+ * prefix. Undefined for an id past bigint, which no row can have.
+ */
+export const tokenMatch = (idOrPrefix: string) => {
+  const byId = /^\d+$/.test(idOrPrefix)
+  if (byId && BigInt(idOrPrefix) > BIGINT_MAX) return undefined
+  return byId ? sql.fragment`token_id = ${idOrPrefix}::bigint` : sql.fragment`prefix = ${idOrPrefix}`
+}

@@ -1,7 +1,7 @@
 import { TokenStore, type TokenStoreService } from "@picus/core"
 import { Option, Schema } from "effect"
 import { type DatabasePool, sql } from "slonik"
-import { attempt, NullableInt, NullableString, std } from "./shared.ts"
+import { attempt, NullableInt, NullableString, std, tokenMatch } from "./shared.ts"
 
 const TokenRow = std(
   Schema.Struct({
@@ -14,8 +14,6 @@ const TokenRow = std(
   }),
 )
 const TokenIdRow = std(Schema.Struct({ tokenId: Schema.Int }))
-
-const BIGINT_MAX = 9_223_372_036_854_775_807n
 
 const tokenColumns = sql.fragment`
   token_id as "tokenId", name, prefix, created_at as "createdAt", revoked_at as "revokedAt",
@@ -40,11 +38,8 @@ export const makePgTokens = (pool: DatabasePool): TokenStoreService => {
 
     revokeToken: (idOrPrefix) =>
       attempt("revokeToken", async () => {
-        const byId = /^\d+$/.test(idOrPrefix)
-        if (byId && BigInt(idOrPrefix) > BIGINT_MAX) return []
-        const match = byId
-          ? sql.fragment`token_id = ${idOrPrefix}::bigint`
-          : sql.fragment`prefix = ${idOrPrefix}`
+        const match = tokenMatch(idOrPrefix)
+        if (match === undefined) return []
         return pool.anyFirst(sql.type(TokenIdRow)`
           update tokens set revoked_at = now()
           where ${match} and revoked_at is null

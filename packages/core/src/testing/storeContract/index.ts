@@ -13,7 +13,7 @@ import { sessionContract } from "./sessions.ts"
 import { ticketContract } from "./tickets.ts"
 import { tokenContract } from "./tokens.ts"
 
-export type { StoreIt } from "./support.ts"
+export { loginOf, type StoreIt } from "./support.ts"
 export {
   cancelContract,
   catalogContract,
