@@ -2,6 +2,7 @@ import { writeFileSync } from "node:fs"
 import { join } from "node:path"
 import { afterEach, beforeEach, describe, expect, it } from "vitest"
 import { makeWorld, type World, writeCatalog } from "./support/env.ts"
+import { freePort } from "./support/ports.ts"
 import { eventually, killAll, runPicus, startPicus } from "./support/processes.ts"
 
 // Runs across the fleet with real processes: a server, peers of two distros (each reads its own
@@ -29,9 +30,9 @@ const createToken = async () => {
 }
 
 /** The server and one peer per distro given, all logged in. */
-const fleet = async (distros: ReadonlyArray<string>) => {
+const fleet = async (distros: ReadonlyArray<string>, serverArgs: ReadonlyArray<string> = []) => {
   const token = await createToken()
-  const server = startPicus("server", ["server"], {
+  const server = startPicus("server", ["server", ...serverArgs], {
     ...world.env,
     PICUS_CATALOG: writeCatalog(world.dir, []),
   })
@@ -153,5 +154,71 @@ describe("picus run", () => {
     const late = await runPicus(["run", "--all", "--timeout", "1s", "--json", "--", "true"], world.env)
     expect(late.code, late.output).toBe(3)
     expect(linesOf(late.stdout)[0]).toMatchObject({ state: "undeliverable" })
+  })
+
+  it("goes through a server's HTTP API with PICUS_API_URL: same outcomes and exit codes, no PostgreSQL or Redis settings", async () => {
+    const port = await freePort()
+    const ids = await fleet(["alpine", "debian"], ["--http", `127.0.0.1:${port}`])
+    const created = await runPicus(
+      ["operator-token", "create", "--name", "ops", "--scope", "admin", "--json"],
+      world.env,
+    )
+    expect(created.code, created.output).toBe(0)
+    const { token } = JSON.parse(created.stdout) as { token: string }
+    // Nothing but the API: PostgreSQL and Redis settings that lead nowhere.
+    const viaApi = {
+      ...world.env,
+      DATABASE_URL: "postgres://postgres@127.0.0.1:1/nowhere",
+      REDIS_URL: "redis://127.0.0.1:1",
+      PICUS_API_URL: `http://127.0.0.1:${port}`,
+      PICUS_API_TOKEN: token,
+    }
+
+    const ok = await runPicus(["run", "--all", "--json", "--", "echo hi via the api"], viaApi)
+    expect(ok.code, ok.output).toBe(0)
+    const lines = linesOf(ok.stdout)
+    const tickets = lines.filter((l) => "ticket" in l) as unknown as ReadonlyArray<TicketLine>
+    expect(tickets.map((t) => t.peer_id).sort()).toEqual([...ids].sort())
+    expect(tickets.map((t) => t.output)).toEqual(["hi via the api", "hi via the api"])
+    expect(lines.at(-1)).toMatchObject({ summary: { total: 2, succeeded: 2, failed: 0 } })
+    // The API records who started it.
+    const runId = (lines.at(-1) as { summary: { run_id: string } }).summary.run_id
+    const recorded = await runPicus(["run", "show", runId, "--json"], world.env)
+    expect(recorded.code, recorded.output).toBe(0)
+    expect(JSON.parse(recorded.stdout)).toMatchObject({ run: { createdBy: "api:ops" } })
+
+    const table = await runPicus(["run", "--distro", "debian", "--", "echo table; exit 4"], viaApi)
+    expect(table.code, table.output).toBe(1)
+    expect(table.stdout).toMatch(new RegExp(`${ids[1]}\\s+failed\\s+4\\s+`))
+    expect(table.stdout).toContain("1/1 done, 0 succeeded, 1 failed")
+
+    const dry = await runPicus(["run", "--distro", "alpine", "--dry-run", "--json", "--", "true"], viaApi)
+    expect(dry.code, dry.output).toBe(0)
+    expect((JSON.parse(dry.stdout) as ReadonlyArray<{ peer: string }>).map((p) => p.peer)).toEqual([ids[0]])
+
+    const nobody = await runPicus(["run", "--distro", "gentoo", "--", "true"], viaApi)
+    expect(nobody.code, nobody.output).toBe(3)
+    expect(nobody.output).toContain("no peer matches")
+
+    const noToken = await runPicus(["run", "--all", "--", "true"], { ...viaApi, PICUS_API_TOKEN: "" })
+    expect(noToken.code, noToken.output).toBe(2)
+    expect(noToken.output).toContain("set PICUS_API_TOKEN")
+    const wrongToken = await runPicus(["run", "--all", "--", "true"], {
+      ...viaApi,
+      PICUS_API_TOKEN: "picusop_nope",
+    })
+    expect(wrongToken.code, wrongToken.output).toBe(1)
+    expect(wrongToken.output).toContain("refused the token")
+    const nowhere = await runPicus(["run", "--all", "--", "true"], {
+      ...viaApi,
+      PICUS_API_URL: "http://127.0.0.1:1",
+    })
+    expect(nowhere.code, nowhere.output).toBe(1)
+    expect(nowhere.output).toContain("cannot reach the API at http://127.0.0.1:1")
+
+    // Without the API, the same settings fail: the command above did not use them.
+    const direct = await runPicus(["run", "--all", "--", "true"], { ...viaApi, PICUS_API_URL: "" })
+    expect(direct.code).not.toBe(0)
+    expect(direct.output).toMatch(/cannot reach|PostgreSQL|Redis/)
   })
 })

@@ -1,5 +1,6 @@
-import { spawn } from "node:child_process"
+import { spawn, spawnSync } from "node:child_process"
 import { mkdtempSync, rmSync } from "node:fs"
+import { createServer } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { sleep, wallNow } from "./clock.ts"
@@ -13,7 +14,10 @@ import type { BenchEnv } from "./system.ts"
 /**
  * Fan-out: what an operator waits for. P real peers on one server; `./picus run --all -- echo hi`
  * from the command to its exit, R times, with the CPU seconds the whole machine spent meanwhile
- * (every process: the command, the server, the peers and their shells, PostgreSQL, Redis).
+ * (every process: the command, the server, the peers and their shells, PostgreSQL, Redis). The
+ * peers run as `./picus peer` runs them (the bundle). The command goes through the server's HTTP
+ * API (PICUS_API_URL, as on an operator's machine), then, R times more, to PostgreSQL and Redis
+ * directly (as on a server's own machine).
  */
 
 const picus = join(import.meta.dirname, "..", "..", "picus")
@@ -23,7 +27,11 @@ export interface FanoutOptions {
   readonly repeats: number
 }
 
+/** How the command reaches the cluster: the server's HTTP API, or PostgreSQL and Redis directly. */
+export type FanoutMode = "api" | "direct"
+
 export interface FanoutRun {
+  readonly mode: FanoutMode
   readonly wallMs: number
   readonly machineCpuS: number
   /** The machine's CPU in the 0.5 s before the command (nothing of this system running), per second. */
@@ -40,20 +48,77 @@ export interface FanoutRun {
   readonly succeeded: number
 }
 
+export interface FanoutMedians {
+  readonly wallMs: number
+  readonly machineCpuS: number
+  readonly ownCpuS: number
+  readonly command: number
+  readonly server: number
+  readonly peers: number
+}
+
 export interface FanoutResult {
   readonly peers: number
+  /** Through the API, then directly. */
   readonly runs: ReadonlyArray<FanoutRun>
+  /** Of the API's runs (the headline). */
   readonly medianWallMs?: number
   readonly medianMachineCpuS?: number
   readonly medianOwnCpuS?: number
+  readonly medians?: Partial<Record<FanoutMode, FanoutMedians>>
   readonly error?: string
 }
+
+const picusCommand = { command: picus, args: ["peer"] }
+
+/** A free port of 127.0.0.1 for the server's HTTP API. */
+const freePort = (): Promise<number> =>
+  new Promise((resolve, reject) => {
+    const server = createServer()
+    server.once("error", reject)
+    server.listen(0, "127.0.0.1", () => {
+      const address = server.address()
+      server.close(() => (typeof address === "object" && address !== null ? resolve(address.port) : reject()))
+    })
+  })
+
+const clusterEnv = (cluster: Cluster) => ({
+  DATABASE_URL: cluster.databaseUrl,
+  REDIS_URL: cluster.redisUrl,
+  PICUS_REDIS_PREFIX: cluster.prefix,
+})
+
+/** An admin operator token of the cluster, made as an operator makes one. */
+const operatorToken = (cluster: Cluster): string => {
+  const made = spawnSync(picus, ["operator-token", "create", "--name", "bench", "--scope", "admin"], {
+    env: { ...process.env, ...clusterEnv(cluster) },
+    encoding: "utf8",
+  })
+  const token = /picusop_\S+/.exec(made.stdout)?.[0]
+  if (made.status !== 0 || token === undefined)
+    throw new Error(`picus operator-token create exited ${made.status}:\n${made.stdout}${made.stderr}`)
+  return token
+}
+
+const mediansOf = (runs: ReadonlyArray<FanoutRun>): FanoutMedians => ({
+  wallMs: median(runs.map((r) => r.wallMs)),
+  machineCpuS: median(runs.map((r) => r.machineCpuS)),
+  ownCpuS: median(runs.map((r) => r.ownCpuS)),
+  command: median(runs.map((r) => r.split.command)),
+  server: median(runs.map((r) => r.split.server)),
+  peers: median(runs.map((r) => r.split.peers)),
+})
 
 /** CPU ms of the given processes with their reaped children. */
 const treeCpuMs = (pids: ReadonlyArray<number>): number =>
   pids.reduce((sum, pid) => sum + readProcess(pid, { children: true }).cpuMs, 0)
 
-const runOnce = async (cluster: Cluster, peerPids: ReadonlyArray<number>): Promise<FanoutRun> => {
+const runOnce = async (
+  cluster: Cluster,
+  peerPids: ReadonlyArray<number>,
+  mode: FanoutMode,
+  api: { readonly url: string; readonly token: string },
+): Promise<FanoutRun> => {
   const serverPids = cluster.servers.map((s) => s.pid!)
   // The bench's own CPU is not the command's: only its reaped children's (cutime + cstime).
   const commandCpuMs = () => treeCpuMs([process.pid]) - readProcess(process.pid).cpuMs
@@ -66,9 +131,8 @@ const runOnce = async (cluster: Cluster, peerPids: ReadonlyArray<number>): Promi
   const child = spawn(picus, ["run", "--all", "--json", "--", "echo hi"], {
     env: {
       ...process.env,
-      DATABASE_URL: cluster.databaseUrl,
-      REDIS_URL: cluster.redisUrl,
-      PICUS_REDIS_PREFIX: cluster.prefix,
+      ...clusterEnv(cluster),
+      ...(mode === "api" ? { PICUS_API_URL: api.url, PICUS_API_TOKEN: api.token } : {}),
     },
     stdio: ["ignore", "pipe", "pipe"],
   })
@@ -94,6 +158,7 @@ const runOnce = async (cluster: Cluster, peerPids: ReadonlyArray<number>): Promi
        and run_id = (select run_id from runs order by created_at desc limit 1)`,
   )
   return {
+    mode,
     wallMs,
     machineCpuS: (meanCores * sampledMs) / 1000,
     backgroundCores,
@@ -109,32 +174,38 @@ export const runFanout = async (env: BenchEnv, options: FanoutOptions): Promise<
   let cluster: Cluster | undefined
   const peers: Array<Awaited<ReturnType<typeof startPeer>>> = []
   try {
-    cluster = await startCluster(env, "fanout", 1)
+    const port = await freePort()
+    cluster = await startCluster(env, "fanout", 1, { PICUS_HTTP: `127.0.0.1:${port}` })
     const started = cluster
     for (let i = 0; i < options.peers; i++)
       peers.push(
         await withTimeout(
-          startPeer(started, `fan-${i}`, join(dir, `fan-${i}`)),
+          startPeer(started, `fan-${i}`, join(dir, `fan-${i}`), picusCommand),
           60_000,
           () => `peer fan-${i}`,
         ),
       )
-    // One run first, not counted: the command's compiled code is cached from then on, as for an operator.
+    const api = { url: `http://127.0.0.1:${port}`, token: operatorToken(started) }
     const peerPids = peers.map((p) => p.pid!)
-    await runOnce(started, peerPids)
     const runs: Array<FanoutRun> = []
-    for (let i = 0; i < options.repeats; i++) {
-      const run = await runOnce(started, peerPids)
-      if (run.succeeded !== options.peers)
-        throw new Error(`run ${i + 1}: ${run.succeeded} of ${options.peers} peers succeeded`)
-      runs.push(run)
+    for (const mode of ["api", "direct"] as const) {
+      // One run first, not counted: the command's compiled code is cached from then on, as for an operator.
+      await runOnce(started, peerPids, mode, api)
+      for (let i = 0; i < options.repeats; i++) {
+        const run = await runOnce(started, peerPids, mode, api)
+        if (run.succeeded !== options.peers)
+          throw new Error(`${mode} run ${i + 1}: ${run.succeeded} of ${options.peers} peers succeeded`)
+        runs.push(run)
+      }
     }
+    const apiMedians = mediansOf(runs.filter((r) => r.mode === "api"))
     return {
       peers: options.peers,
       runs,
-      medianWallMs: median(runs.map((r) => r.wallMs)),
-      medianMachineCpuS: median(runs.map((r) => r.machineCpuS)),
-      medianOwnCpuS: median(runs.map((r) => r.ownCpuS)),
+      medianWallMs: apiMedians.wallMs,
+      medianMachineCpuS: apiMedians.machineCpuS,
+      medianOwnCpuS: apiMedians.ownCpuS,
+      medians: { api: apiMedians, direct: mediansOf(runs.filter((r) => r.mode === "direct")) },
     }
   } catch (error) {
     return { peers: options.peers, runs: [], error: error instanceof Error ? error.message : String(error) }

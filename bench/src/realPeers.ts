@@ -83,7 +83,18 @@ const startTreeSampler = (pids: ReadonlyArray<number>) => {
   }
 }
 
-export const startPeer = (cluster: Cluster, peerId: string, stateDir: string): Promise<ChildProcess> =>
+/** How a peer is started, if not from the sources: a command and its first arguments. */
+export interface PeerLauncher {
+  readonly command: string
+  readonly args: ReadonlyArray<string>
+}
+
+export const startPeer = (
+  cluster: Cluster,
+  peerId: string,
+  stateDir: string,
+  launcher?: PeerLauncher,
+): Promise<ChildProcess> =>
   new Promise((resolve, reject) => {
     // BENCH_PEER_NODE_ARGS: Node options for the peers only (--cpu-prof, say); BENCH_REAL_PEER_EXECUTABLE:
     // a packaged peer (./picus package) in place of the sources, to see what its V8 flags cost (its
@@ -91,9 +102,11 @@ export const startPeer = (cluster: Cluster, peerId: string, stateDir: string): P
     const nodeArgs = process.env.BENCH_PEER_NODE_ARGS?.split(" ").filter(Boolean) ?? []
     const executable = process.env.BENCH_REAL_PEER_EXECUTABLE
     const [command, args] =
-      executable === undefined || executable === ""
-        ? [process.execPath, [...nodeArgs, peerScript]]
-        : [executable, []]
+      launcher !== undefined
+        ? [launcher.command, [...launcher.args]]
+        : executable === undefined || executable === ""
+          ? [process.execPath, [...nodeArgs, peerScript]]
+          : [executable, []]
     const child = spawn(command, [...args, "--peer-id", peerId, "--state-dir", stateDir], {
       env: {
         ...process.env,

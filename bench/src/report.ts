@@ -364,12 +364,14 @@ const summaryMarkdown = (input: ReportInput, groups: ReadonlyArray<GroupSummary>
     const f = input.fanout
     lines.push("## Fan-out", "")
     lines.push(
-      `One server and ${f.peers} real peers; \`./picus run --all -- echo hi\` from the command to its ` +
-        "exit (it waits for every result), after one run not counted. Machine CPU: every process on the " +
-        "machine meanwhile (the command, the server, the peers and their shells, PostgreSQL, Redis, and " +
-        "whatever else the machine ran); own CPU: the command, the server and the peers with their " +
-        "shells alone, from /proc; background: the machine's cores busy in the 0.5 s before each command " +
-        "(none of this system's work, e.g. other processes of the machine). " +
+      `One server and ${f.peers} real peers (each run as \`./picus peer\` runs it); ` +
+        "`./picus run --all -- echo hi` from the command to its exit (it waits for every result), " +
+        "first through the server's HTTP API (`PICUS_API_URL`, as from an operator's machine), then " +
+        "to PostgreSQL and Redis directly, after one run of each not counted. Machine CPU: every " +
+        "process on the machine meanwhile (the command, the server, the peers and their shells, " +
+        "PostgreSQL, Redis, and whatever else the machine ran); own CPU: the command, the server and " +
+        "the peers with their shells alone, from /proc; background: the machine's cores busy in the " +
+        "0.5 s before each command (none of this system's work, e.g. other processes of the machine). " +
         "Reference from the issue, same kind of machine: Salt 3006 with 20 minions, " +
         "`salt '*' cmd.run 'echo hi'`, 1.9 s and 3.5 CPU-seconds.",
       "",
@@ -377,20 +379,24 @@ const summaryMarkdown = (input: ReportInput, groups: ReadonlyArray<GroupSummary>
     if (f.error !== undefined) lines.push(`Failed: ${f.error}`, "")
     else {
       lines.push(
-        "| run | wall s | machine CPU s | background cores | own CPU s | command | server | peers |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| run | via | wall s | machine CPU s | background cores | own CPU s | command | server | peers |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
       )
       for (const [i, r] of f.runs.entries())
         lines.push(
-          `| ${i + 1} | ${fmtNum(r.wallMs / 1000, 3)} | ${fmtNum(r.machineCpuS, 2)} | ` +
+          `| ${i + 1} | ${r.mode ?? "direct"} | ${fmtNum(r.wallMs / 1000, 3)} | ${fmtNum(r.machineCpuS, 2)} | ` +
             `${fmtNum(r.backgroundCores, 2)} | ${fmtNum(r.ownCpuS, 2)} | ` +
             `${fmtNum(r.split.command, 2)} | ${fmtNum(r.split.server, 2)} | ${fmtNum(r.split.peers, 2)} |`,
         )
-      lines.push(
-        `| median | ${fmtNum((f.medianWallMs ?? Number.NaN) / 1000, 3)} | ${fmtNum(f.medianMachineCpuS, 2)} | ` +
-          `| ${fmtNum(f.medianOwnCpuS, 2)} | | | |`,
-        "",
-      )
+      for (const mode of ["api", "direct"] as const) {
+        const m = f.medians?.[mode]
+        if (m === undefined) continue
+        lines.push(
+          `| median | ${mode} | ${fmtNum(m.wallMs / 1000, 3)} | ${fmtNum(m.machineCpuS, 2)} | | ` +
+            `${fmtNum(m.ownCpuS, 2)} | ${fmtNum(m.command, 2)} | ${fmtNum(m.server, 2)} | ${fmtNum(m.peers, 2)} |`,
+        )
+      }
+      lines.push("")
     }
   }
 

@@ -27,7 +27,17 @@ const configGiven =
   process.argv.some((a) => a === "--config" || a.startsWith("--config=")) || !!process.env.PICUS_CONFIG
 const siblings = configGiven ? await Promise.all([operator(), serverOf(), peerOf()]) : []
 
-if (first === "server") runProgram(await serverOf(), argvOf(rest), { elsewhere: await elsewhere(), siblings })
+// `run` through a server's API (not `run show`): the program of that one command, which loads
+// neither the stores nor Redis (a config file may name other programs' keys: the whole program).
+const viaApi =
+  first === "run" &&
+  rest[0] !== "show" &&
+  !configGiven &&
+  (!!process.env.PICUS_API_URL?.trim() || rest.some((a) => a === "--api-url" || a.startsWith("--api-url=")))
+
+if (viaApi) runProgram((await import("./apiProgram.ts")).apiRunProgram("picus"), process.argv)
+else if (first === "server")
+  runProgram(await serverOf(), argvOf(rest), { elsewhere: await elsewhere(), siblings })
 else if (first === "peer")
   runProgram(await peerOf(), argvOf(rest), { elsewhere: await elsewhere(), siblings })
 else runProgram(await operator(), process.argv, { siblings })

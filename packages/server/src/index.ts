@@ -30,6 +30,7 @@ export {
   statementKey,
 } from "./db/statementCounter.ts"
 export { addSeedPeer, createToken, OPERATOR, revokeTokens } from "./enrollment.ts"
+export { sharedOptions } from "./flags.ts"
 export { type Gateway, GatewayFailed, gatewayConfigFrom, makeGateway, untilSignal } from "./gateway/index.ts"
 export { MAX_REGISTER_SKEW_MS } from "./gateway/Registration.ts"
 export {
@@ -38,7 +39,6 @@ export {
   redisDbOf,
   redisOf,
   redisUrlFor,
-  sharedOptions,
   storeLayer,
   transportLayer,
   withExistingStore,

@@ -3,7 +3,6 @@
  * `make dev`'s embedded one), the servers' Redis, and who may use Redis as which peer.
  */
 import { layerRedisAcl, type Stores, TransportRedis, UsageError } from "@picus/core"
-import type { Command } from "cac"
 import { Effect, Layer } from "effect"
 import { OPEN_MODE_WARNING, PeerAccess } from "./access/PeerAccess.ts"
 import { layerRedisPeerAccess, makeRedisUsers, type RedisUsers } from "./access/RedisPeerAccess.ts"
@@ -110,17 +109,6 @@ export const isUsageError = (failure: unknown): boolean =>
   failure instanceof InvalidJob ||
   failure instanceof CatalogError ||
   failure instanceof ServerIdInUse
-
-/** The flags every command that reaches PostgreSQL or Redis takes. */
-export const sharedOptions = (command: Command) =>
-  command
-    .option("--database-url <url>", "PostgreSQL URL (env DATABASE_URL)")
-    .option("--redis-url <url>", "Redis URL, a /db index is honoured (env REDIS_URL)")
-    .option("--redis-prefix <prefix>", "Prefix of every Redis key (env PICUS_REDIS_PREFIX, default picus)")
-    .option(
-      "--redis-users <on|off>",
-      "A Redis user per peer, limited to what it needs (env PICUS_REDIS_USERS, default on; off: open mode)",
-    )
 
 /**
  * The Store of a command that works on a cluster already set up (run, submit, cancel): the database

@@ -18,8 +18,9 @@ import { claimServerId } from "./claimServerId.ts"
 import type { ClusterKey } from "./clusterKey.ts"
 import { requireClusterKey, resolveServerConfig, type ServerConfig, type ServerFlags } from "./config.ts"
 import { countersLine } from "./db/statementCounter.ts"
+import { sharedOptions } from "./flags.ts"
 import { gatewayConfigFrom, makeGateway, untilSignal } from "./gateway/index.ts"
-import { isUsageError, peerAccessLayer, redisOf, sharedOptions, storeLayer } from "./layers.ts"
+import { isUsageError, peerAccessLayer, redisOf, storeLayer } from "./layers.ts"
 
 /** `kill -USR2 <pid>` prints the process's counters as one line on stdout (the bench reads them). */
 const countersOnSignal = Effect.acquireRelease(

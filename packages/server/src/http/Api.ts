@@ -144,6 +144,8 @@ export const SubmitRun = Schema.Struct({
   max_errors: Schema.optional(Amount),
   online_only: Schema.optional(Schema.Boolean),
   allow_empty: Schema.optional(Schema.Boolean),
+  /** List the peers it would reach, and send nothing. */
+  dry_run: Schema.optional(Schema.Boolean),
 })
 
 /** `POST /api/runs/:id/cancel`, `POST /api/tickets/:id/cancel`: why (optional). */
@@ -400,6 +402,7 @@ export const apiRoutes = HttpRouter.use((router) =>
             ...(maxErrors === undefined ? {} : { maxErrors }),
             onlineOnly: body.online_only === true,
             allowEmpty: body.allow_empty === true,
+            dryRun: body.dry_run === true,
           }).pipe(
             Effect.catchIf(
               (error): error is InvalidJob | NoMatchingPeers =>
@@ -412,11 +415,26 @@ export const apiRoutes = HttpRouter.use((router) =>
                 ),
             ),
           )
+          if (body.dry_run === true)
+            return json({
+              run_id: null,
+              dry_run: true,
+              peers: created.peers.map((p) => ({
+                peer_id: p.peerId,
+                os: p.os,
+                distro: p.distro,
+                online: p.online,
+                labels: p.labels,
+              })),
+              skipped: created.skipped.map((p) => p.peerId),
+            })
           return HttpServerResponse.jsonUnsafe(
             {
               run_id: created.runId,
               tickets: created.tickets.length,
+              ticket_ids: created.tickets.map((t) => t.ticket),
               peers: created.peers.map((p) => p.peerId),
+              offline: created.peers.filter((p) => !p.online).map((p) => p.peerId),
               skipped: created.skipped.map((p) => p.peerId),
             },
             { status: 201 },
