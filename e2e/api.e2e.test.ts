@@ -1,9 +1,11 @@
 import { join } from "node:path"
+import { Redis } from "ioredis"
 import { afterEach, beforeEach, describe, expect, it } from "vitest"
 import { detectOs } from "../packages/peer/src/osInfo.ts"
 import { makeWorld, type World, writeCatalog } from "./support/env.ts"
 import { freePort } from "./support/ports.ts"
 import { eventually, killAll, runPicus, startPicus } from "./support/processes.ts"
+import { startPrivateRedis } from "./support/redis.ts"
 
 // The JSON API of a real server (real PostgreSQL and Redis) with a real peer: operator tokens made
 // with the command line, what each scope may do, and the shapes of the answers.
@@ -248,5 +250,77 @@ describe("the JSON API", () => {
     expect(server.output()).not.toContain(admin.token)
     server.signalGroup("SIGINT")
     expect(await server.exited).toBe(0)
+  })
+
+  it("serves many event streams on one Redis subscription, closed after the last", async () => {
+    // A Redis of its own, so that its count of connections is this server's alone.
+    const redis = await startPrivateRedis({ persistent: false })
+    const admin = new Redis(redis.url)
+    try {
+      const env = { ...world.env, REDIS_URL: redis.url }
+      const port = await freePort()
+      const server = startPicus("server", ["server", "--http", `127.0.0.1:${port}`, "--redis-users", "off"], {
+        ...env,
+        PICUS_CATALOG: writeCatalog(world.dir, []),
+      })
+      await server.waitForLine(/serving/)
+      const created = await runPicus(
+        ["operator-token", "create", "--name", "watch", "--scope", "read", "--json"],
+        env,
+      )
+      expect(created.code, created.output).toBe(0)
+      const { token } = JSON.parse(created.stdout) as { token: string }
+      const clients = async () => {
+        const info = await admin.info("clients")
+        return Number(/connected_clients:(\d+)/.exec(info)?.[1])
+      }
+      const before = await clients()
+
+      // Five streams, each reading until it has seen an event published after all five opened.
+      const streams = await Promise.all(
+        Array.from({ length: 5 }, async () => {
+          const abort = new AbortController()
+          const response = await fetch(`http://127.0.0.1:${port}/api/events`, {
+            headers: { authorization: `Bearer ${token}` },
+            signal: abort.signal,
+          })
+          expect(response.status).toBe(200)
+          const reader = response.body!.getReader()
+          let text = ""
+          const read = async (until: (text: string) => boolean) => {
+            while (!until(text)) {
+              const { value, done } = await reader.read()
+              if (done) throw new Error(`the stream ended:\n${text}`)
+              text += new TextDecoder().decode(value)
+            }
+          }
+          await read((t) => t.includes(": connected"))
+          return { read, abort }
+        }),
+      )
+      const event = { event: "shutdown", at: Date.now(), server_id: "probe", reason: "probe" }
+      // Published until every stream heard it (each one's subscription is live once it has).
+      const heard = Promise.all(streams.map((s) => s.read((t) => t.includes('"server_id":"probe"'))))
+      let done = false
+      void heard.then(() => {
+        done = true
+      })
+      while (!done) {
+        await admin.publish(`${world.prefix}:events`, JSON.stringify(event))
+        await Promise.race([heard, new Promise((resolve) => setTimeout(resolve, 100))])
+      }
+      // One subscription (one connection) for the five of them.
+      expect(await clients()).toBe(before + 1)
+
+      for (const s of streams) s.abort.abort()
+      await eventually("the subscription closed after the last stream", async () =>
+        (await clients()) === before ? true : undefined,
+      )
+      server.signalGroup("SIGINT")
+      expect(await server.exited).toBe(0)
+    } finally {
+      admin.disconnect()
+      await redis.stop()
+    }
   })
 })

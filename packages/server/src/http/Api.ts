@@ -241,6 +241,15 @@ export const apiRoutes = HttpRouter.use((router) =>
     const transport = yield* Transport
     // The handlers run with the services the routes were built with.
     const services = yield* Effect.context<OperatorTokenStore | RunStore | TicketStore | Transport>()
+    // One Redis subscription for all of this server's event streams, opened with the first and
+    // closed after the last: a subscription per stream would be a Redis connection per client
+    // (any read token could open thousands). Only what decodes as a feed event of this version
+    // goes out; the feed never carries a token. A client too slow to keep up misses events (the
+    // oldest go first), as the feed is at most once anyway.
+    const feed = yield* Stream.share(
+      transport.subscribe.pipe(Stream.filter((payload) => Protocol.decodeFeedEvent(payload) !== undefined)),
+      { capacity: 4_096, strategy: "sliding" },
+    )
     const guarded = <R>(
       needs: OperatorScope,
       body: (token: OperatorTokenInfo) => Effect.Effect<HttpServerResponse.HttpServerResponse, Failures, R>,
@@ -347,11 +356,7 @@ export const apiRoutes = HttpRouter.use((router) =>
         Effect.succeed(
           HttpServerResponse.stream(
             Stream.merge(
-              // Only what decodes as a feed event of this version goes out; the feed never carries a token.
-              transport.subscribe.pipe(
-                Stream.filter((payload) => Protocol.decodeFeedEvent(payload) !== undefined),
-                Stream.map((payload) => `data: ${payload}\n\n`),
-              ),
+              feed.pipe(Stream.map((payload) => `data: ${payload}\n\n`)),
               Stream.fromSchedule(Schedule.spaced(KEEPALIVE)).pipe(Stream.map(() => ": keep-alive\n\n")),
             ).pipe(
               Stream.prepend([": connected\n\n"]),
