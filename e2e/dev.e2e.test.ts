@@ -69,6 +69,22 @@ describe("make dev", () => {
     const { peers } = (await api.json()) as { peers: Array<{ peer_id: string }> }
     expect(peers.map((p) => p.peer_id).sort()).toEqual(expect.arrayContaining(["peer-1", "peer-2"]))
     expect((await fetch(`http://127.0.0.1:${port}/`)).status).toBe(200)
+    // The command line from another terminal, as printed: a run across make dev's peers.
+    const line = /Command line: PICUS_API_URL=(\S+) PICUS_API_TOKEN=(\S+) \.\/picus run/.exec(output)
+    expect(line, output).not.toBeNull()
+    const ran = await runPicus(["run", "--all", "--json", "--", "echo from the command line"], {
+      PATH: process.env.PATH ?? "",
+      HOME: process.env.HOME ?? "",
+      PICUS_API_URL: line![1]!,
+      PICUS_API_TOKEN: line![2]!,
+    })
+    expect(ran.code, ran.output).toBe(0)
+    const tickets = ran.stdout
+      .split("\n")
+      .map((l) => JSON.parse(l) as { peer_id?: string; output?: string })
+      .filter((t) => t.peer_id !== undefined)
+    expect(tickets.map((t) => t.peer_id).sort()).toEqual(["peer-1", "peer-2"])
+    expect(tickets.every((t) => t.output === "from the command line")).toBe(true)
 
     process.kill(-child.pid!, "SIGINT")
     const code = await exited

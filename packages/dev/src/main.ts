@@ -105,7 +105,15 @@ const run = (signalled: Effect.Effect<NodeJS.Signals>) =>
       const { secret, info } = yield* createOperatorToken("make dev", "read")
       yield* Effect.addFinalizer(() => store.revokeOperatorToken(String(info.tokenId)).pipe(Effect.ignore))
       const url = `http://${config.http.host.includes(":") ? `[${config.http.host}]` : config.http.host}:${config.http.port}/`
-      yield* Console.log(`Dashboard: ${url}  (operator token, read: ${secret})\n`)
+      yield* Console.log(`Dashboard: ${url}  (operator token, read: ${secret})`)
+      // And one for the command line from another terminal (runs need an admin token).
+      const cli = yield* createOperatorToken("make dev (command line)", "admin")
+      yield* Effect.addFinalizer(() =>
+        store.revokeOperatorToken(String(cli.info.tokenId)).pipe(Effect.ignore),
+      )
+      yield* Console.log(
+        `Command line: PICUS_API_URL=${url.slice(0, -1)} PICUS_API_TOKEN=${cli.secret} ./picus run --all -- uptime\n`,
+      )
     }
 
     // What the peers pin: the cluster key the dev server signs with.
