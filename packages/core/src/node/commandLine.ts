@@ -4,11 +4,10 @@
  * suggestion and exit code 2 before anything starts, and a command's outcome as its exit code.
  */
 import type { CAC } from "cac"
-import { Cause, Effect, Exit } from "effect"
-import { applyConfigFile, ConfigFileError, explainSource, longFlagsOf } from "./configFile.ts"
+import { explainSource } from "./configSources.ts"
 import { suggest } from "./suggest.ts"
 
-export { suggest }
+export { explainSource, suggest }
 
 export const PICUS_VERSION = "0.1.0"
 
@@ -25,24 +24,6 @@ export class UsageError extends Error {
 export const exitWith = (code: number, message?: string): never => {
   if (message !== undefined) console.error(`error: ${explainSource(message)}`)
   process.exit(code)
-}
-
-/**
- * Runs a command's effect and exits with its outcome: the number it succeeds with (0 when none),
- * 2 for a usage mistake (`isUsage`), 1 for any other failure. Failures are told (`tell`), not thrown.
- */
-export const runCommand = (
-  effect: Effect.Effect<unknown, unknown>,
-  isUsage: (failure: unknown) => boolean = (failure) => failure instanceof UsageError,
-  /** How the failure is told (a JSON log line with --log-format json). */
-  tell: (message: string) => void = (message) => console.error(`error: ${message}`),
-): void => {
-  Effect.runPromiseExit(effect).then((exit) => {
-    if (Exit.isSuccess(exit)) process.exit(typeof exit.value === "number" ? exit.value : 0)
-    const failure = Cause.squash(exit.cause)
-    tell(explainSource(failure instanceof Error ? failure.message : String(failure)))
-    process.exit(isUsage(failure) ? EXIT_USAGE : EXIT_FAILED)
-  })
 }
 
 /** The flag as it was typed, for a parsed option's camelCase key. */
@@ -93,6 +74,17 @@ export const runProgram = (
           : ""
     return exitWith(EXIT_USAGE, `unknown command "${word}"${hint} (see ${cli.name} --help)`)
   }
+  const failed = (error: unknown): never => {
+    const said = error instanceof Error ? error.message : String(error)
+    // cac names an unknown flag camelCased (`--bogusFlag`): name it as it was typed.
+    const message = said.replace(
+      /^Unknown option `-*([^`]+)`/,
+      (_, key: string) => `unknown option \`${rawFlag(beforeDashes, key)}\``,
+    )
+    const command = cli.matchedCommandName ? `${cli.name} ${cli.matchedCommandName}` : cli.name
+    return exitWith(EXIT_USAGE, `${message.replace(/`/g, '"')} (see ${command} --help)`)
+  }
+  let configPath: string | undefined
   try {
     cli.parse([...argv], { run: false })
     if (cli.options.help === true) process.exit(0) // cac printed it
@@ -108,21 +100,27 @@ export const runProgram = (
       cli.outputHelp()
       process.exit(0)
     }
-    try {
-      applyConfigFile(cli, beforeDashes, (options.siblings ?? []).flatMap(longFlagsOf))
-    } catch (error) {
-      if (error instanceof ConfigFileError) exitWith(EXIT_USAGE, error.message)
-      throw error
+    const given = cli.options.config
+    configPath = given !== undefined && given !== "" ? String(given) : process.env.PICUS_CONFIG || undefined
+    if (configPath === undefined) {
+      cli.runMatchedCommand()
+      return
     }
-    cli.runMatchedCommand()
   } catch (error) {
-    const said = error instanceof Error ? error.message : String(error)
-    // cac names an unknown flag camelCased (`--bogusFlag`): name it as it was typed.
-    const message = said.replace(
-      /^Unknown option `-*([^`]+)`/,
-      (_, key: string) => `unknown option \`${rawFlag(beforeDashes, key)}\``,
-    )
-    const command = cli.matchedCommandName ? `${cli.name} ${cli.matchedCommandName}` : cli.name
-    exitWith(EXIT_USAGE, `${message.replace(/`/g, '"')} (see ${command} --help)`)
+    failed(error)
   }
+  // A config file: its reader, and the YAML parser it brings, are loaded only now.
+  void import("./configFile.ts").then((config) => {
+    try {
+      try {
+        config.applyConfigFile(cli, beforeDashes, (options.siblings ?? []).flatMap(config.longFlagsOf))
+      } catch (error) {
+        if (error instanceof config.ConfigFileError) exitWith(EXIT_USAGE, error.message)
+        throw error
+      }
+      cli.runMatchedCommand()
+    } catch (error) {
+      failed(error)
+    }
+  })
 }

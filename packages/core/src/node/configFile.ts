@@ -8,25 +8,12 @@
 import { readFileSync } from "node:fs"
 import type { CAC, Command } from "cac"
 import { Predicate, Result } from "effect"
+import { noteSource } from "./configSources.ts"
 import { parseStructured } from "./structuredFile.ts"
 import { suggest } from "./suggest.ts"
 
 export class ConfigFileError extends Error {
   override readonly name = "ConfigFileError"
-}
-
-/** Where each flag taken from the file was set, for the messages of the command that reads it. */
-const sources = new Map<string, string>()
-
-/**
- * `message` with, for each flag it names that came from the config file, where it was set: a bad
- * value found by the command itself still points at the line to fix.
- */
-export const explainSource = (message: string): string => {
-  const from = [...sources].filter(([flag]) => new RegExp(`${flag}(?![\\w-])`).test(message))
-  return from.length === 0
-    ? message
-    : `${message} (${from.map(([flag, where]) => `${flag} is set in ${where}`).join("; ")})`
 }
 
 type Option = Command["options"][number]
@@ -107,6 +94,6 @@ export const applyConfigFile = (
     if (typed(args, key) || envNamesOf(option).some((name) => (env[name] ?? "") !== "")) continue
     const values = Array.isArray(raw) ? raw.map(String) : Predicate.isBoolean(raw) ? raw : String(raw)
     cli.options[camel(key)] = Array.isArray(values) && values.length === 1 ? values[0] : values
-    sources.set(`--${key}`, `${where}, key ${key}`)
+    noteSource(`--${key}`, `${where}, key ${key}`)
   }
 }
