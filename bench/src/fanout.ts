@@ -128,7 +128,7 @@ const runOnce = async (
   const before = { command: commandCpuMs(), server: treeCpuMs(serverPids), peers: treeCpuMs(peerPids) }
   const machine = startMachineSampler()
   const startedAt = wallNow()
-  const child = spawn(picus, ["run", "--all", "--json", "--", "echo hi"], {
+  const child = spawn(picus, ["run", "--all", "--", "echo hi"], {
     env: {
       ...process.env,
       ...clusterEnv(cluster),

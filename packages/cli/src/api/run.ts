@@ -138,7 +138,9 @@ const start = async (api: Api, flags: RunFlags, words: ReadonlyArray<string>): P
     return created.tickets === 0 ? EXIT_UNREACHED : 0
   }
 
-  // Subscribed before the run starts: no result of it can come before the stream listens.
+  // Opened before the run starts, so that its results are heard (one missed while the server's
+  // subscription opens is caught by the re-read every second).
+  const tty = process.stderr.isTTY === true && !json
   const ids = new Set<string>()
   /** Tickets the stream said ended, not yet read back. */
   const told = new Set<string>()
@@ -154,8 +156,10 @@ const start = async (api: Api, flags: RunFlags, words: ReadonlyArray<string>): P
     else if (event.event === "result" || event.event === "cancelled") {
       if (flags.follow === true && !json) live.flush(ticket, String(event.peer_id))
       told.add(ticket)
-      // Results come in bursts: one read for a burst, at once when the last open one ended.
+      // Results come in bursts: one read for a burst, at once when the last open one ended. With
+      // nothing shown as tickets end (no --json, no terminal), only that last read.
       const all = [...ids].every((id) => told.has(id))
+      if (!all && !json && !tty) return
       if (all || soon === undefined) {
         clearTimeout(soon)
         soon = setTimeout(
@@ -185,7 +189,6 @@ const start = async (api: Api, flags: RunFlags, words: ReadonlyArray<string>): P
       return EXIT_UNREACHED
     }
     const runId = created.run_id
-    const tty = process.stderr.isTTY === true && !json
     if (tty)
       process.stderr.write(
         `run ${runId}: ${created.tickets} peer(s)${created.offline.length > 0 ? `, ${created.offline.length} offline` : ""}${created.skipped.length > 0 ? `, ${created.skipped.length} skipped (offline)` : ""}\n`,
