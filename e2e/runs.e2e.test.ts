@@ -192,6 +192,14 @@ describe("picus run", () => {
     expect(table.stdout).toMatch(new RegExp(`${ids[1]}\\s+failed\\s+4\\s+`))
     expect(table.stdout).toContain("1/1 done, 0 succeeded, 1 failed")
 
+    // --follow: the output as the peers relay it, a line at a time prefixed with the peer.
+    const followed = await runPicus(
+      ["run", "--distro", "alpine", "--follow", "--", "echo first; sleep 0.5; echo second"],
+      viaApi,
+    )
+    expect(followed.code, followed.output).toBe(0)
+    expect(followed.stdout).toContain(`${ids[0]}: first\n${ids[0]}: second`)
+
     const dry = await runPicus(["run", "--distro", "alpine", "--dry-run", "--json", "--", "true"], viaApi)
     expect(dry.code, dry.output).toBe(0)
     expect((JSON.parse(dry.stdout) as ReadonlyArray<{ peer: string }>).map((p) => p.peer)).toEqual([ids[0]])
