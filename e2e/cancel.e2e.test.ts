@@ -1,5 +1,4 @@
 import { randomInt } from "node:crypto"
-import { readdirSync, readFileSync } from "node:fs"
 import { join } from "node:path"
 import { sql } from "slonik"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
@@ -11,6 +10,7 @@ import {
   type Running,
   repoRoot,
   runPicus,
+  sleepsWith,
   startPicus,
   startProcess,
 } from "./support/processes.ts"
@@ -19,22 +19,6 @@ import {
 // types it.
 
 const here = detectOs()
-
-/** Live `sleep <marker>` processes on this machine (the peer runs here). */
-const sleepsWith = (marker: string): number => {
-  let count = 0
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue
-    try {
-      const [program, argument] = readFileSync(`/proc/${entry}/cmdline`, "utf8").split("\u0000")
-      const zombie = / Z /.test(readFileSync(`/proc/${entry}/stat`, "utf8").split(")").pop() ?? "")
-      if (program?.endsWith("sleep") && argument === marker && !zombie) count++
-    } catch {
-      // Gone meanwhile.
-    }
-  }
-  return count
-}
 
 let world: World
 let watchJson: Running

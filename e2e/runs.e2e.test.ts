@@ -1,9 +1,10 @@
+import { randomInt } from "node:crypto"
 import { writeFileSync } from "node:fs"
 import { join } from "node:path"
 import { afterEach, beforeEach, describe, expect, it } from "vitest"
 import { makeWorld, type World, writeCatalog } from "./support/env.ts"
 import { freePort } from "./support/ports.ts"
-import { eventually, killAll, runPicus, startPicus } from "./support/processes.ts"
+import { eventually, killAll, runPicus, sleepsWith, startPicus } from "./support/processes.ts"
 
 // Runs across the fleet with real processes: a server, peers of two distros (each reads its own
 // os-release), and `./picus run` as an operator types it.
@@ -223,6 +224,28 @@ describe("picus run", () => {
     })
     expect(nowhere.code, nowhere.output).toBe(1)
     expect(nowhere.output).toContain("cannot reach the API at http://127.0.0.1:1")
+
+    // picus cancel through the API: the running job is killed, the API's token named as who.
+    const marker = `30.${randomInt(1e9, 1e10 - 1)}`
+    const started = await runPicus(["run", "--peer", ids[1]!, "--no-wait", "--", `sleep ${marker}`], viaApi)
+    expect(started.code, started.output).toBe(0)
+    const runId2 = started.stdout.trim()
+    await eventually("the run's sleep running", async () => (sleepsWith(marker) === 1 ? true : undefined))
+    const byHand = await runPicus(["cancel", runId2, "--by", "bob"], viaApi)
+    expect(byHand.code, byHand.output).toBe(2)
+    expect(byHand.output).toContain("--by is not taken through the API")
+    const cancelled = await runPicus(["cancel", runId2, "--reason", "rollback"], viaApi)
+    expect(cancelled.code, cancelled.output).toBe(0)
+    expect(cancelled.stdout).toContain(`(${ids[1]}): cancelled`)
+    await eventually("no sleep left behind", async () => (sleepsWith(marker) === 0 ? true : undefined), 5_000)
+    const shown = await runPicus(["run", "show", runId2, "--json"], world.env)
+    expect(JSON.parse(shown.stdout).tickets).toMatchObject([
+      { state: "cancelled", close_reason: "cancelled by api:ops: rollback" },
+    ])
+    const unknownRun = await runPicus(["cancel", "r999999999", "999999999"], viaApi)
+    expect(unknownRun.code, unknownRun.output).toBe(1)
+    expect(unknownRun.stdout).toContain("run r999999999: no such run")
+    expect(unknownRun.stdout).toContain("ticket 999999999: no such ticket")
 
     // Without the API, the same settings fail: the command above did not use them.
     const direct = await runPicus(["run", "--all", "--", "true"], { ...viaApi, PICUS_API_URL: "" })

@@ -1,4 +1,5 @@
 import { type ChildProcess, spawn } from "node:child_process"
+import { readdirSync, readFileSync } from "node:fs"
 import { fileURLToPath } from "node:url"
 
 export const repoRoot: string = fileURLToPath(new URL("../..", import.meta.url))
@@ -175,4 +176,20 @@ export const eventually = async <A>(
   throw new Error(
     `timed out waiting for ${typeof what === "string" ? what : what()}${last ? `: ${String(last)}` : ""}`,
   )
+}
+
+/** Live `sleep <marker>` processes on this machine (the peer runs here). */
+export const sleepsWith = (marker: string): number => {
+  let count = 0
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue
+    try {
+      const [program, argument] = readFileSync(`/proc/${entry}/cmdline`, "utf8").split("\u0000")
+      const zombie = / Z /.test(readFileSync(`/proc/${entry}/stat`, "utf8").split(")").pop() ?? "")
+      if (program?.endsWith("sleep") && argument === marker && !zombie) count++
+    } catch {
+      // Gone meanwhile.
+    }
+  }
+  return count
 }

@@ -1,19 +1,37 @@
 /**
- * `picus run` alone, for when it goes through a server's HTTP API (PICUS_API_URL): main.ts starts
- * this instead of the whole operator's program, which loads the stores and Redis for its other
- * commands. Same flags as the whole program's `run` (runView.ts), same behaviour (api/run.ts).
+ * `picus run` and `picus cancel` alone, for when they go through a server's HTTP API
+ * (PICUS_API_URL): main.ts starts this instead of the whole operator's program, which loads the
+ * stores and Redis for its other commands. Same flags as the whole program's (runView.ts,
+ * cancelView.ts), same behaviour (api/run.ts, api/cancel.ts).
  */
 import { cac } from "cac"
+import { type CancelFlags, cancelOptions } from "./commands/cancelView.ts"
 import { apiUrlOf, type RunFlags, runOptions } from "./commands/runView.ts"
+
+const urlOf = (flags: { readonly apiUrl?: string }): string => {
+  const url = apiUrlOf(flags)
+  if (url === undefined) throw new Error("apiRunProgram: no API URL")
+  return url
+}
 
 export const apiRunProgram = (name: string) => {
   const cli = cac(name)
   runOptions(
     cli.command("run [...words]", "Run a command on many peers: picus run [target] -- <command>"),
-  ).action(async (words: ReadonlyArray<string>, flags: RunFlags) => {
-    const url = apiUrlOf(flags)
-    if (url === undefined) throw new Error("apiRunProgram: no API URL")
-    return (await import("./api/run.ts")).runViaApi(flags, words.map(String), url)
-  })
+  ).action(async (words: ReadonlyArray<string>, flags: RunFlags) =>
+    (await import("./api/run.ts")).runViaApi(flags, words.map(String), urlOf(flags)),
+  )
+  cancelOptions(
+    cli.command(
+      "cancel <run|ticket> [...more]",
+      "Cancel a run's open tickets, or tickets: queued ones end cancelled now, running ones are killed on their peer",
+    ),
+  ).action(async (ticket: string, more: ReadonlyArray<string>, flags: CancelFlags) =>
+    (await import("./api/cancel.ts")).cancelViaApi(
+      flags,
+      [String(ticket), ...more.map(String)],
+      urlOf(flags),
+    ),
+  )
   return cli
 }

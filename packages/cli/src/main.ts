@@ -27,11 +27,11 @@ const configGiven =
   process.argv.some((a) => a === "--config" || a.startsWith("--config=")) || !!process.env.PICUS_CONFIG
 const siblings = configGiven ? await Promise.all([operator(), serverOf(), peerOf()]) : []
 
-// `run` through a server's API (not `run show`): the program of that one command, which loads
-// neither the stores nor Redis (a config file may name other programs' keys: the whole program).
+// `run` (not `run show`) and `cancel` through a server's API: the program of those commands alone,
+// which loads neither the stores nor Redis (a config file may name other programs' keys: the
+// whole program).
 const viaApi =
-  first === "run" &&
-  rest[0] !== "show" &&
+  ((first === "run" && rest[0] !== "show") || first === "cancel") &&
   !configGiven &&
   (!!process.env.PICUS_API_URL?.trim() || rest.some((a) => a === "--api-url" || a.startsWith("--api-url=")))
 

@@ -6,7 +6,7 @@
  */
 import type * as Http from "node:http"
 import type * as Https from "node:https"
-import { UsageError } from "@picus/core"
+import { EXIT_USAGE, UsageError } from "@picus/core"
 
 export interface Api {
   readonly url: URL
@@ -202,4 +202,37 @@ export const openEvents = (api: Api, onEvent: (event: Record<string, unknown>) =
   })
   req.end()
   return { connected, ended, close: () => req.destroy() }
+}
+
+/**
+ * Runs a command through the API at `url` and exits with its code: 2 for a usage mistake (or a
+ * `400`), `codeOfStatus` for other answers of the API (default 1), 1 for anything else.
+ */
+export const exitThroughApi = async (
+  url: string,
+  body: (api: Api) => Promise<number>,
+  codeOfStatus: (status: number | undefined) => number = () => 1,
+): Promise<never> => {
+  let code: number
+  let api: Api | undefined
+  // A reader that went away (`| head`) ends the command, as it ends a shell's.
+  process.stdout.on("error", (error: NodeJS.ErrnoException) => {
+    if (error.code === "EPIPE") process.exit(0)
+  })
+  try {
+    api = apiOf(url)
+    code = await body(api)
+  } catch (error) {
+    console.error(`error: ${error instanceof Error ? error.message : String(error)}`)
+    code =
+      error instanceof UsageError
+        ? EXIT_USAGE
+        : error instanceof ApiError
+          ? error.status === 400
+            ? EXIT_USAGE
+            : codeOfStatus(error.status)
+          : 1
+  }
+  api?.agent.destroy()
+  process.exit(code)
 }

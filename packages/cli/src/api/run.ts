@@ -6,7 +6,7 @@
  * tickets ends (and every second, in case an event was lost), and prints the same table.
  * Plain promises, not Effect: this path loads neither the stores nor Effect's runtime.
  */
-import { EXIT_USAGE, type RunInfo, type TicketView, UsageError } from "@picus/core"
+import type { RunInfo, TicketView } from "@picus/core"
 import { printRows } from "server/report"
 import {
   dryRunRows,
@@ -21,7 +21,7 @@ import {
   ticketJson,
   total,
 } from "../commands/runView.ts"
-import { type Api, ApiError, apiOf, openEvents, request } from "./client.ts"
+import { type Api, exitThroughApi, openEvents, request } from "./client.ts"
 
 type Json = Record<string, unknown>
 
@@ -233,32 +233,9 @@ const start = async (api: Api, flags: RunFlags, words: ReadonlyArray<string>): P
 }
 
 /** Runs `picus run` through the API and exits with its code (2 for a usage mistake, 3 unreached). */
-export const runViaApi = async (
-  flags: RunFlags,
-  words: ReadonlyArray<string>,
-  url: string,
-): Promise<never> => {
-  let code: number
-  let api: Api | undefined
-  // A reader that went away (`| head`) ends the command, as it ends a shell's.
-  process.stdout.on("error", (error: NodeJS.ErrnoException) => {
-    if (error.code === "EPIPE") process.exit(0)
-  })
-  try {
-    api = apiOf(url)
-    code = await start(api, flags, words)
-  } catch (error) {
-    if (error instanceof UsageError) {
-      console.error(`error: ${error.message}`)
-      code = EXIT_USAGE
-    } else if (error instanceof ApiError) {
-      console.error(`error: ${error.message}`)
-      code = error.status === 422 ? EXIT_UNREACHED : error.status === 400 ? EXIT_USAGE : 1
-    } else {
-      console.error(`error: ${error instanceof Error ? error.message : String(error)}`)
-      code = 1
-    }
-  }
-  api?.agent.destroy()
-  process.exit(code)
-}
+export const runViaApi = (flags: RunFlags, words: ReadonlyArray<string>, url: string): Promise<never> =>
+  exitThroughApi(
+    url,
+    (api) => start(api, flags, words),
+    (status) => (status === 422 ? EXIT_UNREACHED : 1),
+  )
