@@ -5,8 +5,8 @@
  * cancelView.ts), same behaviour (api/run.ts, api/cancel.ts).
  */
 import { cac } from "cac"
-import { type CancelFlags, cancelOptions } from "./commands/cancelView.ts"
-import { apiUrlOf, type RunFlags, runOptions } from "./commands/runView.ts"
+import { type CancelFlags, defineCancel } from "./commands/cancelView.ts"
+import { apiUrlOf, defineRun, type RunFlags } from "./commands/runView.ts"
 
 const urlOf = (flags: { readonly apiUrl?: string }): string => {
   const url = apiUrlOf(flags)
@@ -16,17 +16,10 @@ const urlOf = (flags: { readonly apiUrl?: string }): string => {
 
 export const apiRunProgram = (name: string) => {
   const cli = cac(name)
-  runOptions(
-    cli.command("run [...words]", "Run a command on many peers: picus run [target] -- <command>"),
-  ).action(async (words: ReadonlyArray<string>, flags: RunFlags) =>
+  defineRun(cli).action(async (words: ReadonlyArray<string>, flags: RunFlags) =>
     (await import("./api/run.ts")).runViaApi(flags, words.map(String), urlOf(flags)),
   )
-  cancelOptions(
-    cli.command(
-      "cancel <run|ticket> [...more]",
-      "Cancel a run's open tickets, or tickets: queued ones end cancelled now, running ones are killed on their peer",
-    ),
-  ).action(async (ticket: string, more: ReadonlyArray<string>, flags: CancelFlags) =>
+  defineCancel(cli).action(async (ticket: string, more: ReadonlyArray<string>, flags: CancelFlags) =>
     (await import("./api/cancel.ts")).cancelViaApi(
       flags,
       [String(ticket), ...more.map(String)],

@@ -4,16 +4,11 @@ import type { CAC } from "cac"
 import { Clock, Effect, Option } from "effect"
 import { cancelRun, cancelTickets, resolveServerConfig, withExistingStore } from "server"
 import { run } from "../support.ts"
-import { type CancelFlags, cancelOptions, operator, splitNamed, tellOutcomes } from "./cancelView.ts"
+import { type CancelFlags, defineCancel, operator, splitNamed, tellOutcomes } from "./cancelView.ts"
 import { apiUrlOf } from "./runView.ts"
 
 export const registerCancel = (cli: CAC): void => {
-  cancelOptions(
-    cli.command(
-      "cancel <run|ticket> [...more]",
-      "Cancel a run's open tickets, or tickets: queued ones end cancelled now, running ones are killed on their peer",
-    ),
-  ).action((ticket: string, more: ReadonlyArray<string>, flags: CancelFlags) => {
+  defineCancel(cli).action((ticket: string, more: ReadonlyArray<string>, flags: CancelFlags) => {
     const named = [String(ticket), ...more.map(String)]
     const apiUrl = apiUrlOf(flags)
     if (apiUrl !== undefined)

@@ -4,7 +4,7 @@
  */
 import { userInfo } from "node:os"
 import type { CancelOutcome, TicketState } from "@picus/core"
-import type { Command } from "cac"
+import type { CAC, Command } from "cac"
 import type { ServerFlags } from "server"
 import { sharedOptions } from "server/flags"
 
@@ -48,9 +48,14 @@ export const describe = (o: Outcome, final: TicketState | undefined): string => 
   }
 }
 
-/** The flags of `picus cancel`, for both of its ways. */
-export const cancelOptions = (command: Command): Command =>
-  sharedOptions(command)
+/** `picus cancel` with its flags, for both of its ways. */
+export const defineCancel = (cli: CAC): Command =>
+  sharedOptions(
+    cli.command(
+      "cancel <run|ticket> [...more]",
+      "Cancel a run's open tickets, or tickets: queued ones end cancelled now, running ones are killed on their peer",
+    ),
+  )
     .option("--reason <text>", "Why, recorded with the ticket", { default: "cancelled by the operator" })
     .option("--by <name>", "Who cancels, recorded with the ticket (default: your login name)")
     .option("--no-wait", "Return once asked, without waiting for running jobs to stop")

@@ -18,6 +18,7 @@ import {
   withStore,
 } from "server"
 import { run } from "../support.ts"
+import { labelsText } from "./runView.ts"
 
 const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString())
 
@@ -34,9 +35,7 @@ const list = (flags: ServerFlags & { json?: boolean }) =>
                 peer: p.peerId,
                 os: p.os,
                 distro: p.distro,
-                labels: Object.entries(p.labels)
-                  .map(([k, v]) => `${k}=${v}`)
-                  .join(","),
+                labels: labelsText(p.labels),
                 online: p.heldBy !== null,
                 "last seen": iso(p.lastSeenAt),
                 "held by": p.heldBy,

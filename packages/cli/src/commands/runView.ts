@@ -4,7 +4,7 @@
  * nor Redis, so that the API's way starts small.
  */
 import { type RunAmount, type RunInfo, type RunTarget, type TicketView, UsageError } from "@picus/core"
-import type { Command } from "cac"
+import type { CAC, Command } from "cac"
 import type { ServerFlags } from "server"
 import { sharedOptions } from "server/flags"
 import { printRows } from "server/report"
@@ -183,9 +183,14 @@ export const printTable = (tickets: ReadonlyArray<TicketView>) => {
   )
 }
 
-/** The flags of `picus run`, for both of its ways. */
-export const runOptions = (command: Command): Command =>
-  sharedOptions(command)
+/** `picus run` with its flags, for both of its ways. */
+export const defineRun = (cli: CAC): Command =>
+  sharedOptions(
+    cli.command(
+      "run [...words]",
+      "Run a command on many peers: picus run [target] -- <command>; picus run show <id>",
+    ),
+  )
     .option("--peer <id>", "A peer to reach (repeatable)")
     .option("--os <os>", "Peers of this os (linux, darwin...)")
     .option("--distro <distro>", "Peers of this distro (debian, alpine...)")
@@ -253,6 +258,12 @@ export const runSpecOf = (flags: RunFlags, words: ReadonlyArray<string>) => {
   }
 }
 
+/** Labels as `k=v,k=v`, for a table. */
+export const labelsText = (labels: Readonly<Record<string, string>>): string =>
+  Object.entries(labels)
+    .map(([k, v]) => `${k}=${v}`)
+    .join(",")
+
 /** The rows of a dry run. */
 export const dryRunRows = (
   peers: ReadonlyArray<{
@@ -268,7 +279,5 @@ export const dryRunRows = (
     os: p.os,
     distro: p.distro,
     online: p.online,
-    labels: Object.entries(p.labels)
-      .map(([k, v]) => `${k}=${v}`)
-      .join(","),
+    labels: labelsText(p.labels),
   }))

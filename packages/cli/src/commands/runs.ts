@@ -20,6 +20,7 @@ import { run } from "../support.ts"
 import { followTicket, printLiveOutput } from "./follow.ts"
 import {
   apiUrlOf,
+  defineRun,
   dryRunRows,
   durationOf,
   EXIT_UNREACHED,
@@ -28,7 +29,6 @@ import {
   printTable,
   progressLine,
   type RunFlags,
-  runOptions,
   runSpecOf,
   summaryOf,
   ticketJson,
@@ -171,12 +171,7 @@ const showRun = (flags: ServerFlags & { json?: boolean }, runId: string) =>
   )
 
 export const registerRuns = (cli: CAC): void => {
-  runOptions(
-    cli.command(
-      "run [...words]",
-      "Run a command on many peers: picus run [target] -- <command>; picus run show <id>",
-    ),
-  ).action((words: ReadonlyArray<string>, flags: RunFlags) => {
+  defineRun(cli).action((words: ReadonlyArray<string>, flags: RunFlags) => {
     const given = words.map(String)
     if (given[0] === "show" && (flags["--"] ?? []).length === 0) {
       if (given[1] === undefined) return run(Effect.fail(new UsageError("picus run show <run id>")))

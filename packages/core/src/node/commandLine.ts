@@ -4,7 +4,7 @@
  * suggestion and exit code 2 before anything starts, and a command's outcome as its exit code.
  */
 import type { CAC } from "cac"
-import { explainSource } from "./configSources.ts"
+import { configPathOf, explainSource } from "./configSources.ts"
 import { suggest } from "./suggest.ts"
 
 export { explainSource, suggest }
@@ -84,7 +84,6 @@ export const runProgram = (
     const command = cli.matchedCommandName ? `${cli.name} ${cli.matchedCommandName}` : cli.name
     return exitWith(EXIT_USAGE, `${message.replace(/`/g, '"')} (see ${command} --help)`)
   }
-  let configPath: string | undefined
   try {
     cli.parse([...argv], { run: false })
     if (cli.options.help === true) process.exit(0) // cac printed it
@@ -100,9 +99,7 @@ export const runProgram = (
       cli.outputHelp()
       process.exit(0)
     }
-    const given = cli.options.config
-    configPath = given !== undefined && given !== "" ? String(given) : process.env.PICUS_CONFIG || undefined
-    if (configPath === undefined) {
+    if (configPathOf(cli.options.config) === undefined) {
       cli.runMatchedCommand()
       return
     }

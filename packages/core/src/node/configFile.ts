@@ -8,7 +8,7 @@
 import { readFileSync } from "node:fs"
 import type { CAC, Command } from "cac"
 import { Predicate, Result } from "effect"
-import { noteSource } from "./configSources.ts"
+import { configPathOf, noteSource } from "./configSources.ts"
 import { parseStructured } from "./structuredFile.ts"
 import { suggest } from "./suggest.ts"
 
@@ -50,9 +50,8 @@ export const applyConfigFile = (
   known: ReadonlyArray<string>,
   env: NodeJS.ProcessEnv = process.env,
 ): void => {
-  const given = cli.options.config
-  const path = given !== undefined && given !== "" ? String(given) : env.PICUS_CONFIG
-  if (path === undefined || path === "") return
+  const path = configPathOf(cli.options.config, env)
+  if (path === undefined) return
   let text: string
   try {
     text = readFileSync(path, "utf8")

@@ -5,6 +5,12 @@
  */
 const sources = new Map<string, string>()
 
+/** The config file asked for: `--config` as parsed (`cli.options.config`), else PICUS_CONFIG. */
+export const configPathOf = (given: unknown, env: NodeJS.ProcessEnv = process.env): string | undefined => {
+  const path = given !== undefined && given !== "" ? String(given) : env.PICUS_CONFIG
+  return path === undefined || path === "" ? undefined : path
+}
+
 /** `flag` (`--redis-url`) was set at `where` (`picus.yaml:3, key redis-url`). */
 export const noteSource = (flag: string, where: string): void => {
   sources.set(flag, where)
