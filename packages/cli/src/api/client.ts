@@ -18,16 +18,9 @@ export interface Api {
 export class ApiError extends Error {
   override readonly name = "ApiError"
   readonly status: number | undefined
-  readonly field: string | undefined
-  constructor(
-    message: string,
-    status: number | undefined,
-    field: string | undefined,
-    options?: ErrorOptions,
-  ) {
+  constructor(message: string, status: number | undefined, options?: ErrorOptions) {
     super(message, options)
     this.status = status
-    this.field = field
   }
 }
 
@@ -63,7 +56,6 @@ const unreachable = (api: Api, cause: unknown) => {
   return new ApiError(
     `cannot reach the API at ${api.url.origin} (${why}); set PICUS_API_URL or --api-url to a server's --http address`,
     undefined,
-    undefined,
     { cause },
   )
 }
@@ -81,11 +73,10 @@ const failureOf = (api: Api, status: number, text: string): ApiError => {
     return new ApiError(
       `the API at ${api.url.origin} refused the token (${error}): set PICUS_API_TOKEN to an operator token (picus operator-token create)`,
       status,
-      undefined,
     )
   if (status === 403)
-    return new ApiError(`${error}: this needs an admin operator token in PICUS_API_TOKEN`, status, undefined)
-  return new ApiError(said.field === undefined ? error : `${error} (${said.field})`, status, said.field)
+    return new ApiError(`${error}: this needs an admin operator token in PICUS_API_TOKEN`, status)
+  return new ApiError(said.field === undefined ? error : `${error} (${said.field})`, status)
 }
 
 const headersOf = (api: Api, extra: Record<string, string> = {}) => ({
@@ -122,7 +113,7 @@ export const request = <A>(api: Api, method: "GET" | "POST", path: string, body?
             resolve(JSON.parse(text) as A)
           } catch (cause) {
             reject(
-              new ApiError(`the API at ${api.url.origin} answered ${path} with no JSON`, status, undefined, {
+              new ApiError(`the API at ${api.url.origin} answered ${path} with no JSON`, status, {
                 cause,
               }),
             )
