@@ -2,12 +2,13 @@ import { createHash, randomUUID } from "node:crypto"
 import { assert, describe, it, layer } from "@effect/vitest"
 import { type CatalogJob, Store, StoreError } from "@picus/core"
 import { eventually, storeContract } from "@picus/core/testing"
-import { Context, Effect, Exit, Fiber, Layer, Schema } from "effect"
+import { Context, Effect, Exit, Fiber, Layer, Metric, Schema } from "effect"
 import { TestClock } from "effect/testing"
 import { type DatabasePool, sql } from "slonik"
 import { migrate } from "../src/db/migrate.ts"
 import { makePgStore, layer as pgStoreLayer } from "../src/db/PgStore.ts"
 import { makePool, parseTimestamptz, RowValidationError } from "../src/db/pool.ts"
+import { makeStatementCounter, statementCounts } from "../src/db/statementCounter.ts"
 import { freshDatabase } from "./support/database.ts"
 
 /** A fresh database, dropped when the layer is released. */
@@ -292,6 +293,80 @@ layer(Layer.provideMerge(storeOverDb, dbLayer), { timeout: 60_000 })("PgStore on
         assert.deepStrictEqual(
           queued.map((t) => t.name),
           ["a1", "a2", "a3", "a4"],
+        )
+      }),
+  )
+
+  it.effect(
+    "reads of queued tickets made at once share a statement: each session gets its own, newer than its `after`, strays adopted",
+    () =>
+      Effect.gen(function* () {
+        const { url, pool: admin } = yield* Db
+        const registry = new Map()
+        const counted = statementCounts.pipe(Effect.provideService(Metric.MetricRegistry, registry))
+        const store = makePgStore(
+          yield* makePool(url, {
+            maxPoolSize: 2,
+            interceptors: [makeStatementCounter(Context.make(Metric.MetricRegistry, registry))],
+          }),
+        )
+        const sessions: Array<string> = []
+        const names = [["a1", "a2"], ["b1"], ["c1", "c2", "c3"]]
+        const tickets = new Map<string, string>()
+        for (const jobs of names) {
+          const peerId = `peer-${randomUUID()}`
+          const sessionId = randomUUID()
+          sessions.push(sessionId)
+          yield* store.login({
+            peerId,
+            sessionId,
+            serverId: "a",
+            serverIp: null,
+            os: "linux",
+            distro: "debian",
+            hostname: null,
+            agentVersion: null,
+            leaseMs: 60_000,
+          })
+          const submitted = yield* store.submitTickets({
+            peerId,
+            serverId: "cli",
+            jobs: jobs.map((name) => ({ name, command: "true", timeoutMs: 1_000 })),
+          })
+          for (const t of submitted.tickets) tickets.set(t.name, t.ticket)
+        }
+        // a1 strays (as if its submission raced a login): the session takes it whatever `after` says.
+        yield* Effect.promise(() =>
+          admin.query(sql.unsafe`update tickets set session_id = null where ticket = ${tickets.get("a1")!}`),
+        )
+        const before = yield* counted
+        const read = yield* Effect.all(
+          [
+            store.queuedTickets(sessions[0]!, tickets.get("a2")),
+            store.queuedTickets(sessions[1]!),
+            store.queuedTickets(sessions[2]!, tickets.get("c1")),
+            store.queuedTickets(sessions[2]!),
+            store.queuedTickets(randomUUID()),
+            store.queuedTickets("not-a-session"),
+          ],
+          { concurrency: "unbounded" },
+        )
+        assert.deepStrictEqual(
+          read.map((ts) => ts.map((t) => t.name)),
+          [["a1"], ["b1"], ["c2", "c3"], ["c1", "c2", "c3"], [], []],
+        )
+        assert.strictEqual(read[0]![0]!.sessionId, sessions[0], "the stray is the session's now")
+        const after = yield* counted
+        assert.strictEqual(
+          (after.byStatement["queued tickets"] ?? 0) - (before.byStatement["queued tickets"] ?? 0),
+          1,
+          "one statement for all five sessions",
+        )
+        assert.strictEqual(after.statements - before.statements, 1)
+        assert.deepStrictEqual(
+          (yield* store.queuedTickets(sessions[0]!, tickets.get("a2"))).map((t) => t.name),
+          [],
+          "adopted once: it is no stray any more",
         )
       }),
   )

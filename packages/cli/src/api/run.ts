@@ -181,6 +181,7 @@ const start = async (api: Api, flags: RunFlags, words: ReadonlyArray<string>): P
     streaming = false
   })
   try {
+    const startedAt = Date.now()
     const created = await request<Created>(api, "POST", "/api/runs", body)
     for (const id of created.ticket_ids) ids.add(id)
     if (created.run_id === null || created.tickets === 0) {
@@ -194,17 +195,23 @@ const start = async (api: Api, flags: RunFlags, words: ReadonlyArray<string>): P
         `run ${runId}: ${created.tickets} peer(s)${created.offline.length > 0 ? `, ${created.offline.length} offline` : ""}${created.skipped.length > 0 ? `, ${created.skipped.length} skipped (offline)` : ""}\n`,
       )
     const seen = new Set<string>()
-    let { info, tickets } = await readRun(api, runId)
-    const giveUpAt = info.deliverBy + 2 * spec.timeoutMs + 30_000
+    // The run's deadline as the server set it, give or take the request's time: the wait's bound
+    // needs no read of it. Nothing to show before the first ticket ends but a terminal's progress
+    // line, so the run is first read then (when the stream tells, or after the poll's second).
+    const giveUpAt = startedAt + spec.deliverWithinMs + 2 * spec.timeoutMs + 30_000
+    let read = tty ? await readRun(api, runId) : undefined
     for (;;) {
-      for (const t of tickets) {
-        ids.add(t.ticket)
-        if (t.finishedAt === null || seen.has(t.ticket)) continue
-        seen.add(t.ticket)
-        if (json) console.log(JSON.stringify(ticketJson(t)))
+      if (read !== undefined) {
+        const { info, tickets } = read
+        for (const t of tickets) {
+          ids.add(t.ticket)
+          if (t.finishedAt === null || seen.has(t.ticket)) continue
+          seen.add(t.ticket)
+          if (json) console.log(JSON.stringify(ticketJson(t)))
+        }
+        if (tty) process.stderr.write(`\r\x1b[2K${progressLine(info)}`)
+        if (isDone(info) && seen.size >= total(info)) break
       }
-      if (tty) process.stderr.write(`\r\x1b[2K${progressLine(info)}`)
-      if (isDone(info) && seen.size >= total(info)) break
       if (Date.now() > giveUpAt) break
       if (!moved)
         await new Promise<void>((resolve) => {
@@ -216,9 +223,10 @@ const start = async (api: Api, flags: RunFlags, words: ReadonlyArray<string>): P
         })
       wake = () => {}
       moved = false
-      ;({ info, tickets } = await readRun(api, runId))
-      for (const t of tickets) if (t.finishedAt !== null) told.add(t.ticket)
+      read = await readRun(api, runId)
+      for (const t of read.tickets) if (t.finishedAt !== null) told.add(t.ticket)
     }
+    const { info, tickets } = read ?? (await readRun(api, runId))
     if (tty) process.stderr.write("\n")
     if (json) console.log(JSON.stringify({ summary: summaryOf(info, created.skipped.length) }))
     else {

@@ -99,6 +99,13 @@ const stray = (alias: string) =>
   sql.fragment`(${sql.identifier([alias, "session_id"])} is null or not exists (
     select 1 from sessions o where o.session_id = ${sql.identifier([alias, "session_id"])} and o.closed_at is null))`
 
+const QueuedRow = std(Schema.Struct({ ...TicketFields, adopted: Schema.Boolean }))
+
+/** Ticket ids are numbers in text, drawn from one sequence: the longer, or else the greater, is newer. */
+const newer = (ticket: string, than: string) =>
+  ticket.length !== than.length ? ticket.length > than.length : ticket > than
+const min = (a: string | undefined, b: string) => (a === undefined || newer(a, b) ? b : a)
+
 /** The TicketStore over a slonik pool. */
 export const makePgTickets = (pool: DatabasePool): TicketStoreService => {
   // Deliveries asked for in the same turn of the event loop (every session that sends its next
@@ -119,6 +126,57 @@ export const makePgTickets = (pool: DatabasePool): TicketStoreService => {
     readonly resolve: (submitted: { tickets: ReadonlyArray<Ticket>; owner: SessionOwner | undefined }) => void
     readonly reject: (error: unknown) => void
   }> = []
+  // Reads of queued tickets asked for in the same turn (every session told of a run across the
+  // fleet, say) share one statement. Each is still asked by its session's actor, between its other
+  // commands, so what it reads is never older than what the actor has settled.
+  let reads: Array<{
+    readonly sessionId: string
+    readonly after: string | undefined
+    readonly resolve: (tickets: ReadonlyArray<Ticket>) => void
+    readonly reject: (error: unknown) => void
+  }> = []
+  const flushReads = async () => {
+    const batch = reads
+    reads = []
+    try {
+      // Per session the oldest `after` asked ('' for all); each read then keeps its own.
+      const after = new Map<string, string>()
+      for (const r of batch) after.set(r.sessionId, min(after.get(r.sessionId), r.after ?? ""))
+      // The peer's queued tickets no open session carries become the session's first, and come
+      // back beside its own (the statement's snapshot shows them under their old session, so never
+      // twice), whatever their ids.
+      const rows = await pool.any(sql.prepared("queued tickets", QueuedRow)`
+        with req as (
+          select * from ${sql.unnest([...after], ["uuid", "text"])} as r(session_id, after)
+        ), adopted as (
+          update tickets t set session_id = s.session_id
+          from sessions s
+          where s.session_id in (select session_id from req) and s.closed_at is null
+            and t.peer_id = s.peer_id and t.finished_at is null and t.state = 'queued' and ${stray("t")}
+          returning t.*
+        )
+        select ${ticketColumns}, adopted from (
+          select t.*, false as adopted from tickets t join req r on r.session_id = t.session_id
+          where t.finished_at is null and t.state = 'queued'
+            and (length(t.ticket), t.ticket) > (length(r.after), r.after)
+          union all
+          select *, true from adopted
+        ) q
+        order by ${ticketOrder}
+      `)
+      for (const { sessionId, after, resolve } of batch)
+        resolve(
+          rows
+            .filter(
+              (t) =>
+                t.sessionId === sessionId && (t.adopted || after === undefined || newer(t.ticket, after)),
+            )
+            .map(({ adopted: _adopted, ...ticket }) => ticket),
+        )
+    } catch (error) {
+      for (const { reject } of batch) reject(error)
+    }
+  }
   const flushSubmissions = async () => {
     const batch = submissions
     submissions = []
@@ -377,29 +435,13 @@ export const makePgTickets = (pool: DatabasePool): TicketStoreService => {
       }),
 
     queuedTickets: (sessionId, after) =>
-      attempt("queuedTickets", async () =>
+      attempt("queuedTickets", () =>
         UUID.test(sessionId)
-          ? // One statement (a holder reads these at every notice): the peer's queued tickets no open
-            // session carries become this session's first, and come back beside its own (the
-            // statement's snapshot shows them under their old session, so never twice).
-            pool.any(sql.prepared(after === undefined ? "queued tickets" : "queued tickets after", TicketRow)`
-              with adopted as (
-                update tickets t set session_id = s.session_id
-                from sessions s
-                where s.session_id = ${sessionId}::uuid and s.closed_at is null
-                  and t.peer_id = s.peer_id and t.finished_at is null and t.state = 'queued' and ${stray("t")}
-                returning t.*
-              )
-              select ${ticketColumns} from (
-                select * from tickets
-                where session_id = ${sessionId}::uuid and finished_at is null and state = 'queued'
-                  ${after === undefined ? sql.fragment`` : sql.fragment`and (length(ticket), ticket) > (length(${after}), ${after})`}
-                union all
-                select * from adopted
-              ) q
-              order by ${ticketOrder}
-            `)
-          : [],
+          ? new Promise<ReadonlyArray<Ticket>>((resolve, reject) => {
+              reads.push({ sessionId: sessionId.toLowerCase(), after, resolve, reject })
+              if (reads.length === 1) setImmediate(flushReads)
+            })
+          : Promise.resolve([]),
       ),
 
     queuedCounts: (sessionIds) =>
