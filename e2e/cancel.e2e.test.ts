@@ -10,6 +10,7 @@ import {
   type Running,
   repoRoot,
   runPicus,
+  sleep,
   sleepsWith,
   startPicus,
   startProcess,
@@ -79,6 +80,18 @@ describe("picus watch", () => {
       watchResults.lines.some((l) => / registered /.test(l)),
       watchResults.output(),
     ).toBe(false)
+  })
+})
+
+describe("picus watch whose reader went away", () => {
+  it("ends with 141, as a Unix tool killed by SIGPIPE does (`picus watch | head -1`)", async () => {
+    const watch = startPicus("watch into a closed pipe", ["watch", "--json"], world.env)
+    await watch.waitForLine(/watching the feed/)
+    // The reader's end of stdout closed: the next event it writes meets EPIPE.
+    watch.child.stdout?.destroy()
+    await submit("echo into-the-void")
+    const code = await Promise.race([watch.exited, sleep(30_000).then(() => "still running")])
+    expect(code, watch.output()).toBe(141)
   })
 })
 

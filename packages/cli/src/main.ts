@@ -35,6 +35,14 @@ const viaApi =
   !configGiven &&
   (!!process.env.PICUS_API_URL?.trim() || rest.some((a) => a === "--api-url" || a.startsWith("--api-url=")))
 
+// An operator's command whose reader went away (`picus watch | head -1`) ends as a Unix tool killed
+// by SIGPIPE does (128 + 13), instead of writing on into the void (Node ignores SIGPIPE, and its
+// console drops the error). A server or a peer keeps serving without its log's reader.
+if (first !== "server" && first !== "peer")
+  process.stdout.on("error", (error: NodeJS.ErrnoException) => {
+    if (error.code === "EPIPE") process.exit(141)
+  })
+
 if (viaApi) runProgram((await import("./apiProgram.ts")).apiRunProgram("picus"), process.argv)
 else if (first === "server")
   runProgram(await serverOf(), argvOf(rest), { elsewhere: await elsewhere(), siblings })

@@ -206,10 +206,6 @@ export const exitThroughApi = async (
 ): Promise<never> => {
   let code: number
   let api: Api | undefined
-  // A reader that went away (`| head`) ends the command, as it ends a shell's.
-  process.stdout.on("error", (error: NodeJS.ErrnoException) => {
-    if (error.code === "EPIPE") process.exit(0)
-  })
   try {
     api = apiOf(url)
     code = await body(api)
