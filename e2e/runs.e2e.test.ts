@@ -4,7 +4,7 @@ import { join } from "node:path"
 import { afterEach, beforeEach, describe, expect, it } from "vitest"
 import { makeWorld, type World, writeCatalog } from "./support/env.ts"
 import { freePort } from "./support/ports.ts"
-import { eventually, killAll, runPicus, sleepsWith, startPicus } from "./support/processes.ts"
+import { eventually, killAll, runPicus, sleep, sleepsWith, startPicus } from "./support/processes.ts"
 
 // Runs across the fleet with real processes: a server, peers of two distros (each reads its own
 // os-release), and `./picus run` as an operator types it.
@@ -30,7 +30,7 @@ const createToken = async () => {
   return (JSON.parse(created.stdout.split("\n").find((l) => l.startsWith("{"))!) as { token: string }).token
 }
 
-/** The server and one peer per distro given, all logged in. */
+/** The server and one peer per distro given, all logged in: the peers' ids, and the server. */
 const fleet = async (distros: ReadonlyArray<string>, serverArgs: ReadonlyArray<string> = []) => {
   const token = await createToken()
   const server = startPicus("server", ["server", ...serverArgs], {
@@ -55,7 +55,7 @@ const fleet = async (distros: ReadonlyArray<string>, serverArgs: ReadonlyArray<s
     }>
     return rows.filter((r) => r.online).length === distros.length ? rows : undefined
   })
-  return ids
+  return { ids, server }
 }
 
 interface TicketLine {
@@ -69,7 +69,7 @@ const linesOf = (stdout: string) => stdout.split("\n").map((l) => JSON.parse(l) 
 
 describe("picus run", () => {
   it("reaches exactly the peers of a distro, and its exit codes tell the outcome", async () => {
-    const ids = await fleet(["alpine", "debian", "alpine"])
+    const { ids } = await fleet(["alpine", "debian", "alpine"])
     const peers = await runPicus(["peers", "--json"], world.env)
     const rows = JSON.parse(peers.stdout) as ReadonlyArray<{ peerId: string; labels: Record<string, string> }>
     expect(Object.fromEntries(rows.map((r) => [r.peerId, r.labels.role]))).toEqual({
@@ -115,7 +115,7 @@ describe("picus run", () => {
   })
 
   it("--max-errors 0 with --max-concurrency 1 stops the run after the first failure", async () => {
-    const ids = await fleet(["debian", "debian", "debian"])
+    const { ids } = await fleet(["debian", "debian", "debian"])
     const result = await runPicus(
       ["run", "--all", "--max-concurrency", "1", "--max-errors", "0", "--json", "--", "echo nope; exit 1"],
       world.env,
@@ -159,7 +159,7 @@ describe("picus run", () => {
 
   it("goes through a server's HTTP API with PICUS_API_URL: same outcomes and exit codes, no PostgreSQL or Redis settings", async () => {
     const port = await freePort()
-    const ids = await fleet(["alpine", "debian"], ["--http", `127.0.0.1:${port}`])
+    const { ids } = await fleet(["alpine", "debian"], ["--http", `127.0.0.1:${port}`])
     const created = await runPicus(
       ["operator-token", "create", "--name", "ops", "--scope", "admin", "--json"],
       world.env,
@@ -251,5 +251,30 @@ describe("picus run", () => {
     const direct = await runPicus(["run", "--all", "--", "true"], { ...viaApi, PICUS_API_URL: "" })
     expect(direct.code).not.toBe(0)
     expect(direct.output).toMatch(/cannot reach|PostgreSQL|Redis/)
+  })
+
+  it("through the API, a server killed mid-run: the command exits 1 naming the API it lost", async () => {
+    const port = await freePort()
+    const { ids, server } = await fleet(["debian"], ["--http", `127.0.0.1:${port}`])
+    const created = await runPicus(
+      ["operator-token", "create", "--name", "ops", "--scope", "admin", "--json"],
+      world.env,
+    )
+    expect(created.code, created.output).toBe(0)
+    const { token } = JSON.parse(created.stdout) as { token: string }
+    const marker = `30.${randomInt(1e9, 1e10 - 1)}`
+    const waiting = startPicus("run via the api", ["run", "--peer", ids[0]!, "--", `sleep ${marker}`], {
+      ...world.env,
+      DATABASE_URL: "postgres://postgres@127.0.0.1:1/nowhere",
+      REDIS_URL: "redis://127.0.0.1:1",
+      PICUS_API_URL: `http://127.0.0.1:${port}`,
+      PICUS_API_TOKEN: token,
+    })
+    await eventually("the run's sleep running", async () => (sleepsWith(marker) === 1 ? true : undefined))
+    server.signalGroup("SIGKILL")
+    // Its event stream ends with the server; the next read of the run finds nothing listening.
+    const code = await Promise.race([waiting.exited, sleep(20_000).then(() => "still waiting")])
+    expect(code, waiting.output()).toBe(1)
+    expect(waiting.output()).toContain(`cannot reach the API at http://127.0.0.1:${port}`)
   })
 })
