@@ -164,13 +164,18 @@ export const makePgTickets = (pool: DatabasePool): TicketStoreService => {
         ) q
         order by ${ticketOrder}
       `)
+      // By session first: a run to ten thousand peers is ten thousand reads of one row each.
+      const bySession = new Map<string, Array<(typeof rows)[number]>>()
+      for (const row of rows) {
+        if (row.sessionId === null) continue
+        const mine = bySession.get(row.sessionId)
+        if (mine === undefined) bySession.set(row.sessionId, [row])
+        else mine.push(row)
+      }
       for (const { sessionId, after, resolve } of batch)
         resolve(
-          rows
-            .filter(
-              (t) =>
-                t.sessionId === sessionId && (t.adopted || after === undefined || newer(t.ticket, after)),
-            )
+          (bySession.get(sessionId) ?? [])
+            .filter((t) => t.adopted || after === undefined || newer(t.ticket, after))
             .map(({ adopted: _adopted, ...ticket }) => ticket),
         )
     } catch (error) {
