@@ -1,7 +1,7 @@
 import { createHash, randomUUID } from "node:crypto"
 import { assert, describe, it, layer } from "@effect/vitest"
 import { type CatalogJob, Store, StoreError } from "@picus/core"
-import { eventually, storeContract } from "@picus/core/testing"
+import { eventually, loginOf, storeContract } from "@picus/core/testing"
 import { Context, Effect, Exit, Fiber, Layer, Metric, Schema } from "effect"
 import { TestClock } from "effect/testing"
 import { type DatabasePool, sql } from "slonik"
@@ -241,17 +241,7 @@ layer(Layer.provideMerge(storeOverDb, dbLayer), { timeout: 60_000 })("PgStore on
         const store = makePgStore(yield* makePool(url, { maxPoolSize: 2 }))
         const peers = [`peer-${randomUUID()}`, `peer-${randomUUID()}`]
         for (const peerId of peers) {
-          yield* store.login({
-            peerId,
-            sessionId: randomUUID(),
-            serverId: "a",
-            serverIp: null,
-            os: "linux",
-            distro: "debian",
-            hostname: null,
-            agentVersion: null,
-            leaseMs: 60_000,
-          })
+          yield* store.login(loginOf(peerId))
         }
         const jobs = (names: ReadonlyArray<string>) =>
           names.map((name) => ({ name, command: "true", timeoutMs: 1_000 }))
@@ -317,17 +307,7 @@ layer(Layer.provideMerge(storeOverDb, dbLayer), { timeout: 60_000 })("PgStore on
           const peerId = `peer-${randomUUID()}`
           const sessionId = randomUUID()
           sessions.push(sessionId)
-          yield* store.login({
-            peerId,
-            sessionId,
-            serverId: "a",
-            serverIp: null,
-            os: "linux",
-            distro: "debian",
-            hostname: null,
-            agentVersion: null,
-            leaseMs: 60_000,
-          })
+          yield* store.login(loginOf(peerId, { sessionId }))
           const submitted = yield* store.submitTickets({
             peerId,
             serverId: "cli",
