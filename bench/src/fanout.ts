@@ -5,7 +5,7 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { sleep, wallNow } from "./clock.ts"
 import { stopProcess } from "./processes.ts"
-import { readProcess, startMachineSampler } from "./procstat.ts"
+import { readProcess, startMachineSampler, treeCpuMs } from "./procstat.ts"
 import { startPeer } from "./realPeers.ts"
 import { median } from "./stats.ts"
 import { type Cluster, startCluster, withTimeout } from "./storm.ts"
@@ -25,6 +25,12 @@ const picus = join(import.meta.dirname, "..", "..", "picus")
 export interface FanoutOptions {
   readonly peers: number
   readonly repeats: number
+  /**
+   * Runs of each way before the counted ones. Peers and servers are long-lived: the first jobs after
+   * a start pay for V8 compiling their code (the peers' first runs cost twice their later ones), which
+   * an operator's fleet paid once, long ago. They are reported, not counted.
+   */
+  readonly warmups: number
 }
 
 /** How the command reaches the cluster: the server's HTTP API, or PostgreSQL and Redis directly. */
@@ -32,6 +38,8 @@ export type FanoutMode = "api" | "direct"
 
 export interface FanoutRun {
   readonly mode: FanoutMode
+  /** A warm-up run (reported, not in the medians). */
+  readonly warmup?: boolean
   readonly wallMs: number
   readonly machineCpuS: number
   /** The machine's CPU in the 0.5 s before the command (nothing of this system running), per second. */
@@ -100,7 +108,7 @@ const operatorToken = (cluster: Cluster): string => {
   return token
 }
 
-const mediansOf = (runs: ReadonlyArray<FanoutRun>): FanoutMedians => ({
+export const fanoutMedians = (runs: ReadonlyArray<FanoutRun>): FanoutMedians => ({
   wallMs: median(runs.map((r) => r.wallMs)),
   machineCpuS: median(runs.map((r) => r.machineCpuS)),
   ownCpuS: median(runs.map((r) => r.ownCpuS)),
@@ -109,9 +117,8 @@ const mediansOf = (runs: ReadonlyArray<FanoutRun>): FanoutMedians => ({
   peers: median(runs.map((r) => r.split.peers)),
 })
 
-/** CPU ms of the given processes with their reaped children. */
-const treeCpuMs = (pids: ReadonlyArray<number>): number =>
-  pids.reduce((sum, pid) => sum + readProcess(pid, { children: true }).cpuMs, 0)
+/** CPU ms of the given processes with all they started (reaped or still alive). */
+const cpuOfTrees = (pids: ReadonlyArray<number>): number => pids.reduce((sum, pid) => sum + treeCpuMs(pid), 0)
 
 const runOnce = async (
   cluster: Cluster,
@@ -121,11 +128,12 @@ const runOnce = async (
 ): Promise<FanoutRun> => {
   const serverPids = cluster.servers.map((s) => s.pid!)
   // The bench's own CPU is not the command's: only its reaped children's (cutime + cstime).
-  const commandCpuMs = () => treeCpuMs([process.pid]) - readProcess(process.pid).cpuMs
+  const commandCpuMs = () =>
+    readProcess(process.pid, { children: true }).cpuMs - readProcess(process.pid).cpuMs
   const idle = startMachineSampler()
   await sleep(500)
   const backgroundCores = idle.stop().meanCores
-  const before = { command: commandCpuMs(), server: treeCpuMs(serverPids), peers: treeCpuMs(peerPids) }
+  const before = { command: commandCpuMs(), server: cpuOfTrees(serverPids), peers: cpuOfTrees(peerPids) }
   const machine = startMachineSampler()
   const startedAt = wallNow()
   const child = spawn(picus, ["run", "--all", "--", "echo hi"], {
@@ -149,8 +157,8 @@ const runOnce = async (
   const { wallMs: sampledMs, meanCores } = machine.stop()
   const split = {
     command: (commandCpuMs() - before.command) / 1000,
-    server: (treeCpuMs(serverPids) - before.server) / 1000,
-    peers: (treeCpuMs(peerPids) - before.peers) / 1000,
+    server: (cpuOfTrees(serverPids) - before.server) / 1000,
+    peers: (cpuOfTrees(peerPids) - before.peers) / 1000,
   }
   if (exitCode !== 0) throw new Error(`picus run exited ${exitCode}:\n${output}`)
   const { rows } = await cluster.pool.query<{ n: number }>(
@@ -189,8 +197,10 @@ export const runFanout = async (env: BenchEnv, options: FanoutOptions): Promise<
     const peerPids = peers.map((p) => p.pid!)
     const runs: Array<FanoutRun> = []
     for (const mode of ["api", "direct"] as const) {
-      // One run first, not counted: the command's compiled code is cached from then on, as for an operator.
-      await runOnce(started, peerPids, mode, api)
+      // Warm-up first, not counted: the command's compiled code is cached from the first run on (as
+      // for an operator), the peers' and the server's code is compiled over the first runs.
+      for (let i = 0; i < Math.max(1, options.warmups); i++)
+        runs.push({ ...(await runOnce(started, peerPids, mode, api)), warmup: true })
       for (let i = 0; i < options.repeats; i++) {
         const run = await runOnce(started, peerPids, mode, api)
         if (run.succeeded !== options.peers)
@@ -198,14 +208,15 @@ export const runFanout = async (env: BenchEnv, options: FanoutOptions): Promise<
         runs.push(run)
       }
     }
-    const apiMedians = mediansOf(runs.filter((r) => r.mode === "api"))
+    const counted = runs.filter((r) => r.warmup !== true)
+    const apiMedians = fanoutMedians(counted.filter((r) => r.mode === "api"))
     return {
       peers: options.peers,
       runs,
       medianWallMs: apiMedians.wallMs,
       medianMachineCpuS: apiMedians.machineCpuS,
       medianOwnCpuS: apiMedians.ownCpuS,
-      medians: { api: apiMedians, direct: mediansOf(runs.filter((r) => r.mode === "direct")) },
+      medians: { api: apiMedians, direct: fanoutMedians(counted.filter((r) => r.mode === "direct")) },
     }
   } catch (error) {
     return { peers: options.peers, runs: [], error: error instanceof Error ? error.message : String(error) }

@@ -33,6 +33,8 @@ const usage = `Usage: pnpm bench [options]
   --storm-idle S   seconds the storm's fleet idles, heartbeating, after it (default 20; 5 with --quick)
   --real-peers P   real peer processes in the real-peers phase (default 4)
   --fanout-peers F real peers in the fan-out phase (default 20; 5 with --quick)
+  --fanout-warmups W runs of each way before the counted ones in the fan-out phase, reported apart
+                   (default 10; 1 with --quick): long-lived peers and servers, measured warm
   --real-tickets K tickets (the command true) in the real-peers phase (default 400; 100 with --quick)
   --phases a,b     only these phases (known: saturation, rate, half, and the extra phases); half
                    needs saturation. Default: all
@@ -54,6 +56,7 @@ const { values } = parseArgs({
     "real-peers": { type: "string" },
     "real-tickets": { type: "string" },
     "fanout-peers": { type: "string" },
+    "fanout-warmups": { type: "string" },
     only: { type: "string" },
     phases: { type: "string" },
     quick: { type: "boolean", default: false },
@@ -78,6 +81,7 @@ const stormIdleMs = int("storm-idle", values["storm-idle"], quick ? 5 : 20) * 10
 const realPeers = Math.round(int("real-peers", values["real-peers"], 4))
 const realTickets = Math.round(int("real-tickets", values["real-tickets"], quick ? 100 : 400))
 const fanoutPeers = Math.round(int("fanout-peers", values["fanout-peers"], quick ? 5 : 20))
+const fanoutWarmups = Math.round(int("fanout-warmups", values["fanout-warmups"], quick ? 1 : 10))
 const only = values.only?.split(",").map((s) => s.trim())
 const unknown =
   only?.filter((n) => !systems.some((s) => s.name === n) && !(extras as ReadonlyArray<string>).includes(n)) ??
@@ -234,7 +238,7 @@ if (extraChosen("real-peers")) {
 
 let fanout: FanoutResult | undefined
 if (extraChosen("fanout")) {
-  fanout = await runFanout(env, { peers: fanoutPeers, repeats: quick ? 3 : 5 })
+  fanout = await runFanout(env, { peers: fanoutPeers, repeats: quick ? 3 : 5, warmups: fanoutWarmups })
   if (fanout.error !== undefined)
     failures.push({ system: "fanout", phase: `${fanoutPeers} peers`, repeat: 1, error: fanout.error })
   else
@@ -269,7 +273,7 @@ const summary = writeReport(outDir, {
     systems: chosen.map((s) => s.name),
     ...(extraChosen("storm") ? { stormPeers, stormIdleMs } : {}),
     ...(extraChosen("real-peers") ? { realPeers, realTickets } : {}),
-    ...(extraChosen("fanout") ? { fanoutPeers } : {}),
+    ...(extraChosen("fanout") ? { fanoutPeers, fanoutWarmups } : {}),
   },
   systems: chosen.map((s) => s.name),
   runs,

@@ -41,6 +41,34 @@ export const readProcess = (pid: number, options: { readonly children?: boolean 
   return { pid, cpuMs: (ticks * 1000) / ticksPerSecond(), rssBytes: rssKb * 1024 }
 }
 
+/** The live children of a process (of all its threads), from /proc/<pid>/task/<tid>/children. */
+const childrenOf = (pid: number): number[] => {
+  const pids: number[] = []
+  try {
+    for (const tid of readdirSync(`/proc/${pid}/task`))
+      for (const child of readFileSync(`/proc/${pid}/task/${tid}/children`, "utf8").split(" "))
+        if (child.trim() !== "") pids.push(Number(child))
+  } catch {
+    // gone meanwhile
+  }
+  return pids
+}
+
+/**
+ * CPU ms of a process with all it started: the children it has waited for (cutime + cstime) and
+ * those still alive, with theirs (a peer's long-lived launchers and the shells they ran, say).
+ */
+export const treeCpuMs = (pid: number): number => {
+  let ms = 0
+  try {
+    ms = readProcess(pid, { children: true }).cpuMs
+  } catch {
+    return 0
+  }
+  for (const child of childrenOf(pid)) ms += treeCpuMs(child)
+  return ms
+}
+
 /** The pids whose command name (/proc/<pid>/comm) is `name`, e.g. "redis-server" or "postgres". */
 export const pidsByName = (name: string): number[] => {
   const pids: number[] = []

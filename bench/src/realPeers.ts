@@ -7,7 +7,7 @@ import { Effect } from "effect"
 import { submitJobs } from "server"
 import { sleep, wallNow } from "./clock.ts"
 import { stopProcess } from "./processes.ts"
-import { readProcess, startMachineSampler, startProcessSampler } from "./procstat.ts"
+import { readProcess, startMachineSampler, startProcessSampler, treeCpuMs } from "./procstat.ts"
 import { percentiles } from "./stats.ts"
 import { type Cluster, makeFleet, startCluster, withTimeout } from "./storm.ts"
 import type { BenchEnv } from "./system.ts"
@@ -60,12 +60,12 @@ export interface RealPeersResult {
   readonly error?: string
 }
 
-/** CPU time of processes, in ms: their own, and with that of the children they waited for (shells). */
+/** CPU time of processes, in ms: their own, and with all they started (launchers, shells). */
 const cpuOf = (pids: ReadonlyArray<number>) =>
   pids.reduce(
     (a, pid) => ({
       own: a.own + readProcess(pid).cpuMs,
-      all: a.all + readProcess(pid, { children: true }).cpuMs,
+      all: a.all + treeCpuMs(pid),
     }),
     { own: 0, all: 0 },
   )

@@ -2,7 +2,7 @@ import { mkdirSync, readFileSync, writeFileSync } from "node:fs"
 import { cpus, hostname } from "node:os"
 import { join } from "node:path"
 import { type CostCounts, type CostPerTicket, costPerTicket } from "./counts.ts"
-import type { FanoutResult } from "./fanout.ts"
+import { type FanoutMedians, type FanoutResult, type FanoutRun, fanoutMedians } from "./fanout.ts"
 import type { FootprintResult } from "./footprint.ts"
 import type { RealPeersResult } from "./realPeers.ts"
 import { spread } from "./stats.ts"
@@ -367,7 +367,9 @@ const summaryMarkdown = (input: ReportInput, groups: ReadonlyArray<GroupSummary>
       `One server and ${f.peers} real peers (each run as \`./picus peer\` runs it); ` +
         "`./picus run --all -- echo hi` from the command to its exit (it waits for every result), " +
         "first through the server's HTTP API (`PICUS_API_URL`, as from an operator's machine), then " +
-        "to PostgreSQL and Redis directly, after one run of each not counted. Machine CPU: every " +
+        "to PostgreSQL and Redis directly, each after warm-up runs not counted (the peers and the " +
+        "server are long-lived: their first jobs pay for compiling their code, shown on the rows " +
+        "`first` and `warm-up`, the median of those runs). Machine CPU: every " +
         "process on the machine meanwhile (the command, the server, the peers and their shells, " +
         "PostgreSQL, Redis, and whatever else the machine ran); own CPU: the command, the server and " +
         "the peers with their shells alone, from /proc; background: the machine's cores busy in the " +
@@ -382,19 +384,28 @@ const summaryMarkdown = (input: ReportInput, groups: ReadonlyArray<GroupSummary>
         "| run | via | wall s | machine CPU s | background cores | own CPU s | command | server | peers |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
       )
-      for (const [i, r] of f.runs.entries())
+      const row = (label: string, r: FanoutRun) =>
         lines.push(
-          `| ${i + 1} | ${r.mode ?? "direct"} | ${fmtNum(r.wallMs / 1000, 3)} | ${fmtNum(r.machineCpuS, 2)} | ` +
+          `| ${label} | ${r.mode ?? "direct"} | ${fmtNum(r.wallMs / 1000, 3)} | ${fmtNum(r.machineCpuS, 2)} | ` +
             `${fmtNum(r.backgroundCores, 2)} | ${fmtNum(r.ownCpuS, 2)} | ` +
             `${fmtNum(r.split.command, 2)} | ${fmtNum(r.split.server, 2)} | ${fmtNum(r.split.peers, 2)} |`,
         )
-      for (const mode of ["api", "direct"] as const) {
-        const m = f.medians?.[mode]
-        if (m === undefined) continue
+      const medianRow = (label: string, mode: string, m: FanoutMedians) =>
         lines.push(
-          `| median | ${mode} | ${fmtNum(m.wallMs / 1000, 3)} | ${fmtNum(m.machineCpuS, 2)} | | ` +
+          `| ${label} | ${mode} | ${fmtNum(m.wallMs / 1000, 3)} | ${fmtNum(m.machineCpuS, 2)} | | ` +
             `${fmtNum(m.ownCpuS, 2)} | ${fmtNum(m.command, 2)} | ${fmtNum(m.server, 2)} | ${fmtNum(m.peers, 2)} |`,
         )
+      let counted = 0
+      for (const mode of ["api", "direct"] as const) {
+        const warmups = f.runs.filter((r) => r.mode === mode && r.warmup === true)
+        if (warmups[0] !== undefined) row("first", warmups[0])
+        if (warmups.length > 1) medianRow(`warm-up (${warmups.length})`, mode, fanoutMedians(warmups))
+        for (const r of f.runs.filter((r) => (r.mode ?? "direct") === mode && r.warmup !== true))
+          row(`${++counted}`, r)
+      }
+      for (const mode of ["api", "direct"] as const) {
+        const m = f.medians?.[mode]
+        if (m !== undefined) medianRow("median", mode, m)
       }
       lines.push("")
     }
