@@ -25,7 +25,6 @@ import {
 } from "effect"
 import { type ExecuteOptions, type Execution, execute } from "./executor.ts"
 import type { KeptResult } from "./journal.ts"
-import type { Launcher } from "./launcher.ts"
 import { makeLiveOutput } from "./liveOutput.ts"
 import type { OsInfo } from "./osInfo.ts"
 import type { StateFile } from "./state.ts"
@@ -102,8 +101,6 @@ export interface AgentConfig {
   readonly liveOutputMs?: number
   /** How long a cancelled job has after SIGTERM before its process group is killed (default 2 s). */
   readonly killGraceMs?: number
-  /** Starts jobs' shells without a fork of the peer where it can (default: the peer spawns them). */
-  readonly launcher?: Launcher
 }
 
 /** Retries of Redis commands while Redis is away: quickly at first, then every 5 seconds. */
@@ -302,7 +299,6 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
     const options: ExecuteOptions = {
       timeoutMs: job.job.timeout_ms ?? config.defaultTimeoutMs,
       outputCapBytes: config.outputCapBytes,
-      ...(config.launcher === undefined ? {} : { launcher: config.launcher }),
     }
     // On disk before it runs: a crash mid-job loses that result (the server times the ticket
     // out), but a ticket never runs twice, even across a restart.

@@ -1,5 +1,4 @@
 import { Effect } from "effect"
-import type { Launcher } from "./launcher.ts"
 
 export interface Execution {
   readonly exitCode: number | null
@@ -24,53 +23,11 @@ export interface ExecuteOptions {
   readonly cancel?: AbortSignal
   /** How long a cancelled command has to exit after SIGTERM (default 2 s). */
   readonly killGraceMs?: number
-  /** Starts the default shell without a fork of the peer, where it can (see launcher.ts). */
-  readonly launcher?: Launcher
 }
 
 /**
  * Runs a command with the shell, in a process group of its own so that a timeout, a cancel (or an
  * interruption) kills everything it started, not just the shell.
- */
-/** A started shell, whichever way it was started. */
-interface Started {
-  /** Signals the whole process group. */
-  readonly killGroup: (signal: NodeJS.Signals) => void
-}
-
-interface StartHandlers {
-  readonly output: (stream: "stdout" | "stderr", chunk: Buffer) => void
-  /** Both streams closed: the shell's exit code (null if a signal ended it), or why it never ran. */
-  readonly exit: (code: number | null, failure?: string) => void
-}
-
-/** The shell spawned by the peer itself, detached: a session and process group of its own. */
-const spawnShell = (shell: string, command: string, handlers: StartHandlers): Started => {
-  // Loaded with the first job, not at start: an idle peer never needs node:child_process, and
-  // loading it (with the dgram and stream modules it brings) costs the packaged peer about 1 MiB.
-  const { spawn } = process.getBuiltinModule("node:child_process")
-  const child = spawn(shell, ["-c", command], { detached: true, stdio: ["ignore", "pipe", "pipe"] })
-  child.stdout.on("data", (chunk: Buffer) => handlers.output("stdout", chunk))
-  child.stderr.on("data", (chunk: Buffer) => handlers.output("stderr", chunk))
-  child.on("error", (error) => handlers.exit(null, `failed to start: ${error.message}`))
-  child.on("close", (code) => handlers.exit(code))
-  return {
-    killGroup: (signal) => {
-      try {
-        if (child.pid !== undefined) process.kill(-child.pid, signal)
-      } catch {
-        // Already gone.
-      }
-    },
-  }
-}
-
-const DEFAULT_SHELL = "/bin/sh"
-
-/**
- * Runs a command with the shell, in a process group of its own so that a timeout, a cancel (or an
- * interruption) kills everything it started, not just the shell. Through the launcher when one is
- * given and takes it (the default shell only), else spawned by the peer.
  */
 export const execute = (command: string, options: ExecuteOptions): Effect.Effect<Execution> =>
   Effect.callback<Execution>((resume) => {
@@ -80,8 +37,29 @@ export const execute = (command: string, options: ExecuteOptions): Effect.Effect
     let truncated = false
     let timedOut = false
     let cancelled = false
-    let finished = false
     let graceTimer: ReturnType<typeof setTimeout> | undefined
+    // Loaded with the first job, not at start: an idle peer never needs node:child_process, and
+    // loading it (with the dgram and stream modules it brings) costs the packaged peer about 1 MiB.
+    const { spawn } = process.getBuiltinModule("node:child_process")
+    const child = spawn(options.shell ?? "/bin/sh", ["-c", command], {
+      detached: true,
+      stdio: ["ignore", "pipe", "pipe"],
+    })
+    const killGroup = (signal: NodeJS.Signals = "SIGKILL") => {
+      try {
+        if (child.pid !== undefined) process.kill(-child.pid, signal)
+      } catch {
+        // Already gone.
+      }
+    }
+    // The group, not the shell: `sleep 30 & sleep 30` leaves nothing behind. SIGTERM first, so a
+    // command may clean up; whatever is left after the grace is killed.
+    const onCancel = () => {
+      if (cancelled || timedOut) return
+      cancelled = true
+      killGroup("SIGTERM")
+      graceTimer = setTimeout(() => killGroup("SIGKILL"), options.killGraceMs ?? 2_000)
+    }
     const collect = (chunk: Buffer) => {
       const room = options.outputCapBytes - kept
       if (chunk.length > room) truncated = true
@@ -92,28 +70,36 @@ export const execute = (command: string, options: ExecuteOptions): Effect.Effect
       }
     }
     const onOutput = options.onOutput
-    const output = (stream: "stdout" | "stderr", chunk: Buffer) => {
-      onOutput?.(stream, chunk)
+    child.stdout.on("data", (chunk: Buffer) => {
+      onOutput?.("stdout", chunk)
       collect(chunk)
-    }
+    })
+    child.stderr.on("data", (chunk: Buffer) => {
+      onOutput?.("stderr", chunk)
+      collect(chunk)
+    })
+    if (options.cancel?.aborted) onCancel()
+    else options.cancel?.addEventListener("abort", onCancel, { once: true })
+    const timer = setTimeout(() => {
+      timedOut = true
+      killGroup()
+    }, options.timeoutMs)
     const done = (exitCode: number | null, extra?: string) => {
-      if (finished) return
-      finished = true
       clearTimeout(timer)
       if (graceTimer !== undefined) clearTimeout(graceTimer)
       options.cancel?.removeEventListener("abort", onCancel)
       // Whatever the shell left running in its group goes with it.
-      if (cancelled) started.killGroup("SIGKILL")
+      if (cancelled) killGroup("SIGKILL")
       // The wire carries no U+0000 (PostgreSQL text cannot hold it): a NUL byte reads as U+FFFD,
       // as an invalid byte does.
-      let text = Buffer.concat(chunks).toString("utf8").replaceAll("\u0000", "\uFFFD")
+      let output = Buffer.concat(chunks).toString("utf8").replaceAll("\u0000", "\uFFFD")
       // A cut may split a multi-byte character; drop the replacement character it leaves.
-      if (truncated) text = text.replace(/\uFFFD$/, "")
-      if (extra) text += extra
+      if (truncated) output = output.replace(/\uFFFD$/, "")
+      if (extra) output += extra
       resume(
         Effect.succeed({
           exitCode,
-          output: text,
+          output,
           truncated,
           timedOut,
           cancelled,
@@ -122,29 +108,11 @@ export const execute = (command: string, options: ExecuteOptions): Effect.Effect
         }),
       )
     }
-    const exit = (code: number | null, failure?: string) =>
-      failure === undefined ? done(timedOut || cancelled ? null : code) : done(null, failure)
-    const shell = options.shell ?? DEFAULT_SHELL
-    const launched = shell === DEFAULT_SHELL ? options.launcher?.launch(command, { output, exit }) : undefined
-    const started: Started =
-      launched === undefined ? spawnShell(shell, command, { output, exit }) : { killGroup: launched.kill }
-    // The group, not the shell: `sleep 30 & sleep 30` leaves nothing behind. SIGTERM first, so a
-    // command may clean up; whatever is left after the grace is killed.
-    const onCancel = () => {
-      if (cancelled || timedOut || finished) return
-      cancelled = true
-      started.killGroup("SIGTERM")
-      graceTimer = setTimeout(() => started.killGroup("SIGKILL"), options.killGraceMs ?? 2_000)
-    }
-    if (options.cancel?.aborted) onCancel()
-    else options.cancel?.addEventListener("abort", onCancel, { once: true })
-    const timer = setTimeout(() => {
-      timedOut = true
-      started.killGroup("SIGKILL")
-    }, options.timeoutMs)
+    child.on("error", (error) => done(null, `failed to start: ${error.message}`))
+    child.on("close", (code) => done(timedOut || cancelled ? null : code))
     return Effect.sync(() => {
       clearTimeout(timer)
       if (graceTimer !== undefined) clearTimeout(graceTimer)
-      started.killGroup("SIGKILL")
+      killGroup()
     })
   })

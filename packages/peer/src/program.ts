@@ -16,7 +16,6 @@ import { cac } from "cac"
 import { Cause, Effect, Exit, Fiber, Result } from "effect"
 import { type AgentExit, makeAgent } from "./Agent.ts"
 import { parseLabels } from "./labels.ts"
-import { makeLauncher } from "./launcher.ts"
 import { detectOs } from "./osInfo.ts"
 import { adoptLegacyState, lockStateDir, openStateFile, resolveStateDir, type StateFile } from "./state.ts"
 import { type ClusterKeyPin, parseClusterKeyPin, resolveTrust } from "./trust.ts"
@@ -169,23 +168,8 @@ const run = (flags: PeerFlags) => {
     logging.say(TransportRedis.describeConnection(event, TransportRedis.REDIS_HINT), {
       level: levelOf(event),
     })
-  const concurrency = positiveInt("--concurrency", flags.concurrency ?? env.PICUS_CONCURRENCY, 4)
   const program = Effect.gen(function* () {
     const signalled = yield* firstSignal()
-    // Not as the first process of a container: jobs whose launcher is gone would be its to reap.
-    const launcher =
-      process.pid === 1
-        ? undefined
-        : yield* Effect.acquireRelease(
-            Effect.sync(() =>
-              makeLauncher({
-                launchers: concurrency,
-                onUnavailable: (reason) =>
-                  logging.say(`jobs' shells are spawned by the peer itself: no launcher (${reason})`),
-              }),
-            ),
-            (made) => Effect.sync(() => made.close()),
-          )
     const agent = yield* makeAgent({
       token: enrolling.token,
       clusterKey: enrolling.clusterKey,
@@ -213,8 +197,7 @@ const run = (flags: PeerFlags) => {
       labels: Result.isSuccess(labels) ? labels.success : {},
       state,
       agentVersion: AGENT_VERSION,
-      concurrency,
-      ...(launcher === undefined ? {} : { launcher }),
+      concurrency: positiveInt("--concurrency", flags.concurrency ?? env.PICUS_CONCURRENCY, 4),
       outputCapBytes: positiveInt("--output-cap", flags.outputCap ?? env.PICUS_OUTPUT_CAP, 64 * 1024),
       defaultTimeoutMs: 60_000,
       exitOnShutdown: flags.exitOnShutdown === true || env.PICUS_EXIT_ON_SHUTDOWN === "1",

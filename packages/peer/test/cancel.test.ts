@@ -5,7 +5,6 @@ import { eventually } from "@picus/core/testing"
 import { Effect, Fiber } from "effect"
 import { execute } from "../src/executor.ts"
 import { makeLiveOutput } from "../src/liveOutput.ts"
-import { shellWays } from "./support/shellWays.ts"
 
 /** Live `sleep` processes given `marker` as their argument (zombies left out). */
 const processesWith = (marker: string): number => {
@@ -27,20 +26,11 @@ const processesWith = (marker: string): number => {
 /** A `sleep` argument no other test uses, so its processes can be counted. */
 const uniqueSleep = () => `30.${randomInt(1e9, 1e10 - 1)}`
 
-const base = { timeoutMs: 60_000, outputCapBytes: 64 * 1024 }
+const options = { timeoutMs: 60_000, outputCapBytes: 64 * 1024 }
 
-describe.each(shellWays)("cancel (real shell, $name)", (way) => {
-  const optionsOf = Effect.map(
-    Effect.promise(() => way.launcher()),
-    (launcher) => ({
-      ...base,
-      ...(launcher === undefined ? {} : { launcher }),
-    }),
-  )
-
+describe("cancel (real shell)", () => {
   it.live("kills the whole process group: `sleep 30 & sleep 30` leaves no sleep behind", () =>
     Effect.gen(function* () {
-      const options = yield* optionsOf
       const seconds = uniqueSleep()
       const controller = new AbortController()
       const fiber = yield* execute(`echo started; sleep ${seconds} & sleep ${seconds}`, {
@@ -67,7 +57,6 @@ describe.each(shellWays)("cancel (real shell, $name)", (way) => {
 
   it.live("a command that ignores SIGTERM is killed after the grace", () =>
     Effect.gen(function* () {
-      const options = yield* optionsOf
       const seconds = uniqueSleep()
       const controller = new AbortController()
       const fiber = yield* execute(`trap '' TERM; sleep ${seconds} & sleep ${seconds}; echo survived`, {
@@ -93,7 +82,6 @@ describe.each(shellWays)("cancel (real shell, $name)", (way) => {
 
   it.live("a command that finishes first is not cancelled", () =>
     Effect.gen(function* () {
-      const options = yield* optionsOf
       const controller = new AbortController()
       const run = yield* execute("echo done", { ...options, cancel: controller.signal })
       controller.abort()
