@@ -56,7 +56,7 @@ const childrenOf = (pid: number): number[] => {
 
 /**
  * CPU ms of a process with all it started: the children it has waited for (cutime + cstime) and
- * those still alive, with theirs (a peer's long-lived launchers and the shells they ran, say).
+ * those still alive, with theirs (a peer's job still running when it is read, say).
  */
 export const treeCpuMs = (pid: number): number => {
   let ms = 0

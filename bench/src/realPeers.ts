@@ -60,7 +60,7 @@ export interface RealPeersResult {
   readonly error?: string
 }
 
-/** CPU time of processes, in ms: their own, and with all they started (launchers, shells). */
+/** CPU time of processes, in ms: their own, and with all they started (shells, running or reaped). */
 const cpuOf = (pids: ReadonlyArray<number>) =>
   pids.reduce(
     (a, pid) => ({
