@@ -205,6 +205,21 @@ describe("picus run", () => {
     expect(dry.code, dry.output).toBe(0)
     expect((JSON.parse(dry.stdout) as ReadonlyArray<{ peer: string }>).map((p) => p.peer)).toEqual([ids[0]])
 
+    // picus peers through the API: what the direct way lists, with nothing but the API.
+    const listed = await runPicus(["peers", "--json"], viaApi)
+    expect(listed.code, listed.output).toBe(0)
+    const fromDatabase = await runPicus(["peers", "--json"], world.env)
+    const essentials = (stdout: string) =>
+      (JSON.parse(stdout) as ReadonlyArray<Record<string, unknown>>).map(({ lastSeenAt: _, ...rest }) => rest)
+    expect(essentials(listed.stdout)).toEqual(essentials(fromDatabase.stdout))
+    expect(essentials(listed.stdout).filter((p) => p.online === true)).toHaveLength(2)
+    const peersTable = await runPicus(["peers"], viaApi)
+    expect(peersTable.code, peersTable.output).toBe(0)
+    expect(peersTable.stdout).toMatch(new RegExp(`${ids[1]}\\s+linux\\s+debian\\s+role=r1\\s+true`))
+    const addViaApi = await runPicus(["peers", "--json", "add", "web-9"], viaApi)
+    expect(addViaApi.code, addViaApi.output).toBe(2)
+    expect(addViaApi.output).toContain("is not done through the API")
+
     const nobody = await runPicus(["run", "--distro", "gentoo", "--", "true"], viaApi)
     expect(nobody.code, nobody.output).toBe(3)
     expect(nobody.output).toContain("no peer matches")

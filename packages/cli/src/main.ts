@@ -27,11 +27,13 @@ const configGiven =
   process.argv.some((a) => a === "--config" || a.startsWith("--config=")) || !!process.env.PICUS_CONFIG
 const siblings = configGiven ? await Promise.all([operator(), serverOf(), peerOf()]) : []
 
-// `run` (not `run show`) and `cancel` through a server's API: the program of those commands alone,
-// which loads neither the stores nor Redis (a config file may name other programs' keys: the
-// whole program).
+// `run` (not `run show`), `cancel` and the list of `peers` through a server's API: the program of
+// those commands alone, which loads neither the stores nor Redis (a config file may name other
+// programs' keys: the whole program).
 const viaApi =
-  ((first === "run" && rest[0] !== "show") || first === "cancel") &&
+  ((first === "run" && rest[0] !== "show") ||
+    first === "cancel" ||
+    (first === "peers" && (rest[0] === undefined || rest[0] === "list" || rest[0].startsWith("-")))) &&
   !configGiven &&
   (!!process.env.PICUS_API_URL?.trim() || rest.some((a) => a === "--api-url" || a.startsWith("--api-url=")))
 

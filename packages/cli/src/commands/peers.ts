@@ -9,56 +9,35 @@ import {
   addSeedPeer,
   ConfigError,
   OPEN_MODE_WARNING,
-  printRows,
   redisUrlFor,
   resolveServerConfig,
   type ServerFlags,
-  sharedOptions,
   withRedisUsers,
   withStore,
 } from "server"
 import { run } from "../support.ts"
-import { labelsText } from "./runView.ts"
+import { definePeers, type PeersFlags, printPeers } from "./peersView.ts"
+import { apiUrlOf } from "./runView.ts"
 
-const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString())
-
-const list = (flags: ServerFlags & { json?: boolean }) =>
+const list = (flags: ServerFlags & PeersFlags) =>
   withStore(
     resolveServerConfig(flags),
     Effect.gen(function* () {
-      const peers = yield* (yield* RunStore).peerViews()
-      printRows(
-        peers.map((p) =>
-          flags.json === true
-            ? { ...p, online: p.heldBy !== null }
-            : {
-                peer: p.peerId,
-                os: p.os,
-                distro: p.distro,
-                labels: labelsText(p.labels),
-                online: p.heldBy !== null,
-                "last seen": iso(p.lastSeenAt),
-                "held by": p.heldBy,
-              },
-        ),
-        flags.json === true,
-      )
+      printPeers(yield* (yield* RunStore).peerViews(), flags.json === true)
     }),
     false,
     true,
   )
 
 export const registerPeers = (cli: CAC): void => {
-  sharedOptions(
-    cli.command(
-      "peers [action] [id]",
-      "Every peer: os, distro, labels, online, last seen, which instance holds it; add <id> provisions a seed peer",
-    ),
-  )
-    .option("--json", "Machine-readable output")
-    .example("picus peers add web-7   # prints the token and Redis login once")
-    .action((action: string | undefined, id: string | undefined, flags: ServerFlags & { json?: boolean }) => {
-      if (action === undefined || action === "list") return run(list(flags))
+  definePeers(cli).action(
+    (action: string | undefined, id: string | undefined, flags: ServerFlags & PeersFlags) => {
+      if (action === undefined || action === "list") {
+        const apiUrl = apiUrlOf(flags)
+        if (apiUrl !== undefined)
+          return import("../api/peers.ts").then((api) => api.peersViaApi(action, flags.json === true, apiUrl))
+        return run(list(flags))
+      }
       if (action !== "add")
         return run(Effect.fail(new ConfigError(`unknown peers action "${action}" (list, add)`)))
       if (id === undefined) return run(Effect.fail(new ConfigError("peers add needs the new peer's id")))
@@ -101,5 +80,6 @@ export const registerPeers = (cli: CAC): void => {
           ),
         ),
       )
-    })
+    },
+  )
 }
