@@ -15,7 +15,7 @@ import {
   createOperatorToken,
   DEFAULT_SHUTDOWN_REASON,
   defaultDataDir,
-  EMBEDDED_POOL_SIZE,
+  EMBEDDED_POOL_OPTIONS,
   ensureDatabase,
   gatewayConfigFrom,
   keyFileOrNew,
@@ -51,11 +51,7 @@ const peerNames = ["peer-1", "peer-2"]
 
 const storeLayer = useRealServices
   ? Layer.unwrap(ensureDatabase(config.databaseUrl).pipe(Effect.as(PgStore.layer(config.databaseUrl))))
-  : Layer.unwrap(
-      serveEmbedded(dataDir).pipe(
-        Effect.map((url) => PgStore.layer(url, { maxPoolSize: EMBEDDED_POOL_SIZE })),
-      ),
-    )
+  : Layer.unwrap(serveEmbedded(dataDir).pipe(Effect.map((url) => PgStore.layer(url, EMBEDDED_POOL_OPTIONS))))
 const transportLayer = useRealServices
   ? TransportRedis.layerRedis({ url: config.redisUrl, prefix: config.redisPrefix })
   : TransportMemory.layerMemory

@@ -19,7 +19,7 @@ export {
   type ServerConfig,
   type ServerFlags,
 } from "./config.ts"
-export { defaultDataDir, EMBEDDED_POOL_SIZE, serveEmbedded } from "./db/embedded.ts"
+export { defaultDataDir, EMBEDDED_POOL_OPTIONS, serveEmbedded } from "./db/embedded.ts"
 export { ensureDatabase } from "./db/ensureDatabase.ts"
 export { PgStore } from "./db/PgStore.ts"
 export {

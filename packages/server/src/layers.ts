@@ -11,7 +11,7 @@ import { CatalogError } from "./catalog.ts"
 import { ServerIdInUse } from "./claimServerId.ts"
 import { ClusterKeyError } from "./clusterKey.ts"
 import { ConfigError, type ServerConfig } from "./config.ts"
-import { connectEmbedded, defaultDataDir, EMBEDDED_POOL_SIZE } from "./db/embedded.ts"
+import { connectEmbedded, defaultDataDir, EMBEDDED_POOL_OPTIONS } from "./db/embedded.ts"
 import { ensureDatabase } from "./db/ensureDatabase.ts"
 import { PgStore } from "./db/PgStore.ts"
 import { InvalidJob } from "./submit.ts"
@@ -92,7 +92,7 @@ export const withStore = <A, E>(
       embedded
         ? Layer.unwrap(
             connectEmbedded(process.env.PICUS_DATA_DIR ?? defaultDataDir).pipe(
-              Effect.map((url) => PgStore.layer(url, { maxPoolSize: EMBEDDED_POOL_SIZE })),
+              Effect.map((url) => PgStore.layer(url, EMBEDDED_POOL_OPTIONS)),
             ),
           )
         : readOnly

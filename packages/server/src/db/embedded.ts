@@ -4,7 +4,8 @@ import { fileURLToPath } from "node:url"
 import { PGlite } from "@electric-sql/pglite"
 import { PGLiteSocketServer } from "@electric-sql/pglite-socket"
 import { Effect, type Scope } from "effect"
-import { PoolError } from "./pool.ts"
+import type { Interceptor } from "slonik"
+import { PoolError, type PoolOptions } from "./pool.ts"
 
 /**
  * The embedded PostgreSQL of `make dev`: PGlite (PostgreSQL in WebAssembly) with its data in a
@@ -19,6 +20,23 @@ import { PoolError } from "./pool.ts"
 
 export const defaultDataDir: string = fileURLToPath(new URL("../../../../.data", import.meta.url))
 export const EMBEDDED_POOL_SIZE = 1
+
+/**
+ * Queries sent unnamed. PGlite serves every connection from its one backend, so a statement one
+ * connection prepares exists for all of them, and outlives the connection: the next connection
+ * that prepares the same name (a pool's fresh one after an idle one closed, another process's)
+ * fails with "prepared statement ... already exists", and the results it carried are lost.
+ */
+const unnamedStatements: Interceptor = {
+  name: "embedded-unnamed-statements",
+  transformQuery: (_context, query) => ({ sql: query.sql, values: query.values }),
+}
+
+/** The pool over the embedded database: one connection, no named prepared statements. */
+export const EMBEDDED_POOL_OPTIONS: PoolOptions = {
+  maxPoolSize: EMBEDDED_POOL_SIZE,
+  interceptors: [unnamedStatements],
+}
 
 const lockFile = (dataDir: string) => join(dataDir, "embedded.json")
 const urlFor = (port: number) => `postgres://postgres@127.0.0.1:${port}/postgres`
