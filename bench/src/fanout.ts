@@ -74,6 +74,9 @@ export interface FanoutResult {
   readonly medianMachineCpuS?: number
   readonly medianOwnCpuS?: number
   readonly medians?: Partial<Record<FanoutMode, FanoutMedians>>
+  /** Of each way's warm-up runs (not counted), and how many there were of each. */
+  readonly warmupMedians?: Partial<Record<FanoutMode, FanoutMedians>>
+  readonly warmupRuns?: number
   readonly error?: string
 }
 
@@ -108,7 +111,7 @@ const operatorToken = (cluster: Cluster): string => {
   return token
 }
 
-export const fanoutMedians = (runs: ReadonlyArray<FanoutRun>): FanoutMedians => ({
+const fanoutMedians = (runs: ReadonlyArray<FanoutRun>): FanoutMedians => ({
   wallMs: median(runs.map((r) => r.wallMs)),
   machineCpuS: median(runs.map((r) => r.machineCpuS)),
   ownCpuS: median(runs.map((r) => r.ownCpuS)),
@@ -209,6 +212,7 @@ export const runFanout = async (env: BenchEnv, options: FanoutOptions): Promise<
       }
     }
     const counted = runs.filter((r) => r.warmup !== true)
+    const warmups = runs.filter((r) => r.warmup === true)
     const apiMedians = fanoutMedians(counted.filter((r) => r.mode === "api"))
     return {
       peers: options.peers,
@@ -217,6 +221,11 @@ export const runFanout = async (env: BenchEnv, options: FanoutOptions): Promise<
       medianMachineCpuS: apiMedians.machineCpuS,
       medianOwnCpuS: apiMedians.ownCpuS,
       medians: { api: apiMedians, direct: fanoutMedians(counted.filter((r) => r.mode === "direct")) },
+      warmupMedians: {
+        api: fanoutMedians(warmups.filter((r) => r.mode === "api")),
+        direct: fanoutMedians(warmups.filter((r) => r.mode === "direct")),
+      },
+      warmupRuns: warmups.length / 2,
     }
   } catch (error) {
     return { peers: options.peers, runs: [], error: error instanceof Error ? error.message : String(error) }

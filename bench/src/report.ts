@@ -2,7 +2,7 @@ import { mkdirSync, readFileSync, writeFileSync } from "node:fs"
 import { cpus, hostname } from "node:os"
 import { join } from "node:path"
 import { type CostCounts, type CostPerTicket, costPerTicket } from "./counts.ts"
-import { type FanoutMedians, type FanoutResult, type FanoutRun, fanoutMedians } from "./fanout.ts"
+import type { FanoutMedians, FanoutResult, FanoutRun } from "./fanout.ts"
 import type { FootprintResult } from "./footprint.ts"
 import type { RealPeersResult } from "./realPeers.ts"
 import { spread } from "./stats.ts"
@@ -397,9 +397,10 @@ const summaryMarkdown = (input: ReportInput, groups: ReadonlyArray<GroupSummary>
         )
       let counted = 0
       for (const mode of ["api", "direct"] as const) {
-        const warmups = f.runs.filter((r) => r.mode === mode && r.warmup === true)
-        if (warmups[0] !== undefined) row("first", warmups[0])
-        if (warmups.length > 1) medianRow(`warm-up (${warmups.length})`, mode, fanoutMedians(warmups))
+        const first = f.runs.find((r) => r.mode === mode && r.warmup === true)
+        if (first !== undefined) row("first", first)
+        const warm = f.warmupMedians?.[mode]
+        if (warm !== undefined && (f.warmupRuns ?? 0) > 1) medianRow(`warm-up (${f.warmupRuns})`, mode, warm)
         for (const r of f.runs.filter((r) => (r.mode ?? "direct") === mode && r.warmup !== true))
           row(`${++counted}`, r)
       }
