@@ -64,17 +64,30 @@ export const startProcess = (
       lines.push(...parts)
       for (const w of watchers) w()
     })
+    // A last line without its newline.
+    stream?.on("end", () => {
+      if (partial !== "") lines.push(partial)
+      partial = ""
+    })
   }
+  let finished = false
   const exited = new Promise<number | string>((resolve) => {
     // A program that cannot start (not found, not executable) says so among its lines.
     child.on("error", (error) => {
       lines.push(`${name}: ${error.message}`)
       resolve(error.message)
     })
-    child.on("exit", (code, signal) => {
+    // "exit" can come before the last of the output is read: the exit code is told once the pipes
+    // are drained ("close"), or shortly after the exit if a descendant still holds them open.
+    const done = (code: number | null, signal: NodeJS.Signals | null) => {
+      finished = true
       for (const w of watchers) w()
       resolve(code ?? signal ?? "unknown")
+    }
+    child.on("exit", (code, signal) => {
+      setTimeout(() => done(code, signal), 2_000).unref()
     })
+    child.on("close", done)
   })
   const running: Running = {
     name,
@@ -96,7 +109,7 @@ export const startProcess = (
           if (found !== undefined) {
             cleanup()
             resolve(found)
-          } else if (child.exitCode !== null || child.signalCode !== null) {
+          } else if (finished) {
             cleanup()
             reject(new Error(`${name} exited before printing ${pattern}:\n${lines.join("\n")}`))
           }
