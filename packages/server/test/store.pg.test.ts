@@ -8,6 +8,7 @@ import { type DatabasePool, sql } from "slonik"
 import { migrate } from "../src/db/migrate.ts"
 import { makePgStore, layer as pgStoreLayer } from "../src/db/PgStore.ts"
 import { makePool, parseTimestamptz, RowValidationError } from "../src/db/pool.ts"
+import { makePgRedisUsers } from "../src/db/redisUsers.ts"
 import { makeStatementCounter, statementCounts } from "../src/db/statementCounter.ts"
 import { freshDatabase } from "./support/database.ts"
 
@@ -40,6 +41,7 @@ const storeOverDb = Layer.effect(
 )
 
 const std = Schema.toStandardSchemaV1
+const HASH = createHash("sha256").update("a password").digest("hex")
 const promise = <A>(run: () => Promise<A>) => Effect.promise(run)
 const job = (jobId: string, distro: string): CatalogJob => ({
   job_id: jobId,
@@ -285,6 +287,78 @@ layer(Layer.provideMerge(storeOverDb, dbLayer), { timeout: 60_000 })("PgStore on
           ["a1", "a2", "a3", "a4"],
         )
       }),
+  )
+
+  it.effect("a storm's registrations share statements: admissions, users, logins, catalog reads", () =>
+    Effect.gen(function* () {
+      const { url } = yield* Db
+      const registry = new Map()
+      const counted = statementCounts.pipe(Effect.provideService(Metric.MetricRegistry, registry))
+      const pool = yield* makePool(url, {
+        maxPoolSize: 4,
+        interceptors: [makeStatementCounter(Context.make(Metric.MetricRegistry, registry))],
+      })
+      const store = makePgStore(pool)
+      const users = makePgRedisUsers(pool)
+      const peers = Array.from({ length: 20 }, () => `storm-${randomUUID()}`)
+      const together = <A, E>(each: (peerId: string) => Effect.Effect<A, E>) =>
+        Effect.all(peers.map(each), { concurrency: "unbounded" })
+      const before = yield* counted
+      const admitted = yield* together((peerId) =>
+        store.admitRegistration({
+          peerId,
+          identityKey: `key-${peerId}`,
+          ts: 1,
+          now: 1_000,
+          minIntervalMs: 2_000,
+        }),
+      )
+      const granted = yield* together((peerId) =>
+        users.grantPeer({ name: `user-${peerId}`, peerId, sessionId: randomUUID(), passwordHash: HASH }),
+      )
+      const logins = peers.map((peerId) => loginOf(peerId))
+      const loggedIn = yield* Effect.all(
+        logins.map((l) => store.login(l)),
+        { concurrency: "unbounded" },
+      )
+      yield* together(() => store.jobsFor("linux", "debian"))
+      const after = yield* counted
+      assert.deepStrictEqual(new Set(admitted), new Set(["admitted"]))
+      assert.deepStrictEqual(new Set(granted), new Set([true]))
+      assert.deepStrictEqual(new Set(loggedIn.map((l) => l.epoch)), new Set([1]))
+      // One statement each for the admissions, the users and the catalog reads; one transaction of
+      // three for the logins (one at a time, it was 3 + 1 + 5 + 1 statements and 2 transactions a peer).
+      assert.strictEqual(after.statements - before.statements, 6, JSON.stringify(after.byStatement))
+      assert.strictEqual(after.transactions - before.transactions, 1)
+      const open = yield* Effect.promise(() =>
+        pool.oneFirst(
+          sql.type(std(Schema.Struct({ n: Schema.Int })))`
+            select count(*)::int as n from sessions
+            where peer_id = any(${sql.array(peers, "text")}) and closed_at is null
+          `,
+        ),
+      )
+      assert.strictEqual(open, peers.length)
+
+      // A call the database refuses fails alone: the others of its batch are sent again one by one.
+      const mixed = yield* Effect.all(
+        ["ok-1", "bad", "ok-2"].map((label) =>
+          Effect.exit(
+            users.grantPeer({
+              name: `user-${label}-${randomUUID()}`,
+              peerId: peers[0]!,
+              sessionId: randomUUID(),
+              passwordHash: label === "bad" ? "not a hash" : HASH,
+            }),
+          ),
+        ),
+        { concurrency: "unbounded" },
+      )
+      assert.deepStrictEqual(
+        mixed.map((e) => (Exit.isSuccess(e) ? e.value : "failed")),
+        [true, "failed", true],
+      )
+    }),
   )
 
   it.effect(

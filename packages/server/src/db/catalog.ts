@@ -1,4 +1,5 @@
 import { ANY_PLATFORM, CatalogJob, CatalogStore, type CatalogStoreService } from "@picus/core"
+import { Effect } from "effect"
 import { type DatabasePool, sql } from "slonik"
 import { attempt, NoRow, std } from "./shared.ts"
 
@@ -9,6 +10,8 @@ const CATALOG_LOCK_KEY = 7_313_526_417_002
 
 /** The CatalogStore over a slonik pool. */
 export const makePgCatalog = (pool: DatabasePool): CatalogStoreService => {
+  // Reads of a platform's jobs in flight, by platform.
+  const reading = new Map<string, Promise<ReadonlyArray<CatalogJob>>>()
   return CatalogStore.of({
     replaceCatalog: (jobs) =>
       attempt("replaceCatalog", () => {
@@ -41,15 +44,26 @@ export const makePgCatalog = (pool: DatabasePool): CatalogStoreService => {
             )}))
           `)
         })
-      }),
+      }).pipe(
+        // A read that began before this commit is not shared with a session that asks after it.
+        Effect.ensuring(Effect.sync(() => reading.clear())),
+      ),
 
     jobsFor: (os, distro) =>
-      attempt("jobsFor", () =>
-        pool.any(sql.type(CatalogJobRow)`
-          select job_id, name, os, distro, command, timeout_ms from jobs
-          where enabled and (os = ${ANY_PLATFORM} or os = ${os}) and (distro = ${ANY_PLATFORM} or distro = ${distro})
-          order by job_id
-        `),
-      ),
+      attempt("jobsFor", () => {
+        // Sessions opened together (a storm) share the read of their platform's jobs.
+        const key = JSON.stringify([os, distro])
+        const shared = reading.get(key)
+        if (shared !== undefined) return shared
+        const read = pool
+          .any(sql.type(CatalogJobRow)`
+            select job_id, name, os, distro, command, timeout_ms from jobs
+            where enabled and (os = ${ANY_PLATFORM} or os = ${os}) and (distro = ${ANY_PLATFORM} or distro = ${distro})
+            order by job_id
+          `)
+          .finally(() => reading.delete(key))
+        reading.set(key, read)
+        return read
+      }),
   })
 }

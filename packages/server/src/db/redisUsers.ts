@@ -1,6 +1,7 @@
 import { Schema } from "effect"
 import { type DatabasePool, sql } from "slonik"
 import { RedisUserStore } from "../access/RedisUsers.ts"
+import { sameTurn } from "./sameTurn.ts"
 import { attempt, NoRow, NullableInt, NullableString, std, UUID } from "./shared.ts"
 
 const UserRow = std(
@@ -20,23 +21,48 @@ const userColumns = sql.fragment`
   password_hash as "passwordHash"
 `
 
+const GrantedRow = std(Schema.Struct({ ord: Schema.Int, granted: Schema.Boolean }))
+
+interface PeerGrant {
+  readonly name: string
+  readonly peerId: string
+  readonly sessionId: string
+  readonly passwordHash: string
+}
+
 /** The RedisUserStore over a slonik pool (table redis_users). */
-export const makePgRedisUsers = (pool: DatabasePool) =>
-  RedisUserStore.of({
-    grantPeer: (user) =>
-      attempt("grantPeer", async () => {
-        // A provisioned seed peer's user is never taken over by a session's.
-        const row = await pool.maybeOne(sql.type(NameRow)`
-          insert into redis_users (name, kind, peer_id, session_id, password_hash)
-          values (${user.name}, 'peer', ${user.peerId}, ${user.sessionId}::uuid, ${user.passwordHash})
-          on conflict (name) do update set
-            session_id = excluded.session_id, password_hash = excluded.password_hash,
-            peer_id = excluded.peer_id, created_at = now()
-          where redis_users.kind = 'peer'
-          returning name
-        `)
-        return row !== null
-      }),
+export const makePgRedisUsers = (pool: DatabasePool) => {
+  // Sessions opened together (a storm of registrations) write their users in one statement.
+  // A provisioned seed peer's user is never taken over by a session's.
+  const grantBatch = async (grants: ReadonlyArray<PeerGrant>) => {
+    const rows = await pool.any(sql.prepared("grant peer users", GrantedRow)`
+      with req as (
+        select * from ${sql.unnest(
+          grants.map((g, i) => [i, g.name, g.peerId, g.sessionId, g.passwordHash]),
+          ["int4", "text", "text", "uuid", "text"],
+        )} as r(ord, name, peer_id, session_id, password_hash)
+      ), granted as (
+        insert into redis_users (name, kind, peer_id, session_id, password_hash)
+        select name, 'peer', peer_id, session_id, password_hash from req order by name
+        on conflict (name) do update set
+          session_id = excluded.session_id, password_hash = excluded.password_hash,
+          peer_id = excluded.peer_id, created_at = now()
+        where redis_users.kind = 'peer'
+        returning name
+      )
+      select r.ord, g.name is not null as granted from req r left join granted g on g.name = r.name
+      order by r.ord
+    `)
+    return grants.map((_, i) => rows[i]?.granted)
+  }
+  const grant = sameTurn({
+    keyOf: (g: PeerGrant) => g.name,
+    send: grantBatch,
+    alone: async (g) => (await grantBatch([g]))[0] ?? false,
+  })
+
+  return RedisUserStore.of({
+    grantPeer: (user) => attempt("grantPeer", () => grant(user)),
 
     releasePeer: (user) =>
       attempt("releasePeer", async () => {
@@ -108,3 +134,4 @@ export const makePgRedisUsers = (pool: DatabasePool) =>
             `),
       ),
   })
+}

@@ -1,6 +1,15 @@
-import { Protocol, SessionStore, type SessionStoreService } from "@picus/core"
+import {
+  type Admission,
+  type Login,
+  Protocol,
+  type RegistrationClaim,
+  SessionStore,
+  type SessionStoreService,
+  type Ticket,
+} from "@picus/core"
 import { Option, Schema } from "effect"
 import { type DatabasePool, sql } from "slonik"
+import { sameTurn } from "./sameTurn.ts"
 import {
   attempt,
   leaseEnd,
@@ -39,92 +48,222 @@ const IdentityRow = std(
     lastAdmittedAt: NullableInt,
   }),
 )
+const AdmittedRow = std(
+  Schema.Struct({
+    ord: Schema.Int,
+    admitted: Schema.Boolean,
+    hadRow: Schema.Boolean,
+    identityKey: NullableString,
+    lastRegisterTs: NullableInt,
+    lastAdmittedAt: NullableInt,
+  }),
+)
 const EndedRow = std(Schema.Struct({ peerId: Schema.String, sessionId: Schema.String }))
 const ServerIdRow = std(Schema.Struct({ serverId: Schema.String }))
 const InstanceRow = std(
   Schema.Struct({ aliveAgoMs: Schema.Finite, stopped: Schema.Boolean, beat: Schema.String }),
 )
 
+/** The verdict on a claim, given the peer's row as it stands (null: no row yet); see admitRegistration. */
+const admissionOf = (claim: RegistrationClaim, row: typeof IdentityRow.Type | null): Admission => {
+  if (row === null) return "admitted"
+  if (row.identityKey !== null && claim.identityKey !== row.identityKey) return "wrong_identity"
+  if (claim.ts !== null && row.lastRegisterTs !== null && claim.ts <= row.lastRegisterTs) return "replayed"
+  if (row.lastAdmittedAt !== null && claim.now - row.lastAdmittedAt < claim.minIntervalMs) return "too_many"
+  return "admitted"
+}
+
+type LoginOf = Login & { readonly leaseMs: number }
+type LoggedIn = { readonly epoch: number; readonly adopted: ReadonlyArray<Ticket> }
+
 /** The SessionStore over a slonik pool. */
 export const makePgSessions = (pool: DatabasePool): SessionStoreService => {
-  return SessionStore.of({
-    admitRegistration: (claim) =>
-      attempt("admitRegistration", () =>
-        pool.transaction(async (tx) => {
-          await tx.query(sql.type(NoRow)`
-            insert into peers (peer_id) values (${claim.peerId}) on conflict (peer_id) do nothing
-          `)
-          // The row lock makes registrations of one peer id, on any instance, wait for each other.
-          const row = await tx.one(sql.type(IdentityRow)`
-            select identity_key as "identityKey", last_register_ts as "lastRegisterTs",
-              last_admitted_at as "lastAdmittedAt"
-            from peers where peer_id = ${claim.peerId} for update
-          `)
-          if (row.identityKey !== null && claim.identityKey !== row.identityKey) return "wrong_identity"
-          if (claim.ts !== null && row.lastRegisterTs !== null && claim.ts <= row.lastRegisterTs)
-            return "replayed"
-          if (row.lastAdmittedAt !== null && claim.now - row.lastAdmittedAt < claim.minIntervalMs)
-            return "too_many"
-          await tx.query(sql.type(NoRow)`
-            update peers set identity_key = coalesce(identity_key, ${claim.identityKey}),
-              last_register_ts = coalesce(${claim.ts}::bigint, last_register_ts),
-              last_admitted_at = ${claim.now}::bigint
-            where peer_id = ${claim.peerId}
-          `)
-          return "admitted"
-        }),
-      ),
+  /** One claim on its own: the peer's row locked, judged, updated. */
+  const admitOne = (claim: RegistrationClaim) =>
+    pool.transaction(async (tx): Promise<Admission> => {
+      await tx.query(sql.type(NoRow)`
+        insert into peers (peer_id) values (${claim.peerId}) on conflict (peer_id) do nothing
+      `)
+      // The row lock makes registrations of one peer id, on any instance, wait for each other.
+      const row = await tx.one(sql.type(IdentityRow)`
+        select identity_key as "identityKey", last_register_ts as "lastRegisterTs",
+          last_admitted_at as "lastAdmittedAt"
+        from peers where peer_id = ${claim.peerId} for update
+      `)
+      const admission = admissionOf(claim, row)
+      if (admission !== "admitted") return admission
+      await tx.query(sql.type(NoRow)`
+        update peers set identity_key = coalesce(identity_key, ${claim.identityKey}),
+          last_register_ts = coalesce(${claim.ts}::bigint, last_register_ts),
+          last_admitted_at = ${claim.now}::bigint
+        where peer_id = ${claim.peerId}
+      `)
+      return "admitted"
+    })
 
-    login: (login) =>
-      attempt("login", () =>
-        pool.transaction(async (tx) => {
-          await tx.query(sql.type(NoRow)`
-            -- An instance without a row yet (one that never said it was alive) gets its first lease.
-            with instance as (
-              insert into server_instances (server_id, lease_until)
-              values (${login.serverId}, ${leaseEnd(login.leaseMs)})
-              on conflict (server_id) do nothing
-            )
-            insert into peers (peer_id, os, distro, hostname, agent_version, labels)
-            values (${login.peerId}, ${login.os}, ${login.distro}, ${login.hostname}, ${login.agentVersion},
-              ${JSON.stringify(login.labels ?? {})}::jsonb)
-            on conflict (peer_id) do update set
-              os = excluded.os, distro = excluded.distro, hostname = excluded.hostname, labels = excluded.labels,
-              agent_version = excluded.agent_version, last_seen_at = now()
-          `)
-          // The peer's older sessions end here; moving their epoch on fences whoever holds them.
-          await tx.query(sql.type(NoRow)`
-            with replaced as (
-              update sessions set closed_at = now(), epoch = epoch + 1
-              where peer_id = ${login.peerId} and closed_at is null
-              returning session_id
-            )
-            insert into registration_log (event, peer_id, session_id, reason, server_id)
-            select 'logout', ${login.peerId}, session_id, ${Protocol.LogoutReason.replaced}, ${login.serverId}
-            from replaced order by session_id
-            on conflict (session_id) where event = 'logout' do nothing
-          `)
-          await tx.query(sql.type(NoRow)`
-            insert into sessions (session_id, peer_id, os, distro, owner_id, owner_run, token_id, sealed)
-            values (${login.sessionId}::uuid, ${login.peerId}, ${login.os}, ${login.distro}, ${login.serverId},
-              (select run from server_instances where server_id = ${login.serverId}),
-              ${login.tokenId ?? null}, ${login.sealed ?? false})
-          `)
-          await tx.query(sql.type(NoRow)`
-            insert into registration_log (event, peer_id, session_id, server_id, server_ip)
-            values ('login', ${login.peerId}, ${login.sessionId}::uuid, ${login.serverId}, ${login.serverIp})
-          `)
-          const adopted = await tx.any(sql.type(TicketRow)`
-            with adopted as (
-              update tickets set session_id = ${login.sessionId}::uuid
-              where peer_id = ${login.peerId} and finished_at is null and state in ('queued', 'delivered')
-              returning *
-            )
-            select ${ticketColumns} from adopted order by ${ticketOrder}
-          `)
-          return { epoch: 1, adopted }
-        }),
-      ),
+  /**
+   * Claims of different peers in one statement: each row is judged as it stands once locked (the
+   * conflict's update and its condition see the latest committed row) and updated if admitted. A
+   * refusal's reason is read from the statement's snapshot; a claim that snapshot would have
+   * admitted (a registration of the same peer elsewhere, at the same moment) is judged again alone.
+   */
+  const admitBatch = async (claims: ReadonlyArray<RegistrationClaim>) => {
+    const rows = await pool.any(sql.prepared("admit registrations", AdmittedRow)`
+      with req as (
+        select * from ${sql.unnest(
+          claims.map((c, i) => [i, c.peerId, c.identityKey, c.ts, c.now]),
+          ["int4", "text", "text", "int8", "int8"],
+        )} as r(ord, peer_id, identity_key, ts, now)
+      ), before as (
+        select peer_id, identity_key, last_register_ts, last_admitted_at from peers
+        where peer_id in (select peer_id from req)
+      ), admitted as (
+        -- In the order of the peer ids, as every batch locks them (no deadlock between instances).
+        insert into peers (peer_id, identity_key, last_register_ts, last_admitted_at)
+        select peer_id, identity_key, ts, now from req order by peer_id
+        on conflict (peer_id) do update set
+          identity_key = coalesce(peers.identity_key, excluded.identity_key),
+          last_register_ts = coalesce(excluded.last_register_ts, peers.last_register_ts),
+          last_admitted_at = excluded.last_admitted_at
+        where (peers.identity_key is null or peers.identity_key = excluded.identity_key)
+          and (excluded.last_register_ts is null or peers.last_register_ts is null
+            or excluded.last_register_ts > peers.last_register_ts)
+          and (peers.last_admitted_at is null
+            or excluded.last_admitted_at - peers.last_admitted_at >= ${claims[0]!.minIntervalMs}::float8)
+        returning peer_id
+      )
+      select r.ord, a.peer_id is not null as admitted, b.peer_id is not null as "hadRow",
+        b.identity_key as "identityKey", b.last_register_ts as "lastRegisterTs",
+        b.last_admitted_at as "lastAdmittedAt"
+      from req r left join admitted a on a.peer_id = r.peer_id left join before b on b.peer_id = r.peer_id
+      order by r.ord
+    `)
+    return claims.map((claim, i): Admission | undefined => {
+      const row = rows[i]
+      if (row === undefined) return undefined
+      if (row.admitted) return "admitted"
+      const admission = admissionOf(claim, row.hadRow ? row : null)
+      return admission === "admitted" ? undefined : admission
+    })
+  }
+
+  const admit = sameTurn({
+    keyOf: (claim: RegistrationClaim) => claim.peerId,
+    groupOf: (claim) => String(claim.minIntervalMs),
+    send: admitBatch,
+    alone: admitOne,
+  })
+
+  /**
+   * Logins of different peers, in one transaction of three statements: the peers recorded (their
+   * rows locked, in order, so that logins of one peer anywhere wait for each other); then, seeing
+   * what those logins committed, their other sessions closed and the new ones opened, each with its
+   * login row after the logouts; then the peers' open tickets handed over (seeing what submissions
+   * that held the old sessions committed).
+   */
+  const loginBatch = (logins: ReadonlyArray<LoginOf>) =>
+    pool.transaction(async (tx): Promise<ReadonlyArray<LoggedIn>> => {
+      const { serverId, leaseMs } = logins[0]!
+      const byPeer = [...logins].sort((a, b) => (a.peerId < b.peerId ? -1 : a.peerId > b.peerId ? 1 : 0))
+      await tx.query(sql.prepared("login peers", NoRow)`
+        with instance as (
+          insert into server_instances (server_id, lease_until)
+          values (${serverId}, ${leaseEnd(leaseMs)})
+          on conflict (server_id) do nothing
+        )
+        insert into peers (peer_id, os, distro, hostname, agent_version, labels)
+        select peer_id, os, distro, hostname, agent_version, labels::jsonb from ${sql.unnest(
+          byPeer.map((l, i) => [
+            i,
+            l.peerId,
+            l.os,
+            l.distro,
+            l.hostname,
+            l.agentVersion,
+            JSON.stringify(l.labels ?? {}),
+          ]),
+          ["int4", "text", "text", "text", "text", "text", "text"],
+        )} as r(ord, peer_id, os, distro, hostname, agent_version, labels)
+        order by ord
+        on conflict (peer_id) do update set
+          os = excluded.os, distro = excluded.distro, hostname = excluded.hostname, labels = excluded.labels,
+          agent_version = excluded.agent_version, last_seen_at = now()
+      `)
+      await tx.query(sql.prepared("login sessions", NoRow)`
+        with req as (
+          select * from ${sql.unnest(
+            logins.map((l, i) => [
+              i,
+              l.peerId,
+              l.sessionId,
+              l.os,
+              l.distro,
+              l.tokenId ?? null,
+              l.sealed ?? false,
+              l.serverIp,
+            ]),
+            ["int4", "text", "uuid", "text", "text", "int8", "bool", "text"],
+          )} as r(ord, peer_id, session_id, os, distro, token_id, sealed, server_ip)
+        ), old as (
+          select session_id from sessions
+          where peer_id in (select peer_id from req) and closed_at is null
+          order by session_id
+          for update
+        ), replaced as (
+          -- The peers' older sessions end here; moving their epoch on fences whoever holds them.
+          update sessions s set closed_at = now(), epoch = s.epoch + 1
+          from old where s.session_id = old.session_id
+          returning s.session_id, s.peer_id
+        ), opened as (
+          insert into sessions (session_id, peer_id, os, distro, owner_id, owner_run, token_id, sealed)
+          select session_id, peer_id, os, distro, ${serverId},
+            (select run from server_instances where server_id = ${serverId}), token_id, sealed
+          from req
+        )
+        insert into registration_log (event, peer_id, session_id, reason, server_id, server_ip)
+        select event, peer_id, session_id, reason, ${serverId}, server_ip from (
+          select 0 as part, -1 as ord, 'logout' as event, peer_id, session_id,
+            ${Protocol.LogoutReason.replaced}::text as reason, null::text as server_ip
+          from replaced
+          union all
+          select 1, ord, 'login', peer_id, session_id, null, server_ip from req
+        ) rows
+        order by part, ord, session_id
+        on conflict (session_id) where event = 'logout' do nothing
+      `)
+      const adopted = await tx.any(sql.prepared("login tickets", TicketRow)`
+        with adopted as (
+          update tickets t set session_id = r.session_id
+          from ${sql.unnest(
+            logins.map((l) => [l.peerId, l.sessionId]),
+            ["text", "uuid"],
+          )} as r(peer_id, session_id)
+          where t.peer_id = r.peer_id and t.finished_at is null and t.state in ('queued', 'delivered')
+          returning t.*
+        )
+        select ${ticketColumns} from adopted order by ${ticketOrder}
+      `)
+      const bySession = new Map<string, Array<Ticket>>()
+      for (const ticket of adopted) {
+        if (ticket.sessionId === null) continue
+        const mine = bySession.get(ticket.sessionId)
+        if (mine === undefined) bySession.set(ticket.sessionId, [ticket])
+        else mine.push(ticket)
+      }
+      return logins.map((l) => ({ epoch: 1, adopted: bySession.get(l.sessionId.toLowerCase()) ?? [] }))
+    })
+
+  const loginBatched = sameTurn({
+    keyOf: (login: LoginOf) => login.peerId,
+    groupOf: (login) => `${login.serverId}\u0000${login.leaseMs}`,
+    send: loginBatch,
+    alone: async (login) => (await loginBatch([login]))[0]!,
+  })
+
+  return SessionStore.of({
+    admitRegistration: (claim) => attempt("admitRegistration", () => admit(claim)),
+
+    login: (login) => attempt("login", () => loginBatched(login)),
 
     logRejected: (entry) =>
       attempt("logRejected", async () => {

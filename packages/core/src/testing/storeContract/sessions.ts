@@ -142,6 +142,51 @@ export const sessionContract = (it: StoreIt) => {
         assert.strictEqual(answers.filter((a) => a === "admitted").length, 1)
       }),
     )
+
+    it.effect("decides registrations asked together as it would one by one, each peer's in order", () =>
+      Effect.gen(function* () {
+        const store = yield* Store
+        const [fresh, bound, replayed, rated, twice] = ["fresh", "bound", "replayed", "rated", "twice"].map(
+          unique,
+        )
+        // The history of each, one at a time.
+        yield* store.admitRegistration(claim(bound!, { identityKey: "key-a", ts: 1 }))
+        yield* store.admitRegistration(claim(replayed!, { identityKey: "key-a", ts: 50 }))
+        yield* store.admitRegistration(claim(rated!, { now: 999_000 }))
+        const together = yield* Effect.all(
+          [
+            claim(fresh!, { identityKey: "key-f", ts: 1 }),
+            claim(bound!, { identityKey: "key-b", ts: 2 }),
+            claim(replayed!, { identityKey: "key-a", ts: 50 }),
+            claim(rated!, { minIntervalMs: 2_000 }),
+            claim(twice!, { identityKey: "key-t", ts: 8 }),
+            claim(twice!, { identityKey: "key-t", ts: 7 }),
+            claim(twice!, { identityKey: "key-t", ts: 9 }),
+            claim(unique("unsigned")),
+          ].map((c) => store.admitRegistration(c)),
+          { concurrency: "unbounded" },
+        )
+        assert.deepStrictEqual(together, [
+          "admitted",
+          "wrong_identity",
+          "replayed",
+          "too_many",
+          "admitted",
+          "replayed",
+          "admitted",
+          "admitted",
+        ])
+        // What the admitted ones recorded holds for the next.
+        assert.strictEqual(
+          yield* store.admitRegistration(claim(fresh!, { identityKey: "key-x", ts: 2 })),
+          "wrong_identity",
+        )
+        assert.strictEqual(
+          yield* store.admitRegistration(claim(twice!, { identityKey: "key-t", ts: 9 })),
+          "replayed",
+        )
+      }),
+    )
   })
 
   describe("sessions and instance leases", () => {
@@ -200,6 +245,58 @@ export const sessionContract = (it: StoreIt) => {
           yield* store.recordResult(newResult(delivered!.ticket, peerId, second.sessionId)),
           "recorded",
           "the new session records the answer to a ticket it carried over",
+        )
+      }),
+    )
+
+    it.effect("logins asked together: each its peer's session and tickets; of one peer, the last stays", () =>
+      Effect.gen(function* () {
+        const store = yield* Store
+        const [a, b, c] = ["a", "b", "c"].map((p) => loginOf(unique(`together-${p}`)))
+        const carried = new Map<string, ReadonlyArray<string>>()
+        for (const first of [a!, b!, c!]) {
+          yield* store.login(first)
+          carried.set(
+            first.peerId,
+            (yield* withTickets(first, 2)).map((t) => t.ticket),
+          )
+        }
+        const next = [a!, b!, c!].map((first) => loginOf(first.peerId, { serverId: "server-b" }))
+        const last = loginOf(c!.peerId, { serverId: "server-b", labels: { role: "last" } })
+        const answers = yield* Effect.all(
+          [...next, last].map((login) => store.login(login)),
+          { concurrency: "unbounded" },
+        )
+        for (const [i, login] of next.entries()) {
+          if (login.peerId === c!.peerId) continue
+          assert.deepStrictEqual(
+            answers[i]!.adopted.map((t) => [t.ticket, t.sessionId]),
+            carried.get(login.peerId)!.map((ticket) => [ticket, login.sessionId]),
+          )
+        }
+        assert.deepStrictEqual(
+          answers[3]!.adopted.map((t) => [t.ticket, t.sessionId]),
+          carried.get(c!.peerId)!.map((ticket) => [ticket, last.sessionId]),
+          "the later login of one peer takes what the earlier one took",
+        )
+        const reasons = new Map(
+          (yield* store.sessions({ peerId: c!.peerId, limit: 10 })).map((s) => [s.sessionId, s.logoutReason]),
+        )
+        assert.deepStrictEqual(
+          [c!, next[2]!, last].map((l) => reasons.get(l.sessionId)),
+          ["replaced", "replaced", null],
+        )
+        // Each peer's log: the replaced session's logout before the login that replaced it.
+        const log = (yield* store.registrationLog({ limit: 1_000 })).filter((r) => r.peerId === a!.peerId)
+        assert.deepStrictEqual(
+          log
+            .sort((x, y) => x.id - y.id)
+            .map((r) => [r.event, r.sessionId === a!.sessionId ? "first" : "next", r.reason]),
+          [
+            ["login", "first", null],
+            ["logout", "first", "replaced"],
+            ["login", "next", null],
+          ],
         )
       }),
     )
