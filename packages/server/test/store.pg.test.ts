@@ -339,6 +339,27 @@ layer(Layer.provideMerge(storeOverDb, dbLayer), { timeout: 60_000 })("PgStore on
         ),
       )
       assert.strictEqual(open, peers.length)
+      // A shutdown: every session logged out, and its user forgotten, at once (one statement each).
+      const mid = yield* counted
+      const [loggedOut, released] = yield* Effect.all([
+        Effect.all(
+          logins.map((l) =>
+            store.logout({
+              peerId: l.peerId,
+              sessionId: l.sessionId,
+              epoch: 1,
+              reason: "server_shutdown",
+              serverId: l.serverId,
+            }),
+          ),
+          { concurrency: "unbounded" },
+        ),
+        together((peerId) => users.releasePeer({ name: `user-${peerId}`, sessionId: randomUUID() })),
+      ])
+      assert.deepStrictEqual(new Set(loggedOut), new Set([true]))
+      assert.deepStrictEqual(new Set(released), new Set([false]), "another session's user stays")
+      const end = yield* counted
+      assert.strictEqual(end.statements - mid.statements, 2, JSON.stringify(end.byStatement))
 
       // A call the database refuses fails alone: the others of its batch are sent again one by one.
       const mixed = yield* Effect.all(

@@ -61,19 +61,34 @@ export const makePgRedisUsers = (pool: DatabasePool) => {
     alone: async (g) => (await grantBatch([g]))[0] ?? false,
   })
 
+  /** Users of sessions that ended together (a shutdown), forgotten in one statement. */
+  const releaseBatch = async (
+    users: ReadonlyArray<{ readonly name: string; readonly sessionId: string }>,
+  ) => {
+    const released = new Set(
+      await pool.anyFirst(sql.prepared("release peer users", NameRow)`
+        delete from redis_users u
+        using ${sql.unnest(
+          users.map((u) => [u.name, u.sessionId]),
+          ["text", "uuid"],
+        )} as r(name, session_id)
+        where u.name = r.name and u.kind = 'peer' and u.session_id = r.session_id
+        returning u.name
+      `),
+    )
+    return users.map((u) => released.has(u.name))
+  }
+  const release = sameTurn({
+    keyOf: (user: { readonly name: string; readonly sessionId: string }) => user.name,
+    send: releaseBatch,
+    alone: async (user) => (await releaseBatch([user]))[0] ?? false,
+  })
+
   return RedisUserStore.of({
     grantPeer: (user) => attempt("grantPeer", () => grant(user)),
 
     releasePeer: (user) =>
-      attempt("releasePeer", async () => {
-        if (!UUID.test(user.sessionId)) return false
-        const row = await pool.maybeOne(sql.type(NameRow)`
-          delete from redis_users
-          where name = ${user.name} and kind = 'peer' and session_id = ${user.sessionId}::uuid
-          returning name
-        `)
-        return row !== null
-      }),
+      attempt("releasePeer", async () => UUID.test(user.sessionId) && (await release(user))),
 
     putEnroll: (user) =>
       attempt("putEnroll", async () => {

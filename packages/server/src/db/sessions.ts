@@ -26,7 +26,6 @@ import {
   UUID,
 } from "./shared.ts"
 
-const LogIdRow = std(Schema.Struct({ id: Schema.Int }))
 const SessionIdRow = std(Schema.Struct({ sessionId: Schema.String }))
 const TakenRow = std(
   Schema.Struct({
@@ -58,6 +57,7 @@ const AdmittedRow = std(
     lastAdmittedAt: NullableInt,
   }),
 )
+const LoggedOutRow = std(Schema.Struct({ ord: Schema.Int, logged: Schema.Boolean }))
 const EndedRow = std(Schema.Struct({ peerId: Schema.String, sessionId: Schema.String }))
 const ServerIdRow = std(Schema.Struct({ serverId: Schema.String }))
 const InstanceRow = std(
@@ -74,6 +74,7 @@ const admissionOf = (claim: RegistrationClaim, row: typeof IdentityRow.Type | nu
 }
 
 type LoginOf = Login & { readonly leaseMs: number }
+type LogoutOf = Parameters<SessionStoreService["logout"]>[0]
 type LoggedIn = { readonly epoch: number; readonly adopted: ReadonlyArray<Ticket> }
 
 /** The SessionStore over a slonik pool. */
@@ -260,6 +261,39 @@ export const makePgSessions = (pool: DatabasePool): SessionStoreService => {
     alone: async (login) => (await loginBatch([login]))[0]!,
   })
 
+  /** Logouts of different sessions in one statement (a shutdown logs out every session at once). */
+  const logoutBatch = async (logouts: ReadonlyArray<LogoutOf>) => {
+    const rows = await pool.any(sql.prepared("logout sessions", LoggedOutRow)`
+      with req as (
+        select * from ${sql.unnest(
+          logouts.map((l, i) => [i, l.sessionId, l.epoch, l.peerId, l.reason, l.serverId]),
+          ["int4", "uuid", "int4", "text", "text", "text"],
+        )} as r(ord, session_id, epoch, peer_id, reason, server_id)
+      ), closed as (
+        update sessions s set closed_at = now()
+        from req r
+        where s.session_id = r.session_id and s.epoch = r.epoch and s.closed_at is null
+        returning s.session_id
+      ), logged as (
+        insert into registration_log (event, peer_id, session_id, reason, server_id)
+        select 'logout', r.peer_id, r.session_id, r.reason, r.server_id
+        from req r join closed c on c.session_id = r.session_id
+        order by r.ord
+        on conflict (session_id) where event = 'logout' do nothing
+        returning session_id
+      )
+      select r.ord, l.session_id is not null as logged
+      from req r left join logged l on l.session_id = r.session_id
+      order by r.ord
+    `)
+    return logouts.map((_, i) => rows[i]?.logged)
+  }
+  const logoutBatched = sameTurn({
+    keyOf: (logout: LogoutOf) => logout.sessionId.toLowerCase(),
+    send: logoutBatch,
+    alone: async (logout) => (await logoutBatch([logout]))[0] ?? false,
+  })
+
   return SessionStore.of({
     admitRegistration: (claim) => attempt("admitRegistration", () => admit(claim)),
 
@@ -277,21 +311,7 @@ export const makePgSessions = (pool: DatabasePool): SessionStoreService => {
       }),
 
     logout: (entry) =>
-      attempt("logout", async () => {
-        if (!UUID.test(entry.sessionId)) return false
-        const row = await pool.maybeOne(sql.type(LogIdRow)`
-          with closed as (
-            update sessions set closed_at = now()
-            where session_id = ${entry.sessionId}::uuid and epoch = ${entry.epoch} and closed_at is null
-            returning session_id
-          )
-          insert into registration_log (event, peer_id, session_id, reason, server_id)
-          select 'logout', ${entry.peerId}, session_id, ${entry.reason}, ${entry.serverId} from closed
-          on conflict (session_id) where event = 'logout' do nothing
-          returning id
-        `)
-        return row !== null
-      }),
+      attempt("logout", async () => UUID.test(entry.sessionId) && (await logoutBatched(entry))),
 
     endSessionsOfTokens: (entry) =>
       attempt("endSessionsOfTokens", async () => {

@@ -143,7 +143,7 @@ export const sessionContract = (it: StoreIt) => {
       }),
     )
 
-    it.effect("decides registrations asked together as it would one by one, each peer's in order", () =>
+    it.effect("decides registrations asked together as it would one by one, a peer's one at a time", () =>
       Effect.gen(function* () {
         const store = yield* Store
         const [fresh, bound, replayed, rated, twice] = ["fresh", "bound", "replayed", "rated", "twice"].map(
@@ -159,30 +159,28 @@ export const sessionContract = (it: StoreIt) => {
             claim(bound!, { identityKey: "key-b", ts: 2 }),
             claim(replayed!, { identityKey: "key-a", ts: 50 }),
             claim(rated!, { minIntervalMs: 2_000 }),
-            claim(twice!, { identityKey: "key-t", ts: 8 }),
-            claim(twice!, { identityKey: "key-t", ts: 7 }),
-            claim(twice!, { identityKey: "key-t", ts: 9 }),
             claim(unique("unsigned")),
+            // Of one peer: one at a time, in an order of their own.
+            claim(twice!, { identityKey: "key-t", ts: 8 }),
+            claim(twice!, { identityKey: "key-t", ts: 8 }),
           ].map((c) => store.admitRegistration(c)),
           { concurrency: "unbounded" },
         )
-        assert.deepStrictEqual(together, [
+        assert.deepStrictEqual(together.slice(0, 5), [
           "admitted",
           "wrong_identity",
           "replayed",
           "too_many",
           "admitted",
-          "replayed",
-          "admitted",
-          "admitted",
         ])
+        assert.sameMembers(together.slice(5), ["admitted", "replayed"])
         // What the admitted ones recorded holds for the next.
         assert.strictEqual(
           yield* store.admitRegistration(claim(fresh!, { identityKey: "key-x", ts: 2 })),
           "wrong_identity",
         )
         assert.strictEqual(
-          yield* store.admitRegistration(claim(twice!, { identityKey: "key-t", ts: 9 })),
+          yield* store.admitRegistration(claim(twice!, { identityKey: "key-t", ts: 8 })),
           "replayed",
         )
       }),
@@ -249,7 +247,7 @@ export const sessionContract = (it: StoreIt) => {
       }),
     )
 
-    it.effect("logins asked together: each its peer's session and tickets; of one peer, the last stays", () =>
+    it.effect("logins asked together: each its peer's session and tickets; of one peer, one at a time", () =>
       Effect.gen(function* () {
         const store = yield* Store
         const [a, b, c] = ["a", "b", "c"].map((p) => loginOf(unique(`together-${p}`)))
@@ -274,17 +272,22 @@ export const sessionContract = (it: StoreIt) => {
             carried.get(login.peerId)!.map((ticket) => [ticket, login.sessionId]),
           )
         }
-        assert.deepStrictEqual(
-          answers[3]!.adopted.map((t) => [t.ticket, t.sessionId]),
-          carried.get(c!.peerId)!.map((ticket) => [ticket, last.sessionId]),
-          "the later login of one peer takes what the earlier one took",
-        )
+        // Of one peer's two: one at a time, in an order of their own; the later replaced the earlier
+        // and took what it had taken.
         const reasons = new Map(
           (yield* store.sessions({ peerId: c!.peerId, limit: 10 })).map((s) => [s.sessionId, s.logoutReason]),
         )
+        const pair = [next[2]!, last]
+        const stays = pair.filter((l) => reasons.get(l.sessionId) === null)
+        assert.lengthOf(stays, 1)
+        const kept = stays[0]!
         assert.deepStrictEqual(
-          [c!, next[2]!, last].map((l) => reasons.get(l.sessionId)),
-          ["replaced", "replaced", null],
+          answers[pair.indexOf(kept) + 2]!.adopted.map((t) => [t.ticket, t.sessionId]),
+          carried.get(c!.peerId)!.map((ticket) => [ticket, kept.sessionId]),
+        )
+        assert.deepStrictEqual(
+          [c!, ...pair].map((l) => reasons.get(l.sessionId)),
+          [c!, ...pair].map((l) => (l === kept ? null : "replaced")),
         )
         // Each peer's log: the replaced session's logout before the login that replaced it.
         const log = (yield* store.registrationLog({ limit: 1_000 })).filter((r) => r.peerId === a!.peerId)
