@@ -190,7 +190,6 @@ type Command =
       readonly message: Protocol.Result
       readonly reply: Deferred.Deferred<ResultVerdict, StoreError | LeaseLost>
     }
-  | { readonly _tag: "Heartbeat" }
   | {
       readonly _tag: "Settled"
       readonly outcomes: ReadonlyArray<{ readonly message: Protocol.Result; readonly verdict: RecordOutcome }>
@@ -770,10 +769,6 @@ const runSession = Effect.fnUntraced(function* (
           Effect.flatMap((exit) => Deferred.done(command.reply, exit)),
           Effect.asVoid,
         )
-      case "Heartbeat":
-        return Effect.sync(() => {
-          lastSeen = now()
-        })
       case "Settled":
         return Effect.forEach(command.outcomes, ({ message, verdict }) => settle(message, verdict), {
           discard: true,
@@ -867,7 +862,16 @@ const runSession = Effect.fnUntraced(function* (
     annotate,
     Effect.forkScoped,
   )
-  yield* Effect.sync(() => Queue.offerUnsafe(mailbox, { _tag: "Tick" })).pipe(
+  // A tick with nothing to do (no ticket, the peer heard from and recently told something) is not
+  // sent: ten thousand idle sessions would wake their actors thousands of times a second for nothing.
+  const idle = () =>
+    !silent() &&
+    tickets.inFlight() === 0 &&
+    tickets.waiting() === 0 &&
+    (shuttingDown || now() - lastSentAt < config.graceMs)
+  yield* Effect.sync(() => {
+    if (!idle()) Queue.offerUnsafe(mailbox, { _tag: "Tick" })
+  }).pipe(
     Effect.delay(Math.min(config.heartbeatMs, config.graceMs)),
     Effect.forever,
     Effect.raceFirst(Deferred.await(ended)),
@@ -922,7 +926,10 @@ const runSession = Effect.fnUntraced(function* (
       ),
     toRecord,
     settled: (outcomes) => tell({ _tag: "Settled", outcomes }),
-    heartbeat: tell({ _tag: "Heartbeat" }),
+    // Only the time it was last heard from, which the actor reads on its ticks: not worth a turn of it.
+    heartbeat: Effect.sync(() => {
+      lastSeen = now()
+    }),
     notifyShutdown: (reason) =>
       ask<void, TransportError>("Shutdown", (reply) => ({ _tag: "Shutdown", reason, reply }), Effect.void),
     end: (reason) => ask<void, StoreError>("End", (reply) => ({ _tag: "End", reason, reply }), Effect.void),
