@@ -224,7 +224,9 @@ export const makeRouter = Effect.fnUntraced(function* (deps: {
             outcomes.set(entry, yield* Effect.exit(handle(message, entry)))
           }
         }),
-      { concurrency: 32, discard: true },
+      // All of a batch's peers at once: what they ask of PostgreSQL in the same turn shares its
+      // statements (a storm's registrations, see db/sameTurn.ts), so more side by side is fewer trips.
+      { concurrency: "unbounded", discard: true },
     )
     return outcomes
   })

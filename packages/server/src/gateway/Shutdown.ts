@@ -5,6 +5,8 @@ import type { Lifecycle } from "./Registration.ts"
 import type { SessionRegistry } from "./SessionRegistry.ts"
 import { BATCHES_IN_FLIGHT } from "./UplinkPump.ts"
 
+const SHUTDOWN_CONCURRENCY = 256
+
 /**
  * Graceful shutdown: refuse new registrations, log the shutdown with its reason, send every peer
  * `shutdown`, give running jobs `drainMs` to report, then log each peer out. Every wait is bounded:
@@ -45,8 +47,9 @@ export const makeShutdown = Effect.fnUntraced(function* (deps: {
     const all = registry.all()
     // Shutting down keeps the leases: while the sessions drain, nobody may take them over.
     yield* Effect.logInfo(`shutting down (${reason}): notifying ${all.length} peer(s)`)
+    // Many at a time: their sends share round trips, their logouts statements (db/sameTurn.ts).
     yield* Effect.forEach(all, (s) => s.notifyShutdown(reason).pipe(Effect.ignore), {
-      concurrency: 32,
+      concurrency: SHUTDOWN_CONCURRENCY,
       discard: true,
     })
     const deadline = (yield* Clock.currentTimeMillis) + config.drainMs
@@ -61,7 +64,7 @@ export const makeShutdown = Effect.fnUntraced(function* (deps: {
         s
           .end(Protocol.LogoutReason.serverShutdown)
           .pipe(Effect.catch((e) => Effect.logWarning(`could not log ${s.peerId} out: ${e.message}`))),
-      { concurrency: 32, discard: true },
+      { concurrency: SHUTDOWN_CONCURRENCY, discard: true },
     )
     yield* store.instanceStopped(config.serverId)
   })
