@@ -55,7 +55,7 @@ const peakRssOf = (pid: number): number =>
   Number(/^VmHWM:\s+(\d+)\s+kB/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0) * 1024
 
 /** The packaged peer of this machine's architecture: BENCH_PEER_EXECUTABLE, or built into `dir`. */
-const packagedPeer = (dir: string): string => {
+export const packagedPeer = (dir: string): string => {
   const given = process.env.BENCH_PEER_EXECUTABLE
   if (given !== undefined && given !== "") return given
   const a = arch() === "arm64" ? "arm64" : "x64"

@@ -1,11 +1,12 @@
-import { loadavg } from "node:os"
+import { mkdtempSync, rmSync } from "node:fs"
+import { loadavg, tmpdir } from "node:os"
 import { join } from "node:path"
 import { parseArgs } from "node:util"
 import { positiveFlag } from "./args.ts"
 import { sleep } from "./clock.ts"
 import { costPerTicket, makeCostWindow } from "./counts.ts"
 import { type FanoutResult, runFanout } from "./fanout.ts"
-import { type FootprintResult, runFootprint } from "./footprint.ts"
+import { type FootprintResult, packagedPeer, runFootprint } from "./footprint.ts"
 import { startMachineSampler, startProcessSampler } from "./procstat.ts"
 import { type RealPeersResult, runRealPeers } from "./realPeers.ts"
 import { describeMachine, type RunFailure, type RunRecord, writeReport } from "./report.ts"
@@ -227,8 +228,23 @@ if (extraChosen("storm")) {
     }
   }
 }
+/** The packaged peer for the real-peers phase; a build that fails leaves its row out, said so. */
+const packagedOrNone = (dir: string): string | undefined => {
+  try {
+    return packagedPeer(dir)
+  } catch (error) {
+    console.log(`[real-peers] no packaged peer (${error instanceof Error ? error.message : String(error)})`)
+    return undefined
+  }
+}
 if (extraChosen("real-peers")) {
-  const rows = await runRealPeers(env, { peers: realPeers, tickets: realTickets, timeoutMs: 300_000 })
+  const packaged = mkdtempSync(join(tmpdir(), "bench-packaged-peer-"))
+  const rows = await runRealPeers(env, {
+    peers: realPeers,
+    tickets: realTickets,
+    timeoutMs: 300_000,
+    packagedExecutable: packagedOrNone(packaged),
+  }).finally(() => rmSync(packaged, { recursive: true, force: true }))
   realPeerRuns.push(...rows)
   for (const r of rows) {
     if (r.error !== undefined)

@@ -28,10 +28,13 @@ export interface RealPeersOptions {
   readonly peers: number
   readonly tickets: number
   readonly timeoutMs: number
+  /** The packaged peer (`./picus package`), measured in a row of its own beside the sources'. */
+  readonly packagedExecutable?: string | undefined
 }
 
 export interface RealPeersResult {
-  readonly kind: "real" | "simulated" | "spawn-baseline"
+  /** real: the peer from its sources; real-packaged: the executable of `./picus package`. */
+  readonly kind: "real" | "real-packaged" | "simulated" | "spawn-baseline"
   /** Peer processes (for the spawn baseline: Node processes spawning shells). */
   readonly peers: number
   /** Jobs a real peer (or a baseline process) runs at once (PICUS_CONCURRENCY); undefined for the simulated peers. */
@@ -335,30 +338,43 @@ export const runRealPeers = async (env: BenchEnv, options: RealPeersOptions): Pr
     const c = cluster
     const serverPid = c.servers[0]!.pid!
 
-    await row("real", async () => {
-      const runId = randomBytes(3).toString("hex")
-      const ids = Array.from({ length: options.peers }, (_, i) => `real-${runId}-${i}`)
-      // Started one after another: startup costs are not what is measured.
-      for (const id of ids) peers.push(await withTimeout(startPeer(c, id, join(dir, id)), 60_000, () => id))
-      const server = startProcessSampler(serverPid)
-      const peerCpu = startTreeSampler(peers.map((p) => p.pid!))
-      const loadAvg1 = loadavg()[0] ?? 0
-      const machine = startMachineSampler()
-      const m = await measure(c, ids, options.tickets, options.timeoutMs)
-      const cpu = peerCpu.stop()
-      return {
-        concurrency,
-        ...m,
-        serverCores: server.stop().meanCores,
-        peerCores: cpu.meanCores,
-        peerCpuMsPerTicket: cpu.cpuMs / options.tickets,
-        peerOwnCpuMsPerTicket: cpu.ownCpuMs / options.tickets,
-        machineCores: machine.stop().meanCores,
-        loadAvg1,
-      }
-    })
-    // Out of the way of the next rows.
-    await Promise.all(peers.map((p) => stopProcess(p, 5_000)))
+    /** Real peer processes, started by `launcher` (else from the sources), measured, then stopped. */
+    const realRow = (kind: "real" | "real-packaged", launcher?: PeerLauncher) =>
+      row(kind, async () => {
+        const runId = randomBytes(3).toString("hex")
+        const ids = Array.from({ length: options.peers }, (_, i) => `${kind}-${runId}-${i}`)
+        const started: Array<ChildProcess> = []
+        try {
+          // Started one after another: startup costs are not what is measured.
+          for (const id of ids)
+            started.push(await withTimeout(startPeer(c, id, join(dir, id), launcher), 60_000, () => id))
+          peers.push(...started)
+          const server = startProcessSampler(serverPid)
+          const peerCpu = startTreeSampler(started.map((p) => p.pid!))
+          const loadAvg1 = loadavg()[0] ?? 0
+          const machine = startMachineSampler()
+          const m = await measure(c, ids, options.tickets, options.timeoutMs)
+          const cpu = peerCpu.stop()
+          return {
+            concurrency,
+            ...m,
+            serverCores: server.stop().meanCores,
+            peerCores: cpu.meanCores,
+            peerCpuMsPerTicket: cpu.cpuMs / options.tickets,
+            peerOwnCpuMsPerTicket: cpu.ownCpuMs / options.tickets,
+            machineCores: machine.stop().meanCores,
+            loadAvg1,
+          }
+        } finally {
+          // Out of the way of the next rows.
+          await Promise.all(started.map((p) => stopProcess(p, 5_000)))
+        }
+      })
+    await realRow("real")
+    // What an operator installs: smaller than the sources' process (no TypeScript stripping, one
+    // bundle), so each fork for a job copies less (a fork's cost grows with the forking process's memory).
+    if (options.packagedExecutable !== undefined)
+      await realRow("real-packaged", { command: options.packagedExecutable, args: [] })
 
     await row("spawn-baseline", async () => ({
       concurrency,
@@ -396,9 +412,13 @@ export const runRealPeers = async (env: BenchEnv, options: RealPeersOptions): Pr
     await sleep(500)
   }
   const baseline = results.find((r) => r.kind === "spawn-baseline" && r.throughput !== undefined)?.throughput
-  const real = results.find((r) => r.kind === "real")?.throughput
-  if (baseline !== undefined && real !== undefined)
-    console.log(`${label} real peers / spawn baseline: ${(real / baseline).toFixed(2)} (target at least 0.8)`)
+  for (const kind of ["real", "real-packaged"] as const) {
+    const real = results.find((r) => r.kind === kind)?.throughput
+    if (baseline !== undefined && real !== undefined)
+      console.log(
+        `${label} ${kind} peers / spawn baseline: ${(real / baseline).toFixed(2)} (target at least 0.8)`,
+      )
+  }
   return results.map((r) =>
     baseline === undefined || r.throughput === undefined || r.kind === "spawn-baseline"
       ? r
