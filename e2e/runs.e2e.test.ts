@@ -239,6 +239,13 @@ describe("picus run", () => {
     })
     expect(nowhere.code, nowhere.output).toBe(1)
     expect(nowhere.output).toContain("cannot reach the API at http://127.0.0.1:1")
+    // picus peers the same: the token refused, the API out of reach.
+    const peersRefused = await runPicus(["peers"], { ...viaApi, PICUS_API_TOKEN: "picusop_nope" })
+    expect(peersRefused.code, peersRefused.output).toBe(1)
+    expect(peersRefused.output).toContain("refused the token")
+    const peersNowhere = await runPicus(["peers"], { ...viaApi, PICUS_API_URL: "http://127.0.0.1:1" })
+    expect(peersNowhere.code, peersNowhere.output).toBe(1)
+    expect(peersNowhere.output).toContain("cannot reach the API at http://127.0.0.1:1")
 
     // picus cancel through the API: the running job is killed, the API's token named as who.
     const marker = `30.${randomInt(1e9, 1e10 - 1)}`
