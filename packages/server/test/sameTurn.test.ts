@@ -5,12 +5,14 @@ import { sameTurn } from "../src/db/sameTurn.ts"
 const recording = (
   send: (batch: ReadonlyArray<string>) => Promise<ReadonlyArray<string | undefined>> = async (batch) =>
     batch.map((input) => `batch:${input}`),
+  maxBatch?: number,
 ) => {
   const sent: Array<ReadonlyArray<string>> = []
   const alone: Array<string> = []
   const call = sameTurn({
     keyOf: (input: string) => input.split("#")[0]!,
     groupOf: (input) => (input.startsWith("g2") ? "g2" : "g1"),
+    ...(maxBatch === undefined ? {} : { maxBatch }),
     send: (batch) => {
       sent.push(batch)
       return send(batch)
@@ -56,6 +58,21 @@ describe("sameTurn", () => {
       ["g2x", "g2y"],
     ])
     expect(alone).toEqual(["a#3"])
+  })
+
+  it("sends at most maxBatch calls together; the rest go in the batches after", async () => {
+    const { call, sent } = recording(undefined, 2)
+    expect(await Promise.all(["a", "b", "c", "d", "e"].map(call))).toEqual([
+      "batch:a",
+      "batch:b",
+      "batch:c",
+      "batch:d",
+      "alone:e",
+    ])
+    expect(sent).toEqual([
+      ["a", "b"],
+      ["c", "d"],
+    ])
   })
 
   it("a call the batch leaves unanswered, or a failed batch, is sent alone", async () => {

@@ -8,6 +8,7 @@ import { classifyError } from "./pool.ts"
  *   statement never meets the same row twice (PostgreSQL refuses `on conflict do update` on a row it
  *   already touched) and calls of one key keep their order.
  * - `groupOf`: only calls of one group share a batch (the first call's; the others go next).
+ * - `maxBatch` (default 500): calls beyond it go next, so no statement grows without bound.
  * - `send` answers each call of the batch, in order; `undefined` sends that call alone.
  * - `alone` handles one call by itself: a batch that failed is sent again call by call, so one bad
  *   call fails alone instead of taking the others with it; unless the database was lost, when
@@ -16,6 +17,7 @@ import { classifyError } from "./pool.ts"
 export const sameTurn = <I, O>(options: {
   readonly keyOf: (input: I) => string
   readonly groupOf?: (input: I) => string
+  readonly maxBatch?: number
   readonly send: (batch: ReadonlyArray<I>) => Promise<ReadonlyArray<O | undefined>>
   readonly alone: (input: I) => Promise<O>
 }): ((input: I) => Promise<O>) => {
@@ -25,6 +27,7 @@ export const sameTurn = <I, O>(options: {
     readonly reject: (error: unknown) => void
   }
   let waiting: Array<Call> = []
+  const maxBatch = options.maxBatch ?? 500
 
   const settle = (call: Call, output: Promise<O>) => output.then(call.resolve, call.reject)
 
@@ -36,7 +39,12 @@ export const sameTurn = <I, O>(options: {
     const later: Array<Call> = []
     for (const call of waiting) {
       const key = options.keyOf(call.input)
-      if (keys.has(key) || (group !== undefined && options.groupOf?.(call.input) !== group)) later.push(call)
+      if (
+        batch.length >= maxBatch ||
+        keys.has(key) ||
+        (group !== undefined && options.groupOf?.(call.input) !== group)
+      )
+        later.push(call)
       else {
         keys.add(key)
         batch.push(call)
