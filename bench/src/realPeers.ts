@@ -305,7 +305,6 @@ export const runRealPeers = async (env: BenchEnv, options: RealPeersOptions): Pr
   // An empty catalog: real peers send their os, and catalog jobs would mix with the measured ones.
   const catalog = join(dir, "catalog.json")
   writeFileSync(catalog, '{ "jobs": [] }\n')
-  const peers: ChildProcess[] = []
   let cluster: Cluster | undefined
   const row = async (
     kind: RealPeersResult["kind"],
@@ -348,7 +347,6 @@ export const runRealPeers = async (env: BenchEnv, options: RealPeersOptions): Pr
           // Started one after another: startup costs are not what is measured.
           for (const id of ids)
             started.push(await withTimeout(startPeer(c, id, join(dir, id), launcher), 60_000, () => id))
-          peers.push(...started)
           const server = startProcessSampler(serverPid)
           const peerCpu = startTreeSampler(started.map((p) => p.pid!))
           const loadAvg1 = loadavg()[0] ?? 0
@@ -406,7 +404,6 @@ export const runRealPeers = async (env: BenchEnv, options: RealPeersOptions): Pr
     results.push({ kind: "real", peers: options.peers, tickets: options.tickets, error: message })
     console.log(`${label} FAILED: ${message}`)
   } finally {
-    await Promise.all(peers.map((p) => stopProcess(p, 5_000)))
     await cluster?.stop().catch((e: unknown) => console.log(`${label} teardown failed: ${String(e)}`))
     rmSync(dir, { recursive: true, force: true })
     await sleep(500)

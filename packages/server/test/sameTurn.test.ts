@@ -87,6 +87,21 @@ describe("sameTurn", () => {
     expect(failing.alone).toEqual(["a", "b"])
   })
 
+  it("without an alone of its own, a call is sent alone as a batch of one", async () => {
+    const sent: Array<ReadonlyArray<string>> = []
+    const call = sameTurn({
+      keyOf: (input: string) => input,
+      send: async (batch) => {
+        sent.push(batch)
+        if (batch.length > 1) throw new Error("check constraint")
+        return batch.map((input) => (input === "b" ? undefined : `one:${input}`))
+      },
+    })
+    const outcomes = await Promise.allSettled(["a", "b"].map(call))
+    expect(outcomes.map((o) => (o.status === "fulfilled" ? o.value : "failed"))).toEqual(["one:a", "failed"])
+    expect(sent).toEqual([["a", "b"], ["a"], ["b"]])
+  })
+
   it("a batch that lost the database fails every call (written or not is unknown): none is sent again", async () => {
     const lost = recording(async () => {
       throw Object.assign(new Error("connect ECONNREFUSED 127.0.0.1:5432"), { code: "ECONNREFUSED" })

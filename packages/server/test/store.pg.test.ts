@@ -637,6 +637,65 @@ layer(Layer.provideMerge(storeOverDb, dbLayer), { timeout: 60_000 })("PgStore on
     }),
   )
 
+  it.effect(
+    "admissions sent together while another instance admits one of their peers: that one refused with the reason it has once locked",
+    () =>
+      Effect.gen(function* () {
+        const { pool } = yield* Db
+        const store = yield* Store
+        const [raced, other] = [`raced-${randomUUID()}`, `other-${randomUUID()}`]
+        const claim = (peerId: string) => ({
+          peerId,
+          identityKey: null,
+          ts: null,
+          now: 10_000,
+          minIntervalMs: 2_000,
+        })
+        assert.strictEqual(yield* store.admitRegistration({ ...claim(raced), now: 1_000 }), "admitted")
+        // Another instance admitting `raced` now: its row locked until that commits.
+        let commit: () => void = () => {}
+        const committing = new Promise<void>((resolve) => {
+          commit = resolve
+        })
+        let lockedRow: () => void = () => {}
+        const rowLocked = new Promise<void>((resolve) => {
+          lockedRow = resolve
+        })
+        const elsewhere = pool.transaction(async (tx) => {
+          await tx.query(sql.unsafe`select 1 from peers where peer_id = ${raced} for update`)
+          await tx.query(sql.unsafe`update peers set last_admitted_at = 9999 where peer_id = ${raced}`)
+          lockedRow()
+          await committing
+        })
+        yield* promise(() => rowLocked)
+        // Sent together: one statement, whose snapshot still shows the admission at 1,000.
+        const together = yield* Effect.all(
+          [store.admitRegistration(claim(raced)), store.admitRegistration(claim(other))],
+          {
+            concurrency: "unbounded",
+          },
+        ).pipe(Effect.forkChild)
+        yield* TestClock.withLive(
+          eventually(
+            promise(() =>
+              pool.oneFirst(
+                sql.type(std(Schema.Struct({ n: Schema.Int })))`
+                  select count(*)::int as n from pg_stat_activity
+                  where datname = current_database() and wait_event_type = 'Lock'
+                    and query like '%insert into peers (peer_id, identity_key%'
+                `,
+              ),
+            ).pipe(Effect.map((n) => (n === 1 ? true : undefined))),
+            "the batch waiting for the other instance's lock",
+          ),
+        )
+        commit()
+        yield* promise(() => elsewhere)
+        // Judged again alone against the row as it now stands: 10,000 is within 2 s of 9,999.
+        assert.deepStrictEqual(yield* Fiber.join(together), ["too_many", "admitted"])
+      }),
+  )
+
   it.effect("closeTickets refuses a non-terminal state", () =>
     Effect.gen(function* () {
       const store = yield* Store

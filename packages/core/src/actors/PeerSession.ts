@@ -455,7 +455,7 @@ const runSession = Effect.fnUntraced(function* (
           Protocol.encodeMessage({ msg: "heartbeat", peer_id: peerId, token, server_id: config.serverId }),
         ).pipe(Effect.catch((e) => Effect.logWarning("could not send the peer a heartbeat", e))),
   )
-  // Bounded: what the peer drives (results, heartbeats) is refused when it is full; the gateway
+  // Bounded: what the peer drives (its results) is refused when it is full; the gateway
   // retries those entries later. Control commands wait for room (bounded by the ask timeout).
   const mailbox = yield* Queue.bounded<Command>(config.mailboxCapacity ?? DEFAULT_MAILBOX_CAPACITY)
   const ended = yield* Deferred.make<void>()
@@ -864,6 +864,8 @@ const runSession = Effect.fnUntraced(function* (
   )
   // A tick with nothing to do (no ticket, the peer heard from and recently told something) is not
   // sent: ten thousand idle sessions would wake their actors thousands of times a second for nothing.
+  // It names what a Tick acts on (silence, overdue and waiting tickets, the server's heartbeat): work
+  // added to the Tick must be named here too.
   const idle = () =>
     !silent() &&
     tickets.inFlight() === 0 &&
@@ -907,7 +909,7 @@ const runSession = Effect.fnUntraced(function* (
         orElse: () => Effect.fail(new AskTimeout({ sessionId, command: name })),
       }),
     )
-  /** Tells the actor, without waiting; dropped when the mailbox is full (a heartbeat, a refill). */
+  /** Tells the actor, without waiting; dropped when the mailbox is full (a refill, say). */
   const tell = (command: Command) => Effect.sync(() => void Queue.offerUnsafe(mailbox, command))
 
   return {

@@ -55,11 +55,7 @@ export const makePgRedisUsers = (pool: DatabasePool) => {
     `)
     return grants.map((_, i) => rows[i]?.granted)
   }
-  const grant = sameTurn({
-    keyOf: (g: PeerGrant) => g.name,
-    send: grantBatch,
-    alone: async (g) => (await grantBatch([g]))[0] ?? false,
-  })
+  const grant = sameTurn({ keyOf: (g: PeerGrant) => g.name, send: grantBatch })
 
   /** Users of sessions that ended together (a shutdown), forgotten in one statement. */
   const releaseBatch = async (
@@ -81,7 +77,6 @@ export const makePgRedisUsers = (pool: DatabasePool) => {
   const release = sameTurn({
     keyOf: (user: { readonly name: string; readonly sessionId: string }) => user.name,
     send: releaseBatch,
-    alone: async (user) => (await releaseBatch([user]))[0] ?? false,
   })
 
   return RedisUserStore.of({

@@ -10,16 +10,17 @@ import { classifyError } from "./pool.ts"
  * - `groupOf`: only calls of one group share a batch (the first call's; the others go next).
  * - `maxBatch` (default 500): calls beyond it go next, so no statement grows without bound.
  * - `send` answers each call of the batch, in order; `undefined` sends that call alone.
- * - `alone` handles one call by itself: a batch that failed is sent again call by call, so one bad
- *   call fails alone instead of taking the others with it; unless the database was lost, when
- *   whether the batch was written is unknown, and every call fails as one would have alone.
+ * - `alone` handles one call by itself (default: `send` with a batch of that call alone): a batch
+ *   that failed is sent again call by call, so one bad call fails alone instead of taking the others
+ *   with it; unless the database was lost, when whether the batch was written is unknown, and every
+ *   call fails as one would have alone.
  */
 export const sameTurn = <I, O>(options: {
   readonly keyOf: (input: I) => string
   readonly groupOf?: (input: I) => string
   readonly maxBatch?: number
   readonly send: (batch: ReadonlyArray<I>) => Promise<ReadonlyArray<O | undefined>>
-  readonly alone: (input: I) => Promise<O>
+  readonly alone?: (input: I) => Promise<O>
 }): ((input: I) => Promise<O>) => {
   interface Call {
     readonly input: I
@@ -28,6 +29,13 @@ export const sameTurn = <I, O>(options: {
   }
   let waiting: Array<Call> = []
   const maxBatch = options.maxBatch ?? 500
+  const alone =
+    options.alone ??
+    (async (input: I) => {
+      const [output] = await options.send([input])
+      if (output === undefined) throw new Error("a batch of one call left it unanswered")
+      return output
+    })
 
   const settle = (call: Call, output: Promise<O>) => output.then(call.resolve, call.reject)
 
@@ -52,19 +60,20 @@ export const sameTurn = <I, O>(options: {
     }
     waiting = later
     if (later.length > 0) setImmediate(flush)
-    if (batch.length === 1) return settle(batch[0]!, options.alone(batch[0]!.input))
+    if (batch.length === 1) return settle(batch[0]!, alone(batch[0]!.input))
     let outputs: ReadonlyArray<O | undefined>
     try {
       outputs = await options.send(batch.map((c) => c.input))
     } catch (error) {
+      const lost = classifyError(error) === "unavailable"
       for (const call of batch)
-        if (classifyError(error) === "unavailable") call.reject(error)
-        else void settle(call, options.alone(call.input))
+        if (lost) call.reject(error)
+        else void settle(call, alone(call.input))
       return
     }
     batch.forEach((call, i) => {
       const output = outputs[i]
-      if (output === undefined) void settle(call, options.alone(call.input))
+      if (output === undefined) void settle(call, alone(call.input))
       else call.resolve(output)
     })
   }

@@ -167,6 +167,7 @@ export const makePgSessions = (pool: DatabasePool): SessionStoreService => {
       const { serverId, leaseMs } = logins[0]!
       const byPeer = [...logins].sort((a, b) => (a.peerId < b.peerId ? -1 : a.peerId > b.peerId ? 1 : 0))
       await tx.query(sql.prepared("login peers", NoRow)`
+        -- An instance without a row yet (one that never said it was alive) gets its first lease.
         with instance as (
           insert into server_instances (server_id, lease_until)
           values (${serverId}, ${leaseEnd(leaseMs)})
@@ -244,13 +245,7 @@ export const makePgSessions = (pool: DatabasePool): SessionStoreService => {
         )
         select ${ticketColumns} from adopted order by ${ticketOrder}
       `)
-      const bySession = new Map<string, Array<Ticket>>()
-      for (const ticket of adopted) {
-        if (ticket.sessionId === null) continue
-        const mine = bySession.get(ticket.sessionId)
-        if (mine === undefined) bySession.set(ticket.sessionId, [ticket])
-        else mine.push(ticket)
-      }
+      const bySession = Map.groupBy(adopted, (t) => t.sessionId)
       return logins.map((l) => ({ epoch: 1, adopted: bySession.get(l.sessionId.toLowerCase()) ?? [] }))
     })
 
@@ -258,7 +253,6 @@ export const makePgSessions = (pool: DatabasePool): SessionStoreService => {
     keyOf: (login: LoginOf) => login.peerId,
     groupOf: (login) => `${login.serverId}\u0000${login.leaseMs}`,
     send: loginBatch,
-    alone: async (login) => (await loginBatch([login]))[0]!,
   })
 
   /** Logouts of different sessions in one statement (a shutdown logs out every session at once). */
@@ -291,7 +285,6 @@ export const makePgSessions = (pool: DatabasePool): SessionStoreService => {
   const logoutBatched = sameTurn({
     keyOf: (logout: LogoutOf) => logout.sessionId.toLowerCase(),
     send: logoutBatch,
-    alone: async (logout) => (await logoutBatch([logout]))[0] ?? false,
   })
 
   return SessionStore.of({

@@ -165,13 +165,7 @@ export const makePgTickets = (pool: DatabasePool): TicketStoreService => {
         order by ${ticketOrder}
       `)
       // By session first: a run to ten thousand peers is ten thousand reads of one row each.
-      const bySession = new Map<string, Array<(typeof rows)[number]>>()
-      for (const row of rows) {
-        if (row.sessionId === null) continue
-        const mine = bySession.get(row.sessionId)
-        if (mine === undefined) bySession.set(row.sessionId, [row])
-        else mine.push(row)
-      }
+      const bySession = Map.groupBy(rows, (row) => row.sessionId)
       for (const { sessionId, after, resolve } of batch)
         resolve(
           (bySession.get(sessionId) ?? [])
