@@ -194,7 +194,8 @@ describe("the seed, end to end", () => {
     server.signalGroup("SIGINT")
     await server.exited
     expect(Date.now() - before).toBeLessThan(3_000)
-    expect(server.output()).toMatch(/SIGINT again: exiting now/)
+    // pnpm may pass the second Ctrl+C on as SIGTERM, and that can reach the server first.
+    expect(server.output()).toMatch(/SIG(INT|TERM) again: exiting now/)
   })
 
   it("revoking a token ends its live sessions at once, and rejects it from then on", async () => {
