@@ -27,6 +27,8 @@ const usage = `Usage: pnpm bench [options]
   --tickets N      tickets per saturation run (default 20000; 2000 with --quick)
   --duration S     seconds per fixed-rate run (default 10; 2 with --quick)
   --rate R         the fixed rate in tickets/s (default 200); a second rate is half each system's saturation
+  --warmup S       seconds each rate run submits at its rate first, answered and not counted (default 2;
+                   1 with --quick; 0 for none): every system measured warm
   --workers N      workers (BullMQ concurrency, simulated workers, peers) (default 50)
   --only a,b       only these systems or extra phases (known: ${[...systems.map((s) => s.name), ...extras].join(", ")});
                    the extra phases run by default whenever a picus system does
@@ -51,6 +53,7 @@ const { values } = parseArgs({
     tickets: { type: "string" },
     duration: { type: "string" },
     rate: { type: "string" },
+    warmup: { type: "string" },
     workers: { type: "string" },
     "storm-peers": { type: "string" },
     "storm-idle": { type: "string" },
@@ -76,6 +79,11 @@ const repeats = Math.round(int("repeats", values.repeats, quick ? 1 : 3))
 const tickets = Math.round(int("tickets", values.tickets, quick ? 2000 : 20_000))
 const durationMs = int("duration", values.duration, quick ? 2 : 10) * 1000
 const fixedRate = int("rate", values.rate, 200)
+const warmupMs = Number(values.warmup ?? (quick ? 1 : 2)) * 1000
+if (!Number.isFinite(warmupMs) || warmupMs < 0) {
+  console.error(`--warmup takes a number of seconds, 0 or more (got ${values.warmup})\n\n${usage}`)
+  process.exit(2)
+}
 const workers = Math.round(int("workers", values.workers, 50))
 const stormPeers = Math.round(int("storm-peers", values["storm-peers"], quick ? 1000 : 10_000))
 const stormIdleMs = int("storm-idle", values["storm-idle"], quick ? 5 : 20) * 1000
@@ -198,14 +206,16 @@ for (const entry of chosen) {
 }
 for (let rep = 1; rep <= repeats && phaseChosen("rate"); rep++) {
   for (const entry of chosen) {
-    await runOnce(entry, rep, `rate ${fixedRate}/s`, (s, w) => s.atRate(fixedRate, durationMs, workers, w))
+    await runOnce(entry, rep, `rate ${fixedRate}/s`, (s, w) =>
+      s.atRate(fixedRate, durationMs, workers, w, warmupMs),
+    )
   }
 }
 for (let rep = 1; rep <= repeats && phaseChosen("half"); rep++) {
   for (const entry of chosen) {
     const rate = halfRate.get(entry.name)
     if (rate === undefined) continue
-    await runOnce(entry, rep, `rate ${rate}/s`, (s, w) => s.atRate(rate, durationMs, workers, w))
+    await runOnce(entry, rep, `rate ${rate}/s`, (s, w) => s.atRate(rate, durationMs, workers, w, warmupMs))
   }
 }
 
@@ -283,6 +293,7 @@ const summary = writeReport(outDir, {
     repeats,
     tickets,
     durationMs,
+    warmupMs,
     fixedRate,
     workers,
     quick,

@@ -29,3 +29,18 @@ export const submitAtRate = async (
   await Promise.all(pending)
   return total
 }
+
+/** Tickets submitted and answered before a rate run's window, not counted (see BenchSystem.atRate). */
+export interface Warmup<Submit> {
+  readonly tickets: number
+  /** Submits them (numbered from 0) through `submit`; resolves with how many. */
+  readonly produce: (submit: Submit) => Promise<number>
+}
+
+/** A warm-up of `warmupMs` at the run's rate, or none. */
+export const warmupOf = <Submit>(
+  ratePerSecond: number,
+  warmupMs: number,
+  produce: (submit: Submit) => Promise<number>,
+): Warmup<Submit> | undefined =>
+  warmupMs > 0 ? { tickets: Math.max(1, Math.round((ratePerSecond * warmupMs) / 1000)), produce } : undefined

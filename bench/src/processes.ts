@@ -1,4 +1,5 @@
 import { type ChildProcess, spawn } from "node:child_process"
+import { appendFileSync } from "node:fs"
 import { join } from "node:path"
 import { Redis } from "ioredis"
 import pg from "pg"
@@ -22,8 +23,11 @@ export const startServer = (id: string, env: Record<string, string>): Promise<Ch
       stdio: ["ignore", "pipe", "pipe"],
     })
     let output = ""
+    // BENCH_SERVER_LOG: a file the servers' output is appended to (with --trace-gc, say).
+    const log = process.env.BENCH_SERVER_LOG
     // Read to the end: a full pipe would block the server.
     const onData = (chunk: Buffer) => {
+      if (log) appendFileSync(log, chunk)
       output = (output + chunk.toString()).slice(-20_000)
       if (/serving/.test(output)) resolve(child)
     }
@@ -63,7 +67,11 @@ export const requestCounters = (child: ChildProcess, timeoutMs = 10_000): Promis
   })
 
 /** SIGINT (a clean shutdown), SIGKILL if that takes longer than `killAfterMs`. */
-export const stopProcess = (child: ChildProcess, killAfterMs = 15_000): Promise<void> =>
+// BENCH_SERVER_STOP_MS: how long a server may take to stop (a --cpu-prof profile is written at exit).
+export const stopProcess = (
+  child: ChildProcess,
+  killAfterMs = Number(process.env.BENCH_SERVER_STOP_MS ?? 15_000),
+): Promise<void> =>
   new Promise((resolve) => {
     if (child.exitCode !== null || child.signalCode !== null) return resolve()
     const timer = setTimeout(() => child.kill("SIGKILL"), killAfterMs)

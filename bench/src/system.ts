@@ -40,12 +40,17 @@ export interface BenchSystem {
   readonly setup: () => Promise<void>
   /** Submit `tickets` as fast as possible over `workers` workers and wait until every result is committed. */
   readonly saturation: (tickets: number, workers: number, window?: MeasuredWindow) => Promise<RunResult>
-  /** Submit `ratePerSecond` tickets/s for `durationMs`, then wait until every result is committed. */
+  /**
+   * Submit `ratePerSecond` tickets/s for `warmupMs` and wait for their results (not counted, outside
+   * the window: fresh connections, plans and compiled code are a start's cost, not the rate's), then
+   * the same for `durationMs`, counted.
+   */
   readonly atRate: (
     ratePerSecond: number,
     durationMs: number,
     workers: number,
     window?: MeasuredWindow,
+    warmupMs?: number,
   ) => Promise<RunResult>
   /** Its counters now, read at the edges of the measured window; without it, no costs are counted. */
   readonly counters?: () => Promise<SystemCounters>

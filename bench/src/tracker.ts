@@ -65,23 +65,27 @@ export class Tracker {
     }
   }
 
-  /** The run's result over tickets 0..count-1 (all must be created and committed). */
+  /**
+   * The run's result over tickets from..from+count-1 (all must be created and committed); those
+   * before `from` were a warm-up, not counted.
+   */
   result(
     system: string,
     mode: RunResult["mode"],
     count: number,
     errors: number,
     targetRate?: number,
+    from = 0,
   ): RunResult {
     const latencies = new Float64Array(count)
     let first = Number.POSITIVE_INFINITY
     let last = Number.NEGATIVE_INFINITY
-    for (let i = 0; i < count; i++) {
+    for (let i = from; i < from + count; i++) {
       const c = this.created[i]!
       const d = this.committed[i]!
       if (Number.isNaN(c) || Number.isNaN(d))
         throw new Error(`${system}: ticket ${i} has no creation or commit time`)
-      latencies[i] = d - c
+      latencies[i - from] = d - c
       if (c < first) first = c
       if (d > last) last = d
     }

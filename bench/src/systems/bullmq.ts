@@ -3,7 +3,7 @@ import { type Job, Queue, Worker } from "bullmq"
 import pg from "pg"
 import { Batcher } from "../batcher.ts"
 import { wallNow } from "../clock.ts"
-import { submitAtRate } from "../pace.ts"
+import { submitAtRate, type Warmup, warmupOf } from "../pace.ts"
 import {
   countQueries,
   createBenchDatabase,
@@ -74,14 +74,16 @@ const makeSystem = (name: string, batched: boolean, env: BenchEnv): BenchSystem 
   const run = async (
     capacity: number,
     workers: number,
-    produce: (tracker: Tracker, q: Queue<TicketData>) => Promise<number>,
+    produce: (tracker: Tracker, q: Queue<TicketData>, offset: number) => Promise<number>,
     mode: RunResult["mode"],
     window: MeasuredWindow | undefined,
     targetRate?: number,
+    warmup?: Warmup<(first: number, count: number) => Promise<void>>,
   ): Promise<RunResult> => {
     const p = pool!
     const q = queue!
-    const tracker = new Tracker(capacity)
+    const offset = warmup?.tickets ?? 0
+    const tracker = new Tracker(offset + capacity)
     let errors = 0
     const batcher = new Batcher<ResultRow>((rows) => insertResults(p, rows), batchRows, batchDelayMs)
     const processor = async (job: Job<TicketData>): Promise<void> => {
@@ -108,13 +110,15 @@ const makeSystem = (name: string, batched: boolean, env: BenchEnv): BenchSystem 
       errors++
     })
     await w.waitUntilReady()
+    if (warmup)
+      await tracker.waitAll(await warmup.produce((first, count) => addAtRate(tracker, q, first, count)))
     await window?.begin()
-    const total = await produce(tracker, q)
-    await tracker.waitAll(total)
+    const total = await produce(tracker, q, offset)
+    await tracker.waitAll(offset + total)
     await batcher.drain()
     await window?.end()
-    await verifyResultCount(p, name, total)
-    return tracker.result(name, mode, total, errors, targetRate)
+    await verifyResultCount(p, name, offset + total)
+    return tracker.result(name, mode, total, errors, targetRate, offset)
   }
 
   const jobOf = (ticket: number, createdAt: number) => ({
@@ -143,29 +147,36 @@ const makeSystem = (name: string, batched: boolean, env: BenchEnv): BenchSystem 
       window,
     )
 
+  /** One add per ticket, those due together side by side. */
+  const addAtRate = async (tracker: Tracker, q: Queue<TicketData>, first: number, count: number) => {
+    const at = wallNow()
+    const adds: Promise<unknown>[] = []
+    for (let i = first; i < first + count; i++) {
+      tracker.markCreated(i, at)
+      const job = jobOf(i, at)
+      adds.push(q.add(job.name, job.data))
+    }
+    await Promise.all(adds)
+  }
+
   const atRate = (
     ratePerSecond: number,
     durationMs: number,
     workers: number,
     window?: MeasuredWindow,
+    warmupMs = 0,
   ): Promise<RunResult> =>
     run(
       Math.max(1, Math.round((ratePerSecond * durationMs) / 1000)),
       workers,
-      (tracker, q) =>
-        submitAtRate(ratePerSecond, durationMs, async (first, count) => {
-          const at = wallNow()
-          const adds: Promise<unknown>[] = []
-          for (let i = first; i < first + count; i++) {
-            tracker.markCreated(i, at)
-            const job = jobOf(i, at)
-            adds.push(q.add(job.name, job.data))
-          }
-          await Promise.all(adds)
-        }),
+      (tracker, q, offset) =>
+        submitAtRate(ratePerSecond, durationMs, (first, count) =>
+          addAtRate(tracker, q, offset + first, count),
+        ),
       "rate",
       window,
       ratePerSecond,
+      warmupOf(ratePerSecond, warmupMs, (submit) => submitAtRate(ratePerSecond, warmupMs, submit)),
     )
 
   const counters = async () => {

@@ -112,6 +112,11 @@ const makeSystem = (env: BenchEnv, instances: number): BenchSystem => {
       },
     )
 
+  /** Results committed so far (a warm-up's), and PostgreSQL's time once they are all in. */
+  let before = { results: 0, at: "-infinity" }
+  const results = async () =>
+    (await pool!.query<{ n: number }>("select count(*)::int as n from job_results")).rows[0]!.n
+
   /** Waits until every ticket has its result, then reads the timings from PostgreSQL. */
   const measure = async (
     mode: "saturation" | "rate",
@@ -119,11 +124,7 @@ const makeSystem = (env: BenchEnv, instances: number): BenchSystem => {
     targetRate: number | undefined,
     window: MeasuredWindow | undefined,
   ): Promise<RunResult> => {
-    for (;;) {
-      const { rows } = await pool!.query<{ n: number }>("select count(*)::int as n from job_results")
-      if (rows[0]!.n >= tickets) break
-      await sleep(50)
-    }
+    while ((await results()) < before.results + tickets) await sleep(50)
     await window?.end()
     const { rows } = await pool!.query<{
       latency: number
@@ -131,12 +132,15 @@ const makeSystem = (env: BenchEnv, instances: number): BenchSystem => {
       received: number
       toPeer: number | null
       back: number | null
-    }>(`
+    }>(
+      `
       select extract(epoch from r.received_at - t.created_at) * 1000 as latency,
         extract(epoch from t.created_at) * 1000 as created, extract(epoch from r.received_at) * 1000 as received,
         extract(epoch from r.started_at - t.created_at) * 1000 as "toPeer",
         extract(epoch from r.received_at - r.started_at) * 1000 as "back"
-      from job_results r join tickets t using (ticket)`)
+      from job_results r join tickets t using (ticket) where t.created_at > $1::timestamptz`,
+      [before.at],
+    )
     if (rows.length !== tickets) throw new Error(`${name}: ${rows.length} results for ${tickets} tickets`)
     const latencies = rows.map((r) => Number(r.latency))
     // Where a ticket's time went: created -> the simulated peer has its job (its started_at, this
@@ -187,17 +191,25 @@ const makeSystem = (env: BenchEnv, instances: number): BenchSystem => {
       )
       return measure("saturation", tickets, undefined, window)
     },
-    atRate: async (rate, durationMs, workers, window) => {
+    atRate: async (rate, durationMs, workers, window, warmupMs = 0) => {
       const f = await fleetOf(workers)
-      await window?.begin()
-      sampler = startProcessSampler(servers.map((s) => s.pid!))
       let next = 0
       // One submission per ticket, those due together side by side, as BullMQ's adds are.
-      const total = await submitAtRate(rate, durationMs, async (_first, count) => {
-        await Promise.all(
-          Array.from({ length: count }, () => submit(f.peerIds[next++ % f.peerIds.length]!, 1)),
-        )
-      })
+      const atRate = (ms: number) =>
+        submitAtRate(rate, ms, async (_first, count) => {
+          await Promise.all(
+            Array.from({ length: count }, () => submit(f.peerIds[next++ % f.peerIds.length]!, 1)),
+          )
+        })
+      if (warmupMs > 0) {
+        const warm = await atRate(warmupMs)
+        while ((await results()) < warm) await sleep(50)
+        const { rows } = await pool!.query<{ at: string }>("select now()::text as at")
+        before = { results: warm, at: rows[0]!.at }
+      }
+      await window?.begin()
+      sampler = startProcessSampler(servers.map((s) => s.pid!))
+      const total = await atRate(durationMs)
       return measure("rate", total, rate, window)
     },
     counters: async () => {

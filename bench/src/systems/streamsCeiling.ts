@@ -2,7 +2,7 @@ import { randomBytes } from "node:crypto"
 import { Redis } from "ioredis"
 import pg from "pg"
 import { wallNow } from "../clock.ts"
-import { submitAtRate } from "../pace.ts"
+import { submitAtRate, type Warmup, warmupOf } from "../pace.ts"
 import {
   countQueries,
   createBenchDatabase,
@@ -76,11 +76,13 @@ const makeSystem = (env: BenchEnv): BenchSystem => {
     mode: RunResult["mode"],
     window: MeasuredWindow | undefined,
     targetRate?: number,
+    warmup?: Warmup<(first: number, count: number) => Promise<void>>,
   ): Promise<RunResult> => {
     const p = pool!
     const work = `${prefix}work`
     const results = `${prefix}results`
-    const tracker = new Tracker(capacity)
+    const offset = warmup?.tickets ?? 0
+    const tracker = new Tracker(offset + capacity)
     let errors = 0
     let running = true
 
@@ -226,12 +228,13 @@ const makeSystem = (env: BenchEnv): BenchSystem => {
     }
 
     try {
+      if (warmup) await tracker.waitAll(await warmup.produce(submit))
       await window?.begin()
-      const total = await produce(submit)
-      await tracker.waitAll(total)
+      const total = await produce((first, count) => submit(offset + first, count))
+      await tracker.waitAll(offset + total)
       await window?.end()
-      await verifyResultCount(p, name, total)
-      return tracker.result(name, mode, total, errors, targetRate)
+      await verifyResultCount(p, name, offset + total)
+      return tracker.result(name, mode, total, errors, targetRate, offset)
     } finally {
       running = false
       await Promise.all(loops)
@@ -257,6 +260,7 @@ const makeSystem = (env: BenchEnv): BenchSystem => {
     durationMs: number,
     workers: number,
     window?: MeasuredWindow,
+    warmupMs = 0,
   ): Promise<RunResult> =>
     run(
       Math.max(1, Math.round((ratePerSecond * durationMs) / 1000)),
@@ -265,6 +269,7 @@ const makeSystem = (env: BenchEnv): BenchSystem => {
       "rate",
       window,
       ratePerSecond,
+      warmupOf(ratePerSecond, warmupMs, (submit) => submitAtRate(ratePerSecond, warmupMs, submit)),
     )
 
   const counters = async () => {

@@ -1,5 +1,6 @@
 export * from "./actors/JobScheduler.ts"
 export * from "./actors/PeerSession.ts"
+export * from "./actors/TickWheel.ts"
 export * from "./keys.ts"
 export * as Metrics from "./metrics.ts"
 export * from "./node/commandLine.ts"

@@ -28,6 +28,7 @@ import {
 import { Transport, type TransportError } from "../transport/Transport.ts"
 import { checkMac } from "../trust/mac.ts"
 import { JobScheduler, type TicketQueue } from "./JobScheduler.ts"
+import { makeTickWheel, type TickWheel } from "./TickWheel.ts"
 
 export interface SessionConfig {
   readonly serverId: string
@@ -65,6 +66,11 @@ export interface SessionConfig {
    * takes its peer's messages without checking their MAC.
    */
   readonly weakened?: { readonly mac?: boolean }
+  /**
+   * The wheel that ticks the session's watchdog, shared by the sessions of an instance; its period
+   * must be min(heartbeatMs, graceMs). Absent: the session keeps a wheel of its own.
+   */
+  readonly ticks?: TickWheel
 }
 
 /**
@@ -871,14 +877,11 @@ const runSession = Effect.fnUntraced(function* (
     tickets.inFlight() === 0 &&
     tickets.waiting() === 0 &&
     (shuttingDown || now() - lastSentAt < config.graceMs)
-  yield* Effect.sync(() => {
-    if (!idle()) Queue.offerUnsafe(mailbox, { _tag: "Tick" })
-  }).pipe(
-    Effect.delay(Math.min(config.heartbeatMs, config.graceMs)),
-    Effect.forever,
-    Effect.raceFirst(Deferred.await(ended)),
-    Effect.forkScoped,
-  )
+  const wheel = config.ticks ?? (yield* makeTickWheel(Math.min(config.heartbeatMs, config.graceMs), 1))
+  const stopTicks = wheel.register(() => {
+    if (!closed && !idle()) Queue.offerUnsafe(mailbox, { _tag: "Tick" })
+  })
+  yield* Effect.addFinalizer(() => Effect.sync(stopTicks))
   yield* dispatch.pipe(
     Effect.catchCause((cause) => crashed(cause)),
     annotate,

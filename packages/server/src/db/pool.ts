@@ -48,6 +48,8 @@ export interface PoolOptions {
   readonly maxPoolSize?: number
   /** How long to wait for a connection to be established, in ms (default 5 000). */
   readonly connectionTimeoutMs?: number
+  /** A connection idle for this long is closed, in ms (default 300 000). */
+  readonly idleTimeoutMs?: number
   /** The server aborts any statement running longer than this, in ms (default 30 000). */
   readonly statementTimeoutMs?: number
   /** The server ends a session idle inside a transaction for longer than this, in ms (default 60 000). */
@@ -294,6 +296,9 @@ export const makePool = (
           ...(tls.ssl === undefined ? {} : { ssl: tls.ssl }),
           maxPoolSize: options.maxPoolSize ?? 10,
           connectionTimeout: options.connectionTimeoutMs ?? 5_000,
+          // Slonik closes a connection idle for 10 s; the next statement then pays a connection and
+          // the planning of its prepared statement again. A server's load comes in bursts.
+          idleTimeout: options.idleTimeoutMs ?? 300_000,
           statementTimeout: options.statementTimeoutMs ?? 30_000,
           idleInTransactionSessionTimeout: options.idleInTransactionSessionTimeoutMs ?? 60_000,
           // Counted into the process's metrics (db/statementCounter.ts).

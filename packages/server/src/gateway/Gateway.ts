@@ -1,4 +1,4 @@
-import { type SessionConfig, Store, Transport, Trust } from "@picus/core"
+import { makeTickWheel, type SessionConfig, Store, Transport, Trust, wheelSlots } from "@picus/core"
 import { Cause, Effect, Fiber, Redacted, Schema, Semaphore } from "effect"
 import type { GatewayConfig } from "./config.ts"
 import { makeHearing } from "./Hearing.ts"
@@ -44,7 +44,11 @@ const build = Effect.fnUntraced(function* (config: GatewayConfig) {
   const transport = yield* Transport
   const hearing = makeHearing({ readBlockMs: READ_BLOCK_MS, heartbeatMs: config.heartbeatMs })
   const sessionKey = Trust.sessionKeyOf(Redacted.value(config.clusterKey.seed))
+  // One timer for every session's watchdog (see TickWheel).
+  const tickPeriodMs = Math.min(config.heartbeatMs, config.graceMs)
+  const ticks = yield* makeTickWheel(tickPeriodMs, wheelSlots(tickPeriodMs))
   const sessionConfig: SessionConfig = {
+    ticks,
     ...config,
     sessionKey,
     canHearPeers: hearing.canHear,
