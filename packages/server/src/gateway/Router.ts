@@ -213,20 +213,36 @@ export const makeRouter = Effect.fnUntraced(function* (deps: {
       list.push([message, entry])
       byPeer.set(message.peer_id, list)
     }
-    if (together.length > 0) {
-      for (const [entry, outcome] of yield* recorder.record(together)) outcomes.set(entry, outcome)
-    }
-    yield* Effect.forEach(
-      byPeer.values(),
-      (list) =>
+    const handleAll = (lists: ReadonlyArray<ReadonlyArray<[Protocol.PeerMessage, Delivery]>>) =>
+      Effect.forEach(
+        lists,
+        (list) =>
+          Effect.gen(function* () {
+            for (const [message, entry] of list) {
+              outcomes.set(entry, yield* Effect.exit(handle(message, entry)))
+            }
+          }),
+        // All of a batch's peers at once: what they ask of PostgreSQL in the same turn shares its
+        // statements (a storm's registrations, see db/sameTurn.ts), so more side by side is fewer trips.
+        { concurrency: "unbounded", discard: true },
+      )
+    // A peer with results recorded here has the rest of its messages handled after them; the
+    // other peers' (forwarded to their holders, mostly) do not wait for that statement.
+    const recorded = new Set(together.map((h) => h.message.peer_id))
+    const after: Array<Array<[Protocol.PeerMessage, Delivery]>> = []
+    const meanwhile: Array<Array<[Protocol.PeerMessage, Delivery]>> = []
+    for (const [peerId, list] of byPeer) (recorded.has(peerId) ? after : meanwhile).push(list)
+    yield* Effect.all(
+      [
         Effect.gen(function* () {
-          for (const [message, entry] of list) {
-            outcomes.set(entry, yield* Effect.exit(handle(message, entry)))
+          if (together.length > 0) {
+            for (const [entry, outcome] of yield* recorder.record(together)) outcomes.set(entry, outcome)
           }
+          yield* handleAll(after)
         }),
-      // All of a batch's peers at once: what they ask of PostgreSQL in the same turn shares its
-      // statements (a storm's registrations, see db/sameTurn.ts), so more side by side is fewer trips.
-      { concurrency: "unbounded", discard: true },
+        handleAll(meanwhile),
+      ],
+      { concurrency: 2, discard: true },
     )
     return outcomes
   })
