@@ -1,10 +1,21 @@
+import { randomInt } from "node:crypto"
+import { request } from "node:http"
 import { join } from "node:path"
 import { createPool, type QuerySqlToken, sql } from "slonik"
 import { afterEach, describe, expect, it } from "vitest"
 import { detectOs } from "../packages/peer/src/osInfo.ts"
 import { makeWorld, type World, writeCatalog } from "./support/env.ts"
+import { freePort } from "./support/ports.ts"
 import { type PrivatePostgres, startPrivatePostgres } from "./support/postgres.ts"
-import { eventually, killAll, sleep, startPnpm } from "./support/processes.ts"
+import {
+  eventually,
+  killAll,
+  runPicus,
+  sleep,
+  sleepsWith,
+  startPicus,
+  startPnpm,
+} from "./support/processes.ts"
 import { type PrivateRedis, startPrivateRedis } from "./support/redis.ts"
 
 // Faults the seed's system must ride out: Redis going away under a server and a peer.
@@ -80,6 +91,105 @@ describe("Redis restarts", () => {
     expect(server.child.exitCode, server.output()).toBeNull()
     server.signalGroup("SIGINT")
     expect(await server.exited, server.output()).toBe(0)
+  })
+})
+
+/** The `data:` events of the server's `/api/events` as they come (one connection, not reopened). */
+const listen = (port: number, token: string) => {
+  const events: Array<Record<string, unknown>> = []
+  let ended = false
+  const req = request(
+    { host: "127.0.0.1", port, path: "/api/events", headers: { authorization: `Bearer ${token}` } },
+    (res) => {
+      let pending = ""
+      res.setEncoding("utf8")
+      res.on("data", (text: string) => {
+        pending += text
+        const blocks = pending.split("\n\n")
+        pending = blocks.pop() ?? ""
+        for (const block of blocks)
+          if (block.startsWith("data: ")) events.push(JSON.parse(block.slice(6)) as Record<string, unknown>)
+      })
+      res.on("end", () => {
+        ended = true
+      })
+    },
+  )
+  req.on("error", () => {
+    ended = true
+  })
+  req.end()
+  return { events, ended: () => ended, close: () => req.destroy() }
+}
+
+describe("Redis restarts under the HTTP API", () => {
+  it("mid-run: the command waiting on the event stream ends with the run's outcome, and a stream open across the outage hears the next result", async () => {
+    const redis = await startPrivateRedis({ persistent: true })
+    cleanup.redis = redis
+    const world = await makeWorld({
+      REDIS_URL: redis.url,
+      PICUS_HEARTBEAT_MS: "500",
+      PICUS_GRACE_MS: "20000",
+      PICUS_TOKENS: "tok",
+    })
+    cleanup.world = world
+    const port = await freePort()
+    const server = startPicus("server", ["server", "--http", `127.0.0.1:${port}`], {
+      ...world.env,
+      PICUS_CATALOG: writeCatalog(world.dir, []),
+    })
+    await server.waitForLine(/serving/)
+    startPicus("peer", ["peer", "--peer-id", "p1", "--state-dir", join(world.dir, "p1")], {
+      ...world.env,
+      PICUS_TOKEN: "tok",
+    })
+    const created = await runPicus(
+      ["operator-token", "create", "--name", "ops", "--scope", "admin", "--json"],
+      world.env,
+    )
+    expect(created.code, created.output).toBe(0)
+    const { token } = JSON.parse(created.stdout) as { token: string }
+    const viaApi = {
+      ...world.env,
+      DATABASE_URL: "postgres://postgres@127.0.0.1:1/nowhere",
+      REDIS_URL: "redis://127.0.0.1:1",
+      PICUS_API_URL: `http://127.0.0.1:${port}`,
+      PICUS_API_TOKEN: token,
+    }
+    await eventually("p1 online", async () => {
+      const peers = await runPicus(["peers", "--json"], viaApi)
+      return peers.code === 0 && (JSON.parse(peers.stdout) as ReadonlyArray<{ online: boolean }>)[0]?.online
+        ? true
+        : undefined
+    })
+    // Open across the outage, as a dashboard's would be: the feed is subscribed again under it.
+    const stream = listen(port, token)
+    try {
+      const marker = `3.${randomInt(1e9, 1e10 - 1)}`
+      const waiting = startPicus(
+        "run via the api",
+        ["run", "--all", "--json", "--", `sleep ${marker}; echo through`],
+        viaApi,
+      )
+      await eventually("the run's sleep running", async () => (sleepsWith(marker) === 1 ? true : undefined))
+      await redis.stop()
+      await sleep(2_000) // the sleep ends while Redis is down
+      await redis.start()
+      const code = await Promise.race([waiting.exited, sleep(30_000).then(() => "still waiting")])
+      expect(code, waiting.output()).toBe(0)
+      expect(waiting.output()).toContain("through")
+
+      const again = await runPicus(["run", "--all", "--json", "--", "echo again"], viaApi)
+      expect(again.code, again.output).toBe(0)
+      const ticket = (JSON.parse(again.stdout.split("\n")[0]!) as { ticket: string }).ticket
+      await eventually("the next result on the stream opened before the outage", async () =>
+        stream.events.some((e) => e.event === "result" && e.ticket === ticket) ? true : undefined,
+      )
+      expect(stream.ended()).toBe(false)
+    } finally {
+      stream.close()
+    }
+    expect(server.child.exitCode, server.output()).toBeNull()
   })
 })
 

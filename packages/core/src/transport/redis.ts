@@ -1008,6 +1008,7 @@ export const makeRedisTransport = Effect.fnUntraced(function* (options: RedisTra
         subscriber.on("message", (_channel: string, message: string) => {
           Queue.offerUnsafe(queue, message)
         })
+        // ioredis subscribes again after a reconnect: a feed open across an outage carries on.
         yield* call("subscribe", () => subscriber.subscribe(keys.events))
       }),
     ),
