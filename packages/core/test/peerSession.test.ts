@@ -159,6 +159,69 @@ describe("PeerSession when PostgreSQL is away", () => {
   )
 })
 
+describe("PeerSession when PostgreSQL is away for a read of new tickets", () => {
+  /** The memory store, except that reads of queued tickets fail while `away.now` is set. */
+  const away = { now: false }
+  const flakyReads = Layer.effect(
+    Store,
+    Effect.map(Store, (store: Store["Service"]) => ({
+      ...store,
+      queuedTickets: (sessionId: string, after?: string) =>
+        away.now
+          ? Effect.fail(new StoreError({ operation: "queuedTickets", message: "away", kind: "unavailable" }))
+          : store.queuedTickets(sessionId, after),
+    })),
+  ).pipe(Layer.provideMerge(StoreMemory.layerMemory))
+
+  it.effect("a notice's read that fails is let go, and the keep-alive's count reads the tickets again", () =>
+    Effect.gen(function* () {
+      const store = yield* Store
+      const transport = yield* Transport
+      const sessionId = "1b0f5a4c-3f7e-4d61-9a8e-2a2f0c1d3e4f"
+      const session = yield* startPeerSession(
+        {
+          peerId: "p",
+          sessionId,
+          serverIp: null,
+          os: "linux",
+          distro: "debian",
+          hostname: null,
+          agentVersion: "test",
+        },
+        { ...config, heartbeatMs: 100, graceMs: 10_000 },
+      )
+      const reader = yield* transport.inboxReader("p")
+      const jobs = () =>
+        reader
+          .read("0-0", { count: 10, blockMs: 0 })
+          .pipe(Effect.map((entries) => entries.filter((e) => e.payload.includes('"ticket"')).length))
+      away.now = true
+      yield* store.createTickets({
+        peerId: "p",
+        sessionId,
+        serverId: "s",
+        jobs: [{ job_id: "j", name: "J", os: "linux", distro: "debian", command: "true", timeout_ms: 1_000 }],
+      })
+      yield* session.refill() // the submission's notice: its read fails
+      // Asked after the notice, so answered after it: the session is still serving.
+      assert.strictEqual(yield* session.inFlight, 0)
+      assert.strictEqual(yield* jobs(), 0, "nothing read, nothing sent")
+      away.now = false
+      yield* session.refill(1) // the keep-alive counted one queued ticket
+      assert.strictEqual(yield* session.inFlight, 1)
+      assert.strictEqual(yield* jobs(), 1, "read again and sent")
+    }).pipe(
+      Effect.scoped,
+      Effect.provide(
+        JobScheduler.layer({ maxInFlight: 4 }).pipe(
+          Layer.provideMerge(flakyReads),
+          Layer.provideMerge(TransportMemory.layerMemory),
+        ),
+      ),
+    ),
+  )
+})
+
 describe("the ticket queue", () => {
   const ticket = (id: string): Ticket => ({
     ticket: id,
