@@ -1,8 +1,9 @@
 import { randomInt } from "node:crypto"
-import { request } from "node:http"
+import { Agent } from "node:http"
 import { join } from "node:path"
 import { createPool, type QuerySqlToken, sql } from "slonik"
 import { afterEach, describe, expect, it } from "vitest"
+import { openEvents } from "../packages/cli/src/api/client.ts"
 import { detectOs } from "../packages/peer/src/osInfo.ts"
 import { makeWorld, type World, writeCatalog } from "./support/env.ts"
 import { freePort } from "./support/ports.ts"
@@ -15,6 +16,7 @@ import {
   sleepsWith,
   startPicus,
   startPnpm,
+  viaApiOf,
 } from "./support/processes.ts"
 import { type PrivateRedis, startPrivateRedis } from "./support/redis.ts"
 
@@ -31,7 +33,14 @@ afterEach(async () => {
   cleanup.world = undefined
 })
 
-const start = async (persistent: boolean) => {
+/** A private Redis, a server and peer p1 logged in; by default the catalog's one job is a slow one. */
+const start = async (
+  persistent: boolean,
+  options: {
+    readonly jobs?: Parameters<typeof writeCatalog>[1]
+    readonly serverEnv?: Record<string, string>
+  } = {},
+) => {
   const redis = await startPrivateRedis({ persistent })
   cleanup.redis = redis
   const world = await makeWorld({
@@ -41,11 +50,15 @@ const start = async (persistent: boolean) => {
     PICUS_TOKENS: "tok",
   })
   cleanup.world = world
-  const catalog = writeCatalog(world.dir, [
-    { id: "slow", name: "Slow", os: here.os, distro: here.distro, command: "sleep 3; echo after-outage" },
-  ])
+  const catalog = writeCatalog(
+    world.dir,
+    options.jobs ?? [
+      { id: "slow", name: "Slow", os: here.os, distro: here.distro, command: "sleep 3; echo after-outage" },
+    ],
+  )
   const server = startPnpm("server", ["--filter", "server", "start"], {
     ...world.env,
+    ...options.serverEnv,
     PICUS_CATALOG: catalog,
   })
   await server.waitForLine(/serving/)
@@ -94,76 +107,25 @@ describe("Redis restarts", () => {
   })
 })
 
-/** The `data:` events of the server's `/api/events` as they come (one connection, not reopened). */
-const listen = (port: number, token: string) => {
-  const events: Array<Record<string, unknown>> = []
-  let ended = false
-  const req = request(
-    { host: "127.0.0.1", port, path: "/api/events", headers: { authorization: `Bearer ${token}` } },
-    (res) => {
-      let pending = ""
-      res.setEncoding("utf8")
-      res.on("data", (text: string) => {
-        pending += text
-        const blocks = pending.split("\n\n")
-        pending = blocks.pop() ?? ""
-        for (const block of blocks)
-          if (block.startsWith("data: ")) events.push(JSON.parse(block.slice(6)) as Record<string, unknown>)
-      })
-      res.on("end", () => {
-        ended = true
-      })
-    },
-  )
-  req.on("error", () => {
-    ended = true
-  })
-  req.end()
-  return { events, ended: () => ended, close: () => req.destroy() }
-}
-
 describe("Redis restarts under the HTTP API", () => {
   it("mid-run: the command waiting on the event stream ends with the run's outcome, and a stream open across the outage hears the next result", async () => {
-    const redis = await startPrivateRedis({ persistent: true })
-    cleanup.redis = redis
-    const world = await makeWorld({
-      REDIS_URL: redis.url,
-      PICUS_HEARTBEAT_MS: "500",
-      PICUS_GRACE_MS: "20000",
-      PICUS_TOKENS: "tok",
-    })
-    cleanup.world = world
     const port = await freePort()
-    const server = startPicus("server", ["server", "--http", `127.0.0.1:${port}`], {
-      ...world.env,
-      PICUS_CATALOG: writeCatalog(world.dir, []),
+    const { server, redis, world } = await start(true, {
+      jobs: [],
+      serverEnv: { PICUS_HTTP: `127.0.0.1:${port}` },
     })
-    await server.waitForLine(/serving/)
-    startPicus("peer", ["peer", "--peer-id", "p1", "--state-dir", join(world.dir, "p1")], {
-      ...world.env,
-      PICUS_TOKEN: "tok",
-    })
-    const created = await runPicus(
-      ["operator-token", "create", "--name", "ops", "--scope", "admin", "--json"],
-      world.env,
-    )
-    expect(created.code, created.output).toBe(0)
-    const { token } = JSON.parse(created.stdout) as { token: string }
-    const viaApi = {
-      ...world.env,
-      DATABASE_URL: "postgres://postgres@127.0.0.1:1/nowhere",
-      REDIS_URL: "redis://127.0.0.1:1",
-      PICUS_API_URL: `http://127.0.0.1:${port}`,
-      PICUS_API_TOKEN: token,
-    }
-    await eventually("p1 online", async () => {
-      const peers = await runPicus(["peers", "--json"], viaApi)
-      return peers.code === 0 && (JSON.parse(peers.stdout) as ReadonlyArray<{ online: boolean }>)[0]?.online
-        ? true
-        : undefined
-    })
+    const { token, env: viaApi } = await viaApiOf(world.env, port)
     // Open across the outage, as a dashboard's would be: the feed is subscribed again under it.
-    const stream = listen(port, token)
+    const events: Array<Record<string, unknown>> = []
+    let ended = false
+    const stream = openEvents(
+      { url: new URL(`http://127.0.0.1:${port}`), token, agent: new Agent() },
+      (event) => events.push(event),
+    )
+    void stream.ended.then(() => {
+      ended = true
+    })
+    await stream.connected
     try {
       const marker = `3.${randomInt(1e9, 1e10 - 1)}`
       const waiting = startPicus(
@@ -183,9 +145,9 @@ describe("Redis restarts under the HTTP API", () => {
       expect(again.code, again.output).toBe(0)
       const ticket = (JSON.parse(again.stdout.split("\n")[0]!) as { ticket: string }).ticket
       await eventually("the next result on the stream opened before the outage", async () =>
-        stream.events.some((e) => e.event === "result" && e.ticket === ticket) ? true : undefined,
+        events.some((e) => e.event === "result" && e.ticket === ticket) ? true : undefined,
       )
-      expect(stream.ended()).toBe(false)
+      expect(ended).toBe(false)
     } finally {
       stream.close()
     }

@@ -4,7 +4,15 @@ import { join } from "node:path"
 import { afterEach, beforeEach, describe, expect, it } from "vitest"
 import { makeWorld, type World, writeCatalog } from "./support/env.ts"
 import { freePort } from "./support/ports.ts"
-import { eventually, killAll, runPicus, sleep, sleepsWith, startPicus } from "./support/processes.ts"
+import {
+  eventually,
+  killAll,
+  runPicus,
+  sleep,
+  sleepsWith,
+  startPicus,
+  viaApiOf,
+} from "./support/processes.ts"
 
 // Runs across the fleet with real processes: a server, peers of two distros (each reads its own
 // os-release), and `./picus run` as an operator types it.
@@ -160,20 +168,8 @@ describe("picus run", () => {
   it("goes through a server's HTTP API with PICUS_API_URL: same outcomes and exit codes, no PostgreSQL or Redis settings", async () => {
     const port = await freePort()
     const { ids } = await fleet(["alpine", "debian"], ["--http", `127.0.0.1:${port}`])
-    const created = await runPicus(
-      ["operator-token", "create", "--name", "ops", "--scope", "admin", "--json"],
-      world.env,
-    )
-    expect(created.code, created.output).toBe(0)
-    const { token } = JSON.parse(created.stdout) as { token: string }
     // Nothing but the API: PostgreSQL and Redis settings that lead nowhere.
-    const viaApi = {
-      ...world.env,
-      DATABASE_URL: "postgres://postgres@127.0.0.1:1/nowhere",
-      REDIS_URL: "redis://127.0.0.1:1",
-      PICUS_API_URL: `http://127.0.0.1:${port}`,
-      PICUS_API_TOKEN: token,
-    }
+    const { env: viaApi } = await viaApiOf(world.env, port)
 
     const ok = await runPicus(["run", "--all", "--json", "--", "echo hi via the api"], viaApi)
     expect(ok.code, ok.output).toBe(0)
@@ -278,20 +274,9 @@ describe("picus run", () => {
   it("through the API, a server killed mid-run: the command exits 1 naming the API it lost", async () => {
     const port = await freePort()
     const { ids, server } = await fleet(["debian"], ["--http", `127.0.0.1:${port}`])
-    const created = await runPicus(
-      ["operator-token", "create", "--name", "ops", "--scope", "admin", "--json"],
-      world.env,
-    )
-    expect(created.code, created.output).toBe(0)
-    const { token } = JSON.parse(created.stdout) as { token: string }
+    const { env: viaApi } = await viaApiOf(world.env, port)
     const marker = `30.${randomInt(1e9, 1e10 - 1)}`
-    const waiting = startPicus("run via the api", ["run", "--peer", ids[0]!, "--", `sleep ${marker}`], {
-      ...world.env,
-      DATABASE_URL: "postgres://postgres@127.0.0.1:1/nowhere",
-      REDIS_URL: "redis://127.0.0.1:1",
-      PICUS_API_URL: `http://127.0.0.1:${port}`,
-      PICUS_API_TOKEN: token,
-    })
+    const waiting = startPicus("run via the api", ["run", "--peer", ids[0]!, "--", `sleep ${marker}`], viaApi)
     await eventually("the run's sleep running", async () => (sleepsWith(marker) === 1 ? true : undefined))
     server.signalGroup("SIGKILL")
     // Its event stream ends with the server; the next read of the run finds nothing listening.

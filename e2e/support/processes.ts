@@ -167,6 +167,29 @@ export const runPicus = async (
   return { code, stdout: out.join("").trimEnd(), output: r.output() }
 }
 
+/**
+ * An admin operator token, and the environment of a command that reaches nothing but the server's
+ * API at `port`: PostgreSQL and Redis settings that lead nowhere.
+ */
+export const viaApiOf = async (env: Record<string, string>, port: number) => {
+  const created = await runPicus(
+    ["operator-token", "create", "--name", "ops", "--scope", "admin", "--json"],
+    env,
+  )
+  if (created.code !== 0) throw new Error(`operator-token create exited ${created.code}:\n${created.output}`)
+  const { token } = JSON.parse(created.stdout) as { token: string }
+  return {
+    token,
+    env: {
+      ...env,
+      DATABASE_URL: "postgres://postgres@127.0.0.1:1/nowhere",
+      REDIS_URL: "redis://127.0.0.1:1",
+      PICUS_API_URL: `http://127.0.0.1:${port}`,
+      PICUS_API_TOKEN: token,
+    },
+  }
+}
+
 export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
 /** Polls until `check` returns a value, or fails after timeoutMs; `what` may be computed late. */

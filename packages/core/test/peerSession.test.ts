@@ -19,16 +19,44 @@ import {
 
 // A session's waits are bounded: a stuck session answers, and its mailbox refuses what it cannot hold.
 
-/** The memory store, except that recording a result never finishes (a database that hangs). */
-const stuckStore = Layer.effect(
-  Store,
-  Effect.map(Store, (store: Store["Service"]) => ({ ...store, recordResult: () => Effect.never })),
-).pipe(Layer.provideMerge(StoreMemory.layerMemory))
+/** The memory store with some of its operations replaced (a database that hangs, or is away). */
+const storeWith = (change: (store: Store["Service"]) => Partial<Store["Service"]>) =>
+  Layer.effect(
+    Store,
+    Effect.map(Store, (store: Store["Service"]) => ({ ...store, ...change(store) })),
+  ).pipe(Layer.provideMerge(StoreMemory.layerMemory))
 
-const services = JobScheduler.layer({ maxInFlight: 4 }).pipe(
-  Layer.provideMerge(stuckStore),
-  Layer.provideMerge(TransportMemory.layerMemory),
-)
+/** A session's services over the memory transport and the store given. */
+const servicesOver = (store: ReturnType<typeof storeWith>) =>
+  JobScheduler.layer({ maxInFlight: 4 }).pipe(
+    Layer.provideMerge(store),
+    Layer.provideMerge(TransportMemory.layerMemory),
+  )
+
+/** The memory store, except that recording a result never finishes (a database that hangs). */
+const services = servicesOver(storeWith(() => ({ recordResult: () => Effect.never })))
+
+/** A debian peer's session `sessionId`, ticking every 100 ms. */
+const debianSession = (sessionId: string) =>
+  startPeerSession(
+    {
+      peerId: "p",
+      sessionId,
+      serverIp: null,
+      os: "linux",
+      distro: "debian",
+      hostname: null,
+      agentVersion: "test",
+    },
+    { ...config, heartbeatMs: 100, graceMs: 10_000 },
+  )
+
+/** How many jobs (messages with a ticket) peer p's inbox holds. */
+const jobsSent = Effect.gen(function* () {
+  const reader = yield* (yield* Transport).inboxReader("p")
+  const entries = yield* reader.read("0-0", { count: 10, blockMs: 0 })
+  return entries.filter((e) => e.payload.includes('"ticket"')).length
+})
 
 const config = {
   serverId: "s",
@@ -91,50 +119,27 @@ describe("PeerSession bounds", () => {
 
 describe("PeerSession when PostgreSQL is away", () => {
   /** The memory store, except that the first marking of deliveries fails as if PostgreSQL were away. */
-  const flaky = Layer.effect(
-    Store,
-    Effect.map(Store, (store: Store["Service"]) => {
-      let failures = 1
-      return {
-        ...store,
-        markDelivered: (lease, tickets) =>
-          failures-- > 0
-            ? Effect.fail(
-                new StoreError({ operation: "markDelivered", message: "away", kind: "unavailable" }),
-              )
-            : store.markDelivered(lease, tickets),
-      } satisfies Store["Service"]
-    }),
-  ).pipe(Layer.provideMerge(StoreMemory.layerMemory))
+  const flaky = storeWith((store) => {
+    let failures = 1
+    return {
+      markDelivered: (lease, tickets) =>
+        failures-- > 0
+          ? Effect.fail(new StoreError({ operation: "markDelivered", message: "away", kind: "unavailable" }))
+          : store.markDelivered(lease, tickets),
+    }
+  })
 
   it.effect(
     "a job is sent though PostgreSQL could not mark it delivered, once, and marked at the next tick",
     () =>
       Effect.gen(function* () {
         const store = yield* Store
-        const transport = yield* Transport
         yield* store.replaceCatalog([
           { job_id: "j", name: "J", os: "linux", distro: "debian", command: "true", timeout_ms: 1_000 },
         ])
-        yield* startPeerSession(
-          {
-            peerId: "p",
-            sessionId: "0b0f5a4c-3f7e-4d61-9a8e-2a2f0c1d3e4f",
-            serverIp: null,
-            os: "linux",
-            distro: "debian",
-            hostname: null,
-            agentVersion: "test",
-          },
-          { ...config, heartbeatMs: 100, graceMs: 10_000 },
-        )
-        const reader = yield* transport.inboxReader("p")
-        const jobs = () =>
-          reader
-            .read("0-0", { count: 10, blockMs: 0 })
-            .pipe(Effect.map((entries) => entries.filter((e) => e.payload.includes('"ticket"')).length))
+        yield* debianSession("0b0f5a4c-3f7e-4d61-9a8e-2a2f0c1d3e4f")
         const [ticket] = yield* store.queuedTickets("0b0f5a4c-3f7e-4d61-9a8e-2a2f0c1d3e4f")
-        assert.strictEqual(yield* jobs(), 1, "sent without waiting for PostgreSQL")
+        assert.strictEqual(yield* jobsSent, 1, "sent without waiting for PostgreSQL")
         assert.deepStrictEqual(
           yield* store.ticketState(ticket!.ticket),
           Option.some("queued"),
@@ -146,55 +151,26 @@ describe("PeerSession when PostgreSQL is away", () => {
           Option.some("delivered"),
           "marked at the next tick",
         )
-        assert.strictEqual(yield* jobs(), 1, "and not sent again")
-      }).pipe(
-        Effect.scoped,
-        Effect.provide(
-          JobScheduler.layer({ maxInFlight: 4 }).pipe(
-            Layer.provideMerge(flaky),
-            Layer.provideMerge(TransportMemory.layerMemory),
-          ),
-        ),
-      ),
+        assert.strictEqual(yield* jobsSent, 1, "and not sent again")
+      }).pipe(Effect.scoped, Effect.provide(servicesOver(flaky))),
   )
 })
 
 describe("PeerSession when PostgreSQL is away for a read of new tickets", () => {
   /** The memory store, except that reads of queued tickets fail while `away.now` is set. */
   const away = { now: false }
-  const flakyReads = Layer.effect(
-    Store,
-    Effect.map(Store, (store: Store["Service"]) => ({
-      ...store,
-      queuedTickets: (sessionId: string, after?: string) =>
-        away.now
-          ? Effect.fail(new StoreError({ operation: "queuedTickets", message: "away", kind: "unavailable" }))
-          : store.queuedTickets(sessionId, after),
-    })),
-  ).pipe(Layer.provideMerge(StoreMemory.layerMemory))
+  const flakyReads = storeWith((store) => ({
+    queuedTickets: (sessionId, after) =>
+      away.now
+        ? Effect.fail(new StoreError({ operation: "queuedTickets", message: "away", kind: "unavailable" }))
+        : store.queuedTickets(sessionId, after),
+  }))
 
   it.effect("a notice's read that fails is let go, and the keep-alive's count reads the tickets again", () =>
     Effect.gen(function* () {
       const store = yield* Store
-      const transport = yield* Transport
       const sessionId = "1b0f5a4c-3f7e-4d61-9a8e-2a2f0c1d3e4f"
-      const session = yield* startPeerSession(
-        {
-          peerId: "p",
-          sessionId,
-          serverIp: null,
-          os: "linux",
-          distro: "debian",
-          hostname: null,
-          agentVersion: "test",
-        },
-        { ...config, heartbeatMs: 100, graceMs: 10_000 },
-      )
-      const reader = yield* transport.inboxReader("p")
-      const jobs = () =>
-        reader
-          .read("0-0", { count: 10, blockMs: 0 })
-          .pipe(Effect.map((entries) => entries.filter((e) => e.payload.includes('"ticket"')).length))
+      const session = yield* debianSession(sessionId)
       away.now = true
       yield* store.createTickets({
         peerId: "p",
@@ -205,20 +181,12 @@ describe("PeerSession when PostgreSQL is away for a read of new tickets", () => 
       yield* session.refill() // the submission's notice: its read fails
       // Asked after the notice, so answered after it: the session is still serving.
       assert.strictEqual(yield* session.inFlight, 0)
-      assert.strictEqual(yield* jobs(), 0, "nothing read, nothing sent")
+      assert.strictEqual(yield* jobsSent, 0, "nothing read, nothing sent")
       away.now = false
       yield* session.refill(1) // the keep-alive counted one queued ticket
       assert.strictEqual(yield* session.inFlight, 1)
-      assert.strictEqual(yield* jobs(), 1, "read again and sent")
-    }).pipe(
-      Effect.scoped,
-      Effect.provide(
-        JobScheduler.layer({ maxInFlight: 4 }).pipe(
-          Layer.provideMerge(flakyReads),
-          Layer.provideMerge(TransportMemory.layerMemory),
-        ),
-      ),
-    ),
+      assert.strictEqual(yield* jobsSent, 1, "read again and sent")
+    }).pipe(Effect.scoped, Effect.provide(servicesOver(flakyReads))),
   )
 })
 
