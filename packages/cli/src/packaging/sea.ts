@@ -57,10 +57,16 @@ export const nodeBinaryFor = (arch: Arch, cacheDir: string): string => {
   mkdirSync(dir, { recursive: true })
   const spec = `node-linux-${arch}@${version}`
   try {
-    const tarball = execFileSync("npm", ["pack", "--silent", "--pack-destination", dir, spec], {
-      encoding: "utf8",
-      stdio: ["ignore", "pipe", "inherit"],
-    }).trim()
+    // An exact version never changes: npm's cache answers without asking the registry when it can
+    // (a registry that fails now and then fails the build only the first time).
+    const tarball = execFileSync(
+      "npm",
+      ["pack", "--silent", "--prefer-offline", "--pack-destination", dir, spec],
+      {
+        encoding: "utf8",
+        stdio: ["ignore", "pipe", "inherit"],
+      },
+    ).trim()
     execFileSync("tar", ["-xzf", join(dir, tarball.split("\n").at(-1) ?? ""), "-C", dir, "package/bin/node"])
     rmSync(join(dir, tarball), { force: true })
   } catch (cause) {
