@@ -48,6 +48,18 @@ describe("session MACs", () => {
     expect(Trust.checkMac(maced.replace("Upgrade", "Downgr"), "session_abc")).toBe("invalid")
     expect(Trust.checkMac(payload, "session_abc")).toBe("missing")
   })
+  it("server -> peer MACs: under the key derived from the token, which is neither the token nor a peer's MAC", () => {
+    const payload = '{"msg":"heartbeat","peer_id":"p","token":"session_abc"}'
+    const key = Trust.serverToPeerKey("session_abc")
+    expect(key).not.toBe("session_abc")
+    expect(Trust.serverToPeerKey("session_abc")).toBe(key)
+    // Derived once and MACed under, or derived per message: the same MAC, checked by the peer.
+    expect(Trust.macPayload(payload, key)).toBe(Trust.macFromServer(payload, "session_abc"))
+    expect(Trust.checkMacFromServer(Trust.macPayload(payload, key), "session_abc")).toBe("valid")
+    // A message MACed under the token itself (what the peer sends) does not pass for the server's.
+    expect(Trust.checkMacFromServer(Trust.macPayload(payload, "session_abc"), "session_abc")).toBe("invalid")
+    expect(Trust.checkMacFromServer(Trust.macPayload(payload, key), "session_abd")).toBe("invalid")
+  })
 })
 
 describe("sealing", () => {

@@ -118,6 +118,8 @@ interface Session {
   readonly id: string
   /** The session token, unsealed: the key of the MAC on every message the peer sends in it. */
   readonly secret: string
+  /** The key the server's messages of this session are MACed under, derived from `secret` once. */
+  readonly serverKey: string
   readonly sessionId: string | undefined
   readonly heartbeatMs: number
   /** The acceptance's entry id: older inbox entries are news from before this session. */
@@ -489,6 +491,7 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
         const s: Session = {
           id: m.token,
           secret: opened.token,
+          serverKey: Trust.serverToPeerKey(opened.token),
           sessionId: m.session_id,
           heartbeatMs: m.heartbeat_ms ?? 5_000,
           acceptedAt,
@@ -595,7 +598,7 @@ export const makeAgent = Effect.fnUntraced(function* (config: AgentConfig) {
       const ofSession = (envelope: Envelope, token: string, what: string) =>
         Effect.gen(function* () {
           if (verify) {
-            const checked = checkServerMessage(envelope.payload, trusted, what, current?.secret)
+            const checked = checkServerMessage(envelope.payload, trusted, what, current?.serverKey)
             if (!checked.ok) {
               yield* refusals.refuse(checked.kind, checked.why)
               return undefined

@@ -117,16 +117,17 @@ const refuse = (kind: RefusalKind, why: string) => ({ ok: false, kind, why }) as
 
 /**
  * A server message other than an acceptance: signed by the pinned key, or refused. A message of a
- * sealed session (`sessionSecret`, the unsealed token) may carry the server's MAC under it instead.
+ * sealed session may carry the server's MAC instead, under `serverKey` (`Trust.serverToPeerKey` of
+ * the unsealed token).
  */
 export const checkServerMessage = (
   payload: string,
   trusted: Trusted,
   what: string,
-  sessionSecret?: string,
+  serverKey?: string,
 ): Verdict => {
-  if (sessionSecret !== undefined) {
-    switch (Trust.checkMacFromServer(payload, sessionSecret)) {
+  if (serverKey !== undefined) {
+    switch (Trust.checkMac(payload, serverKey)) {
       case "valid":
         return { ok: true }
       case "invalid":

@@ -26,7 +26,7 @@ import {
   type Ticket,
 } from "../store/Store.ts"
 import { Transport, type TransportError } from "../transport/Transport.ts"
-import { checkMac } from "../trust/mac.ts"
+import { checkMac, serverToPeerKey } from "../trust/mac.ts"
 import { JobScheduler, type TicketQueue } from "./JobScheduler.ts"
 import { makeTickWheel, type TickWheel } from "./TickWheel.ts"
 
@@ -435,8 +435,9 @@ const runSession = Effect.fnUntraced(function* (
   // When the peer last heard from this session's holder. A session taken over starts at 0, so the
   // peer hears from its new holder at the first tick.
   let lastSentAt = running.resumed ? 0 : openedAt
-  // A sealed session's messages are MACed under its token (see Transport's macKey); others signed.
-  const authenticated = running.sealed ? { macKey: running.token } : {}
+  // A sealed session's messages are MACed under the key derived from its token, once (see
+  // Transport's macKey); others signed.
+  const authenticated = running.sealed ? { macKey: serverToPeerKey(running.token) } : {}
   const sendToPeer = (payload: string) =>
     transport.sendToPeer(peerId, payload, authenticated).pipe(
       Effect.tap(() =>

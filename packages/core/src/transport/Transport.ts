@@ -52,9 +52,9 @@ export interface SendToPeerOptions {
    */
   readonly lifetime?: "notice" | "session"
   /**
-   * A sealed session's token: the gateway's signing transport (server/gateway/Signing.ts)
-   * authenticates the payload with an HMAC under it (see trust/mac.ts) instead of signing it. Plain
-   * transports write the payload as it is.
+   * A sealed session's key for its messages to the peer (`Trust.serverToPeerKey` of its token): the
+   * gateway's signing transport (server/gateway/Signing.ts) authenticates the payload with an HMAC
+   * under it (see trust/mac.ts) instead of signing it. Plain transports write the payload as it is.
    */
   readonly macKey?: string
 }

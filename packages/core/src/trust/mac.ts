@@ -20,16 +20,17 @@ export type MacCheck = "valid" | "missing" | "invalid"
  * derived from the session token for that direction, in place of the cluster key's signature: an
  * Ed25519 signature costs the server about 50 microseconds a message and the peer three times that
  * to check, an HMAC a few. Only the peer and the cluster hold the token; the derived key keeps a
- * peer's own MACed messages from passing for the server's.
+ * peer's own MACed messages from passing for the server's. A server derives it once per session
+ * (`serverToPeerKey`) and MACs each message under it (`macPayload`): one HMAC a message, not two.
  */
-const fromServerKey = (sessionToken: string): Buffer =>
-  createHmac("sha256", sessionToken).update("picus: server to peer").digest()
+export const serverToPeerKey = (sessionToken: string): string =>
+  createHmac("sha256", sessionToken).update("picus: server to peer").digest("base64url")
 
 export const macFromServer = (payload: string, sessionToken: string): string =>
-  macPayload(payload, fromServerKey(sessionToken).toString("base64url"))
+  macPayload(payload, serverToPeerKey(sessionToken))
 
 export const checkMacFromServer = (payload: string, sessionToken: string): MacCheck =>
-  checkMac(payload, fromServerKey(sessionToken).toString("base64url"))
+  checkMac(payload, serverToPeerKey(sessionToken))
 
 export const checkMac = (payload: string, sessionToken: string): MacCheck => {
   const parts = splitTrailer(payload, "mac")

@@ -3,7 +3,8 @@ import { type SendToPeerOptions, type Transport, Trust } from "@picus/core"
 /**
  * The Transport the gateway's parts see: the same as the one it was given, except that every payload
  * written for a peer (its inbox, a registration's reply stream) is signed by the cluster key on the
- * way out, or, for a sealed session's messages (`macKey`), MACed under the session's token.
+ * way out, or, for a sealed session's messages (`macKey`), MACed under the key derived from the
+ * session's token.
  *
  * Why a wrapped Transport rather than a mail service the senders call: the gateway builds every part
  * (registration, sessions, shutdown) over this one, so inside it no unsigned Transport is in reach.
@@ -14,11 +15,11 @@ export const signingTransport = (
   transport: Transport["Service"],
   key: Trust.SigningKey,
 ): Transport["Service"] => {
-  // A sealed session's messages: an HMAC under its token does the signature's job, for far less.
+  // A sealed session's messages: an HMAC under its key does the signature's job, for far less.
   const authenticate = (payload: string, options?: SendToPeerOptions) =>
     options?.macKey === undefined
       ? Trust.signPayload(payload, key)
-      : Trust.macFromServer(payload, options.macKey)
+      : Trust.macPayload(payload, options.macKey)
   return {
     ...transport,
     sendToPeer: (peerId, payload, options) =>
