@@ -1,3 +1,4 @@
+import { createHmac } from "node:crypto"
 import { describe, expect, it } from "@effect/vitest"
 import { Result } from "effect"
 import * as Protocol from "../src/protocol/index.ts"
@@ -51,6 +52,8 @@ describe("session MACs", () => {
   it("server -> peer MACs: under the key derived from the token, which is neither the token nor a peer's MAC", () => {
     const payload = '{"msg":"heartbeat","peer_id":"p","token":"session_abc"}'
     const key = Trust.serverToPeerKey("session_abc")
+    // The wire's rule (docs/protocol.md): HMAC-SHA256 under the token of "picus: server to peer".
+    expect(key).toBe(createHmac("sha256", "session_abc").update("picus: server to peer").digest("base64url"))
     expect(key).not.toBe("session_abc")
     expect(Trust.serverToPeerKey("session_abc")).toBe(key)
     // Derived once and MACed under, or derived per message: the same MAC, checked by the peer.

@@ -20,8 +20,8 @@ export type MacCheck = "valid" | "missing" | "invalid"
  * derived from the session token for that direction, in place of the cluster key's signature: an
  * Ed25519 signature costs the server about 50 microseconds a message and the peer three times that
  * to check, an HMAC a few. Only the peer and the cluster hold the token; the derived key keeps a
- * peer's own MACed messages from passing for the server's. A server derives it once per session
- * (`serverToPeerKey`) and MACs each message under it (`macPayload`): one HMAC a message, not two.
+ * peer's own MACed messages from passing for the server's. Servers and peers derive it once per
+ * session (`serverToPeerKey`) and MAC or check each message under it: one HMAC a message, not two.
  */
 export const serverToPeerKey = (sessionToken: string): string =>
   createHmac("sha256", sessionToken).update("picus: server to peer").digest("base64url")

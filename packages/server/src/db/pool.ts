@@ -76,7 +76,7 @@ type RowDecoder = (row: unknown) => QueryResultRow
 
 /**
  * The synchronous decoder of an Effect schema, made once per schema: the standard adapter's
- * `validate` runs a fiber per row, three times the cost of a row at the rate results come in.
+ * `validate` runs a fiber per row, two to three times the decoder's cost (docs/performance.md).
  */
 const decoders = new WeakMap<object, RowDecoder>()
 const decoderOf = (parser: object): RowDecoder | undefined => {
