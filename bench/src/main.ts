@@ -163,8 +163,17 @@ const runOnce = async (
     const machine = startMachineSampler()
     const self = startProcessSampler(process.pid)
     const result = await measure(system, costs.window)
-    const cpu = { machineCores: machine.stop().meanCores, benchProcessCores: self.stop().meanCores, loadAvg1 }
+    const sampled = { machine: machine.stop().meanCores, bench: self.stop().meanCores }
     const cost = costs.result()
+    // Over the measured window when there is one: a run's own set-up (picus's fleet logging in) is
+    // not the run's load.
+    const windowCores = (ms: number) =>
+      cost === undefined || cost.windowMs <= 0 ? undefined : ms / cost.windowMs
+    const cpu = {
+      machineCores: windowCores(cost?.cpuMs.machine ?? 0) ?? sampled.machine,
+      benchProcessCores: windowCores(cost?.cpuMs.benchProcess ?? 0) ?? sampled.bench,
+      loadAvg1,
+    }
     runs.push({ ...result, repeat, phase, cpu, ...(cost === undefined ? {} : { cost }) })
     console.log(
       `${label} ${fmt(result)}; cores: machine ${cpu.machineCores.toFixed(2)}, ` +

@@ -172,7 +172,7 @@ const summaryMarkdown = (input: ReportInput, groups: ReadonlyArray<GroupSummary>
   lines.push(
     "Throughput = tickets / (first ticket created → last result committed). Latency = commit − creation " +
       "per ticket (wall clock). Cells: median over repeats (min–max). Machine cores = mean busy cores of " +
-      "the whole machine during the run; load = 1-minute load average at its start (a busy machine " +
+      "the whole machine over the run's measured window (its set-up, such as logins, not counted); load = 1-minute load average at its start (a busy machine " +
       "shows up in both).",
     "",
   )
