@@ -47,8 +47,29 @@ export class PackagingError extends Error {
   override readonly name = "PackagingError"
 }
 
+/** How a fetch from the registry is tried: the pauses before each try after the first. */
+export interface FetchRetries {
+  readonly pausesMs: ReadonlyArray<number>
+  /** Told of each failed try that is tried again. */
+  readonly log?: (line: string) => void
+}
+
+/** Three tries, 2 s and then 5 s apart: a registry that fails now and then rarely fails twice running. */
+export const DEFAULT_FETCH_RETRIES: FetchRetries = { pausesMs: [2_000, 5_000] }
+
+/** Blocks this thread for `ms` (the packaging is a synchronous command, run by hand or by a test). */
+const pause = (ms: number) => {
+  if (ms > 0) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms)
+}
+
+const reasonOf = (cause: unknown) => (cause instanceof Error ? cause.message : String(cause))
+
 /** The node binary of `arch`, at the builder's version: this one when it matches, else from npm. */
-export const nodeBinaryFor = (arch: Arch, cacheDir: string): string => {
+export const nodeBinaryFor = (
+  arch: Arch,
+  cacheDir: string,
+  retries: FetchRetries = DEFAULT_FETCH_RETRIES,
+): string => {
   const version = process.versions.node
   if (arch === hostArch() && process.execPath.includes(`node-linux-${arch}`)) return process.execPath
   const dir = join(cacheDir, `node-linux-${arch}-${version}`)
@@ -56,24 +77,35 @@ export const nodeBinaryFor = (arch: Arch, cacheDir: string): string => {
   if (existsSync(binary)) return binary
   mkdirSync(dir, { recursive: true })
   const spec = `node-linux-${arch}@${version}`
-  try {
-    // An exact version never changes: npm's cache answers without asking the registry when it can
-    // (a registry that fails now and then fails the build only the first time).
-    const tarball = execFileSync(
-      "npm",
-      ["pack", "--silent", "--prefer-offline", "--pack-destination", dir, spec],
-      {
-        encoding: "utf8",
-        stdio: ["ignore", "pipe", "inherit"],
-      },
-    ).trim()
-    execFileSync("tar", ["-xzf", join(dir, tarball.split("\n").at(-1) ?? ""), "-C", dir, "package/bin/node"])
-    rmSync(join(dir, tarball), { force: true })
-  } catch (cause) {
-    throw new PackagingError(
-      `could not fetch ${spec} from the npm registry (npm pack ${spec}): ${cause instanceof Error ? cause.message : String(cause)}`,
-      { cause },
-    )
+  const tries = retries.pausesMs.length + 1
+  for (let attempt = 0; attempt < tries; attempt++) {
+    if (attempt > 0) pause(retries.pausesMs[attempt - 1] ?? 0)
+    try {
+      // An exact version never changes: npm's cache answers without asking the registry when it can.
+      const tarball = execFileSync(
+        "npm",
+        ["pack", "--silent", "--prefer-offline", "--pack-destination", dir, spec],
+        { encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] },
+      ).trim()
+      execFileSync("tar", [
+        "-xzf",
+        join(dir, tarball.split("\n").at(-1) ?? ""),
+        "-C",
+        dir,
+        "package/bin/node",
+      ])
+      rmSync(join(dir, tarball), { force: true })
+      break
+    } catch (cause) {
+      if (attempt + 1 === tries)
+        throw new PackagingError(
+          `could not fetch ${spec} from the npm registry (npm pack ${spec}, ${tries} tries): ${reasonOf(cause)}`,
+          { cause },
+        )
+      retries.log?.(
+        `npm pack ${spec} failed (${reasonOf(cause).split("\n")[0]}); trying again in ${retries.pausesMs[attempt] ?? 0} ms`,
+      )
+    }
   }
   if (!existsSync(binary)) throw new PackagingError(`${spec} holds no package/bin/node`)
   return binary
@@ -117,7 +149,7 @@ export const buildPeerExecutables = async (options: {
   const blobData = readFileSync(blob)
   const built: Array<BuiltPeer> = []
   for (const arch of options.arches) {
-    const node = nodeBinaryFor(arch, workDir)
+    const node = nodeBinaryFor(arch, workDir, { ...DEFAULT_FETCH_RETRIES, log })
     const file = join(outDir, `picus-peer-linux-${arch}`)
     const partial = `${file}.partial`
     copyFileSync(node, partial)
