@@ -62,7 +62,19 @@ const pause = (ms: number) => {
   if (ms > 0) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms)
 }
 
-const reasonOf = (cause: unknown) => (cause instanceof Error ? cause.message : String(cause))
+/** npm's own error lines when it printed any (`npm error code ETARGET`, ...), else the failure's message. */
+const reasonOf = (cause: unknown): string => {
+  const stderr = (cause as { stderr?: unknown } | undefined)?.stderr
+  const said =
+    typeof stderr === "string"
+      ? stderr
+          .split("\n")
+          .filter((l) => l.startsWith("npm error") && !l.includes("complete log of this run"))
+          .slice(0, 3)
+          .join("; ")
+      : ""
+  return said !== "" ? said : cause instanceof Error ? cause.message : String(cause)
+}
 
 /** The node binary of `arch`, at the builder's version: this one when it matches, else from npm. */
 export const nodeBinaryFor = (
@@ -84,8 +96,8 @@ export const nodeBinaryFor = (
       // An exact version never changes: npm's cache answers without asking the registry when it can.
       const tarball = execFileSync(
         "npm",
-        ["pack", "--silent", "--prefer-offline", "--pack-destination", dir, spec],
-        { encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] },
+        ["pack", "--loglevel=error", "--prefer-offline", "--pack-destination", dir, spec],
+        { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] },
       ).trim()
       execFileSync("tar", [
         "-xzf",
